@@ -1,0 +1,6 @@
+//! image-auditor: decides, by digest, whether every change to a production
+//! container registry was promoted by a promotion manifest.
+//!
+//! See ARCHITECTURE.md for the map of modules and their invariants.
+
+pub mod reference;

@@ -1,0 +1,382 @@
+//! Image references and their parts: [`Digest`], [`Tag`], [`Repository`],
+//! [`RegistryPrefix`] and the full [`Reference`].
+//!
+//! Every type here is validated on construction, so code that holds one never
+//! re-checks it. Parsing never panics; errors name the text that was rejected.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Digest as _;
+
+/// Why a reference, digest, tag or repository was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} {text:?}: {reason}")]
+pub struct ParseError {
+    what: &'static str,
+    text: String,
+    reason: String,
+}
+
+impl ParseError {
+    fn new(what: &'static str, text: &str, reason: impl Into<String>) -> Self {
+        // Cap the echoed input: hostile payloads can be megabytes long.
+        let text: String = text.chars().take(200).collect();
+        Self {
+            what,
+            text,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A content digest: `sha256:` + 64 lower-case hex, or `sha512:` + 128.
+///
+/// Stored as bytes so that index keys are 32 bytes and comparisons are cheap.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Digest {
+    Sha256([u8; 32]),
+    // Boxed so the common sha256 case keeps `Digest` small.
+    Sha512(Box<[u8; 64]>),
+}
+
+impl Digest {
+    /// The sha256 digest of `bytes`.
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        Digest::Sha256(sha2::Sha256::digest(bytes).into())
+    }
+
+    /// Whether `bytes` hash to this digest, with this digest's algorithm.
+    pub fn verifies(&self, bytes: &[u8]) -> bool {
+        match self {
+            Digest::Sha256(d) => sha2::Sha256::digest(bytes).as_slice() == d,
+            Digest::Sha512(d) => sha2::Sha512::digest(bytes).as_slice() == d.as_slice(),
+        }
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        match self {
+            Digest::Sha256(_) => "sha256",
+            Digest::Sha512(_) => "sha512",
+        }
+    }
+
+    pub fn hex(&self) -> String {
+        match self {
+            Digest::Sha256(d) => hex::encode(d),
+            Digest::Sha512(d) => hex::encode(d.as_slice()),
+        }
+    }
+
+    /// The raw digest bytes (32 or 64).
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Digest::Sha256(d) => d,
+            Digest::Sha512(d) => d.as_slice(),
+        }
+    }
+}
+
+impl FromStr for Digest {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let err = |reason: &str| ParseError::new("digest", s, reason);
+        let (alg, hex_part) = s
+            .split_once(':')
+            .ok_or_else(|| err("expected `sha256:` followed by 64 lower-case hex digits"))?;
+        let want = match alg {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return Err(err("algorithm must be sha256 or sha512")),
+        };
+        if hex_part.len() != want {
+            return Err(err(&format!(
+                "{alg} needs {want} hex digits, found {}",
+                hex_part.len()
+            )));
+        }
+        if !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(err("digits must be lower-case hex (0-9, a-f)"));
+        }
+        let mut bytes = vec![0u8; want / 2];
+        hex::decode_to_slice(hex_part, &mut bytes).map_err(|e| err(&e.to_string()))?;
+        Ok(match alg {
+            "sha256" => Digest::Sha256(bytes.try_into().expect("length checked")),
+            _ => Digest::Sha512(Box::new(bytes.try_into().expect("length checked"))),
+        })
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm(), self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(Box<str>);
+
+impl Tag {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The subject digest if this tag follows the cosign attachment convention
+    /// `sha256-<hex>.sig|.att|.sbom`.
+    pub fn attachment_subject(&self) -> Option<Digest> {
+        let (stem, suffix) = self.0.rsplit_once('.')?;
+        if !matches!(suffix, "sig" | "att" | "sbom") {
+            return None;
+        }
+        let (alg, hex_part) = stem.split_once('-')?;
+        format!("{alg}:{hex_part}").parse().ok()
+    }
+}
+
+impl FromStr for Tag {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let err = |reason: &str| ParseError::new("tag", s, reason);
+        let mut bytes = s.bytes();
+        match bytes.next() {
+            None => return Err(err("tag is empty")),
+            Some(b) if b.is_ascii_alphanumeric() || b == b'_' => {}
+            Some(_) => return Err(err("must start with a letter, digit or `_`")),
+        }
+        if s.len() > 128 {
+            return Err(err(&format!("at most 128 characters, found {}", s.len())));
+        }
+        if !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+            return Err(err("only letters, digits, `_`, `.` and `-` are allowed"));
+        }
+        Ok(Tag(s.into()))
+    }
+}
+
+/// `host[:port]` followed by zero or more `/`-separated path components.
+///
+/// The host must look like a registry host (contain a `.` or `:`, or be
+/// `localhost`): the auditor never guesses a default registry.
+fn check_registry_path(what: &'static str, s: &str, min_components: usize) -> Result<(), ParseError> {
+    let err = |reason: &str| ParseError::new(what, s, reason);
+    let mut parts = s.split('/');
+    let host = parts.next().unwrap_or_default();
+    check_host(host).map_err(|reason| err(&reason))?;
+    let mut count = 0;
+    for component in parts {
+        count += 1;
+        if component.is_empty() {
+            return Err(err("empty path component (`//` or a trailing `/`)"));
+        }
+        if !component
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        {
+            return Err(err(&format!(
+                "path component {component:?} may only contain a-z, 0-9, `.`, `_` and `-`"
+            )));
+        }
+        if !component.as_bytes()[0].is_ascii_alphanumeric()
+            || !component.as_bytes()[component.len() - 1].is_ascii_alphanumeric()
+        {
+            return Err(err(&format!(
+                "path component {component:?} must start and end with a letter or digit"
+            )));
+        }
+    }
+    if count < min_components {
+        return Err(err("needs a path after the registry host"));
+    }
+    Ok(())
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("registry host is empty".into());
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    if let Some(port) = port
+        && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("port {port:?} must be 1-5 digits"));
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+    {
+        return Err(format!("registry host {name:?} is not a host name"));
+    }
+    if !(name.contains('.') || port.is_some() || name == "localhost") {
+        return Err(format!(
+            "{name:?} is not a registry host (write the host, e.g. docker.io/{name})"
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! registry_path_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $min:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Box<str>);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// The registry host, with its port if any.
+            pub fn host(&self) -> &str {
+                self.0.split('/').next().unwrap_or_default()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseError;
+
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                check_registry_path($what, s, $min)?;
+                Ok($name(s.into()))
+            }
+        }
+    };
+}
+
+registry_path_type!(
+    /// A full image path without tag or digest: `host[:port]/path`.
+    Repository,
+    "repository",
+    1
+);
+registry_path_type!(
+    /// Where a manifest promotes to or from: `host[:port][/path]`.
+    RegistryPrefix,
+    "registry prefix",
+    0
+);
+
+impl Repository {
+    /// The path after the host: what the distribution API calls the name.
+    pub fn path(&self) -> &str {
+        self.0.split_once('/').map(|(_, p)| p).unwrap_or_default()
+    }
+
+    /// Every split into a registry prefix and an image name, longest prefix
+    /// first: `h/a/b` gives (`h/a`, `b`) and (`h`, `a/b`). Splitting at `/`
+    /// only is what keeps `…/kube-state-metrics` out of a prefix `…/kube-state`.
+    pub fn splits(&self) -> impl Iterator<Item = (&str, &str)> {
+        let s: &str = &self.0;
+        s.rmatch_indices('/').map(move |(i, _)| (&s[..i], &s[i + 1..]))
+    }
+
+    /// `prefix/name` as a repository.
+    pub fn join(prefix: &RegistryPrefix, name: &str) -> Result<Self, ParseError> {
+        format!("{}/{}", prefix.as_str(), name).parse()
+    }
+}
+
+/// `host[:port]/path[:tag][@digest]`, with at least a tag or a digest where the
+/// caller requires it.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Reference {
+    pub repository: Repository,
+    pub tag: Option<Tag>,
+    pub digest: Option<Digest>,
+}
+
+impl FromStr for Reference {
+    type Err = ParseError;
+
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let (rest, digest) = match s.rsplit_once('@') {
+            Some((rest, d)) => (rest, Some(d.parse::<Digest>()?)),
+            None => (s, None),
+        };
+        // The tag separator is the last `:` after the last `/`, so that a
+        // registry port is never mistaken for a tag.
+        let last_slash = rest.rfind('/').unwrap_or(0);
+        let (repo, tag) = match rest[last_slash..].rfind(':') {
+            Some(i) if last_slash > 0 => {
+                let at = last_slash + i;
+                (&rest[..at], Some(rest[at + 1..].parse::<Tag>()?))
+            }
+            _ => (rest, None),
+        };
+        Ok(Reference {
+            repository: repo.parse()?,
+            tag,
+            digest,
+        })
+    }
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.repository.as_str())?;
+        if let Some(tag) = &self.tag {
+            write!(f, ":{tag}")?;
+        }
+        if let Some(digest) = &self.digest {
+            write!(f, "@{digest}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Display, Debug and serde as the validated text, for the string newtypes.
+macro_rules! text_impls {
+    ($($name:ident),*) => {$(
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+
+/// Serialize as the canonical text and deserialize through `FromStr`.
+macro_rules! serde_via_str {
+    ($($name:ident),*) => {$(
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+text_impls!(Tag, Repository, RegistryPrefix);
+serde_via_str!(Tag, Repository, RegistryPrefix, Digest, Reference);
+
+impl fmt::Debug for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
