@@ -163,41 +163,55 @@ impl FromStr for Tag {
     }
 }
 
-/// `host[:port]` followed by zero or more `/`-separated path components.
+/// `host[:port]` followed by at least `min_components` `/`-separated path
+/// components.
 ///
 /// The host must look like a registry host (contain a `.` or `:`, or be
 /// `localhost`): the auditor never guesses a default registry.
 fn check_registry_path(what: &'static str, s: &str, min_components: usize) -> Result<(), ParseError> {
-    let err = |reason: &str| ParseError::new(what, s, reason);
-    let mut parts = s.split('/');
-    let host = parts.next().unwrap_or_default();
-    check_host(host).map_err(|reason| err(&reason))?;
-    let mut count = 0;
-    for component in parts {
-        count += 1;
+    let err = |reason: String| ParseError::new(what, s, reason);
+    let (host, path) = match s.split_once('/') {
+        Some((host, path)) => (host, Some(path)),
+        None => (s, None),
+    };
+    check_host(host).map_err(err)?;
+    match path {
+        None if min_components > 0 => Err(err("needs a path after the registry host".into())),
+        None => Ok(()),
+        Some(path) => check_path_components(path).map_err(err),
+    }
+}
+
+/// `/`-separated components of `[a-z0-9._-]`, each starting and ending with a
+/// letter or digit: the distribution spec's repository name grammar, relaxed
+/// only in allowing any mix of separators.
+fn check_path_components(path: &str) -> Result<(), String> {
+    for component in path.split('/') {
         if component.is_empty() {
-            return Err(err("empty path component (`//` or a trailing `/`)"));
+            return Err("empty path component (`//`, or a leading or trailing `/`)".into());
         }
         if !component
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
         {
-            return Err(err(&format!(
+            return Err(format!(
                 "path component {component:?} may only contain a-z, 0-9, `.`, `_` and `-`"
-            )));
+            ));
         }
-        if !component.as_bytes()[0].is_ascii_alphanumeric()
-            || !component.as_bytes()[component.len() - 1].is_ascii_alphanumeric()
-        {
-            return Err(err(&format!(
+        let bytes = component.as_bytes();
+        if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+            return Err(format!(
                 "path component {component:?} must start and end with a letter or digit"
-            )));
+            ));
         }
-    }
-    if count < min_components {
-        return Err(err("needs a path after the registry host"));
     }
     Ok(())
+}
+
+/// Checks an image name as written in a manifest: a repository path relative
+/// to a registry prefix (`etcd`, `e2e-test-images/agnhost`).
+pub fn check_image_name(name: &str) -> Result<(), ParseError> {
+    check_path_components(name).map_err(|reason| ParseError::new("image name", name, reason))
 }
 
 fn check_host(host: &str) -> Result<(), String> {

@@ -1,0 +1,280 @@
+//! Finding the manifest files of a root and reading them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::schema::{self, ImageDoc, PlainManifestDoc, ThinManifestDoc};
+use super::validate::{self, Report};
+use super::{Excluded, ManifestSet};
+
+/// Files larger than this are refused: no real manifest comes close, and
+/// reading without a bound would let one bad file exhaust memory.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// `manifests/<project>/promoter-manifest.yaml` + `images/<project>/images.yaml`.
+    Thin,
+    /// YAML files that each hold `registries:` and `images:`.
+    Plain,
+}
+
+/// Why a root could not be loaded at all (as opposed to a problem in one
+/// project, which is reported in [`ManifestSet::problems`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read manifests at {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "no promotion manifests under {0} (expected manifests/<project>/promoter-manifest.yaml, \
+         or YAML files with `registries:` and `images:`)"
+    )]
+    Empty(PathBuf),
+}
+
+/// Loads and validates every manifest under `root`, detecting the layout.
+pub fn load(root: &Path) -> Result<ManifestSet, LoadError> {
+    let io = |source| LoadError::Io {
+        path: root.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(root).map_err(io)?;
+    let layout = if meta.is_dir() && root.join("manifests").is_dir() {
+        Layout::Thin
+    } else {
+        Layout::Plain
+    };
+    let mut loader = Loader::default();
+    let found = match layout {
+        Layout::Thin => loader.thin(root)?,
+        Layout::Plain => loader.plain(root)?,
+    };
+    if found == 0 {
+        return Err(LoadError::Empty(root.to_path_buf()));
+    }
+    let mut set = ManifestSet {
+        root: root.to_path_buf(),
+        layout,
+        commit: None,
+        manifests: loader.manifests,
+        excluded: loader.excluded,
+        problems: loader.problems,
+    };
+    validate::overlaps(&mut set);
+    Ok(set)
+}
+
+#[derive(Default)]
+struct Loader {
+    manifests: Vec<super::Manifest>,
+    excluded: Vec<Excluded>,
+    problems: Vec<super::Problem>,
+}
+
+impl Loader {
+    /// Returns how many projects were found.
+    fn thin(&mut self, root: &Path) -> Result<usize, LoadError> {
+        let manifests_dir = root.join("manifests");
+        let mut found = 0;
+        for entry in sorted_entries(&manifests_dir)? {
+            if !entry.is_dir() {
+                continue;
+            }
+            self.report_nested(&entry, 0)?;
+            let manifest_file = entry.join("promoter-manifest.yaml");
+            if !manifest_file.is_file() {
+                continue;
+            }
+            found += 1;
+            let project = file_name(&entry);
+            let images_file = root.join("images").join(&project).join("images.yaml");
+            self.thin_project(project, manifest_file, images_file);
+        }
+        Ok(found)
+    }
+
+    /// A `promoter-manifest.yaml` below `manifests/<project>/` would be silently
+    /// ignored by the promoter's pairing rule, so it is an error here.
+    fn report_nested(&mut self, dir: &Path, depth: usize) -> Result<(), LoadError> {
+        for entry in sorted_entries(dir)? {
+            if entry.is_dir() {
+                if entry.join("promoter-manifest.yaml").is_file() {
+                    self.problems.push(super::Problem {
+                        severity: super::Severity::Error,
+                        file: entry.join("promoter-manifest.yaml").into(),
+                        line: None,
+                        project: None,
+                        message: "unexpected manifest path: a promoter-manifest.yaml must sit \
+                                  directly in manifests/<project>/, this one is ignored"
+                            .into(),
+                    });
+                }
+                // Bounded so a symlink loop cannot recurse forever.
+                if depth < 16 {
+                    self.report_nested(&entry, depth + 1)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn thin_project(&mut self, project: String, manifest_file: PathBuf, images_file: PathBuf) {
+        let manifest_file: Arc<Path> = manifest_file.into();
+        let images_file: Arc<Path> = images_file.into();
+        let mut report = Report::new(&project, &mut self.problems);
+        let doc = read_yaml::<ThinManifestDoc>(&manifest_file, &mut report);
+        let registries = validate::registries(
+            &manifest_file,
+            doc.and_then(|d| d.registries),
+            &mut report,
+        );
+        let images = if images_file.is_file() {
+            read_yaml::<Vec<ImageDoc>>(&images_file, &mut report).unwrap_or_default()
+        } else {
+            report.error(
+                &images_file,
+                None,
+                format!(
+                    "does not exist: every manifests/{project}/promoter-manifest.yaml needs \
+                     images/{project}/images.yaml"
+                ),
+            );
+            Vec::new()
+        };
+        let images = validate::images(&images_file, images, &mut report);
+        self.finish(project, manifest_file, images_file, registries, images);
+    }
+
+    /// A single file, or every `.yaml`/`.yml` file below a directory.
+    fn plain(&mut self, root: &Path) -> Result<usize, LoadError> {
+        let mut files = Vec::new();
+        if root.is_dir() {
+            collect_yaml(root, &mut files, 0)?;
+        } else {
+            files.push(root.to_path_buf());
+        }
+        for file in &files {
+            let project = file
+                .strip_prefix(root)
+                .ok()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(file)
+                .with_extension("")
+                .to_string_lossy()
+                .into_owned();
+            let file: Arc<Path> = file.as_path().into();
+            let mut report = Report::new(&project, &mut self.problems);
+            let (registries, images) = match read_yaml::<PlainManifestDoc>(&file, &mut report) {
+                Some(doc) => (doc.registries, doc.images.unwrap_or_default()),
+                None => (None, Vec::new()),
+            };
+            let registries = validate::registries(&file, registries, &mut report);
+            let images = validate::images(&file, images, &mut report);
+            self.finish(project, file.clone(), file, registries, images);
+        }
+        Ok(files.len())
+    }
+
+    fn finish(
+        &mut self,
+        project: String,
+        manifest_file: Arc<Path>,
+        images_file: Arc<Path>,
+        registries: validate::Registries,
+        images: Vec<super::Image>,
+    ) {
+        let failed = self.problems.iter().any(|p| {
+            p.severity == super::Severity::Error && p.project.as_deref() == Some(project.as_str())
+        });
+        match registries.source {
+            Some(source) if !failed => self.manifests.push(super::Manifest {
+                project,
+                manifest_file,
+                images_file,
+                source,
+                destinations: registries.destinations,
+                images,
+            }),
+            _ => self.excluded.push(Excluded {
+                project,
+                manifest_file,
+                destinations: registries.destinations,
+            }),
+        }
+    }
+}
+
+/// Reads and parses one YAML file, reporting failures against it.
+fn read_yaml<T: for<'de> serde::Deserialize<'de>>(path: &Arc<Path>, report: &mut Report) -> Option<T> {
+    let bytes = match std::fs::metadata(path).and_then(|m| {
+        if m.len() > MAX_FILE_BYTES {
+            Err(std::io::Error::other(format!(
+                "file is {} bytes, the limit is {MAX_FILE_BYTES}",
+                m.len()
+            )))
+        } else {
+            std::fs::read(path)
+        }
+    }) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            report.error(path, None, format!("cannot read: {e}"));
+            return None;
+        }
+    };
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+        Err(e) => {
+            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            report.error(path, Some(line as u32), "not valid UTF-8".into());
+            return None;
+        }
+    };
+    match schema::parse::<T>(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            report.error(path, e.line, e.message);
+            None
+        }
+    }
+}
+
+fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
+    entries.sort();
+    Ok(entries)
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), LoadError> {
+    for entry in sorted_entries(dir)? {
+        if entry.is_dir() {
+            if depth < 16 && !file_name(&entry).starts_with('.') {
+                collect_yaml(&entry, out, depth + 1)?;
+            }
+        } else if matches!(
+            entry.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
+            out.push(entry);
+        }
+    }
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
