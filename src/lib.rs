@@ -3,5 +3,9 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
+pub mod audit;
+pub mod event;
+pub mod index;
 pub mod manifest;
 pub mod reference;
+pub mod sources;

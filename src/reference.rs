@@ -97,7 +97,10 @@ impl FromStr for Digest {
                 hex_part.len()
             )));
         }
-        if !hex_part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if !hex_part
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(err("digits must be lower-case hex (0-9, a-f)"));
         }
         let mut bytes = vec![0u8; want / 2];
@@ -168,7 +171,11 @@ impl FromStr for Tag {
 ///
 /// The host must look like a registry host (contain a `.` or `:`, or be
 /// `localhost`): the auditor never guesses a default registry.
-fn check_registry_path(what: &'static str, s: &str, min_components: usize) -> Result<(), ParseError> {
+fn check_registry_path(
+    what: &'static str,
+    s: &str,
+    min_components: usize,
+) -> Result<(), ParseError> {
     let err = |reason: String| ParseError::new(what, s, reason);
     let (host, path) = match s.split_once('/') {
         Some((host, path)) => (host, Some(path)),
@@ -293,14 +300,19 @@ impl Repository {
     /// first: `h/a/b` gives (`h/a`, `b`) and (`h`, `a/b`). Splitting at `/`
     /// only is what keeps `…/kube-state-metrics` out of a prefix `…/kube-state`.
     pub fn splits(&self) -> impl Iterator<Item = (&str, &str)> {
-        let s: &str = &self.0;
-        s.rmatch_indices('/').map(move |(i, _)| (&s[..i], &s[i + 1..]))
+        segment_splits(&self.0)
     }
 
     /// `prefix/name` as a repository.
     pub fn join(prefix: &RegistryPrefix, name: &str) -> Result<Self, ParseError> {
         format!("{}/{}", prefix.as_str(), name).parse()
     }
+}
+
+/// Every split of `s` at a `/` into (before, after), longest `before` first.
+pub(crate) fn segment_splits(s: &str) -> impl Iterator<Item = (&str, &str)> {
+    s.rmatch_indices('/')
+        .map(move |(i, _)| (&s[..i], &s[i + 1..]))
 }
 
 /// `host[:port]/path[:tag][@digest]`, with at least a tag or a digest where the

@@ -127,11 +127,8 @@ impl Loader {
         let images_file: Arc<Path> = images_file.into();
         let mut report = Report::new(&project, &mut self.problems);
         let doc = read_yaml::<ThinManifestDoc>(&manifest_file, &mut report);
-        let registries = validate::registries(
-            &manifest_file,
-            doc.and_then(|d| d.registries),
-            &mut report,
-        );
+        let registries =
+            validate::registries(&manifest_file, doc.and_then(|d| d.registries), &mut report);
         let images = if images_file.is_file() {
             read_yaml::<Vec<ImageDoc>>(&images_file, &mut report).unwrap_or_default()
         } else {
@@ -209,7 +206,10 @@ impl Loader {
 }
 
 /// Reads and parses one YAML file, reporting failures against it.
-fn read_yaml<T: for<'de> serde::Deserialize<'de>>(path: &Arc<Path>, report: &mut Report) -> Option<T> {
+fn read_yaml<T: for<'de> serde::Deserialize<'de>>(
+    path: &Arc<Path>,
+    report: &mut Report,
+) -> Option<T> {
     let bytes = match std::fs::metadata(path).and_then(|m| {
         if m.len() > MAX_FILE_BYTES {
             Err(std::io::Error::other(format!(
@@ -229,7 +229,11 @@ fn read_yaml<T: for<'de> serde::Deserialize<'de>>(path: &Arc<Path>, report: &mut
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
         Err(e) => {
-            let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
             report.error(path, Some(line as u32), "not valid UTF-8".into());
             return None;
         }

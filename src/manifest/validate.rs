@@ -9,7 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::schema::{ImageDoc, RegistryDoc};
 use super::{Image, ManifestSet, Problem, Promotion, Severity};
-use crate::reference::{Digest, RegistryPrefix, Tag, check_image_name};
+use crate::reference::{Digest, RegistryPrefix, Tag, check_image_name, segment_splits};
 
 /// Collects the problems of one project.
 pub(super) struct Report<'a> {
@@ -258,15 +258,13 @@ pub(super) fn overlaps(set: &mut ManifestSet) {
                 }
             }
         }
-        for (ancestor, rest) in splits(prefix) {
+        for (ancestor, rest) in segment_splits(prefix) {
             let Some(upper) = at_prefix.get(ancestor) else {
                 continue;
             };
             for &m_up in upper {
                 for (name_up, &i_up) in &image_index[m_up] {
-                    let Some(tail) = name_up
-                        .strip_prefix(rest)
-                        .and_then(|t| t.strip_prefix('/'))
+                    let Some(tail) = name_up.strip_prefix(rest).and_then(|t| t.strip_prefix('/'))
                     else {
                         continue;
                     };
@@ -330,10 +328,4 @@ pub(super) fn overlaps(set: &mut ManifestSet) {
             }
         }
     }
-}
-
-/// Proper segment-prefixes of `s` after the host, with the remainder:
-/// `h/a/b` gives (`h/a`, `b`) and (`h`, `a/b`).
-fn splits(s: &str) -> impl Iterator<Item = (&str, &str)> {
-    s.rmatch_indices('/').map(move |(i, _)| (&s[..i], &s[i + 1..]))
 }

@@ -1,0 +1,594 @@
+//! The decision (DESIGN §6): a pure function from an index and an event to a
+//! verdict. No I/O here. When the index cannot decide yet — the event's
+//! digest may be the child of a promoted list that has not been read — the
+//! verdict is provisional and [`Audit::pending`] says what to resolve before
+//! auditing again.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::event::{Action, Event, Malformed};
+use crate::index::{Claims, How, ImageId, Index, Placement};
+use crate::reference::{Digest, Repository, Tag};
+
+/// Policy knobs of the decision.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Row 6 of the verdict table: a digest promoted by the same manifest
+    /// under another of its image names (per-arch `-amd64` names) is
+    /// `promoted` by default; strict mode calls it `wrong_repository`.
+    pub strict_repository: bool,
+    /// Deleting content that was never promoted raises no alert.
+    pub allow_unpromoted_deletes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerdictKind {
+    Malformed,
+    OutOfScope,
+    Deleted,
+    DeletedUnpromoted,
+    Promoted,
+    PromotedChild,
+    WrongRepository,
+    TagMoved,
+    UnlistedTag,
+    PromotedAttachment,
+    UnpromotedAttachment,
+    Unpromoted,
+    Undecided,
+    Unverifiable,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 14] = [
+        VerdictKind::Malformed,
+        VerdictKind::OutOfScope,
+        VerdictKind::Deleted,
+        VerdictKind::DeletedUnpromoted,
+        VerdictKind::Promoted,
+        VerdictKind::PromotedChild,
+        VerdictKind::WrongRepository,
+        VerdictKind::TagMoved,
+        VerdictKind::UnlistedTag,
+        VerdictKind::PromotedAttachment,
+        VerdictKind::UnpromotedAttachment,
+        VerdictKind::Unpromoted,
+        VerdictKind::Undecided,
+        VerdictKind::Unverifiable,
+    ];
+
+    /// Whether this verdict needs a human (becomes a finding and an alert).
+    pub fn alerts(self) -> bool {
+        use VerdictKind::*;
+        match self {
+            Malformed | Deleted | WrongRepository | TagMoved | UnlistedTag
+            | UnpromotedAttachment | Unpromoted | Unverifiable => true,
+            OutOfScope | DeletedUnpromoted | Promoted | PromotedChild | PromotedAttachment
+            | Undecided => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use VerdictKind::*;
+        match self {
+            Malformed => "malformed",
+            OutOfScope => "out_of_scope",
+            Deleted => "deleted",
+            DeletedUnpromoted => "deleted_unpromoted",
+            Promoted => "promoted",
+            PromotedChild => "promoted_child",
+            WrongRepository => "wrong_repository",
+            TagMoved => "tag_moved",
+            UnlistedTag => "unlisted_tag",
+            PromotedAttachment => "promoted_attachment",
+            UnpromotedAttachment => "unpromoted_attachment",
+            Unpromoted => "unpromoted",
+            Undecided => "undecided",
+            Unverifiable => "unverifiable",
+        }
+    }
+}
+
+impl fmt::Display for VerdictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a promotion is written down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    pub project: String,
+    /// The `images.yaml` (or plain manifest) holding the `dmap` entry.
+    pub file: String,
+    pub line: u32,
+    /// The image name the digest is promoted as.
+    pub image: String,
+    /// The digest of the `dmap` entry: the parent when `parent` is set.
+    pub digest: Digest,
+    pub tags: Vec<String>,
+    /// Set when the event's digest is a child of this promoted list.
+    pub parent: Option<Digest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub kind: VerdictKind,
+    /// One sentence for people.
+    pub reason: String,
+    pub evidence: Vec<Evidence>,
+}
+
+impl Verdict {
+    pub fn malformed(m: &Malformed) -> Verdict {
+        Verdict {
+            kind: VerdictKind::Malformed,
+            reason: m.reason.clone(),
+            evidence: Vec::new(),
+        }
+    }
+}
+
+/// What must be read from registries before a provisional verdict is final.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Pending {
+    /// Promoted digests of the images at the event's repository whose
+    /// manifests have not been read: any of them may be a list that has the
+    /// event's digest as a child.
+    pub parents: Vec<ParentsToResolve>,
+    /// Read the event's own manifest: an OCI `subject` makes it an attachment.
+    pub event_manifest: bool,
+    /// The event names only a tag; which digest it points to must be read.
+    pub tag_target: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentsToResolve {
+    pub project: String,
+    pub image: String,
+    /// Where to read from: the source registry first, then the destinations.
+    pub repositories: Vec<Repository>,
+    pub digests: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    pub verdict: Verdict,
+    /// `Some` when the verdict is provisional.
+    pub pending: Option<Pending>,
+}
+
+/// Decides `event` against `index`.
+pub fn audit(index: &Index, event: &Event, policy: &Policy) -> Audit {
+    let claims = index.claims(&event.repository);
+    let ctx = Ctx {
+        index,
+        event,
+        claims,
+        policy,
+    };
+    if !ctx.claims.in_scope() {
+        return ctx.out_of_scope();
+    }
+    match event.action {
+        Action::Delete => ctx.delete(),
+        Action::Insert => match &event.digest {
+            Some(digest) => ctx.insert(digest),
+            None => ctx.insert_tag_only(),
+        },
+    }
+}
+
+/// How a digest relates to the event's repository.
+enum Found {
+    /// Promoted at exactly this repository (directly or as a child).
+    Here(Vec<Placement>),
+    /// Promoted by a manifest that claims this repository, under another of
+    /// its image names (verdict row 6).
+    OtherName(Vec<Placement>),
+    /// Promoted, but only at other repositories.
+    Elsewhere(Vec<Placement>),
+    Nowhere,
+}
+
+struct Ctx<'a> {
+    index: &'a Index,
+    event: &'a Event,
+    claims: Claims,
+    policy: &'a Policy,
+}
+
+impl Ctx<'_> {
+    fn verdict(&self, kind: VerdictKind, reason: String, placements: &[Placement]) -> Verdict {
+        Verdict {
+            kind,
+            reason,
+            evidence: placements.iter().map(|p| self.evidence(p)).collect(),
+        }
+    }
+
+    fn done(&self, kind: VerdictKind, reason: String, placements: &[Placement]) -> Audit {
+        Audit {
+            verdict: self.verdict(kind, reason, placements),
+            pending: None,
+        }
+    }
+
+    fn evidence(&self, p: &Placement) -> Evidence {
+        let index = self.index;
+        let image = index.promotion_image(p.promotion);
+        let manifest = index.manifest(index.image_manifest(image));
+        Evidence {
+            project: manifest.project.to_string(),
+            file: manifest.images_file.display().to_string(),
+            line: index.promotion_line(p.promotion),
+            image: index.image_name(image).to_string(),
+            digest: index.promotion_digest(p.promotion).clone(),
+            tags: index
+                .promotion_tags(p.promotion)
+                .map(str::to_string)
+                .collect(),
+            parent: match &p.how {
+                How::Direct => None,
+                How::Child { parent } => Some(parent.clone()),
+            },
+        }
+    }
+
+    fn repo(&self) -> &Repository {
+        &self.event.repository
+    }
+
+    fn out_of_scope(&self) -> Audit {
+        if let Some(&x) = self.claims.excluded.first() {
+            let excluded = self.index.excluded(x);
+            // Not out of scope: the project that owns this prefix could not be
+            // loaded, so nothing can be concluded until it is fixed.
+            return Audit {
+                verdict: Verdict {
+                    kind: VerdictKind::Undecided,
+                    reason: format!(
+                        "{} is a destination of project {}, whose manifests failed validation ({})",
+                        self.repo(),
+                        excluded.project,
+                        excluded.manifest_file.display()
+                    ),
+                    evidence: Vec::new(),
+                },
+                pending: None,
+            };
+        }
+        self.done(
+            VerdictKind::OutOfScope,
+            format!("no manifest promotes to {} or a prefix of it", self.repo()),
+            &[],
+        )
+    }
+
+    fn find(&self, digest: &Digest) -> Found {
+        let placements = self.index.placements(digest);
+        if placements.is_empty() {
+            return Found::Nowhere;
+        }
+        let here: Vec<Placement> = placements
+            .iter()
+            .filter(|p| {
+                self.claims
+                    .images
+                    .contains(&self.index.promotion_image(p.promotion))
+            })
+            .cloned()
+            .collect();
+        if !here.is_empty() {
+            return Found::Here(here);
+        }
+        // Only manifests that list this repository's image name may explain
+        // it under another name; a root-level destination must not explain a
+        // digest pushed under a path that is none of its image names.
+        let other_name: Vec<Placement> = placements
+            .iter()
+            .filter(|p| {
+                let manifest = self
+                    .index
+                    .image_manifest(self.index.promotion_image(p.promotion));
+                self.claims
+                    .images
+                    .iter()
+                    .any(|&i| self.index.image_manifest(i) == manifest)
+            })
+            .cloned()
+            .collect();
+        if !other_name.is_empty() {
+            return Found::OtherName(other_name);
+        }
+        Found::Elsewhere(placements)
+    }
+
+    fn insert(&self, digest: &Digest) -> Audit {
+        match self.find(digest) {
+            Found::Here(placements) => self.promoted(digest, &placements, None),
+            Found::OtherName(placements) if !self.policy.strict_repository => {
+                let name = self
+                    .index
+                    .image_name(self.index.promotion_image(placements[0].promotion));
+                self.promoted(digest, &placements, Some(name))
+            }
+            Found::OtherName(placements) => self.done(
+                VerdictKind::WrongRepository,
+                format!(
+                    "{digest} is promoted by the same manifest but under another image name, \
+                     not as {} (strict repository mode)",
+                    self.repo()
+                ),
+                &placements,
+            ),
+            Found::Elsewhere(placements) => self.provisional(
+                self.verdict(
+                    VerdictKind::WrongRepository,
+                    format!("{digest} is promoted, but not to {}", self.repo()),
+                    &placements,
+                ),
+                false,
+            ),
+            Found::Nowhere => match self.event.tag.as_ref().and_then(Tag::attachment_subject) {
+                Some(subject) => self.attachment(&subject),
+                None => self.provisional(
+                    self.verdict(
+                        VerdictKind::Unpromoted,
+                        format!(
+                            "{digest} is not promoted to {} by any manifest",
+                            self.repo()
+                        ),
+                        &[],
+                    ),
+                    true,
+                ),
+            },
+        }
+    }
+
+    /// The digest is promoted here; the tag, if any, must agree.
+    fn promoted(&self, digest: &Digest, placements: &[Placement], as_name: Option<&str>) -> Audit {
+        let direct: Vec<Placement> = placements
+            .iter()
+            .filter(|p| p.how == How::Direct)
+            .cloned()
+            .collect();
+        let as_name = as_name.map_or(String::new(), |n| format!(" as {n}"));
+        let tag_ok = match &self.event.tag {
+            None => true,
+            Some(tag) => direct
+                .iter()
+                .any(|p| self.index.promotion_has_tag(p.promotion, tag)),
+        };
+        if !tag_ok {
+            let tag = self.event.tag.as_ref().expect("tag checked above");
+            return self.tag_mismatch(digest, tag, placements);
+        }
+        if !direct.is_empty() {
+            let e = self.evidence(&direct[0]);
+            return self.done(
+                VerdictKind::Promoted,
+                format!("promoted by {}{as_name} ({}:{})", e.project, e.file, e.line),
+                &direct,
+            );
+        }
+        let e = self.evidence(&placements[0]);
+        self.done(
+            VerdictKind::PromotedChild,
+            format!(
+                "child of {} promoted by {}{as_name} ({}:{})",
+                e.digest, e.project, e.file, e.line
+            ),
+            placements,
+        )
+    }
+
+    /// The digest is promoted here, but not with this tag.
+    fn tag_mismatch(&self, digest: &Digest, tag: &Tag, placements: &[Placement]) -> Audit {
+        let owner = self
+            .claims
+            .images
+            .iter()
+            .find_map(|&image| self.index.tag_owner(image, tag));
+        match owner {
+            Some(owner) => {
+                let promised = Placement {
+                    promotion: owner,
+                    how: How::Direct,
+                };
+                let e = self.evidence(&promised);
+                self.done(
+                    VerdictKind::TagMoved,
+                    format!(
+                        "tag {tag} of {} is promised to {} ({}:{}), not {digest}",
+                        self.repo(),
+                        e.digest,
+                        e.file,
+                        e.line
+                    ),
+                    &[promised],
+                )
+            }
+            None => self.done(
+                VerdictKind::UnlistedTag,
+                format!(
+                    "{digest} is promoted to {}, but tag {tag} is listed for no digest there",
+                    self.repo()
+                ),
+                placements,
+            ),
+        }
+    }
+
+    fn insert_tag_only(&self) -> Audit {
+        let Some(tag) = &self.event.tag else {
+            // Sources never build such an event; decide safely if one does.
+            return self.done(
+                VerdictKind::Undecided,
+                "the event names neither a digest nor a tag".into(),
+                &[],
+            );
+        };
+        if let Some(subject) = tag.attachment_subject() {
+            return self.attachment(&subject);
+        }
+        let owner = self
+            .claims
+            .images
+            .iter()
+            .find_map(|&image| self.index.tag_owner(image, tag));
+        match owner {
+            Some(_) => Audit {
+                verdict: Verdict {
+                    kind: VerdictKind::Undecided,
+                    reason: format!(
+                        "tag {tag} of {} is promised, but the event does not say which digest it \
+                         points to",
+                        self.repo()
+                    ),
+                    evidence: Vec::new(),
+                },
+                pending: Some(Pending {
+                    tag_target: true,
+                    ..Pending::default()
+                }),
+            },
+            None => self.done(
+                VerdictKind::UnlistedTag,
+                format!("tag {tag} is listed for no digest at {}", self.repo()),
+                &[],
+            ),
+        }
+    }
+
+    /// An attachment (signature, attestation, SBOM) is fine when its subject
+    /// is promoted here.
+    fn attachment(&self, subject: &Digest) -> Audit {
+        match self.find(subject) {
+            Found::Here(placements) => self.done(
+                VerdictKind::PromotedAttachment,
+                format!(
+                    "attachment of {subject}, which is promoted to {}",
+                    self.repo()
+                ),
+                &placements,
+            ),
+            Found::OtherName(placements) if !self.policy.strict_repository => self.done(
+                VerdictKind::PromotedAttachment,
+                format!(
+                    "attachment of {subject}, which is promoted by the same manifest under \
+                     another image name"
+                ),
+                &placements,
+            ),
+            _ => self.provisional(
+                self.verdict(
+                    VerdictKind::UnpromotedAttachment,
+                    format!(
+                        "attachment of {subject}, which is not promoted to {}",
+                        self.repo()
+                    ),
+                    &[],
+                ),
+                false,
+            ),
+        }
+    }
+
+    fn delete(&self) -> Audit {
+        let event = self.event;
+        let found = event.digest.as_ref().map(|d| self.find(d));
+        let promoted_here = match &found {
+            Some(Found::Here(_) | Found::OtherName(_)) => true,
+            Some(_) => false,
+            None => event.tag.as_ref().is_some_and(|tag| {
+                self.claims
+                    .images
+                    .iter()
+                    .any(|&image| self.index.tag_owner(image, tag).is_some())
+            }),
+        };
+        let what = match (&event.digest, &event.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => format!("tag {t}"),
+            (None, None) => "an unnamed manifest".into(),
+        };
+        let placements = match found {
+            Some(Found::Here(p) | Found::OtherName(p)) => p,
+            _ => Vec::new(),
+        };
+        if promoted_here || !self.policy.allow_unpromoted_deletes {
+            return self.done(
+                VerdictKind::Deleted,
+                format!("{what} was deleted from {}", self.repo()),
+                &placements,
+            );
+        }
+        let verdict = self.verdict(
+            VerdictKind::DeletedUnpromoted,
+            format!(
+                "{what} was deleted from {}; it was never promoted there",
+                self.repo()
+            ),
+            &[],
+        );
+        // An unknown digest may still be the child of an unread list.
+        if event.digest.is_some() {
+            self.provisional(verdict, false)
+        } else {
+            Audit {
+                verdict,
+                pending: None,
+            }
+        }
+    }
+
+    /// A negative verdict that reading the promoted lists at this repository
+    /// (or the event's own manifest) could still overturn.
+    fn provisional(&self, verdict: Verdict, event_manifest: bool) -> Audit {
+        let parents = self.unresolved_parents();
+        let pending = (!parents.is_empty() || event_manifest).then_some(Pending {
+            parents,
+            event_manifest,
+            tag_target: false,
+        });
+        Audit { verdict, pending }
+    }
+
+    fn unresolved_parents(&self) -> Vec<ParentsToResolve> {
+        let children = self.index.children();
+        self.claims
+            .images
+            .iter()
+            .filter_map(|&image| {
+                let digests: Vec<Digest> = self
+                    .index
+                    .image_digests(image)
+                    .filter(|d| !children.is_resolved(d))
+                    .cloned()
+                    .collect();
+                (!digests.is_empty()).then(|| self.parents_to_resolve(image, digests))
+            })
+            .collect()
+    }
+
+    fn parents_to_resolve(&self, image: ImageId, digests: Vec<Digest>) -> ParentsToResolve {
+        let manifest = self.index.manifest(self.index.image_manifest(image));
+        let name = self.index.image_name(image);
+        let repositories = std::iter::once(&manifest.source)
+            .chain(&manifest.destinations)
+            .filter_map(|prefix| Repository::join(prefix, name).ok())
+            .collect();
+        ParentsToResolve {
+            project: manifest.project.to_string(),
+            image: name.to_string(),
+            repositories,
+            digests,
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The normalised registry change, whatever its source.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::reference::{Digest, Repository, Tag};
+
+/// Where events come from. Labels metrics, so the set is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A GCR / Artifact Registry `gcr` topic payload from a file or the CLI.
+    Gcr,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Gcr => "gcr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// A push, or a tag added or moved.
+    Insert,
+    /// A manifest or a tag removed.
+    Delete,
+}
+
+/// The source's own id for the delivery (Pub/Sub message id, webhook event
+/// id, file line): what duplicates are recognised by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct EventId(pub String);
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One registry change. At least one of `digest` and `tag` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Event {
+    pub id: EventId,
+    pub source: Source,
+    pub action: Action,
+    pub repository: Repository,
+    pub digest: Option<Digest>,
+    pub tag: Option<Tag>,
+}
+
+/// A delivery that could not be turned into an [`Event`]: the `malformed`
+/// verdict. Retrying cannot fix it, so it is recorded and acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Malformed {
+    pub id: EventId,
+    pub source: Source,
+    pub reason: String,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "event {}: {}", self.id, self.reason)
+    }
+}

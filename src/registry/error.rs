@@ -1,0 +1,152 @@
+//! What can go wrong when asking a registry for a manifest, split into
+//! transient failures (ask again later) and permanent answers.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::reference::{Digest, Repository};
+
+/// A failed manifest fetch: where, what, and whether asking again may help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct RegistryError {
+    /// `host[:port]` of the registry, or of the token service for
+    /// [`ErrorKind::TokenService`].
+    pub host: String,
+    /// The repository path on that registry (without the host).
+    pub repository: String,
+    /// The manifest asked for.
+    pub digest: Digest,
+    pub kind: ErrorKind,
+}
+
+impl fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "registry {} repository {} manifest {}: {}",
+            self.host, self.repository, self.digest, self.kind
+        )
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("network error: {0}")]
+    Network(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("rate limited (429){}", retry_after_text(.retry_after))]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("server error {status}")]
+    Server { status: u16 },
+    #[error("authentication failed ({status}): {detail}")]
+    Unauthorized { status: u16, detail: String },
+    #[error("token service {realm}: {detail}")]
+    TokenService { realm: String, detail: String },
+    #[error("credentials unavailable: {0}")]
+    Credentials(String),
+    #[error("manifest not found (404)")]
+    NotFound,
+    #[error("unexpected status {status}")]
+    UnexpectedStatus { status: u16 },
+    #[error("body hashes to {actual}, not to the requested digest")]
+    DigestMismatch { actual: Digest },
+    #[error("Docker-Content-Digest header says {header:?}, not the requested digest")]
+    HeaderDigestMismatch { header: String },
+    #[error("body larger than the {limit}-byte limit")]
+    TooLarge { limit: u64 },
+    #[error("unparseable manifest: {0}")]
+    Unparseable(String),
+    #[error("unsupported manifest media type {0:?}")]
+    UnsupportedMediaType(String),
+    #[error("manifest lists nested deeper than {0} levels")]
+    TooDeep(usize),
+}
+
+fn retry_after_text(retry_after: &Option<Duration>) -> String {
+    match retry_after {
+        Some(d) => format!(", retry after {}s", d.as_secs_f64()),
+        None => String::new(),
+    }
+}
+
+impl RegistryError {
+    pub(crate) fn new(repository: &Repository, digest: &Digest, kind: ErrorKind) -> Self {
+        Self {
+            host: repository.host().to_owned(),
+            repository: repository.path().to_owned(),
+            digest: digest.clone(),
+            kind,
+        }
+    }
+
+    /// Whether asking again later may succeed. Callers turn a transient error
+    /// into an `undecided` verdict, never into "unpromoted".
+    ///
+    /// Authentication and credential failures count as transient: a revoked
+    /// or misconfigured credential says nothing about the image, and must
+    /// surface as "cannot decide" until someone fixes it.
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+
+    /// Whether the registry said the manifest is not in this repository.
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+}
+
+impl ErrorKind {
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ErrorKind::Network(_)
+            | ErrorKind::Timeout
+            | ErrorKind::RateLimited { .. }
+            | ErrorKind::Server { .. }
+            | ErrorKind::Unauthorized { .. }
+            | ErrorKind::TokenService { .. }
+            | ErrorKind::Credentials(_) => true,
+            ErrorKind::NotFound
+            | ErrorKind::UnexpectedStatus { .. }
+            | ErrorKind::DigestMismatch { .. }
+            | ErrorKind::HeaderDigestMismatch { .. }
+            | ErrorKind::TooLarge { .. }
+            | ErrorKind::Unparseable(_)
+            | ErrorKind::UnsupportedMediaType(_)
+            | ErrorKind::TooDeep(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_names_host_repository_digest_and_cause() {
+        let repo: Repository = "registry.example:5000/team/app".parse().unwrap();
+        let digest = Digest::sha256_of(b"x");
+        let e = RegistryError::new(&repo, &digest, ErrorKind::Server { status: 503 });
+        let text = e.to_string();
+        assert!(text.contains("registry.example:5000"), "{text}");
+        assert!(text.contains("team/app"), "{text}");
+        assert!(text.contains(&digest.to_string()), "{text}");
+        assert!(text.contains("503"), "{text}");
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn permanent_answers_are_not_transient() {
+        for kind in [
+            ErrorKind::NotFound,
+            ErrorKind::DigestMismatch {
+                actual: Digest::sha256_of(b""),
+            },
+            ErrorKind::Unparseable("x".into()),
+            ErrorKind::TooLarge { limit: 1 },
+        ] {
+            assert!(!kind.is_transient(), "{kind}");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The Google Container Registry / Artifact Registry notification payload
+//! (the `data` of a message on the `gcr` Pub/Sub topic).
+//!
+//! `{"action": "INSERT"|"DELETE", "digest": "host/path@sha256:…", "tag": "host/path:tag"}`
+//! with `digest` and `tag` each optional but not both absent.
+
+use serde_json::Value;
+
+use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::reference::Reference;
+
+/// Parses one payload delivered under `id`.
+pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
+    let malformed = |reason: String| Malformed {
+        id: id.clone(),
+        source: Source::Gcr,
+        reason,
+    };
+    let value: Value =
+        serde_json::from_slice(data).map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(malformed("payload is not a JSON object".into()));
+    };
+    // Unknown keys are ignored: Google may add fields; these three decide.
+    let text = |key: &str| -> Result<Option<&str>, Malformed> {
+        match fields.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(malformed(format!(
+                "field `{key}` must be a string, found {}",
+                json_type(other)
+            ))),
+        }
+    };
+    let (action, digest_ref, tag_ref) = (text("action")?, text("digest")?, text("tag")?);
+
+    let action = match action {
+        Some("INSERT") => Action::Insert,
+        Some("DELETE") => Action::Delete,
+        Some(other) => {
+            let other: String = other.chars().take(64).collect();
+            return Err(malformed(format!(
+                "unknown action {other:?} (expected INSERT or DELETE)"
+            )));
+        }
+        None => return Err(malformed("field `action` is missing".into())),
+    };
+    let by_digest = digest_ref
+        .map(|r| {
+            let r: Reference = r
+                .parse()
+                .map_err(|e| malformed(format!("field `digest`: {e}")))?;
+            match (&r.digest, &r.tag) {
+                (Some(_), None) => Ok(r),
+                _ => Err(malformed(format!(
+                    "field `digest` must be host/path@sha256:…, found {r}"
+                ))),
+            }
+        })
+        .transpose()?;
+    let by_tag = tag_ref
+        .map(|r| {
+            let r: Reference = r
+                .parse()
+                .map_err(|e| malformed(format!("field `tag`: {e}")))?;
+            match (&r.digest, &r.tag) {
+                (None, Some(_)) => Ok(r),
+                _ => Err(malformed(format!(
+                    "field `tag` must be host/path:tag, found {r}"
+                ))),
+            }
+        })
+        .transpose()?;
+
+    let (repository, digest, tag) = match (by_digest, by_tag) {
+        (None, None) => {
+            return Err(malformed(
+                "neither `digest` nor `tag` is set: the payload names no image".into(),
+            ));
+        }
+        (Some(d), None) => (d.repository, d.digest, None),
+        (None, Some(t)) => (t.repository, None, t.tag),
+        (Some(d), Some(t)) => {
+            // The retired auditor never compared these; a mismatch means the
+            // payload cannot be trusted to describe one image.
+            if d.repository != t.repository {
+                return Err(malformed(format!(
+                    "`digest` and `tag` name different repositories: {} and {}",
+                    d.repository, t.repository
+                )));
+            }
+            (d.repository, d.digest, t.tag)
+        }
+    };
+    Ok(Event {
+        id: id.clone(),
+        source: Source::Gcr,
+        action,
+        repository,
+        digest,
+        tag,
+    })
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

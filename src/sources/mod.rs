@@ -1,0 +1,4 @@
+//! Event sources: each turns its wire format into [`Event`](crate::event::Event)s
+//! and nothing else. No source calls the auditor.
+
+pub mod gcr;
