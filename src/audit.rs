@@ -171,16 +171,21 @@ pub fn audit(index: &Index, event: &Event, policy: &Policy) -> Audit {
         claims,
         policy,
     };
-    if !ctx.claims.in_scope() {
-        return ctx.out_of_scope();
+    if !ctx.claims.in_scope() && ctx.claims.excluded.is_empty() {
+        return ctx.done(
+            VerdictKind::OutOfScope,
+            format!("no manifest promotes to {} or a prefix of it", ctx.repo()),
+            &[],
+        );
     }
-    match event.action {
+    let result = match event.action {
         Action::Delete => ctx.delete(),
         Action::Insert => match &event.digest {
             Some(digest) => ctx.insert(digest),
             None => ctx.insert_tag_only(),
         },
-    }
+    };
+    ctx.blame_excluded(result)
 }
 
 /// How a digest relates to the event's repository.
@@ -243,30 +248,30 @@ impl Ctx<'_> {
         &self.event.repository
     }
 
-    fn out_of_scope(&self) -> Audit {
-        if let Some(&x) = self.claims.excluded.first() {
-            let excluded = self.index.excluded(x);
-            // Not out of scope: the project that owns this prefix could not be
-            // loaded, so nothing can be concluded until it is fixed.
-            return Audit {
-                verdict: Verdict {
-                    kind: VerdictKind::Undecided,
-                    reason: format!(
-                        "{} is a destination of project {}, whose manifests failed validation ({})",
-                        self.repo(),
-                        excluded.project,
-                        excluded.manifest_file.display()
-                    ),
-                    evidence: Vec::new(),
-                },
-                pending: None,
-            };
+    /// A project that claims this repository failed validation, so its
+    /// promotions are unknown: a push that nothing else explains cannot be
+    /// called a violation until that project loads again.
+    fn blame_excluded(&self, result: Audit) -> Audit {
+        let Some(&x) = self.claims.excluded.first() else {
+            return result;
+        };
+        if self.event.action == Action::Delete || !result.verdict.kind.alerts() {
+            return result;
         }
-        self.done(
-            VerdictKind::OutOfScope,
-            format!("no manifest promotes to {} or a prefix of it", self.repo()),
-            &[],
-        )
+        let excluded = self.index.excluded(x);
+        Audit {
+            verdict: Verdict {
+                kind: VerdictKind::Undecided,
+                reason: format!(
+                    "{} is a destination of project {}, whose manifests failed validation ({})",
+                    self.repo(),
+                    excluded.project,
+                    excluded.manifest_file.display()
+                ),
+                evidence: result.verdict.evidence,
+            },
+            pending: None,
+        }
     }
 
     fn find(&self, digest: &Digest) -> Found {

@@ -10,14 +10,17 @@ use crate::reference::{Digest, Repository, Tag};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
-    /// A GCR / Artifact Registry `gcr` topic payload from a file or the CLI.
+    /// A GCR / Artifact Registry `gcr` topic payload (replayed from a file).
     Gcr,
+    /// A reference given on the command line (`check`).
+    Cli,
 }
 
 impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Gcr => "gcr",
+            Source::Cli => "cli",
         }
     }
 }

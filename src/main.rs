@@ -1,0 +1,351 @@
+//! The command line. Everything here parses arguments, calls the library and
+//! prints; decisions live in the library.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use image_auditor::audit::{Audit, Policy, Verdict, audit};
+use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::index::Index;
+use image_auditor::manifest::{self, ManifestSet};
+use image_auditor::reference::{Digest, Reference};
+use image_auditor::sources::gcr;
+
+/// The fixtures shipped with the repository: the real k8s.io corpus.
+const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
+
+#[derive(Parser)]
+#[command(
+    name = "image-auditor",
+    version,
+    about = "Checks container registry changes against promotion manifests, by digest.",
+    after_help = "Exit status: 0 when everything is explained, 1 when a verdict needs a human \
+                  or a manifest is invalid, 2 when the command itself failed."
+)]
+struct Cli {
+    /// Promotion manifests: a thin-layout root (manifests/ + images/), a plain
+    /// manifest file, or a directory of plain manifests.
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_MANIFESTS", default_value = DEFAULT_MANIFESTS)]
+    manifests: PathBuf,
+
+    /// Call a digest promoted under another image name of the same manifest
+    /// `wrong_repository` instead of `promoted`.
+    #[arg(long, global = true)]
+    strict_repository: bool,
+
+    /// Raise no alert for deleting content that was never promoted.
+    #[arg(long, global = true)]
+    allow_unpromoted_deletes: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate promotion manifests and print every problem.
+    Manifests {
+        #[command(subcommand)]
+        command: ManifestsCommand,
+    },
+    /// Inspect the digest index.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+    /// Show where a digest is promoted.
+    Lookup {
+        /// `sha256:` followed by 64 lower-case hex digits.
+        digest: String,
+    },
+    /// Print the verdict for pushing each reference (host/path:tag,
+    /// host/path@digest or host/path:tag@digest).
+    Check {
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Audit newline-delimited GCR notification payloads from a file (`-` for
+    /// standard input), one verdict per line.
+    Replay {
+        file: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ManifestsCommand {
+    /// Load and validate; exit 1 if any project has an error.
+    Validate {
+        /// Defaults to --manifests.
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum IndexCommand {
+    /// Sizes of the index, load time and memory.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMAGE_AUDITOR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let policy = Policy {
+        strict_repository: cli.strict_repository,
+        allow_unpromoted_deletes: cli.allow_unpromoted_deletes,
+    };
+    match cli.command {
+        Command::Manifests {
+            command: ManifestsCommand::Validate { dir },
+        } => validate(dir.as_deref().unwrap_or(&cli.manifests)),
+        Command::Index {
+            command: IndexCommand::Stats { json },
+        } => stats(&cli.manifests, json),
+        Command::Lookup { digest } => lookup(&cli.manifests, &digest),
+        Command::Check { references, json } => check(&cli.manifests, &policy, &references, json),
+        Command::Replay { file, json } => replay(&cli.manifests, &policy, &file, json),
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<ManifestSet> {
+    Ok(manifest::load(dir)?)
+}
+
+/// Loads and indexes, warning on stderr about projects left out.
+fn load_index(dir: &Path) -> anyhow::Result<Index> {
+    let set = load(dir)?;
+    for problem in set.errors() {
+        eprintln!("{problem} (project left out)");
+    }
+    Ok(Index::build(&set, 1))
+}
+
+fn validate(dir: &Path) -> anyhow::Result<ExitCode> {
+    let set = load(dir)?;
+    let mut out = std::io::stdout().lock();
+    for problem in &set.problems {
+        writeln!(out, "{problem}")?;
+    }
+    let errors = set.errors().count();
+    let warnings = set.problems.len() - errors;
+    writeln!(
+        out,
+        "{} projects valid, {} excluded; {errors} errors, {warnings} warnings",
+        set.manifests.len(),
+        set.excluded.len()
+    )?;
+    Ok(if errors > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn stats(dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let start = Instant::now();
+    let index = load_index(dir)?;
+    let elapsed = start.elapsed();
+    let stats = index.stats();
+    let (rss, peak) = memory_kib();
+    if json {
+        let mut value = serde_json::to_value(&stats)?;
+        value["load_ms"] = (elapsed.as_secs_f64() * 1000.0).into();
+        value["rss_kib"] = rss.into();
+        value["peak_rss_kib"] = peak.into();
+        println!("{value}");
+    } else {
+        println!("projects:          {}", stats.projects);
+        println!("excluded projects: {}", stats.excluded_projects);
+        println!("images:            {}", stats.images);
+        println!("digests:           {}", stats.digests);
+        println!("promotions:        {}", stats.promotions);
+        println!("tags:              {}", stats.tags);
+        println!("destinations:      {}", stats.destinations);
+        println!(
+            "load time:         {:.1} ms",
+            elapsed.as_secs_f64() * 1000.0
+        );
+        println!(
+            "memory:            {} KiB resident, {} KiB peak",
+            rss.map_or("?".into(), |v| v.to_string()),
+            peak.map_or("?".into(), |v| v.to_string())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resident and peak resident memory of this process, from /proc.
+fn memory_kib() -> (Option<u64>, Option<u64>) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn lookup(dir: &Path, digest: &str) -> anyhow::Result<ExitCode> {
+    let digest: Digest = digest.parse()?;
+    let index = load_index(dir)?;
+    let placements = index.placements(&digest);
+    if placements.is_empty() {
+        println!("{digest} is not promoted by any manifest");
+        return Ok(ExitCode::from(1));
+    }
+    for p in placements {
+        let image = index.promotion_image(p.promotion);
+        let manifest = index.manifest(index.image_manifest(image));
+        let name = index.image_name(image);
+        let tags: Vec<&str> = index.promotion_tags(p.promotion).collect();
+        println!(
+            "{}:{}: project {}, image {name}, tags [{}]",
+            manifest.images_file.display(),
+            index.promotion_line(p.promotion),
+            manifest.project,
+            tags.join(", ")
+        );
+        for dest in &manifest.destinations {
+            println!("  {dest}/{name}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(
+    dir: &Path,
+    policy: &Policy,
+    references: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // Parse every argument before loading anything: a typo should fail fast.
+    let events = references
+        .iter()
+        .map(|text| {
+            let r: Reference = text.parse()?;
+            if r.digest.is_none() && r.tag.is_none() {
+                anyhow::bail!("{text:?} names neither a tag nor a digest");
+            }
+            Ok(Event {
+                id: EventId(text.clone()),
+                source: Source::Cli,
+                action: Action::Insert,
+                repository: r.repository,
+                digest: r.digest,
+                tag: r.tag,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let index = load_index(dir)?;
+    let mut out = std::io::stdout().lock();
+    let mut violations = 0;
+    for event in &events {
+        let result = audit(&index, event, policy);
+        violations += usize::from(result.verdict.kind.alerts());
+        print_verdict(
+            &mut out,
+            &event.id,
+            &result.verdict,
+            result.pending.as_ref(),
+            json,
+        )?;
+    }
+    Ok(exit_for(violations))
+}
+
+fn replay(dir: &Path, policy: &Policy, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let input: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let index = load_index(dir)?;
+    let mut out = std::io::stdout().lock();
+    let mut violations = 0;
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let id = EventId(format!("{}:{}", file.display(), n + 1));
+        let (verdict, pending) = match gcr::parse(&id, line.as_bytes()) {
+            Ok(event) => {
+                let Audit { verdict, pending } = audit(&index, &event, policy);
+                (verdict, pending)
+            }
+            Err(malformed) => (Verdict::malformed(&malformed), None),
+        };
+        violations += usize::from(verdict.kind.alerts());
+        print_verdict(&mut out, &id, &verdict, pending.as_ref(), json)?;
+    }
+    Ok(exit_for(violations))
+}
+
+fn exit_for(violations: usize) -> ExitCode {
+    if violations > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_verdict(
+    out: &mut impl Write,
+    id: &EventId,
+    verdict: &Verdict,
+    pending: Option<&image_auditor::audit::Pending>,
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let line = serde_json::json!({
+            "event": id,
+            "verdict": verdict.kind,
+            "reason": verdict.reason,
+            "evidence": verdict.evidence,
+            "pending": pending,
+        });
+        return writeln!(out, "{line}");
+    }
+    write!(out, "{}\t{id}\t{}", verdict.kind, verdict.reason)?;
+    if let Some(pending) = pending {
+        let unread: usize = pending.parents.iter().map(|p| p.digests.len()).sum();
+        // Without registry access the lists cannot be read here, so say how
+        // far the verdict is from final instead of hiding it.
+        write!(
+            out,
+            " (provisional: {unread} promoted digests at this repository have not been read \
+             as possible manifest lists)"
+        )?;
+    }
+    writeln!(out)
+}
