@@ -1,0 +1,149 @@
+//! The command line against the shipped fixtures: output and exit codes.
+
+use std::process::{Command, Output};
+
+const ETCD: &str = "sha256:4ad90a11b55313b182afc186b9876c8e891531b8db4c9bf1541953021618d0e2";
+const REGION: &str = "us-central1-docker.pkg.dev/k8s-artifacts-prod/images";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_image-auditor"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("IMAGE_AUDITOR_MANIFESTS")
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+#[test]
+fn validate_reports_every_problem_and_fails() {
+    let out = run(&["manifests", "validate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("k8s-staging-ingress-nginx/images.yaml:203: error:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("k8s-staging-aws-encryption-provider/images.yaml: error: does not exist")
+    );
+    assert!(text.contains("k8s-staging-boskos/promoter-manifest.yaml:47: warning:"));
+    assert!(
+        text.ends_with("37 projects valid, 2 excluded; 2 errors, 1 warnings\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_of_a_valid_set_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "registries:\n- name: gcr.io/staging\n  src: true\n- name: registry.example/prod\n\
+             images:\n- name: app\n  dmap:\n    \"{ETCD}\": [\"1.10\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = run(&["manifests", "validate", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("1 projects valid, 0 excluded; 0 errors"));
+}
+
+#[test]
+fn check_prints_one_verdict_per_reference_and_exits_one_on_violations() {
+    let promoted = format!("{REGION}/etcd:3.4.13-0@{ETCD}");
+    let out = run(&["check", &promoted]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).starts_with(&format!(
+        "promoted\t{promoted}\tpromoted by k8s-staging-etcd"
+    )));
+
+    let moved = format!("{REGION}/etcd:3.5.0-0@{ETCD}");
+    let staging = "gcr.io/k8s-staging-etcd/etcd:latest".to_string();
+    let out = run(&["check", &promoted, &moved, &staging]);
+    assert_eq!(out.status.code(), Some(1));
+    let kinds: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds, ["promoted", "tag_moved", "out_of_scope"]);
+}
+
+#[test]
+fn check_rejects_a_bad_reference_before_loading() {
+    let out = run(&["check", "not a reference"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("error: repository \"not a reference\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn replay_judges_each_payload_line_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.ndjson");
+    let lines = [
+        format!(
+            r#"{{"action":"INSERT","digest":"{REGION}/etcd@{ETCD}","tag":"{REGION}/etcd:3.4.13-0"}}"#
+        ),
+        String::new(),
+        r#"{"action":"WOOF","digest":"gcr.io/x/y@sha256:0"}"#.to_string(),
+        format!(r#"{{"action":"DELETE","tag":"{REGION}/etcd:3.4.13-0"}}"#),
+        "{".to_string(),
+    ];
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let out = run(&["replay", "--json", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let verdicts: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v["verdict"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["promoted", "malformed", "deleted", "malformed"]);
+    // Ids name the file line, blank lines included in the numbering.
+    assert!(
+        verdicts[1]["event"]
+            .as_str()
+            .unwrap()
+            .ends_with("events.ndjson:3")
+    );
+    assert_eq!(verdicts[0]["evidence"][0]["image"], "etcd");
+    assert_eq!(verdicts[0]["evidence"][0]["line"], 3);
+}
+
+#[test]
+fn lookup_lists_where_a_digest_is_promoted() {
+    let out = run(&["lookup", ETCD]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "k8s-staging-etcd/images.yaml:3: project k8s-staging-etcd, image etcd, tags [3.4.13-0]"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(&format!("  {REGION}/kubernetes/etcd\n")));
+
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(run(&["lookup", &unknown]).status.code(), Some(1));
+}
+
+#[test]
+fn index_stats_reports_sizes_as_json() {
+    let out = run(&["index", "stats", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stats: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(stats["projects"], 37);
+    assert_eq!(stats["excluded_projects"], 2);
+    assert!(stats["load_ms"].as_f64().unwrap() > 0.0);
+}
