@@ -215,6 +215,9 @@ fn tag_conflicts_within(file: &Arc<Path>, image: &Image, report: &mut Report) {
     }
 }
 
+/// (manifest, image) indexes into a [`ManifestSet`].
+type Claimant = (usize, usize);
+
 /// The overlap rule across manifests: one destination `repository:tag`
 /// promised to two different digests. Both projects are excluded, since
 /// nothing says which of them is wrong.
@@ -242,8 +245,8 @@ pub(super) fn overlaps(set: &mut ManifestSet) {
     // with one example repository. Two claimants either share a prefix and an
     // image name, or one prefix is an ancestor of the other (a root-level
     // destination plus a nested one, as k8s.io etcd has).
-    let mut claims: BTreeMap<((usize, usize), (usize, usize)), String> = BTreeMap::new();
-    let mut claim = |a: (usize, usize), b: (usize, usize), repo: String| {
+    let mut claims: BTreeMap<(Claimant, Claimant), String> = BTreeMap::new();
+    let mut claim = |a: Claimant, b: Claimant, repo: String| {
         if a != b {
             claims.entry((a.min(b), a.max(b))).or_insert(repo);
         }

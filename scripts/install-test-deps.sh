@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs every system package the test suite needs (Debian). Idempotent:
+# skips apt entirely when everything is already there.
+set -euo pipefail
+
+packages=(docker-registry skopeo)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-test-deps: all present (${packages[*]})"
+  exit 0
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update
+$sudo apt-get install -y --no-install-recommends "${missing[@]}"
