@@ -11,6 +11,8 @@ use serde::Serialize;
 use crate::event::{Action, Event, Malformed};
 use crate::index::{Claims, How, ImageId, Index, Placement};
 use crate::reference::{Digest, Repository, Tag};
+use std::path::Path;
+use std::sync::Arc;
 
 /// Policy knobs of the decision.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
@@ -102,15 +104,16 @@ impl fmt::Display for VerdictKind {
 /// Where a promotion is written down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Evidence {
-    pub project: String,
+    pub project: Arc<str>,
     /// The `images.yaml` (or plain manifest) holding the `dmap` entry.
-    pub file: String,
+    #[serde(serialize_with = "serialize_path")]
+    pub file: Arc<Path>,
     pub line: u32,
     /// The image name the digest is promoted as.
-    pub image: String,
+    pub image: Arc<str>,
     /// The digest of the `dmap` entry: the parent when `parent` is set.
     pub digest: Digest,
-    pub tags: Vec<String>,
+    pub tags: Vec<Arc<str>>,
     /// Set when the event's digest is a child of this promoted list.
     pub parent: Option<Digest>,
 }
@@ -133,26 +136,21 @@ impl Verdict {
     }
 }
 
+fn serialize_path<S: serde::Serializer>(path: &Arc<Path>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&path.display())
+}
+
 /// What must be read from registries before a provisional verdict is final.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct Pending {
-    /// Promoted digests of the images at the event's repository whose
-    /// manifests have not been read: any of them may be a list that has the
-    /// event's digest as a child.
-    pub parents: Vec<ParentsToResolve>,
+    /// Images at the event's repository with promoted digests not read yet:
+    /// any of those may be a list that has the event's digest as a child.
+    /// Expand with [`Index::parents_to_resolve`] on the same index.
+    pub parents: Vec<ImageId>,
     /// Read the event's own manifest: an OCI `subject` makes it an attachment.
     pub event_manifest: bool,
     /// The event names only a tag; which digest it points to must be read.
     pub tag_target: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ParentsToResolve {
-    pub project: String,
-    pub image: String,
-    /// Where to read from: the source registry first, then the destinations.
-    pub repositories: Vec<Repository>,
-    pub digests: Vec<Digest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -228,15 +226,12 @@ impl Ctx<'_> {
         let image = index.promotion_image(p.promotion);
         let manifest = index.manifest(index.image_manifest(image));
         Evidence {
-            project: manifest.project.to_string(),
-            file: manifest.images_file.display().to_string(),
+            project: manifest.project.clone(),
+            file: manifest.images_file.clone(),
             line: index.promotion_line(p.promotion),
-            image: index.image_name(image).to_string(),
+            image: index.image_name(image).clone(),
             digest: index.promotion_digest(p.promotion).clone(),
-            tags: index
-                .promotion_tags(p.promotion)
-                .map(str::to_string)
-                .collect(),
+            tags: index.promotion_tags(p.promotion).cloned().collect(),
             parent: match &p.how {
                 How::Direct => None,
                 How::Child { parent } => Some(parent.clone()),
@@ -378,7 +373,12 @@ impl Ctx<'_> {
             let e = self.evidence(&direct[0]);
             return self.done(
                 VerdictKind::Promoted,
-                format!("promoted by {}{as_name} ({}:{})", e.project, e.file, e.line),
+                format!(
+                    "promoted by {}{as_name} ({}:{})",
+                    e.project,
+                    e.file.display(),
+                    e.line
+                ),
                 &direct,
             );
         }
@@ -387,7 +387,10 @@ impl Ctx<'_> {
             VerdictKind::PromotedChild,
             format!(
                 "child of {} promoted by {}{as_name} ({}:{})",
-                e.digest, e.project, e.file, e.line
+                e.digest,
+                e.project,
+                e.file.display(),
+                e.line
             ),
             placements,
         )
@@ -413,7 +416,7 @@ impl Ctx<'_> {
                         "tag {tag} of {} is promised to {} ({}:{}), not {digest}",
                         self.repo(),
                         e.digest,
-                        e.file,
+                        e.file.display(),
                         e.line
                     ),
                     &[promised],
@@ -565,35 +568,12 @@ impl Ctx<'_> {
         Audit { verdict, pending }
     }
 
-    fn unresolved_parents(&self) -> Vec<ParentsToResolve> {
-        let children = self.index.children();
+    fn unresolved_parents(&self) -> Vec<ImageId> {
         self.claims
             .images
             .iter()
-            .filter_map(|&image| {
-                let digests: Vec<Digest> = self
-                    .index
-                    .image_digests(image)
-                    .filter(|d| !children.is_resolved(d))
-                    .cloned()
-                    .collect();
-                (!digests.is_empty()).then(|| self.parents_to_resolve(image, digests))
-            })
+            .copied()
+            .filter(|&image| !self.index.image_resolved(image))
             .collect()
-    }
-
-    fn parents_to_resolve(&self, image: ImageId, digests: Vec<Digest>) -> ParentsToResolve {
-        let manifest = self.index.manifest(self.index.image_manifest(image));
-        let name = self.index.image_name(image);
-        let repositories = std::iter::once(&manifest.source)
-            .chain(&manifest.destinations)
-            .filter_map(|prefix| Repository::join(prefix, name).ok())
-            .collect();
-        ParentsToResolve {
-            project: manifest.project.to_string(),
-            image: name.to_string(),
-            repositories,
-            digests,
-        }
     }
 }

@@ -6,7 +6,9 @@
 //! `Arc`s, so the resolver can publish new children without copying the
 //! promotions.
 
-use std::collections::{HashMap, HashSet};
+// foldhash: several times faster than SipHash on these short keys and still
+// seeded per process, so hostile event paths cannot aim at one bucket.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +16,18 @@ use smallvec::SmallVec;
 
 use crate::manifest::{Excluded, ManifestSet};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
+
+/// What the resolver must read to learn whether one image's promoted digests
+/// are manifest lists.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParentsToResolve {
+    pub project: Arc<str>,
+    pub image: Arc<str>,
+    /// Where to read from: the source registry first, then the destinations.
+    pub repositories: Vec<Repository>,
+    /// Promoted digests not read yet.
+    pub digests: Vec<Digest>,
+}
 
 /// An interned string: registry prefixes, image names and tags repeat across
 /// thousands of digests.
@@ -42,7 +56,7 @@ impl Interner {
         self.ids.get(s).copied()
     }
 
-    fn resolve(&self, sym: Sym) -> &str {
+    fn resolve(&self, sym: Sym) -> &Arc<str> {
         &self.strings[sym.0 as usize]
     }
 }
@@ -53,7 +67,7 @@ pub type PromotionId = u32;
 
 #[derive(Debug)]
 pub struct ManifestInfo {
-    pub project: Box<str>,
+    pub project: Arc<str>,
     pub manifest_file: Arc<Path>,
     pub images_file: Arc<Path>,
     pub source: RegistryPrefix,
@@ -142,6 +156,9 @@ impl Children {
 pub struct Index {
     core: Arc<Core>,
     children: Arc<Children>,
+    /// Per image: every promoted digest has been read. Derived from
+    /// `children` once per publication so the hot path does not recount.
+    resolved_images: Arc<Vec<bool>>,
     generation: u64,
 }
 
@@ -273,18 +290,36 @@ impl Index {
                 commit: set.commit.clone(),
             }),
             children: Arc::default(),
+            resolved_images: Arc::default(),
             generation,
         }
+        .with_children(Arc::default())
     }
 
     /// The same promotions with newly resolved children; cheap, shares the
     /// promotions with `self`.
     pub fn with_children(&self, children: Arc<Children>) -> Index {
+        let core = &*self.core;
+        let resolved_images = core
+            .images
+            .iter()
+            .map(|image| {
+                core.promotions[image.promotions.start as usize..image.promotions.end as usize]
+                    .iter()
+                    .all(|p| children.is_resolved(&p.digest))
+            })
+            .collect();
         Index {
             core: self.core.clone(),
             children,
+            resolved_images: Arc::new(resolved_images),
             generation: self.generation,
         }
+    }
+
+    /// Whether every digest `image` promotes has been read by the resolver.
+    pub fn image_resolved(&self, image: ImageId) -> bool {
+        self.resolved_images[image as usize]
     }
 
     pub fn children(&self) -> &Arc<Children> {
@@ -389,7 +424,7 @@ impl Index {
             .is_some_and(|t| core.promotions[p as usize].tags.contains(&t))
     }
 
-    pub fn promotion_tags(&self, p: PromotionId) -> impl Iterator<Item = &str> {
+    pub fn promotion_tags(&self, p: PromotionId) -> impl Iterator<Item = &Arc<str>> {
         let core = &*self.core;
         core.promotions[p as usize]
             .tags
@@ -401,7 +436,7 @@ impl Index {
         self.core.images[image as usize].manifest
     }
 
-    pub fn image_name(&self, image: ImageId) -> &str {
+    pub fn image_name(&self, image: ImageId) -> &Arc<str> {
         self.core
             .strings
             .resolve(self.core.images[image as usize].name)
@@ -413,6 +448,25 @@ impl Index {
         self.core.promotions[range.start as usize..range.end as usize]
             .iter()
             .map(|p| &p.digest)
+    }
+
+    /// The unread promoted digests of `image` and where to read them.
+    pub fn parents_to_resolve(&self, image: ImageId) -> ParentsToResolve {
+        let manifest = self.manifest(self.image_manifest(image));
+        let name = self.image_name(image);
+        ParentsToResolve {
+            project: manifest.project.clone(),
+            image: name.clone(),
+            repositories: std::iter::once(&manifest.source)
+                .chain(&manifest.destinations)
+                .filter_map(|prefix| Repository::join(prefix, name).ok())
+                .collect(),
+            digests: self
+                .image_digests(image)
+                .filter(|d| !self.children.is_resolved(d))
+                .cloned()
+                .collect(),
+        }
     }
 
     pub fn manifest(&self, m: ManifestId) -> &ManifestInfo {

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use image_auditor::audit::{Audit, Policy, Verdict, audit};
+use image_auditor::audit::{Audit, Pending, Policy, Verdict, audit};
 use image_auditor::event::{Action, Event, EventId, Source};
-use image_auditor::index::Index;
+use image_auditor::index::{Index, ParentsToResolve};
 use image_auditor::manifest::{self, ManifestSet};
 use image_auditor::reference::{Digest, Reference};
 use image_auditor::sources::gcr;
@@ -225,7 +225,7 @@ fn lookup(dir: &Path, digest: &str) -> anyhow::Result<ExitCode> {
         let image = index.promotion_image(p.promotion);
         let manifest = index.manifest(index.image_manifest(image));
         let name = index.image_name(image);
-        let tags: Vec<&str> = index.promotion_tags(p.promotion).collect();
+        let tags: Vec<&str> = index.promotion_tags(p.promotion).map(|t| &**t).collect();
         println!(
             "{}:{}: project {}, image {name}, tags [{}]",
             manifest.images_file.display(),
@@ -272,6 +272,7 @@ fn check(
         violations += usize::from(result.verdict.kind.alerts());
         print_verdict(
             &mut out,
+            &index,
             &event.id,
             &result.verdict,
             result.pending.as_ref(),
@@ -306,7 +307,7 @@ fn replay(dir: &Path, policy: &Policy, file: &Path, json: bool) -> anyhow::Resul
             Err(malformed) => (Verdict::malformed(&malformed), None),
         };
         violations += usize::from(verdict.kind.alerts());
-        print_verdict(&mut out, &id, &verdict, pending.as_ref(), json)?;
+        print_verdict(&mut out, &index, &id, &verdict, pending.as_ref(), json)?;
     }
     Ok(exit_for(violations))
 }
@@ -321,12 +322,28 @@ fn exit_for(violations: usize) -> ExitCode {
 
 fn print_verdict(
     out: &mut impl Write,
+    index: &Index,
     id: &EventId,
     verdict: &Verdict,
-    pending: Option<&image_auditor::audit::Pending>,
+    pending: Option<&Pending>,
     json: bool,
 ) -> std::io::Result<()> {
+    let parents: Vec<ParentsToResolve> = pending
+        .map(|p| {
+            p.parents
+                .iter()
+                .map(|&i| index.parents_to_resolve(i))
+                .collect()
+        })
+        .unwrap_or_default();
     if json {
+        let pending = pending.map(|p| {
+            serde_json::json!({
+                "parents": parents,
+                "event_manifest": p.event_manifest,
+                "tag_target": p.tag_target,
+            })
+        });
         let line = serde_json::json!({
             "event": id,
             "verdict": verdict.kind,
@@ -337,8 +354,8 @@ fn print_verdict(
         return writeln!(out, "{line}");
     }
     write!(out, "{}\t{id}\t{}", verdict.kind, verdict.reason)?;
-    if let Some(pending) = pending {
-        let unread: usize = pending.parents.iter().map(|p| p.digests.len()).sum();
+    if pending.is_some() {
+        let unread: usize = parents.iter().map(|p| p.digests.len()).sum();
         // Without registry access the lists cannot be read here, so say how
         // far the verdict is from final instead of hiding it.
         write!(
