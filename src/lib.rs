@@ -8,4 +8,5 @@ pub mod event;
 pub mod index;
 pub mod manifest;
 pub mod reference;
+pub mod registry;
 pub mod sources;

@@ -166,7 +166,9 @@ pub struct GoogleAuthConfig {
 }
 
 fn default_google_hosts() -> Vec<String> {
-    ["gcr.io", "*.gcr.io", "*.pkg.dev"].map(String::from).to_vec()
+    ["gcr.io", "*.gcr.io", "*.pkg.dev"]
+        .map(String::from)
+        .to_vec()
 }
 
 fn default_command_token_ttl() -> Duration {

@@ -7,19 +7,22 @@ use std::time::Duration;
 use crate::reference::{Digest, Repository};
 
 /// A failed manifest fetch: where, what, and whether asking again may help.
+///
+/// Boxed so that `Result<_, RegistryError>` stays one pointer wide on the
+/// success path.
 #[derive(Debug, Clone, thiserror::Error)]
-pub struct RegistryError {
-    /// `host[:port]` of the registry, or of the token service for
-    /// [`ErrorKind::TokenService`].
-    pub host: String,
-    /// The repository path on that registry (without the host).
-    pub repository: String,
-    /// The manifest asked for.
-    pub digest: Digest,
-    pub kind: ErrorKind,
+#[error("{0}")]
+pub struct RegistryError(Box<Details>);
+
+#[derive(Debug, Clone)]
+struct Details {
+    host: String,
+    repository: String,
+    digest: Digest,
+    kind: ErrorKind,
 }
 
-impl fmt::Display for RegistryError {
+impl fmt::Display for Details {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
@@ -62,6 +65,8 @@ pub enum ErrorKind {
     UnsupportedMediaType(String),
     #[error("manifest lists nested deeper than {0} levels")]
     TooDeep(usize),
+    #[error("no repository to ask")]
+    NoCandidates,
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {
@@ -73,12 +78,41 @@ fn retry_after_text(retry_after: &Option<Duration>) -> String {
 
 impl RegistryError {
     pub(crate) fn new(repository: &Repository, digest: &Digest, kind: ErrorKind) -> Self {
-        Self {
+        Self(Box::new(Details {
             host: repository.host().to_owned(),
             repository: repository.path().to_owned(),
             digest: digest.clone(),
             kind,
-        }
+        }))
+    }
+
+    /// An error that concerns no repository (nothing was asked).
+    pub(crate) fn without_repository(digest: &Digest, kind: ErrorKind) -> Self {
+        Self(Box::new(Details {
+            host: String::new(),
+            repository: String::new(),
+            digest: digest.clone(),
+            kind,
+        }))
+    }
+
+    /// `host[:port]` of the registry asked.
+    pub fn host(&self) -> &str {
+        &self.0.host
+    }
+
+    /// The repository path on that registry (without the host).
+    pub fn repository(&self) -> &str {
+        &self.0.repository
+    }
+
+    /// The manifest asked for.
+    pub fn digest(&self) -> &Digest {
+        &self.0.digest
+    }
+
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0.kind
     }
 
     /// Whether asking again later may succeed. Callers turn a transient error
@@ -88,12 +122,12 @@ impl RegistryError {
     /// or misconfigured credential says nothing about the image, and must
     /// surface as "cannot decide" until someone fixes it.
     pub fn is_transient(&self) -> bool {
-        self.kind.is_transient()
+        self.0.kind.is_transient()
     }
 
     /// Whether the registry said the manifest is not in this repository.
     pub fn is_not_found(&self) -> bool {
-        self.kind == ErrorKind::NotFound
+        self.0.kind == ErrorKind::NotFound
     }
 }
 
@@ -114,7 +148,8 @@ impl ErrorKind {
             | ErrorKind::TooLarge { .. }
             | ErrorKind::Unparseable(_)
             | ErrorKind::UnsupportedMediaType(_)
-            | ErrorKind::TooDeep(_) => false,
+            | ErrorKind::TooDeep(_)
+            | ErrorKind::NoCandidates => false,
         }
     }
 }

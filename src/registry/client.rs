@@ -1,0 +1,339 @@
+//! The registry client and its one HTTP operation: GET a manifest by digest,
+//! within the request budget, with authentication, bounded retries, a size
+//! cap, and verification of the body against the digest.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use sha2::Digest as _;
+
+use super::auth::{Authenticator, Ctx};
+use super::cache::ManifestCache;
+use super::config::RegistryConfig;
+use super::credentials::Credentials;
+use super::error::{ErrorKind, RegistryError};
+use super::fetch::Flights;
+use super::limit::{Limiter, backoff, parse_retry_after};
+use super::media;
+use super::stats::{Outcome, RequestKind, Stats, StatsSnapshot};
+use crate::reference::{Digest, Repository};
+
+/// The header a registry uses to state the digest of what it served.
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// The only way the auditor talks to registries. Cheap to clone; clones
+/// share connections, budgets, tokens, the cache, in-flight fetches and
+/// counters.
+#[derive(Clone)]
+pub struct RegistryClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: RegistryConfig,
+    pub(crate) http: reqwest::Client,
+    pub(crate) auth: Authenticator,
+    pub(crate) limiter: Limiter,
+    pub(crate) cache: Option<Arc<ManifestCache>>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) flights: Flights,
+}
+
+/// Why a client could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("registry credentials: {0}")]
+    Credentials(String),
+    #[error("manifest cache {path}: {source}")]
+    Cache {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// How reading a response body ended badly.
+pub(crate) enum ReadError {
+    TooLarge,
+    Timeout,
+    Network(String),
+}
+
+impl RegistryClient {
+    pub fn new(config: RegistryConfig) -> Result<Self, SetupError> {
+        let credentials = Credentials::from_config(&config).map_err(SetupError::Credentials)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .user_agent(concat!("image-auditor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SetupError::Http(e.to_string()))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(Arc::new(
+                ManifestCache::open(dir, config.max_manifest_bytes, config.max_cache_bytes)
+                    .map_err(|source| SetupError::Cache {
+                        path: dir.clone(),
+                        source,
+                    })?,
+            )),
+            None => None,
+        };
+        let overrides: HashMap<_, _> = config
+            .hosts
+            .iter()
+            .filter_map(|(host, h)| Some((host.clone(), h.rate_limit?)))
+            .collect();
+        let limiter = Limiter::new(config.rate_limit, config.per_host_rate_limit, overrides);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                http,
+                auth: Authenticator::new(credentials),
+                limiter,
+                cache,
+                stats: Arc::default(),
+                flights: Flights::default(),
+            }),
+        })
+    }
+
+    /// A copy of the request and cache counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+}
+
+impl Inner {
+    /// GETs the manifest `digest` from `repository` and returns its bytes,
+    /// verified. Transient failures are retried here, within the budget;
+    /// what comes back is final for this fetch.
+    pub(crate) async fn get_manifest(
+        &self,
+        repository: &Repository,
+        digest: &Digest,
+    ) -> Result<Bytes, RegistryError> {
+        let host = repository.host();
+        let path = repository.path();
+        let error = |kind| RegistryError::new(repository, digest, kind);
+        let insecure = self.config.is_insecure_http(host);
+        let scheme = if insecure { "http" } else { "https" };
+        let url = format!("{scheme}://{host}/v2/{path}/manifests/{digest}");
+        let ctx = Ctx {
+            http: &self.http,
+            stats: &self.stats,
+            allow_http_realm: insecure,
+        };
+        let record = |outcome| self.stats.request(host, RequestKind::Manifest, outcome);
+        let mut retries = 0;
+        let mut reauthenticated = false;
+        loop {
+            self.limiter.acquire(host).await;
+            let (authorization, sent) =
+                self.auth.authorize(&ctx, host, path).await.map_err(error)?;
+            let mut request = self.http.get(&url).header(ACCEPT, media::ACCEPT);
+            if let Some(value) = authorization {
+                request = request.header(AUTHORIZATION, value);
+            }
+            // Each arm either returns or yields the transient failure to retry.
+            let failure = match request.send().await {
+                Err(e) if e.is_timeout() => {
+                    record(Outcome::Timeout);
+                    ErrorKind::Timeout
+                }
+                Err(e) => {
+                    record(Outcome::NetworkError);
+                    ErrorKind::Network(error_chain(&e))
+                }
+                Ok(response) => match response.status() {
+                    StatusCode::OK => match self.read_verified(response, digest).await {
+                        Ok(body) => {
+                            record(Outcome::Ok);
+                            return Ok(body);
+                        }
+                        Err((outcome, kind)) => {
+                            record(outcome);
+                            if !kind.is_transient() {
+                                return Err(error(kind));
+                            }
+                            kind
+                        }
+                    },
+                    status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                        record(Outcome::Unauthorized);
+                        if status == StatusCode::UNAUTHORIZED
+                            && !reauthenticated
+                            && self
+                                .auth
+                                .on_unauthorized(&ctx, host, path, response.headers(), sent)
+                                .await
+                                .map_err(error)?
+                        {
+                            reauthenticated = true;
+                            continue;
+                        }
+                        return Err(error(ErrorKind::Unauthorized {
+                            status: status.as_u16(),
+                            detail: match sent {
+                                super::auth::Sent::Nothing => "no credentials for this host",
+                                _ => "credentials refused",
+                            }
+                            .into(),
+                        }));
+                    }
+                    StatusCode::NOT_FOUND => {
+                        record(Outcome::NotFound);
+                        return Err(error(ErrorKind::NotFound));
+                    }
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        record(Outcome::RateLimited);
+                        let retry_after = response
+                            .headers()
+                            .get(RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                        if let Some(wait) = retry_after {
+                            if wait > self.config.max_retry_after {
+                                return Err(error(ErrorKind::RateLimited { retry_after }));
+                            }
+                            // Every request to this host waits, not just this one.
+                            self.limiter
+                                .block_host(host, tokio::time::Instant::now() + wait);
+                        }
+                        ErrorKind::RateLimited { retry_after }
+                    }
+                    status if status.is_server_error() => {
+                        record(Outcome::ServerError);
+                        ErrorKind::Server {
+                            status: status.as_u16(),
+                        }
+                    }
+                    status => {
+                        record(Outcome::OtherStatus);
+                        return Err(error(ErrorKind::UnexpectedStatus {
+                            status: status.as_u16(),
+                        }));
+                    }
+                },
+            };
+            if retries >= self.config.max_retries {
+                return Err(error(failure));
+            }
+            let honours_retry_after = matches!(
+                failure,
+                ErrorKind::RateLimited {
+                    retry_after: Some(_)
+                }
+            );
+            if !honours_retry_after {
+                let delay = backoff(retries, self.config.backoff_base, self.config.backoff_max);
+                tokio::time::sleep(delay).await;
+            }
+            tracing::debug!(host, repository = path, %digest, error = %failure, retries, "retrying manifest fetch");
+            retries += 1;
+            self.stats.retry();
+        }
+    }
+
+    /// Reads at most the size cap of the body, then checks it against the
+    /// requested digest and against `Docker-Content-Digest` when present.
+    async fn read_verified(
+        &self,
+        response: reqwest::Response,
+        digest: &Digest,
+    ) -> Result<Bytes, (Outcome, ErrorKind)> {
+        let limit = self.config.max_manifest_bytes;
+        let header_digest = response
+            .headers()
+            .get(DOCKER_CONTENT_DIGEST)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let body = match read_capped(response, limit).await {
+            Ok(body) => body,
+            Err(ReadError::TooLarge) => {
+                return Err((Outcome::TooLarge, ErrorKind::TooLarge { limit }));
+            }
+            Err(ReadError::Timeout) => return Err((Outcome::Timeout, ErrorKind::Timeout)),
+            Err(ReadError::Network(e)) => {
+                return Err((Outcome::NetworkError, ErrorKind::Network(e)));
+            }
+        };
+        if !digest.verifies(&body) {
+            let actual = same_algorithm_digest(digest, &body);
+            return Err((
+                Outcome::DigestMismatch,
+                ErrorKind::DigestMismatch { actual },
+            ));
+        }
+        if let Some(header) = header_digest {
+            // The header may use another algorithm than the request; what
+            // matters is that it names these bytes.
+            let consistent = header
+                .trim()
+                .parse::<Digest>()
+                .is_ok_and(|d| d.verifies(&body));
+            if !consistent {
+                return Err((
+                    Outcome::DigestMismatch,
+                    ErrorKind::HeaderDigestMismatch { header },
+                ));
+            }
+        }
+        Ok(body)
+    }
+}
+
+/// Reads a response body, stopping as soon as it exceeds `limit` bytes. The
+/// response is dropped then, which closes the connection instead of
+/// downloading the rest.
+pub(crate) async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> Result<Bytes, ReadError> {
+    if response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|len| len > limit)
+    {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(ReadError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) if e.is_timeout() => return Err(ReadError::Timeout),
+            Err(e) => return Err(ReadError::Network(error_chain(&e))),
+        }
+    }
+}
+
+fn same_algorithm_digest(like: &Digest, bytes: &[u8]) -> Digest {
+    match like {
+        Digest::Sha256(_) => Digest::sha256_of(bytes),
+        Digest::Sha512(_) => Digest::Sha512(Box::new(sha2::Sha512::digest(bytes).into())),
+    }
+}
+
+/// reqwest's top-level message is often just "error sending request"; the
+/// cause (connection refused, DNS, TLS) is what an operator needs.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,34 @@
+//! Registry access: the only code that talks to container registries.
+//!
+//! [`RegistryClient::fetch_manifest`] returns a manifest by digest, verified
+//! against that digest, from a content-addressed on-disk cache or from the
+//! registry (OCI distribution API) within a request budget. The resolve
+//! helpers build on it to list the children of manifest lists and to read
+//! the subject of attachments.
+//!
+//! Errors say whether asking again may help ([`RegistryError::is_transient`]):
+//! callers turn transient errors into "undecided", never into "unpromoted".
+
+mod auth;
+mod cache;
+mod client;
+mod config;
+mod credentials;
+mod error;
+mod fetch;
+mod google;
+mod limit;
+mod media;
+mod resolve;
+mod stats;
+
+pub use client::{RegistryClient, SetupError};
+pub use config::{GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig};
+pub use error::{ErrorKind, RegistryError};
+pub use fetch::FetchedManifest;
+pub use media::{
+    ACCEPT, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, IndexChild, ManifestKind, OCI_INDEX,
+    OCI_MANIFEST, Platform,
+};
+pub use resolve::{ChildLink, MAX_NESTING, attachment_subject, fetch_from_any, resolve_children};
+pub use stats::{Outcome, RequestKind, StatsSnapshot};
