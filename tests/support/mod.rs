@@ -1,0 +1,35 @@
+//! Helpers for the registry integration tests. Each test binary uses a
+//! different subset, hence the allowance for unused items.
+#![allow(dead_code)]
+
+pub mod oci;
+pub mod registry;
+pub mod token;
+
+use std::path::Path;
+use std::time::Duration;
+
+use image_auditor::registry::{RateLimit, RegistryClient, RegistryConfig};
+
+/// A configuration for loopback test registries: plain HTTP, no rate limit,
+/// short retry delays, and the given cache directory.
+pub fn test_config(cache_dir: Option<&Path>) -> RegistryConfig {
+    let unlimited = RateLimit {
+        requests_per_second: 0.0,
+        burst: 0,
+    };
+    RegistryConfig {
+        insecure_http_hosts: vec!["127.0.0.1".into()],
+        request_timeout: Duration::from_secs(10),
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        rate_limit: unlimited,
+        per_host_rate_limit: unlimited,
+        cache_dir: cache_dir.map(Path::to_owned),
+        ..RegistryConfig::default()
+    }
+}
+
+pub fn client(config: RegistryConfig) -> RegistryClient {
+    RegistryClient::new(config).expect("valid test configuration")
+}

@@ -1,0 +1,225 @@
+//! A real CNCF distribution registry (Debian's `docker-registry`) on a free
+//! loopback port, and skopeo to push to it.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use image_auditor::reference::Digest;
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+pub enum Auth {
+    Anonymous,
+    /// `auth.htpasswd` with one bcrypt user.
+    Htpasswd {
+        user: String,
+        password: String,
+    },
+    /// `auth.token`: JWTs from `realm`, signed by the key of `cert`.
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        cert: PathBuf,
+    },
+}
+
+pub struct Registry {
+    child: Child,
+    pub host: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry and waits until `/v2/` answers. Retries on a new
+    /// port if another process took the free port first.
+    pub fn start(auth: Auth) -> Self {
+        assert!(
+            Path::new(REGISTRY_BIN).exists(),
+            "{REGISTRY_BIN} is missing: apt-get install docker-registry skopeo"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let auth_yaml = match &auth {
+            Auth::Anonymous => String::new(),
+            Auth::Htpasswd { user, password } => {
+                let hash = bcrypt::hash(password, 4).unwrap();
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                    path.display()
+                )
+            }
+            Auth::Token {
+                realm,
+                service,
+                issuer,
+                cert,
+            } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+                cert.display()
+            ),
+        };
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}",
+                    dir.path().join("storage").display()
+                ),
+            )
+            .unwrap();
+            let log_path = dir.path().join("registry.log");
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(REGISTRY_BIN)
+                .arg("serve")
+                .arg(&config)
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start docker-registry");
+            if wait_ready(&mut child, port) {
+                return Self {
+                    child,
+                    host: format!("127.0.0.1:{port}"),
+                    dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        }
+        panic!("docker-registry did not become ready:\n{last_log}");
+    }
+
+    pub fn repo(&self, path: &str) -> image_auditor::reference::Repository {
+        format!("{}/{path}", self.host).parse().unwrap()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `GET /v2/` until it answers with any HTTP status (401 counts: an
+/// auth-protected registry is up), or the process exits, or time runs out.
+fn wait_ready(child: &mut Child, port: u16) -> bool {
+    let deadline = Instant::now() + READY_WITHIN;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let request = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+            let mut response = [0u8; 12];
+            if s.write_all(request.as_bytes()).is_ok()
+                && s.read_exact(&mut response).is_ok()
+                && response.starts_with(b"HTTP/1.")
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Options of one `skopeo copy`.
+#[derive(Default)]
+pub struct Push<'a> {
+    /// `user:password` for the destination.
+    pub creds: Option<&'a str>,
+    /// Convert to Docker schema 2 (a manifest list for an index); digests
+    /// change, so they cannot be preserved.
+    pub docker_v2s2: bool,
+}
+
+/// `skopeo copy --all oci:<layout>:<tag> docker://<host>/<repo>:<tag>`;
+/// returns the digest of what was pushed, as skopeo reports it.
+pub fn skopeo_push(layout: &Path, tag: &str, host: &str, repo: &str, opts: Push<'_>) -> Digest {
+    let digest_file = layout.join(format!("pushed-{tag}.digest"));
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--quiet", "--all", "--dest-tls-verify=false"]);
+    if opts.docker_v2s2 {
+        cmd.args(["--format", "v2s2"]);
+    } else {
+        cmd.arg("--preserve-digests");
+    }
+    if let Some(creds) = opts.creds {
+        cmd.arg("--dest-creds").arg(creds);
+    }
+    cmd.arg("--digestfile").arg(&digest_file);
+    cmd.arg(format!("oci:{}:{tag}", layout.display()));
+    cmd.arg(format!("docker://{host}/{repo}:{tag}"));
+    run(&mut cmd);
+    std::fs::read_to_string(&digest_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The manifest bytes the registry stores for `reference`, read by skopeo
+/// (an independent client), so tests do not check the client with itself.
+pub fn skopeo_raw(reference: &str, creds: Option<&str>) -> Vec<u8> {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["inspect", "--raw", "--tls-verify=false"]);
+    if let Some(creds) = creds {
+        cmd.arg("--creds").arg(creds);
+    }
+    cmd.arg(format!("docker://{reference}"));
+    run(&mut cmd)
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (is skopeo installed?)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// PUTs manifest bytes as they are, for what skopeo 1.9 cannot push: it
+/// refuses an index whose entry is another index ("Unexpectedly received a
+/// manifest list instead of a manifest for a single image"). The registry
+/// still checks that every entry already exists in the repository.
+pub async fn put_manifest(host: &str, repo: &str, tag: &str, media_type: &str, bytes: Vec<u8>) {
+    let url = format!("http://{host}/v2/{repo}/manifests/{tag}");
+    let response = reqwest::Client::new()
+        .put(&url)
+        .header("Content-Type", media_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "PUT {url}: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
+}
