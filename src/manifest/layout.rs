@@ -159,7 +159,7 @@ impl Loader {
                 .strip_prefix(root)
                 .ok()
                 .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(file)
+                .unwrap_or_else(|| Path::new(file.file_name().unwrap_or_default()))
                 .with_extension("")
                 .to_string_lossy()
                 .into_owned();

@@ -223,7 +223,7 @@ type Claimant = (usize, usize);
 /// nothing says which of them is wrong.
 pub(super) fn overlaps(set: &mut ManifestSet) {
     // Which manifests promote to each destination prefix.
-    let mut at_prefix: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut at_prefix: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (m, manifest) in set.manifests.iter().enumerate() {
         for dest in &manifest.destinations {
             at_prefix.entry(dest.as_str()).or_default().push(m);
