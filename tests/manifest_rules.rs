@@ -1,0 +1,698 @@
+//! One fixture per validation rule of DESIGN §4 (`manifests-fixtures/rules/
+//! invalid-*` and `valid-*`), the retired auditor's thin-directory cases
+//! (anchor study §5.6) and the digest and tag syntax tables (§5.7).
+//!
+//! Each invalid fixture holds a bad project next to a good one: the problem is
+//! reported with its file, line and a key phrase, the bad project is
+//! excluded, and the good one still loads (isolation). Expected lines are
+//! counted here from the fixture text, not taken from the loader.
+
+use std::path::{Path, PathBuf};
+
+use image_auditor::audit::{Policy, VerdictKind, audit};
+use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::index::Index;
+use image_auditor::manifest::{self, Layout, LoadError, ManifestSet, Problem, Severity};
+use image_auditor::reference::{Digest, Reference, Tag};
+
+// ---------------------------------------------------------------- helpers
+
+fn rules(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests-fixtures/rules")
+        .join(name)
+}
+
+fn load(name: &str) -> ManifestSet {
+    manifest::load(&rules(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn d(unit: &str) -> Digest {
+    format!("sha256:{}", &unit.repeat(64)[..64])
+        .parse()
+        .unwrap()
+}
+
+/// The 1-based line of the only line of `file` containing `needle`.
+fn line_of(file: &Path, needle: &str) -> u32 {
+    let text = std::fs::read_to_string(file).unwrap();
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "{needle:?} in {}", file.display());
+    hits[0] as u32
+}
+
+fn images(root: &str, project: &str) -> PathBuf {
+    rules(root).join("images").join(project).join("images.yaml")
+}
+
+fn manifest_file(root: &str, project: &str) -> PathBuf {
+    rules(root)
+        .join("manifests")
+        .join(project)
+        .join("promoter-manifest.yaml")
+}
+
+fn loaded(set: &ManifestSet) -> Vec<&str> {
+    set.manifests.iter().map(|m| m.project.as_str()).collect()
+}
+
+fn excluded(set: &ManifestSet) -> Vec<&str> {
+    let mut x: Vec<&str> = set.excluded.iter().map(|m| m.project.as_str()).collect();
+    x.sort();
+    x
+}
+
+/// Asserts `p` is an error about `file`, at the line of `needle` in that
+/// file (or no line when `needle` is `None`), saying `phrase`.
+#[track_caller]
+fn assert_problem(p: &Problem, file: &Path, needle: Option<&str>, phrase: &str) {
+    assert_eq!(p.severity, Severity::Error, "{p}");
+    assert_eq!(&*p.file, file, "{p}");
+    assert_eq!(p.line, needle.map(|n| line_of(file, n)), "{p}");
+    assert!(p.message.contains(phrase), "{p}\nlacks {phrase:?}");
+}
+
+/// The fixture's only problem; the bad project is excluded and `good` loads
+/// and is audited as promoted.
+#[track_caller]
+fn only_problem<'a>(set: &'a ManifestSet, bad: &str, good: &str) -> &'a Problem {
+    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
+    let p = &set.problems[0];
+    assert_eq!(p.project.as_deref(), Some(bad), "{p}");
+    assert_eq!(excluded(set), [bad]);
+    assert_isolated(set, good);
+    p
+}
+
+/// `good` loaded, no problem names it, and its promotion is auditable.
+#[track_caller]
+fn assert_isolated(set: &ManifestSet, good: &str) {
+    assert!(loaded(set).contains(&good), "{:?}", loaded(set));
+    assert!(
+        set.problems
+            .iter()
+            .all(|p| p.project.as_deref() != Some(good))
+    );
+    let m = set.manifests.iter().find(|m| m.project == good).unwrap();
+    let image = &m.images[0];
+    let reference = format!(
+        "{}/{}:{}@{}",
+        m.destinations[0], image.name, image.promotions[0].tags[0], image.promotions[0].digest
+    );
+    let r: Reference = reference.parse().unwrap();
+    let event = Event {
+        id: EventId("1".into()),
+        source: Source::Cli,
+        action: Action::Insert,
+        repository: r.repository,
+        digest: r.digest,
+        tag: r.tag,
+    };
+    let index = Index::build(set, 1);
+    let a = audit(&index, &event, &Policy::default());
+    assert_eq!(a.verdict.kind, VerdictKind::Promoted, "{reference}: {a:#?}");
+}
+
+fn tags(set: &ManifestSet, project: &str, image: &str) -> Vec<(u32, Vec<String>)> {
+    let m = set.manifests.iter().find(|m| m.project == project).unwrap();
+    let i = m.images.iter().find(|i| i.name == image).unwrap();
+    i.promotions
+        .iter()
+        .map(|p| {
+            (
+                p.line,
+                p.tags.iter().map(|t| t.as_str().to_string()).collect(),
+            )
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- invalid: one rule each
+
+#[test]
+fn unknown_key_in_images_yaml() {
+    let set = load("invalid-unknown-key");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &images("invalid-unknown-key", "bad"),
+        Some("  tags:"),
+        "unknown field `tags`",
+    );
+}
+
+#[test]
+fn unknown_key_in_promoter_manifest() {
+    let set = load("invalid-manifest-unknown-key");
+    let file = manifest_file("invalid-manifest-unknown-key", "bad");
+    assert_problem(
+        &set.problems[0],
+        &file,
+        Some("service-acount"),
+        "unknown field `service-acount`",
+    );
+    assert_eq!(excluded(&set), ["bad"]);
+    assert_isolated(&set, "good");
+}
+
+#[test]
+fn duplicate_digest_in_one_dmap() {
+    let set = load("invalid-duplicate-digest");
+    let p = only_problem(&set, "bad", "good");
+    let file = images("invalid-duplicate-digest", "bad");
+    // The second occurrence, not silently dropped.
+    assert_eq!(p.line, Some(5), "{p}");
+    assert_problem(p, &file, Some("[\"2.0\"]"), "duplicate mapping key");
+    assert!(p.message.contains(&d("a").to_string()), "{p}");
+}
+
+#[test]
+fn duplicate_key_in_an_image_item() {
+    let set = load("invalid-duplicate-image-key");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &images("invalid-duplicate-image-key", "bad"),
+        Some("name: bar-controller"),
+        "duplicate mapping key: name",
+    );
+}
+
+#[test]
+fn bad_digest_of_63_hex() {
+    let set = load("invalid-bad-digest");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &images("invalid-bad-digest", "bad"),
+        Some("sha256:bbbb"),
+        "64 hex digits, found 63",
+    );
+    assert!(p.message.contains("foo-controller"), "{p}");
+}
+
+#[test]
+fn bad_tag() {
+    let set = load("invalid-bad-tag");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &images("invalid-bad-tag", "bad"),
+        Some("-rc1"),
+        "tag \"-rc1\": must start with",
+    );
+}
+
+#[test]
+fn zero_sources() {
+    let set = load("invalid-no-source");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &manifest_file("invalid-no-source", "bad"),
+        Some("- name: gcr.io/bad-staging"),
+        "no registry has `src: true`",
+    );
+}
+
+#[test]
+fn two_sources() {
+    let set = load("invalid-two-sources");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &manifest_file("invalid-two-sources", "bad"),
+        Some("gcr.io/other-staging"),
+        "2 registries have `src: true` (lines 3, 5)",
+    );
+}
+
+#[test]
+fn empty_registry_name() {
+    let set = load("invalid-empty-registry-name");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &manifest_file("invalid-empty-registry-name", "bad"),
+        Some("name: \"\""),
+        "registry `name` is empty",
+    );
+}
+
+#[test]
+fn empty_image_name() {
+    let set = load("invalid-empty-image-name");
+    let p = only_problem(&set, "bad", "good");
+    assert_problem(
+        p,
+        &images("invalid-empty-image-name", "bad"),
+        Some("name: \"\""),
+        "image `name` is empty",
+    );
+}
+
+#[test]
+fn every_problem_of_a_project_is_reported_at_once() {
+    let set = load("invalid-many");
+    let (m, i) = (
+        manifest_file("invalid-many", "bad"),
+        images("invalid-many", "bad"),
+    );
+    let expected: [(&Path, &str, &str); 6] = [
+        (&m, "name: \"\"", "registry `name` is empty"),
+        (&m, "gcr.io/other-staging", "2 registries have `src: true`"),
+        (&i, "aaaaG", "lower-case hex"),
+        (&i, "bad tag", "tag \"bad tag\""),
+        (&i, "name: \"\"", "image `name` is empty"),
+        (&i, "Upper/Case", "path component \"Upper\""),
+    ];
+    assert_eq!(set.problems.len(), expected.len(), "{:#?}", set.problems);
+    for (p, (file, needle, phrase)) in set.problems.iter().zip(expected) {
+        assert_problem(p, file, Some(needle), phrase);
+    }
+    assert_eq!(excluded(&set), ["bad"]);
+    assert_isolated(&set, "good");
+}
+
+#[test]
+fn overlap_across_manifests_excludes_both_and_reports_both() {
+    let set = load("invalid-overlap");
+    let (a, b) = (
+        images("invalid-overlap", "a"),
+        images("invalid-overlap", "b"),
+    );
+    assert_eq!(set.problems.len(), 2, "{:#?}", set.problems);
+    let by_project = |p: &str| {
+        set.problems
+            .iter()
+            .find(|x| x.project.as_deref() == Some(p))
+            .unwrap()
+    };
+    let (pa, pb) = (by_project("a"), by_project("b"));
+    let (line_a, line_b) = (line_of(&a, "sha256:aaaa"), line_of(&b, "sha256:bbbb"));
+    assert_problem(
+        pa,
+        &a,
+        Some("sha256:aaaa"),
+        "foo-controller:1.0 is promised to",
+    );
+    assert_problem(
+        pb,
+        &b,
+        Some("sha256:bbbb"),
+        "foo-controller:1.0 is promised to",
+    );
+    // Each points at the other's file and line.
+    assert!(
+        pa.message.contains(&format!("{}:{line_b}", b.display())),
+        "{pa}"
+    );
+    assert!(
+        pb.message.contains(&format!("{}:{line_a}", a.display())),
+        "{pb}"
+    );
+    assert_eq!(excluded(&set), ["a", "b"]);
+    assert_isolated(&set, "c");
+}
+
+/// `manifests validate` output must not change from run to run: the overlap
+/// message names one example repository, which must not depend on hash order.
+#[test]
+fn overlap_report_is_the_same_on_every_load() {
+    let first: Vec<String> = load("invalid-overlap")
+        .problems
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    for _ in 0..24 {
+        let again: Vec<String> = load("invalid-overlap")
+            .problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(again, first);
+    }
+}
+
+#[test]
+fn overlap_through_a_root_level_and_a_nested_destination() {
+    let set = load("invalid-overlap-root-nested");
+    assert_eq!(set.problems.len(), 2, "{:#?}", set.problems);
+    for (project, needle) in [("root", "sha256:aaaa"), ("nested", "sha256:bbbb")] {
+        let p = set
+            .problems
+            .iter()
+            .find(|x| x.project.as_deref() == Some(project))
+            .unwrap();
+        assert_problem(
+            p,
+            &images("invalid-overlap-root-nested", project),
+            Some(needle),
+            "us.gcr.io/some-prod/foo/bar:1.0 is promised to",
+        );
+    }
+    assert_eq!(excluded(&set), ["nested", "root"]);
+    assert!(set.manifests.is_empty());
+}
+
+#[test]
+fn nested_promoter_manifest_is_an_error_and_the_decoy_is_ignored() {
+    let set = load("invalid-nested-manifest");
+    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
+    let p = &set.problems[0];
+    assert_problem(
+        p,
+        &rules("invalid-nested-manifest/manifests/b/c/promoter-manifest.yaml"),
+        None,
+        "unexpected manifest path",
+    );
+    assert_eq!(loaded(&set), ["a"]);
+    assert_isolated(&set, "a");
+}
+
+#[test]
+fn manifest_without_images_yaml() {
+    let set = load("invalid-missing-images");
+    let p = only_problem(&set, "b", "a");
+    assert_problem(
+        p,
+        &images("invalid-missing-images", "b"),
+        None,
+        "does not exist",
+    );
+    // Its destinations stay known, so its pushes are not out of scope.
+    let b = set.excluded.iter().find(|x| x.project == "b").unwrap();
+    assert_eq!(b.destinations.len(), 3);
+}
+
+// ---------------------------------------------------------------- valid: formats real files use
+
+#[test]
+fn scalars_stay_text_with_comments_and_unquoted_keys() {
+    let set = load("valid-scalars");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let file = images("valid-scalars", "p");
+    assert_eq!(
+        tags(&set, "p", "foo-controller"),
+        [
+            (
+                line_of(&file, "sha256:aaaa"),
+                vec!["1.10".into(), "1.0".into(), "010".into(), "true".into()]
+            ),
+            (line_of(&file, "sha256:bbbb"), vec!["2.50".into()]),
+        ]
+    );
+    let m = &set.manifests[0];
+    assert_eq!(m.source.as_str(), "gcr.io/p-staging");
+    assert_eq!(m.destinations[0].as_str(), "us.gcr.io/some-prod");
+}
+
+#[test]
+fn crlf_line_endings() {
+    let file = images("valid-crlf", "p");
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes.windows(2).any(|w| w == b"\r\n"),
+        "the fixture lost its CRLF line endings"
+    );
+    let set = load("valid-crlf");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(
+        tags(&set, "p", "foo-controller"),
+        [
+            (line_of(&file, "sha256:aaaa"), vec!["1.0".into()]),
+            (line_of(&file, "sha256:bbbb"), vec!["2.0".into()]),
+        ]
+    );
+}
+
+#[test]
+fn repeated_image_names_are_merged() {
+    let set = load("valid-repeated-names");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let m = &set.manifests[0];
+    let names: Vec<&str> = m.images.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["foo-controller", "bar-controller"]);
+    let file = images("valid-repeated-names", "p");
+    // aaaa… appears twice: one promotion, at its first line, with both tags.
+    assert_eq!(
+        tags(&set, "p", "foo-controller"),
+        [
+            (4, vec!["1.0".into(), "1.0-a".into()]),
+            (line_of(&file, "sha256:bbbb"), vec!["2.0".into()]),
+        ]
+    );
+}
+
+#[test]
+fn comment_only_images_yaml_is_an_empty_project() {
+    let set = load("valid-comment-only");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["p"]);
+    assert!(set.manifests[0].images.is_empty());
+    // Its destinations are in scope: a push there is unpromoted, not ignored.
+    let index = Index::build(&set, 1);
+    let r: Reference = format!("us.gcr.io/some-prod/foo-controller@{}", d("a"))
+        .parse()
+        .unwrap();
+    let event = Event {
+        id: EventId("1".into()),
+        source: Source::Cli,
+        action: Action::Insert,
+        repository: r.repository,
+        digest: r.digest,
+        tag: None,
+    };
+    let a = audit(&index, &event, &Policy::default());
+    assert_eq!(a.verdict.kind, VerdictKind::Unpromoted);
+}
+
+#[test]
+fn duplicate_destination_is_a_warning_only() {
+    let set = load("valid-duplicate-destination");
+    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
+    let p = &set.problems[0];
+    assert_eq!(p.severity, Severity::Warning);
+    assert_eq!(set.errors().count(), 0);
+    let file = manifest_file("valid-duplicate-destination", "p");
+    assert_eq!(&*p.file, &file);
+    // The second listing (line 7), pointing back at the first (line 5).
+    assert_eq!(p.line, Some(7));
+    assert!(p.message.contains("listed twice (first at line 5)"), "{p}");
+    assert_eq!(loaded(&set), ["p"]);
+    let dests: Vec<&str> = set.manifests[0]
+        .destinations
+        .iter()
+        .map(|d| d.as_str())
+        .collect();
+    assert_eq!(dests, ["us.gcr.io/some-prod", "eu.gcr.io/some-prod"]);
+}
+
+#[test]
+fn other_directories_and_files_are_ignored() {
+    // The retired auditor's malformed-directory-tree-structure-bad-prefix-is-ignored,
+    // plus images/<x> without a manifest (its bad digest is never read).
+    let set = load("valid-ignored-dirs");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["a"]);
+}
+
+#[test]
+fn same_image_tag_to_the_same_digest_is_no_overlap() {
+    let set = load("valid-overlap-same-digest");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["a", "b"]);
+}
+
+#[test]
+fn plain_single_file() {
+    let set = load("valid-plain-single.yaml");
+    assert_eq!(set.layout, Layout::Plain);
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["valid-plain-single"]);
+    let m = &set.manifests[0];
+    let file = rules("valid-plain-single.yaml");
+    assert_eq!(&*m.manifest_file, &file);
+    assert_eq!(&*m.images_file, &file);
+    assert_eq!(
+        tags(&set, "valid-plain-single", "foo-controller"),
+        [
+            (line_of(&file, "sha256:aaaa"), vec!["1.0".into()]),
+            (line_of(&file, "sha256:bbbb"), vec![]),
+        ]
+    );
+}
+
+#[test]
+fn plain_directory() {
+    let set = load("valid-plain-dir");
+    assert_eq!(set.layout, Layout::Plain);
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let mut projects = loaded(&set);
+    projects.sort();
+    assert_eq!(projects, ["nested/two", "one"]);
+    let one = set.manifests.iter().find(|m| m.project == "one").unwrap();
+    assert_eq!(
+        one.images[0].promotions[0].line,
+        line_of(&rules("valid-plain-dir/one.yaml"), "sha256:aaaa")
+    );
+}
+
+#[test]
+fn plain_empty_file_has_no_registries() {
+    let set = load("invalid-plain-empty.yaml");
+    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
+    assert_problem(
+        &set.problems[0],
+        &rules("invalid-plain-empty.yaml"),
+        None,
+        "`registries` is missing or empty",
+    );
+    assert_eq!(excluded(&set), ["invalid-plain-empty"]);
+}
+
+#[test]
+fn plain_file_without_a_source() {
+    let set = load("invalid-plain-no-src.yaml");
+    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
+    assert_problem(
+        &set.problems[0],
+        &rules("invalid-plain-no-src.yaml"),
+        Some("gcr.io/foo-staging"),
+        "no registry has `src: true`",
+    );
+}
+
+// ---------------------------------------------------------------- §5.6 thin directories
+
+#[test]
+fn directory_without_manifests_is_a_load_error() {
+    assert!(matches!(
+        manifest::load(&rules("empty")),
+        Err(LoadError::Empty(_))
+    ));
+    assert!(matches!(
+        manifest::load(&rules("no-such-directory")),
+        Err(LoadError::Io { .. })
+    ));
+}
+
+#[test]
+fn thin_singleton() {
+    let set = load("thin-singleton");
+    assert_eq!(set.layout, Layout::Thin);
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["a"]);
+    let m = &set.manifests[0];
+    assert_eq!(&*m.manifest_file, manifest_file("thin-singleton", "a"));
+    assert_eq!(m.source.as_str(), "gcr.io/foo-staging");
+    assert_eq!(m.destinations.len(), 3);
+    assert_eq!(m.images[0].name, "foo-controller");
+    assert_eq!(m.images[0].promotions[0].digest, d("c3d3"));
+    assert_eq!(tags(&set, "a", "foo-controller"), [(4, vec!["1.0".into()])]);
+}
+
+#[test]
+fn thin_multiple_rebases() {
+    let set = load("thin-multiple-rebases");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["bar", "foo"]);
+    for (project, image, digest) in [
+        ("foo", "foo-controller", d("a")),
+        ("bar", "bar-controller", d("b")),
+    ] {
+        let m = set.manifests.iter().find(|m| m.project == project).unwrap();
+        let dests: Vec<String> = m.destinations.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            dests,
+            ["us", "eu", "asia"].map(|r| format!("{r}.gcr.io/some-prod/{project}"))
+        );
+        assert_eq!(m.images[0].name, image);
+        assert_eq!(m.images[0].promotions[0].digest, digest);
+    }
+}
+
+#[test]
+fn thin_basic_four_projects() {
+    let set = load("thin-basic");
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    assert_eq!(loaded(&set), ["a", "b", "c", "d"]);
+    let sources: Vec<&str> = set.manifests.iter().map(|m| m.source.as_str()).collect();
+    assert_eq!(
+        sources,
+        [
+            "gcr.io/foo-staging",
+            "gcr.io/bar-staging",
+            "gcr.io/cat-staging",
+            "gcr.io/qux-staging"
+        ]
+    );
+    let digests: Vec<Digest> = set
+        .manifests
+        .iter()
+        .map(|m| m.images[0].promotions[0].digest.clone())
+        .collect();
+    assert_eq!(digests, [d("a"), d("b"), d("c"), d("0")]);
+}
+
+// ---------------------------------------------------------------- §5.7 digest and tag syntax
+
+#[test]
+fn digest_syntax() {
+    for ok in [
+        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        "sha256:c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3",
+        "sha256:4ad90a11b55313b182afc186b9876c8e891531b8db4c9bf1541953021618d0e2",
+        "sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+    ] {
+        let digest: Digest = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(digest.to_string(), ok);
+    }
+    let hex64 = "a".repeat(64);
+    for bad in [
+        String::new(),
+        "sha256:0".into(),
+        format!("sha256:{}", "a".repeat(65)),
+        format!("sha256:{}g", "a".repeat(63)),
+        hex64.clone(),
+        format!(":{hex64}"),
+        format!("sha256:{}", hex64.to_uppercase()),
+        format!("sha256 :{hex64}"),
+        format!("sha256:{hex64} "),
+    ] {
+        assert!(bad.parse::<Digest>().is_err(), "{bad:?} parsed");
+    }
+}
+
+#[test]
+fn tag_syntax() {
+    for ok in [
+        "a".to_string(),
+        "_".into(),
+        "latest".into(),
+        "_latest".into(),
+        "_____----hello........".into(),
+        "1.10".into(),
+        "a".repeat(128),
+    ] {
+        let tag: Tag = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(tag.as_str(), ok);
+    }
+    for bad in [
+        String::new(),
+        ".".into(),
+        "-".into(),
+        "héllo".into(),
+        "hello world".into(),
+        "a".repeat(129),
+        "v1:2".into(),
+        "v1/2".into(),
+    ] {
+        assert!(bad.parse::<Tag>().is_err(), "{bad:?} parsed");
+    }
+}
