@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use sha2::Digest as _;
 
-use super::auth::{Authenticator, Ctx};
+use super::auth::{Authenticator, Ctx, Sent};
 use super::cache::ManifestCache;
 use super::config::RegistryConfig;
 use super::credentials::Credentials;
@@ -179,7 +179,7 @@ impl Inner {
                         return Err(error(ErrorKind::Unauthorized {
                             status: status.as_u16(),
                             detail: match sent {
-                                super::auth::Sent::Nothing => "no credentials for this host",
+                                Sent::Nothing => "no credentials for this host",
                                 _ => "credentials refused",
                             }
                             .into(),

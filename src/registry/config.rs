@@ -3,6 +3,7 @@
 //! configuration that talks HTTPS anonymously to every registry.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,7 +126,7 @@ impl RegistryConfig {
 }
 
 /// Settings for one registry host.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HostConfig {
     /// User name for basic credentials (sent directly for `Basic` challenges,
@@ -138,6 +139,18 @@ pub struct HostConfig {
     pub password_env: Option<String>,
     /// Request budget of this host, replacing `per_host_rate_limit`.
     pub rate_limit: Option<RateLimit>,
+}
+
+// Configurations get logged; passwords must not be.
+impl fmt::Debug for HostConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostConfig")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_env", &self.password_env)
+            .field("rate_limit", &self.rate_limit)
+            .finish()
+    }
 }
 
 /// A token bucket: `burst` requests may go at once, then `requests_per_second`
@@ -176,7 +189,7 @@ fn default_command_token_ttl() -> Duration {
 }
 
 /// One way to obtain a Google OAuth2 access token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum GoogleTokenSource {
     /// A fixed token (tests, short-lived jobs).
@@ -190,6 +203,19 @@ pub enum GoogleTokenSource {
     /// The GCE/GKE/Cloud Run metadata server's default service account; the
     /// value is the token URL, empty for the standard one.
     MetadataServer(String),
+}
+
+impl fmt::Debug for GoogleTokenSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GoogleTokenSource::Static(_) => f.write_str("Static(***)"),
+            GoogleTokenSource::Env(var) => f.debug_tuple("Env").field(var).finish(),
+            GoogleTokenSource::Command(argv) => f.debug_tuple("Command").field(argv).finish(),
+            GoogleTokenSource::MetadataServer(url) => {
+                f.debug_tuple("MetadataServer").field(url).finish()
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +242,21 @@ mod tests {
         let google = c.google.unwrap();
         assert_eq!(google.hosts, default_google_hosts());
         assert!(matches!(google.token, GoogleTokenSource::Command(ref argv) if argv.len() == 3));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c: RegistryConfig = serde_json::from_str(
+            r#"{"google": {"token": {"static": "ya29.secret"}},
+                "hosts": {"r.example": {"username": "u", "password": "hunter2"}}}"#,
+        )
+        .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("ya29.secret") && !text.contains("hunter2"),
+            "{text}"
+        );
+        assert!(text.contains("\"u\""), "{text}");
     }
 
     #[test]
