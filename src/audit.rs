@@ -127,6 +127,15 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// Cannot be decided now; asking again later may succeed.
+    pub fn undecided(reason: String) -> Verdict {
+        Verdict {
+            kind: VerdictKind::Undecided,
+            reason,
+            evidence: Vec::new(),
+        }
+    }
+
     pub fn malformed(m: &Malformed) -> Verdict {
         Verdict {
             kind: VerdictKind::Malformed,
@@ -183,6 +192,19 @@ pub fn audit(index: &Index, event: &Event, policy: &Policy) -> Audit {
             None => ctx.insert_tag_only(),
         },
     };
+    ctx.blame_excluded(result)
+}
+
+/// Decides `event` as an attachment of `subject`: what the resolver calls
+/// once the pushed manifest turns out to carry an OCI `subject`.
+pub fn audit_attachment(index: &Index, event: &Event, subject: &Digest, policy: &Policy) -> Audit {
+    let ctx = Ctx {
+        index,
+        event,
+        claims: index.claims(&event.repository),
+        policy,
+    };
+    let result = ctx.attachment(subject);
     ctx.blame_excluded(result)
 }
 

@@ -317,6 +317,11 @@ impl Index {
         }
     }
 
+    /// Every image of every loaded manifest.
+    pub fn images(&self) -> impl Iterator<Item = ImageId> + use<> {
+        0..self.core.images.len() as ImageId
+    }
+
     /// Whether every digest `image` promotes has been read by the resolver.
     pub fn image_resolved(&self, image: ImageId) -> bool {
         self.resolved_images[image as usize]

@@ -9,4 +9,5 @@ pub mod index;
 pub mod manifest;
 pub mod reference;
 pub mod registry;
+pub mod resolve;
 pub mod sources;

@@ -12,6 +12,8 @@ use image_auditor::event::{Action, Event, EventId, Source};
 use image_auditor::index::{Index, ParentsToResolve};
 use image_auditor::manifest::{self, ManifestSet};
 use image_auditor::reference::{Digest, Reference};
+use image_auditor::registry::{RegistryClient, RegistryConfig, RequestKind};
+use image_auditor::resolve::Resolver;
 use image_auditor::sources::gcr;
 
 /// The fixtures shipped with the repository: the real k8s.io corpus.
@@ -39,6 +41,11 @@ struct Cli {
     /// Raise no alert for deleting content that was never promoted.
     #[arg(long, global = true)]
     allow_unpromoted_deletes: bool,
+
+    /// Registry access settings (YAML): credentials, plain-HTTP hosts, rate
+    /// limits, timeouts, cache directory. See README "Registry access".
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_REGISTRY_CONFIG")]
+    registry_config: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -69,6 +76,10 @@ enum Command {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+        /// Read promoted manifest lists and pushed manifests from the
+        /// registries when a verdict depends on them, so every verdict is final.
+        #[arg(long)]
+        resolve: bool,
     },
     /// Audit newline-delimited GCR notification payloads from a file (`-` for
     /// standard input), one verdict per line.
@@ -77,6 +88,10 @@ enum Command {
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+        /// Read promoted manifest lists and pushed manifests from the
+        /// registries when a verdict depends on them, so every verdict is final.
+        #[arg(long)]
+        resolve: bool,
     },
 }
 
@@ -93,6 +108,12 @@ enum ManifestsCommand {
 enum IndexCommand {
     /// Sizes of the index, load time and memory.
     Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every promoted digest from the registries (source first, then
+    /// destinations) to learn the children of manifest lists; fills the cache.
+    Resolve {
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +142,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         strict_repository: cli.strict_repository,
         allow_unpromoted_deletes: cli.allow_unpromoted_deletes,
     };
+    let registry = RegistrySetup {
+        config: cli.registry_config.clone(),
+    };
     match cli.command {
         Command::Manifests {
             command: ManifestsCommand::Validate { dir },
@@ -128,9 +152,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index {
             command: IndexCommand::Stats { json },
         } => stats(&cli.manifests, json),
+        Command::Index {
+            command: IndexCommand::Resolve { json },
+        } => resolve_index(&cli.manifests, &registry, json),
         Command::Lookup { digest } => lookup(&cli.manifests, &digest),
-        Command::Check { references, json } => check(&cli.manifests, &policy, &references, json),
-        Command::Replay { file, json } => replay(&cli.manifests, &policy, &file, json),
+        Command::Check {
+            references,
+            json,
+            resolve,
+        } => {
+            let resolver = resolve.then(|| registry.resolver()).transpose()?;
+            check(&cli.manifests, &policy, resolver, &references, json)
+        }
+        Command::Replay {
+            file,
+            json,
+            resolve,
+        } => {
+            let resolver = resolve.then(|| registry.resolver()).transpose()?;
+            replay(&cli.manifests, &policy, resolver, &file, json)
+        }
     }
 }
 
@@ -243,6 +284,7 @@ fn lookup(dir: &Path, digest: &str) -> anyhow::Result<ExitCode> {
 fn check(
     dir: &Path,
     policy: &Policy,
+    resolver: Option<Resolving>,
     references: &[String],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
@@ -264,15 +306,18 @@ fn check(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let index = load_index(dir)?;
+    let mut judge = Judge {
+        index: load_index(dir)?,
+        resolver,
+    };
     let mut out = std::io::stdout().lock();
     let mut violations = 0;
     for event in &events {
-        let result = audit(&index, event, policy);
+        let result = judge.audit(event, policy);
         violations += usize::from(result.verdict.kind.alerts());
         print_verdict(
             &mut out,
-            &index,
+            &judge.index,
             &event.id,
             &result.verdict,
             result.pending.as_ref(),
@@ -282,7 +327,13 @@ fn check(
     Ok(exit_for(violations))
 }
 
-fn replay(dir: &Path, policy: &Policy, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+fn replay(
+    dir: &Path,
+    policy: &Policy,
+    resolver: Option<Resolving>,
+    file: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let input: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -290,7 +341,10 @@ fn replay(dir: &Path, policy: &Policy, file: &Path, json: bool) -> anyhow::Resul
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let index = load_index(dir)?;
+    let mut judge = Judge {
+        index: load_index(dir)?,
+        resolver,
+    };
     let mut out = std::io::stdout().lock();
     let mut violations = 0;
     for (n, line) in input.lines().enumerate() {
@@ -301,15 +355,132 @@ fn replay(dir: &Path, policy: &Policy, file: &Path, json: bool) -> anyhow::Resul
         let id = EventId(format!("{}:{}", file.display(), n + 1));
         let (verdict, pending) = match gcr::parse(&id, line.as_bytes()) {
             Ok(event) => {
-                let Audit { verdict, pending } = audit(&index, &event, policy);
+                let Audit { verdict, pending } = judge.audit(&event, policy);
                 (verdict, pending)
             }
             Err(malformed) => (Verdict::malformed(&malformed), None),
         };
         violations += usize::from(verdict.kind.alerts());
-        print_verdict(&mut out, &index, &id, &verdict, pending.as_ref(), json)?;
+        print_verdict(
+            &mut out,
+            &judge.index,
+            &id,
+            &verdict,
+            pending.as_ref(),
+            json,
+        )?;
     }
     Ok(exit_for(violations))
+}
+
+/// A resolver and the runtime its registry requests run on.
+type Resolving = (Resolver, tokio::runtime::Runtime);
+
+/// Where registry access settings come from.
+struct RegistrySetup {
+    config: Option<PathBuf>,
+}
+
+/// The cache the CLI uses when the registry config names none, so that a
+/// second run costs no registry requests.
+const DEFAULT_CACHE_DIR: &str = "data/registry-cache";
+
+impl RegistrySetup {
+    fn config(&self) -> anyhow::Result<RegistryConfig> {
+        let mut config = match &self.config {
+            None => RegistryConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                serde_saphyr::from_str::<Option<RegistryConfig>>(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                    .unwrap_or_default()
+            }
+        };
+        config
+            .cache_dir
+            .get_or_insert_with(|| DEFAULT_CACHE_DIR.into());
+        Ok(config)
+    }
+
+    fn resolver(&self) -> anyhow::Result<Resolving> {
+        let config = self.config()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = {
+            let _entered = runtime.enter();
+            RegistryClient::new(config)?
+        };
+        Ok((Resolver::new(client), runtime))
+    }
+}
+
+/// Audits events one at a time against an index that grows as the resolver
+/// learns children.
+struct Judge {
+    index: Index,
+    resolver: Option<Resolving>,
+}
+
+impl Judge {
+    fn audit(&mut self, event: &Event, policy: &Policy) -> Audit {
+        match &self.resolver {
+            None => audit(&self.index, event, policy),
+            Some((resolver, runtime)) => {
+                let (index, result) = runtime.block_on(resolver.settle(&self.index, event, policy));
+                self.index = index;
+                result
+            }
+        }
+    }
+}
+
+fn resolve_index(dir: &Path, registry: &RegistrySetup, json: bool) -> anyhow::Result<ExitCode> {
+    let (resolver, runtime) = registry.resolver()?;
+    let index = load_index(dir)?;
+    let start = Instant::now();
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} digests read {elapsed}")
+            .expect("valid template"),
+    );
+    let (index, summary) = runtime.block_on(resolver.resolve_all(&index, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    }));
+    bar.finish_and_clear();
+    let stats = resolver.client().stats();
+    let requests = stats.total(RequestKind::Manifest);
+    if json {
+        let value = serde_json::json!({
+            "summary": summary,
+            "manifest_requests": requests,
+            "token_requests": stats.total(RequestKind::Token),
+            "cache_hits": stats.cache_hits,
+            "resolved_digests": index.stats().resolved_digests,
+            "elapsed_ms": start.elapsed().as_secs_f64() * 1000.0,
+        });
+        println!("{value}");
+    } else {
+        for f in &summary.failures {
+            eprintln!("cannot read {}: {}", f.digest, f.error);
+        }
+        println!(
+            "read {} promoted digests in {:.1} s: {} lists, {} children, {} failures; \
+             {requests} manifest requests, {} cache hits",
+            summary.digests,
+            start.elapsed().as_secs_f64(),
+            summary.lists,
+            summary.children,
+            summary.failures.len(),
+            stats.cache_hits
+        );
+    }
+    Ok(if summary.failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn exit_for(violations: usize) -> ExitCode {

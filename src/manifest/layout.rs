@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::schema::{self, ImageDoc, PlainManifestDoc, ThinManifestDoc};
+use serde_saphyr::Spanned;
+
+use super::schema::{self, ImageDoc, PlainManifestDoc, RegistryDoc, ThinManifestDoc};
 use super::validate::{self, Report};
 use super::{Excluded, ManifestSet};
 
@@ -126,11 +128,17 @@ impl Loader {
         let manifest_file: Arc<Path> = manifest_file.into();
         let images_file: Arc<Path> = images_file.into();
         let mut report = Report::new(&project, &mut self.problems);
-        let doc = read_yaml::<ThinManifestDoc>(&manifest_file, &mut report);
-        let registries =
-            validate::registries(&manifest_file, doc.and_then(|d| d.registries), &mut report);
+        let (registries, _) =
+            read_manifest(&manifest_file, &mut report, |d: &mut ThinManifestDoc| {
+                d.registries.take()
+            });
         let images = if images_file.is_file() {
-            read_yaml::<Vec<ImageDoc>>(&images_file, &mut report).unwrap_or_default()
+            read_text(&images_file, &mut report)
+                .and_then(|text| {
+                    parse_reported::<Vec<ImageDoc>>(&images_file, &text, &mut report).ok()
+                })
+                .flatten()
+                .unwrap_or_default()
         } else {
             report.error(
                 &images_file,
@@ -165,11 +173,11 @@ impl Loader {
                 .into_owned();
             let file: Arc<Path> = file.as_path().into();
             let mut report = Report::new(&project, &mut self.problems);
-            let (registries, images) = match read_yaml::<PlainManifestDoc>(&file, &mut report) {
-                Some(doc) => (doc.registries, doc.images.unwrap_or_default()),
-                None => (None, Vec::new()),
-            };
-            let registries = validate::registries(&file, registries, &mut report);
+            let (registries, doc) =
+                read_manifest(&file, &mut report, |d: &mut PlainManifestDoc| {
+                    d.registries.take()
+                });
+            let images = doc.and_then(|d| d.images).unwrap_or_default();
             let images = validate::images(&file, images, &mut report);
             self.finish(project, file.clone(), file, registries, images);
         }
@@ -205,11 +213,8 @@ impl Loader {
     }
 }
 
-/// Reads and parses one YAML file, reporting failures against it.
-fn read_yaml<T: for<'de> serde::Deserialize<'de>>(
-    path: &Arc<Path>,
-    report: &mut Report,
-) -> Option<T> {
+/// Reads one YAML file as text, reporting failures against it.
+fn read_text(path: &Arc<Path>, report: &mut Report) -> Option<String> {
     let bytes = match std::fs::metadata(path).and_then(|m| {
         if m.len() > MAX_FILE_BYTES {
             Err(std::io::Error::other(format!(
@@ -226,24 +231,59 @@ fn read_yaml<T: for<'de> serde::Deserialize<'de>>(
             return None;
         }
     };
-    let text = match std::str::from_utf8(&bytes) {
-        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+    match String::from_utf8(bytes) {
+        Ok(text) => Some(match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
+        }),
         Err(e) => {
-            let line = bytes[..e.valid_up_to()]
+            let valid = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..valid]
                 .iter()
                 .filter(|&&b| b == b'\n')
                 .count()
                 + 1;
             report.error(path, Some(line as u32), "not valid UTF-8".into());
-            return None;
-        }
-    };
-    match schema::parse::<T>(text) {
-        Ok(doc) => doc,
-        Err(e) => {
-            report.error(path, e.line, e.message);
             None
         }
+    }
+}
+
+/// Parses one document; `Err` once the problem is reported.
+fn parse_reported<T: for<'de> serde::Deserialize<'de>>(
+    path: &Arc<Path>,
+    text: &str,
+    report: &mut Report,
+) -> Result<Option<T>, ()> {
+    schema::parse::<T>(text).map_err(|e| report.error(path, e.line, e.message))
+}
+
+/// Reads a manifest file and validates its registries. `take_registries`
+/// moves the registries out of the parsed document, which is returned for
+/// the caller's other fields. When the file fails the strict parse (a
+/// misspelt key, say), its destinations are still recovered so the excluded
+/// project keeps its prefixes and pushes there are not mistaken for out of
+/// scope.
+fn read_manifest<T: for<'de> serde::Deserialize<'de>>(
+    path: &Arc<Path>,
+    report: &mut Report,
+    take_registries: impl FnOnce(&mut T) -> Option<Spanned<Vec<RegistryDoc>>>,
+) -> (validate::Registries, Option<T>) {
+    let Some(text) = read_text(path, report) else {
+        return (validate::Registries::default(), None);
+    };
+    match parse_reported::<T>(path, &text, report) {
+        Ok(mut doc) => {
+            let registries = doc.as_mut().and_then(take_registries);
+            (validate::registries(path, registries, report), doc)
+        }
+        Err(()) => (
+            validate::Registries {
+                source: None,
+                destinations: schema::recover_destinations(&text),
+            },
+            None,
+        ),
     }
 }
 

@@ -7,6 +7,8 @@ use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
 
+use crate::reference::RegistryPrefix;
+
 /// `promoter-manifest.yaml` of the thin layout.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +77,41 @@ impl<'de> Deserialize<'de> for Dmap {
         }
         d.deserialize_map(DmapVisitor)
     }
+}
+
+/// Destinations of a manifest file that failed the strict parse, read
+/// leniently (unknown keys ignored, last duplicate wins) so an excluded
+/// project's prefixes stay on record. Empty if even that fails.
+pub fn recover_destinations(text: &str) -> Vec<RegistryPrefix> {
+    #[derive(Deserialize)]
+    struct Lenient {
+        registries: Option<Vec<LenientRegistry>>,
+    }
+    #[derive(Deserialize)]
+    struct LenientRegistry {
+        name: Option<String>,
+        // Text, so that a mistyped `src` does not lose the rest.
+        src: Option<String>,
+    }
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::options::DuplicateKeyPolicy::LastWins,
+    };
+    let Ok(Some(doc)) = serde_saphyr::from_str_with_options::<Option<Lenient>>(text, options)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<RegistryPrefix> = Vec::new();
+    for registry in doc.registries.unwrap_or_default() {
+        if registry.src.as_deref() == Some("true") {
+            continue;
+        }
+        if let Some(Ok(name)) = registry.name.map(|n| n.parse::<RegistryPrefix>())
+            && !out.contains(&name)
+        {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// A YAML error reduced to a line and a message without library jargon.

@@ -45,6 +45,7 @@ fn line<T>(s: &Spanned<T>) -> Option<u32> {
     Some(s.referenced.line() as u32).filter(|&l| l > 0)
 }
 
+#[derive(Default)]
 pub(super) struct Registries {
     /// `None` when there is not exactly one valid source.
     pub source: Option<RegistryPrefix>,

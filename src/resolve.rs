@@ -1,0 +1,224 @@
+//! Resolution: reading what promoted digests contain, so that the children of
+//! manifest lists and attachments are explained (DESIGN §5).
+//!
+//! The [`Resolver`] owns everything learnt so far ([`Children`]) and hands out
+//! new [`Index`] values that share the promotions and carry the new children;
+//! it never mutates an index a reader holds. Registry access goes through
+//! [`RegistryClient`], whose cache makes a warm restart cost no requests.
+
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::audit::{Audit, Policy, Verdict, audit, audit_attachment};
+use crate::event::Event;
+use crate::index::{Children, ImageId, Index};
+use crate::reference::{Digest, Repository};
+use crate::registry::{RegistryClient, RegistryError, attachment_subject, resolve_children};
+
+/// Lists read at once; the client's rate limits still apply on top.
+const CONCURRENCY: usize = 8;
+
+/// What one resolution did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    /// Promoted digests read (from the cache or a registry).
+    pub digests: usize,
+    /// Of those, manifest lists or indexes (nested ones included).
+    pub lists: usize,
+    /// (child, parent) links learnt.
+    pub children: usize,
+    /// Digests that could not be read, with why.
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub digest: Digest,
+    pub error: String,
+    /// Asking again later may succeed.
+    pub transient: bool,
+}
+
+impl Summary {
+    fn first_transient(&self) -> Option<&Failure> {
+        self.failures.iter().find(|f| f.transient)
+    }
+}
+
+pub struct Resolver {
+    client: RegistryClient,
+    children: Mutex<Arc<Children>>,
+}
+
+impl Resolver {
+    pub fn new(client: RegistryClient) -> Self {
+        Self {
+            client,
+            children: Mutex::default(),
+        }
+    }
+
+    pub fn client(&self) -> &RegistryClient {
+        &self.client
+    }
+
+    /// `index` with every child learnt so far (e.g. after a manifest reload,
+    /// so resolved children carry over instead of being fetched again).
+    pub fn attach(&self, index: &Index) -> Index {
+        index.with_children(self.children.lock().expect("not poisoned").clone())
+    }
+
+    /// Reads every promoted digest of the index not read yet. `progress` is
+    /// called with (done, total) as digests complete.
+    pub async fn resolve_all(
+        &self,
+        index: &Index,
+        progress: impl Fn(usize, usize),
+    ) -> (Index, Summary) {
+        let images: Vec<ImageId> = index
+            .images()
+            .filter(|&i| !index.image_resolved(i))
+            .collect();
+        self.resolve_images(index, &images, progress).await
+    }
+
+    /// Reads the unread promoted digests of `images`, each from the source
+    /// registry first and then the destinations, and returns `index` with
+    /// what was learnt.
+    pub async fn resolve_images(
+        &self,
+        index: &Index,
+        images: &[ImageId],
+        progress: impl Fn(usize, usize),
+    ) -> (Index, Summary) {
+        let mut work: Vec<(Arc<[Repository]>, Digest)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for &image in images {
+            let parents = index.parents_to_resolve(image);
+            let repositories: Arc<[Repository]> = parents.repositories.into();
+            for digest in parents.digests {
+                if seen.insert(digest.clone()) {
+                    work.push((repositories.clone(), digest));
+                }
+            }
+        }
+        let total = work.len();
+        let mut results = stream::iter(work)
+            .map(|(repositories, digest)| async move {
+                let result = resolve_children(&self.client, &repositories, &digest).await;
+                (digest, result)
+            })
+            .buffer_unordered(CONCURRENCY);
+
+        let mut summary = Summary::default();
+        let mut learnt: Vec<(Digest, Vec<(Digest, Digest)>)> = Vec::new();
+        while let Some((digest, result)) = results.next().await {
+            summary.digests += 1;
+            progress(summary.digests, total);
+            match result {
+                Ok(links) => learnt.push((
+                    digest,
+                    links.into_iter().map(|l| (l.parent, l.child)).collect(),
+                )),
+                Err(e) => summary.failures.push(failure(digest, &e)),
+            }
+        }
+        drop(results);
+
+        let mut guard = self.children.lock().expect("not poisoned");
+        let children = Arc::make_mut(&mut guard);
+        for (digest, links) in learnt {
+            // Every list under `digest`, itself included, is recorded with its
+            // own entries so nested children reach the promoted parent.
+            let mut lists: Vec<&Digest> = links.iter().map(|(parent, _)| parent).collect();
+            lists.sort();
+            lists.dedup();
+            summary.lists += lists.len();
+            summary.children += links.len();
+            if !lists.contains(&&digest) {
+                children.record(&digest, []);
+            }
+            for list in lists {
+                let entries = links
+                    .iter()
+                    .filter(|(p, _)| p == list)
+                    .map(|(_, c)| c.clone());
+                children.record(list, entries);
+            }
+        }
+        let index = index.with_children(guard.clone());
+        (index, summary)
+    }
+
+    /// Audits `event`, resolving whatever the verdict depends on first, and
+    /// returns a final verdict (no `pending`) and the index it was decided on.
+    /// A registry that cannot be reached makes the verdict `undecided`.
+    pub async fn settle(&self, index: &Index, event: &Event, policy: &Policy) -> (Index, Audit) {
+        let mut index = self.attach(index);
+        let mut result = audit(&index, event, policy);
+        let Some(pending) = result.pending.clone() else {
+            return (index, result);
+        };
+        let mut unread = Vec::new();
+        if !pending.parents.is_empty() {
+            let (resolved, summary) = self
+                .resolve_images(&index, &pending.parents, |_, _| {})
+                .await;
+            index = resolved;
+            if let Some(f) = summary.first_transient() {
+                return (
+                    index,
+                    undecided(format!(
+                        "cannot read promoted manifest {}: {}",
+                        f.digest, f.error
+                    )),
+                );
+            }
+            unread = summary.failures;
+            result = audit(&index, event, policy);
+        }
+        if let (Some(p), Some(digest)) = (&result.pending, &event.digest)
+            && p.event_manifest
+        {
+            match attachment_subject(&self.client, &event.repository, digest).await {
+                Ok(Some(subject)) => result = audit_attachment(&index, event, &subject, policy),
+                Ok(None) => {}
+                Err(e) if e.is_transient() => {
+                    return (
+                        index,
+                        undecided(format!("cannot read the pushed manifest: {e}")),
+                    );
+                }
+                // Gone already, or unreadable content: the verdict stands on
+                // what the manifests say.
+                Err(_) => {}
+            }
+        }
+        if !unread.is_empty() {
+            result.verdict.reason.push_str(&format!(
+                " ({} promoted digests could not be read: {})",
+                unread.len(),
+                unread[0].error
+            ));
+        }
+        result.pending = None;
+        (index, result)
+    }
+}
+
+fn failure(digest: Digest, e: &RegistryError) -> Failure {
+    Failure {
+        digest,
+        error: e.to_string(),
+        transient: e.is_transient(),
+    }
+}
+
+fn undecided(reason: String) -> Audit {
+    Audit {
+        verdict: Verdict::undecided(reason),
+        pending: None,
+    }
+}
