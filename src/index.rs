@@ -213,13 +213,22 @@ pub struct Stats {
 impl Index {
     /// Builds the index of a validated manifest set.
     pub fn build(set: &ManifestSet, generation: u64) -> Index {
+        // Sized up front: rehashing 250k-entry maps was a fifth of build time.
+        let image_count: usize = set.manifests.iter().map(|m| m.images.len()).sum();
+        let promotion_count: usize = set
+            .manifests
+            .iter()
+            .flat_map(|m| &m.images)
+            .map(|i| i.promotions.len())
+            .sum();
         let mut strings = Interner::default();
         let mut core_manifests = Vec::with_capacity(set.manifests.len());
-        let mut images = Vec::new();
-        let mut image_by_name = HashMap::new();
-        let mut promotions = Vec::new();
-        let mut by_digest: HashMap<Digest, SmallVec<[PromotionId; 1]>> = HashMap::new();
-        let mut tag_owner = HashMap::new();
+        let mut images = Vec::with_capacity(image_count);
+        let mut image_by_name = HashMap::with_capacity(image_count);
+        let mut promotions = Vec::with_capacity(promotion_count);
+        let mut by_digest: HashMap<Digest, SmallVec<[PromotionId; 1]>> =
+            HashMap::with_capacity(promotion_count);
+        let mut tag_owner = HashMap::with_capacity(promotion_count);
         let mut prefixes: HashMap<Sym, PrefixOwners> = HashMap::new();
 
         for (m, manifest) in set.manifests.iter().enumerate() {

@@ -97,19 +97,38 @@ impl FromStr for Digest {
                 hex_part.len()
             )));
         }
-        if !hex_part
-            .bytes()
-            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(err("digits must be lower-case hex (0-9, a-f)"));
+        match alg {
+            "sha256" => {
+                let mut bytes = [0u8; 32];
+                decode_lower_hex(hex_part, &mut bytes)
+                    .map_err(|()| err("digits must be lower-case hex (0-9, a-f)"))?;
+                Ok(Digest::Sha256(bytes))
+            }
+            _ => {
+                let mut bytes = Box::new([0u8; 64]);
+                decode_lower_hex(hex_part, &mut bytes[..])
+                    .map_err(|()| err("digits must be lower-case hex (0-9, a-f)"))?;
+                Ok(Digest::Sha512(bytes))
+            }
         }
-        let mut bytes = vec![0u8; want / 2];
-        hex::decode_to_slice(hex_part, &mut bytes).map_err(|e| err(&e.to_string()))?;
-        Ok(match alg {
-            "sha256" => Digest::Sha256(bytes.try_into().expect("length checked")),
-            _ => Digest::Sha512(Box::new(bytes.try_into().expect("length checked"))),
-        })
     }
+}
+
+/// Decodes lower-case hex only: digests are canonical, so `A-F` is an error.
+/// Hand-written because this runs once per promoted digest on every load and
+/// the general decoder was a measurable part of it.
+fn decode_lower_hex(hex: &str, out: &mut [u8]) -> Result<(), ()> {
+    fn nibble(b: u8) -> Result<u8, ()> {
+        match b {
+            b'0'..=b'9' => Ok(b - b'0'),
+            b'a'..=b'f' => Ok(b - b'a' + 10),
+            _ => Err(()),
+        }
+    }
+    for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Ok(())
 }
 
 impl fmt::Display for Digest {

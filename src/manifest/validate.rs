@@ -1,7 +1,9 @@
 //! The validation rules of DESIGN §4, applied while turning parsed YAML into
 //! [`Manifest`](super::Manifest)s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -128,7 +130,9 @@ pub(super) fn images(file: &Arc<Path>, docs: Vec<ImageDoc>, report: &mut Report)
     // Repeated list items of one image name are merged (k8s.io etcdadm does it).
     let mut images: Vec<Image> = Vec::new();
     let mut by_name: HashMap<String, usize> = HashMap::new();
-    let mut digest_at: HashMap<(usize, Digest), usize> = HashMap::new();
+    // Images listed in more than one item; only those can repeat a digest
+    // (a repeat inside one `dmap` is already a duplicate-key error).
+    let mut repeated: Vec<usize> = Vec::new();
     for doc in docs {
         let name_line = line(&doc.name);
         let name = doc.name.value;
@@ -140,13 +144,20 @@ pub(super) fn images(file: &Arc<Path>, docs: Vec<ImageDoc>, report: &mut Report)
             report.error(file, name_line, e.to_string());
             continue;
         }
-        let image = *by_name.entry(name.clone()).or_insert_with(|| {
-            images.push(Image {
-                name: name.clone(),
-                promotions: Vec::new(),
-            });
-            images.len() - 1
-        });
+        let image = match by_name.get(&name) {
+            Some(&image) => {
+                repeated.push(image);
+                image
+            }
+            None => {
+                by_name.insert(name.clone(), images.len());
+                images.push(Image {
+                    name: name.clone(),
+                    promotions: Vec::new(),
+                });
+                images.len() - 1
+            }
+        };
         for (digest_text, tag_texts) in doc.dmap.unwrap_or_default().0 {
             let at = line(&digest_text);
             let digest = match digest_text.value.parse::<Digest>() {
@@ -168,30 +179,45 @@ pub(super) fn images(file: &Arc<Path>, docs: Vec<ImageDoc>, report: &mut Report)
                     ),
                 }
             }
-            let promotions = &mut images[image].promotions;
-            match digest_at.get(&(image, digest.clone())) {
-                Some(&i) => {
-                    for tag in tags {
-                        if !promotions[i].tags.contains(&tag) {
-                            promotions[i].tags.push(tag);
-                        }
-                    }
-                }
-                None => {
-                    digest_at.insert((image, digest.clone()), promotions.len());
-                    promotions.push(Promotion {
-                        digest,
-                        tags,
-                        line: at.unwrap_or(0),
-                    });
-                }
-            }
+            images[image].promotions.push(Promotion {
+                digest,
+                tags,
+                line: at.unwrap_or(0),
+            });
         }
+    }
+    repeated.sort_unstable();
+    repeated.dedup();
+    for image in repeated {
+        merge_repeated_digests(&mut images[image]);
     }
     for image in &images {
         tag_conflicts_within(file, image, report);
     }
     images
+}
+
+/// One digest listed in several items of the same image name: one
+/// promotion with the union of the tags, at the first line.
+fn merge_repeated_digests(image: &mut Image) {
+    let mut first: HashMap<Digest, usize> = HashMap::new();
+    let mut merged: Vec<Promotion> = Vec::with_capacity(image.promotions.len());
+    for promotion in image.promotions.drain(..) {
+        match first.get(&promotion.digest) {
+            Some(&i) => {
+                for tag in promotion.tags {
+                    if !merged[i].tags.contains(&tag) {
+                        merged[i].tags.push(tag);
+                    }
+                }
+            }
+            None => {
+                first.insert(promotion.digest.clone(), merged.len());
+                merged.push(promotion);
+            }
+        }
+    }
+    image.promotions = merged;
 }
 
 /// One image promising one tag to two digests (possible once repeated names
