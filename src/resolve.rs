@@ -94,13 +94,29 @@ impl Resolver {
         progress: impl Fn(usize, usize),
     ) -> (Index, Summary) {
         let mut work: Vec<(Arc<[Repository]>, Digest)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = std::collections::HashMap::new();
         for &image in images {
             let parents = index.parents_to_resolve(image);
             let repositories: Arc<[Repository]> = parents.repositories.into();
             for digest in parents.digests {
-                if seen.insert(digest.clone()) {
-                    work.push((repositories.clone(), digest));
+                match seen.entry(digest.clone()) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(work.len());
+                        work.push((repositories.clone(), digest));
+                    }
+                    // Promoted by several images: read once, but from any of
+                    // their repositories (one image's may not have it yet).
+                    // Only shared digests pay for a merged list.
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let candidates = &mut work[*o.get()].0;
+                        let extra: Vec<&Repository> = repositories
+                            .iter()
+                            .filter(|r| !candidates.contains(r))
+                            .collect();
+                        if !extra.is_empty() {
+                            *candidates = candidates.iter().chain(extra).cloned().collect();
+                        }
+                    }
                 }
             }
         }

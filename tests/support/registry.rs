@@ -102,6 +102,13 @@ impl Registry {
     pub fn repo(&self, path: &str) -> image_auditor::reference::Repository {
         format!("{}/{path}", self.host).parse().unwrap()
     }
+
+    /// Kills the registry (as an outage would) and waits for it to exit, so
+    /// that its port refuses connections from now on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Registry {
@@ -201,6 +208,31 @@ fn run(cmd: &mut Command) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// Uploads one blob to `repo` (POST, then a monolithic PUT), so that a
+/// manifest referring to it can be PUT there under its digest, untagged.
+pub async fn put_blob(host: &str, repo: &str, bytes: Vec<u8>) {
+    let http = reqwest::Client::new();
+    let start = format!("http://{host}/v2/{repo}/blobs/uploads/");
+    let response = http.post(&start).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202, "POST {start}");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let location = if location.starts_with('/') {
+        format!("http://{host}{location}")
+    } else {
+        location
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let digest = Digest::sha256_of(&bytes);
+    let url = format!("{location}{separator}digest={digest}");
+    let response = http.put(&url).body(bytes).send().await.unwrap();
+    let status = response.status();
+    assert!(
+        status.is_success(),
+        "PUT {url}: {status} {}",
+        response.text().await.unwrap_or_default()
+    );
 }
 
 /// PUTs manifest bytes as they are, for what skopeo 1.9 cannot push: it
