@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 dir=${1:-$(mktemp -d)}
 cargo build --release --quiet --example gen_corpus --bin image-auditor
 [ -d "$dir/manifests" ] || ./target/release/examples/gen_corpus "$dir" --scale x10
-du -sb "$dir/images" | awk '{printf "images.yaml bytes: %d\n", $1}'
+find "$dir/images" -name images.yaml -printf "%s\n" | awk '{s+=$1} END {printf "images.yaml bytes: %d\n", s}'
 ./target/release/image-auditor --manifests "$dir" index stats --json

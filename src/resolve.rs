@@ -212,7 +212,8 @@ impl Resolver {
                 Err(_) => {}
             }
         }
-        if !unread.is_empty() {
+        // Only a violation needs the caveat: a positive verdict stands anyway.
+        if !unread.is_empty() && result.verdict.kind.alerts() {
             result.verdict.reason.push_str(&format!(
                 " ({} promoted digests could not be read: {})",
                 unread.len(),
