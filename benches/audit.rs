@@ -53,6 +53,7 @@ fn bench(c: &mut Criterion) {
         VerdictKind::Unpromoted
     );
 
+    eprintln!("{} events per iteration", known.len());
     let mut group = c.benchmark_group("audit_x10");
     for (name, events) in [("known_digest", &known), ("unknown_digest", &unknown)] {
         group.throughput(Throughput::Elements(events.len() as u64));
