@@ -147,3 +147,30 @@ fn index_stats_reports_sizes_as_json() {
     assert_eq!(stats["excluded_projects"], 2);
     assert!(stats["load_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn shipped_registry_config_example_parses_and_bad_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/registry.example.yaml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let config: image_auditor::registry::RegistryConfig = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(config.max_retries, 3);
+    assert!(config.hosts.contains_key("registry.example.com"));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "cache_dirr: /tmp/x\n").unwrap();
+    let out = run(&[
+        "--registry-config",
+        bad.to_str().unwrap(),
+        "check",
+        "--resolve",
+        &format!("{REGION}/etcd@{ETCD}"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("bad.yaml") && err.contains("cache_dirr"),
+        "{err}"
+    );
+}
