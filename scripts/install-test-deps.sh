@@ -3,7 +3,7 @@
 # skips apt entirely when everything is already there.
 set -euo pipefail
 
-packages=(docker-registry skopeo)
+packages=(docker-registry skopeo openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
