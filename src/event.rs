@@ -14,6 +14,10 @@ pub enum Source {
     Gcr,
     /// A reference given on the command line (`check`).
     Cli,
+    /// A `gcr` topic message received by Pub/Sub streaming pull.
+    PubsubPull,
+    /// A `gcr` topic message delivered by a Pub/Sub push subscription.
+    PubsubPush,
 }
 
 impl Source {
@@ -21,6 +25,8 @@ impl Source {
         match self {
             Source::Gcr => "gcr",
             Source::Cli => "cli",
+            Source::PubsubPull => "pubsub_pull",
+            Source::PubsubPush => "pubsub_push",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod event;
 pub mod index;
 pub mod manifest;
+pub mod pipeline;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
