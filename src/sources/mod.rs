@@ -2,3 +2,5 @@
 //! and nothing else. No source calls the auditor.
 
 pub mod gcr;
+pub mod pubsub_push;
+pub mod push_auth;

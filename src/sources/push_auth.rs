@@ -1,0 +1,591 @@
+//! Verification of the Google-signed OIDC token Pub/Sub attaches to every
+//! push request (`Authorization: Bearer <JWT>`; research: event-formats §2,
+//! "Push authentication").
+//!
+//! A token is accepted when its RS256 signature checks against the key its
+//! `kid` names in Google's JWKS, `iss` is one of the Google issuers, `aud` is
+//! exactly the configured audience, `exp`/`iat` (and `nbf`, if present) hold
+//! within a small leeway, `email` is an allowed service account and
+//! `email_verified` is true.
+//!
+//! The JWKS is cached here rather than with google-cloud-auth's `idtoken`
+//! verifier, whose cache fails concurrent verifications while a fetch is in
+//! flight (googleapis/google-cloud-rust#6696). This cache:
+//!
+//! - fetches on the first use, when the keys expire (`Cache-Control:
+//!   max-age`, less `Age`) and when a token names a `kid` it does not hold
+//!   (a key rotation), the last at most once per
+//!   [`PushAuthConfig::min_refetch_interval`] so that tokens with invented
+//!   `kid`s cannot make it hammer the JWKS endpoint;
+//! - runs one fetch at a time: verifications that need the keys while a
+//!   fetch is in flight wait for it and use its result, so a cold cache hit
+//!   by 32 requests at once costs one fetch and fails none of them;
+//! - keeps serving the keys it has when a refresh of expired keys fails
+//!   (Google publishes keys well before signing with them and keeps them
+//!   after), retrying after `min_refetch_interval`.
+//!
+//! Errors name the check that failed and never contain the token.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// Google's JWKS (`jwks_uri` of `https://accounts.google.com`).
+pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+/// Google ID tokens carry either spelling.
+pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+
+/// How tokens are checked and where keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAuthConfig {
+    /// The subscription's `pushConfig.oidcToken.audience` (by default the
+    /// push endpoint URL); compared exactly.
+    pub audience: String,
+    /// Service accounts whose tokens are accepted
+    /// (`pushConfig.oidcToken.serviceAccountEmail`).
+    pub service_account_emails: Vec<String>,
+    /// Accepted `iss` values; [`GOOGLE_ISSUERS`] by default.
+    pub issuers: Vec<String>,
+    /// Where the signing keys are published; [`GOOGLE_JWKS_URL`] by default.
+    pub jwks_url: String,
+    /// Clock skew allowed on `exp`, `iat` and `nbf`.
+    pub leeway: Duration,
+    /// Least time between two fetches caused by an unknown `kid`, and the
+    /// wait before retrying a failed refresh while stale keys are served.
+    pub min_refetch_interval: Duration,
+    /// How long keys are kept when the response has no `max-age`.
+    pub default_max_age: Duration,
+    /// Longest time keys are kept, whatever `max-age` says.
+    pub max_max_age: Duration,
+    /// Timeout of one JWKS request.
+    pub fetch_timeout: Duration,
+}
+
+impl PushAuthConfig {
+    /// Google's issuers and JWKS, a 10 s leeway (as google-cloud-auth), one
+    /// refetch a minute, keys kept 1 h without `max-age` and at most 1 day.
+    pub fn new<E: Into<String>>(
+        audience: impl Into<String>,
+        service_account_emails: impl IntoIterator<Item = E>,
+    ) -> Self {
+        PushAuthConfig {
+            audience: audience.into(),
+            service_account_emails: service_account_emails.into_iter().map(Into::into).collect(),
+            issuers: GOOGLE_ISSUERS.iter().map(|s| s.to_string()).collect(),
+            jwks_url: GOOGLE_JWKS_URL.to_owned(),
+            leeway: Duration::from_secs(10),
+            min_refetch_interval: Duration::from_secs(60),
+            default_max_age: Duration::from_secs(3600),
+            max_max_age: Duration::from_secs(24 * 3600),
+            fetch_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Fails fast on a configuration that could never accept a token.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.audience.trim().is_empty() {
+            return Err(ConfigError("push auth: `audience` is empty".into()));
+        }
+        if self.service_account_emails.is_empty()
+            || self
+                .service_account_emails
+                .iter()
+                .any(|e| !e.contains('@') || e.trim() != e)
+        {
+            return Err(ConfigError(
+                "push auth: `service_account_emails` must list at least one email, each without spaces"
+                    .into(),
+            ));
+        }
+        if self.issuers.is_empty() {
+            return Err(ConfigError("push auth: `issuers` is empty".into()));
+        }
+        match reqwest::Url::parse(&self.jwks_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+            _ => Err(ConfigError(format!(
+                "push auth: `jwks_url` {:?} is not an http(s) URL",
+                self.jwks_url
+            ))),
+        }
+    }
+}
+
+/// A configuration [`PushAuthConfig::validate`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    pub issuer: String,
+    pub audience: String,
+    /// The push service account.
+    pub email: String,
+    pub subject: Option<String>,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Why a request was refused. Messages say which check failed; the token
+/// itself never appears (values taken from it are truncated).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no Authorization header")]
+    MissingHeader,
+    #[error("Authorization header is not `Bearer <token>`")]
+    NotBearer,
+    #[error("token is not a well-formed JWT: {0}")]
+    MalformedToken(&'static str),
+    #[error("token is signed with {0}, only RS256 is accepted")]
+    UnsupportedAlgorithm(String),
+    #[error("token header has no `kid`")]
+    MissingKeyId,
+    #[error("no published signing key has kid {0:?}")]
+    UnknownKeyId(String),
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token claim `{0}` is missing or has the wrong type")]
+    MissingClaim(&'static str),
+    #[error("token issuer {0:?} is not accepted")]
+    WrongIssuer(String),
+    #[error("token audience {0:?} is not the configured audience")]
+    WrongAudience(String),
+    #[error("token expired")]
+    Expired,
+    #[error("token is not valid yet (`iat` or `nbf` in the future)")]
+    NotYetValid,
+    #[error("token email {0:?} is not an allowed push service account")]
+    EmailNotAllowed(String),
+    #[error("token email is not verified")]
+    EmailNotVerified,
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
+}
+
+impl AuthError {
+    /// 503 when our side cannot get keys (a retry may succeed), 403 for a
+    /// valid token of an identity that is not allowed, 401 otherwise. Pub/Sub
+    /// redelivers on all three.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AuthError::KeysUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::EmailNotAllowed(_) | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Verifies push tokens; cheap to share (`Arc`) across requests.
+pub struct PushVerifier {
+    config: PushAuthConfig,
+    validation: Validation,
+    client: reqwest::Client,
+    keys: ArcSwap<KeySet>,
+    /// Held for the whole of a fetch: one fetch at a time.
+    refresh: tokio::sync::Mutex<RefreshState>,
+    /// Fetches started, successful or not.
+    fetches: AtomicU64,
+    /// Fetches finished, successful or not (changed under `refresh` only).
+    completed: AtomicU64,
+}
+
+struct KeySet {
+    keys: HashMap<String, Arc<DecodingKey>>,
+    /// `None` before the first successful fetch.
+    expires: Option<Instant>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    last_unknown_kid_fetch: Option<Instant>,
+    /// The error of the last fetch, if it failed.
+    last_failure: Option<String>,
+}
+
+impl fmt::Debug for PushVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.keys.load();
+        f.debug_struct("PushVerifier")
+            .field("config", &self.config)
+            .field("kids", &keys.keys.keys().collect::<Vec<_>>())
+            .field("fetches", &self.fetches.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PushVerifier {
+    /// A verifier with its own HTTP client.
+    pub fn new(config: PushAuthConfig) -> Result<Self, ConfigError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.fetch_timeout)
+            .build()
+            .map_err(|e| ConfigError(format!("push auth: HTTP client: {e}")))?;
+        Self::with_client(config, client)
+    }
+
+    /// A verifier fetching keys with `client`.
+    pub fn with_client(
+        config: PushAuthConfig,
+        client: reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        config.validate()?;
+        // Signature and algorithm only: every claim is checked in
+        // `check_claims`, so that each failure has its own error.
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        Ok(PushVerifier {
+            config,
+            validation,
+            client,
+            keys: ArcSwap::from_pointee(KeySet {
+                keys: HashMap::new(),
+                expires: None,
+            }),
+            refresh: tokio::sync::Mutex::new(RefreshState::default()),
+            fetches: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &PushAuthConfig {
+        &self.config
+    }
+
+    /// JWKS fetches started so far (for metrics).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    /// Verifies the `Authorization` header of a push request.
+    pub async fn verify(&self, authorization: Option<&HeaderValue>) -> Result<Claims, AuthError> {
+        let token = bearer_token(authorization)?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::MalformedToken("the header does not decode"))?;
+        if header.alg != Algorithm::RS256 {
+            return Err(AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg)));
+        }
+        let kid = header.kid.ok_or(AuthError::MissingKeyId)?;
+        let key = self.key(&kid).await?;
+        let data = jsonwebtoken::decode::<RawClaims>(token, &key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidAlgorithm => {
+                    AuthError::UnsupportedAlgorithm("an algorithm the key does not fit".into())
+                }
+                ErrorKind::Json(_) => {
+                    AuthError::MalformedToken("the claims are not the expected JSON")
+                }
+                ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    AuthError::MalformedToken("a part is not base64url")
+                }
+                _ => AuthError::MalformedToken("it does not decode"),
+            },
+        )?;
+        self.check_claims(data.claims, unix_now())
+    }
+
+    /// Verifies the `Authorization` header found in `headers`.
+    pub async fn verify_headers(&self, headers: &HeaderMap) -> Result<Claims, AuthError> {
+        self.verify(headers.get(header::AUTHORIZATION)).await
+    }
+
+    fn check_claims(&self, raw: RawClaims, now: u64) -> Result<Claims, AuthError> {
+        let issuer = raw.iss.ok_or(AuthError::MissingClaim("iss"))?;
+        if !self.config.issuers.contains(&issuer) {
+            return Err(AuthError::WrongIssuer(truncate(&issuer)));
+        }
+        let audience = match raw.aud {
+            Some(Audience::One(a)) => a,
+            // A JWT may carry a list; Google's carry one string.
+            Some(Audience::Many(list)) => match list.iter().find(|a| **a == self.config.audience) {
+                Some(a) => a.clone(),
+                None => return Err(AuthError::WrongAudience(truncate(&list.join(",")))),
+            },
+            None => return Err(AuthError::MissingClaim("aud")),
+        };
+        if audience != self.config.audience {
+            return Err(AuthError::WrongAudience(truncate(&audience)));
+        }
+        let leeway = self.config.leeway.as_secs_f64();
+        let now_f = now as f64;
+        let exp = raw.exp.ok_or(AuthError::MissingClaim("exp"))?;
+        let iat = raw.iat.ok_or(AuthError::MissingClaim("iat"))?;
+        if exp + leeway < now_f {
+            return Err(AuthError::Expired);
+        }
+        if iat - leeway > now_f || raw.nbf.is_some_and(|nbf| nbf - leeway > now_f) {
+            return Err(AuthError::NotYetValid);
+        }
+        let email = raw.email.ok_or(AuthError::MissingClaim("email"))?;
+        if !self
+            .config
+            .service_account_emails
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(&email))
+        {
+            return Err(AuthError::EmailNotAllowed(truncate(&email)));
+        }
+        if !raw.email_verified.is_some_and(|v| v.0) {
+            return Err(AuthError::EmailNotVerified);
+        }
+        Ok(Claims {
+            issuer,
+            audience,
+            email,
+            subject: raw.sub,
+            issued_at: iat.max(0.0) as u64,
+            expires_at: exp.max(0.0) as u64,
+        })
+    }
+
+    /// The key named `kid`, fetching the JWKS when needed (module docs).
+    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
+        {
+            // A short-lived guard: never held across the await below.
+            let seen = self.keys.load();
+            if is_fresh(&seen, Instant::now())
+                && let Some(key) = seen.keys.get(kid)
+            {
+                return Ok(key.clone());
+            }
+        }
+        let completed_before = self.completed.load(Ordering::Acquire);
+
+        let mut state = self.refresh.lock().await;
+        let current = self.keys.load_full();
+        if self.completed.load(Ordering::Acquire) != completed_before {
+            // A fetch finished while we waited: its answer is ours, and
+            // queueing another fetch behind it would only repeat it.
+            return current
+                .keys
+                .get(kid)
+                .cloned()
+                .ok_or_else(|| match &state.last_failure {
+                    Some(error) => AuthError::KeysUnavailable(error.clone()),
+                    None => unknown_kid(kid),
+                });
+        }
+        let now = Instant::now();
+        if is_fresh(&current, now) {
+            // Fresh keys without this kid: a rotation, or an invented kid.
+            if let Some(key) = current.keys.get(kid) {
+                return Ok(key.clone());
+            }
+            if state
+                .last_unknown_kid_fetch
+                .is_some_and(|t| now.duration_since(t) < self.config.min_refetch_interval)
+            {
+                return Err(unknown_kid(kid));
+            }
+            state.last_unknown_kid_fetch = Some(now);
+        }
+
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let fetched = self.fetch().await;
+        let result = match fetched {
+            Ok((keys, max_age)) => {
+                state.last_failure = None;
+                let next = Arc::new(KeySet {
+                    keys,
+                    expires: Some(Instant::now() + max_age),
+                });
+                self.keys.store(next.clone());
+                next.keys.get(kid).cloned().ok_or_else(|| unknown_kid(kid))
+            }
+            Err(error) => {
+                tracing::warn!(url = %self.config.jwks_url, %error, "JWKS fetch failed");
+                state.last_failure = Some(error.clone());
+                if current.expires.is_some() {
+                    // Serve the stale keys for a while rather than failing
+                    // every push until the endpoint is back.
+                    self.keys.store(Arc::new(KeySet {
+                        keys: current.keys.clone(),
+                        expires: Some(Instant::now() + self.config.min_refetch_interval),
+                    }));
+                }
+                current
+                    .keys
+                    .get(kid)
+                    .cloned()
+                    .ok_or(AuthError::KeysUnavailable(error))
+            }
+        };
+        self.completed.fetch_add(1, Ordering::Release);
+        result
+    }
+
+    /// One JWKS request: the usable RS256 keys by kid, and how long to keep
+    /// them.
+    async fn fetch(&self) -> Result<(HashMap<String, Arc<DecodingKey>>, Duration), String> {
+        let response = self
+            .client
+            .get(&self.config.jwks_url)
+            .timeout(self.config.fetch_timeout)
+            .send()
+            .await
+            .map_err(|e| format!("GET {}: {e}", self.config.jwks_url))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("GET {}: status {status}", self.config.jwks_url));
+        }
+        let max_age = cache_lifetime(response.headers())
+            .unwrap_or(self.config.default_max_age)
+            .min(self.config.max_max_age);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {}: reading the body: {e}", self.config.jwks_url))?;
+        let jwks: Jwks = serde_json::from_slice(&body)
+            .map_err(|e| format!("{} is not a JWKS: {e}", self.config.jwks_url))?;
+        let keys: HashMap<_, _> = jwks
+            .keys
+            .into_iter()
+            .filter(|jwk| {
+                jwk.kty == "RSA"
+                    && jwk.alg.as_deref().is_none_or(|a| a == "RS256")
+                    && jwk.r#use.as_deref().is_none_or(|u| u == "sig")
+            })
+            .filter_map(|jwk| {
+                let key = DecodingKey::from_rsa_components(jwk.n.as_deref()?, jwk.e.as_deref()?);
+                Some((jwk.kid?, Arc::new(key.ok()?)))
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err(format!(
+                "{} has no usable RS256 signing key",
+                self.config.jwks_url
+            ));
+        }
+        Ok((keys, max_age))
+    }
+}
+
+fn is_fresh(set: &KeySet, now: Instant) -> bool {
+    set.expires.is_some_and(|e| now < e)
+}
+
+fn unknown_kid(kid: &str) -> AuthError {
+    AuthError::UnknownKeyId(truncate(kid))
+}
+
+/// `Cache-Control: max-age` less `Age`; zero for `no-store`/`no-cache`;
+/// `None` when neither is said.
+fn cache_lifetime(headers: &HeaderMap) -> Option<Duration> {
+    let mut max_age = None;
+    for value in headers.get_all(header::CACHE_CONTROL) {
+        let Ok(value) = value.to_str() else { continue };
+        for directive in value.split(',') {
+            let directive = directive.trim();
+            let (name, arg) = directive
+                .split_once('=')
+                .map_or((directive, None), |(n, a)| (n.trim(), Some(a.trim())));
+            if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
+                return Some(Duration::ZERO);
+            }
+            if name.eq_ignore_ascii_case("max-age")
+                && let Some(secs) = arg.and_then(|a| a.trim_matches('"').parse::<u64>().ok())
+            {
+                max_age = Some(secs);
+            }
+        }
+    }
+    let age = headers
+        .get(header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    max_age.map(|m| Duration::from_secs(m.saturating_sub(age)))
+}
+
+fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, AuthError> {
+    let value = authorization.ok_or(AuthError::MissingHeader)?;
+    let value = value.to_str().map_err(|_| AuthError::NotBearer)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    let token = token.trim_start();
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(AuthError::NotBearer);
+    }
+    Ok(token)
+}
+
+/// At most 64 characters of a value taken from a token, for messages.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[derive(Deserialize)]
+struct RawClaims {
+    iss: Option<String>,
+    aud: Option<Audience>,
+    sub: Option<String>,
+    email: Option<String>,
+    email_verified: Option<Verified>,
+    exp: Option<f64>,
+    iat: Option<f64>,
+    nbf: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `email_verified` is a boolean in current Google tokens and was the
+/// string `"true"` in older ones.
+struct Verified(bool);
+
+impl<'de> Deserialize<'de> for Verified {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Bool(bool),
+            Text(String),
+        }
+        Ok(Verified(match Either::deserialize(d)? {
+            Either::Bool(b) => b,
+            Either::Text(s) => s.eq_ignore_ascii_case("true"),
+        }))
+    }
+}
+
+#[derive(Deserialize)]
+struct Jwks {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kty: String,
+    kid: Option<String>,
+    alg: Option<String>,
+    r#use: Option<String>,
+    n: Option<String>,
+    e: Option<String>,
+}
