@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod event;
+pub mod findings;
 pub mod index;
 pub mod manifest;
 pub mod pipeline;

@@ -1,0 +1,371 @@
+//! The findings store and outbox (DESIGN §7–§8).
+//!
+//! Every delivery that reached a final verdict is a [`Decision`]; recording
+//! it is what makes the delivery safe to acknowledge. Decisions whose verdict
+//! needs a human ([`VerdictKind::alerts`]) also become a [`Finding`], a row
+//! of the outbox the alert sinks deliver from until each has succeeded.
+//!
+//! The [`Store`] trait is the seam for a shared PostgreSQL store later;
+//! [`SqliteStore`] is the embedded default.
+
+mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::audit::{Evidence, Verdict, VerdictKind};
+use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::reference::{Digest, Repository, Tag};
+
+pub use sqlite::SqliteStore;
+
+/// One delivery that reached a final verdict (never `undecided`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub source: Source,
+    pub event_id: EventId,
+    /// When the source handed the delivery over, in Unix milliseconds.
+    /// Retention ([`Store::prune_decisions`]) and the `since` filter use it.
+    pub received_at_ms: i64,
+    pub action: Option<Action>,
+    pub repository: Option<Repository>,
+    pub digest: Option<Digest>,
+    pub tag: Option<Tag>,
+    pub verdict: VerdictKind,
+    pub reason: String,
+    pub evidence: Vec<Evidence>,
+    /// The manifest repository commit the index was built from, when known.
+    pub manifest_commit: Option<String>,
+    pub index_generation: u64,
+}
+
+impl Decision {
+    /// The decision about a decoded event.
+    pub fn of_event(
+        event: &Event,
+        received_at_ms: i64,
+        verdict: &Verdict,
+        manifest_commit: Option<String>,
+        index_generation: u64,
+    ) -> Decision {
+        Decision {
+            source: event.source,
+            event_id: event.id.clone(),
+            received_at_ms,
+            action: Some(event.action),
+            repository: Some(event.repository.clone()),
+            digest: event.digest.clone(),
+            tag: event.tag.clone(),
+            verdict: verdict.kind,
+            reason: verdict.reason.clone(),
+            evidence: verdict.evidence.clone(),
+            manifest_commit,
+            index_generation,
+        }
+    }
+
+    /// The `malformed` decision about a delivery that could not be decoded.
+    pub fn of_malformed(
+        m: &Malformed,
+        received_at_ms: i64,
+        manifest_commit: Option<String>,
+        index_generation: u64,
+    ) -> Decision {
+        Decision {
+            source: m.source,
+            event_id: m.id.clone(),
+            received_at_ms,
+            action: None,
+            repository: None,
+            digest: None,
+            tag: None,
+            verdict: VerdictKind::Malformed,
+            reason: m.reason.clone(),
+            evidence: Vec::new(),
+            manifest_commit,
+            index_generation,
+        }
+    }
+}
+
+/// The store's id of a finding: increasing in the order findings were recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct FindingId(pub i64);
+
+impl fmt::Display for FindingId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What [`Store::record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First time this (source, event id) was recorded; `finding` is set
+    /// when the verdict alerts.
+    New { finding: Option<FindingId> },
+    /// Already recorded (a redelivery): nothing was written. `verdict` is
+    /// the verdict recorded the first time.
+    Duplicate { verdict: VerdictKind },
+}
+
+/// An alert-worthy decision, with everything an alert needs. Serialised
+/// as-is by `GET /v1/findings`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub id: FindingId,
+    /// When the finding was recorded, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// When the source delivered the event, Unix milliseconds.
+    pub received_at_ms: i64,
+    pub source: Source,
+    pub event_id: EventId,
+    pub action: Option<Action>,
+    pub repository: Option<Repository>,
+    pub digest: Option<Digest>,
+    pub tag: Option<Tag>,
+    pub verdict: VerdictKind,
+    pub reason: String,
+    /// The verdict's [`Evidence`] list, as serialised when recorded.
+    pub evidence: serde_json::Value,
+    pub manifest_commit: Option<String>,
+    pub index_generation: u64,
+    /// Delivery state per sink that has claimed the finding (see
+    /// [`Store::claim_undelivered`]); from a claim, only the claiming sink's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<SinkDelivery>,
+}
+
+/// The delivery of one finding to one sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SinkDelivery {
+    pub sink: String,
+    pub state: DeliveryState,
+    /// Claims so far, this one included when returned by a claim.
+    pub attempts: u32,
+    /// Not claimable for this sink before this time (Unix milliseconds).
+    pub next_attempt_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+        }
+    }
+}
+
+/// Filters of [`Store::findings`]; all set filters must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FindingQuery {
+    pub verdict: Option<VerdictKind>,
+    pub digest: Option<Digest>,
+    pub repository: Option<Repository>,
+    /// Only findings of events received at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only findings older than this one: the cursor for the next page.
+    pub before: Option<FindingId>,
+    /// At most this many ([`FindingQuery::DEFAULT_LIMIT`] when unset,
+    /// capped at [`FindingQuery::MAX_LIMIT`]).
+    pub limit: Option<usize>,
+}
+
+impl FindingQuery {
+    pub const DEFAULT_LIMIT: usize = 100;
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// The limit in force: the default when unset, capped at the maximum.
+    pub fn effective_limit(&self) -> usize {
+        self.limit
+            .unwrap_or(Self::DEFAULT_LIMIT)
+            .min(Self::MAX_LIMIT)
+    }
+}
+
+/// Totals for metrics and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    /// Decisions kept, per verdict, in [`VerdictKind::ALL`] order (zeros included).
+    pub decisions: Vec<(VerdictKind, u64)>,
+    pub findings: u64,
+    /// Findings some known sink has not delivered yet. A sink becomes known
+    /// at its first claim; before any sink is, every finding is undelivered.
+    pub undelivered: u64,
+    /// Undelivered findings per known sink, by sink name.
+    pub undelivered_by_sink: Vec<(String, u64)>,
+}
+
+impl Counts {
+    pub fn decisions_of(&self, kind: VerdictKind) -> u64 {
+        self.decisions
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    pub fn decisions_total(&self) -> u64 {
+        self.decisions.iter().map(|(_, n)| n).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("findings store {path}: cannot create directory {dir}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("findings store {path}: {source}")]
+    Sqlite {
+        path: Arc<str>,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "findings store {path}: schema version {found} is newer than this build understands ({supported}); use a newer image-auditor"
+    )]
+    SchemaTooNew {
+        path: Arc<str>,
+        found: i64,
+        supported: i64,
+    },
+    #[error("findings store {path}: unreadable row: {what}")]
+    Corrupt { path: Arc<str>, what: String },
+    #[error(
+        "event {source_name}/{event_id}: an undecided verdict is not final and is never recorded"
+    )]
+    Undecided {
+        source_name: &'static str,
+        event_id: EventId,
+    },
+    #[error("findings store {path}: finding {id} was never claimed by sink {sink:?}")]
+    NotClaimed {
+        path: Arc<str>,
+        sink: String,
+        id: FindingId,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (the database was busy or an
+    /// I/O error happened), as opposed to a bug or a broken file.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::DiskFull
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// The findings store. Methods block (file I/O): call them from
+/// `spawn_blocking` in async code.
+pub trait Store: Send + Sync {
+    /// Atomically: insert the decision unless (source, event id) is already
+    /// recorded, and, when the verdict alerts, a finding in the outbox
+    /// (pending for every sink). One transaction, durable before this
+    /// returns: callers acknowledge the delivery only after `Ok`.
+    /// An `undecided` verdict is refused.
+    fn record(&self, d: &Decision) -> Result<Recorded, StoreError>;
+
+    /// The verdict recorded for (source, event id), if any.
+    fn decision(&self, source: Source, id: &EventId) -> Result<Option<VerdictKind>, StoreError>;
+
+    /// Findings matching `q`, newest first.
+    fn findings(&self, q: &FindingQuery) -> Result<Vec<Finding>, StoreError>;
+
+    fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Deletes decisions of events received before `older_than_ms` that did
+    /// not become findings (findings and their decisions are kept, so their
+    /// dedupe never expires). Returns how many were deleted. A redelivery
+    /// of a pruned event is recorded again as new.
+    fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` findings not yet delivered to `sink` whose next
+    /// attempt is due at `now_ms`, oldest first. Each claim counts as an
+    /// attempt and hides the finding from other claims for this sink for the
+    /// store's claim lease, after which an unfinished claim (a crash) is
+    /// claimable again. A sink is known from its first claim on, and then
+    /// owes every finding, older ones included.
+    fn claim_undelivered(
+        &self,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError>;
+
+    /// The claimed finding reached `sink`: never claimed for it again.
+    /// Idempotent.
+    fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError>;
+
+    /// The claimed finding could not be delivered to `sink`: claimable again
+    /// from `retry_at_ms`. No effect on a finding already delivered.
+    fn mark_failed(
+        &self,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError>;
+}
+
+/// `VerdictKind` from its `as_str()` text.
+pub fn parse_verdict(s: &str) -> Option<VerdictKind> {
+    VerdictKind::ALL.into_iter().find(|k| k.as_str() == s)
+}
+
+const SOURCES: [Source; 4] = [
+    Source::Gcr,
+    Source::Cli,
+    Source::PubsubPull,
+    Source::PubsubPush,
+];
+
+/// Fails to compile when a `Source` is added, so [`SOURCES`] is kept whole.
+#[allow(dead_code)]
+fn sources_is_complete(s: Source) {
+    match s {
+        Source::Gcr | Source::Cli | Source::PubsubPull | Source::PubsubPush => {}
+    }
+}
+
+/// `Source` from its `as_str()` text.
+pub fn parse_source(s: &str) -> Option<Source> {
+    SOURCES.into_iter().find(|k| k.as_str() == s)
+}
+
+fn action_str(a: Action) -> &'static str {
+    match a {
+        Action::Insert => "insert",
+        Action::Delete => "delete",
+    }
+}
+
+fn parse_action(s: &str) -> Option<Action> {
+    [Action::Insert, Action::Delete]
+        .into_iter()
+        .find(|a| action_str(*a) == s)
+}

@@ -1,0 +1,732 @@
+//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+use super::{
+    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
+    Store, StoreError, action_str, parse_action, parse_source, parse_verdict,
+};
+use crate::audit::VerdictKind;
+use crate::event::{EventId, Source};
+
+/// Schema versions, applied in order; `PRAGMA user_version` is how many
+/// have been applied. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: decisions (dedupe), findings (the outbox), per-sink delivery state.
+    r#"
+CREATE TABLE decisions (
+    source          TEXT    NOT NULL,
+    event_id        TEXT    NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    verdict         TEXT    NOT NULL,
+    PRIMARY KEY (source, event_id)
+) WITHOUT ROWID;
+CREATE INDEX decisions_by_received ON decisions (received_at_ms);
+
+CREATE TABLE findings (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at_ms    INTEGER NOT NULL,
+    received_at_ms   INTEGER NOT NULL,
+    source           TEXT    NOT NULL,
+    event_id         TEXT    NOT NULL,
+    action           TEXT,
+    repository       TEXT,
+    digest           TEXT,
+    tag              TEXT,
+    verdict          TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    evidence         TEXT    NOT NULL,   -- JSON array of audit::Evidence
+    manifest_commit  TEXT,
+    index_generation INTEGER NOT NULL,
+    UNIQUE (source, event_id),
+    FOREIGN KEY (source, event_id) REFERENCES decisions (source, event_id)
+);
+CREATE INDEX findings_by_verdict    ON findings (verdict, id);
+CREATE INDEX findings_by_digest     ON findings (digest, id);
+CREATE INDEX findings_by_repository ON findings (repository, id);
+CREATE INDEX findings_by_received   ON findings (received_at_ms);
+
+-- A sink is known from its first claim. Every finding with id <= watermark
+-- has a deliveries row for the sink; later ones are pending implicitly.
+CREATE TABLE sinks (
+    sink      TEXT    PRIMARY KEY,
+    watermark INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE deliveries (
+    finding         INTEGER NOT NULL REFERENCES findings (id),
+    sink            TEXT    NOT NULL REFERENCES sinks (sink),
+    state           TEXT    NOT NULL CHECK (state IN ('pending', 'delivered')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER,
+    last_error      TEXT,
+    PRIMARY KEY (finding, sink)
+) WITHOUT ROWID;
+CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_ms, finding) WHERE state = 'pending';
+"#,
+];
+
+const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
+     f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
+     f.manifest_commit, f.index_generation";
+
+/// How long a claim hides a finding from other claims for the same sink.
+pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
+
+/// Longest `last_error` kept per delivery.
+const MAX_ERROR_LEN: usize = 2000;
+
+/// Rows deleted per transaction by `prune_decisions`, so that `record`
+/// never waits long behind retention.
+const PRUNE_BATCH: i64 = 5000;
+
+/// The embedded findings store. One connection behind a mutex: every call
+/// blocks, so async callers use `spawn_blocking`.
+///
+/// Durability: WAL with `synchronous=FULL`, so a transaction is fsynced to
+/// the WAL before `record` returns and survives power loss, not only a
+/// process crash (`NORMAL` would lose the last commits on power loss, after
+/// their deliveries were acknowledged).
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    path: Arc<str>,
+    claim_lease_ms: i64,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directories when missing) the
+    /// store at `path`, and brings its schema up to date.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let name: Arc<str> = path.display().to_string().into();
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        })?;
+        Self::init(conn, name, true)
+    }
+
+    /// A store that lives as long as the value (tests, `check`).
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let name: Arc<str> = ":memory:".into();
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        })?;
+        Self::init(conn, name, false)
+    }
+
+    /// How long a claim hides a finding from further claims for the same
+    /// sink (default [`DEFAULT_CLAIM_LEASE`]). Keep it above the longest a
+    /// sink takes to deliver, or a slow delivery may be claimed twice.
+    pub fn with_claim_lease(mut self, lease: Duration) -> SqliteStore {
+        self.claim_lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The path the store was opened at, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn init(mut conn: Connection, path: Arc<str>, file: bool) -> Result<SqliteStore, StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        // The first statement that reads the file: a file that is not a
+        // database fails here, named.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if file && !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path, mode, "findings store: WAL not available, using this journal mode");
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn, &path)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+            path,
+            claim_lease_ms: DEFAULT_CLAIM_LEASE.as_millis() as i64,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped its transaction (rolled
+        // back): the connection is still sound.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn begin<'c>(&self, conn: &'c mut Connection) -> Result<Transaction<'c>, StoreError> {
+        conn.transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.sql(e))
+    }
+
+    fn deliveries_of(
+        &self,
+        conn: &Connection,
+        id: FindingId,
+        sink: Option<&str>,
+    ) -> Result<Vec<SinkDelivery>, StoreError> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error \
+                 FROM deliveries WHERE finding = ?1 AND (?2 IS NULL OR sink = ?2) ORDER BY sink",
+            )
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map(params![id.0, sink], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error) =
+                row.map_err(|e| self.sql(e))?;
+            let state = match state.as_str() {
+                "pending" => DeliveryState::Pending,
+                "delivered" => DeliveryState::Delivered,
+                other => {
+                    return Err(self.corrupt(format!(
+                        "finding {id}: delivery state {other:?} for sink {sink:?}"
+                    )));
+                }
+            };
+            out.push(SinkDelivery {
+                sink,
+                state,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                next_attempt_ms,
+                delivered_at_ms,
+                last_error,
+            });
+        }
+        Ok(out)
+    }
+
+    fn finding_by_id(&self, conn: &Connection, id: FindingId) -> Result<Finding, StoreError> {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {FINDING_COLUMNS} FROM findings f WHERE f.id = ?1"
+            ))
+            .map_err(|e| self.sql(e))?;
+        let raw = stmt
+            .query_row([id.0], RawFinding::from_row)
+            .map_err(|e| self.sql(e))?;
+        raw.into_finding().map_err(|e| self.corrupt(e))
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    };
+    let supported = MIGRATIONS.len() as i64;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        // Read inside the write transaction: another process may have
+        // migrated since.
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        if version > supported {
+            return Err(StoreError::SchemaTooNew {
+                path: path.clone(),
+                found: version,
+                supported,
+            });
+        }
+        if version == supported {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[version as usize])
+            .map_err(err)?;
+        tx.pragma_update(None, "user_version", version + 1)
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A findings row as stored, before parsing.
+struct RawFinding {
+    id: i64,
+    created_at_ms: i64,
+    received_at_ms: i64,
+    source: String,
+    event_id: String,
+    action: Option<String>,
+    repository: Option<String>,
+    digest: Option<String>,
+    tag: Option<String>,
+    verdict: String,
+    reason: String,
+    evidence: String,
+    manifest_commit: Option<String>,
+    index_generation: i64,
+}
+
+impl RawFinding {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<RawFinding> {
+        Ok(RawFinding {
+            id: r.get(0)?,
+            created_at_ms: r.get(1)?,
+            received_at_ms: r.get(2)?,
+            source: r.get(3)?,
+            event_id: r.get(4)?,
+            action: r.get(5)?,
+            repository: r.get(6)?,
+            digest: r.get(7)?,
+            tag: r.get(8)?,
+            verdict: r.get(9)?,
+            reason: r.get(10)?,
+            evidence: r.get(11)?,
+            manifest_commit: r.get(12)?,
+            index_generation: r.get(13)?,
+        })
+    }
+
+    fn into_finding(self) -> Result<Finding, String> {
+        let id = self.id;
+        let bad = |what: &str, text: &str| format!("finding {id}: {what} {text:?}");
+        let source = parse_source(&self.source).ok_or_else(|| bad("source", &self.source))?;
+        let verdict = parse_verdict(&self.verdict).ok_or_else(|| bad("verdict", &self.verdict))?;
+        let action = match &self.action {
+            Some(a) => Some(parse_action(a).ok_or_else(|| bad("action", a))?),
+            None => None,
+        };
+        let repository = match &self.repository {
+            Some(s) => Some(s.parse().map_err(|e| format!("finding {id}: {e}"))?),
+            None => None,
+        };
+        let digest = match &self.digest {
+            Some(s) => Some(s.parse().map_err(|e| format!("finding {id}: {e}"))?),
+            None => None,
+        };
+        let tag = match &self.tag {
+            Some(s) => Some(s.parse().map_err(|e| format!("finding {id}: {e}"))?),
+            None => None,
+        };
+        let evidence = serde_json::from_str(&self.evidence)
+            .map_err(|e| format!("finding {id}: evidence is not JSON: {e}"))?;
+        Ok(Finding {
+            id: FindingId(id),
+            created_at_ms: self.created_at_ms,
+            received_at_ms: self.received_at_ms,
+            source,
+            event_id: EventId(self.event_id),
+            action,
+            repository,
+            digest,
+            tag,
+            verdict,
+            reason: self.reason,
+            evidence,
+            manifest_commit: self.manifest_commit,
+            // Stored bit for bit as i64 (SQLite integers are signed).
+            index_generation: self.index_generation as u64,
+            deliveries: Vec::new(),
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
+        if d.verdict == VerdictKind::Undecided {
+            return Err(StoreError::Undecided {
+                source_name: d.source.as_str(),
+                event_id: d.event_id.clone(),
+            });
+        }
+        let alerts = d.verdict.alerts();
+        // Everything that can be prepared outside the lock is.
+        let evidence = if alerts {
+            Some(serde_json::to_string(&d.evidence).map_err(|e| {
+                self.corrupt(format!(
+                    "event {}: evidence not serialisable: {e}",
+                    d.event_id
+                ))
+            })?)
+        } else {
+            None
+        };
+        let source = d.source.as_str();
+        let verdict = d.verdict.as_str();
+
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO decisions (source, event_id, received_at_ms, verdict) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![source, d.event_id.0, d.received_at_ms, verdict]))
+            .map_err(|e| self.sql(e))?;
+        if inserted == 0 {
+            let first: String = tx
+                .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
+                .and_then(|mut s| s.query_row(params![source, d.event_id.0], |r| r.get(0)))
+                .map_err(|e| self.sql(e))?;
+            let verdict = parse_verdict(&first).ok_or_else(|| {
+                self.corrupt(format!(
+                    "decision {source}/{}: verdict {first:?}",
+                    d.event_id
+                ))
+            })?;
+            // Nothing written: dropping the transaction rolls it back.
+            return Ok(Recorded::Duplicate { verdict });
+        }
+        let finding = match evidence {
+            None => None,
+            Some(evidence) => {
+                tx.prepare_cached(
+                    "INSERT INTO findings (created_at_ms, received_at_ms, source, event_id, \
+                     action, repository, digest, tag, verdict, reason, evidence, \
+                     manifest_commit, index_generation) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        now_ms(),
+                        d.received_at_ms,
+                        source,
+                        d.event_id.0,
+                        d.action.map(action_str),
+                        d.repository.as_ref().map(|r| r.as_str()),
+                        d.digest.as_ref().map(|x| x.to_string()),
+                        d.tag.as_ref().map(|t| t.as_str()),
+                        verdict,
+                        d.reason,
+                        evidence,
+                        d.manifest_commit,
+                        d.index_generation as i64,
+                    ])
+                })
+                .map_err(|e| self.sql(e))?;
+                Some(FindingId(tx.last_insert_rowid()))
+            }
+        };
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(Recorded::New { finding })
+    }
+
+    fn decision(&self, source: Source, id: &EventId) -> Result<Option<VerdictKind>, StoreError> {
+        let conn = self.lock();
+        let found: Option<String> = conn
+            .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![source.as_str(), id.0], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.sql(e))?;
+        found
+            .map(|v| {
+                parse_verdict(&v).ok_or_else(|| {
+                    self.corrupt(format!("decision {}/{id}: verdict {v:?}", source.as_str()))
+                })
+            })
+            .transpose()
+    }
+
+    fn findings(&self, q: &FindingQuery) -> Result<Vec<Finding>, StoreError> {
+        let mut sql = format!("SELECT {FINDING_COLUMNS} FROM findings f WHERE 1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
+            args.push(v);
+            let _ = write!(sql, " AND {clause} ?{}", args.len());
+        };
+        if let Some(v) = q.verdict {
+            arg(&mut sql, "f.verdict =", v.as_str().to_owned().into());
+        }
+        if let Some(d) = &q.digest {
+            arg(&mut sql, "f.digest =", d.to_string().into());
+        }
+        if let Some(r) = &q.repository {
+            arg(&mut sql, "f.repository =", r.as_str().to_owned().into());
+        }
+        if let Some(s) = q.since_ms {
+            arg(&mut sql, "f.received_at_ms >=", s.into());
+        }
+        if let Some(b) = q.before {
+            arg(&mut sql, "f.id <", b.0.into());
+        }
+        args.push((q.effective_limit() as i64).into());
+        let _ = write!(sql, " ORDER BY f.id DESC LIMIT ?{}", args.len());
+
+        let mut conn = self.lock();
+        // One snapshot for the page and its delivery states.
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let raws = {
+            let mut stmt = tx.prepare_cached(&sql).map_err(|e| self.sql(e))?;
+            stmt.query_map(rusqlite::params_from_iter(args), RawFinding::from_row)
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(|e| self.sql(e))?
+        };
+        let mut out = Vec::with_capacity(raws.len());
+        for raw in raws {
+            let mut f = raw.into_finding().map_err(|e| self.corrupt(e))?;
+            f.deliveries = self.deliveries_of(&tx, f.id, None)?;
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    fn counts(&self) -> Result<Counts, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let mut decisions: Vec<(VerdictKind, u64)> =
+            VerdictKind::ALL.into_iter().map(|k| (k, 0)).collect();
+        {
+            let mut stmt = tx
+                .prepare_cached("SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(|e| self.sql(e))?;
+            for row in rows {
+                let (verdict, n) = row.map_err(|e| self.sql(e))?;
+                let kind = parse_verdict(&verdict)
+                    .ok_or_else(|| self.corrupt(format!("decision verdict {verdict:?}")))?;
+                if let Some(slot) = decisions.iter_mut().find(|(k, _)| *k == kind) {
+                    slot.1 = n as u64;
+                }
+            }
+        }
+        let count = |sql: &str| -> Result<u64, StoreError> {
+            tx.prepare_cached(sql)
+                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+                .map(|n| n as u64)
+                .map_err(|e| self.sql(e))
+        };
+        let findings = count("SELECT COUNT(*) FROM findings")?;
+        // Pending for a sink that materialised it, or above the lowest
+        // watermark (all findings when no sink is known yet).
+        let undelivered = count(
+            "SELECT COUNT(*) FROM ( \
+               SELECT finding FROM deliveries WHERE state = 'pending' \
+               UNION \
+               SELECT id FROM findings WHERE id > (SELECT COALESCE(MIN(watermark), 0) FROM sinks))",
+        )?;
+        let undelivered_by_sink = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT s.sink, \
+                       (SELECT COUNT(*) FROM deliveries d WHERE d.sink = s.sink AND d.state = 'pending') \
+                     + (SELECT COUNT(*) FROM findings f WHERE f.id > s.watermark) \
+                     FROM sinks s ORDER BY s.sink",
+                )
+                .map_err(|e| self.sql(e))?;
+            stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.sql(e))?
+        };
+        Ok(Counts {
+            decisions,
+            findings,
+            undelivered,
+            undelivered_by_sink,
+        })
+    }
+
+    fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        loop {
+            // Batches, each its own transaction, so `record` waits at most
+            // one batch behind retention.
+            let mut conn = self.lock();
+            let tx = self.begin(&mut conn)?;
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM decisions WHERE (source, event_id) IN ( \
+                       SELECT d.source, d.event_id FROM decisions d \
+                       WHERE d.received_at_ms < ?1 AND NOT EXISTS ( \
+                         SELECT 1 FROM findings f \
+                         WHERE f.source = d.source AND f.event_id = d.event_id) \
+                       LIMIT ?2)",
+                )
+                .and_then(|mut s| s.execute(params![older_than_ms, PRUNE_BATCH]))
+                .map_err(|e| self.sql(e))?;
+            tx.commit().map_err(|e| self.sql(e))?;
+            total += n as u64;
+            if (n as i64) < PRUNE_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn claim_undelivered(
+        &self,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError> {
+        // `limit` 0 still makes the sink known (and owed every finding).
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        let sql = |e| self.sql(e);
+        tx.prepare_cached("INSERT OR IGNORE INTO sinks (sink, watermark) VALUES (?1, 0)")
+            .and_then(|mut s| s.execute([sink]))
+            .map_err(sql)?;
+        // Materialise the findings recorded since this sink last looked.
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
+             SELECT f.id, ?1, 'pending', 0, 0 FROM findings f \
+             WHERE f.id > (SELECT watermark FROM sinks WHERE sink = ?1)",
+        )
+        .and_then(|mut s| s.execute([sink]))
+        .map_err(sql)?;
+        tx.prepare_cached(
+            "UPDATE sinks SET watermark = (SELECT COALESCE(MAX(id), 0) FROM findings) \
+             WHERE sink = ?1",
+        )
+        .and_then(|mut s| s.execute([sink]))
+        .map_err(sql)?;
+        let lease_until = now_ms.saturating_add(self.claim_lease_ms);
+        let mut ids: Vec<i64> = tx
+            .prepare_cached(
+                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_ms = ?3 \
+                 WHERE sink = ?1 AND finding IN ( \
+                   SELECT finding FROM deliveries \
+                   WHERE sink = ?1 AND state = 'pending' AND next_attempt_ms <= ?2 \
+                   ORDER BY next_attempt_ms, finding LIMIT ?4) \
+                 RETURNING finding",
+            )
+            .and_then(|mut s| {
+                s.query_map(params![sink, now_ms, lease_until, limit as i64], |r| {
+                    r.get(0)
+                })?
+                .collect::<rusqlite::Result<Vec<i64>>>()
+            })
+            .map_err(sql)?;
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let mut f = self.finding_by_id(&tx, FindingId(id))?;
+            f.deliveries = self.deliveries_of(&tx, f.id, Some(sink))?;
+            out.push(f);
+        }
+        tx.commit().map_err(sql)?;
+        Ok(out)
+    }
+
+    fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'delivered', \
+                   delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
+                 WHERE sink = ?1 AND finding = ?2",
+            )
+            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(StoreError::NotClaimed {
+                path: self.path.clone(),
+                sink: sink.to_owned(),
+                id,
+            });
+        }
+        Ok(())
+    }
+
+    fn mark_failed(
+        &self,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let error = truncate(error, MAX_ERROR_LEN);
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached(
+                "UPDATE deliveries SET last_error = ?3, next_attempt_ms = ?4 \
+                 WHERE sink = ?1 AND finding = ?2 AND state = 'pending'",
+            )
+            .and_then(|mut s| s.execute(params![sink, id.0, error, retry_at_ms]))
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM deliveries WHERE sink = ?1 AND finding = ?2")
+                .and_then(|mut s| s.exists(params![sink, id.0]))
+                .map_err(|e| self.sql(e))?;
+            if !exists {
+                return Err(StoreError::NotClaimed {
+                    path: self.path.clone(),
+                    sink: sink.to_owned(),
+                    id,
+                });
+            }
+            // Already delivered: a late failure report changes nothing.
+        }
+        Ok(())
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
