@@ -9,6 +9,7 @@ pub mod findings;
 pub mod index;
 pub mod manifest;
 pub mod pipeline;
+pub mod pubsub;
 pub mod reference;
 pub mod registry;
 pub mod resolve;

@@ -2,5 +2,6 @@
 //! and nothing else. No source calls the auditor.
 
 pub mod gcr;
+pub mod pubsub_pull;
 pub mod pubsub_push;
 pub mod push_auth;

@@ -1,0 +1,673 @@
+//! Pub/Sub streaming pull of `gcr` topic messages (DESIGN §7).
+//!
+//! Each message becomes a [`Delivery`] whose id is the Pub/Sub message id
+//! and whose event is [`gcr::parse`] of the message data. The [`Handler`]
+//! decides: [`Disposition::Ack`] acks, [`Disposition::Retry`] nacks (the
+//! message comes back). Malformed payloads reach the handler too, as
+//! `Err(Malformed)`; the pipeline records and acks them.
+//!
+//! - **Bounded concurrency of our own.** At most `max_in_flight` handlers
+//!   run at once, across all streams: a message is taken from a stream only
+//!   once a slot is free. Server-side flow control (`max_outstanding_*`) is
+//!   requested too, but the emulator ignores it, and the client queues what
+//!   it receives without limit.
+//! - **Leases.** `google-cloud-pubsub` extends the lease of every message it
+//!   holds (queued or handed to a handler) every 3 s by
+//!   `max_lease_extension`, until acked, nacked or held for `max_lease`. A
+//!   consumer that dies without acking gets its messages redelivered after
+//!   `max_lease_extension`.
+//! - **Shutdown.** When the shutdown token is cancelled, or a stream fails for
+//!   good, every stream stops taking messages; then each stream's
+//!   `WaitForProcessing` shutdown waits for the handlers it handed messages
+//!   to, flushes their acks and nacks, and nacks what was received but never
+//!   handed out. [`PullSource::run`] returns only after that.
+//! - **Readiness.** [`PullStatus::is_connected`] turns true once the
+//!   subscription was found (a `GetSubscription` probe under
+//!   `connect_timeout`) and the streams are started; false when `run` ends.
+//!   Opening a stream retries forever on transient errors, so the probe is
+//!   what makes a wrong endpoint or subscription fail fast.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::model::Message;
+use google_cloud_pubsub::subscriber::ShutdownBehavior;
+use google_cloud_pubsub::subscriber::handler::Handler as AckHandler;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{EventId, Source};
+use crate::pipeline::{Delivery, Disposition, Handled, Handler};
+use crate::pubsub::{self, ClientError, EndpointError, Target};
+use crate::sources::gcr;
+
+/// The `pubsub_pull:` section of the service configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullConfig {
+    /// Google Cloud project of the subscription (required).
+    pub project: String,
+
+    /// The pull subscription on the `gcr` topic: an id (`image-auditor`) or a
+    /// full name (`projects/P/subscriptions/S`, whose project must then be
+    /// `project`). Required.
+    pub subscription: String,
+
+    /// Parallel StreamingPull streams on the subscription. One stream from
+    /// the emulator delivers about 2 000 messages/s (100 every 50 ms), and
+    /// throughput grows with streams; real Pub/Sub delivers far more per
+    /// stream. 1–64, default `1`.
+    #[serde(default = "defaults::streams")]
+    pub streams: usize,
+
+    /// Handlers running at once, across all streams: our own bound, since the
+    /// emulator ignores flow control and the client buffers without limit.
+    /// Also sent as each stream's `max_outstanding_messages`. At least 1,
+    /// default `128`.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+
+    /// How far each lease extension pushes a held message's deadline (the
+    /// stream ack deadline, overriding the subscription's). Also how long a
+    /// crashed consumer's messages stay invisible. 10 s–600 s, default `10s`.
+    #[serde(default = "defaults::max_lease_extension", with = "humantime_serde")]
+    pub max_lease_extension: Duration,
+
+    /// How long a message is kept leased while its handler runs; after that
+    /// it may be delivered again. At least `max_lease_extension`, default
+    /// `1h`.
+    #[serde(default = "defaults::max_lease", with = "humantime_serde")]
+    pub max_lease: Duration,
+
+    /// Time allowed for the start-up check that the subscription exists.
+    /// Default `10s`.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+
+    /// Endpoint override: `http://host:port` for an emulator (anonymous
+    /// credentials) or `https://host` for a Google endpoint (application
+    /// default credentials). Unset: `PUBSUB_EMULATOR_HOST` when set, else
+    /// Google.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn streams() -> usize {
+        1
+    }
+    pub fn max_in_flight() -> usize {
+        128
+    }
+    pub fn max_lease_extension() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_lease() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+impl PullConfig {
+    /// A configuration with every optional field at its default.
+    pub fn new(project: impl Into<String>, subscription: impl Into<String>) -> PullConfig {
+        PullConfig {
+            project: project.into(),
+            subscription: subscription.into(),
+            streams: defaults::streams(),
+            max_in_flight: defaults::max_in_flight(),
+            max_lease_extension: defaults::max_lease_extension(),
+            max_lease: defaults::max_lease(),
+            connect_timeout: defaults::connect_timeout(),
+            endpoint: None,
+        }
+    }
+
+    /// The full subscription name, `projects/P/subscriptions/S`.
+    pub fn subscription_name(&self) -> String {
+        pubsub::subscription_name(&self.project, &self.subscription)
+    }
+
+    /// Checks every field; the message names the field and the subscription.
+    pub fn validate(&self) -> Result<(), PullError> {
+        let invalid = |reason: String| PullError::Config {
+            subscription: self.subscription_name(),
+            reason,
+        };
+        if self.project.trim().is_empty() {
+            return Err(invalid("`project` is empty".into()));
+        }
+        if self.subscription.trim().is_empty() {
+            return Err(invalid("`subscription` is empty".into()));
+        }
+        if let Some(rest) = self.subscription.strip_prefix("projects/") {
+            match rest.split_once("/subscriptions/") {
+                Some((project, id)) if project == self.project && !id.is_empty() => {}
+                Some((project, _)) if project != self.project => {
+                    return Err(invalid(format!(
+                        "`subscription` is in project {project:?}, but `project` is {:?}",
+                        self.project
+                    )));
+                }
+                _ => {
+                    return Err(invalid(
+                        "`subscription` must be an id or projects/P/subscriptions/S".into(),
+                    ));
+                }
+            }
+        } else if self.subscription.contains('/') {
+            return Err(invalid(
+                "`subscription` must be an id or projects/P/subscriptions/S".into(),
+            ));
+        }
+        if !(1..=64).contains(&self.streams) {
+            return Err(invalid(format!(
+                "`streams` must be 1–64, got {}",
+                self.streams
+            )));
+        }
+        if !(1..=1_000_000).contains(&self.max_in_flight) {
+            return Err(invalid(format!(
+                "`max_in_flight` must be 1–1000000, got {}",
+                self.max_in_flight
+            )));
+        }
+        let ext = self.max_lease_extension;
+        if ext < Duration::from_secs(10)
+            || ext > Duration::from_secs(600)
+            || ext.subsec_nanos() != 0
+        {
+            return Err(invalid(format!(
+                "`max_lease_extension` must be whole seconds between 10s and 600s, got {ext:?}"
+            )));
+        }
+        if self.max_lease < ext {
+            return Err(invalid(format!(
+                "`max_lease` ({:?}) must be at least `max_lease_extension` ({ext:?})",
+                self.max_lease
+            )));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(invalid("`connect_timeout` must be positive".into()));
+        }
+        self.target().map(|_| ())
+    }
+
+    /// Where the clients connect ([`Target::resolve`]).
+    pub fn target(&self) -> Result<Target, PullError> {
+        Target::resolve(self.endpoint.as_deref()).map_err(|source| PullError::Endpoint {
+            subscription: self.subscription_name(),
+            source,
+        })
+    }
+}
+
+/// Counters of one source. `received` counts deliveries handed to the
+/// handler (a redelivery counts again); `acked` + `nacked` are the ones
+/// answered, equal to `received` once `run` has returned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PullStats {
+    pub received: u64,
+    pub acked: u64,
+    pub nacked: u64,
+}
+
+/// A live view of a running source, for `/readyz` and `/metrics`. Cheap to
+/// clone; every clone sees the same state.
+#[derive(Debug, Clone, Default)]
+pub struct PullStatus {
+    inner: Arc<StatusInner>,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    connected: AtomicBool,
+    received: AtomicU64,
+    acked: AtomicU64,
+    nacked: AtomicU64,
+}
+
+impl PullStatus {
+    /// True while the subscription is known to exist and the streams run.
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> PullStats {
+        PullStats {
+            received: self.inner.received.load(Ordering::Relaxed),
+            acked: self.inner.acked.load(Ordering::Relaxed),
+            nacked: self.inner.nacked.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.inner.connected.store(connected, Ordering::Release);
+    }
+}
+
+/// Why the source stopped or could not start. Every variant names the
+/// subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("Pub/Sub subscription {subscription}: invalid configuration: {reason}")]
+    Config {
+        subscription: String,
+        reason: String,
+    },
+    #[error("Pub/Sub subscription {subscription}: {source}")]
+    Endpoint {
+        subscription: String,
+        source: EndpointError,
+    },
+    #[error("Pub/Sub subscription {subscription}: cannot build the client for {target}: {source}")]
+    Client {
+        subscription: String,
+        target: String,
+        source: ClientError,
+    },
+    #[error("Pub/Sub subscription {subscription} does not exist at {target}")]
+    NotFound {
+        subscription: String,
+        target: String,
+    },
+    #[error(
+        "Pub/Sub subscription {subscription}: {target} did not answer within {timeout:?} \
+         (is the endpoint right, is the emulator running?)"
+    )]
+    Unreachable {
+        subscription: String,
+        target: String,
+        timeout: Duration,
+    },
+    #[error("Pub/Sub subscription {subscription}: checking it at {target} failed: {source}")]
+    Check {
+        subscription: String,
+        target: String,
+        source: google_cloud_pubsub::Error,
+    },
+    /// A stream failed for good (the subscription was deleted, permission
+    /// was revoked, …); the other streams were drained before returning.
+    #[error("Pub/Sub subscription {subscription}: streaming pull failed: {source}")]
+    Stream {
+        subscription: String,
+        source: google_cloud_pubsub::Error,
+        /// The counters at the time `run` returned.
+        stats: PullStats,
+    },
+}
+
+/// A configured streaming-pull source, with its [`PullStatus`] available
+/// before it runs.
+pub struct PullSource {
+    config: PullConfig,
+    status: PullStatus,
+}
+
+impl PullSource {
+    pub fn new(config: PullConfig) -> PullSource {
+        PullSource {
+            config,
+            status: PullStatus::default(),
+        }
+    }
+
+    /// The live status; take it before calling [`PullSource::run`].
+    pub fn status(&self) -> PullStatus {
+        self.status.clone()
+    }
+
+    /// Pulls until `shutdown` is cancelled (or a stream fails for good),
+    /// then drains: waits for in-flight handlers and flushes their acks.
+    pub async fn run(
+        self,
+        handler: Handler,
+        shutdown: CancellationToken,
+    ) -> Result<PullStats, PullError> {
+        let PullSource { config, status } = self;
+        let result = pull(&config, &status, handler, shutdown).await;
+        status.set_connected(false);
+        result
+    }
+}
+
+/// [`PullSource::run`] without a status handle.
+pub async fn run(
+    config: PullConfig,
+    handler: Handler,
+    shutdown: CancellationToken,
+) -> Result<PullStats, PullError> {
+    PullSource::new(config).run(handler, shutdown).await
+}
+
+async fn pull(
+    config: &PullConfig,
+    status: &PullStatus,
+    handler: Handler,
+    shutdown: CancellationToken,
+) -> Result<PullStats, PullError> {
+    config.validate()?;
+    let subscription = config.subscription_name();
+    let target = config.target()?;
+    let client_error = |source| PullError::Client {
+        subscription: subscription.clone(),
+        target: target.to_string(),
+        source,
+    };
+
+    // Fail fast on a wrong endpoint or subscription: opening a stream would
+    // retry forever instead.
+    let check = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => return Ok(status.stats()),
+        check = check_subscription(config, &target, &subscription) => check,
+    };
+    check?;
+
+    let subscriber = target.subscriber().await.map_err(client_error)?;
+    let context = Arc::new(Context {
+        handler,
+        status: status.clone(),
+        permits: Arc::new(Semaphore::new(config.max_in_flight)),
+    });
+    // Cancelled by the caller, or by a stream that failed for good.
+    let stop = shutdown.child_token();
+    let streams: Vec<_> = (0..config.streams)
+        .map(|_| {
+            tokio::spawn(pull_stream(
+                subscriber.clone(),
+                subscription.clone(),
+                config.clone(),
+                context.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    status.set_connected(true);
+    tracing::info!(
+        subscription = %subscription,
+        target = %target,
+        streams = config.streams,
+        max_in_flight = config.max_in_flight,
+        "pulling"
+    );
+
+    let mut failure = None;
+    for stream in streams {
+        let outcome = match stream.await {
+            Ok(outcome) => outcome,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        if let Err(source) = outcome {
+            status.set_connected(false);
+            failure.get_or_insert(source);
+        }
+    }
+    // Every stream's WaitForProcessing shutdown returned, so every handler
+    // has answered; wait for the tasks to release their slots (counters).
+    let _all = context
+        .permits
+        .acquire_many(config.max_in_flight as u32)
+        .await
+        .expect("the semaphore is never closed");
+    let stats = status.stats();
+    tracing::info!(
+        subscription = %subscription,
+        received = stats.received,
+        acked = stats.acked,
+        nacked = stats.nacked,
+        "stopped pulling"
+    );
+    match failure {
+        None => Ok(stats),
+        Some(source) => Err(PullError::Stream {
+            subscription,
+            source,
+            stats,
+        }),
+    }
+}
+
+async fn check_subscription(
+    config: &PullConfig,
+    target: &Target,
+    subscription: &str,
+) -> Result<(), PullError> {
+    let admin = target
+        .subscription_admin()
+        .await
+        .map_err(|source| PullError::Client {
+            subscription: subscription.to_owned(),
+            target: target.to_string(),
+            source,
+        })?;
+    let get = admin
+        .get_subscription()
+        .set_subscription(subscription)
+        .send();
+    match tokio::time::timeout(config.connect_timeout, get).await {
+        Err(_elapsed) => Err(PullError::Unreachable {
+            subscription: subscription.to_owned(),
+            target: target.to_string(),
+            timeout: config.connect_timeout,
+        }),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => match e.status().map(|s| s.code) {
+            Some(Code::NotFound) => Err(PullError::NotFound {
+                subscription: subscription.to_owned(),
+                target: target.to_string(),
+            }),
+            // roles/pubsub.subscriber may consume but not get: the service
+            // answered and authenticated us; a missing subscription will
+            // still end the stream with NOT_FOUND.
+            Some(Code::PermissionDenied) => {
+                tracing::warn!(
+                    subscription,
+                    "no permission to get the subscription; assuming it exists"
+                );
+                Ok(())
+            }
+            _ => Err(PullError::Check {
+                subscription: subscription.to_owned(),
+                target: target.to_string(),
+                source: e,
+            }),
+        },
+    }
+}
+
+struct Context {
+    handler: Handler,
+    status: PullStatus,
+    /// One permit per running handler, shared by all streams.
+    permits: Arc<Semaphore>,
+}
+
+/// One StreamingPull stream: takes a message only when a handler slot is
+/// free, until `stop`; then drains it.
+async fn pull_stream(
+    subscriber: Subscriber,
+    subscription: String,
+    config: PullConfig,
+    context: Arc<Context>,
+    stop: CancellationToken,
+) -> Result<(), google_cloud_pubsub::Error> {
+    let mut stream = subscriber
+        .subscribe(subscription.clone())
+        .set_max_lease_extension(config.max_lease_extension)
+        .set_max_lease(config.max_lease)
+        .set_max_outstanding_messages(config.max_in_flight as i64)
+        .set_shutdown_behavior(ShutdownBehavior::WaitForProcessing)
+        .build();
+    let drain = stream.shutdown_token();
+    let outcome = loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            permit = context.permits.clone().acquire_owned() => {
+                permit.expect("the semaphore is never closed")
+            }
+        };
+        // `next()` is cancel-safe: a message is only taken out of the
+        // client's queue when it is returned.
+        let item = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            item = stream.next() => item,
+        };
+        match item {
+            None => break Ok(()),
+            Some(Err(e)) => {
+                tracing::error!(subscription = %subscription, error = %e, "streaming pull failed");
+                // Stop the other streams too: the run ends with this error.
+                stop.cancel();
+                break Err(e);
+            }
+            Some(Ok((message, ack))) => {
+                context
+                    .status
+                    .inner
+                    .received
+                    .fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(handle(context.clone(), message, ack, permit));
+            }
+        }
+    };
+    // WaitForProcessing: wait until every handler given a message answered,
+    // flush acks and nacks, nack the messages never handed out. The first
+    // poll cancels the stream; `next()` then closes the gRPC stream at once,
+    // so nothing more is pushed into a stream nobody reads while handlers
+    // finish (such messages would stay invisible for a whole ack deadline).
+    let drained = drain.shutdown();
+    tokio::pin!(drained);
+    if futures::poll!(drained.as_mut()).is_pending() {
+        let _closed = stream.next().await;
+        drained.await;
+    }
+    outcome
+}
+
+/// Runs the pipeline on one message and answers Pub/Sub.
+async fn handle(
+    context: Arc<Context>,
+    message: Message,
+    ack: AckHandler,
+    _permit: OwnedSemaphorePermit,
+) {
+    let id = EventId(message.message_id);
+    let decoded = gcr::parse(&id, &message.data)
+        .map(|mut event| {
+            event.source = Source::PubsubPull;
+            event
+        })
+        .map_err(|mut malformed| {
+            malformed.source = Source::PubsubPull;
+            malformed
+        });
+    let delivery = Delivery {
+        source: Source::PubsubPull,
+        id: id.clone(),
+        decoded,
+    };
+    let handler = context.handler.clone();
+    let outcome = AssertUnwindSafe(async move { handler(delivery).await })
+        .catch_unwind()
+        .await;
+    let counters = &context.status.inner;
+    match outcome {
+        Ok(Handled {
+            disposition: Disposition::Ack,
+            ..
+        }) => {
+            ack.ack();
+            counters.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Handled {
+            disposition: Disposition::Retry,
+            ..
+        }) => {
+            ack.nack();
+            counters.nacked.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_panic) => {
+            tracing::error!(message_id = %id, "the handler panicked; nacking the message");
+            ack.nack();
+            counters.nacked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> Result<PullConfig, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_durations() {
+        let c = yaml("project: p\nsubscription: s\n").unwrap();
+        assert_eq!(c, PullConfig::new("p", "s"));
+        c.validate().unwrap();
+        let c = yaml(
+            "project: p\nsubscription: s\nstreams: 4\nmax_in_flight: 16\n\
+             max_lease_extension: 30s\nmax_lease: 10m\nconnect_timeout: 2s\n\
+             endpoint: http://127.0.0.1:8085\n",
+        )
+        .unwrap();
+        assert_eq!(c.streams, 4);
+        assert_eq!(c.max_lease_extension, Duration::from_secs(30));
+        assert_eq!(c.max_lease, Duration::from_secs(600));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let e = yaml("project: p\nsubscription: s\nstream: 2\n").unwrap_err();
+        assert!(e.contains("stream"), "{e}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field_and_subscription() {
+        type Mutation = fn(&mut PullConfig);
+        let cases: [(&str, Mutation); 7] = [
+            ("`streams`", |c| c.streams = 0),
+            ("`max_in_flight`", |c| c.max_in_flight = 0),
+            ("`max_lease_extension`", |c| {
+                c.max_lease_extension = Duration::from_secs(5)
+            }),
+            ("`max_lease`", |c| c.max_lease = Duration::from_secs(1)),
+            ("`subscription`", |c| {
+                c.subscription = "projects/other/subscriptions/s".into()
+            }),
+            ("`subscription`", |c| c.subscription = "a/b".into()),
+            ("http://", |c| c.endpoint = Some("localhost:8085".into())),
+        ];
+        for (needle, mutate) in cases {
+            let mut c = PullConfig::new("p", "s");
+            mutate(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(e.contains("subscriptions/"), "{e}");
+        }
+    }
+
+    #[test]
+    fn full_subscription_names_are_kept() {
+        let c = PullConfig::new("p", "projects/p/subscriptions/s");
+        c.validate().unwrap();
+        assert_eq!(c.subscription_name(), "projects/p/subscriptions/s");
+    }
+}
