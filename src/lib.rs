@@ -4,13 +4,17 @@
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
 pub mod audit;
+pub mod config;
 pub mod event;
 pub mod findings;
 pub mod index;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod pubsub;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod server;
+pub mod service;
 pub mod sources;

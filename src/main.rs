@@ -8,16 +8,16 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use image_auditor::audit::{Audit, Pending, Policy, Verdict, audit};
+use image_auditor::config::{self, Config, LogFormat};
 use image_auditor::event::{Action, Event, EventId, Source};
 use image_auditor::index::{Index, ParentsToResolve};
 use image_auditor::manifest::{self, ManifestSet};
 use image_auditor::reference::{Digest, Reference};
 use image_auditor::registry::{RegistryClient, RegistryConfig, RequestKind};
 use image_auditor::resolve::Resolver;
+use image_auditor::service;
 use image_auditor::sources::gcr;
-
-/// The fixtures shipped with the repository: the real k8s.io corpus.
-const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -30,8 +30,10 @@ const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
 struct Cli {
     /// Promotion manifests: a thin-layout root (manifests/ + images/), a plain
     /// manifest file, or a directory of plain manifests.
-    #[arg(long, global = true, env = "IMAGE_AUDITOR_MANIFESTS", default_value = DEFAULT_MANIFESTS)]
-    manifests: PathBuf,
+    /// [default: manifests-fixtures/k8s.io/registry.k8s.io, or `manifests` in
+    /// the serve config]
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_MANIFESTS")]
+    manifests: Option<PathBuf>,
 
     /// Call a digest promoted under another image name of the same manifest
     /// `wrong_repository` instead of `promoted`.
@@ -53,6 +55,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the service: HTTP API, Pub/Sub push endpoint, Pub/Sub pull when
+    /// configured. Stops cleanly on SIGTERM or SIGINT.
+    Serve {
+        /// YAML configuration (README "Configuration"); the embedded
+        /// defaults serve the shipped fixtures on 127.0.0.1:8080.
+        #[arg(long, env = "IMAGE_AUDITOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Validate promotion manifests and print every problem.
     Manifests {
         #[command(subcommand)]
@@ -121,6 +131,9 @@ enum IndexCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve { config } = &cli.command {
+        return serve(config.as_deref(), cli.manifests.as_deref());
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -145,24 +158,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = RegistrySetup {
         config: cli.registry_config.clone(),
     };
+    let manifests = cli
+        .manifests
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_MANIFESTS));
     match cli.command {
+        Command::Serve { .. } => unreachable!("handled in main"),
         Command::Manifests {
             command: ManifestsCommand::Validate { dir },
-        } => validate(dir.as_deref().unwrap_or(&cli.manifests)),
+        } => validate(dir.as_deref().unwrap_or(&manifests)),
         Command::Index {
             command: IndexCommand::Stats { json },
-        } => stats(&cli.manifests, json),
+        } => stats(&manifests, json),
         Command::Index {
             command: IndexCommand::Resolve { json },
-        } => resolve_index(&cli.manifests, &registry, json),
-        Command::Lookup { digest } => lookup(&cli.manifests, &digest),
+        } => resolve_index(&manifests, &registry, json),
+        Command::Lookup { digest } => lookup(&manifests, &digest),
         Command::Check {
             references,
             json,
             resolve,
         } => {
             let resolver = resolve.then(|| registry.resolver()).transpose()?;
-            check(&cli.manifests, &policy, resolver, &references, json)
+            check(&manifests, &policy, resolver, &references, json)
         }
         Command::Replay {
             file,
@@ -170,9 +187,69 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             resolve,
         } => {
             let resolver = resolve.then(|| registry.resolver()).transpose()?;
-            replay(&cli.manifests, &policy, resolver, &file, json)
+            replay(&manifests, &policy, resolver, &file, json)
         }
     }
+}
+
+fn serve(config_path: Option<&Path>, manifests: Option<&Path>) -> ExitCode {
+    let mut config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(manifests) = manifests {
+        config.manifests = manifests.to_path_buf();
+    }
+    let filter = tracing_subscriber::EnvFilter::new(&config.log.filter);
+    match config.log.format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        service::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "service failed");
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes, Cloud Run) or SIGINT (a terminal) starts a clean stop.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
 }
 
 fn load(dir: &Path) -> anyhow::Result<ManifestSet> {

@@ -6,9 +6,17 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use crate::audit::VerdictKind;
-use crate::event::{Event, EventId, Malformed, Source};
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use crate::audit::{Policy, Verdict, VerdictKind, audit};
+use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::findings::{Decision, Recorded, Store, StoreError};
+use crate::index::Index;
+use crate::metrics::{EventLabels, Metrics, SourceLabels};
+use crate::resolve::Resolver;
 
 /// One delivery from a source, decoded as far as the source could.
 #[derive(Debug, Clone)]
@@ -44,3 +52,249 @@ pub struct Handled {
 /// How sources reach the pipeline, without depending on it.
 pub type Handler =
     Arc<dyn Fn(Delivery) -> Pin<Box<dyn Future<Output = Handled> + Send>> + Send + Sync>;
+
+/// How long an undecided delivery may keep coming back before it is
+/// recorded as `unverifiable` (and alerted) instead.
+pub const DEFAULT_UNDECIDED_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The pipeline: one per process, shared by every source.
+pub struct Pipeline {
+    index: Arc<ArcSwap<Index>>,
+    resolver: Option<Arc<Resolver>>,
+    store: Arc<dyn Store>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    /// First time each still-undecided delivery was seen. In memory only: a
+    /// restart grants a fresh retry budget, which errs on the side of retrying.
+    undecided: DashMap<(Source, EventId), Instant>,
+    undecided_retry_for: std::time::Duration,
+}
+
+impl Pipeline {
+    pub fn new(
+        index: Arc<ArcSwap<Index>>,
+        resolver: Option<Arc<Resolver>>,
+        store: Arc<dyn Store>,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+        undecided_retry_for: std::time::Duration,
+    ) -> Self {
+        Self {
+            index,
+            resolver,
+            store,
+            policy,
+            metrics,
+            undecided: DashMap::new(),
+            undecided_retry_for,
+        }
+    }
+
+    /// The pipeline as a [`Handler`] for sources.
+    pub fn handler(self: &Arc<Self>) -> Handler {
+        let pipeline = self.clone();
+        Arc::new(move |delivery| {
+            let pipeline = pipeline.clone();
+            Box::pin(async move { pipeline.handle(delivery).await })
+        })
+    }
+
+    /// Decides one delivery and records the verdict before answering.
+    pub async fn handle(&self, delivery: Delivery) -> Handled {
+        let started = Instant::now();
+        let source = delivery.source;
+        self.metrics
+            .last_event_seconds
+            .get_or_create(&SourceLabels {
+                source: source.as_str(),
+            })
+            .set(unix_ms() as f64 / 1000.0);
+        let handled = self.decide_and_record(delivery).await;
+        self.metrics
+            .observe_processing(source.as_str(), started.elapsed());
+        handled
+    }
+
+    async fn decide_and_record(&self, delivery: Delivery) -> Handled {
+        let labels = SourceLabels {
+            source: delivery.source.as_str(),
+        };
+        // Durable dedupe: a redelivery of a recorded id is acknowledged as is.
+        match self
+            .blocking({
+                let (source, id) = (delivery.source, delivery.id.clone());
+                move |store| store.decision(source, &id)
+            })
+            .await
+        {
+            Ok(Some(verdict)) => {
+                self.metrics.duplicates.get_or_create(&labels).inc();
+                return Handled {
+                    disposition: Disposition::Ack,
+                    verdict: Some(verdict),
+                    duplicate: true,
+                };
+            }
+            Ok(None) => {}
+            Err(e) => return self.store_failed(&delivery, &e),
+        }
+
+        let index = self.index.load_full();
+        let (verdict, event) = match &delivery.decoded {
+            Err(malformed) => (Verdict::malformed(malformed), None),
+            Ok(event) => {
+                let result = match &self.resolver {
+                    Some(resolver) => {
+                        let (resolved, result) = resolver.settle(&index, event, &self.policy).await;
+                        self.publish(resolved);
+                        result
+                    }
+                    None => audit(&index, event, &self.policy),
+                };
+                (result.verdict, Some(event))
+            }
+        };
+
+        let key = (delivery.source, delivery.id.clone());
+        let verdict = if verdict.kind == VerdictKind::Undecided {
+            let first = *self
+                .undecided
+                .entry(key.clone())
+                .or_insert_with(Instant::now);
+            if first.elapsed() < self.undecided_retry_for {
+                self.metrics
+                    .undecided_backlog
+                    .set(self.undecided.len() as i64);
+                self.metrics.retries.get_or_create(&labels).inc();
+                log_verdict(&delivery, event, &verdict, "retry");
+                return Handled {
+                    disposition: Disposition::Retry,
+                    verdict: Some(VerdictKind::Undecided),
+                    duplicate: false,
+                };
+            }
+            Verdict {
+                kind: VerdictKind::Unverifiable,
+                reason: format!(
+                    "still undecided after {} s of retries: {}",
+                    first.elapsed().as_secs(),
+                    verdict.reason
+                ),
+                evidence: verdict.evidence,
+            }
+        } else {
+            verdict
+        };
+
+        let commit = index.commit().map(str::to_string);
+        let decision = match &delivery.decoded {
+            Ok(event) => Decision::of_event(event, unix_ms(), &verdict, commit, index.generation()),
+            Err(malformed) => {
+                Decision::of_malformed(malformed, unix_ms(), commit, index.generation())
+            }
+        };
+        let recorded = self.blocking(move |store| store.record(&decision)).await;
+        match recorded {
+            Ok(recorded) => {
+                self.undecided.remove(&key);
+                self.metrics
+                    .undecided_backlog
+                    .set(self.undecided.len() as i64);
+                let duplicate = matches!(recorded, Recorded::Duplicate { .. });
+                if duplicate {
+                    self.metrics.duplicates.get_or_create(&labels).inc();
+                } else {
+                    self.metrics
+                        .events
+                        .get_or_create(&EventLabels {
+                            source: delivery.source.as_str(),
+                            action: event.map_or("unknown", |e| match e.action {
+                                Action::Insert => "insert",
+                                Action::Delete => "delete",
+                            }),
+                            verdict: verdict.kind.as_str(),
+                        })
+                        .inc();
+                }
+                log_verdict(&delivery, event, &verdict, "recorded");
+                Handled {
+                    disposition: Disposition::Ack,
+                    verdict: Some(match recorded {
+                        Recorded::Duplicate { verdict } => verdict,
+                        Recorded::New { .. } => verdict.kind,
+                    }),
+                    duplicate,
+                }
+            }
+            Err(e) => self.store_failed(&delivery, &e),
+        }
+    }
+
+    /// Keeps the children the resolver learnt, unless a reload replaced the
+    /// index meanwhile (the resolver re-attaches them to the new one).
+    fn publish(&self, resolved: Index) {
+        let current = self.index.load();
+        if current.generation() == resolved.generation()
+            && resolved.children().resolved_count() > current.children().resolved_count()
+        {
+            self.metrics
+                .index_children
+                .set(resolved.children().child_count() as i64);
+            self.index.store(Arc::new(resolved));
+        }
+    }
+
+    fn store_failed(&self, delivery: &Delivery, e: &dyn std::fmt::Display) -> Handled {
+        self.metrics.store_errors.inc();
+        self.metrics
+            .retries
+            .get_or_create(&SourceLabels {
+                source: delivery.source.as_str(),
+            })
+            .inc();
+        tracing::error!(event_id = %delivery.id, source = delivery.source.as_str(), error = %e,
+            "cannot record the decision; asking the source to deliver again");
+        Handled {
+            disposition: Disposition::Retry,
+            verdict: None,
+            duplicate: false,
+        }
+    }
+
+    /// Runs a store call off the async threads: SQLite blocks on fsync. A
+    /// panicking store call is a bug, but it still only makes the delivery
+    /// come back later.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(join) => Err(format!("store call failed: {join}")),
+        }
+    }
+}
+
+fn log_verdict(delivery: &Delivery, event: Option<&Event>, verdict: &Verdict, outcome: &str) {
+    let digest = event
+        .and_then(|e| e.digest.as_ref())
+        .map(ToString::to_string);
+    let repository = event.map(|e| e.repository.to_string());
+    let tag = event.and_then(|e| e.tag.as_ref()).map(ToString::to_string);
+    if verdict.kind.alerts() {
+        tracing::warn!(event_id = %delivery.id, source = delivery.source.as_str(),
+            repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
+            outcome, "event decided");
+    } else {
+        tracing::info!(event_id = %delivery.id, source = delivery.source.as_str(),
+            repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
+            outcome, "event decided");
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

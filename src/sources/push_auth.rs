@@ -44,8 +44,11 @@ pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
 /// Google ID tokens carry either spelling.
 pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
 
-/// How tokens are checked and where keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How tokens are checked and where keys come from (`pubsub.push.auth` in
+/// the service configuration; only `audience` and `service_account_emails`
+/// are required).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PushAuthConfig {
     /// The subscription's `pushConfig.oidcToken.audience` (by default the
     /// push endpoint URL); compared exactly.
@@ -54,20 +57,57 @@ pub struct PushAuthConfig {
     /// (`pushConfig.oidcToken.serviceAccountEmail`).
     pub service_account_emails: Vec<String>,
     /// Accepted `iss` values; [`GOOGLE_ISSUERS`] by default.
+    #[serde(default = "defaults::issuers")]
     pub issuers: Vec<String>,
     /// Where the signing keys are published; [`GOOGLE_JWKS_URL`] by default.
+    #[serde(default = "defaults::jwks_url")]
     pub jwks_url: String,
-    /// Clock skew allowed on `exp`, `iat` and `nbf`.
+    /// Clock skew allowed on `exp`, `iat` and `nbf`. Default `10s`.
+    #[serde(default = "defaults::leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// Least time between two fetches caused by an unknown `kid`, and the
     /// wait before retrying a failed refresh while stale keys are served.
+    /// Default `1m`.
+    #[serde(default = "defaults::min_refetch_interval", with = "humantime_serde")]
     pub min_refetch_interval: Duration,
-    /// How long keys are kept when the response has no `max-age`.
+    /// How long keys are kept when the response has no `max-age`. Default `1h`.
+    #[serde(default = "defaults::default_max_age", with = "humantime_serde")]
     pub default_max_age: Duration,
-    /// Longest time keys are kept, whatever `max-age` says.
+    /// Longest time keys are kept, whatever `max-age` says. Default `1d`.
+    #[serde(default = "defaults::max_max_age", with = "humantime_serde")]
     pub max_max_age: Duration,
-    /// Timeout of one JWKS request.
+    /// Timeout of one JWKS request. Default `10s`.
+    #[serde(default = "defaults::fetch_timeout", with = "humantime_serde")]
     pub fetch_timeout: Duration,
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn issuers() -> Vec<String> {
+        super::GOOGLE_ISSUERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+    pub fn jwks_url() -> String {
+        super::GOOGLE_JWKS_URL.to_owned()
+    }
+    pub fn leeway() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn min_refetch_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn default_max_age() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn max_max_age() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn fetch_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 impl PushAuthConfig {
@@ -80,13 +120,13 @@ impl PushAuthConfig {
         PushAuthConfig {
             audience: audience.into(),
             service_account_emails: service_account_emails.into_iter().map(Into::into).collect(),
-            issuers: GOOGLE_ISSUERS.iter().map(|s| s.to_string()).collect(),
-            jwks_url: GOOGLE_JWKS_URL.to_owned(),
-            leeway: Duration::from_secs(10),
-            min_refetch_interval: Duration::from_secs(60),
-            default_max_age: Duration::from_secs(3600),
-            max_max_age: Duration::from_secs(24 * 3600),
-            fetch_timeout: Duration::from_secs(10),
+            issuers: defaults::issuers(),
+            jwks_url: defaults::jwks_url(),
+            leeway: defaults::leeway(),
+            min_refetch_interval: defaults::min_refetch_interval(),
+            default_max_age: defaults::default_max_age(),
+            max_max_age: defaults::max_max_age(),
+            fetch_timeout: defaults::fetch_timeout(),
         }
     }
 

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod oci;
+pub mod pubsub;
 pub mod registry;
+pub mod service;
 pub mod token;
 
 use std::path::Path;

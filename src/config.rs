@@ -1,0 +1,252 @@
+//! The service configuration: one YAML file, a few environment overrides,
+//! and validation that fails fast with a message naming the option.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::audit::Policy;
+use crate::registry::RegistryConfig;
+use crate::sources::pubsub_pull::PullConfig;
+use crate::sources::push_auth::PushAuthConfig;
+
+/// The real k8s.io corpus shipped with the repository.
+pub const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Promotion manifests: a thin-layout root, a plain manifest file, or a
+    /// directory of plain manifests.
+    pub manifests: PathBuf,
+    /// Where the findings database and the registry cache live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub policy: Policy,
+    /// Read promoted manifest lists and pushed manifests from registries
+    /// when a verdict depends on them. Off: such verdicts stay undecided.
+    pub resolve: bool,
+    pub registry: RegistryConfig,
+    pub pubsub: PubsubConfig,
+    /// How long an undecided event is retried before it is recorded as
+    /// `unverifiable` and alerted.
+    #[serde(with = "humantime_serde")]
+    pub undecided_retry_for: Duration,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted on any route.
+    pub body_limit_bytes: usize,
+    /// Time allowed for one request, resolution included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PubsubConfig {
+    /// Streaming pull from a subscription of the `gcr` topic. Unset: no pull.
+    pub pull: Option<PullConfig>,
+    pub push: PushConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    /// Serve `POST /pubsub/push`.
+    pub enabled: bool,
+    /// Verify the Google-signed OIDC token of each push. Unset: no check
+    /// (only behind a private ingress).
+    pub auth: Option<PushAuthConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line with a `severity` field (Cloud Logging).
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `image_auditor=debug`.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            manifests: DEFAULT_MANIFESTS.into(),
+            data_dir: "data".into(),
+            http: HttpConfig::default(),
+            policy: Policy::default(),
+            resolve: true,
+            registry: RegistryConfig::default(),
+            pubsub: PubsubConfig::default(),
+            undecided_retry_for: Duration::from_secs(3600),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            auth: None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}={value:?}: {message}")]
+    Env {
+        var: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("config option `{option}`: {message}")]
+    Invalid {
+        option: &'static str,
+        message: String,
+    },
+}
+
+/// Environment variables that override the file, for container platforms.
+pub const ENV_OVERRIDES: &[(&str, &str)] = &[
+    ("PORT", "listen on 0.0.0.0:$PORT (as Cloud Run expects)"),
+    ("IMAGE_AUDITOR_LISTEN", "http.listen"),
+    ("IMAGE_AUDITOR_MANIFESTS", "manifests"),
+    ("IMAGE_AUDITOR_DATA_DIR", "data_dir"),
+    ("IMAGE_AUDITOR_LOG", "log.filter"),
+];
+
+impl Config {
+    /// Reads `path` (or the defaults), applies the environment, validates.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            None => Config::default(),
+            Some(path) => Self::parse_file(path)?,
+        };
+        config.apply_env(|var| std::env::var(var).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn parse_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_saphyr::from_str::<Option<Config>>(&text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.without_snippet().to_string(),
+            })
+    }
+
+    /// Applies [`ENV_OVERRIDES`] read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(port) = get("PORT") {
+            let port: u16 = port.parse().map_err(|_| ConfigError::Env {
+                var: "PORT",
+                value: port.clone(),
+                message: "not a port number".into(),
+            })?;
+            self.http.listen = SocketAddr::from(([0, 0, 0, 0], port));
+        }
+        if let Some(listen) = get("IMAGE_AUDITOR_LISTEN") {
+            self.http.listen = listen.parse().map_err(|_| ConfigError::Env {
+                var: "IMAGE_AUDITOR_LISTEN",
+                value: listen.clone(),
+                message: "not an address such as 127.0.0.1:8080".into(),
+            })?;
+        }
+        if let Some(manifests) = get("IMAGE_AUDITOR_MANIFESTS") {
+            self.manifests = manifests.into();
+        }
+        if let Some(dir) = get("IMAGE_AUDITOR_DATA_DIR") {
+            self.data_dir = dir.into();
+        }
+        if let Some(filter) = get("IMAGE_AUDITOR_LOG") {
+            self.log.filter = filter;
+        }
+        Ok(())
+    }
+
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        let invalid = |option, message: String| ConfigError::Invalid { option, message };
+        if !self.manifests.exists() {
+            return Err(invalid(
+                "manifests",
+                format!("{} does not exist", self.manifests.display()),
+            ));
+        }
+        if self.http.body_limit_bytes < 1024 {
+            return Err(invalid(
+                "http.body_limit_bytes",
+                "must be at least 1024: a Pub/Sub push envelope alone is larger".into(),
+            ));
+        }
+        if self.http.request_timeout.is_zero() {
+            return Err(invalid(
+                "http.request_timeout",
+                "must be more than 0".into(),
+            ));
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            invalid(
+                "data_dir",
+                format!("cannot create {}: {e}", self.data_dir.display()),
+            )
+        })?;
+        if self.registry.cache_dir.is_none() {
+            self.registry.cache_dir = Some(self.data_dir.join("registry-cache"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(invalid("log.filter", e.to_string()));
+        }
+        Ok(())
+    }
+
+    pub fn findings_db(&self) -> PathBuf {
+        self.data_dir.join("findings.sqlite")
+    }
+}

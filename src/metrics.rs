@@ -1,0 +1,163 @@
+//! Prometheus metrics (prefix `image_auditor_`), registered once per process
+//! in a [`Metrics`] value that is passed around; no global registry.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: &'static str,
+    pub action: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<EventLabels, Counter>,
+    pub duplicates: Family<SourceLabels, Counter>,
+    pub retries: Family<SourceLabels, Counter>,
+    pub processing_seconds: Family<SourceLabels, Histogram>,
+    pub last_event_seconds: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub index_digests: Gauge,
+    pub index_manifests: Gauge,
+    pub index_excluded_manifests: Gauge,
+    pub index_children: Gauge,
+    pub index_generation: Gauge,
+    pub undecided_backlog: Gauge,
+    pub store_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("image_auditor");
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events decided, by source, action and verdict",
+            events.clone(),
+        );
+        let duplicates = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "duplicate_deliveries",
+            "Deliveries whose id was already recorded (acknowledged without a new decision)",
+            duplicates.clone(),
+        );
+        let retries = Family::<SourceLabels, Counter>::default();
+        registry.register(
+            "retried_deliveries",
+            "Deliveries handed back to the source for redelivery (undecided, or the store failed)",
+            retries.clone(),
+        );
+        let processing_seconds = Family::<SourceLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+        });
+        registry.register(
+            "processing_seconds",
+            "Time from receiving a delivery to its answer, resolution and recording included",
+            processing_seconds.clone(),
+        );
+        let last_event_seconds = Family::default();
+        registry.register(
+            "last_event_timestamp_seconds",
+            "Unix time of the last delivery from each source (dead-man's switch)",
+            last_event_seconds.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let index_digests = gauge(
+            &mut registry,
+            "index_digests",
+            "Distinct promoted digests in the index",
+        );
+        let index_manifests = gauge(
+            &mut registry,
+            "index_manifests",
+            "Manifests (projects) in the index",
+        );
+        let index_excluded_manifests = gauge(
+            &mut registry,
+            "index_excluded_manifests",
+            "Manifests left out of the index because they failed validation",
+        );
+        let index_children = gauge(
+            &mut registry,
+            "index_children",
+            "Children of promoted manifest lists learnt from registries",
+        );
+        let index_generation = gauge(
+            &mut registry,
+            "index_generation",
+            "Generation of the live index",
+        );
+        let undecided_backlog = gauge(
+            &mut registry,
+            "undecided_backlog",
+            "Deliveries currently undecided and waiting for redelivery",
+        );
+        let store_errors = Counter::default();
+        registry.register(
+            "store_errors",
+            "Failures to record a decision in the findings store",
+            store_errors.clone(),
+        );
+        Self {
+            registry,
+            events,
+            duplicates,
+            retries,
+            processing_seconds,
+            last_event_seconds,
+            index_digests,
+            index_manifests,
+            index_excluded_manifests,
+            index_children,
+            index_generation,
+            undecided_backlog,
+            store_errors,
+        }
+    }
+
+    pub fn observe_index(&self, index: &crate::index::Index) {
+        let stats = index.stats();
+        self.index_digests.set(stats.digests as i64);
+        self.index_manifests.set(stats.projects as i64);
+        self.index_excluded_manifests
+            .set(stats.excluded_projects as i64);
+        self.index_children.set(stats.children as i64);
+        self.index_generation.set(stats.generation as i64);
+    }
+
+    pub fn observe_processing(&self, source: &'static str, elapsed: Duration) {
+        self.processing_seconds
+            .get_or_create(&SourceLabels { source })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

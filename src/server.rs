@@ -1,0 +1,278 @@
+//! HTTP routes (DESIGN §9). Handlers translate between HTTP and the library;
+//! decisions stay in the pipeline and the auditor.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::audit::{Policy, VerdictKind, audit};
+use crate::event::{Action, Event, EventId, Source};
+use crate::findings::{FindingQuery, Store};
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::pipeline::{Disposition, Pipeline};
+use crate::reference::{Digest, Reference};
+use crate::resolve::Resolver;
+use crate::sources::pubsub_pull::PullStatus;
+use crate::sources::pubsub_push;
+use crate::sources::push_auth::PushVerifier;
+
+/// Everything the routes share.
+#[derive(Clone)]
+pub struct AppState {
+    pub index: Arc<ArcSwap<Index>>,
+    pub pipeline: Arc<Pipeline>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub resolver: Option<Arc<Resolver>>,
+    pub policy: Policy,
+    pub push_enabled: bool,
+    pub push_verifier: Option<Arc<PushVerifier>>,
+    /// The streaming-pull source, when one is configured.
+    pub pull_status: Option<PullStatus>,
+}
+
+pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/digests/{digest}", get(digest))
+        .route("/v1/check", post(check))
+        .route("/v1/findings", get(findings));
+    if state.push_enabled {
+        router = router.route("/pubsub/push", post(pubsub_push));
+    }
+    router
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let index = state.index.load();
+    let stats = index.stats();
+    let sources = state
+        .pull_status
+        .as_ref()
+        .is_none_or(PullStatus::is_connected);
+    let body = json!({
+        "ready": sources,
+        "index": stats,
+        "pubsub_pull": state.pull_status.as_ref().map(|s| json!({
+            "connected": s.is_connected(),
+            "stats": format!("{:?}", s.stats()),
+        })),
+    });
+    let status = if sources {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.observe_index(&state.index.load());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn digest(State(state): State<AppState>, Path(digest): Path<String>) -> Response {
+    let digest: Digest = match digest.parse() {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let index = state.index.load();
+    let placements: Vec<_> = index
+        .placements(&digest)
+        .into_iter()
+        .map(|p| {
+            let image = index.promotion_image(p.promotion);
+            let manifest = index.manifest(index.image_manifest(image));
+            let name = index.image_name(image);
+            json!({
+                "project": manifest.project,
+                "file": manifest.images_file.display().to_string(),
+                "line": index.promotion_line(p.promotion),
+                "image": name,
+                "digest": index.promotion_digest(p.promotion),
+                "tags": index.promotion_tags(p.promotion).collect::<Vec<_>>(),
+                "parent": match p.how {
+                    crate::index::How::Direct => None,
+                    crate::index::How::Child { parent } => Some(parent),
+                },
+                "repositories": manifest.destinations.iter()
+                    .map(|d| format!("{d}/{name}")).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let status = if placements.is_empty() {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        axum::Json(json!({ "digest": digest, "placements": placements })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    references: Vec<String>,
+}
+
+/// Verdicts for hypothetical pushes; nothing is recorded.
+async fn check(State(state): State<AppState>, body: Bytes) -> Response {
+    let request: CheckRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"references\": [\"host/path:tag@digest\", …]}}: {e}"),
+            );
+        }
+    };
+    if request.references.len() > 1000 {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "at most 1000 references per request",
+        );
+    }
+    let mut results = Vec::with_capacity(request.references.len());
+    for text in &request.references {
+        let reference: Reference = match text.parse() {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        };
+        if reference.digest.is_none() && reference.tag.is_none() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{text:?} names neither a tag nor a digest"),
+            );
+        }
+        let event = Event {
+            id: EventId(text.clone()),
+            source: Source::Cli,
+            action: Action::Insert,
+            repository: reference.repository,
+            digest: reference.digest,
+            tag: reference.tag,
+        };
+        let index = state.index.load_full();
+        let result = match &state.resolver {
+            Some(resolver) => resolver.settle(&index, &event, &state.policy).await.1,
+            None => audit(&index, &event, &state.policy),
+        };
+        results.push(json!({
+            "reference": text,
+            "verdict": result.verdict.kind,
+            "alert": result.verdict.kind.alerts(),
+            "reason": result.verdict.reason,
+            "evidence": result.verdict.evidence,
+        }));
+    }
+    axum::Json(json!({ "results": results })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindingsParams {
+    verdict: Option<String>,
+    digest: Option<String>,
+    repository: Option<String>,
+    /// Unix milliseconds.
+    since: Option<i64>,
+    /// A finding id: only older findings (the next page).
+    before: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn findings(State(state): State<AppState>, Query(params): Query<FindingsParams>) -> Response {
+    let verdict = match params.verdict.as_deref() {
+        None => None,
+        Some(v) => match VerdictKind::ALL.iter().find(|k| k.as_str() == v) {
+            Some(&k) => Some(k),
+            None => return error(StatusCode::BAD_REQUEST, format!("unknown verdict {v:?}")),
+        },
+    };
+    let digest = match params
+        .digest
+        .as_deref()
+        .map(str::parse::<Digest>)
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let repository = match params.repository.as_deref().map(str::parse).transpose() {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
+    };
+    let query = FindingQuery {
+        verdict,
+        digest,
+        repository,
+        since_ms: params.since,
+        before: params.before.map(crate::findings::FindingId),
+        limit: params.limit,
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.findings(&query)).await {
+        Ok(Ok(findings)) => axum::Json(json!({ "findings": findings })).into_response(),
+        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A Pub/Sub push delivery: 2xx once the verdict is recorded (or the
+/// message is malformed and recorded as such); 503 asks Pub/Sub to retry.
+async fn pubsub_push(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(verifier) = &state.push_verifier
+        && let Err(e) = verifier.verify_headers(&headers).await
+    {
+        return error(e.status(), e.to_string());
+    }
+    let delivery = match pubsub_push::decode(&headers, &body) {
+        Ok(d) => d,
+        Err(e) => return error(e.status(), e.to_string()),
+    };
+    let handled = state.pipeline.handle(delivery).await;
+    match handled.disposition {
+        // 200: the emulator treats 202 (and, reportedly, 204) as a failure.
+        Disposition::Ack => (
+            StatusCode::OK,
+            axum::Json(json!({ "verdict": handled.verdict, "duplicate": handled.duplicate })),
+        )
+            .into_response(),
+        Disposition::Retry => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "undecided for now; deliver again",
+        ),
+    }
+}

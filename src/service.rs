@@ -1,0 +1,99 @@
+//! `serve`: wires configuration, index, resolver, store, pipeline, sources
+//! and HTTP together, and takes them down in order on shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::findings::{SqliteStore, Store};
+use crate::index::Index;
+use crate::manifest;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::registry::RegistryClient;
+use crate::resolve::Resolver;
+use crate::server::{AppState, router};
+use crate::sources::pubsub_pull::PullSource;
+use crate::sources::push_auth::PushVerifier;
+
+/// Runs the service until `shutdown` is cancelled, then stops pulling,
+/// finishes in-flight work and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let set = manifest::load(&config.manifests)
+        .with_context(|| format!("loading manifests from {}", config.manifests.display()))?;
+    for problem in &set.problems {
+        tracing::error!(file = %problem.file.display(), line = problem.line, project = problem.project,
+            severity = ?problem.severity, "{}", problem.message);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let db = config.findings_db();
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db)
+            .with_context(|| format!("opening findings store {}", db.display()))?,
+    );
+    let resolver = if config.resolve {
+        let client = RegistryClient::new(config.registry.clone()).context("registry client")?;
+        Some(Arc::new(Resolver::new(client)))
+    } else {
+        None
+    };
+    let index = Index::build(&set, 1);
+    metrics.observe_index(&index);
+    tracing::info!(manifests = %config.manifests.display(), stats = ?index.stats(), "index loaded");
+    let index = Arc::new(ArcSwap::from_pointee(index));
+
+    let pipeline = Arc::new(Pipeline::new(
+        index.clone(),
+        resolver.clone(),
+        store.clone(),
+        config.policy.clone(),
+        metrics.clone(),
+        config.undecided_retry_for,
+    ));
+    let pull = config.pubsub.pull.clone().map(PullSource::new);
+    let push_verifier = config
+        .pubsub
+        .push
+        .auth
+        .clone()
+        .map(|auth| PushVerifier::new(auth).map(Arc::new))
+        .transpose()
+        .context("push authentication")?;
+    let state = AppState {
+        index,
+        pipeline: pipeline.clone(),
+        store,
+        metrics,
+        resolver,
+        policy: config.policy.clone(),
+        push_enabled: config.pubsub.push.enabled,
+        push_verifier,
+        pull_status: pull.as_ref().map(PullSource::status),
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.http.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, "serving HTTP");
+
+    let pull = pull.map(|pull| tokio::spawn(pull.run(pipeline.handler(), shutdown.clone())));
+
+    let app = router(
+        state,
+        config.http.body_limit_bytes,
+        config.http.request_timeout,
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("HTTP server")?;
+    if let Some(pull) = pull {
+        let stats = pull.await.context("pull source task")??;
+        tracing::info!(?stats, "pull source stopped");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! `serve` fed by the real Pub/Sub emulator: streaming pull and a push
+//! subscription, exact accounting of every message id, and a crash and a
+//! clean stop in the middle of a stream.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use google_cloud_pubsub::model::PushConfig;
+use image_auditor::audit::VerdictKind;
+use image_auditor::event::{EventId, Source};
+use image_auditor::findings::{SqliteStore, Store};
+use image_auditor::pubsub::subscription_name;
+use support::pubsub::{Fixture, PROJECT};
+use support::service::Service;
+
+const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+const US: &str = "us-docker.pkg.dev/prod/demo";
+
+fn manifests(dir: &Path) -> PathBuf {
+    let root = dir.join("manifests-root");
+    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
+    std::fs::create_dir_all(root.join("images/demo")).unwrap();
+    std::fs::write(
+        root.join("manifests/demo/promoter-manifest.yaml"),
+        format!("registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("images/demo/images.yaml"),
+        format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
+    )
+    .unwrap();
+    root
+}
+
+fn pull_section(fixture: &Fixture) -> String {
+    format!(
+        "pubsub:\n  pull:\n    project: {PROJECT}\n    subscription: {}\n    endpoint: {}\n    \
+         streams: 2\n    max_lease_extension: 10s\n",
+        fixture.subscription, fixture.endpoint
+    )
+}
+
+async fn start(dir: &Path, extra: &str) -> Service {
+    Service::start(dir, &manifests(dir), &format!("resolve: false\n{extra}")).await
+}
+
+/// The scripted mix: payload and the verdict it must get.
+fn mix() -> Vec<(String, VerdictKind)> {
+    vec![
+        (
+            format!(r#"{{"action":"INSERT","digest":"{US}/app@{A}","tag":"{US}/app:1.0"}}"#),
+            VerdictKind::Promoted,
+        ),
+        (
+            format!(r#"{{"action":"INSERT","digest":"{US}/app@{B}"}}"#),
+            VerdictKind::Unpromoted,
+        ),
+        (
+            format!(r#"{{"action":"INSERT","digest":"{US}/app@{A}","tag":"{US}/app:2.0"}}"#),
+            VerdictKind::TagMoved,
+        ),
+        (
+            format!(r#"{{"action":"DELETE","digest":"{US}/app@{A}"}}"#),
+            VerdictKind::Deleted,
+        ),
+        (
+            r#"{"action":"INSERT","digest":"not a reference"}"#.to_string(),
+            VerdictKind::Malformed,
+        ),
+        (
+            format!(r#"{{"action":"INSERT","digest":"gcr.io/staging-demo/app@{B}"}}"#),
+            VerdictKind::OutOfScope,
+        ),
+    ]
+}
+
+/// Waits until the store holds `n` decisions (or fails with the log).
+async fn wait_for_decisions(service: &Service, n: u64, within: Duration) -> SqliteStore {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(store) = SqliteStore::open(service.findings_db())
+            && store.counts().unwrap().decisions_total() >= n
+        {
+            return store;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {n} decisions:\n{}",
+            tail(&service.log())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(log: &str) -> String {
+    log.lines()
+        .rev()
+        .take(20)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every id has exactly one decision (the store's key guarantees "at most
+/// one"; this checks "at least one") and the totals match.
+fn assert_each_decided_once(
+    store: &SqliteStore,
+    source: Source,
+    ids: &[String],
+) -> HashMap<VerdictKind, usize> {
+    let mut by_verdict = HashMap::new();
+    for id in ids {
+        let verdict = store
+            .decision(source, &EventId(id.clone()))
+            .unwrap()
+            .unwrap_or_else(|| panic!("message {id} has no recorded verdict"));
+        *by_verdict.entry(verdict).or_insert(0) += 1;
+    }
+    assert_eq!(
+        store.counts().unwrap().decisions_total(),
+        ids.len() as u64,
+        "no extra decisions"
+    );
+    by_verdict
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_mix_gets_exact_verdicts_once_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new("serve-pull").await;
+    let service = start(dir.path(), &pull_section(&fixture)).await;
+
+    let mix = mix();
+    // Every payload twice: two messages with the same content are two
+    // deliveries, each decided once.
+    let payloads: Vec<Vec<u8>> = mix
+        .iter()
+        .chain(mix.iter())
+        .map(|(p, _)| p.clone().into_bytes())
+        .collect();
+    let ids = fixture.publish(payloads).await;
+    let store = wait_for_decisions(&service, ids.len() as u64, Duration::from_secs(60)).await;
+    for (id, (_, expected)) in ids.iter().zip(mix.iter().chain(mix.iter())) {
+        let got = store
+            .decision(Source::PubsubPull, &EventId(id.clone()))
+            .unwrap();
+        assert_eq!(got, Some(*expected), "message {id}");
+    }
+    let counts = store.counts().unwrap();
+    assert_eq!(counts.decisions_total(), 12);
+    // unpromoted, tag_moved, deleted, malformed: twice each.
+    assert_eq!(counts.findings, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_subscription_delivers_to_serve_with_the_same_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new("serve-push").await;
+    let service = start(dir.path(), "").await;
+    let push = format!("{}-push", fixture.subscription);
+    fixture
+        .subscriptions
+        .create_subscription()
+        .set_name(subscription_name(PROJECT, &push))
+        .set_topic(&fixture.topic)
+        .set_push_config(PushConfig::new().set_push_endpoint(service.url("/pubsub/push")))
+        .send()
+        .await
+        .expect("create push subscription");
+
+    let mix = mix();
+    let ids = fixture
+        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
+        .await;
+    let store = wait_for_decisions(&service, ids.len() as u64, Duration::from_secs(60)).await;
+    for (id, (_, expected)) in ids.iter().zip(&mix) {
+        let got = store
+            .decision(Source::PubsubPush, &EventId(id.clone()))
+            .unwrap();
+        assert_eq!(got, Some(*expected), "message {id}");
+    }
+    assert_eq!(store.counts().unwrap().findings, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_are_each_accounted_for_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new("serve-10k").await;
+    let service = start(dir.path(), &pull_section(&fixture)).await;
+    let payloads: Vec<Vec<u8>> = (0..10_000)
+        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
+        .collect();
+    let ids = fixture.publish(payloads).await;
+    let store = wait_for_decisions(&service, 10_000, Duration::from_secs(120)).await;
+    let by_verdict = assert_each_decided_once(&store, Source::PubsubPull, &ids);
+    // `img{n}` is no image of the manifest: promoted nowhere here.
+    assert_eq!(by_verdict.get(&VerdictKind::Unpromoted), Some(&10_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new("serve-crash").await;
+    let mut service = start(dir.path(), &pull_section(&fixture)).await;
+    let payloads: Vec<Vec<u8>> = (0..3_000)
+        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
+        .collect();
+    let ids = fixture.publish(payloads).await;
+    // Kill -9 once some, but not all, are recorded.
+    wait_for_decisions(&service, 500, Duration::from_secs(60)).await;
+    service.kill();
+    let before = SqliteStore::open(service.findings_db())
+        .unwrap()
+        .counts()
+        .unwrap()
+        .decisions_total();
+    assert!(
+        before < 3_000,
+        "the stream finished before the kill ({before})"
+    );
+
+    service.restart().await;
+    // Unacked messages come back after their lease (10 s) and the
+    // emulator's recovery from the dropped stream.
+    let store = wait_for_decisions(&service, 3_000, Duration::from_secs(150)).await;
+    assert_each_decided_once(&store, Source::PubsubPull, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_drains_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new("serve-term").await;
+    let mut service = start(dir.path(), &pull_section(&fixture)).await;
+    let payloads: Vec<Vec<u8>> = (0..3_000)
+        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
+        .collect();
+    let ids = fixture.publish(payloads).await;
+    wait_for_decisions(&service, 300, Duration::from_secs(60)).await;
+    let status = service.terminate().await;
+    assert!(status.success(), "{status}\n{}", tail(&service.log()));
+
+    service.restart().await;
+    let store = wait_for_decisions(&service, 3_000, Duration::from_secs(150)).await;
+    assert_each_decided_once(&store, Source::PubsubPull, &ids);
+}

@@ -1,0 +1,131 @@
+//! Runs the real `image-auditor serve` binary on a free loopback port with a
+//! configuration the test writes, and stops it on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::registry::free_port;
+
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+pub struct Service {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Service {
+    /// Starts `serve` with `extra` YAML appended to a config that listens on
+    /// a free port, keeps data in `dir` and reads `manifests`.
+    pub async fn start(dir: &Path, manifests: &Path, extra: &str) -> Service {
+        let port = free_port();
+        let config = dir.join("config.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "manifests: {}\ndata_dir: {}\nhttp:\n  listen: 127.0.0.1:{port}\nlog:\n  format: json\n  filter: info\n{extra}",
+                manifests.display(),
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut service = Service {
+            child: None,
+            port,
+            dir: dir.to_path_buf(),
+            config,
+        };
+        service.spawn().await;
+        service
+    }
+
+    /// Starts the process again with the same configuration and data.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("service.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_image-auditor"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env_remove("IMAGE_AUDITOR_MANIFESTS")
+            .env_remove("PORT")
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_WITHIN;
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(self.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("serve exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve not ready:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status (polling, bounded).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(ok.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn findings_db(&self) -> PathBuf {
+        self.dir.join("data/findings.sqlite")
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
