@@ -18,15 +18,40 @@ pub enum Source {
     PubsubPull,
     /// A `gcr` topic message delivered by a Pub/Sub push subscription.
     PubsubPush,
+    /// A CNCF distribution (Docker registry) notification.
+    Distribution,
+    /// A Harbor webhook (default or CloudEvents payload).
+    Harbor,
+    /// An Amazon ECR "ECR Image Action" event from EventBridge.
+    Ecr,
+    /// An Azure Container Registry event (Event Grid or native webhook).
+    Acr,
 }
 
 impl Source {
+    pub const ALL: [Source; 8] = [
+        Source::Gcr,
+        Source::Cli,
+        Source::PubsubPull,
+        Source::PubsubPush,
+        Source::Distribution,
+        Source::Harbor,
+        Source::Ecr,
+        Source::Acr,
+    ];
+
+    /// The metric label and the findings store's text; `ALL` lists every
+    /// variant because this match has no wildcard to hide a new one behind.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Gcr => "gcr",
             Source::Cli => "cli",
             Source::PubsubPull => "pubsub_pull",
             Source::PubsubPush => "pubsub_push",
+            Source::Distribution => "distribution",
+            Source::Harbor => "harbor",
+            Source::Ecr => "ecr",
+            Source::Acr => "acr",
         }
     }
 }

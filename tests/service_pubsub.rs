@@ -13,7 +13,9 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
+use support::oci::Layout;
 use support::pubsub::{Fixture, PROJECT};
+use support::registry::{Auth, Push, Registry, skopeo_push};
 use support::service::Service;
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -250,4 +252,95 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
     service.restart().await;
     let store = wait_for_decisions(&service, 3_000, Duration::from_secs(150)).await;
     assert_each_decided_once(&store, Source::PubsubPull, &ids);
+}
+
+/// Children of a promoted OCI index are only known once the index is read:
+/// `serve` with resolution on, a real registry holding what skopeo pushed,
+/// and the events pulled from the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulled_children_are_promoted_after_resolution_against_a_real_registry() {
+    let registry = Registry::start(Auth::Anonymous);
+    let host = registry.host.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = Layout::create(&dir.path().join("layout"));
+    let amd64 = layout.image("amd64");
+    let arm64 = layout.image("arm64");
+    let index = layout.index(&[
+        (&amd64, Some(("linux", "amd64"))),
+        (&arm64, Some(("linux", "arm64"))),
+    ]);
+    layout.tag(&index, "1.0");
+    let stray = layout.image("amd64");
+    layout.tag(&stray, "stray");
+    let push = |tag: &str, repo: &str| skopeo_push(&layout.dir, tag, &host, repo, Push::default());
+    assert_eq!(push("1.0", "staging/app"), index.digest);
+    assert_eq!(push("1.0", "prod/app"), index.digest);
+    assert_eq!(push("stray", "prod/app"), stray.digest);
+
+    let root = dir.path().join("manifests-root");
+    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
+    std::fs::create_dir_all(root.join("images/demo")).unwrap();
+    std::fs::write(
+        root.join("manifests/demo/promoter-manifest.yaml"),
+        format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("images/demo/images.yaml"),
+        format!(
+            "- name: app\n  dmap:\n    \"{}\": [\"1.0\"]\n",
+            index.digest
+        ),
+    )
+    .unwrap();
+
+    let fixture = Fixture::new("serve-children").await;
+    let config = format!(
+        "resolve: true\nregistry:\n  insecure_http_hosts: [\"{host}\"]\n{}",
+        pull_section(&fixture)
+    );
+    let service = Service::start(dir.path(), &root, &config).await;
+
+    let prod = format!("{host}/prod/app");
+    let mix = [
+        (
+            format!(
+                r#"{{"action":"INSERT","digest":"{prod}@{}","tag":"{prod}:1.0"}}"#,
+                index.digest
+            ),
+            VerdictKind::Promoted,
+        ),
+        (
+            format!(
+                r#"{{"action":"INSERT","digest":"{prod}@{}"}}"#,
+                amd64.digest
+            ),
+            VerdictKind::PromotedChild,
+        ),
+        (
+            format!(
+                r#"{{"action":"INSERT","digest":"{prod}@{}"}}"#,
+                arm64.digest
+            ),
+            VerdictKind::PromotedChild,
+        ),
+        (
+            format!(
+                r#"{{"action":"INSERT","digest":"{prod}@{}","tag":"{prod}:stray"}}"#,
+                stray.digest
+            ),
+            VerdictKind::Unpromoted,
+        ),
+    ];
+    let ids = fixture
+        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
+        .await;
+    let store = wait_for_decisions(&service, ids.len() as u64, Duration::from_secs(60)).await;
+    for (id, (payload, expected)) in ids.iter().zip(&mix) {
+        let got = store
+            .decision(Source::PubsubPull, &EventId(id.clone()))
+            .unwrap();
+        assert_eq!(got, Some(*expected), "{payload}\n{}", tail(&service.log()));
+    }
+    assert_eq!(store.counts().unwrap().findings, 1, "only the stray image");
 }

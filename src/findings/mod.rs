@@ -337,24 +337,9 @@ pub fn parse_verdict(s: &str) -> Option<VerdictKind> {
     VerdictKind::ALL.into_iter().find(|k| k.as_str() == s)
 }
 
-const SOURCES: [Source; 4] = [
-    Source::Gcr,
-    Source::Cli,
-    Source::PubsubPull,
-    Source::PubsubPush,
-];
-
-/// Fails to compile when a `Source` is added, so [`SOURCES`] is kept whole.
-#[allow(dead_code)]
-fn sources_is_complete(s: Source) {
-    match s {
-        Source::Gcr | Source::Cli | Source::PubsubPull | Source::PubsubPush => {}
-    }
-}
-
 /// `Source` from its `as_str()` text.
 pub fn parse_source(s: &str) -> Option<Source> {
-    SOURCES.into_iter().find(|k| k.as_str() == s)
+    Source::ALL.into_iter().find(|k| k.as_str() == s)
 }
 
 fn action_str(a: Action) -> &'static str {

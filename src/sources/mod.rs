@@ -5,3 +5,4 @@ pub mod gcr;
 pub mod pubsub_pull;
 pub mod pubsub_push;
 pub mod push_auth;
+pub mod webhook;

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# DESIGN §10: POST /pubsub/push of `serve` vs a minimal axum handler that
+# answers 204, both under the same keep-alive wrk load on this machine.
+#
+#   bash bench/push-wrk.sh                 # 10 s per server, 16 connections
+#   DURATION=30s CONNECTIONS=64 bash bench/push-wrk.sh
+#   VERDICT=unpromoted bash bench/push-wrk.sh   # every request is a finding
+#
+# serve runs on the embedded k8s.io fixtures with a findings store in a
+# temporary directory; each request has a fresh messageId, so each one is a
+# decision committed to SQLite (and, for unpromoted, a finding) before 200.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-16}
+THREADS=${THREADS:-1}
+VERDICT=${VERDICT:-promoted}
+R=us-central1-docker.pkg.dev/k8s-artifacts-prod/images
+D=sha256:4ad90a11b55313b182afc186b9876c8e891531b8db4c9bf1541953021618d0e2
+case "$VERDICT" in
+  promoted) PAYLOAD="{\"action\":\"INSERT\",\"digest\":\"$R/etcd@$D\",\"tag\":\"$R/etcd:3.4.13-0\"}" ;;
+  unpromoted) PAYLOAD="{\"action\":\"INSERT\",\"digest\":\"$R/etcd@sha256:$(printf '%064d' 7)\"}" ;;
+  *) echo "VERDICT is promoted or unpromoted" >&2; exit 2 ;;
+esac
+export DATA=$(printf '%s' "$PAYLOAD" | base64 -w0)
+
+cargo build --release --locked --bin image-auditor --example minimal_axum >&2
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_up() { for _ in $(seq 1 300); do curl -fsS -o /dev/null "http://127.0.0.1:$1$2" 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+run_wrk() { wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/push.lua "http://127.0.0.1:$1"; }
+
+base_port=$(free_port)
+target/release/examples/minimal_axum "127.0.0.1:$base_port" & pids+=($!)
+# The minimal handler has no GET route: any HTTP answer means it is up.
+for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$base_port/" && break; sleep 0.1; done
+echo "== minimal axum (204)"
+base_out=$(run_wrk "$base_port"); echo "$base_out"
+
+port=$(free_port)
+cat >"$work/config.yaml" <<YAML
+data_dir: $work/data
+http:
+  listen: 127.0.0.1:$port
+log:
+  filter: warn
+YAML
+target/release/image-auditor serve --config "$work/config.yaml" & pids+=($!)
+wait_up "$port" /readyz
+echo "== image-auditor serve, every request a $VERDICT decision"
+ours_out=$(run_wrk "$port"); echo "$ours_out"
+
+rps() { awk '/^Requests\/sec/ {print $2}' <<<"$1"; }
+p99() { sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$1"; }
+decided=$(sqlite3 "$work/data/findings.sqlite" 'select count(*) from decisions' 2>/dev/null || echo '?')
+echo
+echo "baseline_rps=$(rps "$base_out") serve_rps=$(rps "$ours_out") ratio=$(python3 -c "print(round($(rps "$ours_out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$ours_out") decisions_recorded=$decided"

@@ -1,0 +1,163 @@
+//! DESIGN §10: Pub/Sub streaming pull against the real emulator, as a ratio
+//! to an ack-only consumer on the same emulator (target ≥ 0.9×).
+//!
+//! `cargo bench --bench pubsub_pull` (optionally `-- MESSAGES`, default
+//! 20000). For 1, 2 and 4 streams it measures, each on a fresh topic with the
+//! messages published beforehand, from the first stream opening to the last
+//! ack:
+//! - `ack-only`: a bare google-cloud-pubsub consumer that acks on receipt;
+//! - `source`: [`PullSource`] with a handler that acks at once (the source's
+//!   own cost: bounded concurrency, lease bookkeeping, ack after answer);
+//! - `pipeline`: [`PullSource`] feeding the real [`Pipeline`] over the k8s.io
+//!   fixtures and a SQLite store on disk: every message is an unpromoted push
+//!   to a real destination, so each one is a decision and a finding committed
+//!   before its ack — the worst case.
+
+#[path = "../tests/support/pubsub.rs"]
+mod pubsub_support;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures::FutureExt;
+use image_auditor::audit::Policy;
+use image_auditor::findings::{SqliteStore, Store};
+use image_auditor::index::Index;
+use image_auditor::manifest;
+use image_auditor::metrics::Metrics;
+use image_auditor::pipeline::{Disposition, Handled, Handler, Pipeline};
+use image_auditor::sources::pubsub_pull::{PullSource, PullStatus};
+use pubsub_support::Fixture;
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(300);
+
+fn main() {
+    let n: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("messages={n}");
+        println!("streams | ack-only msg/s | source msg/s | ratio | pipeline msg/s | ratio");
+        for streams in [1, 2, 4] {
+            let baseline = ack_only_rate(n, streams).await;
+            let source = source_rate(n, streams, ack_at_once()).await;
+            let dir = tempfile::tempdir().unwrap();
+            let pipeline = source_rate(n, streams, pipeline_handler(dir.path())).await;
+            println!(
+                "{streams} | {baseline:.0} | {source:.0} | {:.3} | {pipeline:.0} | {:.3}",
+                source / baseline,
+                pipeline / baseline
+            );
+        }
+    });
+}
+
+/// An unpromoted push of image `n` to a real k8s.io destination.
+fn payload(n: usize) -> Vec<u8> {
+    format!(
+        r#"{{"action":"INSERT","digest":"us-central1-docker.pkg.dev/k8s-artifacts-prod/images/etcd@sha256:{n:064x}"}}"#
+    )
+    .into_bytes()
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn ack_only_rate(n: usize, streams: usize) -> f64 {
+    let fixture = Fixture::new("bench-ack-only").await;
+    fixture.publish((0..n).map(payload)).await;
+    let subscriber = fixture.target.subscriber().await.unwrap();
+    let name = fixture.pull_config().subscription_name();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let start = Instant::now();
+    let mut tokens = Vec::new();
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let mut stream = subscriber
+            .subscribe(name.clone())
+            .set_max_lease_extension(Duration::from_secs(10))
+            .build();
+        tokens.push(stream.shutdown_token());
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok((message, ack))) = stream.next().await {
+                ack.ack();
+                seen.lock().unwrap().insert(message.message_id);
+            }
+        }));
+    }
+    wait_until("the ack-only consumer saw every message", || {
+        seen.lock().unwrap().len() == n
+    })
+    .await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    for token in tokens {
+        token.shutdown().await;
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    rate
+}
+
+fn ack_at_once() -> Handler {
+    Arc::new(|_| {
+        futures::future::ready(Handled {
+            disposition: Disposition::Ack,
+            verdict: None,
+            duplicate: false,
+        })
+        .boxed()
+    })
+}
+
+fn pipeline_handler(data: &std::path::Path) -> Handler {
+    let set = manifest::load(std::path::Path::new(
+        image_auditor::config::DEFAULT_MANIFESTS,
+    ))
+    .unwrap();
+    let index = Arc::new(ArcSwap::from_pointee(Index::build(&set, 1)));
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(data.join("findings.sqlite")).unwrap());
+    let pipeline = Arc::new(Pipeline::new(
+        index,
+        None,
+        store,
+        Policy::default(),
+        Arc::new(Metrics::new()),
+        Duration::from_secs(3600),
+    ));
+    pipeline.handler()
+}
+
+async fn source_rate(n: usize, streams: usize, handler: Handler) -> f64 {
+    let fixture = Fixture::new("bench-source").await;
+    fixture.publish((0..n).map(payload)).await;
+    let mut config = fixture.pull_config();
+    config.streams = streams;
+    let source = PullSource::new(config);
+    let status: PullStatus = source.status();
+    let shutdown = CancellationToken::new();
+    let start = Instant::now();
+    let task = tokio::spawn(source.run(handler, shutdown.clone()));
+    wait_until("the source acked every message", || {
+        status.stats().acked == n as u64
+    })
+    .await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    rate
+}
