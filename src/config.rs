@@ -11,6 +11,7 @@ use crate::audit::Policy;
 use crate::registry::RegistryConfig;
 use crate::sources::pubsub_pull::PullConfig;
 use crate::sources::push_auth::PushAuthConfig;
+use crate::sources::webhook::{EndpointConfig, WebhookKind};
 
 /// The real k8s.io corpus shipped with the repository.
 pub const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
@@ -30,6 +31,8 @@ pub struct Config {
     pub resolve: bool,
     pub registry: RegistryConfig,
     pub pubsub: PubsubConfig,
+    /// Registry webhook endpoints, served at `POST /webhooks/<kind>`.
+    pub webhooks: WebhooksConfig,
     /// How long an undecided event is retried before it is recorded as
     /// `unverifiable` and alerted.
     #[serde(with = "humantime_serde")]
@@ -54,6 +57,27 @@ pub struct PubsubConfig {
     /// Streaming pull from a subscription of the `gcr` topic. Unset: no pull.
     pub pull: Option<PullConfig>,
     pub push: PushConfig,
+}
+
+/// Endpoints per webhook format; a format without endpoints answers 404.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    pub distribution: Vec<EndpointConfig>,
+    pub harbor: Vec<EndpointConfig>,
+    pub ecr: Vec<EndpointConfig>,
+    pub acr: Vec<EndpointConfig>,
+}
+
+impl WebhooksConfig {
+    pub fn by_kind(&self) -> [(WebhookKind, &[EndpointConfig]); 4] {
+        [
+            (WebhookKind::Distribution, &self.distribution),
+            (WebhookKind::Harbor, &self.harbor),
+            (WebhookKind::Ecr, &self.ecr),
+            (WebhookKind::Acr, &self.acr),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +116,7 @@ impl Default for Config {
             resolve: true,
             registry: RegistryConfig::default(),
             pubsub: PubsubConfig::default(),
+            webhooks: WebhooksConfig::default(),
             undecided_retry_for: Duration::from_secs(3600),
             log: LogConfig::default(),
         }
@@ -240,6 +265,10 @@ impl Config {
         if self.registry.cache_dir.is_none() {
             self.registry.cache_dir = Some(self.data_dir.join("registry-cache"));
         }
+        crate::sources::webhook::Endpoints::from_config(&self.webhooks.by_kind(), |var| {
+            std::env::var(var).ok()
+        })
+        .map_err(|message| invalid("webhooks", message))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid("log.filter", e.to_string()));
         }

@@ -18,6 +18,19 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub source: &'static str,
+    /// `accepted`, `retry`, `unauthorized`, `unsupported_media_type`, `rejected`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IgnoredLabels {
+    pub source: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: &'static str,
 }
@@ -36,6 +49,8 @@ pub struct Metrics {
     pub index_generation: Gauge,
     pub undecided_backlog: Gauge,
     pub store_errors: Counter,
+    pub webhook_requests: Family<WebhookLabels, Counter>,
+    pub webhook_ignored: Family<IgnoredLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -120,6 +135,18 @@ impl Metrics {
             "Failures to record a decision in the findings store",
             store_errors.clone(),
         );
+        let webhook_requests = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_requests",
+            "Webhook requests by source and outcome",
+            webhook_requests.clone(),
+        );
+        let webhook_ignored = Family::<IgnoredLabels, Counter>::default();
+        registry.register(
+            "webhook_ignored_events",
+            "Webhook events not audited (blobs, pulls, failed actions, unknown types), by reason",
+            webhook_ignored.clone(),
+        );
         Self {
             registry,
             events,
@@ -134,6 +161,8 @@ impl Metrics {
             index_generation,
             undecided_backlog,
             store_errors,
+            webhook_requests,
+            webhook_ignored,
         }
     }
 

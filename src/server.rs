@@ -18,13 +18,14 @@ use crate::audit::{Policy, VerdictKind, audit};
 use crate::event::{Action, Event, EventId, Source};
 use crate::findings::{FindingQuery, Store};
 use crate::index::Index;
-use crate::metrics::Metrics;
+use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
 use crate::pipeline::{Disposition, Pipeline};
 use crate::reference::{Digest, Reference};
 use crate::resolve::Resolver;
 use crate::sources::pubsub_pull::PullStatus;
 use crate::sources::pubsub_push;
 use crate::sources::push_auth::PushVerifier;
+use crate::sources::webhook::{Endpoints, WebhookKind};
 
 /// Everything the routes share.
 #[derive(Clone)]
@@ -39,6 +40,7 @@ pub struct AppState {
     pub push_verifier: Option<Arc<PushVerifier>>,
     /// The streaming-pull source, when one is configured.
     pub pull_status: Option<PullStatus>,
+    pub webhooks: Arc<Endpoints>,
 }
 
 pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
@@ -48,7 +50,8 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
         .route("/metrics", get(metrics))
         .route("/v1/digests/{digest}", get(digest))
         .route("/v1/check", post(check))
-        .route("/v1/findings", get(findings));
+        .route("/v1/findings", get(findings))
+        .route("/webhooks/{kind}", post(webhook));
     if state.push_enabled {
         router = router.route("/pubsub/push", post(pubsub_push));
     }
@@ -274,5 +277,111 @@ async fn pubsub_push(State(state): State<AppState>, headers: HeaderMap, body: By
             StatusCode::SERVICE_UNAVAILABLE,
             "undecided for now; deliver again",
         ),
+    }
+}
+
+/// A registry webhook: 401 without the endpoint's token, 415 for a content
+/// type the format is never sent with, 400 for a body that is not a
+/// delivery of the format; otherwise every event is decided and recorded,
+/// then 200 (or the format's handshake reply). 503 when any event must be
+/// delivered again: the registry resends the request, and the events
+/// already recorded are recognised by their ids.
+async fn webhook(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(kind) = WebhookKind::from_path(&kind).filter(|k| state.webhooks.is_configured(*k))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no webhook endpoint {kind:?} is configured"),
+        );
+    };
+    let count = |outcome| {
+        state
+            .metrics
+            .webhook_requests
+            .get_or_create(&WebhookLabels {
+                source: kind.as_str(),
+                outcome,
+            })
+            .inc();
+    };
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let Some(endpoint) = state.webhooks.authenticate(kind, authorization) else {
+        count("unauthorized");
+        let message = if authorization.is_some() {
+            "the Authorization header does not carry this endpoint's token"
+        } else {
+            "missing Authorization header: send the endpoint's token as `Bearer <token>`"
+        };
+        return error(StatusCode::UNAUTHORIZED, message);
+    };
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
+    if !essence.as_deref().is_some_and(|e| kind.accepts(e)) {
+        count("unsupported_media_type");
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "content type {:?} is not one {} webhooks are sent with",
+                essence.unwrap_or_default(),
+                kind.as_str()
+            ),
+        );
+    }
+    let parsed = match kind.parse(&body, endpoint) {
+        Ok(parsed) => parsed,
+        Err(rejected) => {
+            count("rejected");
+            tracing::warn!(source = kind.as_str(), endpoint = endpoint.name, error = %rejected,
+                "webhook request rejected");
+            return error(StatusCode::BAD_REQUEST, rejected.to_string());
+        }
+    };
+    for ignored in &parsed.ignored {
+        state
+            .metrics
+            .webhook_ignored
+            .get_or_create(&IgnoredLabels {
+                source: kind.as_str(),
+                reason: ignored.why.as_str(),
+            })
+            .inc();
+    }
+    let handled = futures::future::join_all(
+        parsed
+            .deliveries
+            .into_iter()
+            .map(|d| state.pipeline.handle(d)),
+    )
+    .await;
+    if handled.iter().any(|h| h.disposition == Disposition::Retry) {
+        count("retry");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "some events are undecided for now; deliver again",
+        );
+    }
+    count("accepted");
+    match parsed.reply {
+        Some(reply) => axum::Json(reply).into_response(),
+        None => axum::Json(json!({
+            "decided": handled.iter().map(|h| json!({
+                "verdict": h.verdict, "duplicate": h.duplicate,
+            })).collect::<Vec<_>>(),
+            "ignored": parsed.ignored.len(),
+        }))
+        .into_response(),
     }
 }

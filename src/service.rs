@@ -18,6 +18,7 @@ use crate::resolve::Resolver;
 use crate::server::{AppState, router};
 use crate::sources::pubsub_pull::PullSource;
 use crate::sources::push_auth::PushVerifier;
+use crate::sources::webhook::Endpoints;
 
 /// Runs the service until `shutdown` is cancelled, then stops pulling,
 /// finishes in-flight work and returns.
@@ -62,6 +63,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map(|auth| PushVerifier::new(auth).map(Arc::new))
         .transpose()
         .context("push authentication")?;
+    let webhooks =
+        Endpoints::from_config(&config.webhooks.by_kind(), |var| std::env::var(var).ok())
+            .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
     let state = AppState {
         index,
         pipeline: pipeline.clone(),
@@ -72,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         push_enabled: config.pubsub.push.enabled,
         push_verifier,
         pull_status: pull.as_ref().map(PullSource::status),
+        webhooks: Arc::new(webhooks),
     };
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -1,6 +1,7 @@
 //! Event sources: each turns its wire format into [`Event`](crate::event::Event)s
 //! and nothing else. No source calls the auditor.
 
+pub mod distribution;
 pub mod gcr;
 pub mod pubsub_pull;
 pub mod pubsub_push;

@@ -2,9 +2,16 @@
 //! what was deliberately not audited, and an optional reply body (Event
 //! Grid's validation handshake). Parsers are pure: bytes in, this out.
 
-use serde_json::Value;
+use std::fmt;
 
+use serde::Deserialize;
+use serde_json::Value;
+use subtle::ConstantTimeEq;
+
+use crate::event::Source;
 use crate::pipeline::Delivery;
+use crate::reference::RegistryPrefix;
+use crate::sources::distribution;
 
 /// One webhook request, parsed.
 #[derive(Debug, Default)]
@@ -62,3 +69,286 @@ impl IgnoreReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Rejected(pub String);
+
+/// The webhook formats, each served at `POST /webhooks/<kind>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookKind {
+    Distribution,
+    Harbor,
+    Ecr,
+    Acr,
+}
+
+impl WebhookKind {
+    pub const ALL: [WebhookKind; 4] = [
+        WebhookKind::Distribution,
+        WebhookKind::Harbor,
+        WebhookKind::Ecr,
+        WebhookKind::Acr,
+    ];
+
+    /// The path segment, config key and metric label.
+    pub fn as_str(self) -> &'static str {
+        self.source().as_str()
+    }
+
+    pub fn source(self) -> Source {
+        match self {
+            WebhookKind::Distribution => Source::Distribution,
+            WebhookKind::Harbor => Source::Harbor,
+            WebhookKind::Ecr => Source::Ecr,
+            WebhookKind::Acr => Source::Acr,
+        }
+    }
+
+    pub fn from_path(segment: &str) -> Option<WebhookKind> {
+        Self::ALL.into_iter().find(|k| k.as_str() == segment)
+    }
+
+    /// Whether a request's `Content-Type` essence (lower-cased, without
+    /// parameters) is one this format is sent with.
+    pub fn accepts(self, essence: &str) -> bool {
+        match self {
+            WebhookKind::Distribution => {
+                distribution::CONTENT_TYPES.contains(&essence) || essence == "application/json"
+            }
+            // Event Grid's CloudEvents schema uses its own type.
+            WebhookKind::Acr => {
+                essence == "application/json" || essence == "application/cloudevents+json"
+            }
+            WebhookKind::Harbor | WebhookKind::Ecr => essence == "application/json",
+        }
+    }
+
+    /// Parses a request for `endpoint`.
+    pub fn parse(self, body: &[u8], endpoint: &Endpoint) -> Result<Parsed, Rejected> {
+        match (self, &endpoint.registry) {
+            (WebhookKind::Distribution, Some(registry)) => distribution::parse(body, registry),
+            // Startup refuses a distribution endpoint without a registry.
+            (WebhookKind::Distribution, None) => Err(Rejected(format!(
+                "webhook endpoint {} has no registry configured",
+                endpoint.name
+            ))),
+            (WebhookKind::Harbor | WebhookKind::Ecr | WebhookKind::Acr, _) => Err(Rejected(
+                format!("{} webhooks are not supported yet", self.as_str()),
+            )),
+        }
+    }
+}
+
+/// One configured webhook endpoint (`webhooks.<kind>[]` in the service
+/// configuration).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Names the endpoint in logs and errors.
+    pub name: String,
+    /// The registry prefix the endpoint reports for (`host[:port][/path]`).
+    /// Required for distribution, whose events carry no host; for the
+    /// others it replaces the host the payload names.
+    #[serde(default)]
+    pub registry: Option<RegistryPrefix>,
+    /// The shared secret: requests must carry `Authorization: Bearer
+    /// <token>` (or exactly `<token>`, as Harbor's `auth_header` sends it).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// An environment variable holding the token, read at startup.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+// Configurations get logged; tokens must not be.
+impl fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("name", &self.name)
+            .field("registry", &self.registry)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+/// A configured endpoint with its token resolved.
+pub struct Endpoint {
+    pub name: String,
+    pub registry: Option<RegistryPrefix>,
+    token: Box<[u8]>,
+}
+
+/// Every configured endpoint, by kind; requests are matched to an endpoint
+/// by their token.
+#[derive(Default)]
+pub struct Endpoints {
+    by_kind: Vec<(WebhookKind, Vec<Endpoint>)>,
+}
+
+impl Endpoints {
+    /// Resolves tokens and checks the configuration: every endpoint has
+    /// exactly one of `token` and `token_env`, tokens differ within a kind
+    /// (the token is what tells two registries apart), and distribution
+    /// endpoints name their registry.
+    pub fn from_config(
+        configs: &[(WebhookKind, &[EndpointConfig])],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Endpoints, String> {
+        let mut by_kind = Vec::new();
+        for &(kind, configs) in configs {
+            let mut endpoints: Vec<Endpoint> = Vec::new();
+            for (i, c) in configs.iter().enumerate() {
+                let at = format!("webhooks.{}[{i}] ({})", kind.as_str(), c.name);
+                let token = match (&c.token, &c.token_env) {
+                    (Some(t), None) => t.clone(),
+                    (None, Some(var)) => env(var).ok_or_else(|| {
+                        format!("{at}: token_env: environment variable {var} is not set")
+                    })?,
+                    (None, None) => {
+                        return Err(format!(
+                            "{at}: set token or token_env: an endpoint without a secret \
+                             would accept forged events"
+                        ));
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(format!("{at}: set token or token_env, not both"));
+                    }
+                };
+                if token.len() < 16 {
+                    return Err(format!("{at}: the token must be at least 16 characters"));
+                }
+                if endpoints.iter().any(|e| *e.token == *token.as_bytes()) {
+                    return Err(format!(
+                        "{at}: another {} endpoint has the same token",
+                        kind.as_str()
+                    ));
+                }
+                if kind == WebhookKind::Distribution && c.registry.is_none() {
+                    return Err(format!(
+                        "{at}: registry is required: distribution events name no host"
+                    ));
+                }
+                endpoints.push(Endpoint {
+                    name: c.name.clone(),
+                    registry: c.registry.clone(),
+                    token: token.into_bytes().into_boxed_slice(),
+                });
+            }
+            if !endpoints.is_empty() {
+                by_kind.push((kind, endpoints));
+            }
+        }
+        Ok(Endpoints { by_kind })
+    }
+
+    pub fn is_configured(&self, kind: WebhookKind) -> bool {
+        self.by_kind.iter().any(|(k, _)| *k == kind)
+    }
+
+    /// The endpoint whose token the `Authorization` header carries. Every
+    /// token of the kind is compared in constant time, so neither the
+    /// match nor its position leaks through timing.
+    pub fn authenticate(
+        &self,
+        kind: WebhookKind,
+        authorization: Option<&[u8]>,
+    ) -> Option<&Endpoint> {
+        let presented = authorization?;
+        let bearer = presented
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| &presented[7..]);
+        let endpoints = self
+            .by_kind
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, e)| e)?;
+        let mut found = None;
+        for endpoint in endpoints {
+            let raw = endpoint.token.ct_eq(presented);
+            let token = bearer.map_or(subtle::Choice::from(0), |b| endpoint.token.ct_eq(b));
+            if bool::from(raw | token) {
+                found = Some(endpoint);
+            }
+        }
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN_A: &str = "token-a-0123456789abcdef";
+    const TOKEN_B: &str = "token-b-0123456789abcdef";
+
+    fn endpoint(name: &str, token: Option<&str>, token_env: Option<&str>) -> EndpointConfig {
+        EndpointConfig {
+            name: name.into(),
+            registry: Some("r.example".parse().unwrap()),
+            token: token.map(Into::into),
+            token_env: token_env.map(Into::into),
+        }
+    }
+
+    fn env(var: &str) -> Option<String> {
+        (var == "TOKEN_B").then(|| TOKEN_B.to_owned())
+    }
+
+    #[test]
+    fn the_token_selects_the_endpoint_in_either_header_form() {
+        let configs = [
+            endpoint("a", Some(TOKEN_A), None),
+            endpoint("b", None, Some("TOKEN_B")),
+        ];
+        let endpoints =
+            Endpoints::from_config(&[(WebhookKind::Distribution, &configs)], env).unwrap();
+        let auth = |header: &str| {
+            endpoints
+                .authenticate(WebhookKind::Distribution, Some(header.as_bytes()))
+                .map(|e| e.name.as_str())
+        };
+        assert_eq!(auth(&format!("Bearer {TOKEN_A}")), Some("a"));
+        assert_eq!(auth(&format!("bearer {TOKEN_B}")), Some("b"));
+        assert_eq!(auth(TOKEN_B), Some("b"));
+        assert_eq!(auth(&format!("Bearer {TOKEN_A}x")), None);
+        assert_eq!(auth("Bearer "), None);
+        assert_eq!(auth(""), None);
+        assert!(
+            endpoints
+                .authenticate(WebhookKind::Distribution, None)
+                .is_none()
+        );
+        // Tokens are per kind: a distribution token is no Harbor token.
+        assert!(!endpoints.is_configured(WebhookKind::Harbor));
+        assert!(
+            endpoints
+                .authenticate(WebhookKind::Harbor, Some(TOKEN_A.as_bytes()))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn configurations_that_cannot_tell_registries_apart_are_refused() {
+        let twice = [
+            endpoint("a", Some(TOKEN_A), None),
+            endpoint("b", Some(TOKEN_A), None),
+        ];
+        let err = Endpoints::from_config(&[(WebhookKind::Harbor, &twice)], env)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("webhooks.harbor[1] (b)") && err.contains("same token"),
+            "{err}"
+        );
+        let both = [endpoint("a", Some(TOKEN_A), Some("TOKEN_B"))];
+        let err = Endpoints::from_config(&[(WebhookKind::Ecr, &both)], env)
+            .err()
+            .unwrap();
+        assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn tokens_never_reach_debug_output() {
+        let text = format!("{:?}", endpoint("a", Some(TOKEN_A), None));
+        assert!(!text.contains(TOKEN_A), "{text}");
+    }
+}

@@ -38,6 +38,12 @@ impl Registry {
     /// Starts a registry and waits until `/v2/` answers. Retries on a new
     /// port if another process took the free port first.
     pub fn start(auth: Auth) -> Self {
+        Self::start_with(auth, "")
+    }
+
+    /// [`Registry::start`] with `extra` appended to its config.yml (for
+    /// `notifications:`).
+    pub fn start_with(auth: Auth, extra: &str) -> Self {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: apt-get install docker-registry skopeo"
@@ -71,7 +77,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}",
+                    "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: test-only-secret\n{auth_yaml}{extra}",
                     dir.path().join("storage").display()
                 ),
             )
@@ -254,4 +260,11 @@ pub async fn put_manifest(host: &str, repo: &str, tag: &str, media_type: &str, b
         "PUT {url}: {status} {}",
         response.text().await.unwrap_or_default()
     );
+}
+
+/// `DELETE /v2/<repo>/manifests/<digest>` (the registry enables deletes).
+pub async fn delete_manifest(host: &str, repo: &str, digest: &Digest) {
+    let url = format!("http://{host}/v2/{repo}/manifests/{digest}");
+    let response = reqwest::Client::new().delete(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 202, "DELETE {url}");
 }

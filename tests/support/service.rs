@@ -20,7 +20,12 @@ impl Service {
     /// Starts `serve` with `extra` YAML appended to a config that listens on
     /// a free port, keeps data in `dir` and reads `manifests`.
     pub async fn start(dir: &Path, manifests: &Path, extra: &str) -> Service {
-        let port = free_port();
+        Self::start_on(free_port(), dir, manifests, extra).await
+    }
+
+    /// [`Service::start`] on a given port (one a registry was told to
+    /// notify before the service existed).
+    pub async fn start_on(port: u16, dir: &Path, manifests: &Path, extra: &str) -> Service {
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
