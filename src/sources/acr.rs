@@ -1,0 +1,397 @@
+//! Azure Container Registry changes, by either route ACR offers (research:
+//! event-formats §7). Told apart by the body's shape:
+//!
+//! | body | route |
+//! |---|---|
+//! | JSON array | Event Grid, a batch of events in the Event Grid schema (`eventType`) or, with batching on, the CloudEvents schema (`specversion`, `type`) |
+//! | object with `specversion` | Event Grid, one event in the CloudEvents 1.0 schema |
+//! | object with `eventType` | one Event Grid-schema event outside its array (tolerated: the event is complete) |
+//! | object with `action` | ACR's native webhook: `{id, timestamp, action, target, request}` |
+//!
+//! Both routes describe a change the same way (`target.{digest, tag,
+//! repository}`, `request.host`); Event Grid nests it in `data`.
+//!
+//! The event's `id` is the delivery id: Event Grid and ACR resend it with
+//! every retry. An event without one can be neither recorded nor
+//! deduplicated, and no real sender emits one, so it rejects the request.
+//!
+//! Event Grid's first request to a new subscription is the validation
+//! handshake (`Microsoft.EventGrid.SubscriptionValidationEvent`): it yields a
+//! reply, `{"validationResponse": <data.validationCode>}`, and no delivery.
+//! The CloudEvents schema's handshake is an HTTP `OPTIONS` request instead,
+//! which is the HTTP layer's business, not this parser's.
+
+use serde_json::{Map, Value, json};
+
+use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::pipeline::Delivery;
+use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
+use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+
+/// Ids become dedupe keys and log fields; the bound matches Pub/Sub's.
+const MAX_ID_LEN: usize = 256;
+
+const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
+
+/// Parses one ACR delivery. `registry` wins over `request.host`, for
+/// registries audited under another name than the one clients pushed to.
+pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejected(format!("ACR webhook body is not JSON: {e}")))?;
+    let mut parsed = Parsed::default();
+    match &value {
+        Value::Array(events) => {
+            for (index, event) in events.iter().enumerate() {
+                let Value::Object(event) = event else {
+                    return Err(Rejected(format!(
+                        "Event Grid events[{index}] must be an object, found {}",
+                        json_type(event)
+                    )));
+                };
+                let schema = if event.contains_key("specversion") {
+                    Schema::CloudEvents
+                } else {
+                    Schema::EventGrid
+                };
+                grid_event(
+                    event,
+                    schema,
+                    &format!("events[{index}]"),
+                    registry,
+                    &mut parsed,
+                )?;
+            }
+        }
+        Value::Object(event) if event.contains_key("specversion") => {
+            grid_event(event, Schema::CloudEvents, "event", registry, &mut parsed)?;
+        }
+        Value::Object(event) if event.contains_key("eventType") => {
+            grid_event(event, Schema::EventGrid, "event", registry, &mut parsed)?;
+        }
+        Value::Object(event) if event.contains_key("action") => {
+            native_event(event, registry, &mut parsed)?;
+        }
+        Value::Object(_) => {
+            return Err(Rejected(
+                "not an ACR delivery: expected an Event Grid array of events, a CloudEvents \
+                 event (`specversion`) or an ACR webhook object (`action`)"
+                    .into(),
+            ));
+        }
+        other => {
+            return Err(Rejected(format!(
+                "ACR webhook body must be a JSON array or object, found {}",
+                json_type(other)
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+/// The two schemas an Event Grid subscription can deliver in; they differ
+/// only in what the type attribute is called.
+#[derive(Debug, Clone, Copy)]
+enum Schema {
+    EventGrid,
+    CloudEvents,
+}
+
+impl Schema {
+    fn type_field(self) -> &'static str {
+        match self {
+            Schema::EventGrid => "eventType",
+            Schema::CloudEvents => "type",
+        }
+    }
+}
+
+/// What an event's type asks of the auditor.
+enum Kind {
+    Audit(Action),
+    Ignore(IgnoreReason),
+}
+
+fn grid_event(
+    event: &Map<String, Value>,
+    schema: Schema,
+    place: &str,
+    registry: Option<&RegistryPrefix>,
+    parsed: &mut Parsed,
+) -> Result<(), Rejected> {
+    let id = event_id(event, place)?;
+    let type_field = schema.type_field();
+    let kind = match text(event, "", &[type_field]) {
+        Ok(Some(VALIDATION_EVENT)) => {
+            parsed.reply = Some(validation_reply(event, &id)?);
+            return Ok(());
+        }
+        // Older documentation shows the short names, newer the full ones.
+        Ok(Some(t)) => match t.strip_prefix("Microsoft.ContainerRegistry.").unwrap_or(t) {
+            "ImagePushed" => Kind::Audit(Action::Insert),
+            "ImageDeleted" => Kind::Audit(Action::Delete),
+            "ChartPushed" | "ChartDeleted" => Kind::Ignore(IgnoreReason::NotAnImage),
+            _ => Kind::Ignore(IgnoreReason::UnknownType),
+        },
+        Ok(None) => {
+            parsed
+                .deliveries
+                .push(malformed(id, format!("field `{type_field}` is missing")));
+            return Ok(());
+        }
+        Err(reason) => {
+            parsed.deliveries.push(malformed(id, reason));
+            return Ok(());
+        }
+    };
+    let action = match kind {
+        Kind::Audit(action) => action,
+        Kind::Ignore(why) => {
+            parsed.ignored.push(Ignored { id: id.0, why });
+            return Ok(());
+        }
+    };
+    let change = match event.get("data") {
+        Some(Value::Object(data)) => image_event(&id, action, data, "data", registry),
+        Some(other) => Err(format!(
+            "field `data` must be an object, found {}",
+            json_type(other)
+        )),
+        None => Err("field `data` is missing".into()),
+    };
+    parsed.deliveries.push(delivery(id, change));
+    Ok(())
+}
+
+/// The handshake's answer; a handshake without a code cannot be answered,
+/// so the request is refused and Event Grid reports the subscription
+/// failing to validate.
+fn validation_reply(event: &Map<String, Value>, id: &EventId) -> Result<Value, Rejected> {
+    match text(event, "", &["data", "validationCode"]) {
+        Ok(Some(code)) => Ok(json!({ "validationResponse": code })),
+        Ok(None) => Err(Rejected(format!(
+            "event {id}: {VALIDATION_EVENT} without field `data.validationCode`"
+        ))),
+        Err(reason) => Err(Rejected(format!("event {id}: {reason}"))),
+    }
+}
+
+fn native_event(
+    event: &Map<String, Value>,
+    registry: Option<&RegistryPrefix>,
+    parsed: &mut Parsed,
+) -> Result<(), Rejected> {
+    let id = event_id(event, "ACR webhook")?;
+    let action = match text(event, "", &["action"]) {
+        Ok(Some("push")) => Action::Insert,
+        Ok(Some("delete")) => Action::Delete,
+        Ok(Some("chart_push" | "chart_delete")) => {
+            parsed.ignored.push(Ignored {
+                id: id.0,
+                why: IgnoreReason::NotAnImage,
+            });
+            return Ok(());
+        }
+        // `ping` (a test delivery), `quarantine`, and whatever comes next.
+        Ok(Some(_)) => {
+            parsed.ignored.push(Ignored {
+                id: id.0,
+                why: IgnoreReason::UnknownType,
+            });
+            return Ok(());
+        }
+        Ok(None) => {
+            parsed
+                .deliveries
+                .push(malformed(id, "field `action` is empty".into()));
+            return Ok(());
+        }
+        Err(reason) => {
+            parsed.deliveries.push(malformed(id, reason));
+            return Ok(());
+        }
+    };
+    let change = image_event(&id, action, event, "", registry);
+    parsed.deliveries.push(delivery(id, change));
+    Ok(())
+}
+
+/// The change described by `target` and `request` inside `obj` (which stood
+/// at `at`: `data` for Event Grid, the top level for native webhooks).
+fn image_event(
+    id: &EventId,
+    action: Action,
+    obj: &Map<String, Value>,
+    at: &str,
+    registry: Option<&RegistryPrefix>,
+) -> Result<Event, String> {
+    let name = |path: &str| {
+        if at.is_empty() {
+            path.to_string()
+        } else {
+            format!("{at}.{path}")
+        }
+    };
+    let field = |path: &[&str]| text(obj, at, path);
+    let digest = field(&["target", "digest"])?
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| format!("field `{}`: {e}", name("target.digest")))
+        })
+        .transpose()?;
+    let tag = field(&["target", "tag"])?
+        .map(|t| {
+            t.parse::<Tag>()
+                .map_err(|e| format!("field `{}`: {e}", name("target.tag")))
+        })
+        .transpose()?;
+    if digest.is_none() && tag.is_none() {
+        // A whole-repository delete may be such an event; it still must not
+        // pass unseen, and `malformed` alerts.
+        return Err(format!(
+            "neither `{}` nor `{}` is set: the event names no image",
+            name("target.digest"),
+            name("target.tag")
+        ));
+    }
+    let repository = field(&["target", "repository"])?
+        .ok_or_else(|| format!("field `{}` is missing", name("target.repository")))?;
+    let prefix = match registry {
+        Some(prefix) => prefix.clone(),
+        None => {
+            let host = field(&["request", "host"])?.ok_or_else(|| {
+                format!(
+                    "field `{}` is missing (and no registry is configured)",
+                    name("request.host")
+                )
+            })?;
+            // A host only: a path here would move the image elsewhere.
+            if host.contains('/') {
+                return Err(format!(
+                    "field `{}` {:?} is not a host name",
+                    name("request.host"),
+                    shown(host)
+                ));
+            }
+            host.parse::<RegistryPrefix>()
+                .map_err(|e| format!("field `{}`: {e}", name("request.host")))?
+        }
+    };
+    let repository = Repository::join(&prefix, repository)
+        .map_err(|e| format!("field `{}` under {prefix}: {e}", name("target.repository")))?;
+    Ok(Event {
+        id: id.clone(),
+        source: Source::Acr,
+        action,
+        repository,
+        digest,
+        tag,
+    })
+}
+
+/// The event's `id`, which must be usable as a dedupe key.
+fn event_id(event: &Map<String, Value>, place: &str) -> Result<EventId, Rejected> {
+    let id = match event.get("id") {
+        Some(Value::String(s)) if !s.is_empty() => s,
+        Some(Value::String(_)) => {
+            return Err(Rejected(format!("{place}: field `id` is empty")));
+        }
+        Some(other) => {
+            return Err(Rejected(format!(
+                "{place}: field `id` must be a string, found {}",
+                json_type(other)
+            )));
+        }
+        None => {
+            return Err(Rejected(format!(
+                "{place}: field `id` is missing, so the event can be neither recorded nor \
+                 deduplicated"
+            )));
+        }
+    };
+    if id.len() > MAX_ID_LEN {
+        return Err(Rejected(format!(
+            "{place}: field `id` is {} bytes long (at most {MAX_ID_LEN})",
+            id.len()
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Rejected(format!(
+            "{place}: field `id` contains control characters"
+        )));
+    }
+    Ok(EventId(id.clone()))
+}
+
+fn delivery(id: EventId, change: Result<Event, String>) -> Delivery {
+    match change {
+        Ok(event) => Delivery {
+            source: Source::Acr,
+            id,
+            decoded: Ok(event),
+        },
+        Err(reason) => malformed(id, reason),
+    }
+}
+
+fn malformed(id: EventId, reason: String) -> Delivery {
+    Delivery {
+        source: Source::Acr,
+        id: id.clone(),
+        decoded: Err(Malformed {
+            id,
+            source: Source::Acr,
+            reason,
+        }),
+    }
+}
+
+/// The string at `path` inside `obj` (which stood at `at` in the request):
+/// `None` when absent, null or empty; the error names the full path.
+fn text<'a>(
+    obj: &'a Map<String, Value>,
+    at: &str,
+    path: &[&str],
+) -> Result<Option<&'a str>, String> {
+    let name = |depth: usize| {
+        let inner = path[..=depth].join(".");
+        if at.is_empty() {
+            inner
+        } else {
+            format!("{at}.{inner}")
+        }
+    };
+    let mut current = obj;
+    for (depth, key) in path.iter().enumerate() {
+        let last = depth + 1 == path.len();
+        match current.get(*key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) if last => return Ok((!s.is_empty()).then_some(s.as_str())),
+            Some(Value::Object(inner)) if !last => current = inner,
+            Some(other) => {
+                let want = if last { "a string" } else { "an object" };
+                return Err(format!(
+                    "field `{}` must be {want}, found {}",
+                    name(depth),
+                    json_type(other)
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Caps echoed input: hostile payloads can be megabytes long.
+fn shown(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

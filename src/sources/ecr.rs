@@ -1,0 +1,304 @@
+//! Amazon ECR changes as EventBridge delivers them to an HTTP target (an API
+//! destination): one event per request, the event JSON as the body
+//! (research: event-formats §6).
+//!
+//! ```json
+//! {"version": "0", "id": "<uuid>", "detail-type": "ECR Image Action",
+//!  "source": "aws.ecr", "account": "111122223333", "region": "eu-west-1",
+//!  "detail": {"result": "SUCCESS", "action-type": "PUSH",
+//!             "repository-name": "apps/api", "image-digest": "sha256:…",
+//!             "image-tag": "v1.4.2"}}
+//! ```
+//!
+//! A batch (an array) is rejected: the research found EventBridge sending
+//! one event per target invocation and no documented batching for API
+//! destinations, so an array means an input transformer or a proxy this
+//! parser does not know the shape of.
+//!
+//! The EventBridge `id` is the delivery id: EventBridge keeps it across its
+//! retries of one event. Without one nothing can be recorded or
+//! deduplicated, so an event lacking it is rejected as a whole.
+//!
+//! Only `aws.ecr` may send "ECR Image Action": EventBridge refuses custom
+//! events whose source starts with `aws.`, so the same detail-type from any
+//! other source is someone else's event and is ignored.
+
+use serde_json::{Map, Value};
+
+use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::pipeline::Delivery;
+use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
+use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+
+/// Ids become dedupe keys and log fields; the bound matches Pub/Sub's.
+const MAX_ID_LEN: usize = 256;
+
+/// The detail-type of pushes and deletions; every other ECR detail-type
+/// (`ECR Image Scan`, `ECR Pull Through Cache Action`, `ECR Referrer
+/// Action`, …) changes nothing the auditor checks.
+const IMAGE_ACTION: &str = "ECR Image Action";
+
+/// Parses one EventBridge delivery. `registry` wins over the registry host
+/// derived from the event's `account` and `region`, for registries reached
+/// by another name (a VPC endpoint, a pull-through alias).
+pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Rejected(format!("ECR (EventBridge) body is not JSON: {e}")))?;
+    let root = match value {
+        Value::Object(root) => root,
+        Value::Array(_) => {
+            return Err(Rejected(
+                "ECR (EventBridge) body is an array: expected one EventBridge event object \
+                 (EventBridge sends one event per request; batches are not a documented shape)"
+                    .into(),
+            ));
+        }
+        other => {
+            return Err(Rejected(format!(
+                "ECR (EventBridge) body must be a JSON object, found {}",
+                json_type(&other)
+            )));
+        }
+    };
+    let envelope = |key: &str| -> Result<&str, Rejected> {
+        match root.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s),
+            Some(Value::String(_)) => Err(Rejected(format!(
+                "not an EventBridge event: field `{key}` is empty"
+            ))),
+            Some(other) => Err(Rejected(format!(
+                "not an EventBridge event: field `{key}` must be a string, found {}",
+                json_type(other)
+            ))),
+            None => Err(Rejected(format!(
+                "not an EventBridge event: field `{key}` is missing"
+            ))),
+        }
+    };
+    let id = envelope("id")?;
+    check_id(id).map_err(|e| Rejected(format!("EventBridge field `id` {e}")))?;
+    let detail_type = envelope("detail-type")?;
+
+    let mut parsed = Parsed::default();
+    let ignore = |why| Ignored {
+        id: id.to_string(),
+        why,
+    };
+    if detail_type != IMAGE_ACTION {
+        parsed.ignored.push(ignore(IgnoreReason::UnknownType));
+        return Ok(parsed);
+    }
+    let id = EventId(id.to_string());
+    match image_action(&id, &root, registry) {
+        Ok(event) => parsed.deliveries.push(Delivery {
+            source: Source::Ecr,
+            id: id.clone(),
+            decoded: Ok(event),
+        }),
+        Err(Skip(why)) => parsed.ignored.push(ignore(why)),
+        Err(Bad(reason)) => parsed.deliveries.push(Delivery {
+            source: Source::Ecr,
+            id: id.clone(),
+            decoded: Err(Malformed {
+                id,
+                source: Source::Ecr,
+                reason,
+            }),
+        }),
+    }
+    Ok(parsed)
+}
+
+/// Why an "ECR Image Action" event yields no `Event`.
+enum NoEvent {
+    /// Not audited, and rightly so.
+    Skip(IgnoreReason),
+    /// Unreadable: a `malformed` verdict.
+    Bad(String),
+}
+use NoEvent::{Bad, Skip};
+
+impl From<String> for NoEvent {
+    fn from(reason: String) -> Self {
+        Bad(reason)
+    }
+}
+
+fn image_action(
+    id: &EventId,
+    root: &Map<String, Value>,
+    registry: Option<&RegistryPrefix>,
+) -> Result<Event, NoEvent> {
+    match text(root, "", &["source"])? {
+        Some("aws.ecr") => {}
+        Some(_) => return Err(Skip(IgnoreReason::UnknownType)),
+        None => return Err(Bad("field `source` is missing".into())),
+    }
+    let detail = match root.get("detail") {
+        Some(Value::Object(detail)) => detail,
+        Some(other) => {
+            return Err(Bad(format!(
+                "field `detail` must be an object, found {}",
+                json_type(other)
+            )));
+        }
+        None => return Err(Bad("field `detail` is missing".into())),
+    };
+    let field = |key: &str| text(detail, "detail", &[key]);
+    // First: a failed action may lack the fields a successful one has.
+    match field("result")? {
+        Some("SUCCESS") => {}
+        Some("FAILURE") => return Err(Skip(IgnoreReason::Failed)),
+        Some(other) => {
+            return Err(Bad(format!(
+                "field `detail.result` is {:?} (expected SUCCESS or FAILURE)",
+                shown(other)
+            )));
+        }
+        None => return Err(Bad("field `detail.result` is missing".into())),
+    }
+    // An unknown action inside a known event type could be a change the
+    // auditor cannot see: `malformed` alerts, where ignoring would not.
+    let action = match field("action-type")? {
+        Some("PUSH") => Action::Insert,
+        Some("DELETE") => Action::Delete,
+        Some(other) => {
+            return Err(Bad(format!(
+                "field `detail.action-type` is {:?} (expected PUSH or DELETE)",
+                shown(other)
+            )));
+        }
+        None => return Err(Bad("field `detail.action-type` is missing".into())),
+    };
+    let prefix = match registry {
+        Some(prefix) => prefix.clone(),
+        None => registry_of(root)?,
+    };
+    let name = field("repository-name")?
+        .ok_or_else(|| "field `detail.repository-name` is missing".to_string())?;
+    let repository = Repository::join(&prefix, name)
+        .map_err(|e| format!("field `detail.repository-name` under {prefix}: {e}"))?;
+    let digest = field("image-digest")?
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| format!("field `detail.image-digest`: {e}"))
+        })
+        .transpose()?;
+    let tag = field("image-tag")?
+        .map(|t| {
+            t.parse::<Tag>()
+                .map_err(|e| format!("field `detail.image-tag`: {e}"))
+        })
+        .transpose()?;
+    if digest.is_none() && tag.is_none() {
+        return Err(Bad(
+            "neither `detail.image-digest` nor `detail.image-tag` is set: the event names no image"
+                .into(),
+        ));
+    }
+    Ok(Event {
+        id: id.clone(),
+        source: Source::Ecr,
+        action,
+        repository,
+        digest,
+        tag,
+    })
+}
+
+/// `{account}.dkr.ecr.{region}.amazonaws.com`, the registry every ECR
+/// repository of that account and region lives in (`.com.cn` in the China
+/// partition, whose regions are `cn-*`). Both parts are checked so that an
+/// event cannot smuggle a path or another host into the prefix.
+fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, String> {
+    let account = text(root, "", &["account"])?
+        .ok_or_else(|| "field `account` is missing (and no registry is configured)".to_string())?;
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "field `account` {:?} is not a 12-digit AWS account id",
+            shown(account)
+        ));
+    }
+    let region = text(root, "", &["region"])?
+        .ok_or_else(|| "field `region` is missing (and no registry is configured)".to_string())?;
+    if region.len() > 32
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "field `region` {:?} is not an AWS region name",
+            shown(region)
+        ));
+    }
+    let domain = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    format!("{account}.dkr.ecr.{region}.{domain}")
+        .parse()
+        .map_err(|e| format!("fields `account` and `region` make no registry host: {e}"))
+}
+
+/// The string at `path` inside `obj` (which stood at `at` in the request):
+/// `None` when absent, null or empty; the error names the full path.
+fn text<'a>(
+    obj: &'a Map<String, Value>,
+    at: &str,
+    path: &[&str],
+) -> Result<Option<&'a str>, String> {
+    let name = |depth: usize| {
+        let inner = path[..=depth].join(".");
+        if at.is_empty() {
+            inner
+        } else {
+            format!("{at}.{inner}")
+        }
+    };
+    let mut current = obj;
+    for (depth, key) in path.iter().enumerate() {
+        let last = depth + 1 == path.len();
+        match current.get(*key) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(s)) if last => return Ok((!s.is_empty()).then_some(s.as_str())),
+            Some(Value::Object(inner)) if !last => current = inner,
+            Some(other) => {
+                let want = if last { "a string" } else { "an object" };
+                return Err(format!(
+                    "field `{}` must be {want}, found {}",
+                    name(depth),
+                    json_type(other)
+                ));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// An id is a dedupe key and a log field: bounded, no control characters.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.len() > MAX_ID_LEN {
+        return Err(format!("is {} bytes long (at most {MAX_ID_LEN})", id.len()));
+    }
+    if id.chars().any(char::is_control) {
+        return Err("contains control characters".into());
+    }
+    Ok(())
+}
+
+/// Caps echoed input: hostile payloads can be megabytes long.
+fn shown(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
