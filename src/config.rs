@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alert::dispatch::AlertsConfig;
 use crate::audit::Policy;
 use crate::registry::RegistryConfig;
 use crate::sources::pubsub_pull::PullConfig;
@@ -33,6 +34,8 @@ pub struct Config {
     pub pubsub: PubsubConfig,
     /// Registry webhook endpoints, served at `POST /webhooks/<kind>`.
     pub webhooks: WebhooksConfig,
+    /// Where findings are alerted, and how they are grouped.
+    pub alerts: AlertsConfig,
     /// How long an undecided event is retried before it is recorded as
     /// `unverifiable` and alerted.
     #[serde(with = "humantime_serde")]
@@ -117,6 +120,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             pubsub: PubsubConfig::default(),
             webhooks: WebhooksConfig::default(),
+            alerts: AlertsConfig::default(),
             undecided_retry_for: Duration::from_secs(3600),
             log: LogConfig::default(),
         }
@@ -269,6 +273,9 @@ impl Config {
             std::env::var(var).ok()
         })
         .map_err(|message| invalid("webhooks", message))?;
+        self.alerts
+            .validate(crate::findings::DEFAULT_CLAIM_LEASE)
+            .map_err(|message| invalid("alerts", message))?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid("log.filter", e.to_string()));
         }

@@ -375,6 +375,19 @@ impl Index {
         claims
     }
 
+    /// The part of `repo` below the longest destination prefix (live or
+    /// excluded project) above it: the image name, whatever the region.
+    pub fn image_path<'r>(&self, repo: &'r Repository) -> Option<&'r str> {
+        let core = &*self.core;
+        repo.splits()
+            .find(|(prefix, _)| {
+                core.strings
+                    .get(prefix)
+                    .is_some_and(|p| core.prefixes.contains_key(&p))
+            })
+            .map(|(_, name)| name)
+    }
+
     /// Every placement of `digest`: direct ones, then as a child of each
     /// promoted parent (recursively through nested lists).
     pub fn placements(&self, digest: &Digest) -> Vec<Placement> {

@@ -3,6 +3,7 @@
 //!
 //! See ARCHITECTURE.md for the map of modules and their invariants.
 
+pub mod alert;
 pub mod audit;
 pub mod config;
 pub mod event;

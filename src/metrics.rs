@@ -31,6 +31,18 @@ pub struct IgnoredLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    pub sink: String,
+    /// `delivered` or `failed`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: &'static str,
 }
@@ -51,6 +63,8 @@ pub struct Metrics {
     pub store_errors: Counter,
     pub webhook_requests: Family<WebhookLabels, Counter>,
     pub webhook_ignored: Family<IgnoredLabels, Counter>,
+    pub alerts: Family<AlertLabels, Counter>,
+    pub outbox_backlog: Family<SinkLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -147,6 +161,18 @@ impl Metrics {
             "Webhook events not audited (blobs, pulls, failed actions, unknown types), by reason",
             webhook_ignored.clone(),
         );
+        let alerts = Family::<AlertLabels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alert deliveries by sink and outcome (an alert may carry many findings)",
+            alerts.clone(),
+        );
+        let outbox_backlog = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "outbox_backlog",
+            "Findings not yet delivered, per sink",
+            outbox_backlog.clone(),
+        );
         Self {
             registry,
             events,
@@ -163,6 +189,8 @@ impl Metrics {
             store_errors,
             webhook_requests,
             webhook_ignored,
+            alerts,
+            outbox_backlog,
         }
     }
 

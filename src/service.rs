@@ -7,6 +7,9 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::Route;
+use crate::alert::dispatch::{AlertsConfig, Dispatcher};
+use crate::alert::sink::Sink;
 use crate::config::Config;
 use crate::findings::{SqliteStore, Store};
 use crate::index::Index;
@@ -63,6 +66,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map(|auth| PushVerifier::new(auth).map(Arc::new))
         .transpose()
         .context("push authentication")?;
+    let mut dispatchers = vec![Dispatcher {
+        name: AlertsConfig::LOG_SINK.into(),
+        sink: Sink::Log,
+        route: Route::default(),
+        store: store.clone(),
+        index: index.clone(),
+        metrics: metrics.clone(),
+        timing: config.alerts.clone(),
+    }];
+    for sink in &config.alerts.sinks {
+        dispatchers.push(Dispatcher {
+            name: sink.name.clone(),
+            sink: Sink::from_config(sink, config.alerts.timeout, |var| std::env::var(var).ok())
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+            route: sink.route(),
+            store: store.clone(),
+            index: index.clone(),
+            metrics: metrics.clone(),
+            timing: config.alerts.clone(),
+        });
+    }
     let webhooks =
         Endpoints::from_config(&config.webhooks.by_kind(), |var| std::env::var(var).ok())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
@@ -85,6 +110,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(listen = %listener.local_addr()?, "serving HTTP");
 
     let pull = pull.map(|pull| tokio::spawn(pull.run(pipeline.handler(), shutdown.clone())));
+    // Alerts stop last, after every source, so that what the last events
+    // recorded is still sent.
+    let alerts_stop = CancellationToken::new();
+    let alerts = dispatchers
+        .into_iter()
+        .map(|d| tokio::spawn(d.run(alerts_stop.clone())))
+        .collect::<Vec<_>>();
 
     let app = router(
         state,
@@ -98,6 +130,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some(pull) = pull {
         let stats = pull.await.context("pull source task")??;
         tracing::info!(?stats, "pull source stopped");
+    }
+    alerts_stop.cancel();
+    for task in alerts {
+        task.await.context("alert dispatcher task")?;
     }
     tracing::info!("stopped");
     Ok(())

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq;
 use crate::event::Source;
 use crate::pipeline::Delivery;
 use crate::reference::RegistryPrefix;
-use crate::sources::distribution;
+use crate::sources::{acr, distribution, ecr, harbor};
 
 /// One webhook request, parsed.
 #[derive(Debug, Default)]
@@ -129,9 +129,9 @@ impl WebhookKind {
                 "webhook endpoint {} has no registry configured",
                 endpoint.name
             ))),
-            (WebhookKind::Harbor | WebhookKind::Ecr | WebhookKind::Acr, _) => Err(Rejected(
-                format!("{} webhooks are not supported yet", self.as_str()),
-            )),
+            (WebhookKind::Harbor, registry) => harbor::parse(body, registry.as_ref()),
+            (WebhookKind::Ecr, registry) => ecr::parse(body, registry.as_ref()),
+            (WebhookKind::Acr, registry) => acr::parse(body, registry.as_ref()),
         }
     }
 }

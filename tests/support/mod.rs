@@ -2,8 +2,10 @@
 //! different subset, hence the allowance for unused items.
 #![allow(dead_code)]
 
+pub mod alertmanager;
 pub mod oci;
 pub mod pubsub;
+pub mod receiver;
 pub mod registry;
 pub mod service;
 pub mod token;

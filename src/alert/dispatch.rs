@@ -1,0 +1,297 @@
+//! Drives one sink from the findings outbox: claim → hold briefly to gather
+//! the same fact from other regions → send → mark delivered, or mark failed
+//! with a backoff and try again. The store's claim lease is the crash
+//! guard: a claimed finding that is never marked becomes claimable again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use super::sink::{Sink, SinkConfig};
+use super::{Alert, AlertStatus, FactKey, Route, group};
+use crate::findings::{Finding, FindingId, Store, StoreError};
+use crate::index::Index;
+use crate::metrics::{AlertLabels, Metrics, SinkLabels};
+
+/// The `alerts` section: the sinks, and timing shared by all of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Sinks besides the structured log, which is always on.
+    pub sinks: Vec<SinkConfig>,
+    /// How often the outbox is read.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long a new fact is held for its copies in other registries to
+    /// arrive, so that they make one alert.
+    #[serde(with = "humantime_serde")]
+    pub group_wait: Duration,
+    /// A fact seen again within this time after its alert updates that
+    /// alert (same id, every place so far) instead of raising a new one.
+    #[serde(with = "humantime_serde")]
+    pub repeat_window: Duration,
+    /// First retry delay after a failed delivery; doubles up to `backoff_max`.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Timeout of one delivery.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            sinks: Vec::new(),
+            poll_interval: Duration::from_secs(1),
+            group_wait: Duration::from_secs(10),
+            repeat_window: Duration::from_secs(3600),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// The name of the always-on structured-log sink.
+    pub const LOG_SINK: &str = "log";
+
+    /// Checks what deserialising cannot: names are unique and not `log`,
+    /// and a held finding's claim cannot expire while it waits.
+    pub fn validate(&self, claim_lease: Duration) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.sinks {
+            if sink.name.is_empty() || sink.name == Self::LOG_SINK {
+                return Err(format!(
+                    "alerts.sinks: name {:?} is reserved or empty",
+                    sink.name
+                ));
+            }
+            if !names.insert(&sink.name) {
+                return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
+            }
+        }
+        if self.group_wait + self.timeout >= claim_lease / 2 {
+            return Err(format!(
+                "alerts.group_wait + alerts.timeout must stay under {} s (half the outbox claim lease)",
+                claim_lease.as_secs() / 2
+            ));
+        }
+        if self.poll_interval.is_zero() {
+            return Err("alerts.poll_interval must be more than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Findings claimed per read of the outbox.
+const BATCH: usize = 500;
+
+pub struct Dispatcher {
+    pub name: String,
+    pub sink: Sink,
+    pub route: Route,
+    pub store: Arc<dyn Store>,
+    pub index: Arc<ArcSwap<Index>>,
+    pub metrics: Arc<Metrics>,
+    pub timing: AlertsConfig,
+}
+
+impl Dispatcher {
+    /// Runs until `shutdown`; then sends what it holds once more and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut held: Vec<Finding> = Vec::new();
+        let mut sent: HashMap<FactKey, Alert> = HashMap::new();
+        loop {
+            let stopping = shutdown.is_cancelled();
+            if !stopping {
+                self.claim_into(&mut held).await;
+            }
+            held = self.send_due(held, &mut sent, stopping).await;
+            let now = now_ms();
+            let window = self.timing.repeat_window.as_millis() as i64;
+            sent.retain(|_, alert| now - alert.first_seen_ms < window);
+            self.observe_backlog().await;
+            if stopping {
+                return;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(self.timing.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn claim_into(&self, held: &mut Vec<Finding>) {
+        let name = self.name.clone();
+        let claimed = self
+            .blocking(move |s| s.claim_undelivered(&name, BATCH, now_ms()))
+            .await;
+        match claimed {
+            Ok(claimed) => {
+                for finding in claimed {
+                    if self.route.matches(finding.verdict) {
+                        held.push(finding);
+                    } else {
+                        // Not this sink's: nothing is owed.
+                        self.mark(finding.id, None).await;
+                    }
+                }
+            }
+            Err(e) => tracing::error!(sink = self.name, error = %e, "cannot read the outbox"),
+        }
+    }
+
+    /// Sends every fact whose oldest finding has waited `group_wait` (all of
+    /// them when stopping); returns the findings still held.
+    async fn send_due(
+        &self,
+        held: Vec<Finding>,
+        sent: &mut HashMap<FactKey, Alert>,
+        stopping: bool,
+    ) -> Vec<Finding> {
+        let index = self.index.load_full();
+        let now = now_ms();
+        let wait = self.timing.group_wait.as_millis() as i64;
+        let mut keep: Vec<FindingId> = Vec::new();
+        for (key, members) in group(&held, &index) {
+            let oldest = members.iter().map(|f| f.created_at_ms).min().unwrap_or(now);
+            if !stopping && now - oldest < wait {
+                keep.extend(members.iter().map(|f| f.id));
+                continue;
+            }
+            let alert = match sent.get(&key) {
+                Some(previous) => {
+                    previous.updated_with(&Alert::of(&key, &members, AlertStatus::Updated))
+                }
+                None => Alert::of(&key, &members, AlertStatus::New),
+            };
+            let outcome = self.sink.send(&alert).await;
+            let labels = AlertLabels {
+                sink: self.name.clone(),
+                outcome: if outcome.is_ok() {
+                    "delivered"
+                } else {
+                    "failed"
+                },
+            };
+            self.metrics.alerts.get_or_create(&labels).inc();
+            match outcome {
+                Ok(()) => {
+                    for f in &members {
+                        self.mark(f.id, None).await;
+                    }
+                    sent.insert(key, alert);
+                }
+                Err(e) => {
+                    tracing::warn!(sink = self.name, alert_id = alert.alert_id, error = %e,
+                        "alert not delivered; will retry");
+                    // One retry time for the whole fact, so that it comes
+                    // back as one group.
+                    let tries = members.iter().map(|f| attempts(f)).max().unwrap_or(1);
+                    let retry_at = now + self.backoff(tries).as_millis() as i64;
+                    for f in &members {
+                        self.mark(f.id, Some((e.to_string(), retry_at))).await;
+                    }
+                }
+            }
+        }
+        held.into_iter().filter(|f| keep.contains(&f.id)).collect()
+    }
+
+    /// Delivered (`failure` None) or failed until `retry_at`. A store error
+    /// here is logged: the claim lease makes the finding claimable again, so
+    /// the worst case is one repeated alert, never a lost one.
+    async fn mark(&self, id: FindingId, failure: Option<(String, i64)>) {
+        let name = self.name.clone();
+        let result = self
+            .blocking(move |s| match &failure {
+                None => s.mark_delivered(&name, id, now_ms()),
+                Some((error, retry_at)) => s.mark_failed(&name, id, error, *retry_at),
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(sink = self.name, finding = id.0, error = %e, "cannot mark the outbox");
+        }
+    }
+
+    async fn observe_backlog(&self) {
+        let counts = self.blocking(|s| s.counts()).await;
+        if let Ok(counts) = counts {
+            let backlog = counts
+                .undelivered_by_sink
+                .iter()
+                .find(|(sink, _)| *sink == self.name)
+                .map_or(0, |(_, n)| *n);
+            self.metrics
+                .outbox_backlog
+                .get_or_create(&SinkLabels {
+                    sink: self.name.clone(),
+                })
+                .set(backlog as i64);
+        }
+    }
+
+    /// Exponential, with jitter so that many failed findings do not retry
+    /// in lockstep.
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exp = self
+            .timing
+            .backoff_base
+            .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(20)));
+        let capped = exp.min(self.timing.backoff_max);
+        capped.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&*store)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(join) => Err(format!("store call failed: {join}")),
+        }
+    }
+}
+
+fn attempts(f: &Finding) -> u32 {
+    f.deliveries.first().map_or(1, |d| d.attempts)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Alert {
+    /// This alert, seen again: every place, event and finding so far.
+    fn updated_with(&self, newer: &Alert) -> Alert {
+        let mut merged = newer.clone();
+        let mut repositories = self.repositories.clone();
+        repositories.extend(newer.repositories.iter().cloned());
+        repositories.sort();
+        repositories.dedup();
+        merged.repositories = repositories;
+        merged.events = self.events.iter().chain(&newer.events).cloned().collect();
+        merged.finding_ids = self
+            .finding_ids
+            .iter()
+            .chain(&newer.finding_ids)
+            .copied()
+            .collect();
+        merged.first_seen_ms = self.first_seen_ms.min(newer.first_seen_ms);
+        merged.evidence = self.evidence.clone();
+        merged.reason = self.reason.clone();
+        merged.status = AlertStatus::Updated;
+        merged.summary = merged.summary_text();
+        merged
+    }
+}

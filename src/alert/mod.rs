@@ -1,0 +1,246 @@
+//! Alerts: findings from the outbox, grouped into facts and delivered to
+//! sinks (DESIGN §8). `mod.rs` is the pure part — what an alert is, which
+//! findings are one fact, routing — `sink` delivers, `dispatch` drives the
+//! outbox.
+//!
+//! One fact seen in many places (k8s.io promotes every image to ~25
+//! regional registries, so one unpromoted push is ~25 events) is one alert
+//! listing every repository it was seen at.
+
+pub mod dispatch;
+pub mod sink;
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::audit::VerdictKind;
+use crate::findings::{Finding, FindingId};
+use crate::index::Index;
+use crate::reference::Repository;
+
+/// How urgently a person must look; a routing key and an Alertmanager label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    /// Content nobody promoted, or promised content changed or gone, is
+    /// critical: that is what the auditor exists to catch. The rest needs a
+    /// look but is likely a mistake or an outage (a tag nobody listed, a
+    /// digest in the wrong region, an event that could not be read).
+    pub fn of(verdict: VerdictKind) -> Severity {
+        use VerdictKind::*;
+        match verdict {
+            Unpromoted | UnpromotedAttachment | TagMoved | Deleted => Severity::Critical,
+            _ => Severity::Warning,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What makes two findings the same fact: the verdict, the content and the
+/// image as promoted — not the regional registry it was seen at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FactKey {
+    pub verdict: VerdictKind,
+    pub digest: Option<String>,
+    pub tag: Option<String>,
+    /// The repository below its destination prefix (`etcd` for
+    /// `…/k8s-artifacts-prod/images/etcd`); the whole repository when no
+    /// destination claims it; the event id when there is no repository
+    /// (malformed events are never merged).
+    pub image: String,
+}
+
+impl FactKey {
+    pub fn of(finding: &Finding, index: &Index) -> FactKey {
+        let image = match &finding.repository {
+            Some(repo) => image_name(repo, index),
+            None => format!("event {}", finding.event_id),
+        };
+        FactKey {
+            verdict: finding.verdict,
+            digest: finding.digest.as_ref().map(ToString::to_string),
+            tag: finding.tag.as_ref().map(|t| t.as_str().to_owned()),
+            image,
+        }
+    }
+
+    /// A stable id for the fact: the same across updates, restarts and sinks.
+    pub fn alert_id(&self) -> String {
+        let text = format!(
+            "{}\n{}\n{}\n{}",
+            self.verdict.as_str(),
+            self.digest.as_deref().unwrap_or_default(),
+            self.tag.as_deref().unwrap_or_default(),
+            self.image
+        );
+        let digest = crate::reference::Digest::sha256_of(text.as_bytes()).to_string();
+        digest["sha256:".len().."sha256:".len() + 16].to_owned()
+    }
+}
+
+/// The image name below the longest destination prefix that claims `repo`.
+fn image_name(repo: &Repository, index: &Index) -> String {
+    index
+        .image_path(repo)
+        .map_or_else(|| repo.to_string(), str::to_owned)
+}
+
+/// One alert: a fact, where it was seen and why it matters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    /// `image-auditor.alert.v1`: the documented webhook schema.
+    pub schema: &'static str,
+    pub alert_id: String,
+    /// `new`, or `updated` when the fact was alerted within the repeat
+    /// window and has been seen again (the alert lists every place so far).
+    pub status: AlertStatus,
+    pub verdict: VerdictKind,
+    pub severity: Severity,
+    pub summary: String,
+    pub image: String,
+    pub digest: Option<String>,
+    pub tag: Option<String>,
+    /// Every repository the fact was seen at, sorted.
+    pub repositories: Vec<String>,
+    /// The events behind it.
+    pub events: Vec<AlertEvent>,
+    /// The auditor's reason for the first finding.
+    pub reason: String,
+    /// The matching manifest entries (file, line, image, tags, parent), or
+    /// the text `not in any manifest`.
+    pub evidence: Value,
+    pub manifest_commit: Option<String>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub finding_ids: Vec<FindingId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    New,
+    Updated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertEvent {
+    pub source: &'static str,
+    pub id: String,
+    pub repository: Option<String>,
+    pub received_at_ms: i64,
+}
+
+impl Alert {
+    /// The alert for findings that share `key` (at least one).
+    pub fn of(key: &FactKey, findings: &[&Finding], status: AlertStatus) -> Alert {
+        let first = findings[0];
+        let repositories: BTreeSet<String> = findings
+            .iter()
+            .filter_map(|f| f.repository.as_ref().map(ToString::to_string))
+            .collect();
+        let evidence = match &first.evidence {
+            Value::Array(a) if a.is_empty() => Value::String("not in any manifest".into()),
+            Value::Null => Value::String("not in any manifest".into()),
+            other => other.clone(),
+        };
+        let mut alert = Alert {
+            schema: "image-auditor.alert.v1",
+            alert_id: key.alert_id(),
+            status,
+            verdict: key.verdict,
+            severity: Severity::of(key.verdict),
+            summary: String::new(),
+            image: key.image.clone(),
+            digest: key.digest.clone(),
+            tag: key.tag.clone(),
+            repositories: repositories.into_iter().collect(),
+            events: findings
+                .iter()
+                .map(|f| AlertEvent {
+                    source: f.source.as_str(),
+                    id: f.event_id.0.clone(),
+                    repository: f.repository.as_ref().map(ToString::to_string),
+                    received_at_ms: f.received_at_ms,
+                })
+                .collect(),
+            reason: first.reason.clone(),
+            evidence,
+            manifest_commit: findings
+                .iter()
+                .rev()
+                .find_map(|f| f.manifest_commit.clone()),
+            first_seen_ms: findings.iter().map(|f| f.received_at_ms).min().unwrap_or(0),
+            last_seen_ms: findings.iter().map(|f| f.received_at_ms).max().unwrap_or(0),
+            finding_ids: findings.iter().map(|f| f.id).collect(),
+        };
+        alert.summary = alert.summary_text();
+        alert
+    }
+
+    /// `unpromoted: etcd:3.5@sha256:4ad90a11b553 in 25 repositories`.
+    pub fn summary_text(&self) -> String {
+        let what = match (&self.digest, &self.tag) {
+            (Some(d), Some(t)) => format!("{}:{t}@{}", self.image, short(d)),
+            (Some(d), None) => format!("{}@{}", self.image, short(d)),
+            (None, Some(t)) => format!("{}:{t}", self.image),
+            (None, None) => self.image.clone(),
+        };
+        let places = self.repositories.len();
+        format!(
+            "{}: {what} in {places} {}",
+            self.verdict.as_str(),
+            if places == 1 {
+                "repository"
+            } else {
+                "repositories"
+            }
+        )
+    }
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..19).unwrap_or(digest)
+}
+
+/// Which findings a sink is for (`verdicts` and `min_severity` of a sink's
+/// configuration); empty means every verdict.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    pub verdicts: Vec<VerdictKind>,
+    pub min_severity: Option<Severity>,
+}
+
+impl Route {
+    pub fn matches(&self, verdict: VerdictKind) -> bool {
+        (self.verdicts.is_empty() || self.verdicts.contains(&verdict))
+            && self
+                .min_severity
+                .is_none_or(|min| Severity::of(verdict) >= min)
+    }
+}
+
+/// Groups findings into facts, in order of first appearance.
+pub fn group<'a>(findings: &'a [Finding], index: &Index) -> Vec<(FactKey, Vec<&'a Finding>)> {
+    let mut groups: Vec<(FactKey, Vec<&Finding>)> = Vec::new();
+    for f in findings {
+        let key = FactKey::of(f, index);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(f),
+            None => groups.push((key, vec![f])),
+        }
+    }
+    groups
+}

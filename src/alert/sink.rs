@@ -1,0 +1,426 @@
+//! Where alerts go. Each sink only delivers: an `Ok` means the receiver
+//! acknowledged the alert (2xx, or a published message id), an `Err` that it
+//! must be tried again later.
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Alert, AlertStatus, Route};
+use crate::pubsub::Target;
+
+/// One configured sink (`alerts.sinks[]`): a name, exactly one kind, and
+/// which findings it is for.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Names the sink in metrics, the findings store and logs. Renaming a
+    /// sink makes it a new one, owed every finding again.
+    pub name: String,
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
+    #[serde(default)]
+    pub slack: Option<SlackConfig>,
+    #[serde(default)]
+    pub alertmanager: Option<AlertmanagerConfig>,
+    #[serde(default)]
+    pub pubsub: Option<PubsubSinkConfig>,
+    #[serde(default)]
+    pub verdicts: Vec<crate::audit::VerdictKind>,
+    #[serde(default)]
+    pub min_severity: Option<super::Severity>,
+}
+
+impl SinkConfig {
+    pub fn route(&self) -> Route {
+        Route {
+            verdicts: self.verdicts.clone(),
+            min_severity: self.min_severity,
+        }
+    }
+}
+
+// Configurations get logged; secrets and webhook URLs (Slack's URL is
+// its secret) must not be.
+impl fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match (&self.webhook, &self.slack, &self.alertmanager, &self.pubsub) {
+            (Some(_), ..) => "webhook",
+            (_, Some(_), ..) => "slack",
+            (_, _, Some(_), _) => "alertmanager",
+            (.., Some(_)) => "pubsub",
+            _ => "none",
+        };
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("kind", &kind)
+            .field("verdicts", &self.verdicts)
+            .field("min_severity", &self.min_severity)
+            .finish()
+    }
+}
+
+/// A generic JSON webhook: the [`Alert`] as the body.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// HMAC-SHA256 key; when set, requests carry `X-Image-Auditor-Timestamp`
+    /// and `X-Image-Auditor-Signature: v1=<hex of HMAC(timestamp "." body)>`.
+    #[serde(default)]
+    pub hmac_secret: Option<String>,
+    #[serde(default)]
+    pub hmac_secret_env: Option<String>,
+}
+
+/// A Slack-compatible incoming webhook (`{"text": …}`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackConfig {
+    #[serde(default)]
+    pub url: Option<String>,
+    /// An environment variable holding the URL (it is the secret).
+    #[serde(default)]
+    pub url_env: Option<String>,
+}
+
+/// Alertmanager's v2 API (`POST <url>/api/v2/alerts`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// Base URL, e.g. `http://alertmanager:9093`.
+    pub url: String,
+    /// `endsAt` of each alert: how long Alertmanager shows it after the
+    /// last update. Default `24h`.
+    #[serde(default = "default_resolve_after", with = "humantime_serde")]
+    pub resolve_after: Duration,
+    /// Link back to the auditor in `generatorURL`, e.g. its external URL.
+    #[serde(default)]
+    pub generator_url: Option<String>,
+}
+
+fn default_resolve_after() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// A Pub/Sub topic: the [`Alert`] JSON as data, with `alert_id`,
+/// `verdict`, `severity` and `status` attributes.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubsubSinkConfig {
+    pub project: String,
+    pub topic: String,
+    /// `http://host:port` for the emulator; default `PUBSUB_EMULATOR_HOST`,
+    /// else Google.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// A sink ready to deliver.
+pub enum Sink {
+    /// The structured log: always on, never fails.
+    Log,
+    Webhook {
+        http: reqwest::Client,
+        url: String,
+        // Boxed: the key is large next to the other variants.
+        hmac: Option<Box<hmac::Key>>,
+    },
+    Slack {
+        http: reqwest::Client,
+        url: String,
+    },
+    Alertmanager {
+        http: reqwest::Client,
+        url: String,
+        resolve_after: Duration,
+        generator_url: Option<String>,
+    },
+    Pubsub {
+        publisher: google_cloud_pubsub::client::Publisher,
+    },
+}
+
+/// Why a delivery did not happen; the dispatcher retries with backoff.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(pub String);
+
+impl Sink {
+    /// Builds the sink of `config`, reading secrets from `env`. Fails naming
+    /// the option when the configuration cannot work.
+    pub async fn from_config(
+        config: &SinkConfig,
+        timeout: Duration,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Sink, String> {
+        let at = format!("alerts.sinks ({})", config.name);
+        let secret = |value: &Option<String>, var: &Option<String>, what: &str| match (value, var) {
+            (Some(v), None) => Ok(Some(v.clone())),
+            (None, Some(var)) => env(var)
+                .map(Some)
+                .ok_or_else(|| format!("{at}: {what}_env: environment variable {var} is not set")),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => Err(format!("{at}: set {what} or {what}_env, not both")),
+        };
+        let http = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| format!("{at}: HTTP client: {e}"))
+        };
+        let url = |u: &str| {
+            reqwest::Url::parse(u)
+                .map(|_| u.trim_end_matches('/').to_owned())
+                .map_err(|e| format!("{at}: url {u:?}: {e}"))
+        };
+        match (
+            &config.webhook,
+            &config.slack,
+            &config.alertmanager,
+            &config.pubsub,
+        ) {
+            (Some(w), None, None, None) => Ok(Sink::Webhook {
+                http: http()?,
+                url: url(&w.url)?,
+                hmac: secret(&w.hmac_secret, &w.hmac_secret_env, "hmac_secret")?
+                    .map(|k| Box::new(hmac::Key::new(hmac::HMAC_SHA256, k.as_bytes()))),
+            }),
+            (None, Some(s), None, None) => {
+                let Some(u) = secret(&s.url, &s.url_env, "url")? else {
+                    return Err(format!("{at}: slack needs url or url_env"));
+                };
+                Ok(Sink::Slack {
+                    http: http()?,
+                    url: url(&u)?,
+                })
+            }
+            (None, None, Some(a), None) => Ok(Sink::Alertmanager {
+                http: http()?,
+                url: url(&a.url)?,
+                resolve_after: a.resolve_after,
+                generator_url: a.generator_url.clone(),
+            }),
+            (None, None, None, Some(p)) => {
+                let target = Target::resolve(p.endpoint.as_deref())
+                    .map_err(|e| format!("{at}: pubsub.endpoint: {e}"))?;
+                let topic = crate::pubsub::topic_name(&p.project, &p.topic);
+                let publisher = target
+                    .publisher(&topic)
+                    .await
+                    .map_err(|e| format!("{at}: pubsub publisher for {topic}: {e}"))?;
+                Ok(Sink::Pubsub { publisher })
+            }
+            _ => Err(format!(
+                "{at}: set exactly one of webhook, slack, alertmanager, pubsub"
+            )),
+        }
+    }
+
+    pub async fn send(&self, alert: &Alert) -> Result<(), SendError> {
+        match self {
+            Sink::Log => {
+                tracing::warn!(alert_id = alert.alert_id, status = ?alert.status,
+                    verdict = alert.verdict.as_str(), severity = alert.severity.as_str(),
+                    digest = alert.digest, tag = alert.tag, image = alert.image,
+                    repositories = alert.repositories.len(),
+                    events = ?alert.events.iter().map(|e| &e.id).collect::<Vec<_>>(),
+                    reason = alert.reason, "{}", alert.summary);
+                Ok(())
+            }
+            Sink::Webhook { http, url, hmac } => {
+                let body = serde_json::to_vec(alert).map_err(|e| SendError(e.to_string()))?;
+                let mut request = http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-image-auditor-alert-id", &alert.alert_id);
+                if let Some(key) = hmac {
+                    let timestamp = unix_seconds().to_string();
+                    request = request
+                        .header("x-image-auditor-timestamp", &timestamp)
+                        .header(
+                            "x-image-auditor-signature",
+                            signature(key, &timestamp, &body),
+                        );
+                }
+                post(request.body(body), url).await
+            }
+            Sink::Slack { http, url } => {
+                let request = http.post(url).json(&json!({ "text": slack_text(alert) }));
+                post(request, "the Slack webhook").await
+            }
+            Sink::Alertmanager {
+                http,
+                url,
+                resolve_after,
+                generator_url,
+            } => {
+                let endpoint = format!("{url}/api/v2/alerts");
+                let request = http.post(&endpoint).json(&alertmanager_body(
+                    alert,
+                    *resolve_after,
+                    generator_url.as_deref(),
+                ));
+                post(request, &endpoint).await
+            }
+            Sink::Pubsub { publisher } => {
+                let data = serde_json::to_vec(alert).map_err(|e| SendError(e.to_string()))?;
+                let message = google_cloud_pubsub::model::Message::new()
+                    .set_data(data)
+                    .set_attributes([
+                        ("alert_id", alert.alert_id.clone()),
+                        ("verdict", alert.verdict.as_str().to_owned()),
+                        ("severity", alert.severity.as_str().to_owned()),
+                        ("status", status_str(alert.status).to_owned()),
+                    ]);
+                publisher
+                    .publish(message)
+                    .await
+                    .map(drop)
+                    .map_err(|e| SendError(format!("publish: {e}")))
+            }
+        }
+    }
+}
+
+async fn post(request: reqwest::RequestBuilder, what: &str) -> Result<(), SendError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| SendError(format!("POST {what}: {e}")))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body: String = response
+        .text()
+        .await
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect();
+    Err(SendError(format!("POST {what}: {status} {body}")))
+}
+
+/// `v1=<hex HMAC-SHA256(key, timestamp "." body)>`: the timestamp is signed
+/// so a receiver can refuse replays of old deliveries.
+pub fn signature(key: &hmac::Key, timestamp: &str, body: &[u8]) -> String {
+    let mut context = hmac::Context::with_key(key);
+    context.update(timestamp.as_bytes());
+    context.update(b".");
+    context.update(body);
+    format!("v1={}", hex::encode(context.sign().as_ref()))
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn status_str(status: AlertStatus) -> &'static str {
+    match status {
+        AlertStatus::New => "new",
+        AlertStatus::Updated => "updated",
+    }
+}
+
+fn slack_text(alert: &Alert) -> String {
+    let mut text = format!(
+        "*{}* [{}]{}: {}\n{}",
+        alert.verdict.as_str(),
+        alert.severity.as_str(),
+        if alert.status == AlertStatus::Updated {
+            " (update)"
+        } else {
+            ""
+        },
+        alert.summary,
+        alert.reason
+    );
+    text.push_str("\nSeen at:");
+    for repo in alert.repositories.iter().take(30) {
+        text.push_str(&format!("\n• `{repo}`"));
+    }
+    if alert.repositories.len() > 30 {
+        text.push_str(&format!("\n• … and {} more", alert.repositories.len() - 30));
+    }
+    text.push_str(&format!(
+        "\nEvidence: {}\nAlert {}",
+        evidence_text(alert),
+        alert.alert_id
+    ));
+    text
+}
+
+fn evidence_text(alert: &Alert) -> String {
+    match &alert.evidence {
+        serde_json::Value::Array(entries) => entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}:{} ({})",
+                    e["file"].as_str().unwrap_or("?"),
+                    e["line"],
+                    e["image"].as_str().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.as_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// One Alertmanager alert. Labels identify the fact (an update has the same
+/// labels, so Alertmanager updates the alert it has); annotations carry what
+/// the on-call person needs to act.
+pub fn alertmanager_body(
+    alert: &Alert,
+    resolve_after: Duration,
+    generator_url: Option<&str>,
+) -> serde_json::Value {
+    let ends_at = std::time::SystemTime::now() + resolve_after;
+    let mut labels = json!({
+        "alertname": "ImageAuditorFinding",
+        "verdict": alert.verdict.as_str(),
+        "severity": alert.severity.as_str(),
+        "image": alert.image,
+        "alert_id": alert.alert_id,
+    });
+    if let Some(d) = &alert.digest {
+        labels["digest"] = json!(d);
+    }
+    if let Some(t) = &alert.tag {
+        labels["tag"] = json!(t);
+    }
+    let mut body = json!({
+        "labels": labels,
+        "annotations": {
+            "summary": alert.summary,
+            "description": alert.reason,
+            "repositories": alert.repositories.join("\n"),
+            "events": alert.events.iter().map(|e| format!("{} {}", e.source, e.id))
+                .collect::<Vec<_>>().join("\n"),
+            "evidence": evidence_text(alert),
+            "manifest_commit": alert.manifest_commit.clone().unwrap_or_default(),
+        },
+        "startsAt": httpdate_rfc3339(alert.first_seen_ms),
+        "endsAt": rfc3339(ends_at),
+    });
+    if let Some(url) = generator_url {
+        body["generatorURL"] = json!(url);
+    }
+    json!([body])
+}
+
+fn httpdate_rfc3339(unix_ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
+    rfc3339(t)
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,337 @@
+//! Findings reach people: `serve` delivering from its outbox to a real
+//! Alertmanager (through an outage), to receivers that fail a few times
+//! first, and to a Pub/Sub topic on the real emulator; one fact seen in 25
+//! regional registries is one alert naming all 25.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use image_auditor::findings::{SqliteStore, Store};
+use serde_json::{Value, json};
+use support::alertmanager::Alertmanager;
+use support::pubsub::{Fixture, PROJECT};
+use support::receiver::Receiver;
+use support::service::Service;
+
+const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+const HMAC_KEY: &str = "alert-signing-key";
+/// Fast timing for tests: facts are held 1 s for their other regions.
+const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 1s\n  backoff_base: 100ms\n  backoff_max: 500ms\n";
+
+/// One project promoting `app` (A as 1.0) to `regions` destinations
+/// `r<i>.example/prod`.
+fn manifests(dir: &Path, regions: usize) -> PathBuf {
+    let root = dir.join("manifests-root");
+    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
+    std::fs::create_dir_all(root.join("images/demo")).unwrap();
+    let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
+    for i in 0..regions {
+        registries.push_str(&format!("- name: r{i}.example/prod\n"));
+    }
+    std::fs::write(
+        root.join("manifests/demo/promoter-manifest.yaml"),
+        registries,
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("images/demo/images.yaml"),
+        format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
+    )
+    .unwrap();
+    root
+}
+
+/// Pushes one GCR payload through `POST /pubsub/push`; returns once it is
+/// recorded.
+async fn push(service: &Service, id: &str, payload: Value) {
+    let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
+    let body = json!({"message": {"data": data, "messageId": id}});
+    let response = reqwest::Client::new()
+        .post(service.url("/pubsub/push"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "push {id}");
+}
+
+fn unpromoted(region: usize, digest: &str) -> Value {
+    json!({"action": "INSERT", "digest": format!("r{region}.example/prod/app@{digest}")})
+}
+
+async fn wait_until<F, Fut>(what: &str, service: &Service, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn undelivered(service: &Service, sink: &str) -> u64 {
+    let counts = SqliteStore::open(service.findings_db())
+        .unwrap()
+        .counts()
+        .unwrap();
+    let known = counts.undelivered_by_sink.iter().find(|(s, _)| s == sink);
+    // Before a sink's first claim every finding is owed to it.
+    known.map_or(counts.findings, |(_, n)| *n)
+}
+
+async fn metric(service: &Service, line_start: &str) -> f64 {
+    let text = reqwest::get(service.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_once() {
+    let mut am = Alertmanager::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "resolve: false\n{TIMING}  sinks:\n  - name: am\n    alertmanager:\n      url: {}\n",
+        am.url()
+    );
+    let service = Service::start(dir.path(), &manifests(dir.path(), 2), &config).await;
+
+    push(&service, "m1", unpromoted(0, B)).await;
+    push(
+        &service,
+        "m2",
+        json!({"action": "INSERT", "digest": format!("r1.example/prod/app@{A}"),
+               "tag": "r1.example/prod/app:2.0"}),
+    )
+    .await;
+    wait_until("Alertmanager lists both findings", &service, || async {
+        am.alerts().await.len() == 2
+    })
+    .await;
+    let alerts = am.alerts().await;
+    let unpromoted_alert = alerts
+        .iter()
+        .find(|a| a["labels"]["verdict"] == "unpromoted")
+        .expect("the unpromoted finding");
+    let labels = &unpromoted_alert["labels"];
+    assert_eq!(labels["alertname"], "ImageAuditorFinding");
+    assert_eq!(labels["severity"], "critical");
+    assert_eq!(labels["image"], "app");
+    assert_eq!(labels["digest"], B);
+    let annotations = &unpromoted_alert["annotations"];
+    assert_eq!(annotations["repositories"], "r0.example/prod/app");
+    assert!(
+        annotations["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("not in any manifest"),
+        "{annotations}"
+    );
+    assert!(annotations["events"].as_str().unwrap().contains("m1"));
+    let moved = alerts
+        .iter()
+        .find(|a| a["labels"]["verdict"] == "unlisted_tag" || a["labels"]["verdict"] == "tag_moved")
+        .expect("the tag finding");
+    assert!(
+        moved["annotations"]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("images.yaml:3"),
+        "{moved}"
+    );
+
+    // Alertmanager goes down; a finding made meanwhile waits in the outbox.
+    am.stop();
+    push(&service, "m3", unpromoted(1, C)).await;
+    wait_until(
+        "a delivery to the stopped Alertmanager failed",
+        &service,
+        || async {
+            metric(
+                &service,
+                r#"image_auditor_alerts_total{sink="am",outcome="failed"}"#,
+            )
+            .await
+                >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(undelivered(&service, "am"), 1);
+    am.restart();
+    wait_until(
+        "Alertmanager received the finding made while it was down",
+        &service,
+        || async { !am.alerts().await.is_empty() },
+    )
+    .await;
+    wait_until("the outbox is empty", &service, || async {
+        undelivered(&service, "am") == 0
+    })
+    .await;
+    // It came back empty (alerts live in memory): only the new one was
+    // sent again, once; nothing already delivered was repeated.
+    let alerts = am.alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["labels"]["digest"], C);
+    assert_eq!(
+        metric(
+            &service,
+            r#"image_auditor_alerts_total{sink="am",outcome="delivered"}"#
+        )
+        .await,
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_fact_in_25_registries_is_one_signed_alert_through_failing_receivers() {
+    let hook = Receiver::start(2).await;
+    let slack = Receiver::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A longer hold than TIMING's, for 25 pushes to a debug build.
+    let timing = TIMING.replace("group_wait: 1s", "group_wait: 5s");
+    let config = format!(
+        "resolve: false\n{timing}  sinks:\n  - name: hook\n    webhook:\n      url: {}\n      \
+         hmac_secret: {HMAC_KEY}\n  - name: chat\n    slack:\n      url: {}\n",
+        hook.url, slack.url
+    );
+    let service = Service::start(dir.path(), &manifests(dir.path(), 25), &config).await;
+
+    for region in 0..25 {
+        push(&service, &format!("n{region}"), unpromoted(region, B)).await;
+    }
+    wait_until("both sinks delivered", &service, || async {
+        undelivered(&service, "hook") == 0 && undelivered(&service, "chat") == 0
+    })
+    .await;
+
+    // Two failures, then the alert. The 25 findings are held `group_wait`
+    // to arrive together; should some come later, they update the same
+    // alert rather than raise another: one alert id, one `new`, and the
+    // latest message names all 25 places.
+    let requests = hook.requests();
+    let statuses: Vec<u16> = requests.iter().map(|r| r.status).collect();
+    assert_eq!(statuses[..2], [500, 500], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s == 200), "{statuses:?}");
+    let accepted = hook.accepted_json();
+    let first = &accepted[0];
+    assert!(accepted.iter().all(|a| a["alert_id"] == first["alert_id"]));
+    assert_eq!(first["status"], "new");
+    assert!(accepted[1..].iter().all(|a| a["status"] == "updated"));
+    let alert = accepted.last().unwrap().clone();
+    let last = requests.last().unwrap();
+    assert_eq!(alert["schema"], "image-auditor.alert.v1");
+    assert_eq!(alert["verdict"], "unpromoted");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["image"], "app");
+    assert_eq!(alert["digest"], B);
+    assert_eq!(alert["evidence"], "not in any manifest");
+    let mut expected: Vec<String> = (0..25).map(|i| format!("r{i}.example/prod/app")).collect();
+    expected.sort();
+    assert_eq!(alert["repositories"], json!(expected));
+    assert_eq!(alert["events"].as_array().unwrap().len(), 25);
+    assert_eq!(
+        alert["summary"],
+        format!("unpromoted: app@{} in 25 repositories", &B[..19])
+    );
+    // The signature verifies with the shared key over "timestamp.body".
+    let headers = &last.headers;
+    let timestamp = headers["x-image-auditor-timestamp"].to_str().unwrap();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, HMAC_KEY.as_bytes());
+    let signed = [timestamp.as_bytes(), b".", &last.body].concat();
+    let expected_signature = format!("v1={}", hex::encode(aws_lc_rs::hmac::sign(&key, &signed)));
+    assert_eq!(
+        headers["x-image-auditor-signature"],
+        expected_signature.as_str()
+    );
+
+    let chat = slack.accepted_json();
+    assert_eq!(slack.requests()[0].status, 500, "one failure first");
+    assert_eq!(chat.len(), accepted.len(), "the same alerts as the webhook");
+    let text = chat.last().unwrap()["text"].as_str().unwrap();
+    assert!(text.contains("*unpromoted* [critical]"), "{text}");
+    assert!(text.contains("`r24.example/prod/app`"), "{text}");
+
+    // The same fact again within the repeat window: an update of the same
+    // alert, not a new one.
+    push(&service, "n25", unpromoted(3, B)).await;
+    wait_until("the update was delivered", &service, || async {
+        hook.accepted_json().len() == accepted.len() + 1
+    })
+    .await;
+    let update = hook.accepted_json().last().unwrap().clone();
+    assert_eq!(update["status"], "updated");
+    assert_eq!(update["alert_id"], alert["alert_id"]);
+    assert_eq!(update["repositories"].as_array().unwrap().len(), 25);
+    assert_eq!(update["events"].as_array().unwrap().len(), 26);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pubsub_topic_receives_the_alert_with_routing_attributes() {
+    let fixture = Fixture::new("alerts-sink").await;
+    let topic = fixture.topic.rsplit('/').next().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "resolve: false\n{TIMING}  sinks:\n  - name: topic\n    pubsub:\n      project: {PROJECT}\n      \
+         topic: {topic}\n      endpoint: {}\n    min_severity: critical\n",
+        fixture.endpoint
+    );
+    let service = Service::start(dir.path(), &manifests(dir.path(), 1), &config).await;
+    // A warning (unlisted tag) the route leaves out, then a critical one.
+    push(
+        &service,
+        "w1",
+        json!({"action": "INSERT", "digest": format!("r0.example/prod/app@{A}"),
+               "tag": "r0.example/prod/app:nightly"}),
+    )
+    .await;
+    push(&service, "c1", unpromoted(0, B)).await;
+
+    let subscriber = fixture.target.subscriber().await.unwrap();
+    let mut stream = subscriber
+        .subscribe(fixture.pull_config().subscription_name())
+        .build();
+    let (message, ack) = tokio::time::timeout(Duration::from_secs(60), stream.next())
+        .await
+        .expect("an alert message within a minute")
+        .unwrap()
+        .unwrap();
+    ack.ack();
+    let attributes = &message.attributes;
+    assert_eq!(attributes["verdict"], "unpromoted");
+    assert_eq!(attributes["severity"], "critical");
+    assert_eq!(attributes["status"], "new");
+    let alert: Value = serde_json::from_slice(&message.data).unwrap();
+    assert_eq!(alert["alert_id"], attributes["alert_id"].as_str());
+    assert_eq!(alert["events"][0]["id"], "c1");
+    wait_until("the outbox is empty", &service, || async {
+        undelivered(&service, "topic") == 0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &service,
+            r#"image_auditor_alerts_total{sink="topic",outcome="delivered"}"#
+        )
+        .await,
+        1.0,
+        "the warning was routed away, not sent"
+    );
+}
