@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs every system package the test suite needs (Debian). Idempotent:
+# Installs every system package the test suite needs (Debian; prometheus
+# provides promtool for tests/deploy.rs). Idempotent:
 # skips apt entirely when everything is already there.
 set -euo pipefail
 
-packages=(docker-registry skopeo openssl)
+packages=(docker-registry skopeo openssl prometheus prometheus-alertmanager)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
