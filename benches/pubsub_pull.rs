@@ -136,7 +136,7 @@ fn pipeline_handler(data: &std::path::Path) -> Handler {
         None,
         store,
         Policy::default(),
-        Arc::new(Metrics::new()),
+        Arc::new(Metrics::default()),
         Duration::from_secs(3600),
     ));
     pipeline.handler()

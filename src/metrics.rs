@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -65,17 +69,24 @@ pub struct Metrics {
     pub webhook_ignored: Family<IgnoredLabels, Counter>,
     pub alerts: Family<AlertLabels, Counter>,
     pub outbox_backlog: Family<SinkLabels, Gauge>,
+    pub manifest_load_failures: Counter,
+    pub index_last_load_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The process's metrics; `registry_client`'s request and cache
+    /// counters are read at each scrape.
+    pub fn new(registry_client: Option<crate::registry::RegistryClient>) -> Self {
         let mut registry = Registry::with_prefix("image_auditor");
+        if let Some(client) = registry_client {
+            registry.register_collector(Box::new(RegistryStats(client)));
+        }
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events",
@@ -173,6 +184,18 @@ impl Metrics {
             "Findings not yet delivered, per sink",
             outbox_backlog.clone(),
         );
+        let manifest_load_failures = Counter::default();
+        registry.register(
+            "manifest_load_failures",
+            "Manifests (projects) left out of a load because they failed validation",
+            manifest_load_failures.clone(),
+        );
+        let index_last_load_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "index_last_load_timestamp_seconds",
+            "Unix time the live index was built from the manifests",
+            index_last_load_seconds.clone(),
+        );
         Self {
             registry,
             events,
@@ -191,6 +214,8 @@ impl Metrics {
             webhook_ignored,
             alerts,
             outbox_backlog,
+            manifest_load_failures,
+            index_last_load_seconds,
         }
     }
 
@@ -216,5 +241,63 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The registry client's own counters, as Prometheus counters.
+struct RegistryStats(crate::registry::RegistryClient);
+
+impl std::fmt::Debug for RegistryStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegistryStats")
+    }
+}
+
+impl Collector for RegistryStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        // Summed over request kinds (manifest, token): by host and outcome.
+        let mut requests: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for ((host, _kind, outcome), n) in &stats.requests {
+            *requests
+                .entry((host.clone(), outcome.as_str()))
+                .or_default() += n;
+        }
+        let mut family = encoder.encode_descriptor(
+            "registry_requests",
+            "Registry requests by host and outcome",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for ((host, outcome), n) in &requests {
+            let labels = [("host", host.as_str()), ("outcome", *outcome)];
+            ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+        }
+        for (name, help, value) in [
+            (
+                "cache_hits",
+                "Manifests read from the verified cache",
+                stats.cache_hits,
+            ),
+            (
+                "cache_misses",
+                "Manifests not in the cache",
+                stats.cache_misses,
+            ),
+            (
+                "cache_corruptions",
+                "Cache files that failed verification and were deleted",
+                stats.cache_corruptions,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        Ok(())
     }
 }

@@ -32,20 +32,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::error!(file = %problem.file.display(), line = problem.line, project = problem.project,
             severity = ?problem.severity, "{}", problem.message);
     }
-    let metrics = Arc::new(Metrics::new());
     let db = config.findings_db();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db)
             .with_context(|| format!("opening findings store {}", db.display()))?,
     );
-    let resolver = if config.resolve {
-        let client = RegistryClient::new(config.registry.clone()).context("registry client")?;
-        Some(Arc::new(Resolver::new(client)))
-    } else {
-        None
-    };
+    let client = config
+        .resolve
+        .then(|| RegistryClient::new(config.registry.clone()).context("registry client"))
+        .transpose()?;
+    let metrics = Arc::new(Metrics::new(client.clone()));
+    let resolver = client.map(|client| Arc::new(Resolver::new(client)));
     let index = Index::build(&set, 1);
     metrics.observe_index(&index);
+    metrics.index_last_load_seconds.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    metrics
+        .manifest_load_failures
+        .inc_by(index.stats().excluded_projects as u64);
     tracing::info!(manifests = %config.manifests.display(), stats = ?index.stats(), "index loaded");
     let index = Arc::new(ArcSwap::from_pointee(index));
 

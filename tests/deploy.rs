@@ -7,6 +7,8 @@
 //! Needs `promtool` (Debian package `prometheus`, installed by
 //! `scripts/install-test-deps.sh`); without it the promtool tests fail.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -867,4 +869,168 @@ fn install_script_installs_promtool_and_amtool() {
         .collect();
     assert!(packages.contains("prometheus"), "{line}");
     assert!(packages.contains("prometheus-alertmanager"), "{line}");
+}
+
+/// The running service exports every metric of the contract (so no alert
+/// or panel watches a name that is never written), and a real Prometheus
+/// scrapes and stores them. Against a real registry, so that the
+/// registry and cache counters carry samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
+    use support::oci::Layout;
+    use support::registry::{Auth, Push, Registry, skopeo_push};
+
+    let registry = Registry::start(Auth::Anonymous);
+    let host = registry.host.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut layout = Layout::create(&dir.path().join("layout"));
+    let amd64 = layout.image("amd64");
+    let index = layout.index(&[(&amd64, Some(("linux", "amd64")))]);
+    layout.tag(&index, "1.0");
+    skopeo_push(&layout.dir, "1.0", &host, "staging/app", Push::default());
+    let root = dir.path().join("manifests-root");
+    for project in ["demo", "broken"] {
+        std::fs::create_dir_all(root.join("manifests").join(project)).unwrap();
+        std::fs::create_dir_all(root.join("images").join(project)).unwrap();
+        std::fs::write(
+            root.join("manifests")
+                .join(project)
+                .join("promoter-manifest.yaml"),
+            format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/{project}\n"),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        root.join("images/demo/images.yaml"),
+        format!(
+            "- name: app\n  dmap:\n    \"{}\": [\"1.0\"]\n",
+            index.digest
+        ),
+    )
+    .unwrap();
+    // A project with an error is left out: pushes to it are undecided.
+    std::fs::write(
+        root.join("images/broken/images.yaml"),
+        "- name: app\n  dmap: {\"sha256:1\": []}\n",
+    )
+    .unwrap();
+    let token = "metrics-test-token-0123456789";
+    let config = format!(
+        "registry:\n  insecure_http_hosts: [\"{host}\"]\n\
+         webhooks:\n  distribution:\n  - name: local\n    registry: \"{host}\"\n    token: {token}\n\
+         alerts:\n  poll_interval: 100ms\n  group_wait: 100ms\n  sinks:\n  - name: hook\n    \
+         webhook:\n      url: http://127.0.0.1:9/unreachable\n"
+    );
+    let service = support::service::Service::start(dir.path(), &root, &config).await;
+    let push = |id: &'static str, repository: String, digest: String| {
+        let payload = json!({"action": "INSERT", "digest": format!("{repository}@{digest}")});
+        let data = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            payload.to_string(),
+        );
+        reqwest::Client::new()
+            .post(service.url("/pubsub/push"))
+            .json(&json!({"message": {"data": data, "messageId": id}}))
+            .send()
+    };
+    let unknown = format!("sha256:{}", "e".repeat(64));
+    // A child resolved through the registry, an unpromoted digest (a
+    // finding, so alerts and the outbox move), its resend (a duplicate),
+    // and a push to the broken project (undecided: retried).
+    for (id, repository, digest, status) in [
+        (
+            "m1",
+            format!("{host}/demo/app"),
+            amd64.digest.to_string(),
+            200,
+        ),
+        ("m2", format!("{host}/demo/app"), unknown.clone(), 200),
+        ("m2", format!("{host}/demo/app"), unknown.clone(), 200),
+        ("m3", format!("{host}/broken/app"), unknown.clone(), 503),
+    ] {
+        let response = push(id, repository, digest).await.unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            status,
+            "{id}: {}",
+            service.log()
+        );
+    }
+    // A distribution notification of a blob: accepted, ignored.
+    let response = reqwest::Client::new()
+        .post(service.url("/webhooks/distribution"))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/vnd.docker.distribution.events.v1+json")
+        .body(json!({"events": [{"id": "b1", "action": "push", "target": {
+            "mediaType": "application/octet-stream", "digest": unknown, "repository": "demo/app"}}]})
+            .to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // The unreachable sink fails, and its backlog is reported.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = reqwest::get(service.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(r#"image_auditor_alerts_total{sink="hook",outcome="failed"}"#)
+            && text.contains(r#"image_auditor_outbox_backlog{sink="hook"} 1"#)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed alert:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = reqwest::get(service.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let declared: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for name in METRICS {
+        // OpenMetrics declares counters without `_total`.
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(
+            declared.contains(family),
+            "{name} is in the contract but serve does not export it:\n{text}"
+        );
+    }
+    for sample in [
+        format!("image_auditor_registry_requests_total{{host=\"{host}\",outcome=\"ok\"}}"),
+        "image_auditor_cache_misses_total ".to_string(),
+        "image_auditor_events_total{source=\"pubsub_push\",action=\"insert\",verdict=\"promoted_child\"} 1".to_string(),
+        "image_auditor_manifest_load_failures_total 1".to_string(),
+        "image_auditor_webhook_ignored_events_total{source=\"distribution\",reason=\"blob\"} 1".to_string(),
+        "image_auditor_duplicate_deliveries_total{source=\"pubsub_push\"} 1".to_string(),
+    ] {
+        assert!(text.contains(&sample), "no {sample} in\n{text}");
+    }
+    // What Prometheus itself makes of the exposition (OpenMetrics, which
+    // `promtool check metrics` cannot lint: it expects the classic format).
+    let prometheus = support::prometheus::Prometheus::start(service.port);
+    for (query, value) in [
+        ("up{job=\"image-auditor\"}", "1"),
+        (
+            "image_auditor_events_total{verdict=\"promoted_child\"}",
+            "1",
+        ),
+        ("image_auditor_manifest_load_failures_total", "1"),
+        // m1, m2, its duplicate and the undecided m3 (webhook blobs are no delivery).
+        ("sum(image_auditor_processing_seconds_count)", "4"),
+        ("image_auditor_outbox_backlog{sink=\"hook\"}", "1"),
+    ] {
+        assert_eq!(prometheus.query_until(query, value).await, value, "{query}");
+    }
 }

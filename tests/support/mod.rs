@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod oci;
+pub mod prometheus;
 pub mod pubsub;
 pub mod receiver;
 pub mod registry;
