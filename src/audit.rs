@@ -63,6 +63,16 @@ impl VerdictKind {
         VerdictKind::Unverifiable,
     ];
 
+    /// Whether a manifest merged after the index was built could overturn
+    /// this verdict: what is refreshed before it becomes a finding.
+    pub fn may_be_a_late_promotion(self) -> bool {
+        use VerdictKind::*;
+        matches!(
+            self,
+            Unpromoted | TagMoved | UnlistedTag | WrongRepository | UnpromotedAttachment
+        )
+    }
+
     /// Whether this verdict needs a human (becomes a finding and an alert).
     pub fn alerts(self) -> bool {
         use VerdictKind::*;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::alert::dispatch::AlertsConfig;
 use crate::audit::Policy;
+use crate::manifest::source::{GitConfig, ManifestSource};
 use crate::registry::RegistryConfig;
 use crate::sources::pubsub_pull::PullConfig;
 use crate::sources::push_auth::PushAuthConfig;
@@ -21,8 +22,13 @@ pub const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Promotion manifests: a thin-layout root, a plain manifest file, or a
-    /// directory of plain manifests.
+    /// directory of plain manifests. Watched for changes. Ignored when
+    /// `manifests_git` is set.
     pub manifests: PathBuf,
+    /// Take the manifests from a branch of a git repository instead, kept in
+    /// a clone under `data_dir/manifests-git`.
+    pub manifests_git: Option<GitConfig>,
+    pub reload: ReloadConfig,
     /// Where the findings database and the registry cache live.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
@@ -60,6 +66,28 @@ pub struct PubsubConfig {
     /// Streaming pull from a subscription of the `gcr` topic. Unset: no pull.
     pub pull: Option<PullConfig>,
     pub push: PushConfig,
+}
+
+/// How the manifests are kept current.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// How often a local `manifests` directory is checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+    /// Least time between two syncs of a git source made to re-check a
+    /// negative verdict (refresh before reject).
+    #[serde(with = "humantime_serde")]
+    pub refresh_min_interval: Duration,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch_interval: Duration::from_secs(5),
+            refresh_min_interval: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Endpoints per webhook format; a format without endpoints answers 404.
@@ -113,6 +141,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             manifests: DEFAULT_MANIFESTS.into(),
+            manifests_git: None,
+            reload: ReloadConfig::default(),
             data_dir: "data".into(),
             http: HttpConfig::default(),
             policy: Policy::default(),
@@ -242,7 +272,7 @@ impl Config {
 
     fn validate(&mut self) -> Result<(), ConfigError> {
         let invalid = |option, message: String| ConfigError::Invalid { option, message };
-        if !self.manifests.exists() {
+        if self.manifests_git.is_none() && !self.manifests.exists() {
             return Err(invalid(
                 "manifests",
                 format!("{} does not exist", self.manifests.display()),
@@ -280,6 +310,23 @@ impl Config {
             return Err(invalid("log.filter", e.to_string()));
         }
         Ok(())
+    }
+
+    /// Where the manifests come from, and how often to look for changes.
+    pub fn manifest_source(&self) -> (ManifestSource, Duration) {
+        match &self.manifests_git {
+            Some(git) => (
+                ManifestSource::Git {
+                    config: git.clone(),
+                    checkout: self.data_dir.join("manifests-git"),
+                },
+                git.poll_interval,
+            ),
+            None => (
+                ManifestSource::Directory(self.manifests.clone()),
+                self.reload.watch_interval,
+            ),
+        }
     }
 
     pub fn findings_db(&self) -> PathBuf {

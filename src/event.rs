@@ -26,10 +26,12 @@ pub enum Source {
     Ecr,
     /// An Azure Container Registry event (Event Grid or native webhook).
     Acr,
+    /// The manifest source itself: a project that broke on reload.
+    Manifests,
 }
 
 impl Source {
-    pub const ALL: [Source; 8] = [
+    pub const ALL: [Source; 9] = [
         Source::Gcr,
         Source::Cli,
         Source::PubsubPull,
@@ -38,6 +40,7 @@ impl Source {
         Source::Harbor,
         Source::Ecr,
         Source::Acr,
+        Source::Manifests,
     ];
 
     /// The metric label and the findings store's text; `ALL` lists every
@@ -52,6 +55,7 @@ impl Source {
             Source::Harbor => "harbor",
             Source::Ecr => "ecr",
             Source::Acr => "acr",
+            Source::Manifests => "manifests",
         }
     }
 }

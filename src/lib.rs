@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod pubsub;
 pub mod reference;
 pub mod registry;
+pub mod reload;
 pub mod resolve;
 pub mod server;
 pub mod service;

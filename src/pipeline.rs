@@ -16,6 +16,7 @@ use crate::event::{Action, Event, EventId, Malformed, Source};
 use crate::findings::{Decision, Recorded, Store, StoreError};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
+use crate::reload::Reloader;
 use crate::resolve::Resolver;
 
 /// One delivery from a source, decoded as far as the source could.
@@ -68,6 +69,7 @@ pub struct Pipeline {
     /// restart grants a fresh retry budget, which errs on the side of retrying.
     undecided: DashMap<(Source, EventId), Instant>,
     undecided_retry_for: std::time::Duration,
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl Pipeline {
@@ -87,7 +89,15 @@ impl Pipeline {
             metrics,
             undecided: DashMap::new(),
             undecided_retry_for,
+            reloader: None,
         }
+    }
+
+    /// Refresh a git manifest source before a negative verdict becomes a
+    /// finding (DESIGN §6), so a promotion merged seconds ago is not reported.
+    pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// The pipeline as a [`Handler`] for sources.
@@ -109,13 +119,13 @@ impl Pipeline {
                 source: source.as_str(),
             })
             .set(unix_ms() as f64 / 1000.0);
-        let handled = self.decide_and_record(delivery).await;
+        let handled = self.decide_and_record(delivery, started).await;
         self.metrics
             .observe_processing(source.as_str(), started.elapsed());
         handled
     }
 
-    async fn decide_and_record(&self, delivery: Delivery) -> Handled {
+    async fn decide_and_record(&self, delivery: Delivery, started: Instant) -> Handled {
         let labels = SourceLabels {
             source: delivery.source.as_str(),
         };
@@ -139,19 +149,21 @@ impl Pipeline {
             Err(e) => return self.store_failed(&delivery, &e),
         }
 
-        let index = self.index.load_full();
+        let mut index = self.index.load_full();
         let (verdict, event) = match &delivery.decoded {
             Err(malformed) => (Verdict::malformed(malformed), None),
             Ok(event) => {
-                let result = match &self.resolver {
-                    Some(resolver) => {
-                        let (resolved, result) = resolver.settle(&index, event, &self.policy).await;
-                        self.publish(resolved);
-                        result
-                    }
-                    None => audit(&index, event, &self.policy),
-                };
-                (result.verdict, Some(event))
+                let mut verdict = self.decide(&index, event).await;
+                if verdict.kind.may_be_a_late_promotion()
+                    && let Some(reloader) = &self.reloader
+                    && reloader
+                        .refresh_before_reject(started, index.generation())
+                        .await
+                {
+                    index = self.index.load_full();
+                    verdict = self.decide(&index, event).await;
+                }
+                (verdict, Some(event))
             }
         };
 
@@ -227,6 +239,19 @@ impl Pipeline {
                 }
             }
             Err(e) => self.store_failed(&delivery, &e),
+        }
+    }
+
+    /// The verdict on `index`, resolving what it depends on when a resolver
+    /// is configured.
+    async fn decide(&self, index: &Arc<Index>, event: &Event) -> Verdict {
+        match &self.resolver {
+            Some(resolver) => {
+                let (resolved, result) = resolver.settle(index, event, &self.policy).await;
+                self.publish(resolved);
+                result.verdict
+            }
+            None => audit(index, event, &self.policy).verdict,
         }
     }
 

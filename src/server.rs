@@ -21,6 +21,7 @@ use crate::index::Index;
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
 use crate::pipeline::{Disposition, Pipeline};
 use crate::reference::{Digest, Reference};
+use crate::reload::Reloader;
 use crate::resolve::Resolver;
 use crate::sources::pubsub_pull::PullStatus;
 use crate::sources::pubsub_push;
@@ -41,6 +42,7 @@ pub struct AppState {
     /// The streaming-pull source, when one is configured.
     pub pull_status: Option<PullStatus>,
     pub webhooks: Arc<Endpoints>,
+    pub reloader: Arc<Reloader>,
 }
 
 pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
@@ -51,7 +53,8 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
         .route("/v1/digests/{digest}", get(digest))
         .route("/v1/check", post(check))
         .route("/v1/findings", get(findings))
-        .route("/webhooks/{kind}", post(webhook));
+        .route("/webhooks/{kind}", post(webhook))
+        .route("/-/reload", post(reload));
     if state.push_enabled {
         router = router.route("/pubsub/push", post(pubsub_push));
     }
@@ -383,5 +386,15 @@ async fn webhook(
             "ignored": parsed.ignored.len(),
         }))
         .into_response(),
+    }
+}
+
+/// Syncs the manifest source and swaps in a new index built from it (even
+/// when its version did not change). 200 with the outcome; 503 when the
+/// set could not be loaded (the live index stays).
+async fn reload(State(state): State<AppState>) -> Response {
+    match state.reloader.reload(true).await {
+        Ok(outcome) => axum::Json(outcome).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::Route;
@@ -12,11 +11,10 @@ use crate::alert::dispatch::{AlertsConfig, Dispatcher};
 use crate::alert::sink::Sink;
 use crate::config::Config;
 use crate::findings::{SqliteStore, Store};
-use crate::index::Index;
-use crate::manifest;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::registry::RegistryClient;
+use crate::reload::Reloader;
 use crate::resolve::Resolver;
 use crate::server::{AppState, router};
 use crate::sources::pubsub_pull::PullSource;
@@ -26,12 +24,6 @@ use crate::sources::webhook::Endpoints;
 /// Runs the service until `shutdown` is cancelled, then stops pulling,
 /// finishes in-flight work and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let set = manifest::load(&config.manifests)
-        .with_context(|| format!("loading manifests from {}", config.manifests.display()))?;
-    for problem in &set.problems {
-        tracing::error!(file = %problem.file.display(), line = problem.line, project = problem.project,
-            severity = ?problem.severity, "{}", problem.message);
-    }
     let db = config.findings_db();
     let store: Arc<dyn Store> = Arc::new(
         SqliteStore::open(&db)
@@ -43,27 +35,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .transpose()?;
     let metrics = Arc::new(Metrics::new(client.clone()));
     let resolver = client.map(|client| Arc::new(Resolver::new(client)));
-    let index = Index::build(&set, 1);
-    metrics.observe_index(&index);
-    metrics.index_last_load_seconds.set(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    );
-    metrics
-        .manifest_load_failures
-        .inc_by(index.stats().excluded_projects as u64);
-    tracing::info!(manifests = %config.manifests.display(), stats = ?index.stats(), "index loaded");
-    let index = Arc::new(ArcSwap::from_pointee(index));
-
-    let pipeline = Arc::new(Pipeline::new(
-        index.clone(),
-        resolver.clone(),
+    let (source, poll_interval) = config.manifest_source();
+    let root = source.root();
+    let reloader = Reloader::start(
+        source,
         store.clone(),
-        config.policy.clone(),
         metrics.clone(),
-        config.undecided_retry_for,
-    ));
+        config.reload.refresh_min_interval,
+    )
+    .await
+    .with_context(|| format!("loading manifests from {}", root.display()))?;
+    let index = reloader.index();
+    tracing::info!(manifests = %root.display(), stats = ?index.load().stats(), "index loaded");
+
+    let pipeline = Arc::new(
+        Pipeline::new(
+            index.clone(),
+            resolver.clone(),
+            store.clone(),
+            config.policy.clone(),
+            metrics.clone(),
+            config.undecided_retry_for,
+        )
+        .with_reloader(reloader.clone()),
+    );
     let pull = config.pubsub.pull.clone().map(PullSource::new);
     let push_verifier = config
         .pubsub
@@ -109,6 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         push_verifier,
         pull_status: pull.as_ref().map(PullSource::status),
         webhooks: Arc::new(webhooks),
+        reloader: reloader.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -117,6 +113,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(listen = %listener.local_addr()?, "serving HTTP");
 
     let pull = pull.map(|pull| tokio::spawn(pull.run(pipeline.handler(), shutdown.clone())));
+    tokio::spawn(reloader.clone().run(poll_interval, shutdown.clone()));
+    tokio::spawn(reload_on_sighup(reloader, shutdown.clone()));
     // Alerts stop last, after every source, so that what the last events
     // recorded is still sent.
     let alerts_stop = CancellationToken::new();
@@ -144,4 +142,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP reloads the manifests now, as daemons conventionally do.
+async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; use POST /-/reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading manifests");
+                // The outcome is logged by the reloader.
+                let _ = reloader.reload(true).await;
+            }
+        }
+    }
 }

@@ -8,6 +8,7 @@
 
 mod layout;
 mod schema;
+pub mod source;
 mod validate;
 
 use std::fmt;

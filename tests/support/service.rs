@@ -96,6 +96,13 @@ impl Service {
         std::fs::read_to_string(self.dir.join("service.log")).unwrap_or_default()
     }
 
+    /// Sends `signal` (e.g. `-HUP`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(ok.success());
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,308 @@
+//! Keeps the live index in step with its manifest source: polls (or is
+//! asked: `POST /-/reload`, SIGHUP, refresh before reject), builds the new
+//! index off the hot path and swaps it in atomically. Readers never wait.
+//!
+//! A project that breaks keeps its last good version, so a bad merge never
+//! blinds the auditor to that project; the breakage is reported once, as a
+//! `malformed` finding from the source `manifests`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{EventId, Malformed, Source};
+use crate::findings::{Decision, Store};
+use crate::index::Index;
+use crate::manifest::source::{ManifestSource, SourceError, Version};
+use crate::manifest::{self, LoadError, Manifest, ManifestSet, Severity};
+use crate::metrics::Metrics;
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// A new index was swapped in.
+    pub changed: bool,
+    pub generation: u64,
+    pub commit: Option<String>,
+    /// Projects with errors that stay at their last good version.
+    pub kept: Vec<String>,
+    /// Projects with errors and no good version to keep: left out.
+    pub excluded: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("manifest source: {0}")]
+    Source(#[from] SourceError),
+    #[error("loading manifests: {0}")]
+    Load(#[from] LoadError),
+    #[error("reload task failed: {0}")]
+    Task(String),
+}
+
+struct State {
+    version: Option<Version>,
+    /// The last valid version of every project, by name.
+    last_good: HashMap<String, Manifest>,
+    /// Breakages already reported (project and problem text), so a project
+    /// that stays broken over many commits is reported once.
+    reported: HashSet<String>,
+    /// When the source was last synced (by any caller).
+    last_sync: Option<Instant>,
+}
+
+pub struct Reloader {
+    source: ManifestSource,
+    index: Arc<ArcSwap<Index>>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// Serialises reloads: concurrent callers wait for the one in flight.
+    state: tokio::sync::Mutex<State>,
+    refresh_min_interval: Duration,
+}
+
+impl Reloader {
+    /// Syncs and loads the set for the first time. A set that cannot be
+    /// loaded at all is an error (startup refuses to run blind).
+    pub async fn start(
+        source: ManifestSource,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        refresh_min_interval: Duration,
+    ) -> Result<Arc<Reloader>, ReloadError> {
+        let version = source.sync().await?;
+        let set = load(&source, &version).await?;
+        let mut state = State {
+            version: Some(version),
+            last_good: HashMap::new(),
+            reported: HashSet::new(),
+            last_sync: Some(Instant::now()),
+        };
+        let (set, outcome_lists) = keep_last_good(set, &mut state.last_good);
+        let index = build(set.clone(), 1).await?;
+        let reloader = Arc::new(Reloader {
+            source,
+            index: Arc::new(ArcSwap::from_pointee(index)),
+            store,
+            metrics,
+            state: tokio::sync::Mutex::new(state),
+            refresh_min_interval,
+        });
+        reloader.observe(&set, &outcome_lists);
+        Ok(reloader)
+    }
+
+    /// The live index, shared with the pipeline and the HTTP routes.
+    pub fn index(&self) -> Arc<ArcSwap<Index>> {
+        self.index.clone()
+    }
+
+    /// Syncs the source and, when it changed (or `force`), swaps in a new
+    /// index. On failure the live index stays.
+    pub async fn reload(&self, force: bool) -> Result<Outcome, ReloadError> {
+        let mut state = self.state.lock().await;
+        self.reload_locked(&mut state, force).await
+    }
+
+    async fn reload_locked(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {
+        let result = self.try_reload(state, force).await;
+        if let Err(e) = &result {
+            self.metrics.manifest_load_failures.inc();
+            tracing::error!(error = %e, "manifest reload failed; the live index stays");
+            self.report(state, "(manifest set)", &e.to_string()).await;
+        }
+        result
+    }
+
+    async fn try_reload(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {
+        let version = self.source.sync().await?;
+        state.last_sync = Some(Instant::now());
+        let live = self.index.load_full();
+        if !force && state.version.as_ref() == Some(&version) {
+            return Ok(Outcome {
+                changed: false,
+                generation: live.generation(),
+                commit: live.commit().map(str::to_owned),
+                kept: Vec::new(),
+                excluded: Vec::new(),
+            });
+        }
+        let set = load(&self.source, &version).await?;
+        let (set, lists) = keep_last_good(set, &mut state.last_good);
+        let built = build(set.clone(), live.generation() + 1).await?;
+        // Children are facts about digests, valid whatever the manifests
+        // say now: carry them over instead of reading them again.
+        let index = built.with_children(self.index.load().children().clone());
+        let generation = index.generation();
+        let commit = index.commit().map(str::to_owned);
+        self.index.store(Arc::new(index));
+        state.version = Some(version);
+        self.observe(&set, &lists);
+        for problem in set.errors() {
+            if let Some(project) = &problem.project {
+                self.report(state, project, &problem.to_string()).await;
+            }
+        }
+        tracing::info!(generation, commit, kept = ?lists.0, excluded = ?lists.1, "manifests reloaded");
+        Ok(Outcome {
+            changed: true,
+            generation,
+            commit,
+            kept: lists.0,
+            excluded: lists.1,
+        })
+    }
+
+    /// Before a negative verdict becomes a finding: if the set comes from
+    /// git and nobody synced since the event was received, sync now (at
+    /// most once per `refresh_min_interval`; concurrent callers share one
+    /// sync). True when a newer index is live than the caller's.
+    pub async fn refresh_before_reject(&self, received: Instant, generation: u64) -> bool {
+        if !self.source.is_git() {
+            return false;
+        }
+        let mut state = self.state.lock().await;
+        let synced_since = state.last_sync.is_some_and(|t| t >= received);
+        let too_soon = state
+            .last_sync
+            .is_some_and(|t| t.elapsed() < self.refresh_min_interval);
+        if !synced_since && !too_soon {
+            // Errors are logged and reported by reload; the verdict then
+            // stands on the live index.
+            let _ = self.reload_locked(&mut state, false).await;
+        }
+        self.index.load().generation() != generation
+    }
+
+    /// Polls the source every `interval` until `shutdown`.
+    pub async fn run(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+            // Failures are logged, counted and reported inside.
+            let _ = self.reload(false).await;
+        }
+    }
+
+    fn observe(&self, set: &ManifestSet, lists: &(Vec<String>, Vec<String>)) {
+        let index = self.index.load();
+        self.metrics.observe_index(&index);
+        self.metrics.index_last_load_seconds.set(unix_seconds());
+        self.metrics
+            .manifest_load_failures
+            .inc_by((lists.0.len() + lists.1.len()) as u64);
+        for problem in &set.problems {
+            if problem.severity == Severity::Error {
+                tracing::error!(file = %problem.file.display(), line = problem.line,
+                    project = problem.project, "{}", problem.message);
+            } else {
+                tracing::warn!(file = %problem.file.display(), line = problem.line,
+                    project = problem.project, "{}", problem.message);
+            }
+        }
+    }
+
+    /// Records one finding for a breakage not reported yet.
+    async fn report(&self, state: &mut State, project: &str, text: &str) {
+        let key = format!("{project}\n{text}");
+        if !state.reported.insert(key.clone()) {
+            return;
+        }
+        let id = crate::reference::Digest::sha256_of(key.as_bytes()).to_string();
+        let index = self.index.load();
+        let malformed = Malformed {
+            id: EventId(format!(
+                "manifests:{project}:{}",
+                &id["sha256:".len()..][..16]
+            )),
+            source: Source::Manifests,
+            reason: format!(
+                "project {project}: {text}; {}",
+                if project.starts_with('(') {
+                    "the previous index stays in use"
+                } else {
+                    "its last good version stays in use (or it is left out if it never loaded)"
+                }
+            ),
+        };
+        let decision = Decision::of_malformed(
+            &malformed,
+            unix_seconds() as i64 * 1000,
+            index.commit().map(str::to_owned),
+            index.generation(),
+        );
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.record(&decision)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                // Not reported after all: try again at the next reload.
+                state.reported.remove(&key);
+                tracing::error!(error = %e, project, "cannot record the manifest finding");
+            }
+            Err(e) => {
+                state.reported.remove(&key);
+                tracing::error!(error = %e, project, "cannot record the manifest finding");
+            }
+        }
+    }
+}
+
+async fn load(source: &ManifestSource, version: &Version) -> Result<ManifestSet, ReloadError> {
+    let root = source.root();
+    let commit = version.commit().map(str::to_owned);
+    tokio::task::spawn_blocking(move || {
+        manifest::load(&root).map(|mut set| {
+            set.commit = commit;
+            set
+        })
+    })
+    .await
+    .map_err(|e| ReloadError::Task(e.to_string()))?
+    .map_err(ReloadError::from)
+}
+
+async fn build(set: ManifestSet, generation: u64) -> Result<Index, ReloadError> {
+    tokio::task::spawn_blocking(move || Index::build(&set, generation))
+        .await
+        .map_err(|e| ReloadError::Task(e.to_string()))
+}
+
+/// Puts the last good version of every excluded project back into `set`,
+/// and remembers the valid ones. Returns the set and (kept, excluded).
+fn keep_last_good(
+    mut set: ManifestSet,
+    last_good: &mut HashMap<String, Manifest>,
+) -> (ManifestSet, (Vec<String>, Vec<String>)) {
+    for manifest in &set.manifests {
+        last_good.insert(manifest.project.clone(), manifest.clone());
+    }
+    let mut kept = Vec::new();
+    let mut excluded = Vec::new();
+    let mut still_excluded = Vec::new();
+    for x in std::mem::take(&mut set.excluded) {
+        match last_good.get(&x.project) {
+            Some(good) => {
+                kept.push(x.project.clone());
+                set.manifests.push(good.clone());
+            }
+            None => {
+                excluded.push(x.project.clone());
+                still_excluded.push(x);
+            }
+        }
+    }
+    set.excluded = still_excluded;
+    (set, (kept, excluded))
+}
+
+fn unix_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

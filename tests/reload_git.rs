@@ -1,0 +1,345 @@
+//! Living manifests: `serve` following a real git repository (created by
+//! the test, served over `file://`) and a watched directory; a broken
+//! project keeps its last good version and is reported once; a promotion
+//! committed after the last poll is found before an event is rejected;
+//! audits never fail or see a torn index while reloads happen.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use image_auditor::findings::{FindingQuery, SqliteStore, Store};
+use serde_json::{Value, json};
+use support::service::Service;
+
+fn digest(n: u8) -> String {
+    format!("sha256:{}", format!("{n:02x}").repeat(32))
+}
+
+/// A git repository holding a thin layout with projects `a` and `b`.
+struct Repo {
+    dir: PathBuf,
+}
+
+impl Repo {
+    fn new(dir: &Path) -> Repo {
+        let repo = Repo {
+            dir: dir.join("k8s.io"),
+        };
+        std::fs::create_dir_all(&repo.dir).unwrap();
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        for project in ["a", "b"] {
+            repo.write(
+                &format!("registry/manifests/{project}/promoter-manifest.yaml"),
+                &format!(
+                    "registries:\n- name: staging.example/{project}\n  src: true\n\
+                     - name: {project}.example/prod\n"
+                ),
+            );
+        }
+        repo.images("a", &[(digest(1), "1.0")]);
+        repo.images("b", &[(digest(2), "1.0")]);
+        repo.commit("initial promotions");
+        repo
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args([
+                "-c",
+                "user.name=test",
+                "-c",
+                "user.email=test@example.invalid",
+            ])
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn write(&self, path: &str, text: &str) {
+        let path = self.dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn images(&self, project: &str, promotions: &[(String, &str)]) {
+        let mut text = String::from("- name: app\n  dmap:\n");
+        for (d, tag) in promotions {
+            text.push_str(&format!("    \"{d}\": [\"{tag}\"]\n"));
+        }
+        self.write(&format!("registry/images/{project}/images.yaml"), &text);
+    }
+
+    fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "--quiet", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn config(&self, poll: &str) -> String {
+        format!(
+            "resolve: false\nmanifests_git:\n  url: file://{}\n  branch: main\n  path: registry\n  \
+             poll_interval: {poll}\nreload:\n  refresh_min_interval: 0s\n",
+            self.dir.display()
+        )
+    }
+}
+
+async fn get(service: &Service, path: &str) -> (u16, Value) {
+    let response = reqwest::get(service.url(path)).await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+async fn wait_until<F, Fut>(what: &str, service: &Service, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn promoted(service: &Service, d: String) -> bool {
+    get(service, &format!("/v1/digests/{d}")).await.0 == 200
+}
+
+async fn push(service: &Service, id: &str, payload: Value) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
+    let response = reqwest::Client::new()
+        .post(service.url("/pubsub/push"))
+        .json(&json!({"message": {"data": data, "messageId": id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    response.json().await.unwrap()
+}
+
+fn manifest_findings(service: &Service) -> Vec<String> {
+    SqliteStore::open(service.findings_db())
+        .unwrap()
+        .findings(&FindingQuery::default())
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.source.as_str() == "manifests")
+        .map(|f| f.reason)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let first = repo.git(&["rev-parse", "HEAD"]);
+    let root = dir.path().join("unused");
+    let service = Service::start(dir.path(), &root, &repo.config("200ms")).await;
+    let (_, ready) = get(&service, "/readyz").await;
+    assert_eq!(ready["index"]["commit"], first.as_str());
+    assert_eq!(ready["index"]["generation"], 1);
+
+    // A promotion is merged: the index follows within a poll.
+    repo.images("a", &[(digest(1), "1.0"), (digest(3), "2.0")]);
+    let second = repo.commit("promote a 2.0");
+    wait_until("a 2.0 is promoted", &service, || {
+        promoted(&service, digest(3))
+    })
+    .await;
+    assert_eq!(
+        get(&service, "/readyz").await.1["index"]["commit"],
+        second.as_str()
+    );
+
+    // A merge breaks b and changes a: a updates, b stays as it was.
+    repo.write(
+        "registry/images/b/images.yaml",
+        "- name: app\n  dmap:\n    \"sha256:123\": [\"1.0\"]\n",
+    );
+    repo.images(
+        "a",
+        &[(digest(1), "1.0"), (digest(3), "2.0"), (digest(4), "3.0")],
+    );
+    repo.commit("break b, promote a 3.0");
+    wait_until("a 3.0 is promoted", &service, || {
+        promoted(&service, digest(4))
+    })
+    .await;
+    assert!(
+        promoted(&service, digest(2)).await,
+        "b's last good version stays"
+    );
+    let findings = manifest_findings(&service);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0].contains("project b") && findings[0].contains("sha256:123"),
+        "{}",
+        findings[0]
+    );
+
+    // b stays broken over another commit: still one finding.
+    repo.images(
+        "a",
+        &[
+            (digest(1), "1.0"),
+            (digest(3), "2.0"),
+            (digest(4), "3.0"),
+            (digest(5), "4.0"),
+        ],
+    );
+    let last = repo.commit("promote a 4.0");
+    wait_until("a 4.0 is promoted", &service, || {
+        promoted(&service, digest(5))
+    })
+    .await;
+    assert_eq!(manifest_findings(&service).len(), 1);
+    let (_, ready) = get(&service, "/readyz").await;
+    assert_eq!(ready["index"]["commit"], last.as_str());
+    assert_eq!(ready["index"]["generation"], 4);
+    // Findings carry the commit they were decided at.
+    let answer = push(
+        &service,
+        "late",
+        json!({"action": "INSERT",
+        "digest": format!("a.example/prod/app@{}", digest(9))}),
+    )
+    .await;
+    assert_eq!(answer["verdict"], "unpromoted");
+    let finding = SqliteStore::open(service.findings_db())
+        .unwrap()
+        .findings(&FindingQuery::default())
+        .unwrap()
+        .into_iter()
+        .find(|f| f.event_id.0 == "late")
+        .unwrap();
+    assert_eq!(finding.manifest_commit.as_deref(), Some(last.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_committed_after_the_last_poll_is_found_before_rejecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    // The poll would not come for an hour: only refresh-before-reject can
+    // see the new commit.
+    let service = Service::start(dir.path(), &dir.path().join("unused"), &repo.config("1h")).await;
+    repo.images("a", &[(digest(1), "1.0"), (digest(6), "5.0")]);
+    repo.commit("promote a 5.0");
+    let answer = push(
+        &service,
+        "just-merged",
+        json!({"action": "INSERT",
+        "digest": format!("a.example/prod/app@{}", digest(6)), "tag": "a.example/prod/app:5.0"}),
+    )
+    .await;
+    assert_eq!(answer["verdict"], "promoted", "{}", service.log());
+    // What no commit explains is still reported.
+    let answer = push(
+        &service,
+        "stray",
+        json!({"action": "INSERT",
+        "digest": format!("a.example/prod/app@{}", digest(7))}),
+    )
+    .await;
+    assert_eq!(answer["verdict"], "unpromoted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audits_never_fail_nor_see_a_torn_index_while_reloads_happen() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let service = Service::start(dir.path(), &dir.path().join("unused"), &repo.config("1h")).await;
+    let check =
+        json!({"references": [format!("a.example/prod/app:1.0@{}", digest(1))]}).to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let auditor = {
+        let (url, stop, check) = (service.url("/v1/check"), stop.clone(), check.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(check.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status().as_u16(), 200);
+                let body: Value = response.json().await.unwrap();
+                *seen
+                    .entry(body["results"][0]["verdict"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+            seen
+        })
+    };
+    // Flip a's tag 1.0 between two digests and reload each time: every
+    // audit must see one state or the other.
+    let client = reqwest::Client::new();
+    for round in 0..20 {
+        let promoted_digest = if round % 2 == 0 { digest(8) } else { digest(1) };
+        repo.images("a", &[(promoted_digest, "1.0")]);
+        repo.commit(&format!("round {round}"));
+        let response = client.post(service.url("/-/reload")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        let outcome: Value = response.json().await.unwrap();
+        assert_eq!(outcome["changed"], true);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = auditor.await.unwrap();
+    let verdicts: Vec<&str> = seen.keys().map(String::as_str).collect();
+    assert!(
+        verdicts
+            .iter()
+            // digest 1 with its promised tag, or digest 1 promoted nowhere.
+            .all(|v| ["promoted", "unpromoted"].contains(v)),
+        "{seen:?}"
+    );
+    assert_eq!(get(&service, "/readyz").await.1["index"]["generation"], 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_directory_is_followed_and_sighup_reloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let root = repo.dir.join("registry");
+    let service = Service::start(
+        dir.path(),
+        &root,
+        "resolve: false\nreload:\n  watch_interval: 100ms\n",
+    )
+    .await;
+    assert_eq!(
+        get(&service, "/readyz").await.1["index"]["commit"],
+        Value::Null
+    );
+    repo.images("b", &[(digest(2), "1.0"), (digest(10), "2.0")]);
+    wait_until("the edit is picked up", &service, || {
+        promoted(&service, digest(10))
+    })
+    .await;
+    let generation = get(&service, "/readyz").await.1["index"]["generation"]
+        .as_u64()
+        .unwrap();
+    service.signal("-HUP");
+    wait_until("SIGHUP rebuilt the index", &service, || async {
+        get(&service, "/readyz").await.1["index"]["generation"].as_u64() == Some(generation + 1)
+    })
+    .await;
+}
