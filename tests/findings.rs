@@ -852,3 +852,49 @@ fn ten_thousand_records() {
     assert_eq!(c.findings, 5_000);
     assert_eq!(c.undelivered, 5_000);
 }
+
+#[test]
+fn group_commits_answer_every_caller_with_its_own_result() {
+    // 16 writers, 40 records each over 100 shared ids: records of one id
+    // land in the same or in different group commits; either way each id
+    // is new exactly once and every other record of it is a duplicate of
+    // that first verdict.
+    let (_dir, path) = tmp();
+    let store = Arc::new(SqliteStore::open(&path).unwrap());
+    let barrier = Arc::new(Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..40)
+                    .map(|i| {
+                        let n = (t * 7 + i) % 100;
+                        let verdict = if n % 2 == 0 {
+                            VerdictKind::Unpromoted
+                        } else {
+                            VerdictKind::Promoted
+                        };
+                        let result = store.record(&decision(&format!("id{n}"), verdict)).unwrap();
+                        (n, verdict, result)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut new_per_id = std::collections::HashMap::new();
+    for (n, verdict, result) in handles.into_iter().flat_map(|h| h.join().unwrap()) {
+        match result {
+            Recorded::New { finding } => {
+                *new_per_id.entry(n).or_insert(0) += 1;
+                assert_eq!(finding.is_some(), verdict.alerts(), "id{n}");
+            }
+            Recorded::Duplicate { verdict: first } => assert_eq!(first, verdict, "id{n}"),
+        }
+    }
+    assert_eq!(new_per_id.len(), 100);
+    assert!(new_per_id.values().all(|&n| n == 1), "{new_per_id:?}");
+    let counts = store.counts().unwrap();
+    assert_eq!(counts.decisions_total(), 100);
+    assert_eq!(counts.findings, 50);
+}

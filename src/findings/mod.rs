@@ -252,6 +252,10 @@ pub enum StoreError {
         source_name: &'static str,
         event_id: EventId,
     },
+    /// The transaction that carried this decision with others could not
+    /// be committed; nothing of it was written.
+    #[error("findings store {path}: group commit failed: {message}")]
+    GroupCommit { path: Arc<str>, message: String },
     #[error("findings store {path}: finding {id} was never claimed by sink {sink:?}")]
     NotClaimed {
         path: Arc<str>,
@@ -265,6 +269,9 @@ impl StoreError {
     /// I/O error happened), as opposed to a bug or a broken file.
     pub fn is_transient(&self) -> bool {
         match self {
+            // A failed commit is a busy or full disk far more often than a
+            // bug; the decisions are not written and can be tried again.
+            StoreError::GroupCommit { .. } => true,
             StoreError::Sqlite {
                 source: rusqlite::Error::SqliteFailure(e, _),
                 ..

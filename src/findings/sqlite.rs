@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -92,11 +92,42 @@ const PRUNE_BATCH: i64 = 5000;
 /// Durability: WAL with `synchronous=FULL`, so a transaction is fsynced to
 /// the WAL before `record` returns and survives power loss, not only a
 /// process crash (`NORMAL` would lose the last commits on power loss, after
-/// their deliveries were acknowledged).
+/// their deliveries were acknowledged). Concurrent `record` calls share
+/// one transaction and one fsync (group commit); each still returns only
+/// after the commit that carries its decision.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Decisions waiting to be written, and whether a writer is at work
+    /// (group commit: one transaction and one fsync for all waiting).
+    pending: Mutex<Queue>,
+    /// Signalled when a group commit has filled its callers' slots.
+    written: Condvar,
+    /// A second connection for `decision`, the dedupe lookup of every
+    /// delivery: with WAL it reads while a group commit is being fsynced.
+    /// `None` in memory, where there is one database per connection.
+    reader: Option<Mutex<Connection>>,
     path: Arc<str>,
     claim_lease_ms: i64,
+}
+
+/// Where a caller of `record` finds its result once a group commit wrote it.
+type Slot = Arc<Mutex<Option<Result<Recorded, StoreError>>>>;
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Pending>,
+    writing: bool,
+}
+
+struct Pending {
+    decision: Decision,
+    /// The evidence as JSON, for decisions that become findings.
+    evidence: Option<String>,
+    slot: Slot,
+}
+
+fn take(slot: &Slot) -> Option<Result<Recorded, StoreError>> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -124,7 +155,11 @@ impl SqliteStore {
             path: name.clone(),
             source,
         })?;
-        Self::init(conn, name, true)
+        let reader = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        })?;
+        Self::init(conn, Some(reader), name, true)
     }
 
     /// A store that lives as long as the value (tests, `check`).
@@ -134,7 +169,7 @@ impl SqliteStore {
             path: name.clone(),
             source,
         })?;
-        Self::init(conn, name, false)
+        Self::init(conn, None, name, false)
     }
 
     /// How long a claim hides a finding from further claims for the same
@@ -150,7 +185,12 @@ impl SqliteStore {
         &self.path
     }
 
-    fn init(mut conn: Connection, path: Arc<str>, file: bool) -> Result<SqliteStore, StoreError> {
+    fn init(
+        mut conn: Connection,
+        reader: Option<Connection>,
+        path: Arc<str>,
+        file: bool,
+    ) -> Result<SqliteStore, StoreError> {
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
             source,
@@ -170,10 +210,136 @@ impl SqliteStore {
             .map_err(err)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn, &path)?;
+        let reader = match reader {
+            None => None,
+            Some(reader) => {
+                reader.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+                reader.set_prepared_statement_cache_capacity(16);
+                Some(Mutex::new(reader))
+            }
+        };
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            pending: Mutex::new(Queue::default()),
+            written: Condvar::new(),
+            reader,
             path,
             claim_lease_ms: DEFAULT_CLAIM_LEASE.as_millis() as i64,
+        })
+    }
+
+    /// Writes `batch` in one transaction, each decision under its own
+    /// savepoint (so one failing decision does not undo the others), then
+    /// commits once. The results are in `batch` order.
+    fn write_batch(
+        &self,
+        conn: &mut Connection,
+        batch: &[Pending],
+    ) -> Vec<Result<Recorded, StoreError>> {
+        let fail_all = |message: String| {
+            batch
+                .iter()
+                .map(|_| {
+                    Err(StoreError::GroupCommit {
+                        path: self.path.clone(),
+                        message: message.clone(),
+                    })
+                })
+                .collect()
+        };
+        let mut tx = match self.begin(conn) {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(e.to_string()),
+        };
+        if let [single] = batch {
+            // Alone, a failure rolls back the whole transaction: no
+            // savepoint needed.
+            let result = self.write_one(&tx, single);
+            if result.is_err() {
+                return vec![result];
+            }
+            return match tx.commit() {
+                Ok(()) => vec![result],
+                Err(e) => fail_all(e.to_string()),
+            };
+        }
+        let mut results = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let result = match tx.savepoint() {
+                Err(e) => Err(self.sql(e)),
+                Ok(mut sp) => {
+                    let written = self.write_one(&sp, pending);
+                    match &written {
+                        Ok(_) => sp.commit().map_err(|e| self.sql(e)).and(written),
+                        Err(_) => {
+                            // Undo this decision only.
+                            let _ = sp.rollback();
+                            written
+                        }
+                    }
+                }
+            };
+            results.push(result);
+        }
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => fail_all(e.to_string()),
+        }
+    }
+
+    fn write_one(&self, conn: &Connection, pending: &Pending) -> Result<Recorded, StoreError> {
+        let d = &pending.decision;
+        let source = d.source.as_str();
+        let verdict = d.verdict.as_str();
+        let inserted = conn
+            .prepare_cached(
+                "INSERT INTO decisions (source, event_id, received_at_ms, verdict) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![source, d.event_id.0, d.received_at_ms, verdict]))
+            .map_err(|e| self.sql(e))?;
+        if inserted == 0 {
+            let first: String = conn
+                .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
+                .and_then(|mut s| s.query_row(params![source, d.event_id.0], |r| r.get(0)))
+                .map_err(|e| self.sql(e))?;
+            let verdict = parse_verdict(&first).ok_or_else(|| {
+                self.corrupt(format!(
+                    "decision {source}/{}: verdict {first:?}",
+                    d.event_id
+                ))
+            })?;
+            return Ok(Recorded::Duplicate { verdict });
+        }
+        let Some(evidence) = &pending.evidence else {
+            return Ok(Recorded::New { finding: None });
+        };
+        conn.prepare_cached(
+            "INSERT INTO findings (created_at_ms, received_at_ms, source, event_id, \
+             action, repository, digest, tag, verdict, reason, evidence, \
+             manifest_commit, index_generation) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                now_ms(),
+                d.received_at_ms,
+                source,
+                d.event_id.0,
+                d.action.map(action_str),
+                d.repository.as_ref().map(|r| r.as_str()),
+                d.digest.as_ref().map(|x| x.to_string()),
+                d.tag.as_ref().map(|t| t.as_str()),
+                verdict,
+                d.reason,
+                evidence,
+                d.manifest_commit,
+                d.index_generation as i64,
+            ])
+        })
+        .map_err(|e| self.sql(e))?;
+        Ok(Recorded::New {
+            finding: Some(FindingId(conn.last_insert_rowid())),
         })
     }
 
@@ -393,9 +559,8 @@ impl Store for SqliteStore {
                 event_id: d.event_id.clone(),
             });
         }
-        let alerts = d.verdict.alerts();
         // Everything that can be prepared outside the lock is.
-        let evidence = if alerts {
+        let evidence = if d.verdict.alerts() {
             Some(serde_json::to_string(&d.evidence).map_err(|e| {
                 self.corrupt(format!(
                     "event {}: evidence not serialisable: {e}",
@@ -405,68 +570,55 @@ impl Store for SqliteStore {
         } else {
             None
         };
-        let source = d.source.as_str();
-        let verdict = d.verdict.as_str();
-
-        let mut conn = self.lock();
-        let tx = self.begin(&mut conn)?;
-        let inserted = tx
-            .prepare_cached(
-                "INSERT INTO decisions (source, event_id, received_at_ms, verdict) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![source, d.event_id.0, d.received_at_ms, verdict]))
-            .map_err(|e| self.sql(e))?;
-        if inserted == 0 {
-            let first: String = tx
-                .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
-                .and_then(|mut s| s.query_row(params![source, d.event_id.0], |r| r.get(0)))
-                .map_err(|e| self.sql(e))?;
-            let verdict = parse_verdict(&first).ok_or_else(|| {
-                self.corrupt(format!(
-                    "decision {source}/{}: verdict {first:?}",
-                    d.event_id
-                ))
-            })?;
-            // Nothing written: dropping the transaction rolls it back.
-            return Ok(Recorded::Duplicate { verdict });
-        }
-        let finding = match evidence {
-            None => None,
-            Some(evidence) => {
-                tx.prepare_cached(
-                    "INSERT INTO findings (created_at_ms, received_at_ms, source, event_id, \
-                     action, repository, digest, tag, verdict, reason, evidence, \
-                     manifest_commit, index_generation) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        now_ms(),
-                        d.received_at_ms,
-                        source,
-                        d.event_id.0,
-                        d.action.map(action_str),
-                        d.repository.as_ref().map(|r| r.as_str()),
-                        d.digest.as_ref().map(|x| x.to_string()),
-                        d.tag.as_ref().map(|t| t.as_str()),
-                        verdict,
-                        d.reason,
-                        evidence,
-                        d.manifest_commit,
-                        d.index_generation as i64,
-                    ])
-                })
-                .map_err(|e| self.sql(e))?;
-                Some(FindingId(tx.last_insert_rowid()))
+        let slot: Slot = Arc::default();
+        let mut queue = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.waiting.push(Pending {
+            decision: d.clone(),
+            evidence,
+            slot: slot.clone(),
+        });
+        loop {
+            if let Some(result) = take(&slot) {
+                return result;
             }
+            if !queue.writing {
+                break;
+            }
+            // A writer is at work: it or the next one writes ours.
+            queue = self
+                .written
+                .wait(queue)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        // Lead one group commit of everything waiting, ours included.
+        queue.writing = true;
+        let batch = std::mem::take(&mut queue.waiting);
+        drop(queue);
+        let results = {
+            let mut conn = self.lock();
+            self.write_batch(&mut conn, &batch)
         };
-        tx.commit().map_err(|e| self.sql(e))?;
-        Ok(Recorded::New { finding })
+        for (pending, result) in batch.iter().zip(results) {
+            *pending.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .writing = false;
+        self.written.notify_all();
+        take(&slot).unwrap_or_else(|| {
+            Err(self.corrupt(format!(
+                "event {}: the group commit lost its result",
+                d.event_id
+            )))
+        })
     }
 
     fn decision(&self, source: Source, id: &EventId) -> Result<Option<VerdictKind>, StoreError> {
-        let conn = self.lock();
+        let conn = match &self.reader {
+            Some(reader) => reader.lock().unwrap_or_else(PoisonError::into_inner),
+            None => self.lock(),
+        };
         let found: Option<String> = conn
             .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
             .and_then(|mut s| {
