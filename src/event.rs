@@ -26,10 +26,12 @@ pub enum Source {
     Ecr,
     /// An Azure Container Registry event (Event Grid or native webhook).
     Acr,
+    /// An observation of the inventory sweep (`scan`).
+    Scan,
 }
 
 impl Source {
-    pub const ALL: [Source; 8] = [
+    pub const ALL: [Source; 9] = [
         Source::Gcr,
         Source::Cli,
         Source::PubsubPull,
@@ -38,6 +40,7 @@ impl Source {
         Source::Harbor,
         Source::Ecr,
         Source::Acr,
+        Source::Scan,
     ];
 
     /// The metric label and the findings store's text; `ALL` lists every
@@ -52,6 +55,7 @@ impl Source {
             Source::Harbor => "harbor",
             Source::Ecr => "ecr",
             Source::Acr => "acr",
+            Source::Scan => "scan",
         }
     }
 }
@@ -63,6 +67,22 @@ pub enum Action {
     Insert,
     /// A manifest or a tag removed.
     Delete,
+    /// The inventory sweep did not find this promised content here: the
+    /// tag is not listed, or the digest is not in the repository.
+    Absent,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Insert, Action::Delete, Action::Absent];
+
+    /// The metric label and the findings store's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Insert => "insert",
+            Action::Delete => "delete",
+            Action::Absent => "absent",
+        }
+    }
 }
 
 /// The source's own id for the delivery (Pub/Sub message id, webhook event

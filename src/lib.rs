@@ -16,6 +16,7 @@ pub mod pubsub;
 pub mod reference;
 pub mod registry;
 pub mod resolve;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod sources;
