@@ -337,7 +337,7 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
     assert!(!f.work.path().join("data/scan/checkpoint.json").exists());
 
     // The findings are the rows serve alerts from.
-    let store = SqliteStore::open(&f.work.path().join("data/findings.sqlite")).unwrap();
+    let store = SqliteStore::open(f.work.path().join("data/findings.sqlite")).unwrap();
     let rows = store.findings(&FindingQuery::default()).unwrap();
     let stored: Expected = rows
         .iter()
@@ -485,7 +485,7 @@ async fn listing_follows_pagination_with_a_small_page_size() {
     .unwrap();
     let set = manifest::load(&manifests).unwrap();
     let index = Arc::new(ArcSwap::from_pointee(Index::build(&set, 1)));
-    let store = Arc::new(SqliteStore::open(&work.path().join("f.sqlite")).unwrap());
+    let store = Arc::new(SqliteStore::open(work.path().join("f.sqlite")).unwrap());
     let pipeline = Pipeline::new(
         index.clone(),
         Some(Arc::new(Resolver::new(client.clone()))),
