@@ -26,7 +26,9 @@ pub struct Policy {
     pub allow_unpromoted_deletes: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictKind {
     Malformed,
@@ -43,10 +45,13 @@ pub enum VerdictKind {
     Unpromoted,
     Undecided,
     Unverifiable,
+    /// The inventory sweep did not find promised content (a tag or a digest)
+    /// at a destination repository.
+    Missing,
 }
 
 impl VerdictKind {
-    pub const ALL: [VerdictKind; 14] = [
+    pub const ALL: [VerdictKind; 15] = [
         VerdictKind::Malformed,
         VerdictKind::OutOfScope,
         VerdictKind::Deleted,
@@ -61,6 +66,7 @@ impl VerdictKind {
         VerdictKind::Unpromoted,
         VerdictKind::Undecided,
         VerdictKind::Unverifiable,
+        VerdictKind::Missing,
     ];
 
     /// Whether a manifest merged after the index was built could overturn
@@ -78,7 +84,7 @@ impl VerdictKind {
         use VerdictKind::*;
         match self {
             Malformed | Deleted | WrongRepository | TagMoved | UnlistedTag
-            | UnpromotedAttachment | Unpromoted | Unverifiable => true,
+            | UnpromotedAttachment | Unpromoted | Unverifiable | Missing => true,
             OutOfScope | DeletedUnpromoted | Promoted | PromotedChild | PromotedAttachment
             | Undecided => false,
         }
@@ -101,6 +107,7 @@ impl VerdictKind {
             Unpromoted => "unpromoted",
             Undecided => "undecided",
             Unverifiable => "unverifiable",
+            Missing => "missing",
         }
     }
 }
@@ -197,6 +204,7 @@ pub fn audit(index: &Index, event: &Event, policy: &Policy) -> Audit {
     }
     let result = match event.action {
         Action::Delete => ctx.delete(),
+        Action::Absent => ctx.absent(),
         Action::Insert => match &event.digest {
             Some(digest) => ctx.insert(digest),
             None => ctx.insert_tag_only(),
@@ -282,7 +290,11 @@ impl Ctx<'_> {
         let Some(&x) = self.claims.excluded.first() else {
             return result;
         };
-        if self.event.action == Action::Delete || !result.verdict.kind.alerts() {
+        // A missing promotion of a loaded project is missing whatever another
+        // project's validation says.
+        if matches!(self.event.action, Action::Delete | Action::Absent)
+            || !result.verdict.kind.alerts()
+        {
             return result;
         }
         let excluded = self.index.excluded(x);
@@ -586,6 +598,62 @@ impl Ctx<'_> {
                 pending: None,
             }
         }
+    }
+
+    /// The sweep did not find the event's digest (and tag, when set) at the
+    /// repository: `missing` when a manifest promises exactly that there.
+    /// Only direct promotions count: a child is present whenever its parent
+    /// is, and the sweep reports the parent.
+    fn absent(&self) -> Audit {
+        let event = self.event;
+        let promised: Vec<Placement> = match (&event.digest, &event.tag) {
+            (Some(digest), tag) => match self.find(digest) {
+                Found::Here(placements) => placements
+                    .into_iter()
+                    .filter(|p| p.how == How::Direct)
+                    .filter(|p| {
+                        tag.as_ref()
+                            .is_none_or(|t| self.index.promotion_has_tag(p.promotion, t))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            },
+            (None, Some(tag)) => self
+                .claims
+                .images
+                .iter()
+                .filter_map(|&image| self.index.tag_owner(image, tag))
+                .map(|promotion| Placement {
+                    promotion,
+                    how: How::Direct,
+                })
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        let what = match (&event.digest, &event.tag) {
+            (Some(d), Some(t)) => format!("tag {t} ({d})"),
+            (Some(d), None) => d.to_string(),
+            (None, Some(t)) => format!("tag {t}"),
+            (None, None) => "an unnamed manifest".into(),
+        };
+        if promised.is_empty() {
+            return self.done(
+                VerdictKind::OutOfScope,
+                format!(
+                    "{what} is not at {}, but no manifest promises it there",
+                    self.repo()
+                ),
+                &[],
+            );
+        }
+        self.done(
+            VerdictKind::Missing,
+            format!(
+                "{what} is promised to {} but the scan did not find it there",
+                self.repo()
+            ),
+            &promised,
+        )
     }
 
     /// A negative verdict that reading the promoted lists at this repository

@@ -28,10 +28,12 @@ pub enum Source {
     Acr,
     /// The manifest source itself: a project that broke on reload.
     Manifests,
+    /// An observation of the inventory sweep (`scan`).
+    Scan,
 }
 
 impl Source {
-    pub const ALL: [Source; 9] = [
+    pub const ALL: [Source; 10] = [
         Source::Gcr,
         Source::Cli,
         Source::PubsubPull,
@@ -41,6 +43,7 @@ impl Source {
         Source::Ecr,
         Source::Acr,
         Source::Manifests,
+        Source::Scan,
     ];
 
     /// The metric label and the findings store's text; `ALL` lists every
@@ -56,6 +59,7 @@ impl Source {
             Source::Ecr => "ecr",
             Source::Acr => "acr",
             Source::Manifests => "manifests",
+            Source::Scan => "scan",
         }
     }
 }
@@ -67,6 +71,22 @@ pub enum Action {
     Insert,
     /// A manifest or a tag removed.
     Delete,
+    /// The inventory sweep did not find this promised content here: the
+    /// tag is not listed, or the digest is not in the repository.
+    Absent,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Insert, Action::Delete, Action::Absent];
+
+    /// The metric label and the findings store's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Insert => "insert",
+            Action::Delete => "delete",
+            Action::Absent => "absent",
+        }
+    }
 }
 
 /// The source's own id for the delivery (Pub/Sub message id, webhook event

@@ -469,6 +469,11 @@ impl Index {
             .resolve(self.core.images[image as usize].name)
     }
 
+    /// The promotions of `image` (its `dmap` entries), in file order.
+    pub fn image_promotions(&self, image: ImageId) -> std::ops::Range<PromotionId> {
+        self.core.images[image as usize].promotions.clone()
+    }
+
     /// The digests `image` promotes, in file order.
     pub fn image_digests(&self, image: ImageId) -> impl Iterator<Item = &Digest> {
         let range = self.core.images[image as usize].promotions.clone();

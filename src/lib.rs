@@ -17,6 +17,7 @@ pub mod reference;
 pub mod registry;
 pub mod reload;
 pub mod resolve;
+pub mod scan;
 pub mod server;
 pub mod service;
 pub mod sources;

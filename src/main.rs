@@ -4,17 +4,23 @@
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
 use image_auditor::audit::{Audit, Pending, Policy, Verdict, audit};
 use image_auditor::config::{self, Config, LogFormat};
 use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::index::{Index, ParentsToResolve};
 use image_auditor::manifest::{self, ManifestSet};
-use image_auditor::reference::{Digest, Reference};
+use image_auditor::metrics::Metrics;
+use image_auditor::pipeline::{DEFAULT_UNDECIDED_RETRY_FOR, Pipeline};
+use image_auditor::reference::{Digest, Reference, RegistryPrefix};
 use image_auditor::registry::{RegistryClient, RegistryConfig, RequestKind};
 use image_auditor::resolve::Resolver;
+use image_auditor::scan;
 use image_auditor::service;
 use image_auditor::sources::gcr;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +96,39 @@ enum Command {
         /// registries when a verdict depends on them, so every verdict is final.
         #[arg(long)]
         resolve: bool,
+    },
+    /// Sweep registries: audit every tag of every repository the manifests
+    /// name under each prefix, and report promised content that is not
+    /// there (`missing`). Decisions go to the findings store; exit 1 when a
+    /// new finding was made. Resumes an interrupted sweep (README "Scanning").
+    Scan {
+        /// Registry prefixes (`host[/path]`) to sweep [default: every
+        /// destination prefix of the manifests].
+        prefixes: Vec<String>,
+        /// Also visit every repository `/v2/_catalog` lists under each prefix.
+        #[arg(long)]
+        catalog: bool,
+        /// Ignore the checkpoint of an interrupted sweep and start anew.
+        #[arg(long)]
+        restart: bool,
+        /// The summary as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where the sweep's checkpoint is kept [default: <data-dir>/scan].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The service's data directory: findings are recorded in
+        /// <data-dir>/findings.sqlite, the store `serve` alerts from.
+        #[arg(long, default_value = "data", env = "IMAGE_AUDITOR_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Entries per page of `_catalog` and `tags/list`.
+        #[arg(long, default_value_t = image_auditor::registry::DEFAULT_PAGE_SIZE, hide = true,
+              value_parser = clap::value_parser!(usize))]
+        page_size: usize,
+        /// Stop after visiting this many repositories (the sweep resumes on
+        /// the next run).
+        #[arg(long)]
+        max_repositories: Option<usize>,
     },
     /// Audit newline-delimited GCR notification payloads from a file (`-` for
     /// standard input), one verdict per line.
@@ -180,6 +219,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let resolver = resolve.then(|| registry.resolver()).transpose()?;
             check(&manifests, &policy, resolver, &references, json)
+        }
+        Command::Scan {
+            prefixes,
+            catalog,
+            restart,
+            json,
+            state_dir,
+            data_dir,
+            page_size,
+            max_repositories,
+        } => {
+            let options = scan::Options {
+                catalog,
+                restart,
+                state_dir: Some(state_dir.unwrap_or_else(|| data_dir.join("scan"))),
+                page_size: page_size.max(1),
+                max_repositories,
+            };
+            scan_registries(
+                &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
+            )
         }
         Command::Replay {
             file,
@@ -558,6 +618,116 @@ fn resolve_index(dir: &Path, registry: &RegistrySetup, json: bool) -> anyhow::Re
     } else {
         ExitCode::from(1)
     })
+}
+
+fn scan_registries(
+    dir: &Path,
+    policy: &Policy,
+    registry: &RegistrySetup,
+    data_dir: &Path,
+    prefixes: &[String],
+    options: &scan::Options,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    // Parse the arguments before loading or connecting to anything.
+    let targets = prefixes
+        .iter()
+        .map(|p| {
+            p.parse::<RegistryPrefix>()
+                .map_err(|e| anyhow::anyhow!("{p:?} is not a registry prefix: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let index = load_index(dir)?;
+    let config = registry.config()?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
+    let db = data_dir.join("findings.sqlite");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db)
+            .map_err(|e| anyhow::anyhow!("opening findings store {}: {e}", db.display()))?,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = {
+        let _entered = runtime.enter();
+        RegistryClient::new(config)?
+    };
+    let metrics = Arc::new(Metrics::new(Some(client.clone())));
+    let index = Arc::new(ArcSwap::from_pointee(index));
+    let pipeline = Pipeline::new(
+        index.clone(),
+        Some(Arc::new(Resolver::new(client.clone()))),
+        store,
+        policy.clone(),
+        metrics.clone(),
+        DEFAULT_UNDECIDED_RETRY_FOR,
+    );
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} repositories {elapsed}")
+            .expect("valid template"),
+    );
+    let sweep = scan::Sweep {
+        pipeline: &pipeline,
+        index: &index,
+        client: &client,
+        metrics: Some(&metrics),
+    };
+    let summary = runtime.block_on(sweep.run(&targets, options, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    }))?;
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        for f in &summary.findings {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}",
+                f.verdict,
+                f.repository,
+                f.tag.as_deref().unwrap_or("-"),
+                f.digest.as_deref().unwrap_or("-")
+            )?;
+        }
+        for e in &summary.errors {
+            eprintln!("error: {e}");
+        }
+        let verdicts: Vec<String> = summary
+            .verdicts
+            .iter()
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "sweep {} {}: {} repositories visited ({} done earlier, {} undecided), {} tags, \
+             {} manifest requests, {} list requests; verdicts: {}; {} new findings, {} missing, \
+             {} errors",
+            summary.sweep_id,
+            if summary.complete {
+                "complete"
+            } else {
+                "interrupted (resume with the same command)"
+            },
+            summary.repositories,
+            summary.skipped,
+            summary.undecided_repositories.len(),
+            summary.tags,
+            summary.manifest_requests,
+            summary.list_requests,
+            if verdicts.is_empty() {
+                "none".to_owned()
+            } else {
+                verdicts.join(", ")
+            },
+            summary.findings.len(),
+            summary.missing,
+            summary.errors.len()
+        )?;
+    }
+    Ok(exit_for(summary.findings.len()))
 }
 
 fn exit_for(violations: usize) -> ExitCode {

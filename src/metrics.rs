@@ -71,6 +71,12 @@ pub struct Metrics {
     pub outbox_backlog: Family<SinkLabels, Gauge>,
     pub manifest_load_failures: Counter,
     pub index_last_load_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Unix time the last inventory sweep (`scan`) completed.
+    pub scan_last_completed_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// New findings made by inventory sweeps.
+    pub scan_findings: Counter,
+    /// Repositories visited by inventory sweeps.
+    pub scan_repositories: Counter,
 }
 
 impl Default for Metrics {
@@ -196,6 +202,24 @@ impl Metrics {
             "Unix time the live index was built from the manifests",
             index_last_load_seconds.clone(),
         );
+        let scan_last_completed_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "scan_last_completed_timestamp_seconds",
+            "Unix time the last inventory sweep completed",
+            scan_last_completed_seconds.clone(),
+        );
+        let scan_findings = Counter::default();
+        registry.register(
+            "scan_findings",
+            "New findings made by inventory sweeps",
+            scan_findings.clone(),
+        );
+        let scan_repositories = Counter::default();
+        registry.register(
+            "scan_repositories",
+            "Repositories visited by inventory sweeps",
+            scan_repositories.clone(),
+        );
         Self {
             registry,
             events,
@@ -216,6 +240,9 @@ impl Metrics {
             outbox_backlog,
             manifest_load_failures,
             index_last_load_seconds,
+            scan_last_completed_seconds,
+            scan_findings,
+            scan_repositories,
         }
     }
 

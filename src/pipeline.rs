@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Event, EventId, Malformed, Source};
 use crate::findings::{Decision, Recorded, Store, StoreError};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
@@ -220,10 +220,7 @@ impl Pipeline {
                         .events
                         .get_or_create(&EventLabels {
                             source: delivery.source.as_str(),
-                            action: event.map_or("unknown", |e| match e.action {
-                                Action::Insert => "insert",
-                                Action::Delete => "delete",
-                            }),
+                            action: event.map_or("unknown", |e| e.action.as_str()),
                             verdict: verdict.kind.as_str(),
                         })
                         .inc();

@@ -355,7 +355,11 @@ proptest! {
                 "{a:?}"
             ),
             Action::Insert => prop_assert!(
-                !matches!(kind, Deleted | DeletedUnpromoted),
+                !matches!(kind, Deleted | DeletedUnpromoted | Missing),
+                "{a:?}"
+            ),
+            Action::Absent => prop_assert!(
+                matches!(kind, Missing | OutOfScope),
                 "{a:?}"
             ),
         }
@@ -470,6 +474,7 @@ fn check_parse(bytes: &[u8]) -> Result<(), TestCaseError> {
                 Some(match e.action {
                     Action::Insert => "INSERT",
                     Action::Delete => "DELETE",
+                    Action::Absent => unreachable!("the GCR parser never builds an absence"),
                 })
             );
             let again: Repository = e.repository.to_string().parse().unwrap();

@@ -990,6 +990,7 @@ fn every_auditable_verdict_kind_is_reachable_from_the_fixtures() {
             insert(&index, &at("us.gcr.io/example-prod/broken/app", "9")),
             VerdictKind::Undecided,
         ),
+        (absent(&index, &at(GIZMO, "b")), VerdictKind::Missing),
     ];
     let mut seen = Vec::new();
     for (a, kind) in &cases {
@@ -1002,4 +1003,83 @@ fn every_auditable_verdict_kind_is_reachable_from_the_fixtures() {
             assert!(seen.contains(&kind), "{kind} not covered");
         }
     }
+}
+
+// ---------------------------------------------------------------- scan: absent
+
+fn absent(index: &Index, reference: &str) -> Audit {
+    audit(index, &event(Action::Absent, reference), &Policy::default())
+}
+
+#[test]
+fn absent_promised_digest_or_tag_is_missing_with_evidence() {
+    let index = table();
+    let file = images_file("verdicts", "widgets");
+    for reference in [
+        // The tagless digest bbbb…, checked by digest.
+        at(GIZMO, "b"),
+        // A promised tag, with the digest promised to it.
+        at(&format!("{GIZMO}:latest"), "a"),
+        at(&format!("{GIZMO}:v1.0"), "a"),
+        // A tag-only absence of a promised tag.
+        format!("{GIZMO}:v2.0"),
+        // The other region of the same manifest.
+        at("asia.gcr.io/example-prod/widgets/gizmo:latest", "a"),
+    ] {
+        let a = absent(&index, &reference);
+        let v = expect(&a, VerdictKind::Missing);
+        assert!(v.kind.alerts(), "{reference}");
+        assert!(a.pending.is_none(), "{reference}");
+        assert_eq!(v.evidence.len(), 1, "{reference}");
+        assert_eq!(&*v.evidence[0].image, "gizmo");
+        assert_eq!(&*v.evidence[0].file, file.as_path());
+    }
+    let a = absent(&index, &at(GIZMO, "a"));
+    assert_evidence(
+        &expect(&a, VerdictKind::Missing).evidence[0],
+        &file,
+        "gizmo",
+        &d("a"),
+        None,
+    );
+}
+
+#[test]
+fn absent_content_not_promised_there_is_not_a_finding() {
+    let index = table();
+    for reference in [
+        // Never promoted anywhere.
+        at(GIZMO, "9"),
+        at(&format!("{GIZMO}:v1.0"), "9"),
+        // Promoted here, but not under this tag: absence of that pair
+        // breaks no promise (`latest` is promised to aaaa…, not bbbb…).
+        at(&format!("{GIZMO}:latest"), "b"),
+        // A tag promised to no digest here.
+        format!("{GIZMO}:nightly"),
+        // Promoted by widgets, but widgets never promotes to eu.
+        at("eu.gcr.io/example-prod/widgets/gizmo", "a"),
+        // Promoted under another image name (gizmo-amd64), absent as gizmo.
+        at(GIZMO, "d"),
+        // A staging registry is out of scope altogether.
+        at("gcr.io/k8s-staging-widgets/gizmo", "a"),
+    ] {
+        let a = absent(&index, &reference);
+        assert!(!a.verdict.kind.alerts(), "{reference}: {:#?}", a);
+        assert_ne!(a.verdict.kind, VerdictKind::Missing, "{reference}");
+        assert!(a.pending.is_none(), "{reference}");
+    }
+}
+
+#[test]
+fn missing_is_a_verdict_with_its_own_text_and_actions_round_trip() {
+    assert!(VerdictKind::ALL.contains(&VerdictKind::Missing));
+    assert_eq!(VerdictKind::Missing.as_str(), "missing");
+    assert_eq!(Action::Absent.as_str(), "absent");
+    assert!(Action::ALL.contains(&Action::Absent));
+    assert!(Source::ALL.contains(&Source::Scan));
+    assert_eq!(Source::Scan.as_str(), "scan");
+    assert_eq!(
+        image_auditor::alert::Severity::of(VerdictKind::Missing),
+        image_auditor::alert::Severity::Critical
+    );
 }

@@ -36,7 +36,7 @@ impl Severity {
     pub fn of(verdict: VerdictKind) -> Severity {
         use VerdictKind::*;
         match verdict {
-            Unpromoted | UnpromotedAttachment | TagMoved | Deleted => Severity::Critical,
+            Unpromoted | UnpromotedAttachment | TagMoved | Deleted | Missing => Severity::Critical,
             _ => Severity::Warning,
         }
     }

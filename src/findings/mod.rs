@@ -350,14 +350,9 @@ pub fn parse_source(s: &str) -> Option<Source> {
 }
 
 fn action_str(a: Action) -> &'static str {
-    match a {
-        Action::Insert => "insert",
-        Action::Delete => "delete",
-    }
+    a.as_str()
 }
 
 fn parse_action(s: &str) -> Option<Action> {
-    [Action::Insert, Action::Delete]
-        .into_iter()
-        .find(|a| action_str(*a) == s)
+    Action::ALL.into_iter().find(|a| action_str(*a) == s)
 }

@@ -202,7 +202,7 @@ impl Authenticator {
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
-            query.append_pair("scope", &format!("repository:{path}:pull"));
+            query.append_pair("scope", &scope(path));
         }
         let realm_host = url_host(&url);
         let mut request = ctx.http.get(url);
@@ -273,6 +273,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// `host[:port]` of a URL, as used for per-host counters.
+/// The token scope for a request about `path`; the empty path is the
+/// registry's catalog (no repository path is empty).
+pub(crate) const CATALOG_PATH: &str = "";
+
+fn scope(path: &str) -> String {
+    if path == CATALOG_PATH {
+        "registry:catalog:*".to_owned()
+    } else {
+        format!("repository:{path}:pull")
+    }
+}
+
 pub(crate) fn url_host(url: &reqwest::Url) -> String {
     let host = url.host_str().unwrap_or_default();
     match url.port() {

@@ -1,6 +1,7 @@
-//! The registry client and its one HTTP operation: GET a manifest by digest,
-//! within the request budget, with authentication, bounded retries, a size
-//! cap, and verification of the body against the digest.
+//! The registry client and its HTTP request loop ([`Inner::send`]): every
+//! request within the request budget, with authentication and bounded
+//! retries; and its main operation, GET a manifest by digest with a size cap
+//! and verification of the body against the digest.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use super::stats::{Outcome, RequestKind, Stats, StatsSnapshot};
 use crate::reference::{Digest, Repository};
 
 /// The header a registry uses to state the digest of what it served.
-const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// The only way the auditor talks to registries. Cheap to clone; clones
 /// share connections, budgets, tokens, the cache, in-flight fetches and
@@ -55,6 +56,18 @@ pub enum SetupError {
     },
     #[error("HTTP client: {0}")]
     Http(String),
+}
+
+/// One registry request, as [`Inner::send`] sends it.
+pub(crate) struct Request<'a> {
+    pub(crate) host: &'a str,
+    /// The repository path the request is about (what a token is scoped
+    /// to); [`super::auth::CATALOG_PATH`] for the catalog.
+    pub(crate) path: &'a str,
+    pub(crate) method: reqwest::Method,
+    pub(crate) url: &'a str,
+    pub(crate) accept: Option<&'static str>,
+    pub(crate) kind: RequestKind,
 }
 
 /// How reading a response body ended badly.
@@ -117,30 +130,74 @@ impl Inner {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<Bytes, RegistryError> {
-        let host = repository.host();
-        let path = repository.path();
-        let error = |kind| RegistryError::new(repository, digest, kind);
-        let insecure = self.config.is_insecure_http(host);
-        let scheme = if insecure { "http" } else { "https" };
-        let url = format!("{scheme}://{host}/v2/{path}/manifests/{digest}");
+        let url = self.url(
+            repository.host(),
+            &format!("{}/manifests/{digest}", repository.path()),
+        );
+        let request = Request {
+            host: repository.host(),
+            path: repository.path(),
+            method: reqwest::Method::GET,
+            url: &url,
+            accept: Some(media::ACCEPT),
+            kind: RequestKind::Manifest,
+        };
+        self.send(&request, |response| self.read_verified(response, digest))
+            .await
+            .map_err(|kind| RegistryError::new(repository, digest, kind))
+    }
+
+    /// `scheme://host/v2/<rest>`, plain HTTP only for hosts configured so.
+    pub(crate) fn url(&self, host: &str, rest: &str) -> String {
+        let scheme = if self.config.is_insecure_http(host) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}/v2/{rest}")
+    }
+
+    /// Sends `request` within the budget, with authentication and bounded
+    /// retries of transient failures, and hands a `200` to `on_ok`, whose
+    /// transient failures (a body cut short) are retried too. Every attempt
+    /// is counted in the stats under `request.kind`.
+    pub(crate) async fn send<T, F, Fut>(
+        &self,
+        request: &Request<'_>,
+        mut on_ok: F,
+    ) -> Result<T, ErrorKind>
+    where
+        F: FnMut(reqwest::Response) -> Fut,
+        Fut: std::future::Future<Output = Result<T, (Outcome, ErrorKind)>>,
+    {
+        let Request {
+            host,
+            path,
+            ref method,
+            url,
+            accept,
+            kind,
+        } = *request;
         let ctx = Ctx {
             http: &self.http,
             stats: &self.stats,
-            allow_http_realm: insecure,
+            allow_http_realm: self.config.is_insecure_http(host),
         };
-        let record = |outcome| self.stats.request(host, RequestKind::Manifest, outcome);
+        let record = |outcome| self.stats.request(host, kind, outcome);
         let mut retries = 0;
         let mut reauthenticated = false;
         loop {
             self.limiter.acquire(host).await;
-            let (authorization, sent) =
-                self.auth.authorize(&ctx, host, path).await.map_err(error)?;
-            let mut request = self.http.get(&url).header(ACCEPT, media::ACCEPT);
+            let (authorization, sent) = self.auth.authorize(&ctx, host, path).await?;
+            let mut builder = self.http.request(method.clone(), url);
+            if let Some(accept) = accept {
+                builder = builder.header(ACCEPT, accept);
+            }
             if let Some(value) = authorization {
-                request = request.header(AUTHORIZATION, value);
+                builder = builder.header(AUTHORIZATION, value);
             }
             // Each arm either returns or yields the transient failure to retry.
-            let failure = match request.send().await {
+            let failure = match builder.send().await {
                 Err(e) if e.is_timeout() => {
                     record(Outcome::Timeout);
                     ErrorKind::Timeout
@@ -150,15 +207,15 @@ impl Inner {
                     ErrorKind::Network(error_chain(&e))
                 }
                 Ok(response) => match response.status() {
-                    StatusCode::OK => match self.read_verified(response, digest).await {
-                        Ok(body) => {
+                    StatusCode::OK => match on_ok(response).await {
+                        Ok(value) => {
                             record(Outcome::Ok);
-                            return Ok(body);
+                            return Ok(value);
                         }
                         Err((outcome, kind)) => {
                             record(outcome);
                             if !kind.is_transient() {
-                                return Err(error(kind));
+                                return Err(kind);
                             }
                             kind
                         }
@@ -170,24 +227,23 @@ impl Inner {
                             && self
                                 .auth
                                 .on_unauthorized(&ctx, host, path, response.headers(), sent)
-                                .await
-                                .map_err(error)?
+                                .await?
                         {
                             reauthenticated = true;
                             continue;
                         }
-                        return Err(error(ErrorKind::Unauthorized {
+                        return Err(ErrorKind::Unauthorized {
                             status: status.as_u16(),
                             detail: match sent {
                                 Sent::Nothing => "no credentials for this host",
                                 _ => "credentials refused",
                             }
                             .into(),
-                        }));
+                        });
                     }
                     StatusCode::NOT_FOUND => {
                         record(Outcome::NotFound);
-                        return Err(error(ErrorKind::NotFound));
+                        return Err(ErrorKind::NotFound);
                     }
                     StatusCode::TOO_MANY_REQUESTS => {
                         record(Outcome::RateLimited);
@@ -198,7 +254,7 @@ impl Inner {
                             .and_then(|v| parse_retry_after(v, SystemTime::now()));
                         if let Some(wait) = retry_after {
                             if wait > self.config.max_retry_after {
-                                return Err(error(ErrorKind::RateLimited { retry_after }));
+                                return Err(ErrorKind::RateLimited { retry_after });
                             }
                             // Every request to this host waits, not just this one.
                             self.limiter
@@ -214,14 +270,14 @@ impl Inner {
                     }
                     status => {
                         record(Outcome::OtherStatus);
-                        return Err(error(ErrorKind::UnexpectedStatus {
+                        return Err(ErrorKind::UnexpectedStatus {
                             status: status.as_u16(),
-                        }));
+                        });
                     }
                 },
             };
             if retries >= self.config.max_retries {
-                return Err(error(failure));
+                return Err(failure);
             }
             let honours_retry_after = matches!(
                 failure,
@@ -233,7 +289,7 @@ impl Inner {
                 let delay = backoff(retries, self.config.backoff_base, self.config.backoff_max);
                 tokio::time::sleep(delay).await;
             }
-            tracing::debug!(host, repository = path, %digest, error = %failure, retries, "retrying manifest fetch");
+            tracing::debug!(host, repository = path, url, error = %failure, retries, "retrying registry request");
             retries += 1;
             self.stats.retry();
         }
@@ -318,7 +374,7 @@ pub(crate) async fn read_capped(
     }
 }
 
-fn same_algorithm_digest(like: &Digest, bytes: &[u8]) -> Digest {
+pub(crate) fn same_algorithm_digest(like: &Digest, bytes: &[u8]) -> Digest {
     match like {
         Digest::Sha256(_) => Digest::sha256_of(bytes),
         Digest::Sha512(_) => Digest::Sha512(Box::new(sha2::Sha512::digest(bytes).into())),

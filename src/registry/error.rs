@@ -1,12 +1,13 @@
-//! What can go wrong when asking a registry for a manifest, split into
-//! transient failures (ask again later) and permanent answers.
+//! What can go wrong when asking a registry for a manifest, a tag or a
+//! listing, split into transient failures (ask again later) and permanent
+//! answers.
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::reference::{Digest, Repository};
+use crate::reference::{Digest, Repository, Tag};
 
-/// A failed manifest fetch: where, what, and whether asking again may help.
+/// A failed registry request: where, what, and whether asking again may help.
 ///
 /// Boxed so that `Result<_, RegistryError>` stays one pointer wide on the
 /// success path.
@@ -18,17 +19,45 @@ pub struct RegistryError(Box<Details>);
 struct Details {
     host: String,
     repository: String,
-    digest: Digest,
+    target: Target,
     kind: ErrorKind,
+}
+
+/// What was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A manifest by digest.
+    Manifest(Digest),
+    /// A manifest by tag (resolving the tag to its digest).
+    Tag(Tag),
+    /// The repository's tag list (`/v2/<name>/tags/list`).
+    TagList,
+    /// The registry's repository list (`/v2/_catalog`).
+    Catalog,
 }
 
 impl fmt::Display for Details {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "registry {} repository {} manifest {}: {}",
-            self.host, self.repository, self.digest, self.kind
-        )
+        let (host, repository, kind) = (&self.host, &self.repository, &self.kind);
+        match &self.target {
+            Target::Manifest(digest) => write!(
+                f,
+                "registry {host} repository {repository} manifest {digest}: {kind}"
+            ),
+            Target::Tag(tag) => {
+                write!(
+                    f,
+                    "registry {host} repository {repository} tag {tag}: {kind}"
+                )
+            }
+            Target::TagList => {
+                write!(
+                    f,
+                    "registry {host} repository {repository} tag list: {kind}"
+                )
+            }
+            Target::Catalog => write!(f, "registry {host} catalog: {kind}"),
+        }
     }
 }
 
@@ -49,7 +78,8 @@ pub enum ErrorKind {
     TokenService { realm: String, detail: String },
     #[error("credentials unavailable: {0}")]
     Credentials(String),
-    #[error("manifest not found (404)")]
+    /// The manifest, tag or repository does not exist (404).
+    #[error("not found (404)")]
     NotFound,
     #[error("unexpected status {status}")]
     UnexpectedStatus { status: u16 },
@@ -67,6 +97,14 @@ pub enum ErrorKind {
     TooDeep(usize),
     #[error("no repository to ask")]
     NoCandidates,
+    #[error("refusing to follow a Link to {url}: not the registry that was asked")]
+    ForeignLink { url: String },
+    #[error("unusable Link header {0:?}")]
+    BadLink(String),
+    #[error("pagination did not end after {0} pages")]
+    TooManyPages(usize),
+    #[error("no Docker-Content-Digest header in the answer")]
+    NoDigestHeader,
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {
@@ -78,10 +116,25 @@ fn retry_after_text(retry_after: &Option<Duration>) -> String {
 
 impl RegistryError {
     pub(crate) fn new(repository: &Repository, digest: &Digest, kind: ErrorKind) -> Self {
+        Self::of(repository, Target::Manifest(digest.clone()), kind)
+    }
+
+    /// A failed request about `target` in `repository`.
+    pub(crate) fn of(repository: &Repository, target: Target, kind: ErrorKind) -> Self {
         Self(Box::new(Details {
             host: repository.host().to_owned(),
             repository: repository.path().to_owned(),
-            digest: digest.clone(),
+            target,
+            kind,
+        }))
+    }
+
+    /// A failed `/v2/_catalog` request to `host`.
+    pub(crate) fn catalog(host: &str, kind: ErrorKind) -> Self {
+        Self(Box::new(Details {
+            host: host.to_owned(),
+            repository: String::new(),
+            target: Target::Catalog,
             kind,
         }))
     }
@@ -91,7 +144,7 @@ impl RegistryError {
         Self(Box::new(Details {
             host: String::new(),
             repository: String::new(),
-            digest: digest.clone(),
+            target: Target::Manifest(digest.clone()),
             kind,
         }))
     }
@@ -106,9 +159,17 @@ impl RegistryError {
         &self.0.repository
     }
 
-    /// The manifest asked for.
-    pub fn digest(&self) -> &Digest {
-        &self.0.digest
+    /// The manifest asked for, when one was asked for by digest.
+    pub fn digest(&self) -> Option<&Digest> {
+        match &self.0.target {
+            Target::Manifest(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// What was asked for.
+    pub fn target(&self) -> &Target {
+        &self.0.target
     }
 
     pub fn kind(&self) -> &ErrorKind {
@@ -125,7 +186,8 @@ impl RegistryError {
         self.0.kind.is_transient()
     }
 
-    /// Whether the registry said the manifest is not in this repository.
+    /// Whether the registry said the manifest, tag or repository does not
+    /// exist (a permanent answer, distinct from a failure).
     pub fn is_not_found(&self) -> bool {
         self.0.kind == ErrorKind::NotFound
     }
@@ -149,7 +211,11 @@ impl ErrorKind {
             | ErrorKind::Unparseable(_)
             | ErrorKind::UnsupportedMediaType(_)
             | ErrorKind::TooDeep(_)
-            | ErrorKind::NoCandidates => false,
+            | ErrorKind::NoCandidates
+            | ErrorKind::ForeignLink { .. }
+            | ErrorKind::BadLink(_)
+            | ErrorKind::TooManyPages(_)
+            | ErrorKind::NoDigestHeader => false,
         }
     }
 }

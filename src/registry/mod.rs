@@ -4,7 +4,8 @@
 //! against that digest, from a content-addressed on-disk cache or from the
 //! registry (OCI distribution API) within a request budget. The resolve
 //! helpers build on it to list the children of manifest lists and to read
-//! the subject of attachments.
+//! the subject of attachments. The listing calls (`catalog`, `tags`,
+//! `resolve_tag`, `manifest_exists`) serve the inventory sweep.
 //!
 //! Errors say whether asking again may help ([`RegistryError::is_transient`]):
 //! callers turn transient errors into "undecided", never into "unpromoted".
@@ -18,14 +19,16 @@ mod error;
 mod fetch;
 mod google;
 mod limit;
+mod list;
 mod media;
 mod resolve;
 mod stats;
 
 pub use client::{RegistryClient, SetupError};
 pub use config::{GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig};
-pub use error::{ErrorKind, RegistryError};
+pub use error::{ErrorKind, RegistryError, Target};
 pub use fetch::FetchedManifest;
+pub use list::{DEFAULT_PAGE_SIZE, Listing, MAX_LIST_BYTES, MAX_PAGES};
 pub use media::{
     ACCEPT, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, IndexChild, ManifestKind, OCI_INDEX,
     OCI_MANIFEST, Platform,

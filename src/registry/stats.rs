@@ -9,8 +9,11 @@ use std::sync::{Arc, RwLock};
 /// What a request was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RequestKind {
-    /// `GET /v2/<name>/manifests/<digest>`.
+    /// `GET /v2/<name>/manifests/<digest>`, and `HEAD`/`GET` of a manifest
+    /// by tag or digest for the inventory sweep.
     Manifest,
+    /// One page of `/v2/_catalog` or `/v2/<name>/tags/list`.
+    List,
     /// A bearer-token request to a token service (`realm`), or a Google
     /// access-token request to the metadata server.
     Token,
@@ -65,7 +68,7 @@ impl Outcome {
     }
 }
 
-const KINDS: [RequestKind; 2] = [RequestKind::Manifest, RequestKind::Token];
+const KINDS: [RequestKind; 3] = [RequestKind::Manifest, RequestKind::List, RequestKind::Token];
 
 #[derive(Default)]
 struct HostCounters([[AtomicU64; Outcome::ALL.len()]; KINDS.len()]);
