@@ -42,6 +42,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// Where findings are alerted, and how they are grouped.
     pub alerts: AlertsConfig,
+    /// Periodic inventory sweeps of the destination registries.
+    pub scan: ScanConfig,
     /// How long an undecided event is retried before it is recorded as
     /// `unverifiable` and alerted.
     #[serde(with = "humantime_serde")]
@@ -66,6 +68,21 @@ pub struct PubsubConfig {
     /// Streaming pull from a subscription of the `gcr` topic. Unset: no pull.
     pub pull: Option<PullConfig>,
     pub push: PushConfig,
+}
+
+/// `scan`: sweeps run by `serve`, the first one at startup.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanConfig {
+    /// Time between two sweeps. Unset: `serve` does not sweep.
+    #[serde(with = "humantime_serde::option")]
+    pub interval: Option<Duration>,
+    /// Registry prefixes to sweep; empty: every destination of the manifests.
+    pub targets: Vec<crate::reference::RegistryPrefix>,
+    /// Also visit every repository `/v2/_catalog` lists under each target.
+    pub catalog: bool,
+    /// Most repositories visited per sweep (the rest resume next time).
+    pub max_repositories: Option<usize>,
 }
 
 /// How the manifests are kept current.
@@ -151,6 +168,7 @@ impl Default for Config {
             pubsub: PubsubConfig::default(),
             webhooks: WebhooksConfig::default(),
             alerts: AlertsConfig::default(),
+            scan: ScanConfig::default(),
             undecided_retry_for: Duration::from_secs(3600),
             log: LogConfig::default(),
         }
@@ -306,6 +324,18 @@ impl Config {
         self.alerts
             .validate(crate::findings::DEFAULT_CLAIM_LEASE)
             .map_err(|message| invalid("alerts", message))?;
+        if let Some(interval) = self.scan.interval {
+            if !self.resolve {
+                return Err(invalid(
+                    "scan.interval",
+                    "sweeps read registries: set `resolve: true` or leave scan.interval unset"
+                        .into(),
+                ));
+            }
+            if interval < Duration::from_secs(1) {
+                return Err(invalid("scan.interval", "must be at least 1s".into()));
+            }
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid("log.filter", e.to_string()));
         }

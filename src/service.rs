@@ -16,6 +16,7 @@ use crate::pipeline::Pipeline;
 use crate::registry::RegistryClient;
 use crate::reload::Reloader;
 use crate::resolve::Resolver;
+use crate::scan;
 use crate::server::{AppState, router};
 use crate::sources::pubsub_pull::PullSource;
 use crate::sources::push_auth::PushVerifier;
@@ -34,7 +35,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .then(|| RegistryClient::new(config.registry.clone()).context("registry client"))
         .transpose()?;
     let metrics = Arc::new(Metrics::new(client.clone()));
-    let resolver = client.map(|client| Arc::new(Resolver::new(client)));
+    let resolver = client.clone().map(|client| Arc::new(Resolver::new(client)));
     let (source, poll_interval) = config.manifest_source();
     let root = source.root();
     let reloader = Reloader::start(
@@ -94,10 +95,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Endpoints::from_config(&config.webhooks.by_kind(), |var| std::env::var(var).ok())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
     let state = AppState {
-        index,
+        index: index.clone(),
         pipeline: pipeline.clone(),
         store,
-        metrics,
+        metrics: metrics.clone(),
         resolver,
         policy: config.policy.clone(),
         push_enabled: config.pubsub.push.enabled,
@@ -115,6 +116,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let pull = pull.map(|pull| tokio::spawn(pull.run(pipeline.handler(), shutdown.clone())));
     tokio::spawn(reloader.clone().run(poll_interval, shutdown.clone()));
     tokio::spawn(reload_on_sighup(reloader, shutdown.clone()));
+    let sweeps = match (config.scan.interval, client) {
+        (Some(interval), Some(client)) => Some(tokio::spawn(sweep_periodically(
+            pipeline.clone(),
+            index.clone(),
+            client,
+            metrics.clone(),
+            config.scan.clone(),
+            config.data_dir.join("scan"),
+            interval,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     // Alerts stop last, after every source, so that what the last events
     // recorded is still sent.
     let alerts_stop = CancellationToken::new();
@@ -135,6 +149,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if let Some(pull) = pull {
         let stats = pull.await.context("pull source task")??;
         tracing::info!(?stats, "pull source stopped");
+    }
+    if let Some(sweeps) = sweeps {
+        sweeps.await.context("sweep task")?;
     }
     alerts_stop.cancel();
     for task in alerts {
@@ -159,6 +176,50 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) 
                 // The outcome is logged by the reloader.
                 let _ = reloader.reload(true).await;
             }
+        }
+    }
+}
+
+/// Sweeps at startup and then every `interval`; a sweep interrupted by
+/// shutdown resumes from its checkpoint at the next start.
+#[allow(clippy::too_many_arguments)]
+async fn sweep_periodically(
+    pipeline: Arc<Pipeline>,
+    index: Arc<arc_swap::ArcSwap<crate::index::Index>>,
+    client: RegistryClient,
+    metrics: Arc<Metrics>,
+    config: crate::config::ScanConfig,
+    state_dir: std::path::PathBuf,
+    interval: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let options = scan::Options {
+        catalog: config.catalog,
+        state_dir: Some(state_dir),
+        max_repositories: config.max_repositories,
+        ..scan::Options::default()
+    };
+    loop {
+        let sweep = scan::sweep(
+            &pipeline,
+            &index,
+            &client,
+            &config.targets,
+            &options,
+            Some(&metrics),
+        );
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = sweep => match result {
+                Ok(summary) => tracing::info!(repositories = summary.repositories,
+                    findings = summary.findings.len(), missing = summary.missing,
+                    complete = summary.complete, errors = summary.errors.len(), "sweep finished"),
+                Err(e) => tracing::error!(error = %e, "sweep failed"),
+            },
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -723,3 +723,58 @@ mod faults {
         assert!(e.to_string().contains("tag v1"), "{e}");
     }
 }
+
+/// `serve` with `scan.interval` sweeps at startup: the same findings as
+/// the CLI, recorded in its own store (so alerted like any other), and the
+/// sweep's time in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sweeps_at_startup_with_the_same_findings() {
+    let f = Fixture::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "registry:\n  insecure_http_hosts: [\"127.0.0.1\"]\nscan:\n  interval: 1h\n  \
+         targets: [\"{}\", \"{}\"]\n",
+        f.repo("prod-us"),
+        f.repo("prod-eu")
+    );
+    let service = support::service::Service::start(dir.path(), &f.manifests, &config).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let stored = loop {
+        let rows = SqliteStore::open(service.findings_db())
+            .unwrap()
+            .findings(&FindingQuery::default())
+            .unwrap();
+        let metrics = reqwest::get(service.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let done = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("image_auditor_scan_last_completed_timestamp_seconds "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .is_some_and(|t| t > 0.0);
+        if done {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sweep:\n{}",
+            service.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let stored: Expected = stored
+        .iter()
+        .map(|r| {
+            (
+                r.verdict.as_str().to_owned(),
+                r.repository.as_ref().unwrap().to_string(),
+                r.digest.as_ref().map(ToString::to_string),
+                r.tag.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(stored, f.expected(), "{}", service.log());
+}
