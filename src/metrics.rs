@@ -42,6 +42,12 @@ pub struct AlertLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommitLabels {
+    /// The git commit of the live manifest set; empty for a directory.
+    pub commit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub sink: String,
 }
@@ -63,6 +69,7 @@ pub struct Metrics {
     pub index_excluded_manifests: Gauge,
     pub index_children: Gauge,
     pub index_generation: Gauge,
+    pub index_commit: Family<CommitLabels, Gauge>,
     pub undecided_backlog: Gauge,
     pub store_errors: Counter,
     pub webhook_requests: Family<WebhookLabels, Counter>,
@@ -155,6 +162,12 @@ impl Metrics {
             "index_generation",
             "Generation of the live index",
         );
+        let index_commit = Family::<CommitLabels, Gauge>::default();
+        registry.register(
+            "index_commit_info",
+            "Always 1, labelled with the git commit of the live manifest set",
+            index_commit.clone(),
+        );
         let undecided_backlog = gauge(
             &mut registry,
             "undecided_backlog",
@@ -232,6 +245,7 @@ impl Metrics {
             index_excluded_manifests,
             index_children,
             index_generation,
+            index_commit,
             undecided_backlog,
             store_errors,
             webhook_requests,
@@ -254,6 +268,20 @@ impl Metrics {
             .set(stats.excluded_projects as i64);
         self.index_children.set(stats.children as i64);
         self.index_generation.set(stats.generation as i64);
+        // One series, for the live commit only: clear the old one first.
+        let commit = stats.commit.unwrap_or_default();
+        if self
+            .index_commit
+            .get(&CommitLabels {
+                commit: commit.clone(),
+            })
+            .is_none()
+        {
+            self.index_commit.clear();
+            self.index_commit
+                .get_or_create(&CommitLabels { commit })
+                .set(1);
+        }
     }
 
     pub fn observe_processing(&self, source: &'static str, elapsed: Duration) {
