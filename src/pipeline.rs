@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
 use crate::event::{Event, EventId, Malformed, Source};
-use crate::findings::{Decision, Recorded, Store, StoreError};
+use crate::findings::{Decision, Recorded, Store, off_thread};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
 use crate::reload::Reloader;
@@ -130,12 +130,11 @@ impl Pipeline {
             source: delivery.source.as_str(),
         };
         // Durable dedupe: a redelivery of a recorded id is acknowledged as is.
-        match self
-            .blocking({
-                let (source, id) = (delivery.source, delivery.id.clone());
-                move |store| store.decision(source, &id)
-            })
-            .await
+        match off_thread(&self.store, {
+            let (source, id) = (delivery.source, delivery.id.clone());
+            move |store| store.decision(source, &id)
+        })
+        .await
         {
             Ok(Some(verdict)) => {
                 self.metrics.duplicates.get_or_create(&labels).inc();
@@ -205,7 +204,7 @@ impl Pipeline {
                 Decision::of_malformed(malformed, unix_ms(), commit, index.generation())
             }
         };
-        let recorded = self.blocking(move |store| store.record(&decision)).await;
+        let recorded = off_thread(&self.store, move |store| store.record(&decision)).await;
         match recorded {
             Ok(recorded) => {
                 self.undecided.remove(&key);
@@ -280,20 +279,6 @@ impl Pipeline {
             disposition: Disposition::Retry,
             verdict: None,
             duplicate: false,
-        }
-    }
-
-    /// Runs a store call off the async threads: SQLite blocks on fsync. A
-    /// panicking store call is a bug, but it still only makes the delivery
-    /// come back later.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, String> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&*store)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(join) => Err(format!("store call failed: {join}")),
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventId, Malformed, Source};
-use crate::findings::{Decision, Store};
+use crate::findings::{Decision, Store, off_thread};
 use crate::index::Index;
 use crate::manifest::source::{ManifestSource, SourceError, Version};
 use crate::manifest::{self, LoadError, Manifest, ManifestSet, Severity};
@@ -237,18 +237,10 @@ impl Reloader {
             index.commit().map(str::to_owned),
             index.generation(),
         );
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.record(&decision)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                // Not reported after all: try again at the next reload.
-                state.reported.remove(&key);
-                tracing::error!(error = %e, project, "cannot record the manifest finding");
-            }
-            Err(e) => {
-                state.reported.remove(&key);
-                tracing::error!(error = %e, project, "cannot record the manifest finding");
-            }
+        if let Err(e) = off_thread(&self.store, move |s| s.record(&decision)).await {
+            // Not reported after all: try again at the next reload.
+            state.reported.remove(&key);
+            tracing::error!(error = %e, project, "cannot record the manifest finding");
         }
     }
 }

@@ -16,7 +16,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::audit::{Policy, VerdictKind, audit};
 use crate::event::{Action, Event, EventId, Source};
-use crate::findings::{FindingQuery, Store};
+use crate::findings::{FindingQuery, Store, off_thread};
 use crate::index::Index;
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
 use crate::pipeline::{Disposition, Pipeline};
@@ -248,11 +248,9 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
         before: params.before.map(crate::findings::FindingId),
         limit: params.limit,
     };
-    let store = state.store.clone();
-    match tokio::task::spawn_blocking(move || store.findings(&query)).await {
-        Ok(Ok(findings)) => axum::Json(json!({ "findings": findings })).into_response(),
-        Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match off_thread(&state.store, move |s| s.findings(&query)).await {
+        Ok(findings) => axum::Json(json!({ "findings": findings })).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sink::{Sink, SinkConfig};
 use super::{Alert, AlertStatus, FactKey, Route, group};
-use crate::findings::{Finding, FindingId, Store, StoreError};
+use crate::findings::{Finding, FindingId, Store, off_thread};
 use crate::index::Index;
 use crate::metrics::{AlertLabels, Metrics, SinkLabels};
 
@@ -130,9 +130,10 @@ impl Dispatcher {
 
     async fn claim_into(&self, held: &mut Vec<Finding>) {
         let name = self.name.clone();
-        let claimed = self
-            .blocking(move |s| s.claim_undelivered(&name, BATCH, now_ms()))
-            .await;
+        let claimed = off_thread(&self.store, move |s| {
+            s.claim_undelivered(&name, BATCH, now_ms())
+        })
+        .await;
         match claimed {
             Ok(claimed) => {
                 for finding in claimed {
@@ -210,19 +211,18 @@ impl Dispatcher {
     /// the worst case is one repeated alert, never a lost one.
     async fn mark(&self, id: FindingId, failure: Option<(String, i64)>) {
         let name = self.name.clone();
-        let result = self
-            .blocking(move |s| match &failure {
-                None => s.mark_delivered(&name, id, now_ms()),
-                Some((error, retry_at)) => s.mark_failed(&name, id, error, *retry_at),
-            })
-            .await;
+        let result = off_thread(&self.store, move |s| match &failure {
+            None => s.mark_delivered(&name, id, now_ms()),
+            Some((error, retry_at)) => s.mark_failed(&name, id, error, *retry_at),
+        })
+        .await;
         if let Err(e) = result {
             tracing::error!(sink = self.name, finding = id.0, error = %e, "cannot mark the outbox");
         }
     }
 
     async fn observe_backlog(&self) {
-        let counts = self.blocking(|s| s.counts()).await;
+        let counts = off_thread(&self.store, |s| s.counts()).await;
         if let Ok(counts) = counts {
             let backlog = counts
                 .undelivered_by_sink
@@ -247,17 +247,6 @@ impl Dispatcher {
             .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(20)));
         let capped = exp.min(self.timing.backoff_max);
         capped.mul_f64(0.5 + fastrand::f64() / 2.0)
-    }
-
-    async fn blocking<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, String> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&*store)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(join) => Err(format!("store call failed: {join}")),
-        }
     }
 }
 

@@ -339,6 +339,20 @@ pub trait Store: Send + Sync {
     ) -> Result<(), StoreError>;
 }
 
+/// Runs a store call off the async threads: SQLite blocks on fsync. A
+/// panicking call is a bug, but it only becomes an error here (the caller
+/// retries), never a crashed task.
+pub async fn off_thread<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&*store)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(join) => Err(format!("store call failed: {join}")),
+    }
+}
+
 /// `VerdictKind` from its `as_str()` text.
 pub fn parse_verdict(s: &str) -> Option<VerdictKind> {
     VerdictKind::ALL.into_iter().find(|k| k.as_str() == s)

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
 use crate::reference::Reference;
+use crate::sources::json::json_type;
 
 /// Parses one payload delivered under `id`.
 pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
@@ -101,15 +102,4 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
         digest,
         tag,
     })
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }

@@ -6,6 +6,7 @@ pub mod distribution;
 pub mod ecr;
 pub mod gcr;
 pub mod harbor;
+pub mod json;
 pub mod pubsub_pull;
 pub mod pubsub_push;
 pub mod push_auth;

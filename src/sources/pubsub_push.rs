@@ -55,6 +55,7 @@ use serde_json::Value;
 use crate::event::{EventId, Malformed, Source};
 use crate::pipeline::Delivery;
 use crate::sources::gcr;
+use crate::sources::json::json_type;
 
 /// The header carrying the message id of an unwrapped delivery
 /// (`noWrapper.writeMetadata = true`).
@@ -313,16 +314,5 @@ fn malformed(id: &EventId, reason: String) -> Malformed {
         id: id.clone(),
         source: Source::PubsubPush,
         reason,
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
