@@ -21,8 +21,8 @@ use image_auditor::reference::{Digest, Reference, RegistryPrefix};
 use image_auditor::registry::{RegistryClient, RegistryConfig, RequestKind};
 use image_auditor::resolve::Resolver;
 use image_auditor::scan;
-use image_auditor::service;
 use image_auditor::sources::gcr;
+use image_auditor::{log, service};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -267,8 +267,12 @@ fn serve(config_path: Option<&Path>, manifests: Option<&Path>) -> ExitCode {
     match config.log.format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(log::CloudJson(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false),
+            ))
             .with_env_filter(filter)
             .init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),

@@ -177,6 +177,20 @@ async fn push_deliveries_are_decided_recorded_once_and_queryable() {
     assert_eq!(line["verdict"], "unpromoted");
     assert_eq!(line["digest"], B);
     assert_eq!(line["repository"], format!("{EU}/app"));
+    // Cloud Logging reads `severity` (and knows WARNING, not WARN).
+    assert_eq!(line["severity"], "WARNING");
+    let promoted: Value = serde_json::from_str(
+        log.lines()
+            .find(|l| l.contains("\"m-promoted\""))
+            .expect("logged"),
+    )
+    .unwrap();
+    assert_eq!(promoted["severity"], "INFO");
+    assert!(
+        log.lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["severity"].is_string())),
+        "every line is JSON with a severity:\n{log}"
+    );
 }
 
 #[tokio::test]
