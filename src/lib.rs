@@ -22,3 +22,4 @@ pub mod scan;
 pub mod server;
 pub mod service;
 pub mod sources;
+pub mod status;

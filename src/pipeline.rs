@@ -70,6 +70,8 @@ pub struct Pipeline {
     undecided: DashMap<(Source, EventId), Instant>,
     undecided_retry_for: std::time::Duration,
     reloader: Option<Arc<Reloader>>,
+    /// Unix milliseconds of the last delivery from each source (status page).
+    last_event_ms: DashMap<Source, i64>,
 }
 
 impl Pipeline {
@@ -90,6 +92,7 @@ impl Pipeline {
             undecided: DashMap::new(),
             undecided_retry_for,
             reloader: None,
+            last_event_ms: DashMap::new(),
         }
     }
 
@@ -98,6 +101,15 @@ impl Pipeline {
     pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
         self.reloader = Some(reloader);
         self
+    }
+
+    /// Every source that delivered since start, with the Unix milliseconds
+    /// of its last delivery, in `Source::ALL` order.
+    pub fn last_events(&self) -> Vec<(Source, i64)> {
+        Source::ALL
+            .into_iter()
+            .filter_map(|s| self.last_event_ms.get(&s).map(|t| (s, *t)))
+            .collect()
     }
 
     /// The pipeline as a [`Handler`] for sources.
@@ -119,6 +131,7 @@ impl Pipeline {
                 source: source.as_str(),
             })
             .set(unix_ms() as f64 / 1000.0);
+        self.last_event_ms.insert(source, unix_ms());
         let handled = self.decide_and_record(delivery, started).await;
         self.metrics
             .observe_processing(source.as_str(), started.elapsed());

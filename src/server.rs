@@ -47,6 +47,7 @@ pub struct AppState {
 
 pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
     let mut router = Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -395,4 +396,26 @@ async fn reload(State(state): State<AppState>) -> Response {
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// The human-readable status page (DESIGN §9).
+async fn status_page(State(state): State<AppState>) -> Response {
+    let query = FindingQuery {
+        limit: Some(20),
+        ..FindingQuery::default()
+    };
+    let findings = match off_thread(&state.store, move |s| s.findings(&query)).await {
+        Ok(findings) => findings,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let page = crate::status::render(
+        &state.index.load().stats(),
+        &state.pipeline.last_events(),
+        &findings,
+        now_ms,
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }

@@ -350,3 +350,31 @@ async fn sigterm_stops_cleanly_and_a_kill_loses_no_recorded_decision() {
     assert!(status.success(), "{status}\n{}", service.log());
     assert!(service.log().contains("\"stopped\""));
 }
+
+#[tokio::test]
+async fn the_status_page_shows_index_sources_and_findings_with_markup_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = start(dir.path(), "").await;
+    let (status, page) = get(&service, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("No event received since start."), "{page}");
+
+    // A hostile payload: its text reaches the finding's reason.
+    let hostile = json!({"action": "<script>alert(1)</script>", "digest": format!("{US}/app@{B}")});
+    let (status, body) = push(&service, envelope("m-xss", &hostile), "application/json").await;
+    assert_eq!((status, body["verdict"].as_str()), (200, Some("malformed")));
+    let response = reqwest::get(service.url("/")).await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    let page = response.text().await.unwrap();
+    assert!(page.contains("<td>pubsub_push</td>"), "{page}");
+    assert!(page.contains("<th>generation</th><td>1</td>"), "{page}");
+    assert!(page.contains("m-xss"), "{page}");
+    assert!(
+        page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+        "{page}"
+    );
+    assert!(!page.contains("<script>"), "{page}");
+}
