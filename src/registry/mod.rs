@@ -31,7 +31,7 @@ pub use fetch::FetchedManifest;
 pub use list::{DEFAULT_PAGE_SIZE, Listing, MAX_LIST_BYTES, MAX_PAGES};
 pub use media::{
     ACCEPT, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, IndexChild, ManifestKind, OCI_INDEX,
-    OCI_MANIFEST, Platform,
+    OCI_MANIFEST, Platform, parse as parse_manifest,
 };
 pub use resolve::{ChildLink, MAX_NESTING, attachment_subject, fetch_from_any, resolve_children};
 pub use stats::{Outcome, RequestKind, StatsSnapshot};
