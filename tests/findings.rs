@@ -898,3 +898,24 @@ fn group_commits_answer_every_caller_with_its_own_result() {
     assert_eq!(counts.decisions_total(), 100);
     assert_eq!(counts.findings, 50);
 }
+
+#[test]
+fn one_sinks_backlog_agrees_with_the_full_counts() {
+    let (_dir, path) = tmp();
+    let store = SqliteStore::open(&path).unwrap();
+    for i in 0..4 {
+        store
+            .record(&decision(&format!("f{i}"), VerdictKind::Unpromoted))
+            .unwrap();
+    }
+    // Never claimed: every finding is owed.
+    assert_eq!(store.undelivered("a").unwrap(), 4);
+    let claimed = store.claim_undelivered("a", 2, 0).unwrap();
+    store.mark_delivered("a", claimed[0].id, 0).unwrap();
+    store
+        .record(&decision("f4", VerdictKind::TagMoved))
+        .unwrap();
+    let by_sink = store.counts().unwrap().undelivered_by_sink;
+    assert_eq!(by_sink, [("a".to_string(), 4)]);
+    assert_eq!(store.undelivered("a").unwrap(), 4);
+}

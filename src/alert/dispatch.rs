@@ -222,13 +222,8 @@ impl Dispatcher {
     }
 
     async fn observe_backlog(&self) {
-        let counts = off_thread(&self.store, |s| s.counts()).await;
-        if let Ok(counts) = counts {
-            let backlog = counts
-                .undelivered_by_sink
-                .iter()
-                .find(|(sink, _)| *sink == self.name)
-                .map_or(0, |(_, n)| *n);
+        let name = self.name.clone();
+        if let Ok(backlog) = off_thread(&self.store, move |s| s.undelivered(&name)).await {
             self.metrics
                 .outbox_backlog
                 .get_or_create(&SinkLabels {

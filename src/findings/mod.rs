@@ -305,6 +305,11 @@ pub trait Store: Send + Sync {
 
     fn counts(&self) -> Result<Counts, StoreError>;
 
+    /// Findings `sink` still owes: every finding before its first claim.
+    /// The one figure of [`Counts`] a sink needs, without counting every
+    /// decision (what [`Store::counts`] does).
+    fn undelivered(&self, sink: &str) -> Result<u64, StoreError>;
+
     /// Deletes decisions of events received before `older_than_ms` that did
     /// not become findings (findings and their decisions are kept, so their
     /// dedupe never expires). Returns how many were deleted. A redelivery

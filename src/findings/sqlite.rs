@@ -678,6 +678,18 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn undelivered(&self, sink: &str) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "SELECT (SELECT COUNT(*) FROM deliveries WHERE sink = ?1 AND state = 'pending') \
+               + (SELECT COUNT(*) FROM findings \
+                  WHERE id > COALESCE((SELECT watermark FROM sinks WHERE sink = ?1), 0))",
+        )
+        .and_then(|mut s| s.query_row([sink], |r| r.get::<_, i64>(0)))
+        .map(|n| n as u64)
+        .map_err(|e| self.sql(e))
+    }
+
     fn counts(&self) -> Result<Counts, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
