@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
 use crate::event::{Event, EventId, Malformed, Source};
-use crate::findings::{Decision, Recorded, Store, off_thread};
+use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
 use crate::reload::Reloader;
@@ -130,8 +130,8 @@ impl Pipeline {
             .get_or_create(&SourceLabels {
                 source: source.as_str(),
             })
-            .set(unix_ms() as f64 / 1000.0);
-        self.last_event_ms.insert(source, unix_ms());
+            .set(now_ms() as f64 / 1000.0);
+        self.last_event_ms.insert(source, now_ms());
         let handled = self.decide_and_record(delivery, started).await;
         self.metrics
             .observe_processing(source.as_str(), started.elapsed());
@@ -212,9 +212,9 @@ impl Pipeline {
 
         let commit = index.commit().map(str::to_string);
         let decision = match &delivery.decoded {
-            Ok(event) => Decision::of_event(event, unix_ms(), &verdict, commit, index.generation()),
+            Ok(event) => Decision::of_event(event, now_ms(), &verdict, commit, index.generation()),
             Err(malformed) => {
-                Decision::of_malformed(malformed, unix_ms(), commit, index.generation())
+                Decision::of_malformed(malformed, now_ms(), commit, index.generation())
             }
         };
         let recorded = off_thread(&self.store, move |store| store.record(&decision)).await;
@@ -311,10 +311,4 @@ fn log_verdict(delivery: &Delivery, event: Option<&Event>, verdict: &Verdict, ou
             repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
             outcome, "event decided");
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EventId, Malformed, Source};
-use crate::findings::{Decision, Store, off_thread};
+use crate::findings::{Decision, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::manifest::source::{ManifestSource, SourceError, Version};
 use crate::manifest::{self, LoadError, Manifest, ManifestSet, Severity};
@@ -193,7 +193,9 @@ impl Reloader {
     fn observe(&self, set: &ManifestSet, lists: &(Vec<String>, Vec<String>)) {
         let index = self.index.load();
         self.metrics.observe_index(&index);
-        self.metrics.index_last_load_seconds.set(unix_seconds());
+        self.metrics
+            .index_last_load_seconds
+            .set(now_ms() as f64 / 1000.0);
         self.metrics
             .manifest_load_failures
             .inc_by((lists.0.len() + lists.1.len()) as u64);
@@ -233,7 +235,7 @@ impl Reloader {
         };
         let decision = Decision::of_malformed(
             &malformed,
-            unix_seconds() as i64 * 1000,
+            now_ms(),
             index.commit().map(str::to_owned),
             index.generation(),
         );
@@ -291,10 +293,4 @@ fn keep_last_good(
     }
     set.excluded = still_excluded;
     (set, (kept, excluded))
-}
-
-fn unix_seconds() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

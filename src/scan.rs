@@ -309,10 +309,7 @@ fn remove_checkpoint(dir: &Path) -> Result<(), ScanError> {
 }
 
 fn new_sweep_id() -> String {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    format!("{ms}-{}", std::process::id())
+    format!("{}-{}", crate::findings::now_ms(), std::process::id())
 }
 
 // ------------------------------------------------------------ the sweep
@@ -459,11 +456,8 @@ impl Sweep<'_> {
         if let Some(m) = self.metrics {
             m.scan_findings.inc_by(summary.findings.len() as u64);
             if summary.complete {
-                m.scan_last_completed_seconds.set(
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0.0, |d| d.as_secs_f64()),
-                );
+                m.scan_last_completed_seconds
+                    .set(crate::findings::now_ms() as f64 / 1000.0);
             }
         }
         summary.findings.sort();

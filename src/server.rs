@@ -408,14 +408,11 @@ async fn status_page(State(state): State<AppState>) -> Response {
         Ok(findings) => findings,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
     };
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let page = crate::status::render(
         &state.index.load().stats(),
         &state.pipeline.last_events(),
         &findings,
-        now_ms,
+        crate::findings::now_ms(),
     );
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }

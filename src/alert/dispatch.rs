@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sink::{Sink, SinkConfig};
 use super::{Alert, AlertStatus, FactKey, Route, group};
-use crate::findings::{Finding, FindingId, Store, off_thread};
+use crate::findings::{Finding, FindingId, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::{AlertLabels, Metrics, SinkLabels};
 
@@ -247,12 +247,6 @@ impl Dispatcher {
 
 fn attempts(f: &Finding) -> u32 {
     f.deliveries.first().map_or(1, |d| d.attempts)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Alert {

@@ -238,7 +238,7 @@ impl Sink {
                     .header("content-type", "application/json")
                     .header("x-image-auditor-alert-id", &alert.alert_id);
                 if let Some(key) = hmac {
-                    let timestamp = unix_seconds().to_string();
+                    let timestamp = (crate::findings::now_ms() / 1000).to_string();
                     request = request
                         .header("x-image-auditor-timestamp", &timestamp)
                         .header(
@@ -313,12 +313,6 @@ pub fn signature(key: &hmac::Key, timestamp: &str, body: &[u8]) -> String {
     context.update(b".");
     context.update(body);
     format!("v1={}", hex::encode(context.sign().as_ref()))
-}
-
-fn unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn status_str(status: AlertStatus) -> &'static str {
@@ -407,7 +401,7 @@ pub fn alertmanager_body(
             "evidence": evidence_text(alert),
             "manifest_commit": alert.manifest_commit.clone().unwrap_or_default(),
         },
-        "startsAt": httpdate_rfc3339(alert.first_seen_ms),
+        "startsAt": rfc3339_of_ms(alert.first_seen_ms),
         "endsAt": rfc3339(ends_at),
     });
     if let Some(url) = generator_url {
@@ -416,7 +410,7 @@ pub fn alertmanager_body(
     json!([body])
 }
 
-fn httpdate_rfc3339(unix_ms: i64) -> String {
+fn rfc3339_of_ms(unix_ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(unix_ms.max(0) as u64);
     rfc3339(t)
 }

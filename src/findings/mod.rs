@@ -20,7 +20,7 @@ use crate::audit::{Evidence, Verdict, VerdictKind};
 use crate::event::{Action, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
-pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore};
+pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
 
 /// One delivery that reached a final verdict (never `undecided`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -463,7 +463,8 @@ fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
     }
 }
 
-fn now_ms() -> i64 {
+/// The wall clock in Unix milliseconds: the unit of every stored timestamp.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
