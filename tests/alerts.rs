@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use image_auditor::findings::{SqliteStore, Store};
@@ -64,22 +64,6 @@ fn unpromoted(region: usize, digest: &str) -> Value {
     json!({"action": "INSERT", "digest": format!("r{region}.example/prod/app@{digest}")})
 }
 
-async fn wait_until<F, Fut>(what: &str, service: &Service, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn undelivered(service: &Service, sink: &str) -> u64 {
     let counts = SqliteStore::open(service.findings_db())
         .unwrap()
@@ -121,10 +105,11 @@ async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_o
                "tag": "r1.example/prod/app:2.0"}),
     )
     .await;
-    wait_until("Alertmanager lists both findings", &service, || async {
-        am.alerts().await.len() == 2
-    })
-    .await;
+    service
+        .wait_until("Alertmanager lists both findings", || async {
+            am.alerts().await.len() == 2
+        })
+        .await;
     let alerts = am.alerts().await;
     let unpromoted_alert = alerts
         .iter()
@@ -160,31 +145,29 @@ async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_o
     // Alertmanager goes down; a finding made meanwhile waits in the outbox.
     am.stop();
     push(&service, "m3", unpromoted(1, C)).await;
-    wait_until(
-        "a delivery to the stopped Alertmanager failed",
-        &service,
-        || async {
+    service
+        .wait_until("a delivery to the stopped Alertmanager failed", || async {
             metric(
                 &service,
                 r#"image_auditor_alerts_total{sink="am",outcome="failed"}"#,
             )
             .await
                 >= 1.0
-        },
-    )
-    .await;
+        })
+        .await;
     assert_eq!(undelivered(&service, "am"), 1);
     am.restart();
-    wait_until(
-        "Alertmanager received the finding made while it was down",
-        &service,
-        || async { !am.alerts().await.is_empty() },
-    )
-    .await;
-    wait_until("the outbox is empty", &service, || async {
-        undelivered(&service, "am") == 0
-    })
-    .await;
+    service
+        .wait_until(
+            "Alertmanager received the finding made while it was down",
+            || async { !am.alerts().await.is_empty() },
+        )
+        .await;
+    service
+        .wait_until("the outbox is empty", || async {
+            undelivered(&service, "am") == 0
+        })
+        .await;
     // It came back empty (alerts live in memory): only the new one was
     // sent again, once; nothing already delivered was repeated.
     let alerts = am.alerts().await;
@@ -217,10 +200,11 @@ async fn one_fact_in_25_registries_is_one_signed_alert_through_failing_receivers
     for region in 0..25 {
         push(&service, &format!("n{region}"), unpromoted(region, B)).await;
     }
-    wait_until("both sinks delivered", &service, || async {
-        undelivered(&service, "hook") == 0 && undelivered(&service, "chat") == 0
-    })
-    .await;
+    service
+        .wait_until("both sinks delivered", || async {
+            undelivered(&service, "hook") == 0 && undelivered(&service, "chat") == 0
+        })
+        .await;
 
     // Two failures, then the alert. The 25 findings are held `group_wait`
     // to arrive together; should some come later, they update the same
@@ -272,10 +256,11 @@ async fn one_fact_in_25_registries_is_one_signed_alert_through_failing_receivers
     // The same fact again within the repeat window: an update of the same
     // alert, not a new one.
     push(&service, "n25", unpromoted(3, B)).await;
-    wait_until("the update was delivered", &service, || async {
-        hook.accepted_json().len() == accepted.len() + 1
-    })
-    .await;
+    service
+        .wait_until("the update was delivered", || async {
+            hook.accepted_json().len() == accepted.len() + 1
+        })
+        .await;
     let update = hook.accepted_json().last().unwrap().clone();
     assert_eq!(update["status"], "updated");
     assert_eq!(update["alert_id"], alert["alert_id"]);
@@ -321,10 +306,11 @@ async fn a_pubsub_topic_receives_the_alert_with_routing_attributes() {
     let alert: Value = serde_json::from_slice(&message.data).unwrap();
     assert_eq!(alert["alert_id"], attributes["alert_id"].as_str());
     assert_eq!(alert["events"][0]["id"], "c1");
-    wait_until("the outbox is empty", &service, || async {
-        undelivered(&service, "topic") == 0
-    })
-    .await;
+    service
+        .wait_until("the outbox is empty", || async {
+            undelivered(&service, "topic") == 0
+        })
+        .await;
     assert_eq!(
         metric(
             &service,

@@ -8,7 +8,6 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
@@ -101,22 +100,6 @@ async fn get(service: &Service, path: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or_default())
 }
 
-async fn wait_until<F, Fut>(what: &str, service: &Service, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn promoted(service: &Service, d: String) -> bool {
     get(service, &format!("/v1/digests/{d}")).await.0 == 200
 }
@@ -158,10 +141,9 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
     // A promotion is merged: the index follows within a poll.
     repo.images("a", &[(digest(1), "1.0"), (digest(3), "2.0")]);
     let second = repo.commit("promote a 2.0");
-    wait_until("a 2.0 is promoted", &service, || {
-        promoted(&service, digest(3))
-    })
-    .await;
+    service
+        .wait_until("a 2.0 is promoted", || promoted(&service, digest(3)))
+        .await;
     assert_eq!(
         get(&service, "/readyz").await.1["index"]["commit"],
         second.as_str()
@@ -177,10 +159,9 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
         &[(digest(1), "1.0"), (digest(3), "2.0"), (digest(4), "3.0")],
     );
     repo.commit("break b, promote a 3.0");
-    wait_until("a 3.0 is promoted", &service, || {
-        promoted(&service, digest(4))
-    })
-    .await;
+    service
+        .wait_until("a 3.0 is promoted", || promoted(&service, digest(4)))
+        .await;
     assert!(
         promoted(&service, digest(2)).await,
         "b's last good version stays"
@@ -204,10 +185,9 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
         ],
     );
     let last = repo.commit("promote a 4.0");
-    wait_until("a 4.0 is promoted", &service, || {
-        promoted(&service, digest(5))
-    })
-    .await;
+    service
+        .wait_until("a 4.0 is promoted", || promoted(&service, digest(5)))
+        .await;
     assert_eq!(manifest_findings(&service).len(), 1);
     let (_, ready) = get(&service, "/readyz").await;
     assert_eq!(ready["index"]["commit"], last.as_str());
@@ -346,16 +326,16 @@ async fn a_watched_directory_is_followed_and_sighup_reloads() {
         Value::Null
     );
     repo.images("b", &[(digest(2), "1.0"), (digest(10), "2.0")]);
-    wait_until("the edit is picked up", &service, || {
-        promoted(&service, digest(10))
-    })
-    .await;
+    service
+        .wait_until("the edit is picked up", || promoted(&service, digest(10)))
+        .await;
     let generation = get(&service, "/readyz").await.1["index"]["generation"]
         .as_u64()
         .unwrap();
     service.signal("-HUP");
-    wait_until("SIGHUP rebuilt the index", &service, || async {
-        get(&service, "/readyz").await.1["index"]["generation"].as_u64() == Some(generation + 1)
-    })
-    .await;
+    service
+        .wait_until("SIGHUP rebuilt the index", || async {
+            get(&service, "/readyz").await.1["index"]["generation"].as_u64() == Some(generation + 1)
+        })
+        .await;
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use google_cloud_pubsub::model::PushConfig;
 use image_auditor::audit::VerdictKind;
@@ -87,35 +87,6 @@ fn mix() -> Vec<(String, VerdictKind)> {
     ]
 }
 
-/// Waits until the store holds `n` decisions (or fails with the log).
-async fn wait_for_decisions(service: &Service, n: u64, within: Duration) -> SqliteStore {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(store) = SqliteStore::open(service.findings_db())
-            && store.counts().unwrap().decisions_total() >= n
-        {
-            return store;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} decisions:\n{}",
-            tail(&service.log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn tail(log: &str) -> String {
-    log.lines()
-        .rev()
-        .take(20)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// Every id has exactly one decision (the store's key guarantees "at most
 /// one"; this checks "at least one") and the totals match.
 fn assert_each_decided_once(
@@ -154,7 +125,9 @@ async fn pulled_mix_gets_exact_verdicts_once_per_message() {
         .map(|(p, _)| p.clone().into_bytes())
         .collect();
     let ids = fixture.publish(payloads).await;
-    let store = wait_for_decisions(&service, ids.len() as u64, Duration::from_secs(60)).await;
+    let store = service
+        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
+        .await;
     for (id, (_, expected)) in ids.iter().zip(mix.iter().chain(mix.iter())) {
         let got = store
             .decision(Source::PubsubPull, &EventId(id.clone()))
@@ -187,7 +160,9 @@ async fn push_subscription_delivers_to_serve_with_the_same_verdicts() {
     let ids = fixture
         .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
         .await;
-    let store = wait_for_decisions(&service, ids.len() as u64, Duration::from_secs(60)).await;
+    let store = service
+        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
+        .await;
     for (id, (_, expected)) in ids.iter().zip(&mix) {
         let got = store
             .decision(Source::PubsubPush, &EventId(id.clone()))
@@ -206,7 +181,9 @@ async fn ten_thousand_messages_are_each_accounted_for_exactly_once() {
         .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
         .collect();
     let ids = fixture.publish(payloads).await;
-    let store = wait_for_decisions(&service, 10_000, Duration::from_secs(120)).await;
+    let store = service
+        .wait_for_decisions(10_000, Duration::from_secs(120))
+        .await;
     let by_verdict = assert_each_decided_once(&store, Source::PubsubPull, &ids);
     // `img{n}` is no image of the manifest: promoted nowhere here.
     assert_eq!(by_verdict.get(&VerdictKind::Unpromoted), Some(&10_000));
@@ -222,7 +199,9 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
         .collect();
     let ids = fixture.publish(payloads).await;
     // Kill -9 once some, but not all, are recorded.
-    wait_for_decisions(&service, 500, Duration::from_secs(60)).await;
+    service
+        .wait_for_decisions(500, Duration::from_secs(60))
+        .await;
     service.kill();
     let before = SqliteStore::open(service.findings_db())
         .unwrap()
@@ -237,7 +216,7 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     service.restart().await;
     // Unacked messages come back after their lease (10 s) and the
     // emulator's recovery from the dropped stream.
-    let store = wait_for_decisions(&service, 3_000, REDELIVERY_WITHIN).await;
+    let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
     assert_each_decided_once(&store, Source::PubsubPull, &ids);
 }
 
@@ -250,12 +229,14 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
         .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
         .collect();
     let ids = fixture.publish(payloads).await;
-    wait_for_decisions(&service, 300, Duration::from_secs(60)).await;
+    service
+        .wait_for_decisions(300, Duration::from_secs(60))
+        .await;
     let status = service.terminate().await;
-    assert!(status.success(), "{status}\n{}", tail(&service.log()));
+    assert!(status.success(), "{status}\n{}", service.log_tail());
 
     service.restart().await;
-    let store = wait_for_decisions(&service, 3_000, REDELIVERY_WITHIN).await;
+    let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
     assert_each_decided_once(&store, Source::PubsubPull, &ids);
 }
 
@@ -340,12 +321,14 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
     let ids = fixture
         .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
         .await;
-    let store = wait_for_decisions(&service, ids.len() as u64, Duration::from_secs(60)).await;
+    let store = service
+        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
+        .await;
     for (id, (payload, expected)) in ids.iter().zip(&mix) {
         let got = store
             .decision(Source::PubsubPull, &EventId(id.clone()))
             .unwrap();
-        assert_eq!(got, Some(*expected), "{payload}\n{}", tail(&service.log()));
+        assert_eq!(got, Some(*expected), "{payload}\n{}", service.log_tail());
     }
     assert_eq!(store.counts().unwrap().findings, 1, "only the stray image");
 }

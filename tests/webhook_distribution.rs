@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use image_auditor::audit::VerdictKind;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
@@ -70,23 +70,6 @@ fn findings(store: &SqliteStore) -> BTreeSet<FindingKey> {
         .collect();
     assert_eq!(keys.len(), all.len(), "a fact was recorded twice: {all:?}");
     keys
-}
-
-async fn wait_for_decisions(service: &Service, n: u64) -> SqliteStore {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(store) = SqliteStore::open(service.findings_db())
-            && store.counts().unwrap().decisions_total() >= n
-        {
-            return store;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "fewer than {n} decisions:\n{}",
-            service.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn finding(verdict: VerdictKind, digest: Option<&Digest>, tag: Option<&str>) -> FindingKey {
@@ -159,7 +142,9 @@ async fn registry_notifications_give_exact_findings_and_survive_an_auditor_outag
     // 5 manifests in staging; in production single, single_v2, 2 children,
     // the index, stray, the two retags, the delete of stray's digest and
     // of its tag 3.0.
-    let store = wait_for_decisions(&service, 5 + 10).await;
+    let store = service
+        .wait_for_decisions(5 + 10, Duration::from_secs(60))
+        .await;
     let expected: BTreeSet<FindingKey> = [
         finding(VerdictKind::Unpromoted, Some(&stray.digest), Some("3.0")),
         finding(
@@ -185,7 +170,9 @@ async fn registry_notifications_give_exact_findings_and_survive_an_auditor_outag
     push("4.0", "prod/single");
     push("1.0", "prod/single");
     service.restart().await;
-    let store = wait_for_decisions(&service, 15 + 2).await;
+    let store = service
+        .wait_for_decisions(15 + 2, Duration::from_secs(60))
+        .await;
     let mut expected = expected;
     expected.insert(finding(
         VerdictKind::Unpromoted,

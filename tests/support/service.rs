@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use image_auditor::findings::{SqliteStore, Store};
+
 use super::registry::free_port;
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -129,6 +131,49 @@ impl Service {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Polls the async `condition` until it holds; fails with the log's
+    /// tail after a minute.
+    pub async fn wait_until<F, Fut>(&self, what: &str, mut condition: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !condition().await {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until {what}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the store holds at least `n` decisions; returns it.
+    pub async fn wait_for_decisions(&self, n: u64, within: Duration) -> SqliteStore {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(store) = SqliteStore::open(self.findings_db())
+                && store.counts().unwrap().decisions_total() >= n
+            {
+                return store;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} decisions:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last 40 lines of the log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     pub fn findings_db(&self) -> PathBuf {
