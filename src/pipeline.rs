@@ -142,7 +142,16 @@ impl Pipeline {
         let labels = SourceLabels {
             source: delivery.source.as_str(),
         };
-        // Durable dedupe: a redelivery of a recorded id is acknowledged as is.
+        let index = self.index.load_full();
+        // A verdict the index alone makes final is recorded at once: `record`
+        // answers a redelivery with its first verdict anyway, and the audit
+        // costs less than the dedupe lookup it saves (one store round trip
+        // per delivery, the hot path of every source).
+        if let Some(verdict) = self.final_without_io(&index, &delivery) {
+            return self.record(&delivery, &labels, &index, verdict).await;
+        }
+        // Durable dedupe before anything that reads registries or git: a
+        // redelivery of a recorded id is acknowledged as is.
         match off_thread(&self.store, {
             let (source, id) = (delivery.source, delivery.id.clone());
             move |store| store.decision(source, &id)
@@ -161,7 +170,7 @@ impl Pipeline {
             Err(e) => return self.store_failed(&delivery, &e),
         }
 
-        let mut index = self.index.load_full();
+        let mut index = index;
         let (verdict, event) = match &delivery.decoded {
             Err(malformed) => (Verdict::malformed(malformed), None),
             Ok(event) => {
@@ -209,7 +218,38 @@ impl Pipeline {
         } else {
             verdict
         };
+        self.record(&delivery, &labels, &index, verdict).await
+    }
 
+    /// The verdict when the index alone decides it for good: a malformed
+    /// delivery, or an audit with nothing to read from registries, nothing
+    /// to refresh from git and nothing to retry.
+    fn final_without_io(&self, index: &Index, delivery: &Delivery) -> Option<Verdict> {
+        match &delivery.decoded {
+            Err(malformed) => Some(Verdict::malformed(malformed)),
+            Ok(event) => {
+                let result = audit(index, event, &self.policy);
+                let kind = result.verdict.kind;
+                (result.pending.is_none()
+                    && kind != VerdictKind::Undecided
+                    && !kind.may_be_a_late_promotion())
+                .then_some(result.verdict)
+            }
+        }
+    }
+
+    /// Records `verdict` and answers: acknowledge once it is durable (with
+    /// the first verdict when the id was recorded before), retry when the
+    /// store fails.
+    async fn record(
+        &self,
+        delivery: &Delivery,
+        labels: &SourceLabels,
+        index: &Index,
+        verdict: Verdict,
+    ) -> Handled {
+        let event = delivery.decoded.as_ref().ok();
+        let key = (delivery.source, delivery.id.clone());
         let commit = index.commit().map(str::to_string);
         let decision = match &delivery.decoded {
             Ok(event) => Decision::of_event(event, now_ms(), &verdict, commit, index.generation()),
@@ -220,13 +260,14 @@ impl Pipeline {
         let recorded = off_thread(&self.store, move |store| store.record(&decision)).await;
         match recorded {
             Ok(recorded) => {
-                self.undecided.remove(&key);
-                self.metrics
-                    .undecided_backlog
-                    .set(self.undecided.len() as i64);
+                if self.undecided.remove(&key).is_some() {
+                    self.metrics
+                        .undecided_backlog
+                        .set(self.undecided.len() as i64);
+                }
                 let duplicate = matches!(recorded, Recorded::Duplicate { .. });
                 if duplicate {
-                    self.metrics.duplicates.get_or_create(&labels).inc();
+                    self.metrics.duplicates.get_or_create(labels).inc();
                 } else {
                     self.metrics
                         .events
@@ -236,8 +277,8 @@ impl Pipeline {
                             verdict: verdict.kind.as_str(),
                         })
                         .inc();
+                    log_verdict(delivery, event, &verdict, "recorded");
                 }
-                log_verdict(&delivery, event, &verdict, "recorded");
                 Handled {
                     disposition: Disposition::Ack,
                     verdict: Some(match recorded {
@@ -247,7 +288,7 @@ impl Pipeline {
                     duplicate,
                 }
             }
-            Err(e) => self.store_failed(&delivery, &e),
+            Err(e) => self.store_failed(delivery, &e),
         }
     }
 

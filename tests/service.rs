@@ -131,6 +131,17 @@ async fn push_deliveries_are_decided_recorded_once_and_queryable() {
     .await;
     assert_eq!((status, &body["duplicate"]), (200, &json!(true)));
     assert_eq!(body["verdict"], "unpromoted");
+    // Ids whose verdict the index alone decides are recorded without a
+    // dedupe lookup first: a redelivery still gets the first verdict, even
+    // when its body would now be decided otherwise.
+    for (id, payload, first) in [
+        ("m-malformed", &cases[5].1, "malformed"),
+        ("m-deleted", &cases[0].1, "deleted"),
+    ] {
+        let (status, body) = push(&service, envelope(id, payload), "application/json").await;
+        assert_eq!((status, &body["duplicate"]), (200, &json!(true)), "{id}");
+        assert_eq!(body["verdict"], first, "{id}");
+    }
     // Invalid base64 in a real envelope is a malformed *message*: recorded and acked.
     let bad = json!({"message": {"data": "%%%not base64", "messageId": "m-b64"}}).to_string();
     assert_eq!(push(&service, bad, "application/json").await.0, 200);
