@@ -5,6 +5,8 @@
 #   bash bench/push-wrk.sh                 # 10 s per server, 16 connections
 #   DURATION=30s CONNECTIONS=64 bash bench/push-wrk.sh
 #   VERDICT=unpromoted bash bench/push-wrk.sh   # every request is a finding
+#   EXTRA_BINS=/tmp/old-image-auditor bash bench/push-wrk.sh   # before/after in one run
+#   LOG_FILTERS=warn bash bench/push-wrk.sh     # only without the per-event log line
 #
 # serve runs on the embedded k8s.io fixtures with a findings store in a
 # temporary directory; each request has a fresh messageId, so each one is a
@@ -44,21 +46,36 @@ for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$base_port/" &&
 echo "== minimal axum (204)"
 base_out=$(run_wrk "$base_port"); echo "$base_out"
 
-port=$(free_port)
-cat >"$work/config.yaml" <<YAML
-data_dir: $work/data
+rps() { awk '/^Requests\/sec/ {print $2}' <<<"$1"; }
+p99() { sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$1"; }
+
+# serve BINARY LOG_FILTER: a fresh store each time; the decision log (one
+# JSON line per event at `info`) goes to a file, as in a container.
+serve() {
+  local bin=$1 filter=$2 port dir
+  port=$(free_port)
+  dir=$(mktemp -d -p "$work")
+  cat >"$dir/config.yaml" <<YAML
+data_dir: $dir/data
 http:
   listen: 127.0.0.1:$port
 log:
-  filter: warn
+  filter: $filter
 YAML
-target/release/image-auditor serve --config "$work/config.yaml" & pids+=($!)
-wait_up "$port" /readyz
-echo "== image-auditor serve, every request a $VERDICT decision"
-ours_out=$(run_wrk "$port"); echo "$ours_out"
+  "$bin" serve --config "$dir/config.yaml" >"$dir/serve.log" 2>&1 & local pid=$!
+  pids+=($pid)
+  wait_up "$port" /readyz
+  echo "== $bin serve, log $filter, every request a $VERDICT decision"
+  local out; out=$(run_wrk "$port"); echo "$out"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  local decided; decided=$(sqlite3 "$dir/data/findings.sqlite" 'select count(*) from decisions' 2>/dev/null || echo '?')
+  summary+="$bin log=$filter: serve_rps=$(rps "$out") ratio=$(python3 -c "print(round($(rps "$out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$out") decisions_recorded=$decided"$'\n'
+}
 
-rps() { awk '/^Requests\/sec/ {print $2}' <<<"$1"; }
-p99() { sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$1"; }
-decided=$(sqlite3 "$work/data/findings.sqlite" 'select count(*) from decisions' 2>/dev/null || echo '?')
+summary=""
+for bin in target/release/image-auditor ${EXTRA_BINS:-}; do
+  for filter in ${LOG_FILTERS:-warn info}; do serve "$bin" "$filter"; done
+done
 echo
-echo "baseline_rps=$(rps "$base_out") serve_rps=$(rps "$ours_out") ratio=$(python3 -c "print(round($(rps "$ours_out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$ours_out") decisions_recorded=$decided"
+echo "baseline_rps=$(rps "$base_out")"
+printf '%s' "$summary"
