@@ -32,8 +32,10 @@ if [ "$installed" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
 fi
 
 # `cargo fuzz build` has no --locked; the fuzz crate's own Cargo.lock is
-# committed, and this check fails if the build would have to change it.
-cargo +nightly metadata --locked --format-version 1 >/dev/null
+# committed, and this fails if the build would have to change it (and
+# downloads the host's dependencies only).
+host=$(rustc +nightly -vV | sed -n 's/^host: //p')
+cargo +nightly fetch --locked --target "$host"
 
 targets=$(cargo fuzz list)
 echo "build-fuzz-targets: building $(echo "$targets" | wc -l) targets:" $targets
