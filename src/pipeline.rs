@@ -142,7 +142,7 @@ impl Pipeline {
         let labels = SourceLabels {
             source: delivery.source.as_str(),
         };
-        let index = self.index.load_full();
+        let mut index = self.index.load_full();
         // A verdict the index alone makes final is recorded at once: `record`
         // answers a redelivery with its first verdict anyway, and the audit
         // costs less than the dedupe lookup it saves (one store round trip
@@ -170,7 +170,6 @@ impl Pipeline {
             Err(e) => return self.store_failed(&delivery, &e),
         }
 
-        let mut index = index;
         let (verdict, event) = match &delivery.decoded {
             Err(malformed) => (Verdict::malformed(malformed), None),
             Ok(event) => {
