@@ -60,6 +60,8 @@ PROJECT = "soak"
 EVENTS_V2 = "application/vnd.docker.distribution.events.v2+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+# The alert sinks of the soak's configuration; `log` is always one.
+SINKS = ("log", "alertmanager", "receiver")
 BULK_IMAGES = 100
 BULK_DIGESTS_PER_IMAGE = 20
 
@@ -110,6 +112,23 @@ def sha256(data):
 
 def random_digest(rng):
     return "sha256:" + "".join(rng.choice("0123456789abcdef") for _ in range(64))
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """Keep-alive handler that does not log every request to stderr."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+
+def serve_in_background(handler):
+    """A threading HTTP server for `handler` on a free loopback port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 # ---------------------------------------------------------------- processes
@@ -239,12 +258,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def forward(self):
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -279,10 +293,8 @@ class FaultProxy:
 
             do_GET = do_HEAD = forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_in_background(Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 # ---------------------------------------------------------------- alert receiver
@@ -296,12 +308,7 @@ class AlertReceiver:
         self.lock = threading.Lock()
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 with receiver.lock:
@@ -310,10 +317,8 @@ class AlertReceiver:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve_in_background(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def snapshot(self):
         with self.lock:
@@ -894,15 +899,15 @@ log:
 
 
 def backlog(conn):
-    """Findings some sink has not been sent yet: pending deliveries, and findings
-    past a sink's watermark (not claimed yet)."""
+    """Findings some sink still owes: pending deliveries, and findings past the
+    sink's watermark (every finding, for a sink that has not claimed yet)."""
     pending = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'pending'").fetchone()[0]
-    unclaimed = conn.execute(
-        "SELECT count(*) FROM findings f JOIN sinks s ON f.id > s.watermark").fetchone()[0]
-    sinks = conn.execute("SELECT count(*) FROM sinks").fetchone()[0]
-    findings = conn.execute("SELECT count(*) FROM findings").fetchone()[0]
-    missing_sinks = findings * (2 - sinks) if sinks < 2 else 0
-    return pending + unclaimed + missing_sinks
+    watermarks = dict(conn.execute("SELECT sink, watermark FROM sinks"))
+    unclaimed = sum(
+        conn.execute("SELECT count(*) FROM findings WHERE id > ?",
+                     (watermarks.get(sink, 0),)).fetchone()[0]
+        for sink in SINKS)
+    return pending + unclaimed
 
 
 def main():
