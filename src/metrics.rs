@@ -53,6 +53,11 @@ pub struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: &'static str,
 }
@@ -84,6 +89,9 @@ pub struct Metrics {
     pub scan_findings: Counter,
     /// Repositories visited by inventory sweeps.
     pub scan_repositories: Counter,
+    /// Requests and inputs refused because a limit of the hostile input
+    /// budget bit; count them with [`Metrics::rejected`].
+    rejected_requests: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -233,6 +241,12 @@ impl Metrics {
             "Repositories visited by inventory sweeps",
             scan_repositories.clone(),
         );
+        let rejected_requests = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests or inputs refused because a limit bit, by the limit's reason",
+            rejected_requests.clone(),
+        );
         Self {
             registry,
             events,
@@ -257,6 +271,7 @@ impl Metrics {
             scan_last_completed_seconds,
             scan_findings,
             scan_repositories,
+            rejected_requests,
         }
     }
 
@@ -282,6 +297,14 @@ impl Metrics {
                 .get_or_create(&CommitLabels { commit })
                 .set(1);
         }
+    }
+
+    /// Counts one request or input refused by a limit. `reason` names the
+    /// limit (`connections`, `body_too_large`, …); README lists them all.
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejected_requests
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn observe_processing(&self, source: &'static str, elapsed: Duration) {
