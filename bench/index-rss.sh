@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN §10: peak RSS and wall time of loading, validating and indexing the
+# docs/design.md §10: peak RSS and wall time of loading, validating and indexing the
 # synthetic 10x k8s.io corpus in the release binary (`index stats`).
 # Usage: bash bench/index-rss.sh [corpus dir]
 set -euo pipefail

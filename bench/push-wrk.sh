@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN §10: POST /pubsub/push of `serve` vs a minimal axum handler that
+# docs/design.md §10: POST /pubsub/push of `serve` vs a minimal axum handler that
 # answers 204, both under the same keep-alive wrk load on this machine.
 #
 #   bash bench/push-wrk.sh                 # 10 s per server, 16 connections

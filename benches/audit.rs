@@ -1,4 +1,4 @@
-//! DESIGN §10: audit decisions per second on one core, for known and unknown
+//! docs/design.md §10: audit decisions per second on one core, for known and unknown
 //! digests, against the synthetic 10× k8s.io index. `cargo bench --bench audit`.
 
 #[path = "support/synthetic.rs"]

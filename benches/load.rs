@@ -1,4 +1,4 @@
-//! DESIGN §10: load + validate + index a synthetic 10× k8s.io corpus, against
+//! docs/design.md §10: load + validate + index a synthetic 10× k8s.io corpus, against
 //! parsing the same bytes with the same YAML crate alone.
 //!
 //! `cargo bench --bench load`; the ratio is `load_validate_index / yaml_parse_only`.

@@ -1,4 +1,4 @@
-//! DESIGN §10: Pub/Sub streaming pull against the real emulator, as a ratio
+//! docs/design.md §10: Pub/Sub streaming pull against the real emulator, as a ratio
 //! to an ack-only consumer on the same emulator (target ≥ 0.9×).
 //!
 //! `cargo bench --bench pubsub_pull` (optionally `-- MESSAGES`, default

@@ -1,4 +1,4 @@
-//! The baseline of the push benchmark (DESIGN §10): the least an axum server
+//! The baseline of the push benchmark (docs/design.md §10): the least an axum server
 //! can do for `POST /pubsub/push` — read the body, answer 204. Run by
 //! `bench/push-wrk.sh`; not part of the service.
 //!

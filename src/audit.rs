@@ -1,4 +1,4 @@
-//! The decision (DESIGN §6): a pure function from an index and an event to a
+//! The decision (docs/design.md §6): a pure function from an index and an event to a
 //! verdict. No I/O here. When the index cannot decide yet — the event's
 //! digest may be the child of a promoted list that has not been read — the
 //! verdict is provisional and [`Audit::pending`] says what to resolve before

@@ -1,5 +1,5 @@
 //! The digest index: everything the auditor knows about promotions, built
-//! once per manifest set and never mutated (DESIGN §5).
+//! once per manifest set and never mutated (docs/design.md §5).
 //!
 //! Readers share one `Arc<Index>` (behind arc-swap in the service) and never
 //! lock. The promotions part and the resolved-children part live in separate

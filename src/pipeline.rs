@@ -1,4 +1,4 @@
-//! The one pipeline every source feeds (DESIGN §3, §7): dedupe → audit →
+//! The one pipeline every source feeds (docs/design.md §3, §7): dedupe → audit →
 //! resolve → audit again → record → answer. Sources only decode and hand a
 //! [`Delivery`] over; what they do next (ack, nack, HTTP status) follows the
 //! [`Disposition`] they get back.
@@ -97,7 +97,7 @@ impl Pipeline {
     }
 
     /// Refresh a git manifest source before a negative verdict becomes a
-    /// finding (DESIGN §6), so a promotion merged seconds ago is not reported.
+    /// finding (docs/design.md §4.5), so a promotion merged seconds ago is not reported.
     pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
         self.reloader = Some(reloader);
         self

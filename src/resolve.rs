@@ -1,5 +1,5 @@
 //! Resolution: reading what promoted digests contain, so that the children of
-//! manifest lists and attachments are explained (DESIGN §5).
+//! manifest lists and attachments are explained (docs/design.md §5.2).
 //!
 //! The [`Resolver`] owns everything learnt so far ([`Children`]) and hands out
 //! new [`Index`] values that share the promotions and carry the new children;

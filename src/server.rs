@@ -1,4 +1,4 @@
-//! HTTP routes (DESIGN §9). Handlers translate between HTTP and the library;
+//! HTTP routes (docs/design.md §8.4). Handlers translate between HTTP and the library;
 //! decisions stay in the pipeline and the auditor.
 
 use std::sync::Arc;
@@ -398,7 +398,7 @@ async fn reload(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The human-readable status page (DESIGN §9).
+/// The human-readable status page (docs/design.md §8.4).
 async fn status_page(State(state): State<AppState>) -> Response {
     let query = FindingQuery {
         limit: Some(20),

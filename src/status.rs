@@ -1,4 +1,4 @@
-//! The status page at `/` (DESIGN §9): what the live index is, which
+//! The status page at `/` (docs/design.md §8.4): what the live index is, which
 //! sources are delivering, and the latest findings — for the person who
 //! opens the service in a browser. Grafana and Alertmanager stay the main
 //! views; this page only renders, and everything it shows that came from

@@ -145,7 +145,7 @@ fn index_counts_match_the_files() {
     assert_eq!(stats.digests, counted.digests.len());
     assert_eq!(stats.images, counted.images);
     assert_eq!(stats.destinations, counted.destinations.len());
-    // Sanity against the corpus statistics in shared/research: the whole
+    // Sanity against docs/reference/k8s-io-corpus.md §1: the whole
     // corpus has 2147 distinct digests; ingress-nginx's 190 and kind's are out.
     assert!(
         stats.digests > 1900 && stats.digests < 2147,

@@ -18,7 +18,7 @@ use image_auditor::config::Config;
 use serde_json::{Value, json};
 
 /// The metrics contract: every name the service exports (README "Metrics",
-/// DESIGN §8). The dashboard and the alerts may use nothing else.
+/// docs/design.md §8.3). The dashboard and the alerts may use nothing else.
 const METRICS: &[&str] = &[
     "image_auditor_events_total",
     "image_auditor_duplicate_deliveries_total",

@@ -1,4 +1,4 @@
-//! The findings store and outbox (DESIGN §7–§8) on real SQLite files.
+//! The findings store and outbox (docs/design.md §7, §8.1) on real SQLite files.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};

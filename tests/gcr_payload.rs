@@ -1,5 +1,5 @@
 //! The GCR / Artifact Registry payload parser against the retired auditor's
-//! cases (anchor study §5.1, §5.2, §5.5) and the ones it lacked.
+//! cases (docs/reference/cip-auditor.md §5.1, §5.2, §5.5) and the ones it lacked.
 //!
 //! Where the new design disagrees with the old suite it is said inline:
 //! `DELETE` is accepted here (the audit calls it `deleted`), and a digest that
@@ -325,7 +325,7 @@ fn digest_and_tag_naming_different_repositories_is_malformed() {
 #[test]
 fn unknown_keys_are_ignored_and_never_leak_into_the_event() {
     // The retired auditor decoded `Digest`/`Path`/`Tag` keys into its derived
-    // fields (anchor §2.2); here they are just unknown keys.
+    // fields (docs/reference/cip-auditor.md §2.2); here they are just unknown keys.
     let e = ok(&format!(
         r#"{{"action":"INSERT","tag":"gcr.io/foo/bar:1.0","Digest":"{ZEROS}","Path":"gcr.io/evil/x","Tag":"2.0","extra":{{"a":1}}}}"#
     ));

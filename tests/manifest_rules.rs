@@ -1,6 +1,6 @@
-//! One fixture per validation rule of DESIGN §4 (`manifests-fixtures/rules/
+//! One fixture per validation rule of docs/design.md §4 (`manifests-fixtures/rules/
 //! invalid-*` and `valid-*`), the retired auditor's thin-directory cases
-//! (anchor study §5.6) and the digest and tag syntax tables (§5.7).
+//! (docs/reference/cip-auditor.md §5.6) and the digest and tag syntax tables (§5.7).
 //!
 //! Each invalid fixture holds a bad project next to a good one: the problem is
 //! reported with its file, line and a key phrase, the bad project is

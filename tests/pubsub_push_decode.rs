@@ -1,4 +1,4 @@
-//! Pub/Sub push requests → deliveries (research: event-formats §2): wrapped
+//! Pub/Sub push requests → deliveries (docs/reference/event-formats.md §2): wrapped
 //! and unwrapped shapes, and every class of bad input with the status it
 //! gets — or, once a message id is known, the `malformed` delivery it
 //! becomes.
@@ -51,7 +51,7 @@ fn envelope(message: Value) -> Vec<u8> {
     .unwrap()
 }
 
-/// The envelope of research §1, byte for byte.
+/// A wrapped envelope as documented (docs/reference/event-formats.md §2): both id spellings.
 const RESEARCH_EXAMPLE: &str = r#"{"message":{
    "data":"eyJhY3Rpb24iOiJJTlNFUlQiLCJkaWdlc3QiOiJ1cy1kb2NrZXIucGtnLmRldi9hY21lLXByb2QvYXBwcy9hcGlAc2hhMjU2OmQ3YmRkNTQ1ZjA5ZDhhNzNjMmI5OTAzMzdjODIxMWQ3MDhhMDRjY2Q5NzQ4NjI3Njg1ZTRmYzc5Y2MwMzgwMzkiLCJ0YWciOiJ1cy1kb2NrZXIucGtnLmRldi9hY21lLXByb2QvYXBwcy9hcGk6djEuNC4yIn0=",
    "messageId":"9182736450012345","message_id":"9182736450012345",

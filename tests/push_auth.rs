@@ -90,7 +90,7 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The claims of a Pub/Sub push token (research §2).
+/// The claims of a Pub/Sub push token (docs/reference/event-formats.md §2).
 fn claims() -> Value {
     let now = now();
     json!({

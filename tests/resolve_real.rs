@@ -1,5 +1,5 @@
 //! Resolution end to end against a real CNCF distribution registry, with
-//! exact request accounting (issue 3, "What it must show"; DESIGN §5).
+//! exact request accounting (issue 3, "What it must show"; docs/design.md §5.2).
 //!
 //! Every test builds the same fixture: one registry on a free loopback port,
 //! used as three "regions" by path prefix — `staging` is the source registry
@@ -442,8 +442,8 @@ async fn warm_restart_resolves_from_the_cache_and_settles_children_without_reque
 /// promoted digest of X, plus one GET of the pushed manifest itself (is it an
 /// attachment?). The retired auditor walked the whole staging project for
 /// such an event — `R + L` requests, one per repository under the source
-/// registry plus one per manifest list in it (research/anchor-promo-tools-
-/// auditor.md §3.5) — which here would be every repository under `staging`
+/// registry plus one per manifest list in it (docs/reference/cip-auditor.md
+/// §3.5) — which here would be every repository under `staging`
 /// and all four of its lists, for every child event of every region.
 #[tokio::test]
 async fn unknown_digest_reads_only_that_images_promoted_digests() {

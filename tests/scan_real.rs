@@ -435,7 +435,7 @@ async fn listing_follows_pagination_with_a_small_page_size() {
     want.push(format!("staging/img-{}", &image.digest.hex()[..12]));
     assert_eq!(catalog.items, want);
     assert!(catalog.pages >= 3, "{catalog:?}");
-    // Debian's registry ignores `n` on tags/list (test-env-registry.md §6):
+    // Debian's registry ignores `n` on tags/list (docs/reference/registries.md §2):
     // tag pagination is shown against wiremock below.
     let tags = client.tags(&reg.repo("prod-us/r0"), 2).await.unwrap();
     let names: Vec<&str> = tags.items.iter().map(|t| t.as_str()).collect();

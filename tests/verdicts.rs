@@ -1,4 +1,4 @@
-//! The verdict table of DESIGN §6, one test (or a few) per row, against the
+//! The verdict table of docs/design.md §6, one test (or a few) per row, against the
 //! hand-written fixtures in `manifests-fixtures/rules/verdicts*`.
 //!
 //! Fixtures:
@@ -8,10 +8,10 @@
 //!   `local` (hosts with ports), `oci` (an OCI index parent), `broken`
 //!   (excluded for a bad digest).
 //! - `verdicts-a/`, `verdicts-b/` (thin): the retired auditor's fixtures A and
-//!   B (anchor study §5.3).
+//!   B (docs/reference/cip-auditor.md §5.3).
 //! - `verdicts-match.yaml` (plain): the retired auditor's `TestMatch` (§5.4).
 //!
-//! How the retired auditor's cases map onto the new verdicts (anchor §3.6, §5.3):
+//! How the retired auditor's cases map onto the new verdicts (cip-auditor.md §3.6, §5.3):
 //! - A1 `proxy-agent@c419…:v0.0.8` VERIFIED → `promoted`.
 //! - A2 `proxy-agent@8735…` VERIFIED (parent c419) → `promoted_child` once the
 //!   list is read; before that `unpromoted` with `pending` naming exactly c419.
@@ -735,7 +735,7 @@ fn excluded_project_with_a_typo_in_its_promoter_manifest_keeps_its_destinations(
     expect(&a, VerdictKind::Undecided);
 }
 
-// ---------------------------------------------------------------- fixture A (anchor §5.3)
+// ---------------------------------------------------------------- fixture A (cip-auditor.md §5.3)
 
 const PROXY_AGENT: &str = "us.gcr.io/k8s-artifacts-prod/kas-network-proxy/proxy-agent";
 

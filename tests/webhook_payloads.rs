@@ -1,6 +1,6 @@
 //! The Harbor, ECR (EventBridge) and ACR (Event Grid and native) webhook
-//! parsers against payloads built from the documented schemas (research:
-//! event-formats §5, §6, §7): each format's full example mapped to the exact
+//! parsers against payloads built from the documented schemas
+//! (docs/reference/event-formats.md §5, §6, §7): each format's full example mapped to the exact
 //! delivery, the handshakes and quirks, one bad event among good ones, bodies
 //! that are not deliveries at all, and properties over arbitrary input.
 //!

@@ -1,18 +1,18 @@
 //! A deterministic synthetic corpus of promotion manifests shaped like
-//! kubernetes/k8s.io's `registry.k8s.io` tree, for benchmarks (DESIGN.md §10).
+//! kubernetes/k8s.io's `registry.k8s.io` tree, for benchmarks (docs/design.md §10).
 //!
 //! Included with `#[path]` by benches, `examples/gen_corpus.rs` and
 //! `tests/synthetic_corpus.rs`; each uses a different part, hence the
 //! `dead_code` allowance below.
 //!
-//! Output, in the thin layout of DESIGN.md §4:
+//! Output, in the thin layout of docs/design.md §4.1:
 //!
 //! ```text
 //! <dir>/manifests/k8s-staging-<short>/promoter-manifest.yaml
 //! <dir>/images/k8s-staging-<short>/images.yaml
 //! ```
 //!
-//! The shape follows `research/k8s-io-corpus-stats.md`: project sizes fall off
+//! The shape follows `docs/reference/k8s-io-corpus.md`: project sizes fall off
 //! like a power law (a few projects with thousands of digests, many with a
 //! handful, about 1% comment-only), some images have legacy per-arch siblings
 //! (`<name>-amd64` …), some names have a `group/` prefix, tags are semver-ish

@@ -1,5 +1,5 @@
 //! Alerts: findings from the outbox, grouped into facts and delivered to
-//! sinks (DESIGN §8). `mod.rs` is the pure part — what an alert is, which
+//! sinks (docs/design.md §8.2). `mod.rs` is the pure part — what an alert is, which
 //! findings are one fact, routing — `sink` delivers, `dispatch` drives the
 //! outbox.
 //!

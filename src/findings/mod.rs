@@ -1,4 +1,4 @@
-//! The findings store and outbox (DESIGN §7–§8).
+//! The findings store and outbox (docs/design.md §7, §8.1).
 //!
 //! Every delivery that reached a final verdict is a [`Decision`]; recording
 //! it is what makes the delivery safe to acknowledge. Decisions whose verdict

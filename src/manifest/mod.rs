@@ -1,6 +1,6 @@
 //! Promotion manifests: loading a manifest set from disk and validating it.
 //!
-//! Two layouts are detected automatically (DESIGN §4): *thin*
+//! Two layouts are detected automatically (docs/design.md §4): *thin*
 //! (`manifests/<project>/promoter-manifest.yaml` + `images/<project>/images.yaml`)
 //! and *plain* (files holding both `registries:` and `images:`). Every problem
 //! is collected with its file and line; a project with an error is excluded

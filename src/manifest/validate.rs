@@ -1,4 +1,4 @@
-//! The validation rules of DESIGN §4, applied while turning parsed YAML into
+//! The validation rules of docs/design.md §4.3, applied while turning parsed YAML into
 //! [`Manifest`](super::Manifest)s.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
-//! Azure Container Registry changes, by either route ACR offers (research:
-//! event-formats §7). Told apart by the body's shape:
+//! Azure Container Registry changes, by either route ACR offers
+//! (docs/reference/event-formats.md §7). Told apart by the body's shape:
 //!
 //! | body | route |
 //! |---|---|

@@ -1,6 +1,6 @@
 //! CNCF distribution (Docker registry v2/v3) notifications: an envelope
 //! `{"events": [...]}` sent as `application/vnd.docker.distribution.events.v1+json`
-//! (2.8) or `…v2+json` (v3). See `../shared/research/event-formats.md` §4.
+//! (2.8) or `…v2+json` (v3). See `docs/reference/event-formats.md` §4.
 //!
 //! Events name a repository without a host: the endpoint's configured
 //! registry prefix supplies it. `target.url` is never used for that, since

@@ -1,6 +1,6 @@
 //! Amazon ECR changes as EventBridge delivers them to an HTTP target (an API
 //! destination): one event per request, the event JSON as the body
-//! (research: event-formats §6).
+//! (docs/reference/event-formats.md §6).
 //!
 //! ```json
 //! {"version": "0", "id": "<uuid>", "detail-type": "ECR Image Action",
@@ -10,7 +10,7 @@
 //!             "image-tag": "v1.4.2"}}
 //! ```
 //!
-//! A batch (an array) is rejected: the research found EventBridge sending
+//! A batch (an array) is rejected: EventBridge's documentation shows it sending
 //! one event per target invocation and no documented batching for API
 //! destinations, so an array means an input transformer or a proxy this
 //! parser does not know the shape of.

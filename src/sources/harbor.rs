@@ -1,5 +1,5 @@
 //! Harbor webhooks (notify type `http`), in either payload format a policy
-//! can select (research: event-formats §5):
+//! can select (docs/reference/event-formats.md §5):
 //!
 //! - **Default**: `{"type": "PUSH_ARTIFACT", "occur_at": <unix s>,
 //!   "operator": "…", "event_data": {"resources": [{digest, tag,

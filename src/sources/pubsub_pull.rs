@@ -1,4 +1,4 @@
-//! Pub/Sub streaming pull of `gcr` topic messages (DESIGN §7).
+//! Pub/Sub streaming pull of `gcr` topic messages (docs/design.md §7).
 //!
 //! Each message becomes a [`Delivery`] whose id is the Pub/Sub message id
 //! and whose event is [`gcr::parse`] of the message data. The [`Handler`]

@@ -1,7 +1,7 @@
 //! Pub/Sub push requests (`POST /pubsub/push`), decoded into a [`Delivery`]
 //! without any HTTP framework: the route hands over the headers and the body.
 //!
-//! Two shapes arrive (research: event-formats §2):
+//! Two shapes arrive (docs/reference/event-formats.md §2):
 //!
 //! - **wrapped** (the default): `Content-Type: application/json` and
 //!   `{"message": {"data": "<base64>", "messageId": "…", "message_id": "…",
@@ -280,7 +280,7 @@ fn check_id(name: &str, id: &str) -> Result<EventId, PushError> {
 }
 
 /// The proto JSON mapping writes standard base64 with padding; URL-safe and
-/// unpadded forms are accepted too (research §2).
+/// unpadded forms are accepted too (docs/reference/event-formats.md §2).
 fn decode_base64(data: &str) -> Result<Vec<u8>, base64::DecodeError> {
     const CONFIG: GeneralPurposeConfig =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);

@@ -1,6 +1,6 @@
 //! Verification of the Google-signed OIDC token Pub/Sub attaches to every
-//! push request (`Authorization: Bearer <JWT>`; research: event-formats §2,
-//! "Push authentication").
+//! push request (`Authorization: Bearer <JWT>`; docs/reference/event-formats.md
+//! §2, "Authentication").
 //!
 //! A token is accepted when its RS256 signature checks against the key its
 //! `kid` names in Google's JWKS, `iss` is one of the Google issuers, `aud` is

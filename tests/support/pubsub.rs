@@ -8,7 +8,7 @@
 //! very chatty log goes to a file, printed on failure to start.
 //!
 //! Emulator defects to design tests around (see
-//! `../shared/research/test-env-pubsub.md` §7): it ignores flow control, and
+//! `docs/reference/pubsub-emulator.md` §5): it ignores flow control, and
 //! it mishandles a client cancelling a StreamingPull (`NoSuchMethodError`), so
 //! use a fresh subscription per test and do not expect prompt redelivery
 //! across a stream restart on the same subscription.
