@@ -1,7 +1,7 @@
 //! A small HTTP proxy in front of a real registry, for fault injection: it
 //! forwards every request to the registry and answers with what came back,
 //! except for the requests a test told it to spoil (a tampered body, an
-//! oversize body, a status of its choosing). It counts every request, and
+//! oversize body). It counts every request, and
 //! [`FaultProxy::stop`] makes its port refuse connections.
 //!
 //! Every answer carries `Connection: close`, so a client never holds a
@@ -26,16 +26,14 @@ pub enum Fault {
     /// The registry's answer padded with spaces to this many bytes, with a
     /// `Content-Length` saying so.
     Oversize(usize),
-    /// This status with an empty body; the registry is not asked.
-    Status(u16),
 }
 
 #[derive(Default)]
 struct Shared {
     /// (path substring, fault); the first match applies.
     rules: Mutex<Vec<(String, Fault)>>,
-    /// Method and path of every request received.
-    seen: Mutex<Vec<(Method, String)>>,
+    /// The path of every request received.
+    seen: Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -87,13 +85,8 @@ impl FaultProxy {
     pub fn requests(&self, path_contains: &str) -> usize {
         let seen = self.shared.seen.lock().unwrap();
         seen.iter()
-            .filter(|(_, path)| path.contains(path_contains))
+            .filter(|path| path.contains(path_contains))
             .count()
-    }
-
-    /// Every request received so far, as (method, path).
-    pub fn seen(&self) -> Vec<(Method, String)> {
-        self.shared.seen.lock().unwrap().clone()
     }
 
     /// Stops listening; connections to [`FaultProxy::host`] are refused
@@ -124,11 +117,7 @@ async fn forward(State((shared, http, upstream)): State<ProxyState>, request: Re
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    shared
-        .seen
-        .lock()
-        .unwrap()
-        .push((method.clone(), path.clone()));
+    shared.seen.lock().unwrap().push(path.clone());
     let fault = {
         let rules = shared.rules.lock().unwrap();
         rules
@@ -136,15 +125,6 @@ async fn forward(State((shared, http, upstream)): State<ProxyState>, request: Re
             .find(|(needle, _)| path.contains(needle.as_str()))
             .map(|(_, fault)| fault.clone())
     };
-    if let Some(Fault::Status(status)) = fault {
-        return close(
-            Response::builder()
-                .status(status)
-                .body(Body::empty())
-                .unwrap(),
-        );
-    }
-
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     let mut upstream_request = http
@@ -178,7 +158,7 @@ async fn forward(State((shared, http, upstream)): State<ProxyState>, request: Re
     match fault {
         Some(Fault::Tamper) => body.push(b' '),
         Some(Fault::Oversize(len)) => body.resize(len.max(body.len()), b' '),
-        Some(Fault::Status(_)) | None => {}
+        None => {}
     }
     close(response.body(Body::from(Bytes::from(body))).unwrap())
 }
