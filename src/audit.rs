@@ -179,6 +179,36 @@ pub struct Pending {
     pub tag_target: bool,
 }
 
+impl Pending {
+    /// What is still unread, in words, for a verdict shown before it is
+    /// final (the CLI without registry access).
+    pub fn describe(&self, index: &Index) -> String {
+        let mut missing = Vec::new();
+        if self.tag_target {
+            missing.push("the digest the tag points to has not been read".to_owned());
+        }
+        let unread: usize = self
+            .parents
+            .iter()
+            .map(|&image| index.parents_to_resolve(image).digests.len())
+            .sum();
+        if unread > 0 {
+            missing.push(format!(
+                "{unread} promoted digests at this repository have not been read as possible \
+                 manifest lists"
+            ));
+        }
+        if self.event_manifest {
+            missing.push(
+                "the pushed manifest has not been read (an OCI subject would make it an \
+                 attachment)"
+                    .to_owned(),
+            );
+        }
+        missing.join("; ")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Audit {
     pub verdict: Verdict,
@@ -354,22 +384,30 @@ impl Ctx<'_> {
 
     fn insert(&self, digest: &Digest) -> Audit {
         match self.find(digest) {
-            Found::Here(placements) => self.promoted(digest, &placements, None),
-            Found::OtherName(placements) if !self.policy.strict_repository => {
+            Found::Here(placements) => self.promoted_here(digest, &placements),
+            Found::OtherName(placements) => {
                 let name = self
                     .index
                     .image_name(self.index.promotion_image(placements[0].promotion));
-                self.promoted(digest, &placements, Some(name))
+                // Row 6 explains why the digest is here, never a tag: whoever
+                // pulls R:T gets what R promised for T, so T is judged against
+                // R's promises alone (the other name's tags are not R's).
+                if let Some(tag) = &self.event.tag {
+                    return self.tag_mismatch(digest, tag, &placements, Some(name));
+                }
+                if self.policy.strict_repository {
+                    return self.done(
+                        VerdictKind::WrongRepository,
+                        format!(
+                            "{digest} is promoted by the same manifest as {name}, not as {} \
+                             (strict repository mode)",
+                            self.repo()
+                        ),
+                        &placements,
+                    );
+                }
+                self.promoted(&placements, Some(name))
             }
-            Found::OtherName(placements) => self.done(
-                VerdictKind::WrongRepository,
-                format!(
-                    "{digest} is promoted by the same manifest but under another image name, \
-                     not as {} (strict repository mode)",
-                    self.repo()
-                ),
-                &placements,
-            ),
             Found::Elsewhere(placements) => self.provisional(
                 self.verdict(
                     VerdictKind::WrongRepository,
@@ -380,39 +418,79 @@ impl Ctx<'_> {
             ),
             Found::Nowhere => match self.event.tag.as_ref().and_then(Tag::attachment_subject) {
                 Some(subject) => self.attachment(&subject),
-                None => self.provisional(
-                    self.verdict(
-                        VerdictKind::Unpromoted,
-                        format!(
-                            "{digest} is not promoted to {} by any manifest",
-                            self.repo()
-                        ),
-                        &[],
-                    ),
-                    true,
-                ),
+                None => self.provisional(self.unpromoted(digest), true),
             },
         }
     }
 
-    /// The digest is promoted here; the tag, if any, must agree.
-    fn promoted(&self, digest: &Digest, placements: &[Placement], as_name: Option<&str>) -> Audit {
+    /// A digest no manifest promotes. Under a tag R promises, what people
+    /// pull as R:T has changed, so the verdict names the promise it broke.
+    fn unpromoted(&self, digest: &Digest) -> Verdict {
+        let repo = self.repo();
+        let promise = self
+            .event
+            .tag
+            .as_ref()
+            .and_then(|tag| Some((tag, self.promise(tag)?)));
+        let Some((tag, promised)) = promise else {
+            return self.verdict(
+                VerdictKind::Unpromoted,
+                format!("{digest} is not promoted to {repo} by any manifest"),
+                &[],
+            );
+        };
+        let e = self.evidence(&promised);
+        self.verdict(
+            VerdictKind::Unpromoted,
+            format!(
+                "promised tag {tag} of {repo} now points at unpromoted content: {digest} is \
+                 promoted by no manifest, and {tag} is promised to {} ({}:{})",
+                e.digest,
+                e.file.display(),
+                e.line
+            ),
+            &[promised],
+        )
+    }
+
+    /// The promotion that lists `tag` at the event's repository, if any.
+    fn promise(&self, tag: &Tag) -> Option<Placement> {
+        let promotion = self
+            .claims
+            .images
+            .iter()
+            .find_map(|&image| self.index.tag_owner(image, tag))?;
+        Some(Placement {
+            promotion,
+            how: How::Direct,
+        })
+    }
+
+    /// The digest is promoted at exactly this repository; the tag, if any,
+    /// must be listed for it there.
+    fn promoted_here(&self, digest: &Digest, placements: &[Placement]) -> Audit {
+        let Some(tag) = &self.event.tag else {
+            return self.promoted(placements, None);
+        };
+        let listed = placements
+            .iter()
+            .any(|p| p.how == How::Direct && self.index.promotion_has_tag(p.promotion, tag));
+        if listed {
+            self.promoted(placements, None)
+        } else {
+            self.tag_mismatch(digest, tag, placements, None)
+        }
+    }
+
+    /// `promoted` (or `promoted_child` when only lists hold the digest), the
+    /// tag already judged; `as_name` is the other image name of row 6.
+    fn promoted(&self, placements: &[Placement], as_name: Option<&str>) -> Audit {
         let direct: Vec<Placement> = placements
             .iter()
             .filter(|p| p.how == How::Direct)
             .cloned()
             .collect();
         let as_name = as_name.map_or(String::new(), |n| format!(" as {n}"));
-        let tag_ok = match &self.event.tag {
-            None => true,
-            Some(tag) => direct
-                .iter()
-                .any(|p| self.index.promotion_has_tag(p.promotion, tag)),
-        };
-        if !tag_ok {
-            let tag = self.event.tag.as_ref().expect("tag checked above");
-            return self.tag_mismatch(digest, tag, placements);
-        }
         if !direct.is_empty() {
             let e = self.evidence(&direct[0]);
             return self.done(
@@ -440,41 +518,38 @@ impl Ctx<'_> {
         )
     }
 
-    /// The digest is promoted here, but not with this tag.
-    fn tag_mismatch(&self, digest: &Digest, tag: &Tag, placements: &[Placement]) -> Audit {
-        let owner = self
-            .claims
-            .images
-            .iter()
-            .find_map(|&image| self.index.tag_owner(image, tag));
-        match owner {
-            Some(owner) => {
-                let promised = Placement {
-                    promotion: owner,
-                    how: How::Direct,
-                };
-                let e = self.evidence(&promised);
-                self.done(
-                    VerdictKind::TagMoved,
-                    format!(
-                        "tag {tag} of {} is promised to {} ({}:{}), not {digest}",
-                        self.repo(),
-                        e.digest,
-                        e.file.display(),
-                        e.line
-                    ),
-                    &[promised],
-                )
-            }
-            None => self.done(
+    /// The digest is explained (here, or under `as_name` by row 6), but the
+    /// repository does not list this tag for it.
+    fn tag_mismatch(
+        &self,
+        digest: &Digest,
+        tag: &Tag,
+        placements: &[Placement],
+        as_name: Option<&str>,
+    ) -> Audit {
+        let repo = self.repo();
+        let explained = match as_name {
+            None => format!("{digest} is promoted to {repo}"),
+            Some(name) => format!("{digest} is promoted by the same manifest as {name}"),
+        };
+        let Some(promised) = self.promise(tag) else {
+            return self.done(
                 VerdictKind::UnlistedTag,
-                format!(
-                    "{digest} is promoted to {}, but tag {tag} is listed for no digest there",
-                    self.repo()
-                ),
+                format!("{explained}, but tag {tag} is listed for no digest at {repo}"),
                 placements,
+            );
+        };
+        let e = self.evidence(&promised);
+        self.done(
+            VerdictKind::TagMoved,
+            format!(
+                "tag {tag} of {repo} is promised to {} ({}:{}), not {digest}",
+                e.digest,
+                e.file.display(),
+                e.line
             ),
-        }
+            &[promised],
+        )
     }
 
     fn insert_tag_only(&self) -> Audit {
@@ -489,32 +564,31 @@ impl Ctx<'_> {
         if let Some(subject) = tag.attachment_subject() {
             return self.attachment(&subject);
         }
-        let owner = self
-            .claims
-            .images
-            .iter()
-            .find_map(|&image| self.index.tag_owner(image, tag));
-        match owner {
-            Some(_) => Audit {
-                verdict: Verdict {
-                    kind: VerdictKind::Undecided,
-                    reason: format!(
-                        "tag {tag} of {} is promised, but the event does not say which digest it \
-                         points to",
-                        self.repo()
-                    ),
-                    evidence: Vec::new(),
-                },
-                pending: Some(Pending {
-                    tag_target: true,
-                    ..Pending::default()
-                }),
-            },
-            None => self.done(
+        let Some(promised) = self.promise(tag) else {
+            return self.done(
                 VerdictKind::UnlistedTag,
                 format!("tag {tag} is listed for no digest at {}", self.repo()),
                 &[],
+            );
+        };
+        let e = self.evidence(&promised);
+        Audit {
+            verdict: self.verdict(
+                VerdictKind::Undecided,
+                format!(
+                    "tag {tag} of {} is promised to {} ({}:{}), but the event does not say \
+                     which digest the tag points to now, and that digest has not been read",
+                    self.repo(),
+                    e.digest,
+                    e.file.display(),
+                    e.line
+                ),
+                &[promised],
             ),
+            pending: Some(Pending {
+                tag_target: true,
+                ..Pending::default()
+            }),
         }
     }
 
@@ -558,12 +632,10 @@ impl Ctx<'_> {
         let promoted_here = match &found {
             Some(Found::Here(_) | Found::OtherName(_)) => true,
             Some(_) => false,
-            None => event.tag.as_ref().is_some_and(|tag| {
-                self.claims
-                    .images
-                    .iter()
-                    .any(|&image| self.index.tag_owner(image, tag).is_some())
-            }),
+            None => event
+                .tag
+                .as_ref()
+                .is_some_and(|tag| self.promise(tag).is_some()),
         };
         let what = match (&event.digest, &event.tag) {
             (Some(d), _) => d.to_string(),

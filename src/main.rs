@@ -776,15 +776,10 @@ fn print_verdict(
         return writeln!(out, "{line}");
     }
     write!(out, "{}\t{id}\t{}", verdict.kind, verdict.reason)?;
-    if pending.is_some() {
-        let unread: usize = parents.iter().map(|p| p.digests.len()).sum();
-        // Without registry access the lists cannot be read here, so say how
-        // far the verdict is from final instead of hiding it.
-        write!(
-            out,
-            " (provisional: {unread} promoted digests at this repository have not been read \
-             as possible manifest lists)"
-        )?;
+    if let Some(pending) = pending {
+        // Without registry access nothing can be read here, so say how far
+        // the verdict is from final instead of hiding it.
+        write!(out, " (provisional: {})", pending.describe(index))?;
     }
     writeln!(out)
 }

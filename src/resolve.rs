@@ -37,13 +37,41 @@ pub struct Summary {
 pub struct Failure {
     pub digest: Digest,
     pub error: String,
-    /// Asking again later may succeed.
-    pub transient: bool,
+    pub unread: Unread,
+}
+
+/// What a failed read says about what the promoted digest lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unread {
+    /// Every repository asked said it does not exist: it lists nothing the
+    /// auditor could find, so a verdict may stand without it.
+    Absent,
+    /// No answer came (network, timeout, `429`, `5xx`, credentials): asking
+    /// again may succeed.
+    Unanswered,
+    /// An answer came but proves nothing (a body that does not hash to the
+    /// digest, over the size cap, unparseable, of an unknown type, lists
+    /// nested too deep): the list may well hold the event's digest.
+    Untrustworthy,
+}
+
+impl Unread {
+    fn of(e: &RegistryError) -> Self {
+        if e.is_transient() {
+            Unread::Unanswered
+        } else if e.is_not_found() {
+            Unread::Absent
+        } else {
+            Unread::Untrustworthy
+        }
+    }
 }
 
 impl Summary {
-    fn first_transient(&self) -> Option<&Failure> {
-        self.failures.iter().find(|f| f.transient)
+    /// The first failure a verdict cannot stand without.
+    fn first_inconclusive(&self) -> Option<&Failure> {
+        self.failures.iter().find(|f| f.unread != Unread::Absent)
     }
 }
 
@@ -170,7 +198,8 @@ impl Resolver {
 
     /// Audits `event`, resolving whatever the verdict depends on first, and
     /// returns a final verdict (no `pending`) and the index it was decided on.
-    /// A registry that cannot be reached makes the verdict `undecided`.
+    /// A registry that cannot be reached, or whose answer cannot be trusted,
+    /// makes the verdict `undecided`: neither says what a list holds.
     pub async fn settle(&self, index: &Index, event: &Event, policy: &Policy) -> (Index, Audit) {
         let mut index = self.attach(index);
         let mut result = audit(&index, event, policy);
@@ -183,11 +212,17 @@ impl Resolver {
                 .resolve_images(&index, &pending.parents, |_, _| {})
                 .await;
             index = resolved;
-            if let Some(f) = summary.first_transient() {
+            // Only "absent everywhere" is an answer about what a list holds;
+            // anything else could hide the parent of the event's digest.
+            if let Some(f) = summary.first_inconclusive() {
+                let why = match f.unread {
+                    Unread::Untrustworthy => "the registry's answer cannot be trusted",
+                    _ => "no answer",
+                };
                 return (
                     index,
                     undecided(format!(
-                        "cannot read promoted manifest {}: {}",
+                        "cannot read promoted manifest {} ({why}): {}",
                         f.digest, f.error
                     )),
                 );
@@ -201,21 +236,22 @@ impl Resolver {
             match attachment_subject(&self.client, &event.repository, digest).await {
                 Ok(Some(subject)) => result = audit_attachment(&index, event, &subject, policy),
                 Ok(None) => {}
-                Err(e) if e.is_transient() => {
+                // Gone already: the verdict stands on what the manifests say.
+                Err(e) if e.is_not_found() => {}
+                // Whether it is an attachment cannot be told from an answer
+                // that never came or cannot be trusted.
+                Err(e) => {
                     return (
                         index,
                         undecided(format!("cannot read the pushed manifest: {e}")),
                     );
                 }
-                // Gone already, or unreadable content: the verdict stands on
-                // what the manifests say.
-                Err(_) => {}
             }
         }
         // Only a violation needs the caveat: a positive verdict stands anyway.
         if !unread.is_empty() && result.verdict.kind.alerts() {
             result.verdict.reason.push_str(&format!(
-                " ({} promoted digests could not be read: {})",
+                " ({} promoted digests were found in no repository asked: {})",
                 unread.len(),
                 unread[0].error
             ));
@@ -229,7 +265,7 @@ fn failure(digest: Digest, e: &RegistryError) -> Failure {
     Failure {
         digest,
         error: e.to_string(),
-        transient: e.is_transient(),
+        unread: Unread::of(e),
     }
 }
 
@@ -237,5 +273,41 @@ fn undecided(reason: String) -> Audit {
     Audit {
         verdict: Verdict::undecided(reason),
         pending: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ErrorKind;
+
+    #[test]
+    fn only_absence_everywhere_is_an_answer_about_a_list() {
+        let repo: Repository = "registry.example/prod/app".parse().unwrap();
+        let digest = Digest::sha256_of(b"list");
+        let of = |kind| Unread::of(&RegistryError::new(&repo, &digest, kind));
+        assert_eq!(of(ErrorKind::NotFound), Unread::Absent);
+        for kind in [
+            ErrorKind::Network("connection refused".into()),
+            ErrorKind::Timeout,
+            ErrorKind::Server { status: 503 },
+        ] {
+            assert_eq!(of(kind), Unread::Unanswered);
+        }
+        for kind in [
+            ErrorKind::DigestMismatch {
+                actual: Digest::sha256_of(b"tampered"),
+            },
+            ErrorKind::HeaderDigestMismatch {
+                header: "sha256:0".into(),
+            },
+            ErrorKind::TooLarge { limit: 1 },
+            ErrorKind::Unparseable("{".into()),
+            ErrorKind::UnsupportedMediaType("text/plain".into()),
+            ErrorKind::TooDeep(crate::registry::MAX_NESTING),
+            ErrorKind::UnexpectedStatus { status: 400 },
+        ] {
+            assert_eq!(of(kind), Unread::Untrustworthy);
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Property tests: reference parse/print round-trips, and `audit` and the
 //! GCR parser never panic and keep their invariants on arbitrary input.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use image_auditor::audit::{Policy, VerdictKind, audit};
 use image_auditor::event::{Action, Event, EventId, Source};
-use image_auditor::index::{Children, Index};
+use image_auditor::index::{Children, How, Index};
 use image_auditor::manifest::{Excluded, Image, Layout, Manifest, ManifestSet, Promotion};
 use image_auditor::reference::{Digest, Reference, RegistryPrefix, Repository, Tag};
 use image_auditor::sources::gcr;
@@ -435,6 +435,53 @@ proptest! {
             matches!(a.verdict.kind, VerdictKind::Promoted | VerdictKind::PromotedChild),
             "{repo}@{d}: {a:?}"
         );
+    }
+
+    /// A tag R promises to D1 never explains another digest D2 at R, however
+    /// D2 is promoted: under another image name of the same manifest (row
+    /// 6), as a child of a list (row 5), elsewhere, or not at all.
+    #[test]
+    fn a_promised_tag_never_makes_another_digest_promoted(
+        index in index(),
+        strict in any::<bool>(),
+    ) {
+        // Every (R, T) the index promises, with the digests T is promised to.
+        let mut promised: BTreeMap<(String, String), BTreeSet<Digest>> = BTreeMap::new();
+        for d in (0..8).map(pool_digest) {
+            for p in index.placements(&d).into_iter().filter(|p| p.how == How::Direct) {
+                let image = index.promotion_image(p.promotion);
+                let m = index.manifest(index.image_manifest(image));
+                for dest in &m.destinations {
+                    let Ok(repo) = Repository::join(dest, index.image_name(image)) else {
+                        continue;
+                    };
+                    for tag in index.promotion_tags(p.promotion) {
+                        promised
+                            .entry((repo.to_string(), tag.to_string()))
+                            .or_default()
+                            .insert(d.clone());
+                    }
+                }
+            }
+        }
+        let policy = Policy { strict_repository: strict, allow_unpromoted_deletes: false };
+        for ((repo, tag), to) in &promised {
+            for d2 in (0..10).map(pool_digest).filter(|d| !to.contains(d)) {
+                let event = Event {
+                    id: EventId("prop".into()),
+                    source: Source::Gcr,
+                    action: Action::Insert,
+                    repository: repo.parse().unwrap(),
+                    digest: Some(d2.clone()),
+                    tag: Some(tag.parse().unwrap()),
+                };
+                let a = audit(&index, &event, &policy);
+                prop_assert!(
+                    !matches!(a.verdict.kind, VerdictKind::Promoted | VerdictKind::PromotedChild),
+                    "{repo}:{tag}@{d2}, promised to {to:?}: {a:?}"
+                );
+            }
+        }
     }
 }
 

@@ -33,8 +33,10 @@ use image_auditor::event::{Action, Event, EventId, Source};
 use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::reference::{Digest, Repository};
+use image_auditor::registry::RegistryConfig;
 use image_auditor::registry::{Outcome, RequestKind, StatsSnapshot};
 use image_auditor::resolve::{Resolver, Summary};
+use support::fault_proxy::{Fault, FaultProxy};
 use support::oci::{Desc, Layout, OCI_INDEX, OCI_MANIFEST};
 use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push, skopeo_raw};
 use support::{client, test_config};
@@ -55,6 +57,8 @@ struct Fixture {
     layout: Layout,
     /// The thin-layout root (`manifests/`, `images/`).
     manifests: PathBuf,
+    /// The project's `images.yaml`, which names no host.
+    images: String,
     single: Desc,
     /// The two-platform index of `multi`, then its amd64 and arm64 images.
     multi: [Desc; 3],
@@ -143,37 +147,23 @@ impl Fixture {
         layout.tag(&legacy[0], "legacy");
         assert_eq!(push(&layout, "legacy", "prod-eu/legacy"), legacy[0].digest);
 
+        let images = format!(
+            "- name: single\n  dmap:\n    \"{}\": [\"1.0\"]\n\
+             - name: multi\n  dmap:\n    \"{}\": [\"1.0\"]\n    \"{}\": [\"2.0\"]\n\
+             - name: list\n  dmap:\n    \"{list}\": [\"1.0\"]\n\
+             - name: nested\n  dmap:\n    \"{}\": [\"1.0\"]\n\
+             - name: legacy\n  dmap:\n    \"{}\": [\"0.9\"]\n",
+            single.digest, multi[0].digest, multi_v2.digest, outer.digest, legacy[0].digest
+        );
         let manifests = work.path().join("manifests");
-        let project_manifest = manifests.join("manifests/demo/promoter-manifest.yaml");
-        let images = manifests.join("images/demo/images.yaml");
-        std::fs::create_dir_all(project_manifest.parent().unwrap()).unwrap();
-        std::fs::create_dir_all(images.parent().unwrap()).unwrap();
-        std::fs::write(
-            &project_manifest,
-            format!(
-                "registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod-us\n\
-                 - name: {host}/prod-eu\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            &images,
-            format!(
-                "- name: single\n  dmap:\n    \"{}\": [\"1.0\"]\n\
-                 - name: multi\n  dmap:\n    \"{}\": [\"1.0\"]\n    \"{}\": [\"2.0\"]\n\
-                 - name: list\n  dmap:\n    \"{list}\": [\"1.0\"]\n\
-                 - name: nested\n  dmap:\n    \"{}\": [\"1.0\"]\n\
-                 - name: legacy\n  dmap:\n    \"{}\": [\"0.9\"]\n",
-                single.digest, multi[0].digest, multi_v2.digest, outer.digest, legacy[0].digest
-            ),
-        )
-        .unwrap();
+        write_project(&manifests, &host, &images);
 
         Fixture {
             reg,
             work,
             layout,
             manifests,
+            images,
             single,
             multi,
             multi_v2,
@@ -188,7 +178,22 @@ impl Fixture {
     }
 
     fn index(&self) -> Index {
-        let set = manifest::load(&self.manifests).unwrap();
+        Self::load(&self.manifests)
+    }
+
+    /// The same project with its registries at `host` (a proxy in front of
+    /// the registry).
+    fn index_at(&self, host: &str) -> Index {
+        let root = self
+            .work
+            .path()
+            .join(format!("manifests-{}", host.replace(':', "-")));
+        write_project(&root, host, &self.images);
+        Self::load(&root)
+    }
+
+    fn load(root: &Path) -> Index {
+        let set = manifest::load(root).unwrap();
         let errors: Vec<String> = set.errors().map(|p| p.to_string()).collect();
         assert!(errors.is_empty(), "{errors:?}");
         let index = Index::build(&set, 1);
@@ -248,6 +253,24 @@ impl Fixture {
         }
         out
     }
+}
+
+/// Writes the thin layout of project `demo`: its source `staging` and its
+/// destinations `prod-us` and `prod-eu` at `host`, and its `images.yaml`.
+fn write_project(root: &Path, host: &str, images: &str) {
+    let project_manifest = root.join("manifests/demo/promoter-manifest.yaml");
+    let images_file = root.join("images/demo/images.yaml");
+    std::fs::create_dir_all(project_manifest.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(images_file.parent().unwrap()).unwrap();
+    std::fs::write(
+        &project_manifest,
+        format!(
+            "registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod-us\n\
+             - name: {host}/prod-eu\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(&images_file, images).unwrap();
 }
 
 /// Pushes an OCI manifest written in `layout` to `repo` under its own
@@ -473,7 +496,7 @@ async fn unknown_digest_reads_only_that_images_promoted_digests() {
     );
     assert_eq!(result.pending, None);
     assert!(
-        !result.verdict.reason.contains("could not be read"),
+        !result.verdict.reason.contains("found in no repository"),
         "{}",
         result.verdict.reason
     );
@@ -682,6 +705,192 @@ async fn registry_down_makes_unknown_digests_undecided_never_unpromoted() {
         .await;
     assert_eq!(result.verdict.kind, VerdictKind::PromotedChild);
     assert_eq!(manifest_gets(&warm.client().stats()), 4);
+}
+
+/// Issue 12 item 2: an answer that cannot be trusted (a body that does not
+/// hash to the digest, a body over the size cap) says nothing about what a
+/// promoted list holds, so a legitimate child it would explain is
+/// `undecided` — retried — never `unpromoted`; nothing of it is cached, and
+/// once the registry answers faithfully the same event is `promoted_child`.
+/// The same holds for the pushed manifest (is it an attachment?).
+#[tokio::test]
+async fn untrustworthy_answers_make_verdicts_undecided_never_unpromoted() {
+    const CAP: u64 = 64 * 1024;
+    let f = Fixture::new().await;
+    let mut proxy = FaultProxy::start(&f.reg.host).await;
+    let host = proxy.host.clone();
+    let at = |path: &str| -> Repository { format!("{host}/{path}").parse().unwrap() };
+    let index = f.index_at(&proxy.host);
+    let policy = Policy::default();
+
+    // A rogue image under multi's promised tag 1.0 at prod-us, pushed
+    // straight to the registry.
+    let mut rogue_layout = Layout::create(&f.work.path().join("rogue"));
+    let rogue = rogue_layout.image("amd64");
+    rogue_layout.tag(&rogue, "1.0");
+    skopeo_push(
+        &rogue_layout.dir,
+        "1.0",
+        &f.reg.host,
+        "prod-us/multi",
+        Push::default(),
+    );
+    let rogue_event = Event {
+        tag: Some("1.0".parse().unwrap()),
+        ..push_event(at("prod-us/multi"), &rogue.digest)
+    };
+
+    for (round, (fault, outcome)) in [
+        (Fault::Tamper, Outcome::DigestMismatch),
+        (Fault::Oversize(CAP as usize + 1), Outcome::TooLarge),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cache = f.cache(&format!("cache-{round}"));
+        let resolver = Resolver::new(client(RegistryConfig {
+            max_manifest_bytes: CAP,
+            ..test_config(Some(&cache))
+        }));
+        let (multi, inner, outer) = (&f.multi[0].digest, &f.inner.digest, &f.outer.digest);
+        // Requests the proxy received for a digest in this round.
+        let earlier: Vec<(Digest, usize)> =
+            [multi, &f.multi_v2.digest, inner, outer, &rogue.digest]
+                .into_iter()
+                .map(|d| (d.clone(), proxy.requests(&d.to_string())))
+                .collect();
+        let asked = |d: &Digest| {
+            let (_, before) = earlier.iter().find(|(e, _)| e == d).unwrap();
+            proxy.requests(&d.to_string()) - before
+        };
+
+        // multi's index is spoiled wherever it is asked for: staging serves
+        // it spoiled, prod-us and prod-eu do not have it (404).
+        proxy.fault(&multi.to_string(), fault.clone());
+        let child = push_event(at("prod-us/multi"), &f.multi[1].digest);
+        let (index, result) = resolver.settle(&index, &child, &policy).await;
+        assert_eq!(
+            result.verdict.kind,
+            VerdictKind::Undecided,
+            "{fault:?}: {:?}",
+            result.verdict
+        );
+        assert_eq!(result.pending, None);
+        let reason = &result.verdict.reason;
+        assert!(reason.contains(&multi.to_string()), "{reason}");
+        assert!(reason.contains("cannot be trusted"), "{reason}");
+        let stats = resolver.client().stats();
+        assert_eq!(manifest_gets(&stats), 4, "{fault:?}");
+        assert_eq!(stats.count(&proxy.host, RequestKind::Manifest, outcome), 1);
+        assert_eq!(
+            stats.count(&proxy.host, RequestKind::Manifest, Outcome::NotFound),
+            2
+        );
+        assert_eq!(
+            stats.count(&proxy.host, RequestKind::Manifest, Outcome::Ok),
+            1
+        );
+        assert_eq!(
+            stats.retries, 0,
+            "a permanent answer is not asked again at once"
+        );
+        assert_eq!((asked(multi), asked(&f.multi_v2.digest)), (3, 1));
+        assert_eq!(cached(&cache), digests([&f.multi_v2.digest]));
+
+        // A nested list spoiled: the outer index reads fine, the inner one
+        // (asked of staging first, where the outer came from) does not.
+        proxy.clear();
+        proxy.fault(&inner.to_string(), fault.clone());
+        let child = push_event(at("prod-eu/nested"), &f.inner_children[0].digest);
+        let (index, result) = resolver.settle(&index, &child, &policy).await;
+        assert_eq!(
+            result.verdict.kind,
+            VerdictKind::Undecided,
+            "{fault:?}: {:?}",
+            result.verdict
+        );
+        let reason = &result.verdict.reason;
+        assert!(reason.contains(&outer.to_string()), "{reason}");
+        assert!(reason.contains(&inner.to_string()), "{reason}");
+        assert_eq!((asked(outer), asked(inner)), (1, 3));
+        assert_eq!(manifest_gets(&resolver.client().stats()), 8);
+
+        // The registry answers faithfully again: both children are explained,
+        // reading only what was not read (the outer index is in the cache).
+        proxy.clear();
+        for (repo, child, parent) in [
+            ("prod-us/multi", &f.multi[1].digest, multi),
+            ("prod-eu/nested", &f.inner_children[0].digest, outer),
+        ] {
+            let (_, result) = resolver
+                .settle(&index, &push_event(at(repo), child), &policy)
+                .await;
+            assert_eq!(result.verdict.kind, VerdictKind::PromotedChild, "{repo}");
+            assert_eq!(result.verdict.evidence[0].parent.as_ref(), Some(parent));
+        }
+        assert_eq!((asked(multi), asked(outer), asked(inner)), (4, 1, 4));
+        assert_eq!(manifest_gets(&resolver.client().stats()), 10);
+
+        // The pushed manifest spoiled: whether it is an attachment of a
+        // promoted image cannot be told, so the push is not called unpromoted.
+        proxy.fault(&rogue.digest.to_string(), fault.clone());
+        let (_, result) = resolver.settle(&index, &rogue_event, &policy).await;
+        assert_eq!(
+            result.verdict.kind,
+            VerdictKind::Undecided,
+            "{fault:?}: {:?}",
+            result.verdict
+        );
+        assert!(
+            result
+                .verdict
+                .reason
+                .contains("cannot read the pushed manifest")
+        );
+        assert_eq!(asked(&rogue.digest), 1);
+
+        // Read faithfully, it is a plain image: unpromoted, and the verdict
+        // names the promise of 1.0 that it broke.
+        proxy.clear();
+        let (_, result) = resolver.settle(&index, &rogue_event, &policy).await;
+        let v = &result.verdict;
+        assert_eq!(v.kind, VerdictKind::Unpromoted, "{v:?}");
+        assert!(
+            v.reason.contains("promised tag 1.0") && v.reason.contains("unpromoted content"),
+            "{}",
+            v.reason
+        );
+        assert_eq!(v.evidence.len(), 1);
+        assert_eq!(
+            (&v.evidence[0].digest, &*v.evidence[0].image),
+            (multi, "multi")
+        );
+        assert_eq!(asked(&rogue.digest), 2);
+        assert_eq!(manifest_gets(&resolver.client().stats()), 12);
+    }
+
+    // Once stopped, the proxy's port refuses: the same child is undecided
+    // for want of an answer (a fresh resolver, nothing cached).
+    proxy.stop().await;
+    let resolver = Resolver::new(client(test_config(Some(&f.cache("cache-stopped")))));
+    let child = push_event(at("prod-us/multi"), &f.multi[1].digest);
+    let (_, result) = resolver.settle(&index, &child, &policy).await;
+    assert_eq!(
+        result.verdict.kind,
+        VerdictKind::Undecided,
+        "{:?}",
+        result.verdict
+    );
+    assert!(
+        result.verdict.reason.contains("no answer"),
+        "{}",
+        result.verdict.reason
+    );
+    let stats = resolver.client().stats();
+    assert_eq!(
+        stats.count(&host, RequestKind::Manifest, Outcome::NetworkError),
+        manifest_gets(&stats)
+    );
 }
 
 fn run_cli(f: &Fixture, config: &Path, args: &[&str]) -> Output {

@@ -486,6 +486,81 @@ fn row06_strict_mode_calls_it_wrong_repository() {
     expect(&a, VerdictKind::Promoted);
 }
 
+/// Row 6 explains why the digest is at R, never its tag: gizmo-amd64 lists
+/// dddd… for v2.0, but at gizmo v2.0 is promised to the list cccc….
+#[test]
+fn row06_a_tag_is_judged_against_the_repositorys_own_promises() {
+    let index = table();
+    let file = images_file("verdicts", "widgets");
+    let strict = Policy {
+        strict_repository: true,
+        ..Policy::default()
+    };
+    for policy in [Policy::default(), strict.clone()] {
+        let judge = |reference: &str| with_policy(&index, Action::Insert, reference, &policy);
+        // Promised at R to another digest: moved, with the promise as evidence.
+        for (tag, promised) in [("v2.0", "c"), ("latest", "a"), ("v1.0", "a")] {
+            let a = judge(&at(&format!("{GIZMO}:{tag}"), "d"));
+            let v = expect(&a, VerdictKind::TagMoved);
+            assert!(a.pending.is_none());
+            assert_eq!(v.evidence.len(), 1);
+            assert_evidence(&v.evidence[0], &file, "gizmo", &d(promised), None);
+            assert!(
+                v.reason.contains(&format!("tag {tag} of {GIZMO}")),
+                "{}",
+                v.reason
+            );
+            assert!(v.reason.contains(&d(promised).to_string()), "{}", v.reason);
+        }
+        // Listed for nothing at R: the evidence is what explains the digest.
+        let a = judge(&at(&format!("{GIZMO}:v9"), "d"));
+        let v = expect(&a, VerdictKind::UnlistedTag);
+        assert_evidence(&v.evidence[0], &file, "gizmo-amd64", &d("d"), None);
+        assert!(v.reason.contains("as gizmo-amd64"), "{}", v.reason);
+        assert!(v.reason.contains("tag v9"), "{}", v.reason);
+    }
+    // Untagged, row 6 itself decides: promoted as the other name, or
+    // wrong_repository in strict mode.
+    expect(&insert(&index, &at(GIZMO, "d")), VerdictKind::Promoted);
+    let a = with_policy(&index, Action::Insert, &at(GIZMO, "d"), &strict);
+    expect(&a, VerdictKind::WrongRepository);
+    // And the other way round: gizmo's aaaa… pushed at gizmo-amd64 under
+    // gizmo's tag, which gizmo-amd64 promises to dddd… only.
+    let amd64 = "us.gcr.io/example-prod/widgets/gizmo-amd64";
+    let a = insert(&index, &at(&format!("{amd64}:v1.0"), "a"));
+    let v = expect(&a, VerdictKind::UnlistedTag);
+    assert_evidence(&v.evidence[0], &file, "gizmo", &d("a"), None);
+    let a = insert(&index, &at(&format!("{amd64}:v2.0"), "a"));
+    let v = expect(&a, VerdictKind::TagMoved);
+    assert_evidence(&v.evidence[0], &file, "gizmo-amd64", &d("d"), None);
+}
+
+/// The children of a list promoted under another image name (rows 5 and 6
+/// together) keep no tag either.
+#[test]
+fn row06_children_of_a_list_promoted_under_another_name_are_judged_by_rs_tags() {
+    let file = images_file("verdicts", "widgets");
+    // dddd… (gizmo-amd64) read as a list of d1…, cccc… (gizmo) as c1…, c2….
+    let index = resolve(
+        &table(),
+        &[(d("d"), vec![d("d1")]), (d("c"), vec![d("c1"), d("c2")])],
+    );
+    let a = insert(&index, &at(GIZMO, "d1"));
+    let v = expect(&a, VerdictKind::PromotedChild);
+    assert!(v.reason.contains("as gizmo-amd64"), "{}", v.reason);
+    assert_evidence(&v.evidence[0], &file, "gizmo-amd64", &d("d"), Some(&d("d")));
+    let a = insert(&index, &at(&format!("{GIZMO}:v2.0"), "d1"));
+    let v = expect(&a, VerdictKind::TagMoved);
+    assert_evidence(&v.evidence[0], &file, "gizmo", &d("c"), None);
+    let a = insert(&index, &at(&format!("{GIZMO}:v9"), "d1"));
+    expect(&a, VerdictKind::UnlistedTag);
+    // gizmo's child at gizmo-amd64 under the tag gizmo-amd64 gives dddd….
+    let amd64 = "us.gcr.io/example-prod/widgets/gizmo-amd64";
+    let a = insert(&index, &at(&format!("{amd64}:v2.0"), "c1"));
+    let v = expect(&a, VerdictKind::TagMoved);
+    assert_evidence(&v.evidence[0], &file, "gizmo-amd64", &d("d"), None);
+}
+
 // ---------------------------------------------------------------- row 7
 
 #[test]
@@ -581,8 +656,9 @@ fn tag_only_insert_of_an_unlisted_tag_is_unlisted_tag() {
 #[test]
 fn tag_only_insert_of_a_promised_tag_waits_for_the_tag_target() {
     let index = table();
+    let file = images_file("verdicts", "widgets");
     let a = insert(&index, &format!("{GIZMO}:v1.0"));
-    expect(&a, VerdictKind::Undecided);
+    let v = expect(&a, VerdictKind::Undecided);
     assert_eq!(
         a.pending,
         Some(Pending {
@@ -591,6 +667,14 @@ fn tag_only_insert_of_a_promised_tag_waits_for_the_tag_target() {
             tag_target: true,
         })
     );
+    // What is missing is the digest the tag points to, not a list: say so,
+    // and name the promise it will be judged against.
+    let missing = a.pending.as_ref().unwrap().describe(&index);
+    assert_eq!(missing, "the digest the tag points to has not been read");
+    assert!(v.reason.contains("has not been read"), "{}", v.reason);
+    assert!(v.reason.contains(&d("a").to_string()), "{}", v.reason);
+    assert_eq!(v.evidence.len(), 1);
+    assert_evidence(&v.evidence[0], &file, "gizmo", &d("a"), None);
 }
 
 // ---------------------------------------------------------------- rows 10, 11
@@ -692,6 +776,56 @@ fn row12_unknown_digest_is_unpromoted_pending_exactly_the_images_unread_digests(
             event_manifest: true,
             tag_target: false,
         })
+    );
+}
+
+#[test]
+fn row12_unknown_digest_under_a_promised_tag_names_the_broken_promise() {
+    let index = table();
+    let file = images_file("verdicts", "widgets");
+    for (tag, promised) in [("latest", "a"), ("v2.0", "c")] {
+        let a = insert(&index, &at(&format!("{GIZMO}:{tag}"), "9"));
+        let v = expect(&a, VerdictKind::Unpromoted);
+        assert!(
+            v.reason.contains(&format!(
+                "promised tag {tag} of {GIZMO} now points at unpromoted content"
+            )),
+            "{}",
+            v.reason
+        );
+        assert!(v.reason.contains(&d("9").to_string()), "{}", v.reason);
+        let place = format!("{}:{}", file.display(), line_of(&file, &d(promised).hex()));
+        assert!(v.reason.contains(&place), "{}", v.reason);
+        assert_eq!(v.evidence.len(), 1);
+        assert_evidence(&v.evidence[0], &file, "gizmo", &d(promised), None);
+        // Still provisional: one of gizmo's lists may hold 9999….
+        assert_eq!(
+            pending_parents(&index, &a),
+            vec![owned("widgets", "gizmo", &[d("a"), d("b"), d("c")])]
+        );
+    }
+    // An unlisted tag promises nothing: no promise to name.
+    let a = insert(&index, &at(&format!("{GIZMO}:evil"), "9"));
+    let v = expect(&a, VerdictKind::Unpromoted);
+    assert!(v.evidence.is_empty());
+    assert!(!v.reason.contains("promised"), "{}", v.reason);
+}
+
+#[test]
+fn pending_says_what_is_still_unread() {
+    let index = table();
+    let a = insert(&index, &at(GIZMO, "9"));
+    assert_eq!(
+        a.pending.as_ref().unwrap().describe(&index),
+        "3 promoted digests at this repository have not been read as possible manifest \
+         lists; the pushed manifest has not been read (an OCI subject would make it an \
+         attachment)"
+    );
+    let resolved = gizmo_resolved(&index);
+    let a = insert(&resolved, &at(GIZMO, "9"));
+    assert_eq!(
+        a.pending.as_ref().unwrap().describe(&resolved),
+        "the pushed manifest has not been read (an OCI subject would make it an attachment)"
     );
 }
 
