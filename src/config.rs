@@ -96,6 +96,11 @@ pub struct ReloadConfig {
     /// negative verdict (refresh before reject).
     #[serde(with = "humantime_serde")]
     pub refresh_min_interval: Duration,
+    /// A reload running longer than this makes `/readyz` answer 503.
+    #[serde(with = "humantime_serde")]
+    pub stuck_after: Duration,
+    /// How much of the manifest tree one load may walk.
+    pub limits: crate::manifest::Budget,
 }
 
 impl Default for ReloadConfig {
@@ -103,6 +108,8 @@ impl Default for ReloadConfig {
         Self {
             watch_interval: Duration::from_secs(5),
             refresh_min_interval: Duration::from_secs(10),
+            stuck_after: Duration::from_secs(300),
+            limits: crate::manifest::Budget::default(),
         }
     }
 }
@@ -294,6 +301,16 @@ impl Config {
             return Err(invalid(
                 "manifests",
                 format!("{} does not exist", self.manifests.display()),
+            ));
+        }
+        if self.reload.stuck_after.is_zero() {
+            return Err(invalid("reload.stuck_after", "must be more than 0".into()));
+        }
+        let limits = &self.reload.limits;
+        if limits.max_entries == 0 || limits.max_bytes == 0 {
+            return Err(invalid(
+                "reload.limits",
+                "`max_entries` and `max_bytes` must be more than 0".into(),
             ));
         }
         if self.http.body_limit_bytes < 1024 {

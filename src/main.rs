@@ -83,6 +83,9 @@ enum Command {
     Lookup {
         /// `sha256:` followed by 64 lower-case hex digits.
         digest: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the verdict for pushing each reference (host/path:tag,
     /// host/path@digest or host/path:tag@digest).
@@ -211,7 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Index {
             command: IndexCommand::Resolve { json },
         } => resolve_index(&manifests, &registry, json),
-        Command::Lookup { digest } => lookup(&manifests, &digest),
+        Command::Lookup { digest, json } => lookup(&manifests, &digest, json),
         Command::Check {
             references,
             json,
@@ -395,31 +398,73 @@ fn memory_kib() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn lookup(dir: &Path, digest: &str) -> anyhow::Result<ExitCode> {
+/// Where a digest is promoted: one image of one manifest.
+#[derive(serde::Serialize)]
+struct Placement {
+    file: String,
+    line: u32,
+    project: String,
+    image: String,
+    tags: Vec<String>,
+    /// Every repository the image is promoted to.
+    destinations: Vec<String>,
+}
+
+fn lookup(dir: &Path, digest: &str, json: bool) -> anyhow::Result<ExitCode> {
     let digest: Digest = digest.parse()?;
     let index = load_index(dir)?;
-    let placements = index.placements(&digest);
-    if placements.is_empty() {
+    let placements: Vec<Placement> = index
+        .placements(&digest)
+        .iter()
+        .map(|p| {
+            let image = index.promotion_image(p.promotion);
+            let manifest = index.manifest(index.image_manifest(image));
+            let name = index.image_name(image);
+            Placement {
+                file: manifest.images_file.display().to_string(),
+                line: index.promotion_line(p.promotion),
+                project: manifest.project.to_string(),
+                image: name.to_string(),
+                tags: index
+                    .promotion_tags(p.promotion)
+                    .map(|t| (**t).to_owned())
+                    .collect(),
+                destinations: manifest
+                    .destinations
+                    .iter()
+                    .map(|dest| format!("{dest}/{name}"))
+                    .collect(),
+            }
+        })
+        .collect();
+    if json {
+        let value = serde_json::json!({
+            "digest": digest.to_string(),
+            "promoted": !placements.is_empty(),
+            "placements": placements,
+        });
+        println!("{value}");
+    } else if placements.is_empty() {
         println!("{digest} is not promoted by any manifest");
-        return Ok(ExitCode::from(1));
     }
-    for p in placements {
-        let image = index.promotion_image(p.promotion);
-        let manifest = index.manifest(index.image_manifest(image));
-        let name = index.image_name(image);
-        let tags: Vec<&str> = index.promotion_tags(p.promotion).map(|t| &**t).collect();
+    for p in placements.iter().filter(|_| !json) {
         println!(
-            "{}:{}: project {}, image {name}, tags [{}]",
-            manifest.images_file.display(),
-            index.promotion_line(p.promotion),
-            manifest.project,
-            tags.join(", ")
+            "{}:{}: project {}, image {}, tags [{}]",
+            p.file,
+            p.line,
+            p.project,
+            p.image,
+            p.tags.join(", ")
         );
-        for dest in &manifest.destinations {
-            println!("  {dest}/{name}");
+        for dest in &p.destinations {
+            println!("  {dest}");
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if placements.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn check(

@@ -125,14 +125,20 @@ impl Pipeline {
     pub async fn handle(&self, delivery: Delivery) -> Handled {
         let started = Instant::now();
         let source = delivery.source;
-        self.metrics
-            .last_event_seconds
-            .get_or_create(&SourceLabels {
-                source: source.as_str(),
-            })
-            .set(now_ms() as f64 / 1000.0);
-        self.last_event_ms.insert(source, now_ms());
+        // The dead-man's switch: a source stuck redelivering one undecided
+        // event must not look alive, so only first deliveries and decisions
+        // count as activity.
+        let redelivered = self.undecided.contains_key(&(source, delivery.id.clone()));
         let handled = self.decide_and_record(delivery, started).await;
+        if !redelivered || handled.disposition == Disposition::Ack {
+            self.metrics
+                .last_event_seconds
+                .get_or_create(&SourceLabels {
+                    source: source.as_str(),
+                })
+                .set(now_ms() as f64 / 1000.0);
+            self.last_event_ms.insert(source, now_ms());
+        }
         self.metrics
             .observe_processing(source.as_str(), started.elapsed());
         handled

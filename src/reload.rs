@@ -14,10 +14,12 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ReloadConfig;
 use crate::event::{EventId, Malformed, Source};
 use crate::findings::{Decision, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::manifest::source::{ManifestSource, SourceError, Version};
+use crate::manifest::walk::{Budget, Limit};
 use crate::manifest::{self, LoadError, Manifest, ManifestSet, Severity};
 use crate::metrics::Metrics;
 
@@ -44,6 +46,17 @@ pub enum ReloadError {
     Task(String),
 }
 
+impl ReloadError {
+    /// The budget bound the manifest tree went over, when that is why.
+    pub fn over_budget(&self) -> Option<Limit> {
+        match self {
+            ReloadError::Source(SourceError::OverBudget(over))
+            | ReloadError::Load(LoadError::OverBudget(over)) => Some(over.which),
+            _ => None,
+        }
+    }
+}
+
 struct State {
     version: Option<Version>,
     /// The last valid version of every project, by name.
@@ -63,6 +76,11 @@ pub struct Reloader {
     /// Serialises reloads: concurrent callers wait for the one in flight.
     state: tokio::sync::Mutex<State>,
     refresh_min_interval: Duration,
+    budget: Budget,
+    /// A reload running longer than this makes [`Reloader::stuck`] say so.
+    stuck_after: Duration,
+    /// When the reload in progress started; `None` between reloads.
+    running_since: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Reloader {
@@ -72,10 +90,11 @@ impl Reloader {
         source: ManifestSource,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
-        refresh_min_interval: Duration,
+        config: &ReloadConfig,
     ) -> Result<Arc<Reloader>, ReloadError> {
-        let version = source.sync().await?;
-        let set = load(&source, &version).await?;
+        let budget = config.limits;
+        let version = source.sync(&budget).await?;
+        let set = load(&source, &version, &budget).await?;
         let mut state = State {
             version: Some(version),
             last_good: HashMap::new(),
@@ -90,7 +109,10 @@ impl Reloader {
             store,
             metrics,
             state: tokio::sync::Mutex::new(state),
-            refresh_min_interval,
+            refresh_min_interval: config.refresh_min_interval,
+            budget,
+            stuck_after: config.stuck_after,
+            running_since: std::sync::Mutex::new(None),
         });
         reloader.observe(&set, &outcome_lists);
         Ok(reloader)
@@ -108,9 +130,31 @@ impl Reloader {
         self.reload_locked(&mut state, force).await
     }
 
+    /// Why the service should not be called ready because of reloading: a
+    /// reload running for longer than `reload.stuck_after` (a hung git
+    /// command, a filesystem that stopped answering) means new promotions
+    /// are not seen and refresh-before-reject callers wait behind it.
+    pub fn stuck(&self) -> Option<String> {
+        let since = (*self.running_since.lock().expect("never poisoned"))?;
+        let running = since.elapsed();
+        (running > self.stuck_after).then(|| {
+            format!(
+                "a manifest reload has been running for {} s (reload.stuck_after is {} s)",
+                running.as_secs(),
+                self.stuck_after.as_secs()
+            )
+        })
+    }
+
     async fn reload_locked(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {
-        let result = self.try_reload(state, force).await;
+        let result = {
+            let _running = Running::start(&self.running_since);
+            self.try_reload(state, force).await
+        };
         if let Err(e) = &result {
+            if let Some(limit) = e.over_budget() {
+                self.metrics.rejected(limit.reason());
+            }
             self.metrics.manifest_load_failures.inc();
             tracing::error!(error = %e, "manifest reload failed; the live index stays");
             self.report(state, "(manifest set)", &e.to_string()).await;
@@ -119,7 +163,7 @@ impl Reloader {
     }
 
     async fn try_reload(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {
-        let version = self.source.sync().await?;
+        let version = self.source.sync(&self.budget).await?;
         state.last_sync = Some(Instant::now());
         let live = self.index.load_full();
         if !force && state.version.as_ref() == Some(&version) {
@@ -131,7 +175,7 @@ impl Reloader {
                 excluded: Vec::new(),
             });
         }
-        let set = load(&self.source, &version).await?;
+        let set = load(&self.source, &version, &self.budget).await?;
         let (set, lists) = keep_last_good(set, &mut state.last_good);
         let built = build(set.clone(), live.generation() + 1).await?;
         // Children are facts about digests, valid whatever the manifests
@@ -247,11 +291,34 @@ impl Reloader {
     }
 }
 
-async fn load(source: &ManifestSource, version: &Version) -> Result<ManifestSet, ReloadError> {
+/// Marks a reload as running for as long as it lives: a caller that gives
+/// up (an HTTP request timing out) drops the reload, and must not leave it
+/// marked running forever.
+struct Running<'a>(&'a std::sync::Mutex<Option<Instant>>);
+
+impl<'a> Running<'a> {
+    fn start(since: &'a std::sync::Mutex<Option<Instant>>) -> Self {
+        *since.lock().expect("never poisoned") = Some(Instant::now());
+        Running(since)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().expect("never poisoned") = None;
+    }
+}
+
+async fn load(
+    source: &ManifestSource,
+    version: &Version,
+    budget: &Budget,
+) -> Result<ManifestSet, ReloadError> {
     let root = source.root();
     let commit = version.commit().map(str::to_owned);
+    let budget = *budget;
     tokio::task::spawn_blocking(move || {
-        manifest::load(&root).map(|mut set| {
+        manifest::load_within(&root, &budget).map(|mut set| {
             set.commit = commit;
             set
         })

@@ -75,12 +75,15 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn readyz(State(state): State<AppState>) -> Response {
     let index = state.index.load();
     let stats = index.stats();
-    let sources = state
-        .pull_status
-        .as_ref()
-        .is_none_or(PullStatus::is_connected);
+    let reload_stuck = state.reloader.stuck();
+    let sources = reload_stuck.is_none()
+        && state
+            .pull_status
+            .as_ref()
+            .is_none_or(PullStatus::is_connected);
     let body = json!({
         "ready": sources,
+        "reload_stuck": reload_stuck,
         "index": stats,
         "pubsub_pull": state.pull_status.as_ref().map(|s| json!({
             "connected": s.is_connected(),

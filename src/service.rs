@@ -38,16 +38,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let resolver = client.clone().map(|client| Arc::new(Resolver::new(client)));
     let (source, poll_interval) = config.manifest_source();
     let root = source.root();
-    let reloader = Reloader::start(
-        source,
-        store.clone(),
-        metrics.clone(),
-        config.reload.refresh_min_interval,
-    )
-    .await
-    .with_context(|| format!("loading manifests from {}", root.display()))?;
+    let reloader = Reloader::start(source, store.clone(), metrics.clone(), &config.reload)
+        .await
+        .with_context(|| format!("loading manifests from {}", root.display()))?;
     let index = reloader.index();
-    tracing::info!(manifests = %root.display(), stats = ?index.load().stats(), "index loaded");
+    let stats = index.load().stats();
+    tracing::info!(manifests = %root.display(), generation = stats.generation,
+        commit = stats.commit, projects = stats.projects,
+        excluded_projects = stats.excluded_projects, images = stats.images,
+        promotions = stats.promotions, digests = stats.digests, tags = stats.tags,
+        destinations = stats.destinations, "index loaded");
 
     let pipeline = Arc::new(
         Pipeline::new(

@@ -139,6 +139,83 @@ fn lookup_lists_where_a_digest_is_promoted() {
 }
 
 #[test]
+fn lookup_json_names_each_placement() {
+    let out = run(&["lookup", "--json", ETCD]);
+    assert_eq!(out.status.code(), Some(0));
+    let found: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(found["digest"], ETCD);
+    assert_eq!(found["promoted"], true);
+    let placement = &found["placements"][0];
+    assert!(
+        placement["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("k8s-staging-etcd/images.yaml"),
+        "{found}"
+    );
+    assert_eq!(placement["line"], 3);
+    assert_eq!(placement["project"], "k8s-staging-etcd");
+    assert_eq!(placement["image"], "etcd");
+    assert_eq!(placement["tags"], serde_json::json!(["3.4.13-0"]));
+    let destinations = placement["destinations"].as_array().unwrap();
+    assert!(
+        destinations.contains(&format!("{REGION}/kubernetes/etcd").into()),
+        "{found}"
+    );
+
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let out = run(&["lookup", "--json", &unknown]);
+    assert_eq!(out.status.code(), Some(1));
+    let found: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(found["promoted"], false);
+    assert_eq!(found["placements"], serde_json::json!([]));
+}
+
+#[test]
+fn a_root_above_a_thin_root_is_refused_naming_the_thin_root() {
+    let out = run(&["manifests", "validate", "manifests-fixtures/k8s.io"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}{stderr}", stdout(&out));
+    assert!(
+        stderr.contains("manifests-fixtures/k8s.io is not a manifest root")
+            && stderr.contains("manifests-fixtures/k8s.io/registry.k8s.io below it"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_plain_file_without_images_is_not_a_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.yaml");
+    std::fs::write(
+        &file,
+        "registries:\n- name: gcr.io/staging\n  src: true\n- name: registry.example/prod\n",
+    )
+    .unwrap();
+    let out = run(&["manifests", "validate", file.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("m.yaml: error: not a plain manifest: it has `registries:` but no `images:`"),
+        "{text}"
+    );
+    assert!(text.contains("0 projects valid, 1 excluded"), "{text}");
+}
+
+#[test]
+fn a_missing_path_is_reported_once() {
+    let out = run(&["manifests", "validate", "no/such/dir"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(
+        stderr.matches("No such file or directory").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("no/such/dir"), "{stderr}");
+}
+
+#[test]
 fn index_stats_reports_sizes_as_json() {
     let out = run(&["index", "stats", "--json"]);
     assert_eq!(out.status.code(), Some(0));

@@ -284,7 +284,9 @@ async fn retry_redelivers_the_same_id_until_acked() {
             (Disposition::Ack, None)
         }
     });
-    let running = Running::start(fixture.pull_config(), handler);
+    let mut config = fixture.pull_config();
+    config.undecided_backoff = Duration::from_millis(50);
+    let running = Running::start(config, handler);
     wait_until("every message was acked after its retries", || {
         recorder.acked_ids().len() == ids.len()
     })
@@ -316,6 +318,33 @@ async fn retry_redelivers_the_same_id_until_acked() {
     assert_eq!(stats.nacked, (ids.len() * RETRIES) as u64);
     assert_eq!(stats.acked, ids.len() as u64 + 1);
     assert_eq!(stats.received, stats.acked + stats.nacked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_message_comes_back_a_bounded_number_of_times() {
+    /// Counted after the first delivery: held 0.5 s, 1 s, 2 s, then 4 s,
+    /// the message can be delivered at most 4 times in this window. Nacked
+    /// at once, the emulator redelivers it about 10 times a second.
+    const WINDOW: Duration = Duration::from_secs(4);
+    let fixture = Fixture::new("backoff").await;
+    let id = fixture.publish([insert_payload(1)]).await.remove(0);
+    let recorder = Recorder::default();
+    let handler = recording_handler(&recorder, |_, _| (Disposition::Retry, None));
+    let mut config = fixture.pull_config();
+    config.undecided_backoff = Duration::from_millis(500);
+    let running = Running::start(config, handler);
+    wait_until("the message was delivered", || recorder.deliveries(&id) > 0).await;
+    tokio::time::sleep(WINDOW).await;
+    let delivered = recorder.deliveries(&id);
+    // Shutdown nacks the held message at once instead of waiting out its
+    // delay: the run ends with every delivery answered.
+    let stats = running.stop().await;
+    assert!(
+        (2..=4).contains(&delivered),
+        "delivered {delivered} times in {WINDOW:?}: it must come back, with a growing delay"
+    );
+    assert_eq!(stats.acked, 0);
+    assert_eq!(stats.nacked, stats.received);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,3 +339,109 @@ async fn a_watched_directory_is_followed_and_sighup_reloads() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_commit_keeps_the_last_good_index_and_is_reported_once() {
+    const REJECTED: &str = "image_auditor_rejected_requests_total{reason=\"manifest_entries\"}";
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let root = repo.dir.join("registry");
+    let service = Service::start(
+        dir.path(),
+        &root,
+        "resolve: false\nreload:\n  watch_interval: 100ms\n  limits:\n    max_entries: 40\n",
+    )
+    .await;
+
+    // Six symlinks to the root: each would be a whole copy of the tree,
+    // nested at every level. Walked once, the set reloads.
+    for n in 0..6 {
+        std::os::unix::fs::symlink(".", root.join(format!("loop{n}"))).unwrap();
+    }
+    repo.images("b", &[(digest(2), "1.0"), (digest(10), "2.0")]);
+    service
+        .wait_until("the set with symlinks is reloaded", || {
+            promoted(&service, digest(10))
+        })
+        .await;
+    let generation = get(&service, "/readyz").await.1["index"]["generation"].clone();
+
+    // Over the entry budget: not loaded at all, however many polls see it.
+    for n in 0..50 {
+        repo.write(&format!("registry/notes/{n}.txt"), "x");
+    }
+    repo.images("b", &[(digest(2), "1.0"), (digest(11), "3.0")]);
+    service
+        .wait_until("three polls refused the set", || async {
+            service.metric(REJECTED).await >= 3.0
+        })
+        .await;
+    let (status, ready) = get(&service, "/readyz").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["index"]["generation"], generation, "{ready}");
+    assert!(
+        promoted(&service, digest(10)).await,
+        "the last good index stays"
+    );
+    assert!(!promoted(&service, digest(11)).await);
+    let findings = manifest_findings(&service);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0].contains("reload.limits.max_entries"),
+        "{findings:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_when_a_reload_is_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let root = dir.path().join("unused");
+    let config = format!(
+        "{}  stuck_after: 1s\n",
+        repo.config("1h")
+            .replace("url: file://", "command_timeout: 10m\n  url: file://")
+    );
+    let service = Service::start(dir.path(), &root, &config).await;
+    assert_eq!(get(&service, "/readyz").await.0, 200);
+
+    // A git server that accepts connections and never answers: the next
+    // fetch hangs until its command timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/k8s.io", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        loop {
+            connections.push(silent.accept().await.unwrap());
+        }
+    });
+    let checkout = dir.path().join("data/manifests-git");
+    let out = Command::new("git")
+        .args(["remote", "set-url", "origin", &url])
+        .current_dir(&checkout)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let reload = tokio::spawn({
+        let url = service.url("/-/reload");
+        async move { reqwest::Client::new().post(url).send().await }
+    });
+    service
+        .wait_until("/readyz reports the stuck reload", || async {
+            let (status, body) = get(&service, "/readyz").await;
+            status == 503
+                && body["reload_stuck"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("reload"))
+        })
+        .await;
+
+    // The server goes away: the fetch fails, the reload ends, ready again.
+    held.abort();
+    let _ = reload.await;
+    service
+        .wait_until("/readyz is 200 again", || async {
+            get(&service, "/readyz").await.0 == 200
+        })
+        .await;
+}

@@ -332,3 +332,104 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
     }
     assert_eq!(store.counts().unwrap().findings, 1, "only the stray image");
 }
+
+const BROKEN: &str = "us-docker.pkg.dev/prod/broken";
+
+/// A project whose images file never loads: pushes to its destination are
+/// `undecided` (retried) for as long as it stays broken.
+fn add_broken_project(root: &Path) {
+    std::fs::create_dir_all(root.join("manifests/broken")).unwrap();
+    std::fs::create_dir_all(root.join("images/broken")).unwrap();
+    std::fs::write(
+        root.join("manifests/broken/promoter-manifest.yaml"),
+        format!("registries:\n- name: gcr.io/staging-broken\n  src: true\n- name: {BROKEN}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("images/broken/images.yaml"),
+        "- name: app\n  dmap:\n    \"sha256:not-a-digest\": [\"1.0\"]\n",
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliveries_of_an_undecided_message_do_not_feed_the_dead_mans_switch() {
+    const LAST_EVENT: &str = "image_auditor_last_event_timestamp_seconds{source=\"pubsub_pull\"}";
+    const RETRIED: &str = "image_auditor_retried_deliveries_total{source=\"pubsub_pull\"}";
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = Fixture::new("serve-deadman").await;
+    let root = manifests(dir.path());
+    add_broken_project(&root);
+    let service = Service::start(
+        dir.path(),
+        &root,
+        &format!(
+            "resolve: false\n{}    undecided_backoff: 200ms\n",
+            pull_section(&fixture)
+        ),
+    )
+    .await;
+
+    fixture
+        .publish([format!(
+            r#"{{"action":"INSERT","digest":"{BROKEN}/app@{B}"}}"#
+        )])
+        .await;
+    service
+        .wait_until("the undecided message was retried once", || async {
+            service.metric(RETRIED).await >= 1.0
+        })
+        .await;
+    // Set once the first delivery is answered, just after the retry count.
+    service
+        .wait_until("the first delivery counts as activity", || async {
+            service.metric(LAST_EVENT).await > 0.0
+        })
+        .await;
+    let first = service.metric(LAST_EVENT).await;
+    service
+        .wait_until("it came back and was retried twice more", || async {
+            service.metric(RETRIED).await >= 3.0
+        })
+        .await;
+    assert_eq!(
+        service.metric(LAST_EVENT).await,
+        first,
+        "redeliveries of an undecided event are not activity"
+    );
+
+    // A decided event still is.
+    let ids = fixture
+        .publish([format!(
+            r#"{{"action":"INSERT","digest":"{US}/app@{A}","tag":"{US}/app:1.0"}}"#
+        )])
+        .await;
+    let store = service.wait_for_decisions(1, Duration::from_secs(60)).await;
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &EventId(ids[0].clone()))
+            .unwrap(),
+        Some(VerdictKind::Promoted)
+    );
+    service
+        .wait_until("the decided event counts as activity", || async {
+            service.metric(LAST_EVENT).await > first
+        })
+        .await;
+
+    // The log lines of this run carry their data as fields, once each.
+    let log = service.log();
+    let line = |message: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("\"message\":\"{message}\"")))
+            .unwrap_or_else(|| panic!("no {message:?} line:\n{log}"))
+            .to_owned()
+    };
+    let pulling = line("pulling");
+    assert_eq!(pulling.matches("\"target\":").count(), 1, "{pulling}");
+    let loaded: serde_json::Value = serde_json::from_str(&line("index loaded")).unwrap();
+    assert_eq!(loaded["projects"], 1, "{loaded}");
+    assert_eq!(loaded["excluded_projects"], 1, "{loaded}");
+    assert_eq!(loaded["digests"], 2, "{loaded}");
+    assert!(loaded.get("stats").is_none(), "{loaded}");
+}

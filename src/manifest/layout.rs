@@ -7,6 +7,7 @@ use serde_saphyr::Spanned;
 
 use super::schema::{self, ImageDoc, PlainManifestDoc, RegistryDoc, ThinManifestDoc};
 use super::validate::{self, Report};
+use super::walk::{Budget, OverBudget, Tree, WalkError, is_yaml, walk};
 use super::{Excluded, ManifestSet};
 
 /// Files larger than this are refused: no real manifest comes close, and
@@ -26,34 +27,73 @@ pub enum Layout {
 /// project, which is reported in [`ManifestSet::problems`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read manifests at {path}: {source}")]
+    #[error("cannot read manifests at {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        // Not named `source`: error chains would print it twice.
+        error: std::io::Error,
     },
+    #[error(transparent)]
+    OverBudget(OverBudget),
     #[error(
         "no promotion manifests under {0} (expected manifests/<project>/promoter-manifest.yaml, \
          or YAML files with `registries:` and `images:`)"
     )]
     Empty(PathBuf),
+    /// A directory above a thin root would load the thin files as plain
+    /// manifests: projects without images, every push `unpromoted`.
+    #[error(
+        "{} is not a manifest root: {} below it is a thin-layout root \
+         (manifests/<project>/promoter-manifest.yaml); use that instead",
+        root.display(), thin.display()
+    )]
+    ThinRootBelow { root: PathBuf, thin: PathBuf },
 }
 
-/// Loads and validates every manifest under `root`, detecting the layout.
+impl From<WalkError> for LoadError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Io { path, error } => LoadError::Io { path, error },
+            WalkError::OverBudget(over) => LoadError::OverBudget(over),
+        }
+    }
+}
+
+/// Loads and validates every manifest under `root` within the default
+/// [`Budget`], detecting the layout.
 pub fn load(root: &Path) -> Result<ManifestSet, LoadError> {
-    let io = |source| LoadError::Io {
-        path: root.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(root).map_err(io)?;
-    let layout = if meta.is_dir() && root.join("manifests").is_dir() {
+    load_within(root, &Budget::default())
+}
+
+/// [`load`] within `budget`: a tree over it is not loaded at all.
+pub fn load_within(root: &Path, budget: &Budget) -> Result<ManifestSet, LoadError> {
+    let tree = walk(root, budget)?;
+    let layout = if tree.is_dir(Path::new("manifests")) {
         Layout::Thin
     } else {
         Layout::Plain
     };
     let mut loader = Loader::default();
+    for skipped in &tree.skipped {
+        loader.problems.push(super::Problem {
+            severity: super::Severity::Warning,
+            file: skipped.path.as_path().into(),
+            line: None,
+            project: None,
+            message: skipped.reason.into(),
+        });
+    }
     let found = match layout {
-        Layout::Thin => loader.thin(root)?,
-        Layout::Plain => loader.plain(root)?,
+        Layout::Thin => loader.thin(&tree),
+        Layout::Plain => {
+            if let Some(thin) = thin_root_below(&tree) {
+                return Err(LoadError::ThinRootBelow {
+                    root: root.to_path_buf(),
+                    thin: root.join(thin),
+                });
+            }
+            loader.plain(&tree)
+        }
     };
     if found == 0 {
         return Err(LoadError::Empty(root.to_path_buf()));
@@ -70,6 +110,21 @@ pub fn load(root: &Path) -> Result<ManifestSet, LoadError> {
     Ok(set)
 }
 
+const THIN_MANIFEST: &str = "promoter-manifest.yaml";
+
+/// The shallowest directory below the root that holds
+/// `manifests/<project>/promoter-manifest.yaml`.
+fn thin_root_below(tree: &Tree) -> Option<&Path> {
+    tree.files
+        .keys()
+        .filter(|f| f.file_name().is_some_and(|n| n == THIN_MANIFEST))
+        .filter_map(|f| {
+            let manifests = f.parent()?.parent()?;
+            (manifests.file_name()? == "manifests").then_some(manifests.parent()?)
+        })
+        .min_by_key(|d| d.components().count())
+}
+
 #[derive(Default)]
 struct Loader {
     manifests: Vec<super::Manifest>,
@@ -79,68 +134,78 @@ struct Loader {
 
 impl Loader {
     /// Returns how many projects were found.
-    fn thin(&mut self, root: &Path) -> Result<usize, LoadError> {
-        let manifests_dir = root.join("manifests");
+    fn thin(&mut self, tree: &Tree) -> usize {
         let mut projects = Vec::new();
-        for entry in sorted_entries(&manifests_dir)? {
-            if !entry.is_dir() {
+        for dir in tree.subdirs(Path::new("manifests")) {
+            self.report_nested(tree, dir);
+            let manifest_file = dir.join(THIN_MANIFEST);
+            if !tree.is_file(&manifest_file) {
                 continue;
             }
-            self.report_nested(&entry, 0)?;
-            let manifest_file = entry.join("promoter-manifest.yaml");
-            if !manifest_file.is_file() {
-                continue;
-            }
-            let project = file_name(&entry);
-            let images_file = root.join("images").join(&project).join("images.yaml");
-            projects.push((project, manifest_file, images_file));
+            let project = file_name(dir);
+            let images_file = Path::new("images").join(&project).join("images.yaml");
+            let images_exist = tree.is_file(&images_file);
+            projects.push((
+                project,
+                tree.root.join(manifest_file),
+                tree.root.join(images_file),
+                images_exist,
+            ));
         }
         let found = projects.len();
-        for loaded in parallel_map(&projects, |(project, manifest_file, images_file)| {
-            thin_project(project.clone(), manifest_file, images_file)
-        }) {
+        for loaded in parallel_map(
+            &projects,
+            |(project, manifest_file, images_file, images_exist)| {
+                thin_project(project.clone(), manifest_file, images_file, *images_exist)
+            },
+        ) {
             self.add(loaded);
         }
-        Ok(found)
+        found
     }
 
     /// A `promoter-manifest.yaml` below `manifests/<project>/` would be silently
     /// ignored by the promoter's pairing rule, so it is an error here.
-    fn report_nested(&mut self, dir: &Path, depth: usize) -> Result<(), LoadError> {
-        for entry in sorted_entries(dir)? {
-            if entry.is_dir() {
-                if entry.join("promoter-manifest.yaml").is_file() {
-                    self.problems.push(super::Problem {
-                        severity: super::Severity::Error,
-                        file: entry.join("promoter-manifest.yaml").into(),
-                        line: None,
-                        project: None,
-                        message: "unexpected manifest path: a promoter-manifest.yaml must sit \
-                                  directly in manifests/<project>/, this one is ignored"
-                            .into(),
-                    });
-                }
-                // Bounded so a symlink loop cannot recurse forever.
-                if depth < 16 {
-                    self.report_nested(&entry, depth + 1)?;
-                }
-            }
+    fn report_nested(&mut self, tree: &Tree, project_dir: &Path) {
+        let nested = tree
+            .files
+            .range::<Path, _>((
+                std::ops::Bound::Excluded(project_dir),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(f, _)| f)
+            .take_while(|f| f.starts_with(project_dir))
+            .filter(|f| {
+                f.file_name().is_some_and(|n| n == THIN_MANIFEST) && f.parent() != Some(project_dir)
+            });
+        for file in nested {
+            self.problems.push(super::Problem {
+                severity: super::Severity::Error,
+                file: tree.root.join(file).into(),
+                line: None,
+                project: None,
+                message: "unexpected manifest path: a promoter-manifest.yaml must sit \
+                          directly in manifests/<project>/, this one is ignored"
+                    .into(),
+            });
         }
-        Ok(())
     }
 
     /// A single file, or every `.yaml`/`.yml` file below a directory.
-    fn plain(&mut self, root: &Path) -> Result<usize, LoadError> {
-        let mut files = Vec::new();
-        if root.is_dir() {
-            collect_yaml(root, &mut files, 0)?;
+    fn plain(&mut self, tree: &Tree) -> usize {
+        let files: Vec<PathBuf> = if tree.single_file {
+            vec![tree.root.clone()]
         } else {
-            files.push(root.to_path_buf());
-        }
-        for loaded in parallel_map(&files, |file| plain_file(root, file)) {
+            tree.files
+                .keys()
+                .filter(|f| is_yaml(f))
+                .map(|f| tree.root.join(f))
+                .collect()
+        };
+        for loaded in parallel_map(&files, |file| plain_file(&tree.root, file)) {
             self.add(loaded);
         }
-        Ok(files.len())
+        files.len()
     }
 
     fn add(&mut self, loaded: Loaded) {
@@ -177,7 +242,12 @@ struct Loaded {
     problems: Vec<super::Problem>,
 }
 
-fn thin_project(project: String, manifest_file: &Path, images_file: &Path) -> Loaded {
+fn thin_project(
+    project: String,
+    manifest_file: &Path,
+    images_file: &Path,
+    images_exist: bool,
+) -> Loaded {
     let manifest_file: Arc<Path> = manifest_file.into();
     let images_file: Arc<Path> = images_file.into();
     let mut problems = Vec::new();
@@ -185,7 +255,7 @@ fn thin_project(project: String, manifest_file: &Path, images_file: &Path) -> Lo
     let (registries, _) = read_manifest(&manifest_file, &mut report, |d: &mut ThinManifestDoc| {
         d.registries.take()
     });
-    let images = if images_file.is_file() {
+    let images = if images_exist {
         read_text(&images_file, &mut report)
             .and_then(|text| parse_reported::<Vec<ImageDoc>>(&images_file, &text, &mut report).ok())
             .flatten()
@@ -224,10 +294,30 @@ fn plain_file(root: &Path, file: &Path) -> Loaded {
     let file: Arc<Path> = file.into();
     let mut problems = Vec::new();
     let mut report = Report::new(&project, &mut problems);
+    let mut has_registries = false;
     let (registries, doc) = read_manifest(&file, &mut report, |d: &mut PlainManifestDoc| {
+        has_registries = d.registries.is_some();
         d.registries.take()
     });
-    let images = doc.and_then(|d| d.images).unwrap_or_default();
+    let images = match doc {
+        Some(PlainManifestDoc {
+            images: Some(images),
+            ..
+        }) => images,
+        // Without `images:` it is some other file (a thin layout's
+        // promoter-manifest.yaml, say): loading it as a project that
+        // promotes nothing would make every push to its destinations
+        // `unpromoted`.
+        Some(_) if has_registries => {
+            report.error(
+                &file,
+                None,
+                "not a plain manifest: it has `registries:` but no `images:`".into(),
+            );
+            Vec::new()
+        }
+        _ => Vec::new(),
+    };
     let images = validate::images(&file, images, &mut report);
     Loaded {
         project,
@@ -347,36 +437,6 @@ fn read_manifest<T: for<'de> serde::Deserialize<'de>>(
             None,
         ),
     }
-}
-
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let io = |source| LoadError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io)?;
-    entries.sort();
-    Ok(entries)
-}
-
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) -> Result<(), LoadError> {
-    for entry in sorted_entries(dir)? {
-        if entry.is_dir() {
-            if depth < 16 && !file_name(&entry).starts_with('.') {
-                collect_yaml(&entry, out, depth + 1)?;
-            }
-        } else if matches!(
-            entry.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml")
-        ) {
-            out.push(entry);
-        }
-    }
-    Ok(())
 }
 
 fn file_name(path: &Path) -> String {

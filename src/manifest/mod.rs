@@ -10,6 +10,7 @@ mod layout;
 mod schema;
 pub mod source;
 mod validate;
+pub mod walk;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -17,7 +18,8 @@ use std::sync::Arc;
 
 use crate::reference::{Digest, RegistryPrefix, Tag};
 
-pub use layout::{Layout, LoadError, load};
+pub use layout::{Layout, LoadError, load, load_within};
+pub use walk::Budget;
 
 /// All promotion manifests loaded from one root.
 #[derive(Debug, Clone)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::walk::{Budget, OverBudget, WalkError, walk};
+
 /// `manifests_git` in the service configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,11 +64,23 @@ pub enum SourceError {
     Git { args: String, message: String },
     #[error("git {args}: no answer within {timeout:?}; killed")]
     Timeout { args: String, timeout: Duration },
-    #[error("reading {path}: {source}")]
+    // Not named `source`, so error chains do not print it twice.
+    #[error("reading {}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
+    #[error(transparent)]
+    OverBudget(OverBudget),
+}
+
+impl From<WalkError> for SourceError {
+    fn from(e: WalkError) -> Self {
+        match e {
+            WalkError::Io { path, error } => SourceError::Io { path, error },
+            WalkError::OverBudget(over) => SourceError::OverBudget(over),
+        }
+    }
 }
 
 pub enum ManifestSource {
@@ -93,16 +107,16 @@ impl ManifestSource {
     }
 
     /// Brings the files up to date (clone or fetch for git) and returns
-    /// their version.
-    pub async fn sync(&self) -> Result<Version, SourceError> {
+    /// their version. A directory is walked within `budget`.
+    pub async fn sync(&self, budget: &Budget) -> Result<Version, SourceError> {
         match self {
             ManifestSource::Directory(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || fingerprint(&path))
+                let (path, budget) = (path.clone(), *budget);
+                tokio::task::spawn_blocking(move || fingerprint(&path, &budget))
                     .await
                     .map_err(|e| SourceError::Io {
                         path: PathBuf::new(),
-                        source: std::io::Error::other(e),
+                        error: std::io::Error::other(e),
                     })?
                     .map(Version::Files)
             }
@@ -117,9 +131,9 @@ async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceE
     let timeout = config.command_timeout;
     if !checkout.join(".git").exists() {
         if let Some(parent) = checkout.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| SourceError::Io {
+            std::fs::create_dir_all(parent).map_err(|error| SourceError::Io {
                 path: parent.to_path_buf(),
-                source,
+                error,
             })?;
         }
         // A half-finished clone from a crash would make `clone` refuse.
@@ -194,59 +208,14 @@ async fn git(cwd: Option<&Path>, args: &[&str], timeout: Duration) -> Result<Str
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// A digest over every file below `root`: relative path, size and
-/// modification time, in path order. Any edit, addition, removal or rename
-/// changes it.
-fn fingerprint(root: &Path) -> Result<String, SourceError> {
-    let mut entries = Vec::new();
-    collect(root, root, &mut entries)?;
-    entries.sort();
+/// A digest over every file a load would walk below `root`: relative path,
+/// size and modification time, in path order. Any edit, addition, removal or
+/// rename changes it.
+fn fingerprint(root: &Path, budget: &Budget) -> Result<String, SourceError> {
+    let tree = walk(root, budget)?;
     let mut hash = Sha256::new();
-    for entry in &entries {
-        hash.update(entry.as_bytes());
-        hash.update(b"\n");
+    for (path, file) in &tree.files {
+        hash.update(format!("{}\t{}\t{}\n", path.display(), file.len, file.modified_ns).as_bytes());
     }
     Ok(hex::encode(hash.finalize()))
-}
-
-fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), SourceError> {
-    let io = |source| SourceError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(dir).map_err(io)?;
-    if meta.is_file() {
-        out.push(entry(root, dir, &meta));
-        return Ok(());
-    }
-    for item in std::fs::read_dir(dir).map_err(io)? {
-        let item = item.map_err(io)?;
-        let path = item.path();
-        if item.file_name() == ".git" {
-            continue;
-        }
-        let meta = std::fs::metadata(&path).map_err(|source| SourceError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        if meta.is_dir() {
-            collect(root, &path, out)?;
-        } else {
-            out.push(entry(root, &path, &meta));
-        }
-    }
-    Ok(())
-}
-
-fn entry(root: &Path, path: &Path, meta: &std::fs::Metadata) -> String {
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    format!(
-        "{}\t{}\t{modified}",
-        path.strip_prefix(root).unwrap_or(path).display(),
-        meta.len()
-    )
 }

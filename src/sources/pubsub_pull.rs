@@ -6,6 +6,17 @@
 //! message comes back). Malformed payloads reach the handler too, as
 //! `Err(Malformed)`; the pipeline records and acks them.
 //!
+//! - **Backoff of undecided messages.** A nack makes Pub/Sub redeliver at
+//!   once, so an event that stays undecided (a registry down for an hour)
+//!   would come back ten times a second. Instead its message is held, with
+//!   the client extending its lease, for a delay that doubles with each
+//!   retry of that message id (`undecided_backoff` up to
+//!   `undecided_backoff_max`), and only then nacked. The client's handler
+//!   offers no "modify the ack deadline to N seconds" (only ack, nack and
+//!   automatic lease extension), so holding the lease and nacking late is
+//!   how the delay is made. A held message frees its handler slot; on
+//!   shutdown it is nacked at once.
+//!
 //! - **Bounded concurrency of our own.** At most `max_in_flight` handlers
 //!   run at once, across all streams: a message is taken from a stream only
 //!   once a slot is free. Server-side flow control (`max_outstanding_*`) is
@@ -27,6 +38,7 @@
 //!   Opening a stream retries forever on transient errors, so the probe is
 //!   what makes a wrong endpoint or subscription fail fast.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,6 +102,17 @@ pub struct PullConfig {
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
 
+    /// How long an undecided message is held before it is nacked (and so
+    /// redelivered) the first time; doubled at each further retry of the
+    /// same message. Default `10s`.
+    #[serde(default = "defaults::undecided_backoff", with = "humantime_serde")]
+    pub undecided_backoff: Duration,
+
+    /// The most an undecided message is held before it is nacked. At most
+    /// `max_lease`, default `10m`.
+    #[serde(default = "defaults::undecided_backoff_max", with = "humantime_serde")]
+    pub undecided_backoff_max: Duration,
+
     /// Endpoint override: `http://host:port` for an emulator (anonymous
     /// credentials) or `https://host` for a Google endpoint (application
     /// default credentials). Unset: `PUBSUB_EMULATOR_HOST` when set, else
@@ -116,6 +139,12 @@ mod defaults {
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn undecided_backoff() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn undecided_backoff_max() -> Duration {
+        Duration::from_secs(600)
+    }
 }
 
 impl PullConfig {
@@ -129,6 +158,8 @@ impl PullConfig {
             max_lease_extension: defaults::max_lease_extension(),
             max_lease: defaults::max_lease(),
             connect_timeout: defaults::connect_timeout(),
+            undecided_backoff: defaults::undecided_backoff(),
+            undecided_backoff_max: defaults::undecided_backoff_max(),
             endpoint: None,
         }
     }
@@ -199,6 +230,18 @@ impl PullConfig {
         }
         if self.connect_timeout.is_zero() {
             return Err(invalid("`connect_timeout` must be positive".into()));
+        }
+        if self.undecided_backoff.is_zero() {
+            return Err(invalid("`undecided_backoff` must be positive".into()));
+        }
+        if self.undecided_backoff_max < self.undecided_backoff
+            || self.undecided_backoff_max > self.max_lease
+        {
+            return Err(invalid(format!(
+                "`undecided_backoff_max` ({:?}) must be between `undecided_backoff` ({:?}) \
+                 and `max_lease` ({:?})",
+                self.undecided_backoff_max, self.undecided_backoff, self.max_lease
+            )));
         }
         self.target().map(|_| ())
     }
@@ -376,13 +419,19 @@ async fn pull(
     check?;
 
     let subscriber = target.subscriber().await.map_err(client_error)?;
+    // Cancelled by the caller, or by a stream that failed for good.
+    let stop = shutdown.child_token();
     let context = Arc::new(Context {
         handler,
         status: status.clone(),
         permits: Arc::new(Semaphore::new(config.max_in_flight)),
+        backoff: Backoff {
+            first: config.undecided_backoff,
+            max: config.undecided_backoff_max,
+        },
+        retries: std::sync::Mutex::new(HashMap::new()),
+        stop: stop.clone(),
     });
-    // Cancelled by the caller, or by a stream that failed for good.
-    let stop = shutdown.child_token();
     let streams: Vec<_> = (0..config.streams)
         .map(|_| {
             tokio::spawn(pull_stream(
@@ -397,7 +446,8 @@ async fn pull(
     status.set_connected(true);
     tracing::info!(
         subscription = %subscription,
-        target = %target,
+        // Not `target`: the JSON log already has a `target` (the module).
+        endpoint = %target,
         streams = config.streams,
         max_in_flight = config.max_in_flight,
         "pulling"
@@ -492,6 +542,52 @@ struct Context {
     status: PullStatus,
     /// One permit per running handler, shared by all streams.
     permits: Arc<Semaphore>,
+    backoff: Backoff,
+    /// How often each message id came back undecided so far, so that its
+    /// delay grows; forgotten once it is acked. At most [`MAX_TRACKED`]
+    /// ids: beyond, a message is held for the first delay only.
+    retries: std::sync::Mutex<HashMap<String, u32>>,
+    /// Cancelled on shutdown: held messages are nacked at once.
+    stop: CancellationToken,
+}
+
+/// Ids whose retries are counted at once: far more than the messages one
+/// consumer holds, small enough to never matter for memory.
+const MAX_TRACKED: usize = 100_000;
+
+/// How long an undecided message is held before it is nacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// The delay before the `retry`-th nack of one message (from 1):
+    /// `first`, doubled at each retry, at most `max`.
+    fn delay(self, retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(30);
+        self.first.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+impl Context {
+    /// Counts one more undecided delivery of `id`; returns its retry number.
+    fn retried(&self, id: &str) -> u32 {
+        let mut retries = self.retries.lock().expect("never poisoned");
+        if let Some(n) = retries.get_mut(id) {
+            *n += 1;
+            return *n;
+        }
+        if retries.len() < MAX_TRACKED {
+            retries.insert(id.to_owned(), 1);
+        }
+        1
+    }
+
+    fn decided(&self, id: &str) {
+        self.retries.lock().expect("never poisoned").remove(id);
+    }
 }
 
 /// One StreamingPull stream: takes a message only when a handler slot is
@@ -563,7 +659,7 @@ async fn handle(
     context: Arc<Context>,
     message: Message,
     ack: AckHandler,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let id = EventId(message.message_id);
     let decoded = gcr::parse(&id, &message.data)
@@ -592,11 +688,20 @@ async fn handle(
         }) => {
             ack.ack();
             counters.acked.fetch_add(1, Ordering::Relaxed);
+            context.decided(&id.0);
         }
         Ok(Handled {
             disposition: Disposition::Retry,
             ..
         }) => {
+            let delay = context.backoff.delay(context.retried(&id.0));
+            // Holding a message is not handling it: let another one in.
+            drop(permit);
+            tokio::select! {
+                biased;
+                _ = context.stop.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
             ack.nack();
             counters.nacked.fetch_add(1, Ordering::Relaxed);
         }
@@ -642,7 +747,7 @@ mod tests {
     #[test]
     fn invalid_values_name_the_field_and_subscription() {
         type Mutation = fn(&mut PullConfig);
-        let cases: [(&str, Mutation); 7] = [
+        let cases: [(&str, Mutation); 9] = [
             ("`streams`", |c| c.streams = 0),
             ("`max_in_flight`", |c| c.max_in_flight = 0),
             ("`max_lease_extension`", |c| {
@@ -654,6 +759,12 @@ mod tests {
             }),
             ("`subscription`", |c| c.subscription = "a/b".into()),
             ("http://", |c| c.endpoint = Some("localhost:8085".into())),
+            ("`undecided_backoff`", |c| {
+                c.undecided_backoff = Duration::ZERO
+            }),
+            ("`undecided_backoff_max`", |c| {
+                c.undecided_backoff_max = c.max_lease + Duration::from_secs(1)
+            }),
         ];
         for (needle, mutate) in cases {
             let mut c = PullConfig::new("p", "s");
@@ -662,6 +773,18 @@ mod tests {
             assert!(e.contains(needle), "{needle}: {e}");
             assert!(e.contains("subscriptions/"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_backoff_doubles_per_retry_up_to_its_bound() {
+        let backoff = Backoff {
+            first: Duration::from_secs(10),
+            max: Duration::from_secs(600),
+        };
+        let delays: Vec<u64> = [1, 2, 3, 4, 6, 7, 8, 1000]
+            .map(|retry| backoff.delay(retry).as_secs())
+            .into();
+        assert_eq!(delays, [10, 20, 40, 80, 320, 600, 600, 600]);
     }
 
     #[test]
