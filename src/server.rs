@@ -346,7 +346,7 @@ async fn webhook(
         Ok(parsed) => parsed,
         Err(rejected) => {
             count("rejected");
-            tracing::warn!(source = kind.as_str(), endpoint = endpoint.name, error = %rejected,
+            tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %rejected,
                 "webhook request rejected");
             return error(StatusCode::BAD_REQUEST, rejected.to_string());
         }
@@ -365,7 +365,7 @@ async fn webhook(
         parsed
             .deliveries
             .into_iter()
-            .map(|d| state.pipeline.handle(d)),
+            .map(|d| state.pipeline.handle(d.at(&endpoint.name))),
     )
     .await;
     if handled.iter().any(|h| h.disposition == Disposition::Retry) {

@@ -8,9 +8,8 @@
 //! digest (60 hex digits) is used only where a malformed digest is wanted.
 
 use image_auditor::event::{Action, Event, EventId, Malformed, Source};
-use image_auditor::pipeline::Delivery;
 use image_auditor::reference::{Digest, RegistryPrefix, Repository, Tag};
-use image_auditor::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use image_auditor::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 use image_auditor::sources::{acr, ecr, harbor};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -69,7 +68,7 @@ fn event(
 
 /// The whole delivery: its source and id, and the event's.
 #[track_caller]
-fn assert_delivery(delivery: &Delivery, expected: &Event) {
+fn assert_delivery(delivery: &Decoded, expected: &Event) {
     assert_eq!(delivery.source, expected.source);
     assert_eq!(delivery.id, expected.id);
     assert_eq!(delivery.decoded.as_ref(), Ok(expected));
@@ -77,7 +76,7 @@ fn assert_delivery(delivery: &Delivery, expected: &Event) {
 
 /// A malformed delivery under `id` whose reason mentions every phrase.
 #[track_caller]
-fn assert_malformed(delivery: &Delivery, source: Source, id: &str, phrases: &[&str]) {
+fn assert_malformed(delivery: &Decoded, source: Source, id: &str, phrases: &[&str]) {
     assert_eq!(delivery.source, source);
     assert_eq!(delivery.id, EventId(id.into()));
     let Err(Malformed {

@@ -42,10 +42,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
-use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 /// Parses one Harbor webhook request. With `registry`, repositories are
 /// `registry/repo_full_name`; without, the host comes from each resource's
@@ -248,7 +247,7 @@ fn audit_resources(
         Ok(found) => found,
         Err(reason) => {
             let id = EventId(envelope.ids.event_id());
-            parsed.deliveries.push(Delivery {
+            parsed.deliveries.push(Decoded {
                 source: Source::Harbor,
                 id: id.clone(),
                 decoded: Err(Malformed {
@@ -289,7 +288,7 @@ fn audit_resources(
                 source: Source::Harbor,
                 reason,
             });
-        parsed.deliveries.push(Delivery {
+        parsed.deliveries.push(Decoded {
             source: Source::Harbor,
             id,
             decoded,

@@ -42,7 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{EventId, Source};
+use crate::event::{EndpointName, EventId, Source};
 use crate::pipeline::{Delivery, Disposition, Handled, Handler};
 use crate::pubsub::{self, ClientError, EndpointError, Target};
 use crate::sources::gcr;
@@ -377,6 +377,7 @@ async fn pull(
 
     let subscriber = target.subscriber().await.map_err(client_error)?;
     let context = Arc::new(Context {
+        endpoint: EndpointName(config.subscription_name()),
         handler,
         status: status.clone(),
         permits: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -488,6 +489,8 @@ async fn check_subscription(
 }
 
 struct Context {
+    /// The subscription: message ids are unique only within its topic.
+    endpoint: EndpointName,
     handler: Handler,
     status: PullStatus,
     /// One permit per running handler, shared by all streams.
@@ -577,6 +580,7 @@ async fn handle(
         });
     let delivery = Delivery {
         source: Source::PubsubPull,
+        endpoint: context.endpoint.clone(),
         id: id.clone(),
         decoded,
     };

@@ -1,6 +1,8 @@
-//! What every registry webhook parser hands back: the deliveries to audit,
-//! what was deliberately not audited, and an optional reply body (Event
-//! Grid's validation handshake). Parsers are pure: bytes in, this out.
+//! What every registry webhook parser hands back: the events to audit, what
+//! was deliberately not audited, and an optional reply body (Event Grid's
+//! validation handshake). Parsers are pure: bytes in, this out. The events
+//! become [`Delivery`]s only once tied to the endpoint that received them
+//! ([`Decoded::at`]): an event id is unique only within its endpoint.
 
 use std::fmt;
 
@@ -8,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::event::Source;
+use crate::event::{EndpointName, Event, EventId, Malformed, Source};
 use crate::pipeline::Delivery;
 use crate::reference::RegistryPrefix;
 use crate::sources::{acr, distribution, ecr, harbor};
@@ -18,11 +20,32 @@ use crate::sources::{acr, distribution, ecr, harbor};
 pub struct Parsed {
     /// One per registry change to audit, each with its own id (what the
     /// registry resends on retry) and either an `Event` or a `Malformed`.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<Decoded>,
     /// Events the request carried that are not registry changes to audit.
     pub ignored: Vec<Ignored>,
     /// Answer with this JSON instead of the usual summary (handshakes).
     pub reply: Option<Value>,
+}
+
+/// One event of a request, before it is tied to the endpoint that received
+/// it: a format parser knows nothing of endpoints.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub source: Source,
+    pub id: EventId,
+    pub decoded: Result<Event, Malformed>,
+}
+
+impl Decoded {
+    /// The delivery of this event through `endpoint`.
+    pub fn at(self, endpoint: &EndpointName) -> Delivery {
+        Delivery {
+            source: self.source,
+            endpoint: endpoint.clone(),
+            id: self.id,
+            decoded: self.decoded,
+        }
+    }
 }
 
 /// An event that is counted but not audited.
@@ -141,7 +164,9 @@ impl WebhookKind {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// Names the endpoint in logs and errors.
+    /// Names the endpoint in logs and errors, and scopes its event ids:
+    /// unique within a kind. Renaming an endpoint forgets which of its
+    /// events were already decided (a resend is decided again).
     pub name: String,
     /// The registry prefix the endpoint reports for (`host[:port][/path]`).
     /// Required for distribution, whose events carry no host; for the
@@ -171,7 +196,7 @@ impl fmt::Debug for EndpointConfig {
 
 /// A configured endpoint with its token resolved.
 pub struct Endpoint {
-    pub name: String,
+    pub name: EndpointName,
     pub registry: Option<RegistryPrefix>,
     token: Box<[u8]>,
 }
@@ -186,7 +211,8 @@ pub struct Endpoints {
 impl Endpoints {
     /// Resolves tokens and checks the configuration: every endpoint has
     /// exactly one of `token` and `token_env`, tokens differ within a kind
-    /// (the token is what tells two registries apart), and distribution
+    /// (the token is what tells two registries apart), names are set and
+    /// differ within a kind (the name scopes event ids), and distribution
     /// endpoints name their registry.
     pub fn from_config(
         configs: &[(WebhookKind, &[EndpointConfig])],
@@ -197,6 +223,16 @@ impl Endpoints {
             let mut endpoints: Vec<Endpoint> = Vec::new();
             for (i, c) in configs.iter().enumerate() {
                 let at = format!("webhooks.{}[{i}] ({})", kind.as_str(), c.name);
+                if c.name.trim().is_empty() {
+                    return Err(format!("webhooks.{}[{i}]: name is empty", kind.as_str()));
+                }
+                if endpoints.iter().any(|e| e.name.0 == c.name) {
+                    return Err(format!(
+                        "{at}: another {} endpoint has the same name: names keep their \
+                         events apart",
+                        kind.as_str()
+                    ));
+                }
                 let token = match (&c.token, &c.token_env) {
                     (Some(t), None) => t.clone(),
                     (None, Some(var)) => env(var).ok_or_else(|| {
@@ -227,7 +263,7 @@ impl Endpoints {
                     ));
                 }
                 endpoints.push(Endpoint {
-                    name: c.name.clone(),
+                    name: EndpointName(c.name.clone()),
                     registry: c.registry.clone(),
                     token: token.into_bytes().into_boxed_slice(),
                 });
@@ -304,7 +340,7 @@ mod tests {
         let auth = |header: &str| {
             endpoints
                 .authenticate(WebhookKind::Distribution, Some(header.as_bytes()))
-                .map(|e| e.name.as_str())
+                .map(|e| e.name.0.as_str())
         };
         assert_eq!(auth(&format!("Bearer {TOKEN_A}")), Some("a"));
         assert_eq!(auth(&format!("bearer {TOKEN_B}")), Some("b"));
@@ -344,6 +380,32 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn names_scope_event_ids_so_they_must_be_set_and_differ() {
+        let twice = [
+            endpoint("a", Some(TOKEN_A), None),
+            endpoint("a", Some(TOKEN_B), None),
+        ];
+        let err = Endpoints::from_config(&[(WebhookKind::Acr, &twice)], env)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("webhooks.acr[1] (a)") && err.contains("same name"),
+            "{err}"
+        );
+        let unnamed = [endpoint(" ", Some(TOKEN_A), None)];
+        let err = Endpoints::from_config(&[(WebhookKind::Acr, &unnamed)], env)
+            .err()
+            .unwrap();
+        assert!(err.contains("name is empty"), "{err}");
+        // The same name under another kind is another endpoint.
+        let a = [endpoint("a", Some(TOKEN_A), None)];
+        assert!(
+            Endpoints::from_config(&[(WebhookKind::Acr, &a), (WebhookKind::Harbor, &a)], env)
+                .is_ok()
+        );
     }
 
     #[test]
