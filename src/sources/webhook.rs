@@ -131,15 +131,15 @@ impl WebhookKind {
     /// Whether a request's `Content-Type` essence (lower-cased, without
     /// parameters) is one this format is sent with.
     pub fn accepts(self, essence: &str) -> bool {
+        let json = essence == "application/json";
         match self {
-            WebhookKind::Distribution => {
-                distribution::CONTENT_TYPES.contains(&essence) || essence == "application/json"
-            }
+            WebhookKind::Distribution => distribution::CONTENT_TYPES.contains(&essence) || json,
+            // A CloudEvents (or CDEvents) payload format policy sends the
+            // structured-mode type.
+            WebhookKind::Harbor => json || essence == CLOUDEVENT,
             // Event Grid's CloudEvents schema uses its own type.
-            WebhookKind::Acr => {
-                essence == "application/json" || essence == "application/cloudevents+json"
-            }
-            WebhookKind::Harbor | WebhookKind::Ecr => essence == "application/json",
+            WebhookKind::Acr => json || essence == CLOUDEVENT,
+            WebhookKind::Ecr => json,
         }
     }
 
@@ -158,6 +158,9 @@ impl WebhookKind {
         }
     }
 }
+
+/// The CloudEvents JSON structured-mode content type (one event).
+const CLOUDEVENT: &str = "application/cloudevents+json";
 
 /// One configured webhook endpoint (`webhooks.<kind>[]` in the service
 /// configuration).
