@@ -137,10 +137,28 @@ impl WebhookKind {
             // A CloudEvents (or CDEvents) payload format policy sends the
             // structured-mode type.
             WebhookKind::Harbor => json || essence == CLOUDEVENT,
-            // Event Grid's CloudEvents schema uses its own type.
-            WebhookKind::Acr => json || essence == CLOUDEVENT,
+            // Event Grid's CloudEvents schema: one event, or an array of
+            // them when the subscription batches.
+            WebhookKind::Acr => json || essence == CLOUDEVENT || essence == CLOUDEVENTS_BATCH,
             WebhookKind::Ecr => json,
         }
+    }
+
+    /// Whether the sender proves the endpoint wants its deliveries with the
+    /// CloudEvents abuse-protection handshake (an HTTP `OPTIONS` request)
+    /// before it sends any: Event Grid does, for CloudEvents subscriptions.
+    pub fn validates_with_options(self) -> bool {
+        self == WebhookKind::Acr
+    }
+
+    /// Whether the endpoint token may come as the `access_token` query
+    /// parameter (the CloudEvents webhook spec's second way). Only where the
+    /// sender cannot send a header on every request: Event Grid's `OPTIONS`
+    /// handshake carries no custom headers, only the subscribed URL. A
+    /// token in a URL is more easily logged, so the other kinds, whose
+    /// senders all set headers, keep to `Authorization`.
+    pub fn token_in_query(self) -> bool {
+        self == WebhookKind::Acr
     }
 
     /// Parses a request for `endpoint`.
@@ -161,6 +179,8 @@ impl WebhookKind {
 
 /// The CloudEvents JSON structured-mode content type (one event).
 const CLOUDEVENT: &str = "application/cloudevents+json";
+/// The CloudEvents JSON batch content type (an array of events).
+const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
 
 /// One configured webhook endpoint (`webhooks.<kind>[]` in the service
 /// configuration).
@@ -280,6 +300,19 @@ impl Endpoints {
 
     pub fn is_configured(&self, kind: WebhookKind) -> bool {
         self.by_kind.iter().any(|(k, _)| *k == kind)
+    }
+
+    /// The endpoint whose token the request carries: in the `Authorization`
+    /// header, or, for kinds that allow it ([`WebhookKind::token_in_query`]),
+    /// as the `access_token` query parameter when there is no header.
+    pub fn authenticate_request(
+        &self,
+        kind: WebhookKind,
+        authorization: Option<&[u8]>,
+        query_token: Option<&str>,
+    ) -> Option<&Endpoint> {
+        let from_query = query_token.filter(|_| kind.token_in_query());
+        self.authenticate(kind, authorization.or(from_query.map(str::as_bytes)))
     }
 
     /// The endpoint whose token the `Authorization` header carries. Every
@@ -409,6 +442,30 @@ mod tests {
             Endpoints::from_config(&[(WebhookKind::Acr, &a), (WebhookKind::Harbor, &a)], env)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn only_event_grid_may_send_its_token_in_the_query() {
+        let configs = [endpoint("a", Some(TOKEN_A), None)];
+        let endpoints = Endpoints::from_config(
+            &[
+                (WebhookKind::Acr, &configs),
+                (WebhookKind::Harbor, &configs),
+            ],
+            env,
+        )
+        .unwrap();
+        let found = |kind, header: Option<&str>, query: Option<&str>| {
+            endpoints
+                .authenticate_request(kind, header.map(str::as_bytes), query)
+                .is_some()
+        };
+        assert!(found(WebhookKind::Acr, None, Some(TOKEN_A)));
+        assert!(!found(WebhookKind::Acr, None, Some(TOKEN_B)));
+        assert!(!found(WebhookKind::Harbor, None, Some(TOKEN_A)));
+        assert!(found(WebhookKind::Harbor, Some(TOKEN_A), None));
+        // A header, when sent, is what counts.
+        assert!(!found(WebhookKind::Acr, Some(TOKEN_B), Some(TOKEN_A)));
     }
 
     #[test]
