@@ -100,6 +100,28 @@ impl fmt::Display for EventId {
     }
 }
 
+/// Which endpoint of a source a delivery came through: a webhook endpoint's
+/// configured name, a Pub/Sub subscription. An event id is unique only within
+/// the endpoint that sent it (two Harbor instances can derive the same id, two
+/// topics can reuse a message id), so it is part of the dedupe key. Sources
+/// with one implicit endpoint (scan, manifests) use [`EndpointName::only`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct EndpointName(pub String);
+
+impl EndpointName {
+    /// The source's one endpoint; also what decisions recorded before
+    /// endpoints were kept carry.
+    pub fn only() -> EndpointName {
+        EndpointName(String::new())
+    }
+}
+
+impl fmt::Display for EndpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One registry change. At least one of `digest` and `tag` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
-use crate::event::{Event, EventId, Malformed, Source};
+use crate::event::{EndpointName, Event, EventId, Malformed, Source};
 use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
@@ -23,6 +23,8 @@ use crate::resolve::Resolver;
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub source: Source,
+    /// The endpoint that received it: ids are unique only within one.
+    pub endpoint: EndpointName,
     /// The source's delivery id (Pub/Sub message id, webhook event id):
     /// redeliveries carry the same id.
     pub id: EventId,
@@ -46,8 +48,17 @@ pub struct Handled {
     pub disposition: Disposition,
     /// The verdict decided, when one was (`None` for a duplicate or a failure).
     pub verdict: Option<VerdictKind>,
-    /// The delivery id was already recorded.
+    /// The delivery id was already recorded for this endpoint.
     pub duplicate: bool,
+}
+
+/// What makes two deliveries the same one.
+type DedupeKey = (Source, EndpointName, EventId);
+
+impl Delivery {
+    fn key(&self) -> DedupeKey {
+        (self.source, self.endpoint.clone(), self.id.clone())
+    }
 }
 
 /// How sources reach the pipeline, without depending on it.
@@ -67,7 +78,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     /// First time each still-undecided delivery was seen. In memory only: a
     /// restart grants a fresh retry budget, which errs on the side of retrying.
-    undecided: DashMap<(Source, EventId), Instant>,
+    undecided: DashMap<DedupeKey, Instant>,
     undecided_retry_for: std::time::Duration,
     reloader: Option<Arc<Reloader>>,
     /// Unix milliseconds of the last delivery from each source (status page).
@@ -159,8 +170,8 @@ impl Pipeline {
         // Durable dedupe before anything that reads registries or git: a
         // redelivery of a recorded id is acknowledged as is.
         match off_thread(&self.store, {
-            let (source, id) = (delivery.source, delivery.id.clone());
-            move |store| store.decision(source, &id)
+            let (source, endpoint, id) = delivery.key();
+            move |store| store.decision(source, &endpoint, &id)
         })
         .await
         {
@@ -193,7 +204,7 @@ impl Pipeline {
             }
         };
 
-        let key = (delivery.source, delivery.id.clone());
+        let key = delivery.key();
         let verdict = if verdict.kind == VerdictKind::Undecided {
             let first = *self
                 .undecided
@@ -254,13 +265,24 @@ impl Pipeline {
         verdict: Verdict,
     ) -> Handled {
         let event = delivery.decoded.as_ref().ok();
-        let key = (delivery.source, delivery.id.clone());
+        let key = delivery.key();
         let commit = index.commit().map(str::to_string);
         let decision = match &delivery.decoded {
-            Ok(event) => Decision::of_event(event, now_ms(), &verdict, commit, index.generation()),
-            Err(malformed) => {
-                Decision::of_malformed(malformed, now_ms(), commit, index.generation())
-            }
+            Ok(event) => Decision::of_event(
+                event,
+                &delivery.endpoint,
+                now_ms(),
+                &verdict,
+                commit,
+                index.generation(),
+            ),
+            Err(malformed) => Decision::of_malformed(
+                malformed,
+                &delivery.endpoint,
+                now_ms(),
+                commit,
+                index.generation(),
+            ),
         };
         let recorded = off_thread(&self.store, move |store| store.record(&decision)).await;
         match recorded {
@@ -332,7 +354,8 @@ impl Pipeline {
                 source: delivery.source.as_str(),
             })
             .inc();
-        tracing::error!(event_id = %delivery.id, source = delivery.source.as_str(), error = %e,
+        tracing::error!(event_id = %delivery.id, source = delivery.source.as_str(),
+            endpoint = %delivery.endpoint, error = %e,
             "cannot record the decision; asking the source to deliver again");
         Handled {
             disposition: Disposition::Retry,
@@ -350,11 +373,11 @@ fn log_verdict(delivery: &Delivery, event: Option<&Event>, verdict: &Verdict, ou
     let tag = event.and_then(|e| e.tag.as_ref()).map(ToString::to_string);
     if verdict.kind.alerts() {
         tracing::warn!(event_id = %delivery.id, source = delivery.source.as_str(),
-            repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
+            endpoint = %delivery.endpoint, repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
             outcome, "event decided");
     } else {
         tracing::info!(event_id = %delivery.id, source = delivery.source.as_str(),
-            repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
+            endpoint = %delivery.endpoint, repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
             outcome, "event decided");
     }
 }

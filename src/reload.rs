@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReloadConfig;
-use crate::event::{EventId, Malformed, Source};
+use crate::event::{EndpointName, EventId, Malformed, Source};
 use crate::findings::{Decision, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::manifest::source::{ManifestSource, SourceError, Version};
@@ -279,6 +279,7 @@ impl Reloader {
         };
         let decision = Decision::of_malformed(
             &malformed,
+            &EndpointName::only(),
             now_ms(),
             index.commit().map(str::to_owned),
             index.generation(),

@@ -30,7 +30,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::VerdictKind;
-use crate::event::{Action, Event, EventId, Source};
+use crate::event::{Action, EndpointName, Event, EventId, Source};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::pipeline::{Delivery, Disposition, Pipeline};
@@ -567,6 +567,8 @@ impl Sweep<'_> {
             .pipeline
             .handle(Delivery {
                 source: Source::Scan,
+                // Observation ids name the repository: one scope is enough.
+                endpoint: EndpointName::only(),
                 id: id.clone(),
                 decoded: Ok(event),
             })

@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -54,7 +54,10 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
         .route("/v1/digests/{digest}", get(digest))
         .route("/v1/check", post(check))
         .route("/v1/findings", get(findings))
-        .route("/webhooks/{kind}", post(webhook))
+        .route(
+            "/webhooks/{kind}",
+            post(webhook).options(webhook_validation),
+        )
         .route("/-/reload", post(reload));
     if state.push_enabled {
         router = router.route("/pubsub/push", post(pubsub_push));
@@ -294,6 +297,7 @@ async fn pubsub_push(State(state): State<AppState>, headers: HeaderMap, body: By
 async fn webhook(
     State(state): State<AppState>,
     Path(kind): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -315,7 +319,11 @@ async fn webhook(
             .inc();
     };
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let Some(endpoint) = state.webhooks.authenticate(kind, authorization) else {
+    let query = query_token(&uri);
+    let Some(endpoint) = state
+        .webhooks
+        .authenticate_request(kind, authorization, query.as_deref())
+    else {
         count("unauthorized");
         let message = if authorization.is_some() {
             "the Authorization header does not carry this endpoint's token"
@@ -349,7 +357,7 @@ async fn webhook(
         Ok(parsed) => parsed,
         Err(rejected) => {
             count("rejected");
-            tracing::warn!(source = kind.as_str(), endpoint = endpoint.name, error = %rejected,
+            tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %rejected,
                 "webhook request rejected");
             return error(StatusCode::BAD_REQUEST, rejected.to_string());
         }
@@ -368,7 +376,7 @@ async fn webhook(
         parsed
             .deliveries
             .into_iter()
-            .map(|d| state.pipeline.handle(d)),
+            .map(|d| state.pipeline.handle(d.at(&endpoint.name))),
     )
     .await;
     if handled.iter().any(|h| h.disposition == Disposition::Retry) {
@@ -389,6 +397,105 @@ async fn webhook(
         }))
         .into_response(),
     }
+}
+
+/// The `access_token` query parameter, for kinds whose sender cannot set a
+/// header on every request.
+fn query_token(uri: &Uri) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        access_token: Option<String>,
+    }
+    Query::<TokenQuery>::try_from_uri(uri)
+        .ok()
+        .and_then(|Query(q)| q.access_token)
+}
+
+/// The CloudEvents abuse-protection handshake (`OPTIONS`), which Event Grid
+/// sends before delivering CloudEvents: 200 with `WebHook-Allowed-Origin`
+/// (the requested origin) and `WebHook-Allowed-Rate` (the requested rate,
+/// or `*`: nothing here throttles by rate) is consent. Consent is given only
+/// to a request carrying the endpoint's token, as the `access_token` query
+/// parameter of the subscribed URL (the handshake has no custom headers):
+/// otherwise anyone could point a subscription here and have Event Grid
+/// send us a stream of requests we then refuse. 401 without it, and 405 for
+/// kinds whose senders never validate this way.
+async fn webhook_validation(
+    State(state): State<AppState>,
+    Path(kind): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let Some(kind) = WebhookKind::from_path(&kind).filter(|k| state.webhooks.is_configured(*k))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no webhook endpoint {kind:?} is configured"),
+        );
+    };
+    if !kind.validates_with_options() {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} webhooks are delivered by POST only", kind.as_str()),
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let count = |outcome| {
+        state
+            .metrics
+            .webhook_requests
+            .get_or_create(&WebhookLabels {
+                source: kind.as_str(),
+                outcome,
+            })
+            .inc();
+    };
+    let Some(origin) = headers.get("webhook-request-origin").cloned() else {
+        count("rejected");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a CloudEvents validation request: the WebHook-Request-Origin header is missing",
+        );
+    };
+    let rate = match headers.get("webhook-request-rate") {
+        None => HeaderValue::from_static("*"),
+        Some(rate) => match rate.to_str().ok().and_then(|r| r.parse::<u32>().ok()) {
+            Some(n) if n > 0 => rate.clone(),
+            _ => {
+                count("rejected");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "WebHook-Request-Rate must be a positive number of requests per minute",
+                );
+            }
+        },
+    };
+    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let query = query_token(&uri);
+    let Some(endpoint) = state
+        .webhooks
+        .authenticate_request(kind, authorization, query.as_deref())
+    else {
+        count("unauthorized");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "no consent without the endpoint's token: subscribe the URL with \
+             ?access_token=<token>",
+        );
+    };
+    count("validated");
+    tracing::info!(source = kind.as_str(), endpoint = %endpoint.name,
+        origin = %crate::sources::json::shown(&String::from_utf8_lossy(origin.as_bytes())),
+        "webhook validation handshake answered");
+    let mut response = StatusCode::OK.into_response();
+    let out = response.headers_mut();
+    out.insert("webhook-allowed-origin", origin);
+    out.insert("webhook-allowed-rate", rate);
+    out.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
+    response
 }
 
 /// Syncs the manifest source and swaps in a new index built from it (even

@@ -4,7 +4,7 @@
 
 use image_auditor::alert::{Alert, AlertStatus, FactKey, Route, Severity, group};
 use image_auditor::audit::VerdictKind;
-use image_auditor::event::{Action, EventId, Source};
+use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::{Finding, FindingId};
 use image_auditor::index::Index;
 use image_auditor::manifest;
@@ -26,6 +26,7 @@ fn finding(id: i64, verdict: VerdictKind, repository: Option<&str>, digest: &str
         created_at_ms: 1_000 + id,
         received_at_ms: 1_000 + id,
         source: Source::PubsubPull,
+        endpoint: EndpointName::only(),
         event_id: EventId(format!("m{id}")),
         action: Some(Action::Insert),
         repository: repository.map(|r| r.parse().unwrap()),

@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use image_auditor::audit::{Evidence, VerdictKind};
-use image_auditor::event::{Action, EventId, Source};
+use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::{
     Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SqliteStore, Store,
     StoreError,
@@ -35,9 +35,15 @@ fn evidence() -> Evidence {
     }
 }
 
+/// The subscription the test decisions come through.
+fn sub() -> EndpointName {
+    EndpointName("projects/p/subscriptions/prod".into())
+}
+
 fn decision(id: &str, verdict: VerdictKind) -> Decision {
     Decision {
         source: Source::PubsubPull,
+        endpoint: sub(),
         event_id: EventId(id.into()),
         received_at_ms: 1_000,
         action: Some(Action::Insert),
@@ -101,13 +107,13 @@ fn record_then_duplicate_keeps_the_first_verdict() {
 
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &EventId("m1".into()))
+            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
             .unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     assert_eq!(
         store
-            .decision(Source::PubsubPush, &EventId("m1".into()))
+            .decision(Source::PubsubPush, &sub(), &EventId("m1".into()))
             .unwrap(),
         None,
         "the source is part of the key"
@@ -136,6 +142,120 @@ fn record_then_duplicate_keeps_the_first_verdict() {
     other.source = Source::PubsubPush;
     new_finding(store.record(&other).unwrap());
     assert_eq!(store.counts().unwrap().findings, 2);
+}
+
+#[test]
+fn the_endpoint_is_part_of_the_key() {
+    let (_dir, path) = tmp();
+    let store = SqliteStore::open(&path).unwrap();
+    let dev = EndpointName("projects/p/subscriptions/dev".into());
+    let mut from_dev = decision("m1", VerdictKind::OutOfScope);
+    from_dev.endpoint = dev.clone();
+    assert_eq!(
+        store.record(&from_dev).unwrap(),
+        Recorded::New { finding: None }
+    );
+    // The same id through another subscription is its own delivery: its
+    // verdict is recorded, and alerts.
+    let from_prod = decision("m1", VerdictKind::Unpromoted);
+    let id = new_finding(store.record(&from_prod).unwrap());
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &dev, &EventId("m1".into()))
+            .unwrap(),
+        Some(VerdictKind::OutOfScope)
+    );
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .unwrap(),
+        Some(VerdictKind::Unpromoted)
+    );
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!((f.len(), f[0].id), (1, id));
+    assert_eq!(f[0].endpoint, sub());
+    // And each stays deduplicated within its own endpoint.
+    assert!(matches!(
+        store.record(&from_prod).unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    ));
+}
+
+/// The schema the previous release created (version 1), verbatim, with a
+/// few rows, as a file that release would have left behind.
+fn version_1_file(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(include_str!("fixtures/findings-schema-v1.sql"))
+        .unwrap();
+    conn.execute_batch(
+        "INSERT INTO decisions VALUES ('harbor', 'h1', 100, 'out_of_scope');
+         INSERT INTO decisions VALUES ('harbor', 'h2', 110, 'unpromoted');
+         INSERT INTO decisions VALUES ('scan', 's1', 120, 'unpromoted');
+         INSERT INTO findings (id, created_at_ms, received_at_ms, source, event_id, action,
+             repository, digest, tag, verdict, reason, evidence, manifest_commit,
+             index_generation)
+           VALUES (41, 111, 110, 'harbor', 'h2', 'insert', 'registry.example/prod/foo', NULL,
+             'v1', 'unpromoted', 'not promoted', '[]', NULL, 3),
+                  (42, 121, 120, 'scan', 's1', 'insert', 'registry.example/prod/foo', NULL,
+             'v2', 'unpromoted', 'not promoted', '[]', NULL, 3);
+         INSERT INTO sinks VALUES ('log', 41);
+         INSERT INTO deliveries VALUES (41, 'log', 'delivered', 1, 0, 200, NULL);
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
+    let (_dir, path) = tmp();
+    version_1_file(&path);
+    let store = SqliteStore::open(&path).unwrap();
+
+    let counts = store.counts().unwrap();
+    assert_eq!((counts.decisions_total(), counts.findings), (3, 2));
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(ids(&f), ["s1", "h2"]);
+    assert_eq!(f[1].id, FindingId(41));
+    assert_eq!(f[1].endpoint, EndpointName::only());
+    assert_eq!(f[1].deliveries[0].state, DeliveryState::Delivered);
+    // Rows from before carry the one-endpoint scope: a scan keeps its
+    // dedupe across the upgrade.
+    let mut scan = decision("s1", VerdictKind::Unpromoted);
+    (scan.source, scan.endpoint) = (Source::Scan, EndpointName::only());
+    assert!(matches!(
+        store.record(&scan).unwrap(),
+        Recorded::Duplicate { .. }
+    ));
+    // New findings number after the kept ones, and the sink owes exactly
+    // the ones it had not delivered.
+    let mut harbor = decision("h2", VerdictKind::Unpromoted);
+    (harbor.source, harbor.endpoint) = (Source::Harbor, EndpointName("prod".into()));
+    let new = new_finding(store.record(&harbor).unwrap());
+    assert!(new > FindingId(42), "{new}");
+    assert_eq!(store.undelivered("log").unwrap(), 2);
+    let claimed = store.claim_undelivered("log", 10, 1_000).unwrap();
+    assert_eq!(ids(&claimed), ["s1", "h2"]);
+    assert_eq!(claimed[1].id, new);
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let problems: i64 = conn
+        .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(problems, 0);
+    // Reopening migrates nothing twice.
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.counts().unwrap().findings, 3);
 }
 
 #[test]
@@ -194,7 +314,7 @@ fn only_alerting_verdicts_become_findings() {
         }
         assert_eq!(
             store
-                .decision(Source::PubsubPull, &EventId(format!("m{i}")))
+                .decision(Source::PubsubPull, &sub(), &EventId(format!("m{i}")))
                 .unwrap(),
             Some(kind)
         );
@@ -221,7 +341,7 @@ fn undecided_is_never_recorded() {
     assert!(err.to_string().contains("m1"), "{err}");
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &EventId("m1".into()))
+            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
             .unwrap(),
         None
     );
@@ -244,7 +364,7 @@ fn malformed_deliveries_are_findings_without_an_event() {
     };
     let id = new_finding(
         store
-            .record(&Decision::of_malformed(&m, 5, None, 3))
+            .record(&Decision::of_malformed(&m, &sub(), 5, None, 3))
             .unwrap(),
     );
     let f = store.findings(&FindingQuery::default()).unwrap();
@@ -693,7 +813,7 @@ fn prune_drops_old_decisions_but_keeps_findings() {
     assert_eq!(store.prune_decisions(500).unwrap(), 1);
     let has = |id: &str| {
         store
-            .decision(Source::PubsubPull, &EventId(id.into()))
+            .decision(Source::PubsubPull, &sub(), &EventId(id.into()))
             .unwrap()
     };
     assert_eq!(has("old-ok"), None);
@@ -792,7 +912,7 @@ fn the_file_is_in_wal_mode_with_full_sync() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     // A second connection sees the committed finding: it was not held back.
     let n: i64 = conn
         .query_row("SELECT COUNT(*) FROM findings", [], |r| r.get(0))
@@ -814,6 +934,7 @@ fn findings_serialise_for_the_api() {
     assert_eq!(v["id"], id.0);
     assert_eq!(v["source"], "pubsub_pull");
     assert_eq!(v["event_id"], "m1");
+    assert_eq!(v["endpoint"], "projects/p/subscriptions/prod");
     assert_eq!(v["action"], "insert");
     assert_eq!(v["repository"], "registry.example/prod/foo");
     assert_eq!(v["digest"], digest("12").to_string());

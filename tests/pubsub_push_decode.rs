@@ -6,7 +6,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use image_auditor::event::{Action, Event, EventId, Malformed, Source};
+use image_auditor::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use image_auditor::pipeline::Delivery;
 use image_auditor::sources::pubsub_push::{self, MESSAGE_ID_HEADER, PushError};
 use proptest::prelude::*;
@@ -161,7 +161,7 @@ fn attributes_and_other_metadata_are_ignored() {
             "orderingKey": "k",
             "publishTime": "not even a time",
         },
-        "subscription": 17,
+        "subscription": "projects/acme-prod/subscriptions/image-auditor",
         "deliveryAttempt": 3,
         "unknown": null,
     }))
@@ -552,5 +552,52 @@ proptest! {
             Ok(d) => prop_assert_eq!(Some(d.id.0), id),
             Err(e) => prop_assert!(e.status().is_client_error()),
         }
+    }
+}
+
+// ------------------------------------------------------------ subscription
+
+/// A message id is unique only within its topic: the subscription it came
+/// through is the delivery's endpoint, part of the dedupe key.
+#[test]
+fn the_subscription_is_the_delivery_endpoint() {
+    let prod = "projects/acme-prod/subscriptions/image-auditor";
+    let d = delivered(&json_headers(), RESEARCH_EXAMPLE.as_bytes());
+    assert_eq!(d.endpoint, EndpointName(prod.into()));
+    let d = delivered(&unwrapped_headers("42"), payload().as_bytes());
+    assert_eq!(d.endpoint, EndpointName(prod.into()));
+
+    // Without one (never from real Pub/Sub) the push is scoped to the
+    // source's single endpoint.
+    let bare = serde_json::to_vec(&json!({"message": {"messageId": "1",
+        "data": STANDARD.encode(payload())}}))
+    .unwrap();
+    assert_eq!(
+        delivered(&json_headers(), &bare).endpoint,
+        EndpointName::only()
+    );
+    let mut headers = HeaderMap::new();
+    headers.insert(MESSAGE_ID_HEADER, HeaderValue::from_static("1"));
+    assert_eq!(
+        delivered(&headers, payload().as_bytes()).endpoint,
+        EndpointName::only()
+    );
+
+    // An unusable one is refused like an unusable id.
+    for subscription in [
+        json!(7),
+        json!(""),
+        json!("a\u{7}b"),
+        json!("s".repeat(300)),
+    ] {
+        let body = serde_json::to_vec(&json!({"message": {"messageId": "1",
+            "data": STANDARD.encode(payload())}, "subscription": subscription}))
+        .unwrap();
+        refused(
+            &json_headers(),
+            &body,
+            StatusCode::BAD_REQUEST,
+            "subscription",
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::PushConfig;
 use image_auditor::audit::VerdictKind;
-use image_auditor::event::{EventId, Source};
+use image_auditor::event::{EndpointName, EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use support::oci::Layout;
@@ -92,12 +92,13 @@ fn mix() -> Vec<(String, VerdictKind)> {
 fn assert_each_decided_once(
     store: &SqliteStore,
     source: Source,
+    endpoint: &EndpointName,
     ids: &[String],
 ) -> HashMap<VerdictKind, usize> {
     let mut by_verdict = HashMap::new();
     for id in ids {
         let verdict = store
-            .decision(source, &EventId(id.clone()))
+            .decision(source, endpoint, &EventId(id.clone()))
             .unwrap()
             .unwrap_or_else(|| panic!("message {id} has no recorded verdict"));
         *by_verdict.entry(verdict).or_insert(0) += 1;
@@ -130,7 +131,11 @@ async fn pulled_mix_gets_exact_verdicts_once_per_message() {
         .await;
     for (id, (_, expected)) in ids.iter().zip(mix.iter().chain(mix.iter())) {
         let got = store
-            .decision(Source::PubsubPull, &EventId(id.clone()))
+            .decision(
+                Source::PubsubPull,
+                &Fixture::endpoint_of(&fixture.subscription),
+                &EventId(id.clone()),
+            )
             .unwrap();
         assert_eq!(got, Some(*expected), "message {id}");
     }
@@ -165,7 +170,11 @@ async fn push_subscription_delivers_to_serve_with_the_same_verdicts() {
         .await;
     for (id, (_, expected)) in ids.iter().zip(&mix) {
         let got = store
-            .decision(Source::PubsubPush, &EventId(id.clone()))
+            .decision(
+                Source::PubsubPush,
+                &Fixture::endpoint_of(&push),
+                &EventId(id.clone()),
+            )
             .unwrap();
         assert_eq!(got, Some(*expected), "message {id}");
     }
@@ -184,7 +193,12 @@ async fn ten_thousand_messages_are_each_accounted_for_exactly_once() {
     let store = service
         .wait_for_decisions(10_000, Duration::from_secs(120))
         .await;
-    let by_verdict = assert_each_decided_once(&store, Source::PubsubPull, &ids);
+    let by_verdict = assert_each_decided_once(
+        &store,
+        Source::PubsubPull,
+        &Fixture::endpoint_of(&fixture.subscription),
+        &ids,
+    );
     // `img{n}` is no image of the manifest: promoted nowhere here.
     assert_eq!(by_verdict.get(&VerdictKind::Unpromoted), Some(&10_000));
 }
@@ -217,7 +231,12 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     // Unacked messages come back after their lease (10 s) and the
     // emulator's recovery from the dropped stream.
     let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
-    assert_each_decided_once(&store, Source::PubsubPull, &ids);
+    assert_each_decided_once(
+        &store,
+        Source::PubsubPull,
+        &Fixture::endpoint_of(&fixture.subscription),
+        &ids,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,7 +256,12 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
 
     service.restart().await;
     let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
-    assert_each_decided_once(&store, Source::PubsubPull, &ids);
+    assert_each_decided_once(
+        &store,
+        Source::PubsubPull,
+        &Fixture::endpoint_of(&fixture.subscription),
+        &ids,
+    );
 }
 
 /// Children of a promoted OCI index are only known once the index is read:
@@ -326,7 +350,11 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
         .await;
     for (id, (payload, expected)) in ids.iter().zip(&mix) {
         let got = store
-            .decision(Source::PubsubPull, &EventId(id.clone()))
+            .decision(
+                Source::PubsubPull,
+                &Fixture::endpoint_of(&fixture.subscription),
+                &EventId(id.clone()),
+            )
             .unwrap();
         assert_eq!(got, Some(*expected), "{payload}\n{}", service.log_tail());
     }

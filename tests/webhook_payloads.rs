@@ -8,9 +8,8 @@
 //! digest (60 hex digits) is used only where a malformed digest is wanted.
 
 use image_auditor::event::{Action, Event, EventId, Malformed, Source};
-use image_auditor::pipeline::Delivery;
 use image_auditor::reference::{Digest, RegistryPrefix, Repository, Tag};
-use image_auditor::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use image_auditor::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 use image_auditor::sources::{acr, ecr, harbor};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -69,7 +68,7 @@ fn event(
 
 /// The whole delivery: its source and id, and the event's.
 #[track_caller]
-fn assert_delivery(delivery: &Delivery, expected: &Event) {
+fn assert_delivery(delivery: &Decoded, expected: &Event) {
     assert_eq!(delivery.source, expected.source);
     assert_eq!(delivery.id, expected.id);
     assert_eq!(delivery.decoded.as_ref(), Ok(expected));
@@ -77,7 +76,7 @@ fn assert_delivery(delivery: &Delivery, expected: &Event) {
 
 /// A malformed delivery under `id` whose reason mentions every phrase.
 #[track_caller]
-fn assert_malformed(delivery: &Delivery, source: Source, id: &str, phrases: &[&str]) {
+fn assert_malformed(delivery: &Decoded, source: Source, id: &str, phrases: &[&str]) {
     assert_eq!(delivery.source, source);
     assert_eq!(delivery.id, EventId(id.into()));
     let Err(Malformed {
@@ -1189,4 +1188,71 @@ proptest! {
             }
         }
     }
+}
+
+/// Harbor's CDEvents payload format, shaped as Harbor's own formatter test
+/// shows it: a CloudEvent of type `dev.cdevents.artifact.published.<v>`
+/// whose `data.customData` is the Default `event_data`. Sent for pushes
+/// only, with the CloudEvents content type; ignoring it would let every
+/// push through such a policy go unaudited.
+#[test]
+fn harbor_cdevents_push_is_read_from_custom_data() {
+    const HARBOR_DEV: &str =
+        "sha256:dde8e930c7b6a490f728e66292bc9bce42efc9bbb5278bae40e4f30f6e00fe8c";
+    let cdevent = |kind: &str| {
+        json!({
+            "specversion": "1.0",
+            "requestid": "mock-request-id",
+            "id": "2d47734c-83e2-41dc-bcbf-23bd2a3734a2",
+            "source": "/projects/1/webhook/policies/3",
+            "type": kind,
+            "datacontenttype": "application/json",
+            "time": "2023-03-06T06:08:43Z",
+            "operator": "admin",
+            "data": {
+                "context": {"version": "0.3.0", "id": "2d47734c-83e2-41dc-bcbf-23bd2a3734a2",
+                            "source": "/projects/1/webhook/policies/3", "type": kind,
+                            "timestamp": "2023-03-06T00:08:43-06:00"},
+                "subject": {"id": format!("pkg:oci/busybox@{HARBOR_DEV}?tag=v1.0"),
+                            "source": "/projects/1/webhook/policies/3", "type": "artifact",
+                            "content": {}},
+                "customData": {
+                    "resources": [{"digest": HARBOR_DEV, "tag": "v1.0",
+                                   "resource_url": format!("harbor.dev/library/busybox:v1.0@{HARBOR_DEV}")}],
+                    "repository": {"date_created": 1677053165, "name": "busybox",
+                                   "namespace": "library", "repo_full_name": "library/busybox",
+                                   "repo_type": "public"}
+                },
+                "customDataContentType": "application/json"
+            }
+        })
+    };
+    let expected = event(
+        Source::Harbor,
+        "2d47734c-83e2-41dc-bcbf-23bd2a3734a2",
+        Action::Insert,
+        "harbor.dev/library/busybox",
+        Some(HARBOR_DEV),
+        Some("v1.0"),
+    );
+    // The type's last part is the CDEvents spec version Harbor's SDK
+    // speaks, which moves; the event does not.
+    for kind in [
+        "dev.cdevents.artifact.published.0.1.1",
+        "dev.cdevents.artifact.published.0.2.0",
+    ] {
+        let parsed = run(harbor::parse, &cdevent(kind), None);
+        assert!(parsed.ignored.is_empty(), "{kind}: {:?}", parsed.ignored);
+        assert_eq!(parsed.deliveries.len(), 1, "{kind}");
+        assert_delivery(&parsed.deliveries[0], &expected);
+    }
+    let mut bare = cdevent("dev.cdevents.artifact.published.0.1.1");
+    bare["data"].as_object_mut().unwrap().remove("customData");
+    let parsed = run(harbor::parse, &bare, None);
+    assert_malformed(
+        &parsed.deliveries[0],
+        Source::Harbor,
+        "2d47734c-83e2-41dc-bcbf-23bd2a3734a2",
+        &["data.customData", "missing"],
+    );
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::audit::{Evidence, Verdict, VerdictKind};
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
@@ -26,6 +26,8 @@ pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub source: Source,
+    /// With `source` and `event_id`, the dedupe key.
+    pub endpoint: EndpointName,
     pub event_id: EventId,
     /// When the source handed the delivery over, in Unix milliseconds.
     /// Retention ([`Store::prune_decisions`]) and the `since` filter use it.
@@ -46,6 +48,7 @@ impl Decision {
     /// The decision about a decoded event.
     pub fn of_event(
         event: &Event,
+        endpoint: &EndpointName,
         received_at_ms: i64,
         verdict: &Verdict,
         manifest_commit: Option<String>,
@@ -53,6 +56,7 @@ impl Decision {
     ) -> Decision {
         Decision {
             source: event.source,
+            endpoint: endpoint.clone(),
             event_id: event.id.clone(),
             received_at_ms,
             action: Some(event.action),
@@ -70,12 +74,14 @@ impl Decision {
     /// The `malformed` decision about a delivery that could not be decoded.
     pub fn of_malformed(
         m: &Malformed,
+        endpoint: &EndpointName,
         received_at_ms: i64,
         manifest_commit: Option<String>,
         index_generation: u64,
     ) -> Decision {
         Decision {
             source: m.source,
+            endpoint: endpoint.clone(),
             event_id: m.id.clone(),
             received_at_ms,
             action: None,
@@ -105,7 +111,7 @@ impl fmt::Display for FindingId {
 /// What [`Store::record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// First time this (source, event id) was recorded; `finding` is set
+    /// First time this (source, endpoint, event id) was recorded; `finding` is set
     /// when the verdict alerts.
     New { finding: Option<FindingId> },
     /// Already recorded (a redelivery): nothing was written. `verdict` is
@@ -123,6 +129,8 @@ pub struct Finding {
     /// When the source delivered the event, Unix milliseconds.
     pub received_at_ms: i64,
     pub source: Source,
+    /// The endpoint that received the event (empty for sources with one).
+    pub endpoint: EndpointName,
     pub event_id: EventId,
     pub action: Option<Action>,
     pub repository: Option<Repository>,
@@ -290,15 +298,20 @@ impl StoreError {
 /// The findings store. Methods block (file I/O): call them from
 /// `spawn_blocking` in async code.
 pub trait Store: Send + Sync {
-    /// Atomically: insert the decision unless (source, event id) is already
+    /// Atomically: insert the decision unless (source, endpoint, event id) is already
     /// recorded, and, when the verdict alerts, a finding in the outbox
     /// (pending for every sink). One transaction, durable before this
     /// returns: callers acknowledge the delivery only after `Ok`.
     /// An `undecided` verdict is refused.
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError>;
 
-    /// The verdict recorded for (source, event id), if any.
-    fn decision(&self, source: Source, id: &EventId) -> Result<Option<VerdictKind>, StoreError>;
+    /// The verdict recorded for (source, endpoint, event id), if any.
+    fn decision(
+        &self,
+        source: Source,
+        endpoint: &EndpointName,
+        id: &EventId,
+    ) -> Result<Option<VerdictKind>, StoreError>;
 
     /// Findings matching `q`, newest first.
     fn findings(&self, q: &FindingQuery) -> Result<Vec<Finding>, StoreError>;

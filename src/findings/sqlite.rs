@@ -12,7 +12,7 @@ use super::{
     Store, StoreError, action_str, parse_action, parse_source, parse_verdict,
 };
 use crate::audit::VerdictKind;
-use crate::event::{EventId, Source};
+use crate::event::{EndpointName, EventId, Source};
 
 /// Schema versions, applied in order; `PRAGMA user_version` is how many
 /// have been applied. Never edit a released entry: append a new one.
@@ -70,11 +70,72 @@ CREATE TABLE deliveries (
 ) WITHOUT ROWID;
 CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_ms, finding) WHERE state = 'pending';
 "#,
+    // 2: the dedupe key gains the endpoint (webhook endpoint name, Pub/Sub
+    // subscription): an event id is unique only within the endpoint that
+    // sent it. SQLite cannot change a primary key in place, so both tables
+    // are rebuilt (foreign keys are off while migrating) keeping every row
+    // and finding id. Rows from before carry the empty endpoint, which is
+    // what sources with one endpoint (scan, manifests) still use: their
+    // dedupe carries over, while a webhook or Pub/Sub redelivery of an
+    // event decided before the upgrade is decided once more (an alert may
+    // repeat; none is lost).
+    r#"
+CREATE TABLE decisions_v2 (
+    source          TEXT    NOT NULL,
+    endpoint        TEXT    NOT NULL,
+    event_id        TEXT    NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    verdict         TEXT    NOT NULL,
+    PRIMARY KEY (source, endpoint, event_id)
+) WITHOUT ROWID;
+INSERT INTO decisions_v2 (source, endpoint, event_id, received_at_ms, verdict)
+    SELECT source, '', event_id, received_at_ms, verdict FROM decisions;
+
+CREATE TABLE findings_v2 (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at_ms    INTEGER NOT NULL,
+    received_at_ms   INTEGER NOT NULL,
+    source           TEXT    NOT NULL,
+    endpoint         TEXT    NOT NULL,
+    event_id         TEXT    NOT NULL,
+    action           TEXT,
+    repository       TEXT,
+    digest           TEXT,
+    tag              TEXT,
+    verdict          TEXT    NOT NULL,
+    reason           TEXT    NOT NULL,
+    evidence         TEXT    NOT NULL,   -- JSON array of audit::Evidence
+    manifest_commit  TEXT,
+    index_generation INTEGER NOT NULL,
+    UNIQUE (source, endpoint, event_id),
+    FOREIGN KEY (source, endpoint, event_id) REFERENCES decisions (source, endpoint, event_id)
+);
+INSERT INTO findings_v2 (id, created_at_ms, received_at_ms, source, endpoint, event_id,
+        action, repository, digest, tag, verdict, reason, evidence, manifest_commit,
+        index_generation)
+    SELECT id, created_at_ms, received_at_ms, source, '', event_id, action, repository,
+        digest, tag, verdict, reason, evidence, manifest_commit, index_generation
+    FROM findings;
+
+DROP TABLE findings;
+DROP TABLE decisions;
+ALTER TABLE decisions_v2 RENAME TO decisions;
+ALTER TABLE findings_v2 RENAME TO findings;
+CREATE INDEX decisions_by_received  ON decisions (received_at_ms);
+CREATE INDEX findings_by_verdict    ON findings (verdict, id);
+CREATE INDEX findings_by_digest     ON findings (digest, id);
+CREATE INDEX findings_by_repository ON findings (repository, id);
+CREATE INDEX findings_by_received   ON findings (received_at_ms);
+"#,
 ];
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
-     f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
+     f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
      f.manifest_commit, f.index_generation";
+
+/// The verdict recorded under one dedupe key.
+const SELECT_DECISION: &str =
+    "SELECT verdict FROM decisions WHERE source = ?1 AND endpoint = ?2 AND event_id = ?3";
 
 /// How long a claim hides a finding from other claims for the same sink.
 pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
@@ -206,10 +267,14 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
+        // Off while migrating: rebuilding a referenced table is only
+        // possible without enforcement (the checks run after each step).
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(err)?;
+        migrate(&mut conn, &path)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
         conn.set_prepared_statement_cache_capacity(64);
-        migrate(&mut conn, &path)?;
         let reader = match reader {
             None => None,
             Some(reader) => {
@@ -291,21 +356,32 @@ impl SqliteStore {
         let d = &pending.decision;
         let source = d.source.as_str();
         let verdict = d.verdict.as_str();
+        let endpoint = &d.endpoint.0;
         let inserted = conn
             .prepare_cached(
-                "INSERT INTO decisions (source, event_id, received_at_ms, verdict) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                "INSERT INTO decisions (source, endpoint, event_id, received_at_ms, verdict) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
             )
-            .and_then(|mut s| s.execute(params![source, d.event_id.0, d.received_at_ms, verdict]))
+            .and_then(|mut s| {
+                s.execute(params![
+                    source,
+                    endpoint,
+                    d.event_id.0,
+                    d.received_at_ms,
+                    verdict
+                ])
+            })
             .map_err(|e| self.sql(e))?;
         if inserted == 0 {
             let first: String = conn
-                .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
-                .and_then(|mut s| s.query_row(params![source, d.event_id.0], |r| r.get(0)))
+                .prepare_cached(SELECT_DECISION)
+                .and_then(|mut s| {
+                    s.query_row(params![source, endpoint, d.event_id.0], |r| r.get(0))
+                })
                 .map_err(|e| self.sql(e))?;
             let verdict = parse_verdict(&first).ok_or_else(|| {
                 self.corrupt(format!(
-                    "decision {source}/{}: verdict {first:?}",
+                    "decision {source}/{endpoint}/{}: verdict {first:?}",
                     d.event_id
                 ))
             })?;
@@ -315,16 +391,17 @@ impl SqliteStore {
             return Ok(Recorded::New { finding: None });
         };
         conn.prepare_cached(
-            "INSERT INTO findings (created_at_ms, received_at_ms, source, event_id, \
+            "INSERT INTO findings (created_at_ms, received_at_ms, source, endpoint, event_id, \
              action, repository, digest, tag, verdict, reason, evidence, \
              manifest_commit, index_generation) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .and_then(|mut s| {
             s.execute(params![
                 now_ms(),
                 d.received_at_ms,
                 source,
+                endpoint,
                 d.event_id.0,
                 d.action.map(action_str),
                 d.repository.as_ref().map(|r| r.as_str()),
@@ -459,6 +536,21 @@ fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
             .map_err(err)?;
         tx.pragma_update(None, "user_version", version + 1)
             .map_err(err)?;
+        // What enforcement, off while migrating, would have refused.
+        let dangling: Option<String> = tx
+            .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+            .optional()
+            .map_err(err)?;
+        if let Some(table) = dangling {
+            return Err(StoreError::Corrupt {
+                path: path.clone(),
+                what: format!(
+                    "migration to schema version {} left rows of table {table} whose \
+                     references are missing; nothing was changed",
+                    version + 1
+                ),
+            });
+        }
         tx.commit().map_err(err)?;
     }
 }
@@ -477,6 +569,7 @@ struct RawFinding {
     received_at_ms: i64,
     source: String,
     event_id: String,
+    endpoint: String,
     action: Option<String>,
     repository: Option<String>,
     digest: Option<String>,
@@ -496,15 +589,16 @@ impl RawFinding {
             received_at_ms: r.get(2)?,
             source: r.get(3)?,
             event_id: r.get(4)?,
-            action: r.get(5)?,
-            repository: r.get(6)?,
-            digest: r.get(7)?,
-            tag: r.get(8)?,
-            verdict: r.get(9)?,
-            reason: r.get(10)?,
-            evidence: r.get(11)?,
-            manifest_commit: r.get(12)?,
-            index_generation: r.get(13)?,
+            endpoint: r.get(5)?,
+            action: r.get(6)?,
+            repository: r.get(7)?,
+            digest: r.get(8)?,
+            tag: r.get(9)?,
+            verdict: r.get(10)?,
+            reason: r.get(11)?,
+            evidence: r.get(12)?,
+            manifest_commit: r.get(13)?,
+            index_generation: r.get(14)?,
         })
     }
 
@@ -536,6 +630,7 @@ impl RawFinding {
             created_at_ms: self.created_at_ms,
             received_at_ms: self.received_at_ms,
             source,
+            endpoint: EndpointName(self.endpoint),
             event_id: EventId(self.event_id),
             action,
             repository,
@@ -615,22 +710,30 @@ impl Store for SqliteStore {
         })
     }
 
-    fn decision(&self, source: Source, id: &EventId) -> Result<Option<VerdictKind>, StoreError> {
+    fn decision(
+        &self,
+        source: Source,
+        endpoint: &EndpointName,
+        id: &EventId,
+    ) -> Result<Option<VerdictKind>, StoreError> {
         let conn = match &self.reader {
             Some(reader) => reader.lock().unwrap_or_else(PoisonError::into_inner),
             None => self.lock(),
         };
         let found: Option<String> = conn
-            .prepare_cached("SELECT verdict FROM decisions WHERE source = ?1 AND event_id = ?2")
+            .prepare_cached(SELECT_DECISION)
             .and_then(|mut s| {
-                s.query_row(params![source.as_str(), id.0], |r| r.get(0))
+                s.query_row(params![source.as_str(), endpoint.0, id.0], |r| r.get(0))
                     .optional()
             })
             .map_err(|e| self.sql(e))?;
         found
             .map(|v| {
                 parse_verdict(&v).ok_or_else(|| {
-                    self.corrupt(format!("decision {}/{id}: verdict {v:?}", source.as_str()))
+                    self.corrupt(format!(
+                        "decision {}/{endpoint}/{id}: verdict {v:?}",
+                        source.as_str()
+                    ))
                 })
             })
             .transpose()
@@ -759,11 +862,12 @@ impl Store for SqliteStore {
             let tx = self.begin(&mut conn)?;
             let n = tx
                 .prepare_cached(
-                    "DELETE FROM decisions WHERE (source, event_id) IN ( \
-                       SELECT d.source, d.event_id FROM decisions d \
+                    "DELETE FROM decisions WHERE (source, endpoint, event_id) IN ( \
+                       SELECT d.source, d.endpoint, d.event_id FROM decisions d \
                        WHERE d.received_at_ms < ?1 AND NOT EXISTS ( \
                          SELECT 1 FROM findings f \
-                         WHERE f.source = d.source AND f.event_id = d.event_id) \
+                         WHERE f.source = d.source AND f.endpoint = d.endpoint \
+                           AND f.event_id = d.event_id) \
                        LIMIT ?2)",
                 )
                 .and_then(|mut s| s.execute(params![older_than_ms, PRUNE_BATCH]))

@@ -24,10 +24,9 @@
 use serde_json::{Map, Value, json};
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{MAX_ID_LEN, json_type, shown, text};
-use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 
@@ -320,9 +319,9 @@ fn event_id(event: &Map<String, Value>, place: &str) -> Result<EventId, Rejected
     Ok(EventId(id.clone()))
 }
 
-fn delivery(id: EventId, change: Result<Event, String>) -> Delivery {
+fn delivery(id: EventId, change: Result<Event, String>) -> Decoded {
     match change {
-        Ok(event) => Delivery {
+        Ok(event) => Decoded {
             source: Source::Acr,
             id,
             decoded: Ok(event),
@@ -331,8 +330,8 @@ fn delivery(id: EventId, change: Result<Event, String>) -> Delivery {
     }
 }
 
-fn malformed(id: EventId, reason: String) -> Delivery {
-    Delivery {
+fn malformed(id: EventId, reason: String) -> Decoded {
+    Decoded {
         source: Source::Acr,
         id: id.clone(),
         decoded: Err(Malformed {

@@ -9,10 +9,9 @@
 use serde_json::{Map, Value};
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::registry::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
-use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 /// The envelope media types distribution sends (2.8 and v3).
 pub const CONTENT_TYPES: [&str; 2] = [
@@ -43,14 +42,14 @@ pub fn parse(body: &[u8], registry: &RegistryPrefix) -> Result<Parsed, Rejected>
 }
 
 enum Item {
-    Deliver(Delivery),
+    Deliver(Decoded),
     Ignore(Ignored),
 }
 
 fn parse_event(i: usize, event: &Value, registry: &RegistryPrefix) -> Item {
     let id = event_id(i, event);
     let deliver = |decoded| {
-        Item::Deliver(Delivery {
+        Item::Deliver(Decoded {
             source: Source::Distribution,
             id: id.clone(),
             decoded,

@@ -26,10 +26,9 @@
 use serde_json::{Map, Value};
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
-use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 /// The detail-type of pushes and deletions; every other ECR detail-type
 /// (`ECR Image Scan`, `ECR Pull Through Cache Action`, `ECR Referrer
@@ -88,13 +87,13 @@ pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, R
     }
     let id = EventId(id.to_string());
     match image_action(&id, &root, registry) {
-        Ok(event) => parsed.deliveries.push(Delivery {
+        Ok(event) => parsed.deliveries.push(Decoded {
             source: Source::Ecr,
             id: id.clone(),
             decoded: Ok(event),
         }),
         Err(Skip(why)) => parsed.ignored.push(ignore(why)),
-        Err(Bad(reason)) => parsed.deliveries.push(Delivery {
+        Err(Bad(reason)) => parsed.deliveries.push(Decoded {
             source: Source::Ecr,
             id: id.clone(),
             decoded: Err(Malformed {

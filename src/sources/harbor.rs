@@ -4,10 +4,20 @@
 //! - **Default**: `{"type": "PUSH_ARTIFACT", "occur_at": <unix s>,
 //!   "operator": "…", "event_data": {"resources": [{digest, tag,
 //!   resource_url}], "repository": {repo_full_name, …}}}`;
-//! - **CloudEvents 1.0** (structured mode): `{"specversion": "1.0", "id":
-//!   "<uuid>", "type": "harbor.artifact.pushed", …, "data": <event_data>}`.
+//! - **CloudEvents 1.0** (structured mode, `Content-Type:
+//!   application/cloudevents+json`): `{"specversion": "1.0", "id": "<uuid>",
+//!   "type": "harbor.artifact.pushed", …, "data": <event_data>}`;
+//! - **CDEvents** (a CloudEvent too, same content type), sent for artifact
+//!   pushes only: `{"specversion": "1.0", "id": "<uuid>", "type":
+//!   "dev.cdevents.artifact.published.<version>", "data": {"context": …,
+//!   "subject": …, "customData": <event_data>}}`. `customData` is read, as
+//!   it alone names every resource; the subject's package URL is derived
+//!   from the first one.
 //!
-//! They are told apart by `specversion`, which only CloudEvents has.
+//! Default is told apart from the other two by `specversion`, which only
+//! CloudEvents has; CDEvents by its type. (Harbor's "Custom" format is the
+//! Default payload reshaped by a user template: read only if it keeps the
+//! Default shape.)
 //!
 //! # Delivery ids
 //!
@@ -42,10 +52,12 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
-use crate::sources::webhook::{IgnoreReason, Ignored, Parsed, Rejected};
+use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
+
+/// The type prefix of the one CDEvent Harbor sends (an artifact push).
+const CDEVENT_PUBLISHED: &str = "dev.cdevents.artifact.published.";
 
 /// Parses one Harbor webhook request. With `registry`, repositories are
 /// `registry/repo_full_name`; without, the host comes from each resource's
@@ -203,6 +215,16 @@ fn cloud_event(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> {
     let id = text("id")?;
     check_id(id).map_err(|e| Rejected(format!("Harbor CloudEvents field `id` {e}")))?;
     let kind = text("type")?;
+    // The CDEvents type ends in the version of the CDEvents spec, which
+    // moves with Harbor's SDK; the event it names does not.
+    if kind.starts_with(CDEVENT_PUBLISHED) {
+        return Ok(Envelope {
+            ids: Ids::Given(id),
+            kind: Kind::Audit(Action::Insert),
+            data: root.get("data").and_then(|data| data.get("customData")),
+            data_field: "data.customData",
+        });
+    }
     Ok(Envelope {
         ids: Ids::Given(id),
         kind: match kind {
@@ -248,7 +270,7 @@ fn audit_resources(
         Ok(found) => found,
         Err(reason) => {
             let id = EventId(envelope.ids.event_id());
-            parsed.deliveries.push(Delivery {
+            parsed.deliveries.push(Decoded {
                 source: Source::Harbor,
                 id: id.clone(),
                 decoded: Err(Malformed {
@@ -289,7 +311,7 @@ fn audit_resources(
                 source: Source::Harbor,
                 reason,
             });
-        parsed.deliveries.push(Delivery {
+        parsed.deliveries.push(Decoded {
             source: Source::Harbor,
             id,
             decoded,

@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{EventId, Source};
+use crate::event::{EndpointName, EventId, Source};
 use crate::pipeline::{Delivery, Disposition, Handled, Handler};
 use crate::pubsub::{self, ClientError, EndpointError, Target};
 use crate::sources::gcr;
@@ -422,6 +422,7 @@ async fn pull(
     // Cancelled by the caller, or by a stream that failed for good.
     let stop = shutdown.child_token();
     let context = Arc::new(Context {
+        endpoint: EndpointName(config.subscription_name()),
         handler,
         status: status.clone(),
         permits: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -538,6 +539,8 @@ async fn check_subscription(
 }
 
 struct Context {
+    /// The subscription: message ids are unique only within its topic.
+    endpoint: EndpointName,
     handler: Handler,
     status: PullStatus,
     /// One permit per running handler, shared by all streams.
@@ -673,6 +676,7 @@ async fn handle(
         });
     let delivery = Delivery {
         source: Source::PubsubPull,
+        endpoint: context.endpoint.clone(),
         id: id.clone(),
         decoded,
     };

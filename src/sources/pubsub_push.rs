@@ -39,10 +39,13 @@
 //! | id present, `data` absent, not a string, not base64 | `Delivery` with `Malformed` | — |
 //! | id present, payload not a GCR notification | `Delivery` with `Malformed` | — |
 //!
-//! `attributes`, `publishTime`, `subscription`, `orderingKey` and
-//! `deliveryAttempt` are ignored: the `gcr` topic documents no attributes,
-//! and the id is the whole identity of a delivery. Body size is the route's
-//! business.
+//! The subscription (`subscription`, or the `x-goog-pubsub-subscription-name`
+//! header of an unwrapped push) is the delivery's endpoint: a message id is
+//! unique only within its topic, so ids from two subscriptions never answer
+//! for each other. A push without one (real Pub/Sub always sends it) is
+//! scoped to the empty endpoint. `attributes`, `publishTime`, `orderingKey`
+//! and `deliveryAttempt` are ignored: the `gcr` topic documents no
+//! attributes. Body size is the route's business.
 
 use std::fmt;
 
@@ -52,7 +55,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
-use crate::event::{EventId, Malformed, Source};
+use crate::event::{EndpointName, EventId, Malformed, Source};
 use crate::pipeline::Delivery;
 use crate::sources::gcr;
 use crate::sources::json::json_type;
@@ -60,6 +63,10 @@ use crate::sources::json::json_type;
 /// The header carrying the message id of an unwrapped delivery
 /// (`noWrapper.writeMetadata = true`).
 pub const MESSAGE_ID_HEADER: &str = "x-goog-pubsub-message-id";
+
+/// The header carrying the subscription of an unwrapped delivery (with
+/// `writeMetadata`).
+pub const SUBSCRIPTION_HEADER: &str = "x-goog-pubsub-subscription-name";
 
 /// Longest message id accepted. Pub/Sub ids are decimal strings of about 16
 /// digits; the id becomes a dedupe key and a log field, so anything much
@@ -91,6 +98,9 @@ pub enum PushError {
     /// A message id is present but unusable.
     #[error("unusable message id: {0}")]
     BadMessageId(String),
+    /// A subscription name is present but unusable.
+    #[error("unusable subscription: {0}")]
+    BadSubscription(String),
 }
 
 impl PushError {
@@ -103,7 +113,8 @@ impl PushError {
             | PushError::NotJson(_)
             | PushError::NotAnEnvelope(_)
             | PushError::MissingMessageId(_)
-            | PushError::BadMessageId(_) => StatusCode::BAD_REQUEST,
+            | PushError::BadMessageId(_)
+            | PushError::BadSubscription(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -135,9 +146,19 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushError> {
             .to_str()
             .map_err(|_| PushError::BadMessageId(format!("{MESSAGE_ID_HEADER} is not text")))
             .and_then(|s| check_id(MESSAGE_ID_HEADER, s))?;
+        let endpoint = match headers.get(SUBSCRIPTION_HEADER) {
+            None => EndpointName::only(),
+            Some(value) => value
+                .to_str()
+                .map_err(|_| {
+                    PushError::BadSubscription(format!("{SUBSCRIPTION_HEADER} is not text"))
+                })
+                .and_then(|s| subscription(SUBSCRIPTION_HEADER, s))?,
+        };
         let decoded = parse_payload(&id, body);
         return Ok(Delivery {
             source: Source::PubsubPush,
+            endpoint,
             id,
             decoded,
         });
@@ -199,6 +220,16 @@ fn decode_wrapped(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushErro
         }
     };
 
+    let endpoint = match envelope.get("subscription") {
+        None | Some(Value::Null) => EndpointName::only(),
+        Some(Value::String(s)) => subscription("subscription", s)?,
+        Some(other) => {
+            return Err(PushError::BadSubscription(format!(
+                "`subscription` must be a string, found {}",
+                json_type(other)
+            )));
+        }
+    };
     let decoded = match message.get("data") {
         None | Some(Value::Null) => Err(malformed(
             &id,
@@ -218,9 +249,21 @@ fn decode_wrapped(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushErro
     };
     Ok(Delivery {
         source: Source::PubsubPush,
+        endpoint,
         id,
         decoded,
     })
+}
+
+/// A subscription name scopes message ids in the store and shows in logs:
+/// bounded, no control characters.
+fn subscription(name: &str, value: &str) -> Result<EndpointName, PushError> {
+    check_id(name, value)
+        .map(|EventId(s)| EndpointName(s))
+        .map_err(|e| match e {
+            PushError::BadMessageId(why) => PushError::BadSubscription(why),
+            other => other,
+        })
 }
 
 /// Requires `application/json` (any parameters, any case) on a wrapped push.

@@ -1,6 +1,8 @@
-//! What every registry webhook parser hands back: the deliveries to audit,
-//! what was deliberately not audited, and an optional reply body (Event
-//! Grid's validation handshake). Parsers are pure: bytes in, this out.
+//! What every registry webhook parser hands back: the events to audit, what
+//! was deliberately not audited, and an optional reply body (Event Grid's
+//! validation handshake). Parsers are pure: bytes in, this out. The events
+//! become [`Delivery`]s only once tied to the endpoint that received them
+//! ([`Decoded::at`]): an event id is unique only within its endpoint.
 
 use std::fmt;
 
@@ -8,7 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::event::Source;
+use crate::event::{EndpointName, Event, EventId, Malformed, Source};
 use crate::pipeline::Delivery;
 use crate::reference::RegistryPrefix;
 use crate::sources::{acr, distribution, ecr, harbor};
@@ -18,11 +20,32 @@ use crate::sources::{acr, distribution, ecr, harbor};
 pub struct Parsed {
     /// One per registry change to audit, each with its own id (what the
     /// registry resends on retry) and either an `Event` or a `Malformed`.
-    pub deliveries: Vec<Delivery>,
+    pub deliveries: Vec<Decoded>,
     /// Events the request carried that are not registry changes to audit.
     pub ignored: Vec<Ignored>,
     /// Answer with this JSON instead of the usual summary (handshakes).
     pub reply: Option<Value>,
+}
+
+/// One event of a request, before it is tied to the endpoint that received
+/// it: a format parser knows nothing of endpoints.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub source: Source,
+    pub id: EventId,
+    pub decoded: Result<Event, Malformed>,
+}
+
+impl Decoded {
+    /// The delivery of this event through `endpoint`.
+    pub fn at(self, endpoint: &EndpointName) -> Delivery {
+        Delivery {
+            source: self.source,
+            endpoint: endpoint.clone(),
+            id: self.id,
+            decoded: self.decoded,
+        }
+    }
 }
 
 /// An event that is counted but not audited.
@@ -108,16 +131,34 @@ impl WebhookKind {
     /// Whether a request's `Content-Type` essence (lower-cased, without
     /// parameters) is one this format is sent with.
     pub fn accepts(self, essence: &str) -> bool {
+        let json = essence == "application/json";
         match self {
-            WebhookKind::Distribution => {
-                distribution::CONTENT_TYPES.contains(&essence) || essence == "application/json"
-            }
-            // Event Grid's CloudEvents schema uses its own type.
-            WebhookKind::Acr => {
-                essence == "application/json" || essence == "application/cloudevents+json"
-            }
-            WebhookKind::Harbor | WebhookKind::Ecr => essence == "application/json",
+            WebhookKind::Distribution => distribution::CONTENT_TYPES.contains(&essence) || json,
+            // A CloudEvents (or CDEvents) payload format policy sends the
+            // structured-mode type.
+            WebhookKind::Harbor => json || essence == CLOUDEVENT,
+            // Event Grid's CloudEvents schema: one event, or an array of
+            // them when the subscription batches.
+            WebhookKind::Acr => json || essence == CLOUDEVENT || essence == CLOUDEVENTS_BATCH,
+            WebhookKind::Ecr => json,
         }
+    }
+
+    /// Whether the sender proves the endpoint wants its deliveries with the
+    /// CloudEvents abuse-protection handshake (an HTTP `OPTIONS` request)
+    /// before it sends any: Event Grid does, for CloudEvents subscriptions.
+    pub fn validates_with_options(self) -> bool {
+        self == WebhookKind::Acr
+    }
+
+    /// Whether the endpoint token may come as the `access_token` query
+    /// parameter (the CloudEvents webhook spec's second way). Only where the
+    /// sender cannot send a header on every request: Event Grid's `OPTIONS`
+    /// handshake carries no custom headers, only the subscribed URL. A
+    /// token in a URL is more easily logged, so the other kinds, whose
+    /// senders all set headers, keep to `Authorization`.
+    pub fn token_in_query(self) -> bool {
+        self == WebhookKind::Acr
     }
 
     /// Parses a request for `endpoint`.
@@ -136,12 +177,19 @@ impl WebhookKind {
     }
 }
 
+/// The CloudEvents JSON structured-mode content type (one event).
+const CLOUDEVENT: &str = "application/cloudevents+json";
+/// The CloudEvents JSON batch content type (an array of events).
+const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
+
 /// One configured webhook endpoint (`webhooks.<kind>[]` in the service
 /// configuration).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// Names the endpoint in logs and errors.
+    /// Names the endpoint in logs and errors, and scopes its event ids:
+    /// unique within a kind. Renaming an endpoint forgets which of its
+    /// events were already decided (a resend is decided again).
     pub name: String,
     /// The registry prefix the endpoint reports for (`host[:port][/path]`).
     /// Required for distribution, whose events carry no host; for the
@@ -171,7 +219,7 @@ impl fmt::Debug for EndpointConfig {
 
 /// A configured endpoint with its token resolved.
 pub struct Endpoint {
-    pub name: String,
+    pub name: EndpointName,
     pub registry: Option<RegistryPrefix>,
     token: Box<[u8]>,
 }
@@ -186,7 +234,8 @@ pub struct Endpoints {
 impl Endpoints {
     /// Resolves tokens and checks the configuration: every endpoint has
     /// exactly one of `token` and `token_env`, tokens differ within a kind
-    /// (the token is what tells two registries apart), and distribution
+    /// (the token is what tells two registries apart), names are set and
+    /// differ within a kind (the name scopes event ids), and distribution
     /// endpoints name their registry.
     pub fn from_config(
         configs: &[(WebhookKind, &[EndpointConfig])],
@@ -197,6 +246,16 @@ impl Endpoints {
             let mut endpoints: Vec<Endpoint> = Vec::new();
             for (i, c) in configs.iter().enumerate() {
                 let at = format!("webhooks.{}[{i}] ({})", kind.as_str(), c.name);
+                if c.name.trim().is_empty() {
+                    return Err(format!("webhooks.{}[{i}]: name is empty", kind.as_str()));
+                }
+                if endpoints.iter().any(|e| e.name.0 == c.name) {
+                    return Err(format!(
+                        "{at}: another {} endpoint has the same name: names keep their \
+                         events apart",
+                        kind.as_str()
+                    ));
+                }
                 let token = match (&c.token, &c.token_env) {
                     (Some(t), None) => t.clone(),
                     (None, Some(var)) => env(var).ok_or_else(|| {
@@ -227,7 +286,7 @@ impl Endpoints {
                     ));
                 }
                 endpoints.push(Endpoint {
-                    name: c.name.clone(),
+                    name: EndpointName(c.name.clone()),
                     registry: c.registry.clone(),
                     token: token.into_bytes().into_boxed_slice(),
                 });
@@ -241,6 +300,19 @@ impl Endpoints {
 
     pub fn is_configured(&self, kind: WebhookKind) -> bool {
         self.by_kind.iter().any(|(k, _)| *k == kind)
+    }
+
+    /// The endpoint whose token the request carries: in the `Authorization`
+    /// header, or, for kinds that allow it ([`WebhookKind::token_in_query`]),
+    /// as the `access_token` query parameter when there is no header.
+    pub fn authenticate_request(
+        &self,
+        kind: WebhookKind,
+        authorization: Option<&[u8]>,
+        query_token: Option<&str>,
+    ) -> Option<&Endpoint> {
+        let from_query = query_token.filter(|_| kind.token_in_query());
+        self.authenticate(kind, authorization.or(from_query.map(str::as_bytes)))
     }
 
     /// The endpoint whose token the `Authorization` header carries. Every
@@ -304,7 +376,7 @@ mod tests {
         let auth = |header: &str| {
             endpoints
                 .authenticate(WebhookKind::Distribution, Some(header.as_bytes()))
-                .map(|e| e.name.as_str())
+                .map(|e| e.name.0.as_str())
         };
         assert_eq!(auth(&format!("Bearer {TOKEN_A}")), Some("a"));
         assert_eq!(auth(&format!("bearer {TOKEN_B}")), Some("b"));
@@ -344,6 +416,56 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn names_scope_event_ids_so_they_must_be_set_and_differ() {
+        let twice = [
+            endpoint("a", Some(TOKEN_A), None),
+            endpoint("a", Some(TOKEN_B), None),
+        ];
+        let err = Endpoints::from_config(&[(WebhookKind::Acr, &twice)], env)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("webhooks.acr[1] (a)") && err.contains("same name"),
+            "{err}"
+        );
+        let unnamed = [endpoint(" ", Some(TOKEN_A), None)];
+        let err = Endpoints::from_config(&[(WebhookKind::Acr, &unnamed)], env)
+            .err()
+            .unwrap();
+        assert!(err.contains("name is empty"), "{err}");
+        // The same name under another kind is another endpoint.
+        let a = [endpoint("a", Some(TOKEN_A), None)];
+        assert!(
+            Endpoints::from_config(&[(WebhookKind::Acr, &a), (WebhookKind::Harbor, &a)], env)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn only_event_grid_may_send_its_token_in_the_query() {
+        let configs = [endpoint("a", Some(TOKEN_A), None)];
+        let endpoints = Endpoints::from_config(
+            &[
+                (WebhookKind::Acr, &configs),
+                (WebhookKind::Harbor, &configs),
+            ],
+            env,
+        )
+        .unwrap();
+        let found = |kind, header: Option<&str>, query: Option<&str>| {
+            endpoints
+                .authenticate_request(kind, header.map(str::as_bytes), query)
+                .is_some()
+        };
+        assert!(found(WebhookKind::Acr, None, Some(TOKEN_A)));
+        assert!(!found(WebhookKind::Acr, None, Some(TOKEN_B)));
+        assert!(!found(WebhookKind::Harbor, None, Some(TOKEN_A)));
+        assert!(found(WebhookKind::Harbor, Some(TOKEN_A), None));
+        // A header, when sent, is what counts.
+        assert!(!found(WebhookKind::Acr, Some(TOKEN_B), Some(TOKEN_A)));
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
+use image_auditor::event::EndpointName;
 use image_auditor::pubsub::{Target, subscription_name, topic_name};
 use image_auditor::sources::pubsub_pull::PullConfig;
 
@@ -252,6 +253,12 @@ impl Fixture {
             .send()
             .await
             .expect("create subscription");
+    }
+
+    /// What deliveries through subscription `id` are recorded under: its
+    /// full name (message ids are unique only within one).
+    pub fn endpoint_of(id: &str) -> EndpointName {
+        EndpointName(subscription_name(PROJECT, id))
     }
 
     /// A pull configuration for the subscription, pointed at the emulator
