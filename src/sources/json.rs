@@ -282,6 +282,46 @@ mod tests {
         assert!(parse(b"{} x").is_err());
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z\\\\\"é]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-c]{0,2}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn elements(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => items.len() + items.iter().map(elements).sum::<usize>(),
+            Value::Object(fields) => fields.values().map(elements).sum(),
+            _ => 0,
+        }
+    }
+
+    proptest::proptest! {
+        /// On JSON without repeated keys the strict parse is serde_json's,
+        /// and the cap's count is the number of array elements it holds.
+        #[test]
+        fn the_strict_parse_and_the_count_agree_with_serde_json(v in any_json()) {
+            let text = v.to_string();
+            proptest::prop_assert_eq!(parse(text.as_bytes()).unwrap(), v.clone());
+            let n = elements(&v);
+            proptest::prop_assert_eq!(count_array_elements(text.as_bytes(), n), Some(n));
+            if n > 0 {
+                proptest::prop_assert_eq!(count_array_elements(text.as_bytes(), n - 1), None);
+            }
+        }
+    }
+
     #[test]
     fn array_elements_are_counted_at_every_depth_up_to_the_bound() {
         let body = br#"{"events":[{},{"r":[1,2,[3]]}],"x":[]}"#;
