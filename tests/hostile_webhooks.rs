@@ -341,13 +341,14 @@ fn manifests(dir: &Path) -> PathBuf {
 }
 
 async fn post(service: &Service, body: Vec<u8>) -> (u16, String) {
+    post_to(service, "distribution", body).await
+}
+
+async fn post_to(service: &Service, kind: &str, body: Vec<u8>) -> (u16, String) {
     let response = reqwest::Client::new()
-        .post(service.url("/webhooks/distribution"))
+        .post(service.url(&format!("/webhooks/{kind}")))
         .header("authorization", format!("Bearer {TOKEN}"))
-        .header(
-            "content-type",
-            "application/vnd.docker.distribution.events.v1+json",
-        )
+        .header("content-type", "application/json")
         .body(body)
         .send()
         .await
@@ -366,7 +367,8 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
         &manifests(dir.path()),
         &format!(
             "resolve: false\nwebhooks:\n  distribution:\n  - name: local\n    \
-             registry: \"registry.example:5000\"\n    token: {TOKEN}\n"
+             registry: \"registry.example:5000\"\n    token: {TOKEN}\n  \
+             acr:\n  - name: grid\n    token: {TOKEN}\n    max_events: 10\n"
         ),
     )
     .await;
@@ -375,6 +377,15 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
     let (status, answer) = post(&service, envelope_of_empty_events(MIB - 1024)).await;
     assert_eq!(status, 413, "{answer}");
     assert!(answer.contains("at most 1000"), "{answer}");
+    // Any format, with the endpoint's own cap: an Event Grid array of 11.
+    let (status, answer) = post_to(
+        &service,
+        "acr",
+        format!("[{}]", ["{}"; 11].join(",")).into_bytes(),
+    )
+    .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("at most 10"), "{answer}");
 
     // A 700,000-character repository: one malformed decision whose stored
     // reason, findings page and log lines stay small.
@@ -422,6 +433,6 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
         .text()
         .await
         .unwrap();
-    let line = r#"image_auditor_rejected_requests_total{reason="too_many_events"} 1"#;
+    let line = r#"image_auditor_rejected_requests_total{reason="too_many_events"} 2"#;
     assert!(metrics.contains(line), "missing {line} in\n{metrics}");
 }
