@@ -133,6 +133,21 @@ pub struct Event {
     pub tag: Option<Tag>,
 }
 
+/// Characters of untrusted text kept by [`excerpt`]: enough for a full
+/// reference with a sha512 digest.
+pub const EXCERPT_CHARS: usize = 200;
+
+/// Untrusted text as it may appear in a reason, an error or a log line: at
+/// most [`EXCERPT_CHARS`] characters, and a marker saying how much was cut.
+/// A payload field can be megabytes long, and every reason is stored, shown
+/// on the status page and logged.
+pub fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(EXCERPT_CHARS) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}…[{} more bytes]", &text[..end], text.len() - end),
+    }
+}
+
 /// A delivery that could not be turned into an [`Event`]: the `malformed`
 /// verdict. Retrying cannot fix it, so it is recorded and acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,5 +160,19 @@ pub struct Malformed {
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "event {}: {}", self.id, self.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_keeps_short_text_and_marks_what_it_cuts() {
+        assert_eq!(excerpt("apps/api"), "apps/api");
+        let long = "é".repeat(EXCERPT_CHARS + 10);
+        let cut = excerpt(&long);
+        assert!(cut.starts_with(&"é".repeat(EXCERPT_CHARS)), "{cut}");
+        assert!(cut.ends_with("…[20 more bytes]"), "{cut}");
     }
 }

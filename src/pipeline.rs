@@ -139,7 +139,7 @@ impl Pipeline {
         // The dead-man's switch: a source stuck redelivering one undecided
         // event must not look alive, so only first deliveries and decisions
         // count as activity.
-        let redelivered = self.undecided.contains_key(&(source, delivery.id.clone()));
+        let redelivered = self.undecided.contains_key(&delivery.key());
         let handled = self.decide_and_record(delivery, started).await;
         if !redelivered || handled.disposition == Disposition::Ack {
             self.metrics

@@ -21,11 +21,9 @@ pub struct ParseError {
 
 impl ParseError {
     fn new(what: &'static str, text: &str, reason: impl Into<String>) -> Self {
-        // Cap the echoed input: hostile payloads can be megabytes long.
-        let text: String = text.chars().take(200).collect();
         Self {
             what,
-            text,
+            text: crate::event::excerpt(text),
             reason: reason.into(),
         }
     }
@@ -196,6 +194,7 @@ fn check_registry_path(
     min_components: usize,
 ) -> Result<(), ParseError> {
     let err = |reason: String| ParseError::new(what, s, reason);
+    check_length(s).map_err(err)?;
     let (host, path) = match s.split_once('/') {
         Some((host, path)) => (host, Some(path)),
         None => (s, None),
@@ -237,7 +236,24 @@ fn check_path_components(path: &str) -> Result<(), String> {
 /// Checks an image name as written in a manifest: a repository path relative
 /// to a registry prefix (`etcd`, `e2e-test-images/agnhost`).
 pub fn check_image_name(name: &str) -> Result<(), ParseError> {
-    check_path_components(name).map_err(|reason| ParseError::new("image name", name, reason))
+    check_length(name)
+        .and_then(|()| check_path_components(name))
+        .map_err(|reason| ParseError::new("image name", name, reason))
+}
+
+/// Longest repository name, host and port included: the OCI distribution
+/// spec lets registries refuse anything longer, and clients do.
+pub const MAX_REPOSITORY_LEN: usize = 255;
+
+/// Checked before anything else, so that no error quotes a huge component.
+fn check_length(s: &str) -> Result<(), String> {
+    if s.len() > MAX_REPOSITORY_LEN {
+        return Err(format!(
+            "longer than {MAX_REPOSITORY_LEN} characters ({} bytes)",
+            s.len()
+        ));
+    }
+    Ok(())
 }
 
 fn check_host(host: &str) -> Result<(), String> {

@@ -289,7 +289,8 @@ async fn pubsub_push(State(state): State<AppState>, headers: HeaderMap, body: By
 }
 
 /// A registry webhook: 401 without the endpoint's token, 415 for a content
-/// type the format is never sent with, 400 for a body that is not a
+/// type the format is never sent with, 413 for more events than the
+/// endpoint accepts in one request, 400 for a body that is not a
 /// delivery of the format; otherwise every event is decided and recorded,
 /// then 200 (or the format's handshake reply). 503 when any event must be
 /// delivered again: the registry resends the request, and the events
@@ -352,6 +353,13 @@ async fn webhook(
                 kind.as_str()
             ),
         );
+    }
+    if let Err(e) = endpoint.check_event_count(&body) {
+        count("rejected");
+        state.metrics.rejected("too_many_events");
+        tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %e,
+            "webhook request refused");
+        return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
     }
     let parsed = match kind.parse(&body, endpoint) {
         Ok(parsed) => parsed,

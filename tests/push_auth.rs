@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use image_auditor::sources::push_auth::{AuthError, PushAuthConfig, PushVerifier};
+use image_auditor::sources::push_auth::{
+    AuthError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
+};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use wiremock::matchers::{method, path};
@@ -144,6 +146,33 @@ fn verifier(server: &MockServer) -> PushVerifier {
     let mut config = PushAuthConfig::new(AUDIENCE, [EMAIL]);
     config.jwks_url = format!("{}{JWKS_PATH}", server.uri());
     PushVerifier::new(config).unwrap()
+}
+
+/// A verifier allowed the least time between fetches there is (1 s), for
+/// tests that need a second fetch.
+fn eager_verifier(server: &MockServer) -> PushVerifier {
+    let mut config = PushAuthConfig::new(AUDIENCE, [EMAIL]);
+    config.jwks_url = format!("{}{JWKS_PATH}", server.uri());
+    config.min_refetch_interval = MIN_REFETCH_FLOOR;
+    PushVerifier::new(config).unwrap()
+}
+
+/// Verifies `token` every 50 ms until `done` holds for the outcome (at most
+/// 10 s): how a test waits for the refetch interval to pass, counting what
+/// happened meanwhile rather than timing it.
+async fn verify_until(
+    v: &PushVerifier,
+    token: &str,
+    done: impl Fn(&Result<(), AuthError>) -> bool,
+) -> Result<(), AuthError> {
+    for _ in 0..200 {
+        let outcome = verify(v, token).await;
+        if done(&outcome) {
+            return outcome;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no such outcome within 10 s");
 }
 
 async fn fetches(server: &MockServer) -> usize {
@@ -342,19 +371,14 @@ async fn missing_non_bearer_and_garbage_headers_are_rejected_without_a_fetch() {
 }
 
 #[tokio::test]
-async fn unknown_kid_refetches_once_then_rejects() {
+async fn unknown_kid_refetches_once_per_interval_then_rejects() {
     let server = standard_server().await;
-    let v = verifier(&server);
+    let v = eager_verifier(&server);
     verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
     assert_eq!(fetches(&server).await, 1);
 
-    let stranger = keys()[1].sign("k-unknown", &claims());
-    assert_eq!(
-        verify(&v, &stranger).await,
-        Err(AuthError::UnknownKeyId("k-unknown".into()))
-    );
-    assert_eq!(fetches(&server).await, 2, "one refetch for the unknown kid");
-    // Invented kids cannot make it hammer the JWKS endpoint.
+    // Invented kids cannot make it hammer the JWKS endpoint: within the
+    // interval they are refused from the cache.
     for i in 0..10 {
         let t = keys()[1].sign(&format!("k-invented-{i}"), &claims());
         assert!(matches!(
@@ -362,7 +386,12 @@ async fn unknown_kid_refetches_once_then_rejects() {
             Err(AuthError::UnknownKeyId(_))
         ));
     }
-    assert_eq!(fetches(&server).await, 2);
+    assert_eq!(fetches(&server).await, 1);
+    // Once the interval has passed, one refetch for the unknown kid.
+    let stranger = keys()[1].sign("k-unknown", &claims());
+    let refetched = verify_until(&v, &stranger, |_| v.jwks_fetches() == 2).await;
+    assert_eq!(refetched, Err(AuthError::UnknownKeyId("k-unknown".into())));
+    assert_eq!(fetches(&server).await, 2, "one refetch for the unknown kid");
     // Known keys keep working.
     verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
     assert_eq!(v.jwks_fetches(), 2);
@@ -416,9 +445,11 @@ async fn rotated_key_is_accepted_after_a_refetch() {
         .respond_with(jwks_response(&after, "max-age=20000"))
         .mount(&server)
         .await;
-    let v = verifier(&server);
+    let v = eager_verifier(&server);
     verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
-    verify(&v, &keys()[2].sign("k2", &claims())).await.unwrap();
+    verify_until(&v, &keys()[2].sign("k2", &claims()), Result::is_ok)
+        .await
+        .unwrap();
     assert_eq!(fetches(&server).await, 2);
     // Both keys are now cached.
     verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
@@ -427,8 +458,9 @@ async fn rotated_key_is_accepted_after_a_refetch() {
 }
 
 #[tokio::test]
-async fn max_age_is_honoured() {
-    // `max-age` less `Age`: an already stale response is refetched next time.
+async fn max_age_is_honoured_above_the_refetch_floor() {
+    // `max-age` less `Age` (here 0) and `no-cache`: kept for the least
+    // refetch interval, then fetched again on the next use.
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path(JWKS_PATH))
@@ -438,16 +470,18 @@ async fn max_age_is_honoured() {
         )
         .mount(&server)
         .await;
-    let v = verifier(&server);
-    for expected in 1..=3 {
-        verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
-        assert_eq!(fetches(&server).await, expected);
-    }
-    let server = server_with(jwks(&[keys()[0].jwk("k1")]), "no-cache").await;
-    let v = verifier(&server);
-    for expected in 1..=3 {
-        verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
-        assert_eq!(fetches(&server).await, expected);
+    let no_cache = server_with(jwks(&[keys()[0].jwk("k1")]), "no-cache").await;
+    for server in [&server, &no_cache] {
+        let v = eager_verifier(server);
+        let token = keys()[0].sign("k1", &claims());
+        for _ in 0..3 {
+            verify(&v, &token).await.unwrap();
+        }
+        assert_eq!(fetches(server).await, 1);
+        verify_until(&v, &token, |_| v.jwks_fetches() == 2)
+            .await
+            .unwrap();
+        assert_eq!(fetches(server).await, 2);
     }
 }
 
@@ -480,14 +514,20 @@ async fn unavailable_jwks_is_a_retryable_error_until_it_answers() {
         .respond_with(jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=600"))
         .mount(&server)
         .await;
-    let v = verifier(&server);
+    let v = eager_verifier(&server);
     let token = keys()[0].sign("k1", &claims());
     for phrase in ["status 500", "not a JWKS", "no usable RS256"] {
-        let e = verify(&v, &token).await.unwrap_err();
+        // Until the next fetch is due, every request gets the last error.
+        let e = verify_until(&v, &token, |outcome| {
+            outcome
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains(phrase))
+        })
+        .await
+        .unwrap_err();
         assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
-        assert!(e.to_string().contains(phrase), "{e}");
     }
-    verify(&v, &token).await.unwrap();
+    verify_until(&v, &token, Result::is_ok).await.unwrap();
     assert_eq!(fetches(&server).await, 4);
 }
 
@@ -505,12 +545,19 @@ async fn stale_keys_are_served_while_a_refresh_fails() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
-    let v = verifier(&server);
-    verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
-    // Expired at once; the refresh fails; the known key still verifies, and
-    // the failing endpoint is not asked again for a while.
+    let v = eager_verifier(&server);
+    let token = keys()[0].sign("k1", &claims());
+    verify(&v, &token).await.unwrap();
+    // Expired after the floor; the refresh fails; the known key still
+    // verifies, and the failing endpoint is not asked again for a while.
+    verify_until(&v, &token, |outcome| {
+        assert!(outcome.is_ok(), "{outcome:?}");
+        v.jwks_fetches() == 2
+    })
+    .await
+    .unwrap();
     for _ in 0..5 {
-        verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
+        verify(&v, &token).await.unwrap();
     }
     assert_eq!(fetches(&server).await, 2);
 }
@@ -535,4 +582,127 @@ fn configuration_is_validated() {
     let mut bad_url = PushAuthConfig::new(AUDIENCE, [EMAIL]);
     bad_url.jwks_url = "ftp://example.com/certs".into();
     assert!(PushVerifier::new(bad_url).is_err());
+}
+
+/// Push authentication against a hostile client and a failing or careless
+/// JWKS endpoint: what each can make the verifier fetch, counted by the
+/// wiremock JWKS server.
+mod hostile {
+    use super::*;
+
+    /// A JWKS endpoint answering 500 to everything.
+    async fn failing_server() -> MockServer {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path(JWKS_PATH))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&server)
+            .await;
+        server
+    }
+
+    #[tokio::test]
+    async fn invented_kids_while_the_jwks_fails_cost_one_fetch() {
+        // Before: every such request fetched (about 215 fetches/s).
+        let server = failing_server().await;
+        let v = verifier(&server);
+        for i in 0..200 {
+            let token = keys()[1].sign(&format!("invented-{i}"), &claims());
+            let e = verify(&v, &token).await.unwrap_err();
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+            assert!(e.to_string().contains("status 500"), "{e}");
+        }
+        assert_eq!(fetches(&server).await, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_before_the_first_success_share_one_fetch() {
+        let server = failing_server().await;
+        let v = Arc::new(verifier(&server));
+        let barrier = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let (v, barrier) = (v.clone(), barrier.clone());
+                let token = keys()[1].sign(&format!("invented-{i}"), &claims());
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    v.verify(Some(&bearer(&token))).await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let e = task.await.unwrap().unwrap_err();
+            assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+        }
+        assert_eq!(fetches(&server).await, 1);
+    }
+
+    #[tokio::test]
+    async fn max_age_zero_does_not_mean_a_fetch_per_push() {
+        // Before: `max-age=0` (or `no-store`) refetched on every push.
+        for cache_control in ["max-age=0", "no-store", "max-age=0, must-revalidate"] {
+            let server = server_with(jwks(&[keys()[0].jwk("k1")]), cache_control).await;
+            let v = verifier(&server);
+            for _ in 0..100 {
+                verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
+            }
+            assert_eq!(fetches(&server).await, 1, "{cache_control}");
+        }
+    }
+
+    #[tokio::test]
+    async fn invented_kids_after_a_success_cost_no_fetch() {
+        let server = standard_server().await;
+        let v = verifier(&server);
+        verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
+        for i in 0..200 {
+            let token = keys()[1].sign(&format!("invented-{i}"), &claims());
+            assert!(matches!(
+                verify(&v, &token).await,
+                Err(AuthError::UnknownKeyId(_))
+            ));
+        }
+        assert_eq!(fetches(&server).await, 1);
+    }
+
+    #[test]
+    fn the_refetch_interval_cannot_be_configured_away() {
+        let mut config = PushAuthConfig::new(AUDIENCE, [EMAIL]);
+        config.min_refetch_interval = std::time::Duration::ZERO;
+        let e = config.validate().unwrap_err();
+        assert!(e.to_string().contains("min_refetch_interval"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_email_is_compared_exactly_as_google_does() {
+        // Before: `PUSH@…` was accepted for `push@…`.
+        let server = standard_server().await;
+        let v = verifier(&server);
+        let token = keys()[0].sign("k1", &with(claims(), "email", json!(EMAIL.to_uppercase())));
+        assert!(matches!(
+            verify(&v, &token).await,
+            Err(AuthError::EmailNotAllowed(_))
+        ));
+        verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
+        // An allow-list entry that could never match exactly is refused.
+        let e = PushAuthConfig::new(AUDIENCE, [EMAIL.to_uppercase()])
+            .validate()
+            .unwrap_err();
+        assert!(e.to_string().contains("lower case"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_huge_kid_or_claim_is_never_echoed_whole() {
+        let server = standard_server().await;
+        let v = verifier(&server);
+        verify(&v, &keys()[0].sign("k1", &claims())).await.unwrap();
+        let long = "k".repeat(100_000);
+        let e = verify(&v, &keys()[1].sign(&long, &claims()))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
+        let token = keys()[0].sign("k1", &with(claims(), "email", json!(long)));
+        let e = verify(&v, &token).await.unwrap_err();
+        assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
+    }
 }

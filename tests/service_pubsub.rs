@@ -435,7 +435,11 @@ async fn redeliveries_of_an_undecided_message_do_not_feed_the_dead_mans_switch()
     let store = service.wait_for_decisions(1, Duration::from_secs(60)).await;
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &EventId(ids[0].clone()))
+            .decision(
+                Source::PubsubPull,
+                &Fixture::endpoint_of(&fixture.subscription),
+                &EventId(ids[0].clone()),
+            )
             .unwrap(),
         Some(VerdictKind::Promoted)
     );

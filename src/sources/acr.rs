@@ -33,7 +33,7 @@ const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent"
 /// Parses one ACR delivery. `registry` wins over `request.host`, for
 /// registries audited under another name than the one clients pushed to.
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
-    let value: Value = serde_json::from_slice(body)
+    let value = crate::sources::json::parse(body)
         .map_err(|e| Rejected(format!("ACR webhook body is not JSON: {e}")))?;
     let mut parsed = Parsed::default();
     match &value {

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::event::{Action, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::registry::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
+use crate::sources::json;
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 /// The envelope media types distribution sends (2.8 and v3).
@@ -24,8 +25,7 @@ const BLOB: &str = "application/octet-stream";
 
 /// Parses one notification request from the registry at `registry`.
 pub fn parse(body: &[u8], registry: &RegistryPrefix) -> Result<Parsed, Rejected> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Rejected(format!("body is not JSON: {e}")))?;
+    let value = json::parse(body).map_err(|e| Rejected(format!("body is not JSON: {e}")))?;
     let Some(Value::Array(events)) = value.get("events") else {
         return Err(Rejected(
             "body is not a distribution notification: expected {\"events\": [...]}".into(),
@@ -33,7 +33,8 @@ pub fn parse(body: &[u8], registry: &RegistryPrefix) -> Result<Parsed, Rejected>
     };
     let mut parsed = Parsed::default();
     for (i, event) in events.iter().enumerate() {
-        match parse_event(i, event, registry) {
+        let id = event_id(i, event)?;
+        match parse_event(i, id, event, registry) {
             Item::Deliver(delivery) => parsed.deliveries.push(delivery),
             Item::Ignore(ignored) => parsed.ignored.push(ignored),
         }
@@ -46,8 +47,7 @@ enum Item {
     Ignore(Ignored),
 }
 
-fn parse_event(i: usize, event: &Value, registry: &RegistryPrefix) -> Item {
-    let id = event_id(i, event);
+fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) -> Item {
     let deliver = |decoded| {
         Item::Deliver(Decoded {
             source: Source::Distribution,
@@ -140,16 +140,22 @@ fn parse_event(i: usize, event: &Value, registry: &RegistryPrefix) -> Item {
 }
 
 /// The event's `id` (stable across the registry's retries). Without one,
-/// a digest of the event's JSON, so that a resend is still recognised.
-fn event_id(i: usize, event: &Value) -> EventId {
+/// a digest of the event's JSON, so that a resend is still recognised. An
+/// id that cannot be a dedupe key and log field (too long, control
+/// characters) refuses the request, as the push route does: distribution
+/// sends UUIDs, so such an id was not written by a registry.
+fn event_id(i: usize, event: &Value) -> Result<EventId, Rejected> {
     match event.get("id") {
-        Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => EventId(id.clone()),
+        Some(Value::String(id)) if !id.is_empty() => {
+            json::check_id(id).map_err(|e| Rejected(format!("field `events[{i}].id` {e}")))?;
+            Ok(EventId(id.clone()))
+        }
         _ => {
             let text = serde_json::to_string(event).unwrap_or_else(|_| format!("events[{i}]"));
-            EventId(format!(
+            Ok(EventId(format!(
                 "distribution:{}",
                 Digest::sha256_of(text.as_bytes())
-            ))
+            )))
         }
     }
 }

@@ -39,7 +39,7 @@ const IMAGE_ACTION: &str = "ECR Image Action";
 /// derived from the event's `account` and `region`, for registries reached
 /// by another name (a VPC endpoint, a pull-through alias).
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
-    let value: Value = serde_json::from_slice(body)
+    let value = crate::sources::json::parse(body)
         .map_err(|e| Rejected(format!("ECR (EventBridge) body is not JSON: {e}")))?;
     let root = match value {
         Value::Object(root) => root,

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::event::{Action, Event, EventId, Malformed, Source};
 use crate::reference::Reference;
-use crate::sources::json::json_type;
+use crate::sources::json::{self, json_type, shown};
 
 /// Parses one payload delivered under `id`.
 pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
@@ -17,8 +17,7 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
         source: Source::Gcr,
         reason,
     };
-    let value: Value =
-        serde_json::from_slice(data).map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+    let value = json::parse(data).map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
     let Value::Object(fields) = value else {
         return Err(malformed("payload is not a JSON object".into()));
     };
@@ -40,9 +39,9 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
         Some("INSERT") => Action::Insert,
         Some("DELETE") => Action::Delete,
         Some(other) => {
-            let other: String = other.chars().take(64).collect();
             return Err(malformed(format!(
-                "unknown action {other:?} (expected INSERT or DELETE)"
+                "unknown action {:?} (expected INSERT or DELETE)",
+                shown(other)
             )));
         }
         None => return Err(malformed("field `action` is missing".into())),

@@ -63,7 +63,7 @@ const CDEVENT_PUBLISHED: &str = "dev.cdevents.artifact.published.";
 /// `registry/repo_full_name`; without, the host comes from each resource's
 /// `resource_url` (Harbor's configured external URL).
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
-    let value: Value = serde_json::from_slice(body)
+    let value = crate::sources::json::parse(body)
         .map_err(|e| Rejected(format!("Harbor webhook body is not JSON: {e}")))?;
     let Value::Object(root) = value else {
         return Err(Rejected(format!(

@@ -58,7 +58,7 @@ use serde_json::Value;
 use crate::event::{EndpointName, EventId, Malformed, Source};
 use crate::pipeline::Delivery;
 use crate::sources::gcr;
-use crate::sources::json::json_type;
+use crate::sources::json::{self, json_type, shown};
 
 /// The header carrying the message id of an unwrapped delivery
 /// (`noWrapper.writeMetadata = true`).
@@ -71,7 +71,7 @@ pub const SUBSCRIPTION_HEADER: &str = "x-goog-pubsub-subscription-name";
 /// Longest message id accepted. Pub/Sub ids are decimal strings of about 16
 /// digits; the id becomes a dedupe key and a log field, so anything much
 /// longer is not from Pub/Sub.
-pub const MAX_MESSAGE_ID_LEN: usize = 256;
+pub const MAX_MESSAGE_ID_LEN: usize = json::MAX_ID_LEN;
 
 /// A request that carries no usable Pub/Sub message: answer it with
 /// [`PushError::status`] and record nothing.
@@ -171,8 +171,7 @@ fn decode_wrapped(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushErro
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(PushError::EmptyBody);
     }
-    let envelope: Value =
-        serde_json::from_slice(body).map_err(|e| PushError::NotJson(e.to_string()))?;
+    let envelope = json::parse(body).map_err(|e| PushError::NotJson(e.to_string()))?;
     let Value::Object(mut envelope) = envelope else {
         return Err(PushError::NotAnEnvelope(format!(
             "expected a JSON object, found {}",
@@ -283,7 +282,7 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), PushError> {
         Ok(())
     } else {
         Err(PushError::UnsupportedMediaType {
-            found: ContentType::Other(text.chars().take(64).collect()),
+            found: ContentType::Other(shown(text)),
         })
     }
 }
@@ -302,23 +301,13 @@ fn message_id_field(
     }
 }
 
-/// An id is a dedupe key and a log field: non-empty, bounded, no control
-/// characters.
+/// An id is a dedupe key and a log field: non-empty, and what every source
+/// requires of ids ([`json::check_id`]).
 fn check_id(name: &str, id: &str) -> Result<EventId, PushError> {
     if id.trim().is_empty() {
         return Err(PushError::BadMessageId(format!("`{name}` is empty")));
     }
-    if id.len() > MAX_MESSAGE_ID_LEN {
-        return Err(PushError::BadMessageId(format!(
-            "`{name}` is {} bytes long (at most {MAX_MESSAGE_ID_LEN})",
-            id.len()
-        )));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(PushError::BadMessageId(format!(
-            "`{name}` contains control characters"
-        )));
-    }
+    json::check_id(id).map_err(|e| PushError::BadMessageId(format!("`{name}` {e}")))?;
     Ok(EventId(id.to_owned()))
 }
 

@@ -14,9 +14,14 @@
 //!
 //! - fetches on the first use, when the keys expire (`Cache-Control:
 //!   max-age`, less `Age`) and when a token names a `kid` it does not hold
-//!   (a key rotation), the last at most once per
-//!   [`PushAuthConfig::min_refetch_interval`] so that tokens with invented
-//!   `kid`s cannot make it hammer the JWKS endpoint;
+//!   (a key rotation);
+//! - never starts two fetches less than
+//!   [`PushAuthConfig::min_refetch_interval`] apart, whatever the reason:
+//!   before the first successful fetch, after a failed one, on an unknown
+//!   `kid`. Anyone can send a token with an RS256 header and an invented
+//!   `kid`, so without this each such request would cost a fetch; and the
+//!   keys are kept at least that long whatever `max-age` says (`max-age=0`
+//!   would otherwise mean a fetch per push);
 //! - runs one fetch at a time: verifications that need the keys while a
 //!   fetch is in flight wait for it and use its result, so a cold cache hit
 //!   by 32 requests at once costs one fetch and fails none of them;
@@ -37,6 +42,8 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+
+use crate::event::excerpt;
 
 /// Google's JWKS (`jwks_uri` of `https://accounts.google.com`).
 pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
@@ -65,9 +72,9 @@ pub struct PushAuthConfig {
     /// Clock skew allowed on `exp`, `iat` and `nbf`. Default `10s`.
     #[serde(default = "defaults::leeway", with = "humantime_serde")]
     pub leeway: Duration,
-    /// Least time between two fetches caused by an unknown `kid`, and the
-    /// wait before retrying a failed refresh while stale keys are served.
-    /// Default `1m`.
+    /// Least time between two JWKS fetches, whatever causes them (first
+    /// use, expiry, unknown `kid`, a failed fetch), and so the shortest time
+    /// keys are kept. At least 1 s. Default `1m`.
     #[serde(default = "defaults::min_refetch_interval", with = "humantime_serde")]
     pub min_refetch_interval: Duration,
     /// How long keys are kept when the response has no `max-age`. Default `1h`.
@@ -130,7 +137,8 @@ impl PushAuthConfig {
         }
     }
 
-    /// Fails fast on a configuration that could never accept a token.
+    /// Fails fast on a configuration that could never accept a token, or
+    /// that would let requests drive JWKS fetches.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.audience.trim().is_empty() {
             return Err(ConfigError("push auth: `audience` is empty".into()));
@@ -146,8 +154,27 @@ impl PushAuthConfig {
                     .into(),
             ));
         }
+        // Compared exactly, as Google's own verifiers do, and Google writes
+        // service-account emails in lower case: an upper-case entry could
+        // never match.
+        if let Some(e) = self
+            .service_account_emails
+            .iter()
+            .find(|e| e.chars().any(char::is_uppercase))
+        {
+            return Err(ConfigError(format!(
+                "push auth: service account email {e:?} has upper-case letters: emails are \
+                 compared exactly and Google issues them in lower case"
+            )));
+        }
         if self.issuers.is_empty() {
             return Err(ConfigError("push auth: `issuers` is empty".into()));
+        }
+        if self.min_refetch_interval < MIN_REFETCH_FLOOR {
+            return Err(ConfigError(format!(
+                "push auth: `min_refetch_interval` must be at least {MIN_REFETCH_FLOOR:?}: \
+                 it is what keeps requests from driving JWKS fetches"
+            )));
         }
         match reqwest::Url::parse(&self.jwks_url) {
             Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
@@ -158,6 +185,9 @@ impl PushAuthConfig {
         }
     }
 }
+
+/// The lowest `min_refetch_interval` accepted.
+pub const MIN_REFETCH_FLOOR: Duration = Duration::from_secs(1);
 
 /// A configuration [`PushAuthConfig::validate`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -249,7 +279,8 @@ struct KeySet {
 
 #[derive(Default)]
 struct RefreshState {
-    last_unknown_kid_fetch: Option<Instant>,
+    /// When the last fetch started, successful or not.
+    last_fetch: Option<Instant>,
     /// The error of the last fetch, if it failed.
     last_failure: Option<String>,
 }
@@ -347,19 +378,19 @@ impl PushVerifier {
     fn check_claims(&self, raw: RawClaims, now: u64) -> Result<Claims, AuthError> {
         let issuer = raw.iss.ok_or(AuthError::MissingClaim("iss"))?;
         if !self.config.issuers.contains(&issuer) {
-            return Err(AuthError::WrongIssuer(truncate(&issuer)));
+            return Err(AuthError::WrongIssuer(excerpt(&issuer)));
         }
         let audience = match raw.aud {
             Some(Audience::One(a)) => a,
             // A JWT may carry a list; Google's carry one string.
             Some(Audience::Many(list)) => match list.iter().find(|a| **a == self.config.audience) {
                 Some(a) => a.clone(),
-                None => return Err(AuthError::WrongAudience(truncate(&list.join(",")))),
+                None => return Err(AuthError::WrongAudience(excerpt(&list.join(",")))),
             },
             None => return Err(AuthError::MissingClaim("aud")),
         };
         if audience != self.config.audience {
-            return Err(AuthError::WrongAudience(truncate(&audience)));
+            return Err(AuthError::WrongAudience(excerpt(&audience)));
         }
         let leeway = self.config.leeway.as_secs_f64();
         let now_f = now as f64;
@@ -372,13 +403,9 @@ impl PushVerifier {
             return Err(AuthError::NotYetValid);
         }
         let email = raw.email.ok_or(AuthError::MissingClaim("email"))?;
-        if !self
-            .config
-            .service_account_emails
-            .iter()
-            .any(|allowed| allowed.eq_ignore_ascii_case(&email))
-        {
-            return Err(AuthError::EmailNotAllowed(truncate(&email)));
+        // Exact, like Google's verifiers: `Pusher@…` is not `pusher@…`.
+        if !self.config.service_account_emails.contains(&email) {
+            return Err(AuthError::EmailNotAllowed(excerpt(&email)));
         }
         if !raw.email_verified.is_some_and(|v| v.0) {
             return Err(AuthError::EmailNotVerified);
@@ -421,19 +448,27 @@ impl PushVerifier {
                 });
         }
         let now = Instant::now();
-        if is_fresh(&current, now) {
-            // Fresh keys without this kid: a rotation, or an invented kid.
-            if let Some(key) = current.keys.get(kid) {
-                return Ok(key.clone());
-            }
-            if state
-                .last_unknown_kid_fetch
-                .is_some_and(|t| now.duration_since(t) < self.config.min_refetch_interval)
-            {
-                return Err(unknown_kid(kid));
-            }
-            state.last_unknown_kid_fetch = Some(now);
+        if is_fresh(&current, now)
+            && let Some(key) = current.keys.get(kid)
+        {
+            return Ok(key.clone());
         }
+        // Fresh keys without this kid (a rotation, or an invented kid), no
+        // keys yet, or expired ones: all the same to the rate limit.
+        if state
+            .last_fetch
+            .is_some_and(|t| now.duration_since(t) < self.config.min_refetch_interval)
+        {
+            return current
+                .keys
+                .get(kid)
+                .cloned()
+                .ok_or_else(|| match &state.last_failure {
+                    Some(error) => AuthError::KeysUnavailable(error.clone()),
+                    None => unknown_kid(kid),
+                });
+        }
+        state.last_fetch = Some(now);
 
         self.fetches.fetch_add(1, Ordering::Relaxed);
         let fetched = self.fetch().await;
@@ -485,7 +520,8 @@ impl PushVerifier {
         }
         let max_age = cache_lifetime(response.headers())
             .unwrap_or(self.config.default_max_age)
-            .min(self.config.max_max_age);
+            .min(self.config.max_max_age)
+            .max(self.config.min_refetch_interval);
         let body = response
             .bytes()
             .await
@@ -520,7 +556,7 @@ fn is_fresh(set: &KeySet, now: Instant) -> bool {
 }
 
 fn unknown_kid(kid: &str) -> AuthError {
-    AuthError::UnknownKeyId(truncate(kid))
+    AuthError::UnknownKeyId(excerpt(kid))
 }
 
 /// `Cache-Control: max-age` less `Age`; zero for `no-store`/`no-cache`;
@@ -564,11 +600,6 @@ fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, AuthError> 
         return Err(AuthError::NotBearer);
     }
     Ok(token)
-}
-
-/// At most 64 characters of a value taken from a token, for messages.
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 fn unix_now() -> u64 {

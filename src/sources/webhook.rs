@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use crate::event::{EndpointName, Event, EventId, Malformed, Source};
 use crate::pipeline::Delivery;
 use crate::reference::RegistryPrefix;
-use crate::sources::{acr, distribution, ecr, harbor};
+use crate::sources::{acr, distribution, ecr, harbor, json};
 
 /// One webhook request, parsed.
 #[derive(Debug, Default)]
@@ -92,6 +92,24 @@ impl IgnoreReason {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Rejected(pub String);
+
+/// A request listing more events than its endpoint accepts (answered 413,
+/// nothing recorded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the request lists more than {max} events (JSON array entries, at any depth); \
+     this endpoint accepts at most {max} per request (`max_events`)"
+)]
+pub struct TooManyEvents {
+    pub max: usize,
+}
+
+/// Events one request may list unless an endpoint says otherwise. Registries
+/// send one (distribution v3, Harbor, ECR) to a handful (distribution 2.8)
+/// per request; an Event Grid batch is bounded by its preferred size, at
+/// most the 1 MiB body limit, which real events (about 1 KiB each) fill at
+/// about a thousand. A hostile 1 MiB body of `{}` lists 349,000.
+pub const DEFAULT_MAX_EVENTS: usize = 1000;
 
 /// The webhook formats, each served at `POST /webhooks/<kind>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -203,6 +221,13 @@ pub struct EndpointConfig {
     /// An environment variable holding the token, read at startup.
     #[serde(default)]
     pub token_env: Option<String>,
+    /// Most events one request may list ([`DEFAULT_MAX_EVENTS`] by default).
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+}
+
+fn default_max_events() -> usize {
+    DEFAULT_MAX_EVENTS
 }
 
 // Configurations get logged; tokens must not be.
@@ -213,6 +238,7 @@ impl fmt::Debug for EndpointConfig {
             .field("registry", &self.registry)
             .field("token", &self.token.as_ref().map(|_| "***"))
             .field("token_env", &self.token_env)
+            .field("max_events", &self.max_events)
             .finish()
     }
 }
@@ -222,6 +248,21 @@ pub struct Endpoint {
     pub name: EndpointName,
     pub registry: Option<RegistryPrefix>,
     token: Box<[u8]>,
+    max_events: usize,
+}
+
+impl Endpoint {
+    /// Refuses a body listing more than this endpoint's `max_events`
+    /// events. Run before parsing: the count builds nothing, so a body over
+    /// the cap costs one pass over its bytes and no per-event memory.
+    pub fn check_event_count(&self, body: &[u8]) -> Result<(), TooManyEvents> {
+        match json::count_array_elements(body, self.max_events) {
+            Some(_) => Ok(()),
+            None => Err(TooManyEvents {
+                max: self.max_events,
+            }),
+        }
+    }
 }
 
 /// Every configured endpoint, by kind; requests are matched to an endpoint
@@ -280,6 +321,9 @@ impl Endpoints {
                         kind.as_str()
                     ));
                 }
+                if c.max_events == 0 {
+                    return Err(format!("{at}: max_events must be at least 1"));
+                }
                 if kind == WebhookKind::Distribution && c.registry.is_none() {
                     return Err(format!(
                         "{at}: registry is required: distribution events name no host"
@@ -289,6 +333,7 @@ impl Endpoints {
                     name: EndpointName(c.name.clone()),
                     registry: c.registry.clone(),
                     token: token.into_bytes().into_boxed_slice(),
+                    max_events: c.max_events,
                 });
             }
             if !endpoints.is_empty() {
@@ -358,6 +403,7 @@ mod tests {
             registry: Some("r.example".parse().unwrap()),
             token: token.map(Into::into),
             token_env: token_env.map(Into::into),
+            max_events: DEFAULT_MAX_EVENTS,
         }
     }
 
