@@ -422,3 +422,33 @@ fn admin_endpoints_without_a_token_are_open_on_loopback_only() {
             .contains("16 characters")
     );
 }
+
+#[test]
+fn limits_that_would_refuse_every_client_are_configuration_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = fixture("manifests-fixtures/rules/thin-basic");
+    for (http, option) in [
+        ("max_connections: 0", "http.max_connections"),
+        ("header_read_timeout: 0s", "http.header_read_timeout"),
+        (
+            "admin: {token_env: IMAGE_AUDITOR_TEST_UNSET_ADMIN}",
+            "http.admin",
+        ),
+    ] {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "manifests: {}\ndata_dir: {}\nhttp: {{{http}}}\n",
+                manifests.display(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let error = image_auditor::config::Config::load(Some(&path))
+            .err()
+            .unwrap_or_else(|| panic!("{http} was accepted"))
+            .to_string();
+        assert!(error.contains(option), "{http}: {error}");
+    }
+}
