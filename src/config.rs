@@ -11,6 +11,7 @@ use crate::alert::dispatch::AlertsConfig;
 use crate::audit::Policy;
 use crate::manifest::source::{GitConfig, ManifestSource};
 use crate::registry::RegistryConfig;
+use crate::server::AdminAccess;
 use crate::sources::pubsub_pull::PullConfig;
 use crate::sources::push_auth::PushAuthConfig;
 use crate::sources::webhook::{EndpointConfig, WebhookKind};
@@ -57,9 +58,64 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted on any route.
     pub body_limit_bytes: usize,
-    /// Time allowed for one request, resolution included.
+    /// Time allowed for one request, from its headers to its response:
+    /// reading the body and resolution included.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    // Limits on what a client spends without a valid request.
+    /// Connections held open at once. When all are taken, the oldest idle
+    /// one is closed to make room; when all are busy, new ones are refused.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, counted from the
+    /// connection's opening or its previous response (so it is also how
+    /// long an idle keep-alive connection is kept).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Who may call the admin endpoints (`POST /-/reload`).
+    pub admin: AdminConfig,
+}
+
+/// `http.admin`: the admin endpoints' token. Without one, they are served
+/// only when the service listens on a loopback address.
+#[derive(Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Requests must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// An environment variable holding the token, read at startup.
+    pub token_env: Option<String>,
+}
+
+// Configurations get logged; tokens must not be.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("token_env", &self.token_env)
+            .finish()
+    }
+}
+
+impl HttpConfig {
+    /// Who may call the admin endpoints, with the token resolved through
+    /// `env`.
+    pub fn admin_access(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<AdminAccess, String> {
+        let token = match (&self.admin.token, &self.admin.token_env) {
+            (None, None) if self.listen.ip().is_loopback() => return Ok(AdminAccess::Open),
+            (None, None) => return Ok(AdminAccess::Disabled),
+            (Some(_), Some(_)) => return Err("set token or token_env, not both".into()),
+            (Some(token), None) => token.clone(),
+            (None, Some(var)) => env(var)
+                .ok_or_else(|| format!("token_env: environment variable {var} is not set"))?,
+        };
+        if token.len() < 16 {
+            return Err("the token must be at least 16 characters".into());
+        }
+        Ok(AdminAccess::Token(token.into_bytes().into_boxed_slice()))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -188,6 +244,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -325,6 +384,18 @@ impl Config {
                 "must be more than 0".into(),
             ));
         }
+        if self.http.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1".into()));
+        }
+        if self.http.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "http.header_read_timeout",
+                "must be more than 0".into(),
+            ));
+        }
+        self.http
+            .admin_access(|var| std::env::var(var).ok())
+            .map_err(|message| invalid("http.admin", message))?;
         std::fs::create_dir_all(&self.data_dir).map_err(|e| {
             invalid(
                 "data_dir",

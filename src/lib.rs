@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 pub mod findings;
 pub mod index;
+pub mod listener;
 pub mod log;
 pub mod manifest;
 pub mod metrics;

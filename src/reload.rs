@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -81,6 +82,11 @@ pub struct Reloader {
     stuck_after: Duration,
     /// When the reload in progress started; `None` between reloads.
     running_since: std::sync::Mutex<Option<Instant>>,
+    /// Reloads run for [`Reloader::request`] so far, and the last one's
+    /// result (under the lock), so that requests queued behind a run
+    /// share the next one instead of each running their own.
+    requested_runs: AtomicU64,
+    requested: tokio::sync::Mutex<Option<Result<Outcome, Arc<ReloadError>>>>,
 }
 
 impl Reloader {
@@ -113,6 +119,8 @@ impl Reloader {
             budget,
             stuck_after: config.stuck_after,
             running_since: std::sync::Mutex::new(None),
+            requested_runs: AtomicU64::new(0),
+            requested: tokio::sync::Mutex::new(None),
         });
         reloader.observe(&set, &outcome_lists);
         Ok(reloader)
@@ -144,6 +152,24 @@ impl Reloader {
                 self.stuck_after.as_secs()
             )
         })
+    }
+
+    /// A forced reload asked for from outside (`POST /-/reload`, SIGHUP).
+    /// Requests made while one runs share the next run: however many
+    /// arrive, at most one more reload follows the one in progress, and
+    /// each request still sees a reload that started after it was made.
+    pub async fn request(&self) -> Result<Outcome, Arc<ReloadError>> {
+        let runs_before = self.requested_runs.load(Ordering::Acquire);
+        let mut last = self.requested.lock().await;
+        if self.requested_runs.load(Ordering::Acquire) > runs_before
+            && let Some(shared) = &*last
+        {
+            return shared.clone();
+        }
+        self.requested_runs.fetch_add(1, Ordering::AcqRel);
+        let result = self.reload(true).await.map_err(Arc::new);
+        *last = Some(result.clone());
+        result
     }
 
     async fn reload_locked(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::audit::{Policy, VerdictKind, audit};
 use crate::event::{Action, Event, EventId, Source};
@@ -43,6 +43,50 @@ pub struct AppState {
     pub pull_status: Option<PullStatus>,
     pub webhooks: Arc<Endpoints>,
     pub reloader: Arc<Reloader>,
+    pub admin: Arc<AdminAccess>,
+}
+
+/// Who may call the admin endpoints.
+pub enum AdminAccess {
+    /// Requests carrying `Authorization: Bearer <token>`.
+    Token(Box<[u8]>),
+    /// Anyone who can connect: no token is configured and the service
+    /// listens on loopback only.
+    Open,
+    /// Nobody: no token is configured and the service listens beyond
+    /// loopback, where anyone could make it rebuild its index at will.
+    Disabled,
+}
+
+impl AdminAccess {
+    fn check(&self, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+        let expected = match self {
+            AdminAccess::Open => return Ok(()),
+            AdminAccess::Disabled => {
+                return Err((
+                    StatusCode::FORBIDDEN,
+                    "admin endpoints are disabled: set http.admin.token (or token_env), \
+                     or listen on a loopback address",
+                ));
+            }
+            AdminAccess::Token(token) => token,
+        };
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+                    .map(|_| &v[7..])
+            });
+        match presented {
+            Some(p) if bool::from(subtle::ConstantTimeEq::ct_eq(p, &expected[..])) => Ok(()),
+            _ => Err((
+                StatusCode::UNAUTHORIZED,
+                "admin endpoints need `Authorization: Bearer <http.admin.token>`",
+            )),
+        }
+    }
 }
 
 pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
@@ -62,13 +106,40 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
     if state.push_enabled {
         router = router.route("/pubsub/push", post(pubsub_push));
     }
+    let metrics = state.metrics.clone();
     router
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let metrics = metrics.clone();
+                async move {
+                    match tokio::time::timeout(timeout, next.run(request)).await {
+                        Ok(response) => response,
+                        Err(_) => {
+                            metrics.rejected("request_timeout");
+                            error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the request took longer than http.request_timeout",
+                            )
+                        }
+                    }
+                }
+            },
         ))
+}
+
+/// Reads the body of a request whose headers were accepted, within the
+/// body limit.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, Response> {
+    Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                state.metrics.rejected("body_too_large");
+            }
+            rejection.into_response()
+        })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -161,7 +232,11 @@ struct CheckRequest {
 }
 
 /// Verdicts for hypothetical pushes; nothing is recorded.
-async fn check(State(state): State<AppState>, body: Bytes) -> Response {
+async fn check(State(state): State<AppState>, request: Request) -> Response {
+    let body = match read_body(&state, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let request: CheckRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -263,12 +338,20 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
 
 /// A Pub/Sub push delivery: 2xx once the verdict is recorded (or the
 /// message is malformed and recorded as such); 503 asks Pub/Sub to retry.
-async fn pubsub_push(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+/// The token is checked before the body is read, so a client without one
+/// cannot make the service hold bodies.
+async fn pubsub_push(State(state): State<AppState>, request: Request) -> Response {
     if let Some(verifier) = &state.push_verifier
-        && let Err(e) = verifier.verify_headers(&headers).await
+        && let Err(e) = verifier.verify_headers(request.headers()).await
     {
+        state.metrics.rejected("unauthenticated");
         return error(e.status(), e.to_string());
     }
+    let headers = request.headers().clone();
+    let body = match read_body(&state, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     let delivery = match pubsub_push::decode(&headers, &body) {
         Ok(d) => d,
         Err(e) => return error(e.status(), e.to_string()),
@@ -289,19 +372,20 @@ async fn pubsub_push(State(state): State<AppState>, headers: HeaderMap, body: By
 }
 
 /// A registry webhook: 401 without the endpoint's token, 415 for a content
-/// type the format is never sent with, 413 for more events than the
-/// endpoint accepts in one request, 400 for a body that is not a
-/// delivery of the format; otherwise every event is decided and recorded,
-/// then 200 (or the format's handshake reply). 503 when any event must be
-/// delivered again: the registry resends the request, and the events
-/// already recorded are recognised by their ids.
+/// type the format is never sent with (both decided from the headers,
+/// before the body is read), 413 for more events than the endpoint accepts
+/// in one request, 400 for a body that is not a delivery of the format;
+/// otherwise every event is decided and recorded, then 200 (or the format's
+/// handshake reply). 503 when any event must be delivered again: the
+/// registry resends the request, and the events already recorded are
+/// recognised by their ids.
 async fn webhook(
     State(state): State<AppState>,
     Path(kind): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
+    let headers = request.headers().clone();
+    let uri = request.uri().clone();
     let Some(kind) = WebhookKind::from_path(&kind).filter(|k| state.webhooks.is_configured(*k))
     else {
         return error(
@@ -326,6 +410,7 @@ async fn webhook(
         .authenticate_request(kind, authorization, query.as_deref())
     else {
         count("unauthorized");
+        state.metrics.rejected("unauthenticated");
         let message = if authorization.is_some() {
             "the Authorization header does not carry this endpoint's token"
         } else {
@@ -354,6 +439,10 @@ async fn webhook(
             ),
         );
     }
+    let body = match read_body(&state, request).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
     if let Err(e) = endpoint.check_event_count(&body) {
         count("rejected");
         state.metrics.rejected("too_many_events");
@@ -508,9 +597,14 @@ async fn webhook_validation(
 
 /// Syncs the manifest source and swaps in a new index built from it (even
 /// when its version did not change). 200 with the outcome; 503 when the
-/// set could not be loaded (the live index stays).
-async fn reload(State(state): State<AppState>) -> Response {
-    match state.reloader.reload(true).await {
+/// set could not be loaded (the live index stays). Requests that arrive
+/// while a reload runs share the next one (see [`Reloader::request`]).
+async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err((status, message)) = state.admin.check(&headers) {
+        state.metrics.rejected("admin_unauthorized");
+        return error(status, message);
+    }
+    match state.reloader.request().await {
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

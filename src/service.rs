@@ -11,13 +11,14 @@ use crate::alert::dispatch::{AlertsConfig, Dispatcher};
 use crate::alert::sink::Sink;
 use crate::config::Config;
 use crate::findings::{SqliteStore, Store};
+use crate::listener::{ConnectionLimits, fit_connection_cap, serve};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::registry::RegistryClient;
 use crate::reload::Reloader;
 use crate::resolve::Resolver;
 use crate::scan;
-use crate::server::{AppState, router};
+use crate::server::{AdminAccess, AppState, router};
 use crate::sources::pubsub_pull::PullSource;
 use crate::sources::push_auth::PushVerifier;
 use crate::sources::webhook::Endpoints;
@@ -91,6 +92,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             timing: config.alerts.clone(),
         });
     }
+    let admin = config
+        .http
+        .admin_access(|var| std::env::var(var).ok())
+        .map_err(|e| anyhow::anyhow!("http.admin: {e}"))?;
+    if matches!(admin, AdminAccess::Disabled) {
+        tracing::warn!(
+            listen = %config.http.listen,
+            "no http.admin.token and not listening on loopback: POST /-/reload is disabled"
+        );
+    }
     let webhooks =
         Endpoints::from_config(&config.webhooks.by_kind(), |var| std::env::var(var).ok())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
@@ -106,6 +117,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pull_status: pull.as_ref().map(PullSource::status),
         webhooks: Arc::new(webhooks),
         reloader: reloader.clone(),
+        admin: Arc::new(admin),
     };
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)
@@ -142,10 +154,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.http.body_limit_bytes,
         config.http.request_timeout,
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("HTTP server")?;
+    let limits = ConnectionLimits {
+        max_connections: fit_connection_cap(config.http.max_connections),
+        header_read_timeout: config.http.header_read_timeout,
+    };
+    serve(listener, app, limits, metrics.clone(), shutdown.clone()).await;
     if let Some(pull) = pull {
         let stats = pull.await.context("pull source task")??;
         tracing::info!(?stats, "pull source stopped");
@@ -174,7 +187,7 @@ async fn reload_on_sighup(reloader: Arc<Reloader>, shutdown: CancellationToken) 
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading manifests");
                 // The outcome is logged by the reloader.
-                let _ = reloader.reload(true).await;
+                let _ = reloader.request().await;
             }
         }
     }

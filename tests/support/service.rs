@@ -28,11 +28,23 @@ impl Service {
     /// [`Service::start`] on a given port (one a registry was told to
     /// notify before the service existed).
     pub async fn start_on(port: u16, dir: &Path, manifests: &Path, extra: &str) -> Service {
+        Self::start_with_http(port, dir, manifests, "", extra).await
+    }
+
+    /// [`Service::start_on`] with `http` (YAML lines indented by two
+    /// spaces) added to the `http` section.
+    pub async fn start_with_http(
+        port: u16,
+        dir: &Path,
+        manifests: &Path,
+        http: &str,
+        extra: &str,
+    ) -> Service {
         let config = dir.join("config.yaml");
         std::fs::write(
             &config,
             format!(
-                "manifests: {}\ndata_dir: {}\nhttp:\n  listen: 127.0.0.1:{port}\nlog:\n  format: json\n  filter: info\n{extra}",
+                "manifests: {}\ndata_dir: {}\nhttp:\n  listen: 127.0.0.1:{port}\n{http}log:\n  format: json\n  filter: info\n{extra}",
                 manifests.display(),
                 dir.join("data").display()
             ),
@@ -103,6 +115,10 @@ impl Service {
         let pid = self.child.as_ref().expect("running").id().to_string();
         let ok = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(ok.success());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGKILL: no chance to flush anything.
