@@ -408,14 +408,21 @@ impl Ctx<'_> {
                 }
                 self.promoted(&placements, Some(name))
             }
-            Found::Elsewhere(placements) => self.provisional(
-                self.verdict(
-                    VerdictKind::WrongRepository,
-                    format!("{digest} is promoted, but not to {}", self.repo()),
-                    &placements,
-                ),
-                false,
-            ),
+            Found::Elsewhere(placements) => {
+                let repo = self.repo();
+                let mut reason = format!("{digest} is promoted, but not to {repo}");
+                if let Some((tag, promised)) = self.tag_promise() {
+                    reason.push_str(&format!(
+                        "; promised tag {tag} of {repo} now points at it, and {tag} is promised \
+                         to {}",
+                        self.promised_to(&promised)
+                    ));
+                }
+                self.provisional(
+                    self.verdict(VerdictKind::WrongRepository, reason, &placements),
+                    false,
+                )
+            }
             Found::Nowhere => match self.event.tag.as_ref().and_then(Tag::attachment_subject) {
                 Some(subject) => self.attachment(&subject),
                 None => self.provisional(self.unpromoted(digest), true),
@@ -427,30 +434,34 @@ impl Ctx<'_> {
     /// pull as R:T has changed, so the verdict names the promise it broke.
     fn unpromoted(&self, digest: &Digest) -> Verdict {
         let repo = self.repo();
-        let promise = self
-            .event
-            .tag
-            .as_ref()
-            .and_then(|tag| Some((tag, self.promise(tag)?)));
-        let Some((tag, promised)) = promise else {
+        let Some((tag, promised)) = self.tag_promise() else {
             return self.verdict(
                 VerdictKind::Unpromoted,
                 format!("{digest} is not promoted to {repo} by any manifest"),
                 &[],
             );
         };
-        let e = self.evidence(&promised);
         self.verdict(
             VerdictKind::Unpromoted,
             format!(
                 "promised tag {tag} of {repo} now points at unpromoted content: {digest} is \
-                 promoted by no manifest, and {tag} is promised to {} ({}:{})",
-                e.digest,
-                e.file.display(),
-                e.line
+                 promoted by no manifest, and {tag} is promised to {}",
+                self.promised_to(&promised)
             ),
             &[promised],
         )
+    }
+
+    /// The event's tag and its promise at R, when R promises it.
+    fn tag_promise(&self) -> Option<(&Tag, Placement)> {
+        let tag = self.event.tag.as_ref()?;
+        Some((tag, self.promise(tag)?))
+    }
+
+    /// "<digest> (<file>:<line>)": what a promise is and where it is written.
+    fn promised_to(&self, promised: &Placement) -> String {
+        let e = self.evidence(promised);
+        format!("{} ({}:{})", e.digest, e.file.display(), e.line)
     }
 
     /// The promotion that lists `tag` at the event's repository, if any.
@@ -539,14 +550,11 @@ impl Ctx<'_> {
                 placements,
             );
         };
-        let e = self.evidence(&promised);
         self.done(
             VerdictKind::TagMoved,
             format!(
-                "tag {tag} of {repo} is promised to {} ({}:{}), not {digest}",
-                e.digest,
-                e.file.display(),
-                e.line
+                "tag {tag} of {repo} is promised to {}, not {digest}",
+                self.promised_to(&promised)
             ),
             &[promised],
         )
@@ -571,17 +579,14 @@ impl Ctx<'_> {
                 &[],
             );
         };
-        let e = self.evidence(&promised);
         Audit {
             verdict: self.verdict(
                 VerdictKind::Undecided,
                 format!(
-                    "tag {tag} of {} is promised to {} ({}:{}), but the event does not say \
-                     which digest the tag points to now, and that digest has not been read",
+                    "tag {tag} of {} is promised to {}, but the event does not say which \
+                     digest the tag points to now, and that digest has not been read",
                     self.repo(),
-                    e.digest,
-                    e.file.display(),
-                    e.line
+                    self.promised_to(&promised)
                 ),
                 &[promised],
             ),

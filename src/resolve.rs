@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::audit::{Audit, Policy, Verdict, audit, audit_attachment};
 use crate::event::Event;
 use crate::index::{Children, ImageId, Index};
-use crate::reference::{Digest, Repository};
+use crate::reference::{Digest, Repository, Tag};
 use crate::registry::{RegistryClient, RegistryError, attachment_subject, resolve_children};
 
 /// Lists read at once; the client's rate limits still apply on top.
@@ -64,6 +64,15 @@ impl Unread {
             Unread::Absent
         } else {
             Unread::Untrustworthy
+        }
+    }
+
+    /// Why nothing was learnt, for a verdict's reason.
+    fn why(self) -> &'static str {
+        match self {
+            Unread::Absent => "not found",
+            Unread::Unanswered => "no answer",
+            Unread::Untrustworthy => "the registry's answer cannot be trusted",
         }
     }
 }
@@ -196,13 +205,72 @@ impl Resolver {
         (index, summary)
     }
 
-    /// Audits `event`, resolving whatever the verdict depends on first, and
-    /// returns a final verdict (no `pending`) and the index it was decided on.
-    /// A registry that cannot be reached, or whose answer cannot be trusted,
-    /// makes the verdict `undecided`: neither says what a list holds.
+    /// Audits `event`, resolving whatever the verdict depends on first (the
+    /// digest a tag-only event's tag points to, promoted lists, the pushed
+    /// manifest), and returns a final verdict (no `pending`) and the index it
+    /// was decided on. A registry that cannot be reached, or whose answer
+    /// cannot be trusted, makes the verdict `undecided`: neither says what a
+    /// tag or a list holds.
     pub async fn settle(&self, index: &Index, event: &Event, policy: &Policy) -> (Index, Audit) {
-        let mut index = self.attach(index);
-        let mut result = audit(&index, event, policy);
+        let index = self.attach(index);
+        let result = audit(&index, event, policy);
+        match (&result.pending, &event.tag) {
+            (Some(p), Some(tag)) if p.tag_target => {
+                self.settle_tag(index, event, tag, policy).await
+            }
+            _ => self.settle_reads(index, event, policy, result).await,
+        }
+    }
+
+    /// The event names only a tag that R promises: the digest the tag points
+    /// to now is read and judged as if the event had named it (the event
+    /// keeps its identity; the reason says which digest was read). The
+    /// registry is asked every time: a tag can move, so it is never cached.
+    async fn settle_tag(
+        &self,
+        index: Index,
+        event: &Event,
+        tag: &Tag,
+        policy: &Policy,
+    ) -> (Index, Audit) {
+        let digest = match self.client.resolve_tag(&event.repository, tag).await {
+            Ok(digest) => digest,
+            // Not even "not found" decides: the tag may have been removed
+            // since (its delete is an event of its own) or not be visible
+            // yet, and what was pushed under it is unknown either way.
+            Err(e) => {
+                return (
+                    index,
+                    undecided(format!(
+                        "cannot read which digest tag {tag} of {} points to ({}): {e}",
+                        event.repository,
+                        Unread::of(&e).why()
+                    )),
+                );
+            }
+        };
+        let pinned = Event {
+            digest: Some(digest.clone()),
+            ..event.clone()
+        };
+        let result = audit(&index, &pinned, policy);
+        let (index, mut result) = self.settle_reads(index, &pinned, policy, result).await;
+        result.verdict.reason = format!(
+            "tag {tag} points to {digest} (read from the registry): {}",
+            result.verdict.reason
+        );
+        (index, result)
+    }
+
+    /// Reads what `result` is pending on (the promoted lists at R, the
+    /// pushed manifest) and audits `event` again.
+    async fn settle_reads(
+        &self,
+        mut index: Index,
+        event: &Event,
+        policy: &Policy,
+        mut result: Audit,
+    ) -> (Index, Audit) {
         let Some(pending) = result.pending.clone() else {
             return (index, result);
         };
@@ -215,15 +283,13 @@ impl Resolver {
             // Only "absent everywhere" is an answer about what a list holds;
             // anything else could hide the parent of the event's digest.
             if let Some(f) = summary.first_inconclusive() {
-                let why = match f.unread {
-                    Unread::Untrustworthy => "the registry's answer cannot be trusted",
-                    _ => "no answer",
-                };
                 return (
                     index,
                     undecided(format!(
-                        "cannot read promoted manifest {} ({why}): {}",
-                        f.digest, f.error
+                        "cannot read promoted manifest {} ({}): {}",
+                        f.digest,
+                        f.unread.why(),
+                        f.error
                     )),
                 );
             }

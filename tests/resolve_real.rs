@@ -1068,3 +1068,227 @@ async fn digest_promoted_by_two_projects_is_read_from_either_projects_repositori
         assert_eq!(result.verdict.kind, VerdictKind::PromotedChild, "{repo}");
     }
 }
+
+/// Issue 12: an insert that names only a tag R promises (a GCR payload may
+/// carry no digest) is judged by the digest the tag points to now, read with
+/// one `HEAD` of the tag through the registry client, instead of waiting
+/// undecided until its retry budget makes it an `unverifiable` alert. What
+/// the tag points to is moved between events with PUTs of manifests by tag;
+/// nothing about tags is cached, so every event asks again.
+#[tokio::test]
+async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
+    let f = Fixture::new().await;
+    let mut proxy = FaultProxy::start(&f.reg.host).await;
+    let host = proxy.host.clone();
+    let index = f.index_at(&host);
+    let policy = Policy::default();
+    let resolver = f.resolver("cache");
+    let tag_only = |path: &str| Event {
+        id: EventId(format!("gcr message for {path}")),
+        source: Source::PubsubPull,
+        action: Action::Insert,
+        repository: format!("{host}/{path}").parse().unwrap(),
+        digest: None,
+        tag: Some("1.0".parse().unwrap()),
+    };
+    let event = tag_only("prod-us/multi");
+    // Requests for the tag itself (a digest never contains "/manifests/1.0").
+    let tag_reads = || proxy.requests("/manifests/1.0");
+
+    // Everything 1.0 will point at is first pushed under tags of its own.
+    let mut rogue_layout = Layout::create(&f.work.path().join("rogue"));
+    let rogue = rogue_layout.image("amd64");
+    rogue_layout.tag(&rogue, "rogue");
+    skopeo_push(
+        &rogue_layout.dir,
+        "rogue",
+        &f.reg.host,
+        "prod-us/multi",
+        Push::default(),
+    );
+    for tag in ["multi", "multi-v2", "single"] {
+        skopeo_push(
+            &f.layout.dir,
+            tag,
+            &f.reg.host,
+            "prod-us/multi",
+            Push::default(),
+        );
+    }
+    let multi = &f.multi[0].digest;
+
+    // 1.0 at its promised digest (a list): promoted, on one HEAD alone.
+    put_manifest(
+        &f.reg.host,
+        "prod-us/multi",
+        "1.0",
+        f.multi[0].media_type,
+        f.layout.read(&f.multi[0]),
+    )
+    .await;
+    let (index, result) = resolver.settle(&index, &event, &policy).await;
+    let v = &result.verdict;
+    assert_eq!(v.kind, VerdictKind::Promoted, "{v:?}");
+    assert_eq!(result.pending, None);
+    assert!(
+        v.reason.contains(&format!("tag 1.0 points to {multi}")),
+        "{}",
+        v.reason
+    );
+    assert_eq!(v.evidence[0].digest, *multi);
+    assert_eq!(
+        (tag_reads(), manifest_gets(&resolver.client().stats())),
+        (1, 1)
+    );
+
+    // 1.0 moved to multi's other promoted digest: tag_moved, naming the
+    // promise.
+    put_manifest(
+        &f.reg.host,
+        "prod-us/multi",
+        "1.0",
+        f.multi_v2.media_type,
+        f.layout.read(&f.multi_v2),
+    )
+    .await;
+    let (index, result) = resolver.settle(&index, &event, &policy).await;
+    let v = &result.verdict;
+    assert_eq!(v.kind, VerdictKind::TagMoved, "{v:?}");
+    assert!(
+        v.reason.contains(&f.multi_v2.digest.to_string()),
+        "{}",
+        v.reason
+    );
+    assert_eq!(v.evidence.len(), 1);
+    assert_eq!(v.evidence[0].digest, *multi);
+    assert_eq!(
+        (tag_reads(), manifest_gets(&resolver.client().stats())),
+        (2, 2)
+    );
+
+    // 1.0 moved to content of another image of the same manifest: the
+    // digest is explained by its other name, the tag is not.
+    put_manifest(
+        &f.reg.host,
+        "prod-us/multi",
+        "1.0",
+        f.single.media_type,
+        f.layout.read(&f.single),
+    )
+    .await;
+    let (index, result) = resolver.settle(&index, &event, &policy).await;
+    assert_eq!(
+        result.verdict.kind,
+        VerdictKind::TagMoved,
+        "{:?}",
+        result.verdict
+    );
+    assert_eq!(
+        (tag_reads(), manifest_gets(&resolver.client().stats())),
+        (3, 3)
+    );
+
+    // 1.0 moved to content nobody promoted: unpromoted, naming the broken
+    // promise, after reading multi's two promoted digests (is the rogue a
+    // child of one?) and the rogue itself (is it an attachment?).
+    put_manifest(
+        &f.reg.host,
+        "prod-us/multi",
+        "1.0",
+        rogue.media_type,
+        rogue_layout.read(&rogue),
+    )
+    .await;
+    let (index, result) = resolver.settle(&index, &event, &policy).await;
+    let v = &result.verdict;
+    assert_eq!(v.kind, VerdictKind::Unpromoted, "{v:?}");
+    assert_eq!(result.pending, None);
+    for phrase in [
+        &format!("tag 1.0 points to {}", rogue.digest),
+        "promised tag 1.0",
+        "unpromoted content",
+        &multi.to_string(),
+    ] {
+        assert!(v.reason.contains(phrase), "{phrase}: {}", v.reason);
+    }
+    assert_eq!(v.evidence.len(), 1);
+    assert_eq!(
+        (&v.evidence[0].digest, &*v.evidence[0].image),
+        (multi, "multi")
+    );
+    assert_eq!(
+        (tag_reads(), manifest_gets(&resolver.client().stats())),
+        (4, 3 + 4)
+    );
+    assert_eq!(
+        cached(&f.cache("cache")),
+        digests([multi, &f.multi_v2.digest, &rogue.digest]),
+        "a tag's target is read as an answer, never cached as content"
+    );
+
+    // A promised tag that is not there (removed since, or not visible yet):
+    // "not found" says nothing about what was pushed under it.
+    let (index, result) = resolver
+        .settle(&index, &tag_only("prod-eu/multi"), &policy)
+        .await;
+    let v = &result.verdict;
+    assert_eq!(v.kind, VerdictKind::Undecided, "{v:?}");
+    assert!(v.reason.contains("not found"), "{}", v.reason);
+    assert_eq!(tag_reads(), 5);
+
+    // Registry down: undecided for want of an answer, every attempt refused.
+    proxy.stop().await;
+    let before = manifest_gets(&resolver.client().stats());
+    let (_, result) = resolver.settle(&index, &event, &policy).await;
+    let v = &result.verdict;
+    assert_eq!(v.kind, VerdictKind::Undecided, "{v:?}");
+    assert_eq!(result.pending, None);
+    assert!(
+        v.reason.contains("tag 1.0") && v.reason.contains("no answer"),
+        "{}",
+        v.reason
+    );
+    let stats = resolver.client().stats();
+    let attempts = 1 + u64::from(test_config(None).max_retries);
+    assert_eq!(manifest_gets(&stats) - before, attempts);
+    assert_eq!(
+        stats.count(&host, RequestKind::Manifest, Outcome::NetworkError),
+        attempts
+    );
+}
+
+/// The CLI's `check --resolve` of a reference with only a tag reads the
+/// tag's digest the same way.
+#[tokio::test]
+async fn cli_check_resolve_of_a_promised_tag_reads_its_digest() {
+    let f = Fixture::new().await;
+    skopeo_push(
+        &f.layout.dir,
+        "multi-v2",
+        &f.reg.host,
+        "prod-us/multi",
+        Push::default(),
+    );
+    put_manifest(
+        &f.reg.host,
+        "prod-us/multi",
+        "2.0",
+        f.multi_v2.media_type,
+        f.layout.read(&f.multi_v2),
+    )
+    .await;
+    let config = f.work.path().join("registry.yaml");
+    std::fs::write(&config, "insecure_http_hosts: [\"127.0.0.1\"]\n").unwrap();
+    let reference = format!("{}/prod-us/multi:2.0", f.reg.host);
+    let out = run_cli(&f, &config, &["check", "--resolve", "--json", &reference]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let line = json_of(&out);
+    assert_eq!(line["verdict"], "promoted", "{line}");
+    assert_eq!(line["pending"], serde_json::Value::Null);
+    assert_eq!(line["evidence"][0]["digest"], f.multi_v2.digest.to_string());
+}

@@ -587,6 +587,17 @@ fn row07_digest_promoted_only_in_another_region_is_wrong_repository() {
     let a = insert(&resolved, &at(GIZMO, "e"));
     expect(&a, VerdictKind::WrongRepository);
     assert!(a.pending.is_none(), "{a:#?}");
+    // Under a tag R promises, the reason also names the promise it breaks.
+    let a = insert(&resolved, &at(&format!("{GIZMO}:latest"), "e"));
+    let v = expect(&a, VerdictKind::WrongRepository);
+    let file = images_file("verdicts", "widgets");
+    for phrase in [
+        "promised tag latest",
+        &d("a").to_string(),
+        &format!("{}:{}", file.display(), line_of(&file, &d("a").to_string())),
+    ] {
+        assert!(v.reason.contains(phrase), "{phrase}: {}", v.reason);
+    }
     // And the other way round: widgets' digest pushed to eu.
     let a = insert(&index, &at("eu.gcr.io/example-prod/widgets/gizmo", "a"));
     let v = expect(&a, VerdictKind::WrongRepository);

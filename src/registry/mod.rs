@@ -5,7 +5,8 @@
 //! registry (OCI distribution API) within a request budget. The resolve
 //! helpers build on it to list the children of manifest lists and to read
 //! the subject of attachments. The listing calls (`catalog`, `tags`,
-//! `resolve_tag`, `manifest_exists`) serve the inventory sweep.
+//! `resolve_tag`, `manifest_exists`) serve the inventory sweep; `resolve_tag`
+//! also tells the resolver what a tag-only event's tag points to.
 //!
 //! Errors say whether asking again may help ([`RegistryError::is_transient`]):
 //! callers turn transient errors into "undecided", never into "unpromoted".
