@@ -115,14 +115,20 @@ impl Breakers {
         }
     }
 
-    /// Whether a request to `host` would be refused now (a retry need not
-    /// wait out its backoff to find that out).
-    pub(crate) fn refuses(&self, host: &str) -> bool {
-        match self.lock().get(host).map(|h| h.state) {
-            Some(State::Open { until }) => Instant::now() < until,
-            Some(State::HalfOpen) => true,
-            Some(State::Closed { .. }) | None => false,
-        }
+    /// Whether a request to `host` would be refused now, without taking
+    /// the probe: so that a request need not wait for its budget, nor a
+    /// retry for its backoff, to find that out.
+    pub(crate) fn refusal(&self, host: &str) -> Option<Refused> {
+        let hosts = self.lock();
+        let h = hosts.get(host)?;
+        let refused = match h.state {
+            State::Open { until } => Instant::now() < until,
+            State::HalfOpen => true,
+            State::Closed { .. } => false,
+        };
+        refused.then(|| Refused {
+            last_error: h.last_error.clone(),
+        })
     }
 
     fn record(&self, host: &str, probe: bool, failure: Option<&str>) {
@@ -276,7 +282,8 @@ mod tests {
         fail(&b, "h");
         let refused = b.admit("h").err().expect("refused");
         assert_eq!(refused.last_error, "connection refused");
-        assert!(b.refuses("h"));
+        assert_eq!(b.refusal("other"), None);
+        assert_eq!(b.refusal("h"), Some(refused));
         assert_eq!(b.down_until("h"), Some(Instant::now() + COOLDOWN));
         // Other hosts are not affected.
         assert!(b.admit("other").is_ok());
@@ -289,6 +296,8 @@ mod tests {
         tokio::time::advance(COOLDOWN - Duration::from_millis(1)).await;
         assert!(b.admit("h").is_err());
         tokio::time::advance(Duration::from_millis(1)).await;
+        // Looking does not take the probe.
+        assert_eq!(b.refusal("h"), None);
         let probe = b.admit("h").expect("the probe");
         assert!(probe.probe);
         assert!(b.admit("h").is_err(), "only one probe at a time");

@@ -198,7 +198,17 @@ impl Inner {
         let mut reauthenticated = false;
         let mut previous: Option<ErrorKind> = None;
         loop {
-            let permit = match self.breakers.admit(host) {
+            // Asked before waiting for the budget, so that a request to a host
+            // that is down neither waits nor spends budget, and again after
+            // it, as the host may have been marked down meanwhile.
+            let permit = match self.breakers.refusal(host) {
+                Some(refused) => Err(refused),
+                None => {
+                    self.limiter.acquire(host).await;
+                    self.breakers.admit(host)
+                }
+            };
+            let permit = match permit {
                 Ok(permit) => permit,
                 Err(refused) => {
                     self.stats.request(host, kind, Outcome::CircuitOpen);
@@ -213,7 +223,6 @@ impl Inner {
                 self.stats.request(host, kind, outcome);
                 permit.settle(outcome, detail);
             };
-            self.limiter.acquire(host).await;
             let (authorization, sent) = self.auth.authorize(&ctx, host, path).await?;
             let mut builder = self.http.request(method.clone(), url);
             if let Some(accept) = accept {
@@ -304,7 +313,7 @@ impl Inner {
                 },
             };
             // A host marked down would refuse the retry anyway.
-            if retries >= self.config.max_retries || self.breakers.refuses(host) {
+            if retries >= self.config.max_retries || self.breakers.refusal(host).is_some() {
                 return Err(failure);
             }
             let honours_retry_after = matches!(

@@ -166,7 +166,9 @@ impl fmt::Debug for HostConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerConfig {
-    /// Consecutive failures that mark a host down; `0` never does. Default `3`.
+    /// Consecutive failures that mark a host down; `0` never does. Default
+    /// `2`: one failure may be a blip, and a host wrongly marked down only
+    /// makes events `undecided` (retried) for one cool-down.
     pub failures: u32,
     /// How long a host stays down before one probe is let through. Default `10s`.
     #[serde(with = "humantime_serde")]
@@ -176,7 +178,7 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         Self {
-            failures: 3,
+            failures: 2,
             cooldown: Duration::from_secs(10),
         }
     }
@@ -295,7 +297,7 @@ mod tests {
         assert_eq!(
             c.breaker,
             BreakerConfig {
-                failures: 3,
+                failures: 2,
                 cooldown: Duration::from_secs(60)
             }
         );
