@@ -1,17 +1,29 @@
 //! Fault injection: registries that rate-limit, fail, stall, lie about
-//! content or send too much, and a cache edited behind the client's back.
-//! Each case must end in the right kind of error (or a refetch), move the
+//! content or send too much, a cache edited behind the client's back, and
+//! registries that cannot be reached at all (the circuit breaker). Each
+//! case must end in the right kind of error (or a refetch), move the
 //! counters, and never panic.
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use image_auditor::audit::{Policy, VerdictKind};
+use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::index::Index;
+use image_auditor::manifest;
 use image_auditor::reference::{Digest, Repository};
 use image_auditor::registry::{
-    ErrorKind, ManifestKind, OCI_MANIFEST, Outcome, RegistryConfig, RequestKind, resolve_children,
+    BreakerConfig, ErrorKind, ManifestKind, OCI_MANIFEST, Outcome, RegistryConfig, RequestKind,
+    StatsSnapshot, resolve_children,
 };
+use image_auditor::resolve::Resolver;
+use support::oci::Layout;
+use support::registry::{Auth, Push, Registry, skopeo_push};
+use support::service::Service;
 use support::{client, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{method, path};
@@ -508,4 +520,350 @@ async fn verified_but_unparseable_manifest_is_a_permanent_error() {
         "{err}"
     );
     assert!(!err.is_transient());
+}
+
+// ---------------------------------------------------------------------------
+// Circuit breaker: registries that cannot be reached at all.
+
+/// Promoted digests of the one image, and destinations it is promoted to:
+/// the shape that made one unknown digest cost ~150 s with nothing
+/// reachable (every digest tried at every repository, with retries).
+const DIGESTS: usize = 20;
+const DESTINATIONS: usize = 20;
+/// Manifests the resolver reads at once (`resolve::CONCURRENCY`): the
+/// requests that may already be on their way to a host when it is marked
+/// down.
+const IN_FLIGHT: u64 = 8;
+
+/// A thin-layout manifest set with one project promoting `app` under
+/// `digests` from `<source>/staging` to `<host>/prod` of every destination.
+fn one_image_project(
+    dir: &Path,
+    source: &str,
+    destinations: &[String],
+    digests: &[Digest],
+) -> Index {
+    let project = dir.join("manifests/demo/promoter-manifest.yaml");
+    let images = dir.join("images/demo/images.yaml");
+    std::fs::create_dir_all(project.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(images.parent().unwrap()).unwrap();
+    let mut registries = format!("registries:\n- name: {source}/staging\n  src: true\n");
+    for host in destinations {
+        registries.push_str(&format!("- name: {host}/prod\n"));
+    }
+    std::fs::write(&project, registries).unwrap();
+    let mut dmap = String::from("- name: app\n  dmap:\n");
+    for (i, digest) in digests.iter().enumerate() {
+        dmap.push_str(&format!("    \"{digest}\": [\"v{i}\"]\n"));
+    }
+    std::fs::write(&images, dmap).unwrap();
+    let set = manifest::load(dir).unwrap();
+    let errors: Vec<String> = set.errors().map(|p| p.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let index = Index::build(&set, 1);
+    assert_eq!(index.stats().digests, digests.len());
+    index
+}
+
+fn push_event(repository: Repository, digest: &Digest) -> Event {
+    Event {
+        id: EventId(format!("{repository}@{digest}")),
+        source: Source::Cli,
+        action: Action::Insert,
+        repository,
+        digest: Some(digest.clone()),
+        tag: None,
+    }
+}
+
+/// Requests to `host` that were sent and failed at the network level.
+fn network_failures(stats: &StatsSnapshot, host: &str) -> u64 {
+    [Outcome::NetworkError, Outcome::Timeout]
+        .into_iter()
+        .map(|o| stats.count(host, RequestKind::Manifest, o))
+        .sum()
+}
+
+/// One unknown digest of an image with `DIGESTS` promoted digests at
+/// `DESTINATIONS` destinations, no host of which can be reached: the event
+/// is `undecided`, each host is asked at most (failures that mark it down +
+/// requests already in flight), and a second event asks none of them.
+async fn unknown_digest_with_every_host_down(hosts: &[String]) {
+    assert_eq!(hosts.len(), 1 + DESTINATIONS);
+    let work = tempfile::tempdir().unwrap();
+    let index = one_image_project(work.path(), &hosts[0], &hosts[1..], &promoted_digests());
+    let config = RegistryConfig {
+        // No probe during the test: every count below is exact or bounded
+        // whatever the speed of the machine.
+        breaker: BreakerConfig {
+            failures: 3,
+            cooldown: Duration::from_secs(3600),
+        },
+        // Some resolvers let lookups of unknown names hang rather than fail:
+        // those end as connect timeouts, which count the same; a short one
+        // only keeps the test quick.
+        connect_timeout: Duration::from_secs(1),
+        ..test_config(None)
+    };
+    let failures = u64::from(config.breaker.failures);
+    let resolver = Resolver::new(client(config));
+    let at = format!("{}/prod/app", hosts[1]).parse().unwrap();
+    let event = push_event(at, &Digest::sha256_of(b"pushed while nothing answers"));
+    let policy = Policy::default();
+
+    let (_, result) = resolver.settle(&index, &event, &policy).await;
+    assert_eq!(
+        result.verdict.kind,
+        VerdictKind::Undecided,
+        "{:?}",
+        result.verdict
+    );
+    let first = resolver.client().stats();
+    for host in hosts {
+        let sent = network_failures(&first, host);
+        // Without the breaker: DIGESTS × (1 + max_retries) = 80 per host.
+        assert!(
+            (failures..failures + IN_FLIGHT).contains(&sent),
+            "{host}: {sent} requests sent, at most {} expected",
+            failures + IN_FLIGHT - 1
+        );
+        assert!(resolver.client().host_down_until(host).is_some(), "{host}");
+    }
+    assert!(first.total(RequestKind::Manifest) > first.requests_sent());
+
+    // The next event (what `serve` does for every request during the
+    // outage) asks nobody: it is refused at once, still undecided.
+    let (_, result) = resolver.settle(&index, &event, &policy).await;
+    assert_eq!(result.verdict.kind, VerdictKind::Undecided);
+    assert!(
+        result.verdict.reason.contains("marked down"),
+        "{}",
+        result.verdict.reason
+    );
+    let second = resolver.client().stats();
+    for host in hosts {
+        assert_eq!(
+            network_failures(&second, host),
+            network_failures(&first, host),
+            "{host}"
+        );
+    }
+    assert_eq!(second.requests_sent(), first.requests_sent());
+    assert!(
+        second.count(&hosts[0], RequestKind::Manifest, Outcome::CircuitOpen)
+            > first.count(&hosts[0], RequestKind::Manifest, Outcome::CircuitOpen)
+    );
+}
+
+fn promoted_digests() -> Vec<Digest> {
+    (0..DIGESTS)
+        .map(|i| Digest::sha256_of(format!("promoted {i}").as_bytes()))
+        .collect()
+}
+
+/// A source and `DESTINATIONS` hosts on loopback ports that were bound,
+/// then closed: connections to them are refused.
+fn refused_hosts() -> Vec<String> {
+    let listeners: Vec<std::net::TcpListener> = (0..=DESTINATIONS)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn refused_connections_mark_hosts_down_and_bound_requests() {
+    unknown_digest_with_every_host_down(&refused_hosts()).await;
+}
+
+#[tokio::test]
+async fn unresolvable_names_mark_hosts_down_and_bound_requests() {
+    // `.invalid` never resolves (RFC 2606).
+    let hosts: Vec<String> = (0..=DESTINATIONS)
+        .map(|i| format!("region-{i}.registry.invalid"))
+        .collect();
+    unknown_digest_with_every_host_down(&hosts).await;
+}
+
+/// The real registry goes down and comes back: the breaker opens, probes
+/// once per cool-down while it is still down, and the first probe after the
+/// restart closes it, so resolution gives exact verdicts again.
+#[tokio::test]
+async fn a_registry_that_comes_back_is_probed_and_used_again() {
+    let mut reg = Registry::start(Auth::Anonymous);
+    let work = tempfile::tempdir().unwrap();
+    let mut layout = Layout::create(&work.path().join("layout"));
+    let amd64 = layout.image("amd64");
+    let arm64 = layout.image("arm64");
+    let list = layout.index(&[
+        (&amd64, Some(("linux", "amd64"))),
+        (&arm64, Some(("linux", "arm64"))),
+    ]);
+    layout.tag(&list, "1.0");
+    let pushed = skopeo_push(
+        &layout.dir,
+        "1.0",
+        &reg.host,
+        "staging/app",
+        Push::default(),
+    );
+    assert_eq!(pushed, list.digest);
+    let host = reg.host.clone();
+    let index = one_image_project(
+        &work.path().join("manifests"),
+        &host,
+        std::slice::from_ref(&host),
+        std::slice::from_ref(&list.digest),
+    );
+    let config = RegistryConfig {
+        breaker: BreakerConfig {
+            failures: 2,
+            cooldown: Duration::from_secs(3),
+        },
+        ..test_config(None)
+    };
+    let resolver = Resolver::new(client(config));
+    let policy = Policy::default();
+    let child = push_event(reg.repo("prod/app"), &amd64.digest);
+    let settle = |event: &Event| {
+        let resolver = &resolver;
+        let (index, policy, event) = (&index, &policy, event.clone());
+        async move { resolver.settle(index, &event, policy).await.1.verdict }
+    };
+    let count = |outcome| {
+        resolver
+            .client()
+            .stats()
+            .count(&host, RequestKind::Manifest, outcome)
+    };
+
+    reg.stop();
+    // Two refused connections to staging mark the host down; prod, the
+    // other candidate, is not asked.
+    assert_eq!(settle(&child).await.kind, VerdictKind::Undecided);
+    assert_eq!(count(Outcome::NetworkError), 2);
+    assert_eq!(count(Outcome::CircuitOpen), 1);
+    let down_until = resolver.client().host_down_until(&host).expect("down");
+
+    // Within the cool-down nothing is sent.
+    assert_eq!(settle(&child).await.kind, VerdictKind::Undecided);
+    assert_eq!(count(Outcome::NetworkError), 2);
+    assert_eq!(count(Outcome::CircuitOpen), 3);
+
+    // After it, one probe: still refused, so down for another cool-down.
+    tokio::time::sleep_until(down_until).await;
+    assert_eq!(settle(&child).await.kind, VerdictKind::Undecided);
+    assert_eq!(count(Outcome::NetworkError), 3);
+    assert_eq!(count(Outcome::CircuitOpen), 4);
+    let down_until = resolver.client().host_down_until(&host).expect("down");
+
+    reg.restart();
+    tokio::time::sleep_until(down_until).await;
+    // The probe reads the promoted list from staging, and the host is up.
+    let verdict = settle(&child).await;
+    assert_eq!(verdict.kind, VerdictKind::PromotedChild, "{verdict:?}");
+    assert_eq!(count(Outcome::Ok), 1);
+    assert_eq!(resolver.client().host_down_until(&host), None);
+    // The other child is known now; an unknown digest is asked of the
+    // registry (404), which makes a negative verdict possible again.
+    let other = settle(&push_event(reg.repo("prod/app"), &arm64.digest)).await;
+    assert_eq!(other.kind, VerdictKind::PromotedChild);
+    let unknown = Digest::sha256_of(b"never pushed");
+    let verdict = settle(&push_event(reg.repo("prod/app"), &unknown)).await;
+    assert_eq!(verdict.kind, VerdictKind::Unpromoted, "{verdict:?}");
+    assert_eq!(count(Outcome::NotFound), 1);
+    assert_eq!(
+        (count(Outcome::NetworkError), count(Outcome::CircuitOpen)),
+        (3, 4)
+    );
+}
+
+/// `image_auditor_registry_requests_total` of a running service, by (host,
+/// outcome).
+async fn registry_requests(service: &Service) -> BTreeMap<(String, String), u64> {
+    let text = reqwest::get(service.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let label = |line: &str, name: &str| {
+        let start = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+        line[start..].split('"').next().unwrap().to_owned()
+    };
+    text.lines()
+        .filter(|l| l.starts_with("image_auditor_registry_requests_total{"))
+        .map(|l| {
+            let value = l.rsplit(' ').next().unwrap().parse().unwrap();
+            ((label(l, "host"), label(l, "outcome")), value)
+        })
+        .collect()
+}
+
+/// `serve` during an outage of every registry: `POST /v1/check` answers
+/// `undecided`, the hosts are asked only until their breakers open, and
+/// later requests ask nobody, so none is held until `http.request_timeout`.
+#[tokio::test]
+async fn serve_answers_without_asking_hosts_that_are_down() {
+    let hosts = refused_hosts();
+    let work = tempfile::tempdir().unwrap();
+    let manifests = work.path().join("manifests");
+    one_image_project(&manifests, &hosts[0], &hosts[1..], &promoted_digests());
+    let service = Service::start(
+        work.path(),
+        &manifests,
+        "registry:\n  backoff_base: 10ms\n  backoff_max: 50ms\n  breaker:\n    failures: 3\n    cooldown: 1h\n",
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let check = |n: usize| {
+        let reference = format!(
+            "{}/prod/app@{}",
+            hosts[1],
+            Digest::sha256_of(format!("unknown {n}").as_bytes())
+        );
+        let request = http
+            .post(service.url("/v1/check"))
+            .json(&serde_json::json!({ "references": [reference] }));
+        async move {
+            let answer: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            answer["results"][0]["verdict"].as_str().unwrap().to_owned()
+        }
+    };
+    let sent = |counts: &BTreeMap<(String, String), u64>, host: &str| {
+        ["network_error", "timeout"]
+            .map(|o| {
+                counts
+                    .get(&(host.to_owned(), o.to_owned()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .iter()
+            .sum::<u64>()
+    };
+    let refused = |counts: &BTreeMap<(String, String), u64>| {
+        counts
+            .iter()
+            .filter(|((_, o), _)| o == "circuit_open")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+
+    assert_eq!(check(0).await, "undecided");
+    let first = registry_requests(&service).await;
+    for host in &hosts {
+        let n = sent(&first, host);
+        assert!((3..3 + IN_FLIGHT).contains(&n), "{host}: {n} requests sent");
+    }
+    for n in 1..=3 {
+        assert_eq!(check(n).await, "undecided");
+    }
+    let later = registry_requests(&service).await;
+    for host in &hosts {
+        assert_eq!(sent(&later, host), sent(&first, host), "{host}");
+    }
+    // Each check is refused once per promoted digest by the source.
+    assert!(refused(&later) >= refused(&first) + 3 * DIGESTS as u64);
 }

@@ -13,6 +13,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
 use sha2::Digest as _;
 
 use super::auth::{Authenticator, Ctx, Sent};
+use super::breaker::Breakers;
 use super::cache::ManifestCache;
 use super::config::RegistryConfig;
 use super::credentials::Credentials;
@@ -39,6 +40,7 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) auth: Authenticator,
     pub(crate) limiter: Limiter,
+    pub(crate) breakers: Breakers,
     pub(crate) cache: Option<Arc<ManifestCache>>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) flights: Flights,
@@ -104,6 +106,7 @@ impl RegistryClient {
         let limiter = Limiter::new(config.rate_limit, config.per_host_rate_limit, overrides);
         Ok(Self {
             inner: Arc::new(Inner {
+                breakers: Breakers::new(config.breaker),
                 config,
                 http,
                 auth: Authenticator::new(credentials),
@@ -118,6 +121,12 @@ impl RegistryClient {
     /// A copy of the request and cache counters.
     pub fn stats(&self) -> StatsSnapshot {
         self.inner.stats.snapshot()
+    }
+
+    /// When `host` will next be asked, while its circuit breaker has it
+    /// marked down; `None` when requests to it go through.
+    pub fn host_down_until(&self, host: &str) -> Option<tokio::time::Instant> {
+        self.inner.breakers.down_until(host)
     }
 }
 
@@ -160,7 +169,9 @@ impl Inner {
     /// Sends `request` within the budget, with authentication and bounded
     /// retries of transient failures, and hands a `200` to `on_ok`, whose
     /// transient failures (a body cut short) are retried too. Every attempt
-    /// is counted in the stats under `request.kind`.
+    /// is counted in the stats under `request.kind`. A host marked down by
+    /// its circuit breaker is not asked: the request fails at once as
+    /// transient, and a failing request is not retried once its host is down.
     pub(crate) async fn send<T, F, Fut>(
         &self,
         request: &Request<'_>,
@@ -183,11 +194,35 @@ impl Inner {
             stats: &self.stats,
             allow_http_realm: self.config.is_insecure_http(host),
         };
-        let record = |outcome| self.stats.request(host, kind, outcome);
         let mut retries = 0;
         let mut reauthenticated = false;
+        let mut previous: Option<ErrorKind> = None;
         loop {
-            self.limiter.acquire(host).await;
+            // Asked before waiting for the budget, so that a request to a host
+            // that is down neither waits nor spends budget, and again after
+            // it, as the host may have been marked down meanwhile.
+            let permit = match self.breakers.refusal(host) {
+                Some(refused) => Err(refused),
+                None => {
+                    self.limiter.acquire(host).await;
+                    self.breakers.admit(host)
+                }
+            };
+            let permit = match permit {
+                Ok(permit) => permit,
+                Err(refused) => {
+                    self.stats.request(host, kind, Outcome::CircuitOpen);
+                    // A retry keeps the failure that led to it: it says more.
+                    return Err(previous.unwrap_or(ErrorKind::HostDown {
+                        last_error: refused.last_error,
+                    }));
+                }
+            };
+            // `detail` describes a failure, for the breaker's message.
+            let record = |outcome: Outcome, detail: &str| {
+                self.stats.request(host, kind, outcome);
+                permit.settle(outcome, detail);
+            };
             let (authorization, sent) = self.auth.authorize(&ctx, host, path).await?;
             let mut builder = self.http.request(method.clone(), url);
             if let Some(accept) = accept {
@@ -199,21 +234,22 @@ impl Inner {
             // Each arm either returns or yields the transient failure to retry.
             let failure = match builder.send().await {
                 Err(e) if e.is_timeout() => {
-                    record(Outcome::Timeout);
+                    record(Outcome::Timeout, "timed out");
                     ErrorKind::Timeout
                 }
                 Err(e) => {
-                    record(Outcome::NetworkError);
-                    ErrorKind::Network(error_chain(&e))
+                    let chain = error_chain(&e);
+                    record(Outcome::NetworkError, &chain);
+                    ErrorKind::Network(chain)
                 }
                 Ok(response) => match response.status() {
                     StatusCode::OK => match on_ok(response).await {
                         Ok(value) => {
-                            record(Outcome::Ok);
+                            record(Outcome::Ok, "");
                             return Ok(value);
                         }
                         Err((outcome, kind)) => {
-                            record(outcome);
+                            record(outcome, &kind.to_string());
                             if !kind.is_transient() {
                                 return Err(kind);
                             }
@@ -221,7 +257,7 @@ impl Inner {
                         }
                     },
                     status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
-                        record(Outcome::Unauthorized);
+                        record(Outcome::Unauthorized, "");
                         if status == StatusCode::UNAUTHORIZED
                             && !reauthenticated
                             && self
@@ -242,11 +278,11 @@ impl Inner {
                         });
                     }
                     StatusCode::NOT_FOUND => {
-                        record(Outcome::NotFound);
+                        record(Outcome::NotFound, "");
                         return Err(ErrorKind::NotFound);
                     }
                     StatusCode::TOO_MANY_REQUESTS => {
-                        record(Outcome::RateLimited);
+                        record(Outcome::RateLimited, "");
                         let retry_after = response
                             .headers()
                             .get(RETRY_AFTER)
@@ -263,20 +299,21 @@ impl Inner {
                         ErrorKind::RateLimited { retry_after }
                     }
                     status if status.is_server_error() => {
-                        record(Outcome::ServerError);
+                        record(Outcome::ServerError, "");
                         ErrorKind::Server {
                             status: status.as_u16(),
                         }
                     }
                     status => {
-                        record(Outcome::OtherStatus);
+                        record(Outcome::OtherStatus, "");
                         return Err(ErrorKind::UnexpectedStatus {
                             status: status.as_u16(),
                         });
                     }
                 },
             };
-            if retries >= self.config.max_retries {
+            // A host marked down would refuse the retry anyway.
+            if retries >= self.config.max_retries || self.breakers.refusal(host).is_some() {
                 return Err(failure);
             }
             let honours_retry_after = matches!(
@@ -292,6 +329,7 @@ impl Inner {
             tracing::debug!(host, repository = path, url, error = %failure, retries, "retrying registry request");
             retries += 1;
             self.stats.retry();
+            previous = Some(failure);
         }
     }
 

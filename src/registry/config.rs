@@ -85,6 +85,10 @@ pub struct RegistryConfig {
     /// are evicted beyond it. Unset: unbounded (digests are immutable, so
     /// entries never expire for correctness).
     pub max_cache_bytes: Option<u64>,
+
+    /// When a host is marked down after network failures, and for how long
+    /// (the per-host circuit breaker).
+    pub breaker: BreakerConfig,
 }
 
 impl Default for RegistryConfig {
@@ -111,6 +115,7 @@ impl Default for RegistryConfig {
             },
             cache_dir: None,
             max_cache_bytes: None,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -150,6 +155,32 @@ impl fmt::Debug for HostConfig {
             .field("password_env", &self.password_env)
             .field("rate_limit", &self.rate_limit)
             .finish()
+    }
+}
+
+/// The per-host circuit breaker: after `failures` consecutive network-level
+/// failures (connection refused, name not resolved, connect or request
+/// timeout) a host is marked down, and requests to it fail at once, as
+/// transient, for `cooldown`; then one probe request is let through, and
+/// its success marks the host up again.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that mark a host down; `0` never does. Default
+    /// `2`: one failure may be a blip, and a host wrongly marked down only
+    /// makes events `undecided` (retried) for one cool-down.
+    pub failures: u32,
+    /// How long a host stays down before one probe is let through. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 2,
+            cooldown: Duration::from_secs(10),
+        }
     }
 }
 
@@ -239,6 +270,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.request_timeout, Duration::from_millis(250));
+        assert_eq!(c.breaker, BreakerConfig::default());
         let google = c.google.unwrap();
         assert_eq!(google.hosts, default_google_hosts());
         assert!(matches!(google.token, GoogleTokenSource::Command(ref argv) if argv.len() == 3));
@@ -257,6 +289,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\"u\""), "{text}");
+    }
+
+    #[test]
+    fn breaker_keys_parse_and_may_be_partial() {
+        let c: RegistryConfig = serde_json::from_str(r#"{"breaker": {"cooldown": "1m"}}"#).unwrap();
+        assert_eq!(
+            c.breaker,
+            BreakerConfig {
+                failures: 2,
+                cooldown: Duration::from_secs(60)
+            }
+        );
+        assert!(serde_json::from_str::<RegistryConfig>(r#"{"breaker": {"open": 1}}"#).is_err());
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub enum ErrorKind {
     Network(String),
     #[error("timed out")]
     Timeout,
+    /// Not asked: the host failed at the network level repeatedly and is
+    /// marked down until a probe request gets through.
+    #[error(
+        "host marked down after repeated network failures (last: {last_error}); not asked until a probe gets through"
+    )]
+    HostDown { last_error: String },
     #[error("rate limited (429){}", retry_after_text(.retry_after))]
     RateLimited { retry_after: Option<Duration> },
     #[error("server error {status}")]
@@ -198,6 +204,7 @@ impl ErrorKind {
         match self {
             ErrorKind::Network(_)
             | ErrorKind::Timeout
+            | ErrorKind::HostDown { .. }
             | ErrorKind::RateLimited { .. }
             | ErrorKind::Server { .. }
             | ErrorKind::Unauthorized { .. }

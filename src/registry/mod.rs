@@ -12,6 +12,7 @@
 //! callers turn transient errors into "undecided", never into "unpromoted".
 
 mod auth;
+mod breaker;
 mod cache;
 mod client;
 mod config;
@@ -26,7 +27,9 @@ mod resolve;
 mod stats;
 
 pub use client::{RegistryClient, SetupError};
-pub use config::{GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig};
+pub use config::{
+    BreakerConfig, GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig,
+};
 pub use error::{ErrorKind, RegistryError, Target};
 pub use fetch::FetchedManifest;
 pub use list::{DEFAULT_PAGE_SIZE, Listing, MAX_LIST_BYTES, MAX_PAGES};

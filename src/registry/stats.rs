@@ -35,10 +35,12 @@ pub enum Outcome {
     TooLarge,
     /// 200, but the body or its `Docker-Content-Digest` did not match.
     DigestMismatch,
+    /// Not sent: the host is marked down by its circuit breaker.
+    CircuitOpen,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 10] = [
+    const ALL: [Outcome; 11] = [
         Outcome::Ok,
         Outcome::NotFound,
         Outcome::Unauthorized,
@@ -49,6 +51,7 @@ impl Outcome {
         Outcome::NetworkError,
         Outcome::TooLarge,
         Outcome::DigestMismatch,
+        Outcome::CircuitOpen,
     ];
 
     /// A stable label value for metrics.
@@ -64,6 +67,7 @@ impl Outcome {
             Outcome::NetworkError => "network_error",
             Outcome::TooLarge => "too_large",
             Outcome::DigestMismatch => "digest_mismatch",
+            Outcome::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -196,7 +200,17 @@ impl StatsSnapshot {
             .unwrap_or(0)
     }
 
-    /// All requests of `kind` to any host.
+    /// Requests that went out on the network, to any host and of any kind:
+    /// every counted request except those an open circuit breaker refused.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests
+            .iter()
+            .filter(|((_, _, o), _)| *o != Outcome::CircuitOpen)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// All requests of `kind` to any host, refused ones included.
     pub fn total(&self, kind: RequestKind) -> u64 {
         self.requests
             .iter()
@@ -217,11 +231,13 @@ mod tests {
         s.request("a:1", RequestKind::Manifest, Outcome::Ok);
         s.request("a:1", RequestKind::Manifest, Outcome::ServerError);
         s.request("b", RequestKind::Token, Outcome::Ok);
+        s.request("b", RequestKind::Manifest, Outcome::CircuitOpen);
         let snap = s.snapshot();
         assert_eq!(snap.count("a:1", RequestKind::Manifest, Outcome::Ok), 2);
         assert_eq!(snap.requests_to("a:1", RequestKind::Manifest), 3);
         assert_eq!(snap.requests_to("a:1", RequestKind::Token), 0);
         assert_eq!(snap.total(RequestKind::Token), 1);
-        assert_eq!(snap.requests.len(), 3);
+        assert_eq!(snap.requests_sent(), 4);
+        assert_eq!(snap.requests.len(), 4);
     }
 }

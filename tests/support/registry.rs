@@ -83,14 +83,7 @@ impl Registry {
             )
             .unwrap();
             let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path).unwrap();
-            let mut child = Command::new(REGISTRY_BIN)
-                .arg("serve")
-                .arg(&config)
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start docker-registry");
+            let mut child = spawn(dir.path());
             if wait_ready(&mut child, port) {
                 return Self {
                     child,
@@ -115,6 +108,32 @@ impl Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Starts the registry again after [`Registry::stop`], on the same port
+    /// and with the same storage: the outage is over.
+    pub fn restart(&mut self) {
+        let port = self.host.rsplit_once(':').unwrap().1.parse().unwrap();
+        self.child = spawn(self.dir.path());
+        assert!(
+            wait_ready(&mut self.child, port),
+            "docker-registry did not restart on {}:\n{}",
+            self.host,
+            std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+        );
+    }
+}
+
+/// Runs `docker-registry serve` on the config.yml in `dir`, logging to
+/// registry.log there.
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    Command::new(REGISTRY_BIN)
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start docker-registry")
 }
 
 impl Drop for Registry {
