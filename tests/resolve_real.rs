@@ -890,9 +890,12 @@ async fn untrustworthy_answers_make_verdicts_undecided_never_unpromoted() {
         "{}",
         result.verdict.reason
     );
+    // Every request failed at connect, or was refused by the breaker once
+    // those failures marked the host down.
     let stats = resolver.client().stats();
     assert_eq!(
-        stats.count(&host, RequestKind::Manifest, Outcome::NetworkError),
+        stats.count(&host, RequestKind::Manifest, Outcome::NetworkError)
+            + stats.count(&host, RequestKind::Manifest, Outcome::CircuitOpen),
         manifest_gets(&stats)
     );
 }
@@ -1240,7 +1243,8 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
     assert!(v.reason.contains("not found"), "{}", v.reason);
     assert_eq!(tag_reads(), 5);
 
-    // Registry down: undecided for want of an answer, every attempt refused.
+    // Registry down: undecided for want of an answer, every attempt refused
+    // until the breaker marks the host down (no retry after that).
     proxy.stop().await;
     let before = manifest_gets(&resolver.client().stats());
     let (_, result) = resolver.settle(&index, &event, &policy).await;
@@ -1253,7 +1257,7 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
         v.reason
     );
     let stats = resolver.client().stats();
-    let attempts = 1 + u64::from(test_config(None).max_retries);
+    let attempts = u64::from(test_config(None).breaker.failures);
     assert_eq!(manifest_gets(&stats) - before, attempts);
     assert_eq!(
         stats.count(&host, RequestKind::Manifest, Outcome::NetworkError),
