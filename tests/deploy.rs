@@ -640,7 +640,7 @@ fn cloud_run_config_loads_and_matches_the_push_script() {
         .unwrap_or_else(|e| panic!("pubsub.push.auth: {e}"));
     assert_eq!(
         auth.service_account_emails,
-        ["push-invoker@PROJECT.iam.gserviceaccount.com"]
+        ["push-invoker@project-id.iam.gserviceaccount.com"]
     );
     assert_eq!(config.data_dir, Path::new("/var/lib/image-auditor"));
     load_config_redirected(&text);

@@ -18,9 +18,9 @@
 #       auth:
 #         audience: https://SERVICE_URL              # = --push-auth-token-audience
 #         service_account_emails:
-#           - push-invoker@PROJECT.iam.gserviceaccount.com   # = --push-auth-service-account
+#           - push-invoker@project-id.iam.gserviceaccount.com   # = --push-auth-service-account
 #
-# with SERVICE_URL and PROJECT replaced by the values printed below.
+# with SERVICE_URL and project-id replaced by the values printed below.
 set -euo pipefail
 
 PROJECT="${PROJECT:?set PROJECT (placeholder: your Google Cloud project)}"
