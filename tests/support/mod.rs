@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod git;
 pub mod oci;
 pub mod prometheus;
 pub mod pubsub;
