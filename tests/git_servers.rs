@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
-use image_auditor::manifest::source::{GitConfig, ManifestSource, Version};
+use image_auditor::manifest::source::{GitConfig, ManifestSource, SourceError, Version};
 use serde_json::Value;
 use support::git::{GitDaemon, HttpBackend, Mode, Proxy, Repo, digest, disk_used, git};
 use support::service::Service;
@@ -171,6 +171,33 @@ async fn smart_http_with_a_token_from_a_file() {
     assert_eq!(commit_served(&service).await, second.as_str());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_times_out_over_git_and_smart_http() {
+    let dir = tempfile::tempdir().unwrap();
+    Repo::new(dir.path());
+    let daemon = GitDaemon::start(dir.path(), true).await;
+    let backend = HttpBackend::start(dir.path(), None).await;
+    for (url, port) in [
+        (daemon.url("k8s.io"), daemon.port),
+        (backend.url("k8s.io"), backend.port),
+    ] {
+        let proxy = Proxy::start(port).await;
+        proxy.set(Mode::Hang);
+        let mut source = git_source(&proxy.url(&url, port), &dir.path().join("checkout"), "");
+        if let ManifestSource::Git { config, .. } = &mut source {
+            config.command_timeout = Duration::from_millis(500);
+        }
+        let error = source.sync().await.unwrap_err();
+        assert!(
+            matches!(error, SourceError::Timeout { .. }),
+            "{url}: {error}"
+        );
+        // Once the server answers, the same source syncs.
+        proxy.set(Mode::Relay);
+        assert!(source.sync().await.is_ok(), "{url}");
+    }
+}
+
 fn git_source(url: &str, checkout: &Path, path: &str) -> ManifestSource {
     ManifestSource::Git {
         config: GitConfig {
@@ -324,7 +351,7 @@ async fn first_sync_and_a_quiet_poll_cost_follow_the_manifests_not_the_repositor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smart_http_sync_is_as_small_as_git_daemon() {
+async fn smart_http_cost_is_that_of_git_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let served = dir.path().join("big.git");
     std::fs::create_dir_all(&served).unwrap();
