@@ -135,8 +135,8 @@ impl ManifestSource {
     }
 }
 
-/// Below the checkout: the written-out manifest tree, the commit it was
-/// written from, and the scratch repository a fetch goes to.
+/// Below the checkout: the written-out manifest tree and the commit it was
+/// written from.
 const TREE_DIR: &str = "tree";
 const TREE_COMMIT: &str = "tree.commit";
 
@@ -153,8 +153,8 @@ fn scratch_name() -> String {
 }
 
 /// Runs the blocking sync on its own thread under the deadline. Past the
-/// deadline the sync is told to stop and abandoned; its sockets carry the
-/// same timeout, so a server that never answers cannot keep it forever.
+/// deadline the sync is told to stop and abandoned; its sockets time out
+/// shortly after, so a server that never answers cannot keep it forever.
 async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceError> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let task = {
@@ -167,7 +167,7 @@ async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceE
         Err(_) => {
             interrupt.store(true, Ordering::Relaxed);
             Err(SourceError::Timeout {
-                url: config.url.clone(),
+                url: shown_url(&config.url),
                 timeout: config.command_timeout,
             })
         }
@@ -176,8 +176,23 @@ async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceE
 
 fn git_error(config: &GitConfig, message: impl std::fmt::Display) -> SourceError {
     SourceError::Git {
-        url: config.url.clone(),
+        url: shown_url(&config.url),
         message: message.to_string(),
+    }
+}
+
+/// The URL without credentials written into it (`https://user:secret@…`):
+/// errors end up in findings and logs.
+fn shown_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -733,4 +748,25 @@ fn entry(root: &Path, path: &Path, meta: &std::fs::Metadata) -> String {
         path.strip_prefix(root).unwrap_or(path).display(),
         meta.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown_url;
+
+    #[test]
+    fn credentials_in_a_url_are_not_shown() {
+        assert_eq!(
+            shown_url("https://x-access-token:ghs_secret@github.com/org/repo"),
+            "https://***@github.com/org/repo"
+        );
+        assert_eq!(
+            shown_url("https://github.com/org/user@repo"),
+            "https://github.com/org/user@repo"
+        );
+        assert_eq!(
+            shown_url("git://127.0.0.1:9418/r"),
+            "git://127.0.0.1:9418/r"
+        );
+    }
 }
