@@ -111,6 +111,9 @@ impl Reloader {
     async fn reload_locked(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {
         let result = self.try_reload(state, force).await;
         if let Err(e) = &result {
+            if let ReloadError::Source(SourceError::TooLarge { .. }) = e {
+                self.metrics.rejected("manifest_fetch_too_large");
+            }
             self.metrics.manifest_load_failures.inc();
             tracing::error!(error = %e, "manifest reload failed; the live index stays");
             self.report(state, "(manifest set)", &e.to_string()).await;

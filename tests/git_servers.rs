@@ -198,6 +198,57 @@ async fn a_silent_server_times_out_over_git_and_smart_http() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::new(dir.path());
+    let first = repo.head();
+    let daemon = GitDaemon::start(dir.path(), true).await;
+    let service = Service::start_without_programs(
+        dir.path(),
+        &dir.path().join("unused"),
+        &Repo::config_at(&daemon.url("k8s.io"), "1h").replace(
+            "  poll_interval: 1h\n",
+            "  poll_interval: 1h\n  max_bytes: 32768\n",
+        ),
+    )
+    .await;
+    // 64 KiB that does not compress, inside the manifest tree.
+    let noise: String = (0..65536).map(|_| fastrand::alphanumeric()).collect();
+    repo.write("registry/images/a/noise.txt", &noise);
+    repo.commit("a large file among the manifests");
+    assert!(!reload(&service).await);
+    assert!(!reload(&service).await);
+    assert_eq!(commit_served(&service).await, first.as_str());
+    let findings = manifest_findings(&service);
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(
+        findings[0].contains("manifests_git.max_bytes"),
+        "{}",
+        findings[0]
+    );
+    let metrics = reqwest::get(service.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "image_auditor_rejected_requests_total{reason=\"manifest_fetch_too_large\"} 2"
+        ),
+        "{metrics}"
+    );
+
+    // Read in place over file://, the written tree is bounded the same way.
+    let mut source = git_source(&repo.file_url(), &dir.path().join("checkout"), "registry");
+    if let ManifestSource::Git { config, .. } = &mut source {
+        config.max_bytes = 32768;
+    }
+    let error = source.sync().await.unwrap_err();
+    assert!(matches!(error, SourceError::TooLarge { .. }), "{error}");
+}
+
 fn git_source(url: &str, checkout: &Path, path: &str) -> ManifestSource {
     ManifestSource::Git {
         config: GitConfig {
@@ -208,6 +259,7 @@ fn git_source(url: &str, checkout: &Path, path: &str) -> ManifestSource {
             command_timeout: Duration::from_secs(60),
             token_env: None,
             token_file: None,
+            max_bytes: 256 << 20,
         },
         checkout: checkout.to_path_buf(),
     }

@@ -48,6 +48,10 @@ pub struct GitConfig {
     /// token (GitHub app tokens live an hour) is picked up.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// The most one sync may receive from the server, and the most the
+    /// manifest tree it writes out may hold. Default 256 MiB.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
 }
 
 fn default_branch() -> String {
@@ -58,6 +62,9 @@ fn default_poll() -> Duration {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(120)
+}
+fn default_max_bytes() -> u64 {
+    256 << 20
 }
 
 /// A version of the files: the git commit, or for a directory a digest of
@@ -83,6 +90,10 @@ pub enum SourceError {
     Git { url: String, message: String },
     #[error("git {url}: no answer within {timeout:?}; abandoned")]
     Timeout { url: String, timeout: Duration },
+    #[error(
+        "git {url}: more than {limit} bytes to fetch or write (manifests_git.max_bytes); refused"
+    )]
+    TooLarge { url: String, limit: u64 },
     #[error("reading {path}: {source}")]
     Io {
         path: PathBuf,
@@ -181,6 +192,74 @@ fn git_error(config: &GitConfig, message: impl std::fmt::Display) -> SourceError
     }
 }
 
+fn too_large(config: &GitConfig) -> SourceError {
+    SourceError::TooLarge {
+        url: shown_url(&config.url),
+        limit: config.max_bytes,
+    }
+}
+
+/// Bytes one sync may still receive.
+struct Budget {
+    left: u64,
+    spent: bool,
+}
+
+impl Budget {
+    fn new(limit: u64) -> Budget {
+        Budget {
+            left: limit,
+            spent: false,
+        }
+    }
+
+    fn spend(&mut self, n: usize) {
+        match self.left.checked_sub(n as u64) {
+            Some(left) => self.left = left,
+            None => {
+                self.left = 0;
+                self.spent = true;
+            }
+        }
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        if self.spent {
+            Err(std::io::Error::other("manifests_git.max_bytes reached"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A pack stream that fails once the sync's budget is spent, so a huge
+/// commit cannot fill the disk (or, on Cloud Run, the memory).
+struct Bounded<'a> {
+    inner: &'a mut dyn std::io::BufRead,
+    budget: &'a mut Budget,
+}
+
+impl std::io::Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.budget.check()?;
+        let n = self.inner.read(buf)?;
+        self.budget.spend(n);
+        self.budget.check().map(|()| n)
+    }
+}
+
+impl std::io::BufRead for Bounded<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.budget.check()?;
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.inner.consume(amount);
+        self.budget.spend(amount);
+    }
+}
+
 /// The URL without credentials written into it (`https://user:secret@…`):
 /// errors end up in findings and logs.
 fn shown_url(url: &str) -> String {
@@ -242,11 +321,12 @@ fn sync_blocking(
             .map_err(|e| git_error(config, describe(&e)))?
             .ok_or_else(|| git_error(config, format!("no branch {}", config.branch)))?;
         if written != Some(tip) {
-            write_tree(config, checkout, &repo, tip, interrupt)?;
+            write_tree(config, checkout, &repo, tip, config.max_bytes, interrupt)?;
         }
         return Ok(tip.to_string());
     }
     let mut wire = Wire::connect(config, &url).map_err(|e| git_error(config, e))?;
+    let mut budget = Budget::new(config.max_bytes);
     let tip = wire.tip(&config.branch).map_err(|e| git_error(config, e))?;
     if written == Some(tip) {
         return Ok(tip.to_string());
@@ -257,11 +337,17 @@ fn sync_blocking(
     let result = init_bare(&scratch)
         .map_err(|e| describe(&e))
         .and_then(|repo| {
-            wire.fetch_manifest_tree(&repo, tip, &config.path, interrupt)?;
+            wire.fetch_manifest_tree(&repo, tip, &config.path, &mut budget, interrupt)?;
             Ok(repo)
         })
-        .map_err(|e| git_error(config, e))
-        .and_then(|repo| write_tree(config, checkout, &repo, tip, interrupt));
+        .map_err(|e| {
+            if budget.spent {
+                too_large(config)
+            } else {
+                git_error(config, e)
+            }
+        })
+        .and_then(|repo| write_tree(config, checkout, &repo, tip, config.max_bytes, interrupt));
     let _ = std::fs::remove_dir_all(&scratch);
     result.map(|()| tip.to_string())
 }
@@ -405,19 +491,20 @@ impl Wire {
         repo: &gix::Repository,
         tip: ObjectId,
         path: &Path,
+        budget: &mut Budget,
         interrupt: &AtomicBool,
     ) -> Result<(), String> {
         if !self.filters() {
-            return self.fetch(repo, tip, None, true, interrupt);
+            return self.fetch(repo, tip, None, true, budget, interrupt);
         }
-        self.fetch(repo, tip, Some("tree:0"), true, interrupt)?;
+        self.fetch(repo, tip, Some("tree:0"), true, budget, interrupt)?;
         let mut tree = repo
             .find_commit(tip)
             .and_then(|c| c.tree_id())
             .map_err(|e| format!("commit {tip}: {e}"))?
             .detach();
         for component in path.components() {
-            self.fetch(repo, tree, Some("tree:1"), false, interrupt)?;
+            self.fetch(repo, tree, Some("tree:1"), false, budget, interrupt)?;
             let name = component.as_os_str().to_string_lossy();
             tree = repo
                 .find_tree(tree)
@@ -427,7 +514,7 @@ impl Wire {
                 .map(|e| e.object_id())
                 .ok_or_else(|| format!("commit {tip} has no {}", path.display()))?;
         }
-        self.fetch(repo, tree, None, false, interrupt)
+        self.fetch(repo, tree, None, false, budget, interrupt)
     }
 
     fn fetch(
@@ -436,6 +523,7 @@ impl Wire {
         want: ObjectId,
         filter: Option<&str>,
         shallow: bool,
+        budget: &mut Budget,
         interrupt: &AtomicBool,
     ) -> Result<(), String> {
         use gix::protocol::fetch;
@@ -448,14 +536,22 @@ impl Wire {
         gix::protocol::fetch(
             &mut Want { id: want, filter },
             |pack, progress, interrupt| {
+                // No object may inflate past the budget either.
+                let alloc_limit_bytes = usize::try_from(budget.left).ok();
                 gix::odb::pack::Bundle::write_to_directory(
-                    pack,
+                    &mut Bounded {
+                        inner: pack,
+                        budget: &mut *budget,
+                    },
                     Some(&pack_dir),
                     progress,
                     interrupt,
                     None::<gix::objs::find::Never>,
                     repo.object_hash(),
-                    gix::odb::pack::bundle::write::Options::default(),
+                    gix::odb::pack::bundle::write::Options {
+                        alloc_limit_bytes,
+                        ..Default::default()
+                    },
                 )
                 .map(|_| true)
             },
@@ -620,6 +716,7 @@ fn write_tree(
     checkout: &Path,
     repo: &gix::Repository,
     tip: ObjectId,
+    max_bytes: u64,
     interrupt: &AtomicBool,
 ) -> Result<(), SourceError> {
     let marker = checkout.join(TREE_COMMIT);
@@ -646,7 +743,7 @@ fn write_tree(
             .try_into_tree()
             .map_err(|e| git_error(config, format!("{}: {e}", config.path.display())))?
     };
-    let written = write_subtree(config, &tree, &target);
+    let written = write_subtree(config, repo, &tree, &target, &mut Budget::new(max_bytes));
     if written.is_err() || interrupt.load(Ordering::Relaxed) {
         let _ = std::fs::remove_dir_all(&staging);
         return written;
@@ -656,7 +753,13 @@ fn write_tree(
     std::fs::write(&marker, tip.to_string()).map_err(io_error(&marker))
 }
 
-fn write_subtree(config: &GitConfig, tree: &gix::Tree<'_>, dir: &Path) -> Result<(), SourceError> {
+fn write_subtree(
+    config: &GitConfig,
+    repo: &gix::Repository,
+    tree: &gix::Tree<'_>,
+    dir: &Path,
+    budget: &mut Budget,
+) -> Result<(), SourceError> {
     use gix::object::tree::EntryKind;
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     for entry in tree.iter() {
@@ -680,9 +783,18 @@ fn write_subtree(config: &GitConfig, tree: &gix::Tree<'_>, dir: &Path) -> Result
                 let subtree = object()?
                     .try_into_tree()
                     .map_err(|e| git_error(config, format!("{}: {e}", path.display())))?;
-                write_subtree(config, &subtree, &path)?;
+                write_subtree(config, repo, &subtree, &path, budget)?;
             }
             EntryKind::Blob | EntryKind::BlobExecutable => {
+                // Sized before it is inflated into memory.
+                let size = repo
+                    .find_header(entry.object_id())
+                    .map_err(|e| git_error(config, format!("{}: {e}", path.display())))?
+                    .size();
+                budget.spend(usize::try_from(size).unwrap_or(usize::MAX));
+                if budget.spent {
+                    return Err(too_large(config));
+                }
                 std::fs::write(&path, &object()?.data).map_err(io_error(&path))?;
             }
             // Symbolic links could point outside the tree, and submodules
