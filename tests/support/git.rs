@@ -382,18 +382,29 @@ async fn relay(client: TcpStream, server: TcpStream, corrupt: bool, bytes: Arc<A
         })
     };
     let mut buf = vec![0; 64 * 1024];
-    let mut corrupted = !corrupt;
+    // Stream offset of the byte to flip: past the header of the first pack,
+    // inside its first object's data, wherever the reads split the stream.
+    let mut flip_at: Option<u64> = None;
+    let mut flipped = !corrupt;
+    let mut offset = 0u64;
     while let Ok(n) = server_read.read(&mut buf).await {
         if n == 0 {
             break;
         }
-        if !corrupted && let Some(at) = buf[..n].windows(4).position(|w| w == b"PACK") {
-            // Past the pack header, inside the first object's data.
-            if at + 40 < n {
-                buf[at + 40] ^= 0xff;
-                corrupted = true;
+        if !flipped {
+            if flip_at.is_none()
+                && let Some(at) = buf[..n].windows(4).position(|w| w == b"PACK")
+            {
+                flip_at = Some(offset + at as u64 + 40);
+            }
+            if let Some(at) = flip_at
+                && at < offset + n as u64
+            {
+                buf[(at - offset) as usize] ^= 0xff;
+                flipped = true;
             }
         }
+        offset += n as u64;
         if client_write.write_all(&buf[..n]).await.is_err() {
             break;
         }
