@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs every system package the test suite needs (Debian; prometheus
-# provides promtool for tests/deploy.rs). Idempotent:
+# provides promtool for tests/deploy.rs; git, with `git daemon` and `git
+# http-backend`, serves the repositories of the manifest source tests). Idempotent:
 # skips apt entirely when everything is already there.
 set -euo pipefail
 
-packages=(docker-registry skopeo openssl prometheus prometheus-alertmanager)
+packages=(docker-registry skopeo openssl prometheus prometheus-alertmanager git)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,8 +26,8 @@ pub struct Config {
     /// directory of plain manifests. Watched for changes. Ignored when
     /// `manifests_git` is set.
     pub manifests: PathBuf,
-    /// Take the manifests from a branch of a git repository instead, kept in
-    /// a clone under `data_dir/manifests-git`.
+    /// Take the manifests from a branch of a git repository instead, its
+    /// manifest tree written under `data_dir/manifests-git`.
     pub manifests_git: Option<GitConfig>,
     pub reload: ReloadConfig,
     /// Where the findings database and the registry cache live.

@@ -181,6 +181,9 @@ impl Reloader {
             if let Some(limit) = e.over_budget() {
                 self.metrics.rejected(limit.reason());
             }
+            if let ReloadError::Source(SourceError::TooLarge { .. }) = e {
+                self.metrics.rejected("manifest_fetch_too_large");
+            }
             self.metrics.manifest_load_failures.inc();
             tracing::error!(error = %e, "manifest reload failed; the live index stays");
             self.report(state, "(manifest set)", &e.to_string()).await;

@@ -176,6 +176,19 @@ fn load_config_redirected(text: &str) -> Config {
     Config::load(Some(&path)).unwrap_or_else(|e| panic!("config does not load: {e}"))
 }
 
+/// The shipped configs follow registry.k8s.io/ of kubernetes/k8s.io in
+/// process (the image has no `git`, and no volume brings the manifests).
+fn follows_k8s_io(config: &Config) {
+    let git = config.manifests_git.as_ref().expect("manifests_git");
+    assert_eq!(git.url, "https://github.com/kubernetes/k8s.io");
+    assert_eq!(git.branch, "main");
+    assert_eq!(git.path, Path::new("registry.k8s.io"));
+    assert!(
+        git.token_env.is_none() && git.token_file.is_none(),
+        "public"
+    );
+}
+
 /// Every `image_auditor_*` name in a text.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
@@ -365,12 +378,9 @@ fn deployment_volumes_match_the_configmap_pvc_and_config() {
     );
     assert_eq!(Path::new(mounts["data"]), config.data_dir);
 
-    // The manifests directory is under a mount, and the port is the config's.
-    assert!(
-        config.manifests.starts_with(mounts["manifests"]),
-        "manifests {} is not under a mounted volume",
-        config.manifests.display()
-    );
+    // The manifests are fetched into data_dir: no volume to provide.
+    follows_k8s_io(&config);
+    assert!(!mounts.contains_key("manifests") && !volumes.contains_key("manifests"));
     assert_eq!(c["ports"][0]["containerPort"], config.http.listen.port());
     // With a read-only root, SQLite needs a writable /tmp.
     assert_eq!(mounts["tmp"], "/tmp");
@@ -419,7 +429,7 @@ fn configmap_config_loads_as_the_service_config() {
     let text = str_of(&cm["data"]["config.yaml"], "data.config.yaml");
     // The text as shipped: types, unknown keys, durations.
     let config: Config = serde_saphyr::from_str(text).unwrap();
-    assert_eq!(config.manifests, Path::new("/manifests/registry.k8s.io"));
+    follows_k8s_io(&config);
     assert_eq!(config.data_dir, Path::new("/var/lib/image-auditor"));
     assert_eq!(config.http.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(config.log.format, image_auditor::config::LogFormat::Json);
@@ -627,6 +637,10 @@ fn cloud_run_service_is_a_single_instance_with_probes() {
         .collect();
     assert!(mounts.contains("/etc/image-auditor"));
     assert!(mounts.contains("/var/lib/image-auditor"));
+    assert!(
+        !mounts.contains("/manifests"),
+        "manifests come from manifests_git"
+    );
 }
 
 #[test]
@@ -643,6 +657,7 @@ fn cloud_run_config_loads_and_matches_the_push_script() {
         ["push-invoker@project-id.iam.gserviceaccount.com"]
     );
     assert_eq!(config.data_dir, Path::new("/var/lib/image-auditor"));
+    follows_k8s_io(&config);
     load_config_redirected(&text);
 
     let script_path = repo().join("deploy/cloudrun/pubsub-push.sh");
@@ -740,6 +755,12 @@ fn dockerfile_builds_locked_and_runs_as_nonroot_on_distroless() {
     ] {
         assert!(runtime.contains(&want), "runtime stage lacks {want}");
     }
+    // Nothing is installed at run time (distroless has no shell to run it):
+    // manifests_git speaks git in process, so no `git` is needed either.
+    assert!(
+        !runtime.iter().any(|l| l.starts_with("RUN ")),
+        "the runtime stage runs nothing"
+    );
     // No variable that would silently override the config file.
     assert!(!lines.iter().any(|l| l.starts_with("ENV ")));
     // The embedded default is where the image puts the fixtures.

@@ -1,98 +1,17 @@
 //! Living manifests: `serve` following a real git repository (created by
-//! the test, served over `file://`) and a watched directory; a broken
+//! the test, read over `file://` by a service that has no `git` program on
+//! its PATH) and a watched directory; a broken
 //! project keeps its last good version and is reported once; a promotion
 //! committed after the last poll is found before an event is rejected;
 //! audits never fail or see a torn index while reloads happen.
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use base64::Engine;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
+use support::git::{GitDaemon, Mode, Proxy, Repo, digest};
 use support::service::Service;
-
-fn digest(n: u8) -> String {
-    format!("sha256:{}", format!("{n:02x}").repeat(32))
-}
-
-/// A git repository holding a thin layout with projects `a` and `b`.
-struct Repo {
-    dir: PathBuf,
-}
-
-impl Repo {
-    fn new(dir: &Path) -> Repo {
-        let repo = Repo {
-            dir: dir.join("k8s.io"),
-        };
-        std::fs::create_dir_all(&repo.dir).unwrap();
-        repo.git(&["init", "--quiet", "--initial-branch=main"]);
-        for project in ["a", "b"] {
-            repo.write(
-                &format!("registry/manifests/{project}/promoter-manifest.yaml"),
-                &format!(
-                    "registries:\n- name: staging.example/{project}\n  src: true\n\
-                     - name: {project}.example/prod\n"
-                ),
-            );
-        }
-        repo.images("a", &[(digest(1), "1.0")]);
-        repo.images("b", &[(digest(2), "1.0")]);
-        repo.commit("initial promotions");
-        repo
-    }
-
-    fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git")
-            .args([
-                "-c",
-                "user.name=test",
-                "-c",
-                "user.email=test@example.invalid",
-            ])
-            .args(args)
-            .current_dir(&self.dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    fn write(&self, path: &str, text: &str) {
-        let path = self.dir.join(path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    fn images(&self, project: &str, promotions: &[(String, &str)]) {
-        let mut text = String::from("- name: app\n  dmap:\n");
-        for (d, tag) in promotions {
-            text.push_str(&format!("    \"{d}\": [\"{tag}\"]\n"));
-        }
-        self.write(&format!("registry/images/{project}/images.yaml"), &text);
-    }
-
-    fn commit(&self, message: &str) -> String {
-        self.git(&["add", "-A"]);
-        self.git(&["commit", "--quiet", "-m", message]);
-        self.git(&["rev-parse", "HEAD"])
-    }
-
-    fn config(&self, poll: &str) -> String {
-        format!(
-            "resolve: false\nmanifests_git:\n  url: file://{}\n  branch: main\n  path: registry\n  \
-             poll_interval: {poll}\nreload:\n  refresh_min_interval: 0s\n",
-            self.dir.display()
-        )
-    }
-}
 
 async fn get(service: &Service, path: &str) -> (u16, Value) {
     let response = reqwest::get(service.url(path)).await.unwrap();
@@ -133,7 +52,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
     let repo = Repo::new(dir.path());
     let first = repo.git(&["rev-parse", "HEAD"]);
     let root = dir.path().join("unused");
-    let service = Service::start(dir.path(), &root, &repo.config("200ms")).await;
+    let service = Service::start_without_programs(dir.path(), &root, &repo.config("200ms")).await;
     let (_, ready) = get(&service, "/readyz").await;
     assert_eq!(ready["index"]["commit"], first.as_str());
     assert_eq!(ready["index"]["generation"], 1);
@@ -233,7 +152,9 @@ async fn a_promotion_committed_after_the_last_poll_is_found_before_rejecting() {
     let repo = Repo::new(dir.path());
     // The poll would not come for an hour: only refresh-before-reject can
     // see the new commit.
-    let service = Service::start(dir.path(), &dir.path().join("unused"), &repo.config("1h")).await;
+    let service =
+        Service::start_without_programs(dir.path(), &dir.path().join("unused"), &repo.config("1h"))
+            .await;
     repo.images("a", &[(digest(1), "1.0"), (digest(6), "5.0")]);
     repo.commit("promote a 5.0");
     let answer = push(
@@ -259,7 +180,9 @@ async fn a_promotion_committed_after_the_last_poll_is_found_before_rejecting() {
 async fn audits_never_fail_nor_see_a_torn_index_while_reloads_happen() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path());
-    let service = Service::start(dir.path(), &dir.path().join("unused"), &repo.config("1h")).await;
+    let service =
+        Service::start_without_programs(dir.path(), &dir.path().join("unused"), &repo.config("1h"))
+            .await;
     let check =
         json!({"references": [format!("a.example/prod/app:1.0@{}", digest(1))]}).to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -395,33 +318,23 @@ async fn a_hostile_commit_keeps_the_last_good_index_and_is_reported_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_says_when_a_reload_is_stuck() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::new(dir.path());
-    let root = dir.path().join("unused");
+    let _repo = Repo::new(dir.path());
+    let daemon = GitDaemon::start(dir.path(), true).await;
+    let proxy = Proxy::start(daemon.port).await;
+    let url = proxy.url(&daemon.url("k8s.io"), daemon.port);
     let config = format!(
         "{}  stuck_after: 1s\n",
-        repo.config("1h")
-            .replace("url: file://", "command_timeout: 10m\n  url: file://")
+        Repo::config_at(&url, "1h").replace(
+            "  poll_interval: 1h\n",
+            "  poll_interval: 1h\n  command_timeout: 10m\n"
+        )
     );
-    let service = Service::start(dir.path(), &root, &config).await;
+    let service = Service::start(dir.path(), &dir.path().join("unused"), &config).await;
     assert_eq!(get(&service, "/readyz").await.0, 200);
 
-    // A git server that accepts connections and never answers: the next
+    // The git server accepts connections and never answers: the next
     // fetch hangs until its command timeout.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/k8s.io", silent.local_addr().unwrap());
-    let held = tokio::spawn(async move {
-        let mut connections = Vec::new();
-        loop {
-            connections.push(silent.accept().await.unwrap());
-        }
-    });
-    let checkout = dir.path().join("data/manifests-git");
-    let out = Command::new("git")
-        .args(["remote", "set-url", "origin", &url])
-        .current_dir(&checkout)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    proxy.set(Mode::Hang);
     let reload = tokio::spawn({
         let url = service.url("/-/reload");
         async move { reqwest::Client::new().post(url).send().await }
@@ -436,8 +349,9 @@ async fn readyz_says_when_a_reload_is_stuck() {
         })
         .await;
 
-    // The server goes away: the fetch fails, the reload ends, ready again.
-    held.abort();
+    // The server goes away (the held connections close): the fetch fails,
+    // the reload ends, ready again.
+    drop(proxy);
     let _ = reload.await;
     service
         .wait_until("/readyz is 200 again", || async {

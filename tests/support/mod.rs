@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod fault_proxy;
+pub mod git;
 pub mod oci;
 pub mod prometheus;
 pub mod pubsub;

@@ -16,6 +16,8 @@ pub struct Service {
     pub port: u16,
     pub dir: PathBuf,
     config: PathBuf,
+    /// `PATH` for the process, when it must not inherit the test's.
+    path: Option<PathBuf>,
 }
 
 impl Service {
@@ -28,7 +30,7 @@ impl Service {
     /// [`Service::start`] on a given port (one a registry was told to
     /// notify before the service existed).
     pub async fn start_on(port: u16, dir: &Path, manifests: &Path, extra: &str) -> Service {
-        Self::start_with_http(port, dir, manifests, "", extra).await
+        Self::start_with(port, dir, manifests, "", extra, None).await
     }
 
     /// [`Service::start_on`] with `http` (YAML lines indented by two
@@ -39,6 +41,25 @@ impl Service {
         manifests: &Path,
         http: &str,
         extra: &str,
+    ) -> Service {
+        Self::start_with(port, dir, manifests, http, extra, None).await
+    }
+
+    /// [`Service::start`] with a `PATH` holding no programs at all (so no
+    /// `git`), to show the service needs none.
+    pub async fn start_without_programs(dir: &Path, manifests: &Path, extra: &str) -> Service {
+        let empty = dir.join("empty-path");
+        std::fs::create_dir_all(&empty).unwrap();
+        Self::start_with(free_port(), dir, manifests, "", extra, Some(empty)).await
+    }
+
+    async fn start_with(
+        port: u16,
+        dir: &Path,
+        manifests: &Path,
+        http: &str,
+        extra: &str,
+        path: Option<PathBuf>,
     ) -> Service {
         let config = dir.join("config.yaml");
         std::fs::write(
@@ -55,6 +76,7 @@ impl Service {
             port,
             dir: dir.to_path_buf(),
             config,
+            path,
         };
         service.spawn().await;
         service
@@ -72,15 +94,18 @@ impl Service {
             .append(true)
             .open(self.dir.join("service.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_image-auditor"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_image-auditor"));
+        command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env_remove("IMAGE_AUDITOR_MANIFESTS")
             .env_remove("PORT")
             .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::from(log));
+        if let Some(path) = &self.path {
+            command.env("PATH", path);
+        }
+        let child = command.spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + READY_WITHIN;
         let client = reqwest::Client::new();
