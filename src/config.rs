@@ -19,6 +19,9 @@ use crate::sources::webhook::{EndpointConfig, WebhookKind};
 /// The real k8s.io corpus shipped with the repository.
 pub const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
 
+/// Where the findings database and the registry cache live unless configured.
+pub const DEFAULT_DATA_DIR: &str = "data";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -223,7 +226,7 @@ impl Default for Config {
             manifests: DEFAULT_MANIFESTS.into(),
             manifests_git: None,
             reload: ReloadConfig::default(),
-            data_dir: "data".into(),
+            data_dir: DEFAULT_DATA_DIR.into(),
             http: HttpConfig::default(),
             policy: Policy::default(),
             resolve: true,
@@ -402,9 +405,7 @@ impl Config {
                 format!("cannot create {}: {e}", self.data_dir.display()),
             )
         })?;
-        if self.registry.cache_dir.is_none() {
-            self.registry.cache_dir = Some(self.data_dir.join("registry-cache"));
-        }
+        self.registry.cache_under(&self.data_dir);
         crate::sources::webhook::Endpoints::from_config(&self.webhooks.by_kind(), |var| {
             std::env::var(var).ok()
         })
@@ -448,6 +449,11 @@ impl Config {
     }
 
     pub fn findings_db(&self) -> PathBuf {
-        self.data_dir.join("findings.sqlite")
+        findings_db(&self.data_dir)
     }
+}
+
+/// The findings database of a data directory: `serve` and `scan` share it.
+pub fn findings_db(data_dir: &Path) -> PathBuf {
+    data_dir.join("findings.sqlite")
 }

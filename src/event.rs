@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::reference::{Digest, Repository, Tag};
+use crate::reference::{self, Digest, Reference, Repository, Tag};
 
 /// Where events come from. Labels metrics, so the set is closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -133,6 +133,35 @@ pub struct Event {
     pub tag: Option<Tag>,
 }
 
+/// Why a reference cannot be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum Uncheckable {
+    #[error(transparent)]
+    Reference(#[from] reference::ParseError),
+    #[error("{0:?} names neither a tag nor a digest")]
+    NoTarget(String),
+}
+
+impl Event {
+    /// The push of `text` (`host/path:tag`, `host/path@digest` or both) that
+    /// `check` asks about; the reference itself is the event's id, so the
+    /// answer names what was asked.
+    pub fn hypothetical_push(text: &str) -> Result<Event, Uncheckable> {
+        let r: Reference = text.parse()?;
+        if r.digest.is_none() && r.tag.is_none() {
+            return Err(Uncheckable::NoTarget(text.to_owned()));
+        }
+        Ok(Event {
+            id: EventId(text.to_owned()),
+            source: Source::Cli,
+            action: Action::Insert,
+            repository: r.repository,
+            digest: r.digest,
+            tag: r.tag,
+        })
+    }
+}
+
 /// Characters of untrusted text kept by [`excerpt`]: enough for a full
 /// reference with a sha512 digest.
 pub const EXCERPT_CHARS: usize = 200;
@@ -174,5 +203,25 @@ mod tests {
         let cut = excerpt(&long);
         assert!(cut.starts_with(&"é".repeat(EXCERPT_CHARS)), "{cut}");
         assert!(cut.ends_with("…[20 more bytes]"), "{cut}");
+    }
+
+    #[test]
+    fn a_checked_reference_is_an_insert_named_by_the_reference() {
+        let text = "registry.example/app:1.0";
+        let event = Event::hypothetical_push(text).unwrap();
+        assert_eq!(event.id, EventId(text.into()));
+        assert_eq!((event.source, event.action), (Source::Cli, Action::Insert));
+        assert_eq!(event.tag.unwrap().to_string(), "1.0");
+        assert_eq!(event.digest, None);
+
+        let untargeted = Event::hypothetical_push("registry.example/app").unwrap_err();
+        assert_eq!(
+            untargeted.to_string(),
+            "\"registry.example/app\" names neither a tag nor a digest"
+        );
+        assert!(matches!(
+            Event::hypothetical_push("not a reference"),
+            Err(Uncheckable::Reference(_))
+        ));
     }
 }

@@ -24,3 +24,4 @@ pub mod server;
 pub mod service;
 pub mod sources;
 pub mod status;
+pub mod wiring;

@@ -17,7 +17,7 @@ use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
 use crate::reload::Reloader;
-use crate::resolve::Resolver;
+use crate::resolve::{Resolver, audit_or_settle};
 
 /// One delivery from a source, decoded as far as the source could.
 #[derive(Debug, Clone)]
@@ -322,14 +322,12 @@ impl Pipeline {
     /// The verdict on `index`, resolving what it depends on when a resolver
     /// is configured.
     async fn decide(&self, index: &Arc<Index>, event: &Event) -> Verdict {
-        match &self.resolver {
-            Some(resolver) => {
-                let (resolved, result) = resolver.settle(index, event, &self.policy).await;
-                self.publish(resolved);
-                result.verdict
-            }
-            None => audit(index, event, &self.policy).verdict,
+        let (resolved, result) =
+            audit_or_settle(self.resolver.as_deref(), index, event, &self.policy).await;
+        if let Some(resolved) = resolved {
+            self.publish(resolved);
         }
+        result.verdict
     }
 
     /// Keeps the children the resolver learnt, unless a reload replaced the

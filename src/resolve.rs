@@ -342,6 +342,25 @@ fn undecided(reason: String) -> Audit {
     }
 }
 
+/// The verdict on `index`: settled through the registries when a resolver
+/// exists, the audit alone otherwise. Every caller that judges one event (the
+/// CLI, `POST /v1/check`, the pipeline) decides the same way through here.
+/// The index comes back with the children learnt, when a resolver ran.
+pub async fn audit_or_settle(
+    resolver: Option<&Resolver>,
+    index: &Index,
+    event: &Event,
+    policy: &Policy,
+) -> (Option<Index>, Audit) {
+    match resolver {
+        Some(resolver) => {
+            let (resolved, result) = resolver.settle(index, event, policy).await;
+            (Some(resolved), result)
+        }
+        None => (None, audit(index, event, policy)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,15 +14,15 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::audit::{Policy, VerdictKind, audit};
-use crate::event::{Action, Event, EventId, Source};
+use crate::audit::{Policy, VerdictKind};
+use crate::event::Event;
 use crate::findings::{FindingQuery, Store, off_thread};
 use crate::index::Index;
 use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
 use crate::pipeline::{Disposition, Pipeline};
-use crate::reference::{Digest, Reference};
+use crate::reference::Digest;
 use crate::reload::Reloader;
-use crate::resolve::Resolver;
+use crate::resolve::{Resolver, audit_or_settle};
 use crate::sources::pubsub_pull::PullStatus;
 use crate::sources::pubsub_push;
 use crate::sources::push_auth::PushVerifier;
@@ -254,29 +254,13 @@ async fn check(State(state): State<AppState>, request: Request) -> Response {
     }
     let mut results = Vec::with_capacity(request.references.len());
     for text in &request.references {
-        let reference: Reference = match text.parse() {
-            Ok(r) => r,
+        let event = match Event::hypothetical_push(text) {
+            Ok(event) => event,
             Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
         };
-        if reference.digest.is_none() && reference.tag.is_none() {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{text:?} names neither a tag nor a digest"),
-            );
-        }
-        let event = Event {
-            id: EventId(text.clone()),
-            source: Source::Cli,
-            action: Action::Insert,
-            repository: reference.repository,
-            digest: reference.digest,
-            tag: reference.tag,
-        };
         let index = state.index.load_full();
-        let result = match &state.resolver {
-            Some(resolver) => resolver.settle(&index, &event, &state.policy).await.1,
-            None => audit(&index, &event, &state.policy),
-        };
+        let (_, result) =
+            audit_or_settle(state.resolver.as_deref(), &index, &event, &state.policy).await;
         results.push(json!({
             "reference": text,
             "verdict": result.verdict.kind,

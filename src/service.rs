@@ -1,5 +1,5 @@
-//! `serve`: wires configuration, index, resolver, store, pipeline, sources
-//! and HTTP together, and takes them down in order on shutdown.
+//! `serve`: wires configuration, index, the shared parts ([`Wiring`]),
+//! sources, alerts and HTTP together, and takes them down in order on shutdown.
 
 use std::sync::Arc;
 
@@ -10,33 +10,26 @@ use crate::alert::Route;
 use crate::alert::dispatch::{AlertsConfig, Dispatcher};
 use crate::alert::sink::Sink;
 use crate::config::Config;
-use crate::findings::{SqliteStore, Store};
 use crate::listener::{ConnectionLimits, fit_connection_cap, serve};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::registry::RegistryClient;
 use crate::reload::Reloader;
-use crate::resolve::Resolver;
 use crate::scan;
 use crate::server::{AdminAccess, AppState, router};
 use crate::sources::pubsub_pull::PullSource;
 use crate::sources::push_auth::PushVerifier;
 use crate::sources::webhook::Endpoints;
+use crate::wiring::Wiring;
 
 /// Runs the service until `shutdown` is cancelled, then stops pulling,
 /// finishes in-flight work and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let db = config.findings_db();
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&db)
-            .with_context(|| format!("opening findings store {}", db.display()))?,
-    );
-    let client = config
-        .resolve
-        .then(|| RegistryClient::new(config.registry.clone()).context("registry client"))
-        .transpose()?;
-    let metrics = Arc::new(Metrics::new(client.clone()));
-    let resolver = client.clone().map(|client| Arc::new(Resolver::new(client)));
+    let wiring = Wiring::open(
+        &config.findings_db(),
+        config.resolve.then(|| config.registry.clone()),
+    )?;
+    let (store, metrics) = (wiring.store.clone(), wiring.metrics.clone());
     let (source, poll_interval) = config.manifest_source();
     let root = source.root();
     let reloader = Reloader::start(source, store.clone(), metrics.clone(), &config.reload)
@@ -51,15 +44,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         destinations = stats.destinations, "index loaded");
 
     let pipeline = Arc::new(
-        Pipeline::new(
-            index.clone(),
-            resolver.clone(),
-            store.clone(),
-            config.policy.clone(),
-            metrics.clone(),
-            config.undecided_retry_for,
-        )
-        .with_reloader(reloader.clone()),
+        wiring
+            .pipeline(
+                index.clone(),
+                config.policy.clone(),
+                config.undecided_retry_for,
+            )
+            .with_reloader(reloader.clone()),
     );
     let pull = config.pubsub.pull.clone().map(PullSource::new);
     let push_verifier = config
@@ -110,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         pipeline: pipeline.clone(),
         store,
         metrics: metrics.clone(),
-        resolver,
+        resolver: wiring.resolver.clone(),
         policy: config.policy.clone(),
         push_enabled: config.pubsub.push.enabled,
         push_verifier,
@@ -128,7 +119,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let pull = pull.map(|pull| tokio::spawn(pull.run(pipeline.handler(), shutdown.clone())));
     tokio::spawn(reloader.clone().run(poll_interval, shutdown.clone()));
     tokio::spawn(reload_on_sighup(reloader, shutdown.clone()));
-    let sweeps = match (config.scan.interval, client) {
+    let sweeps = match (config.scan.interval, wiring.client) {
         (Some(interval), Some(client)) => Some(tokio::spawn(sweep_periodically(
             pipeline.clone(),
             index.clone(),

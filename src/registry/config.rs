@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -120,7 +120,41 @@ impl Default for RegistryConfig {
     }
 }
 
+/// Why a registry access file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryConfigError {
+    #[error("cannot read {}: {error}", path.display())]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+}
+
 impl RegistryConfig {
+    /// Reads a file holding only registry access settings (the CLI's
+    /// `--registry-config`); an empty file means the defaults.
+    pub fn load(path: &Path) -> Result<RegistryConfig, RegistryConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| RegistryConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        serde_saphyr::from_str::<Option<RegistryConfig>>(&text)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| RegistryConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Caches under `data_dir` unless a cache directory is configured, so
+    /// that a second run costs no registry requests.
+    pub fn cache_under(&mut self, data_dir: &Path) {
+        self.cache_dir
+            .get_or_insert_with(|| data_dir.join("registry-cache"));
+    }
+
     /// Whether `host` (with its port, if any) is reached over plain HTTP.
     pub fn is_insecure_http(&self, host: &str) -> bool {
         let bare = host.rsplit_once(':').map_or(host, |(name, _)| name);

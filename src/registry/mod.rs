@@ -29,6 +29,7 @@ mod stats;
 pub use client::{RegistryClient, SetupError};
 pub use config::{
     BreakerConfig, GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig,
+    RegistryConfigError,
 };
 pub use error::{ErrorKind, RegistryError, Target};
 pub use fetch::FetchedManifest;

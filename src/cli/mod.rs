@@ -1,0 +1,298 @@
+//! The command line: clap definitions here, one module per command group.
+//! Everything in `cli` parses arguments, calls the library and prints;
+//! decisions and wiring live in the library.
+
+mod check;
+mod index;
+mod manifests;
+mod replay;
+mod scan;
+mod serve;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use image_auditor::audit::Policy;
+use image_auditor::config;
+use image_auditor::index::Index;
+use image_auditor::manifest::{self, ManifestSet};
+use image_auditor::registry::{RegistryClient, RegistryConfig};
+use image_auditor::resolve::Resolver;
+
+#[derive(Parser)]
+#[command(
+    name = "image-auditor",
+    version,
+    about = "Checks container registry changes against promotion manifests, by digest.",
+    after_help = "Exit status: 0 when everything is explained, 1 when a verdict needs a human \
+                  or a manifest is invalid, 2 when the command itself failed."
+)]
+pub struct Cli {
+    /// Promotion manifests: a thin-layout root (manifests/ + images/), a plain
+    /// manifest file, or a directory of plain manifests.
+    /// [default: manifests-fixtures/k8s.io/registry.k8s.io, or `manifests` in
+    /// the serve config]
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+
+    /// Call a digest promoted under another image name of the same manifest
+    /// `wrong_repository` instead of `promoted`.
+    #[arg(long, global = true)]
+    pub strict_repository: bool,
+
+    /// Raise no alert for deleting content that was never promoted.
+    #[arg(long, global = true)]
+    pub allow_unpromoted_deletes: bool,
+
+    /// Registry access settings (YAML): credentials, plain-HTTP hosts, rate
+    /// limits, timeouts, cache directory. See README "Registry access".
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_REGISTRY_CONFIG")]
+    pub registry_config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the service: HTTP API, Pub/Sub push endpoint, Pub/Sub pull when
+    /// configured. Stops cleanly on SIGTERM or SIGINT.
+    Serve {
+        /// YAML configuration (README "Configuration"); the embedded
+        /// defaults serve the shipped fixtures on 127.0.0.1:8080.
+        #[arg(long, env = "IMAGE_AUDITOR_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate promotion manifests and print every problem.
+    Manifests {
+        #[command(subcommand)]
+        command: ManifestsCommand,
+    },
+    /// Inspect the digest index.
+    Index {
+        #[command(subcommand)]
+        command: IndexCommand,
+    },
+    /// Show where a digest is promoted.
+    Lookup {
+        /// `sha256:` followed by 64 lower-case hex digits.
+        digest: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the verdict for pushing each reference (host/path:tag,
+    /// host/path@digest or host/path:tag@digest).
+    Check {
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Read promoted manifest lists and pushed manifests from the
+        /// registries when a verdict depends on them, so every verdict is final.
+        #[arg(long)]
+        resolve: bool,
+    },
+    /// Sweep registries: audit every tag of every repository the manifests
+    /// name under each prefix, and report promised content that is not
+    /// there (`missing`). Decisions go to the findings store; exit 1 when a
+    /// new finding was made. Resumes an interrupted sweep (README "Scanning").
+    Scan {
+        /// Registry prefixes (`host[/path]`) to sweep [default: every
+        /// destination prefix of the manifests].
+        prefixes: Vec<String>,
+        /// Also visit every repository `/v2/_catalog` lists under each prefix.
+        #[arg(long)]
+        catalog: bool,
+        /// Ignore the checkpoint of an interrupted sweep and start anew.
+        #[arg(long)]
+        restart: bool,
+        /// The summary as one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where the sweep's checkpoint is kept [default: <data-dir>/scan].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// The service's data directory: findings are recorded in
+        /// <data-dir>/findings.sqlite, the store `serve` alerts from.
+        #[arg(long, default_value = config::DEFAULT_DATA_DIR, env = "IMAGE_AUDITOR_DATA_DIR")]
+        data_dir: PathBuf,
+        /// Entries per page of `_catalog` and `tags/list`.
+        #[arg(long, default_value_t = image_auditor::registry::DEFAULT_PAGE_SIZE, hide = true,
+              value_parser = clap::value_parser!(usize))]
+        page_size: usize,
+        /// Stop after visiting this many repositories (the sweep resumes on
+        /// the next run).
+        #[arg(long)]
+        max_repositories: Option<usize>,
+    },
+    /// Audit newline-delimited GCR notification payloads from a file (`-` for
+    /// standard input), one verdict per line.
+    Replay {
+        file: PathBuf,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Read promoted manifest lists and pushed manifests from the
+        /// registries when a verdict depends on them, so every verdict is final.
+        #[arg(long)]
+        resolve: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ManifestsCommand {
+    /// Load and validate; exit 1 if any project has an error.
+    Validate {
+        /// Defaults to --manifests.
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IndexCommand {
+    /// Sizes of the index, load time and memory.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every promoted digest from the registries (source first, then
+    /// destinations) to learn the children of manifest lists; fills the cache.
+    Resolve {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Serve { config } = &cli.command {
+        return serve::serve(config.as_deref(), cli.manifests.as_deref());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMAGE_AUDITOR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let policy = Policy {
+        strict_repository: cli.strict_repository,
+        allow_unpromoted_deletes: cli.allow_unpromoted_deletes,
+    };
+    let registry = RegistrySetup {
+        config: cli.registry_config.clone(),
+    };
+    let manifests = cli
+        .manifests
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_MANIFESTS));
+    match cli.command {
+        Command::Serve { .. } => unreachable!("handled in main"),
+        Command::Manifests {
+            command: ManifestsCommand::Validate { dir },
+        } => manifests::validate(dir.as_deref().unwrap_or(&manifests)),
+        Command::Index {
+            command: IndexCommand::Stats { json },
+        } => index::stats(&manifests, json),
+        Command::Index {
+            command: IndexCommand::Resolve { json },
+        } => index::resolve(&manifests, &registry, json),
+        Command::Lookup { digest, json } => index::lookup(&manifests, &digest, json),
+        Command::Check {
+            references,
+            json,
+            resolve,
+        } => check::check(&manifests, &policy, &registry, resolve, &references, json),
+        Command::Scan {
+            prefixes,
+            catalog,
+            restart,
+            json,
+            state_dir,
+            data_dir,
+            page_size,
+            max_repositories,
+        } => {
+            let options = image_auditor::scan::Options {
+                catalog,
+                restart,
+                state_dir: Some(state_dir.unwrap_or_else(|| data_dir.join("scan"))),
+                page_size: page_size.max(1),
+                max_repositories,
+            };
+            scan::scan(
+                &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
+            )
+        }
+        Command::Replay {
+            file,
+            json,
+            resolve,
+        } => replay::replay(&manifests, &policy, &registry, resolve, &file, json),
+    }
+}
+
+fn load(dir: &Path) -> anyhow::Result<ManifestSet> {
+    Ok(manifest::load(dir)?)
+}
+
+/// Loads and indexes, warning on stderr about projects left out.
+fn load_index(dir: &Path) -> anyhow::Result<Index> {
+    let set = load(dir)?;
+    for problem in set.errors() {
+        eprintln!("{problem} (project left out)");
+    }
+    Ok(Index::build(&set, 1))
+}
+
+fn exit_for(violations: usize) -> ExitCode {
+    if violations > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The runtime a one-shot command runs its registry requests on.
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Where registry access settings come from.
+struct RegistrySetup {
+    config: Option<PathBuf>,
+}
+
+impl RegistrySetup {
+    /// The `--registry-config` file, or the defaults; cached under the
+    /// default data directory unless the file names a cache.
+    fn config(&self) -> anyhow::Result<RegistryConfig> {
+        let mut config = match &self.config {
+            None => RegistryConfig::default(),
+            Some(path) => RegistryConfig::load(path)?,
+        };
+        config.cache_under(Path::new(config::DEFAULT_DATA_DIR));
+        Ok(config)
+    }
+
+    /// A resolver whose client runs on `runtime`.
+    fn resolver(&self, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Resolver> {
+        let config = self.config()?;
+        let _entered = runtime.enter();
+        Ok(Resolver::new(RegistryClient::new(config)?))
+    }
+}

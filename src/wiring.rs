@@ -1,0 +1,82 @@
+//! The parts every command that records decisions shares (`serve`, `scan`):
+//! the findings store, the registry client and the resolver over it, the
+//! metrics, and the pipeline over them, built one way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::Policy;
+use crate::findings::{SqliteStore, Store, StoreError};
+use crate::index::Index;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::registry::{RegistryClient, RegistryConfig, SetupError};
+use crate::resolve::Resolver;
+
+/// Why the shared parts cannot be built. The cause is part of the message
+/// rather than a `source`, so that printing the whole chain says it once.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error("opening findings store {}: {error}", path.display())]
+    Store { path: PathBuf, error: StoreError },
+    #[error("registry client: {error}")]
+    Registry { error: SetupError },
+}
+
+pub struct Wiring {
+    pub store: Arc<dyn Store>,
+    /// Present when registries may be read.
+    pub client: Option<RegistryClient>,
+    pub resolver: Option<Arc<Resolver>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Wiring {
+    /// Opens the findings store at `findings_db` and, given `registry`, the
+    /// registry client, which must be built inside a tokio runtime.
+    pub fn open(
+        findings_db: &Path,
+        registry: Option<RegistryConfig>,
+    ) -> Result<Wiring, WiringError> {
+        let store: Arc<dyn Store> =
+            Arc::new(
+                SqliteStore::open(findings_db).map_err(|error| WiringError::Store {
+                    path: findings_db.to_path_buf(),
+                    error,
+                })?,
+            );
+        let client = registry
+            .map(|config| {
+                RegistryClient::new(config).map_err(|error| WiringError::Registry { error })
+            })
+            .transpose()?;
+        let metrics = Arc::new(Metrics::new(client.clone()));
+        let resolver = client.clone().map(|client| Arc::new(Resolver::new(client)));
+        Ok(Wiring {
+            store,
+            client,
+            resolver,
+            metrics,
+        })
+    }
+
+    /// The pipeline deciding against `index` with these parts.
+    pub fn pipeline(
+        &self,
+        index: Arc<ArcSwap<Index>>,
+        policy: Policy,
+        undecided_retry_for: Duration,
+    ) -> Pipeline {
+        Pipeline::new(
+            index,
+            self.resolver.clone(),
+            self.store.clone(),
+            policy,
+            self.metrics.clone(),
+            undecided_retry_for,
+        )
+    }
+}
