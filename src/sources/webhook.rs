@@ -11,8 +11,8 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 
 use crate::event::{EndpointName, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
 use crate::reference::RegistryPrefix;
+use crate::sources::Delivery;
 use crate::sources::{acr, distribution, ecr, harbor, json};
 
 /// One webhook request, parsed.
