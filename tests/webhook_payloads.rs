@@ -10,7 +10,7 @@
 use image_auditor::event::{Action, Event, EventId, Malformed, Source};
 use image_auditor::reference::{Digest, RegistryPrefix, Repository, Tag};
 use image_auditor::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
-use image_auditor::sources::{acr, ecr, harbor};
+use image_auditor::sources::webhook::{acr, ecr, harbor};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sha2::Digest as _;

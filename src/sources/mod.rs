@@ -12,11 +12,7 @@ use std::sync::Arc;
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, Event, EventId, Malformed, Source};
 
-pub mod acr;
-pub mod distribution;
-pub mod ecr;
 pub mod gcr;
-pub mod harbor;
 pub mod json;
 pub mod pubsub_pull;
 pub mod pubsub_push;
