@@ -31,6 +31,28 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    /// The event a parser read under `id`, or the reason it could not:
+    /// then a `Malformed` under the same id and source.
+    pub fn of(source: Source, id: EventId, event: Result<Event, String>) -> Decoded {
+        match event {
+            Ok(event) => Decoded {
+                source,
+                id,
+                decoded: Ok(event),
+            },
+            Err(reason) => Decoded::malformed(source, id, reason),
+        }
+    }
+
+    /// An event under `id` that could not be read, and why.
+    pub fn malformed(source: Source, id: EventId, reason: String) -> Decoded {
+        Decoded {
+            source,
+            id: id.clone(),
+            decoded: Err(Malformed { id, source, reason }),
+        }
+    }
+
     /// The delivery of this event through `endpoint`.
     pub fn at(self, endpoint: &EndpointName) -> Delivery {
         Delivery {
