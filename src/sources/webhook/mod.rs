@@ -2,8 +2,11 @@
 //! body into [`Parsed`] (the contract every format shares, in `parsed`),
 //! and [`WebhookKind`] picks the parser and the content types a format is
 //! sent with. Endpoints (configuration, token authentication, the event
-//! cap) are in `endpoint`. Adding a registry is one module here, one
-//! `WebhookKind` variant, and one test file.
+//! cap) are in `endpoint`. Adding a registry is a module here and its test
+//! file, plus the lists that name every kind: a `WebhookKind` variant, its
+//! [`Source`], its `webhooks.<kind>` key in `config::WebhooksConfig`, and
+//! its parser in the cross-format properties
+//! (`tests/webhook_payload_properties.rs`).
 
 pub mod acr;
 pub mod distribution;
