@@ -27,8 +27,9 @@ use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::metrics::Metrics;
-use image_auditor::pipeline::{Disposition, Handled, Handler, Pipeline};
+use image_auditor::pipeline::Pipeline;
 use image_auditor::sources::pubsub_pull::{PullSource, PullStatus};
+use image_auditor::sources::{Disposition, Handled, Handler};
 use pubsub_support::Fixture;
 use tokio_util::sync::CancellationToken;
 

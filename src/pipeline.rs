@@ -3,8 +3,6 @@
 //! [`Delivery`] over; what they do next (ack, nack, HTTP status) follows the
 //! [`Disposition`] they get back.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,45 +10,13 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
-use crate::event::{EndpointName, Event, EventId, Malformed, Source};
+use crate::event::{EndpointName, Event, EventId, Source};
 use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
-
-/// One delivery from a source, decoded as far as the source could.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    pub source: Source,
-    /// The endpoint that received it: ids are unique only within one.
-    pub endpoint: EndpointName,
-    /// The source's delivery id (Pub/Sub message id, webhook event id):
-    /// redeliveries carry the same id.
-    pub id: EventId,
-    pub decoded: Result<Event, Malformed>,
-}
-
-/// What the source must do with a delivery once the pipeline is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// The verdict is recorded (or the delivery is a duplicate of one that
-    /// is): acknowledge, never deliver again.
-    Ack,
-    /// Nothing final was recorded (undecided, or the store failed): ask the
-    /// source to deliver again later.
-    Retry,
-}
-
-/// The pipeline's answer to one delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Handled {
-    pub disposition: Disposition,
-    /// The verdict decided, when one was (`None` for a duplicate or a failure).
-    pub verdict: Option<VerdictKind>,
-    /// The delivery id was already recorded for this endpoint.
-    pub duplicate: bool,
-}
+use crate::sources::{Delivery, Disposition, Handled, Handler};
 
 /// What makes two deliveries the same one.
 type DedupeKey = (Source, EndpointName, EventId);
@@ -60,10 +26,6 @@ impl Delivery {
         (self.source, self.endpoint.clone(), self.id.clone())
     }
 }
-
-/// How sources reach the pipeline, without depending on it.
-pub type Handler =
-    Arc<dyn Fn(Delivery) -> Pin<Box<dyn Future<Output = Handled> + Send>> + Send + Sync>;
 
 /// How long an undecided delivery may keep coming back before it is
 /// recorded as `unverifiable` (and alerted) instead.

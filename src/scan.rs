@@ -33,9 +33,10 @@ use crate::audit::VerdictKind;
 use crate::event::{Action, EndpointName, Event, EventId, Source};
 use crate::index::Index;
 use crate::metrics::Metrics;
-use crate::pipeline::{Delivery, Disposition, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::registry::{DEFAULT_PAGE_SIZE, RegistryClient};
+use crate::sources::{Delivery, Disposition};
 
 /// The checkpoint's file name in the state directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";

@@ -15,7 +15,8 @@ use image_auditor::event::Source;
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::reference::{MAX_REPOSITORY_LEN, Reference, Repository};
 use image_auditor::sources::webhook::{EndpointConfig, Endpoints, WebhookKind};
-use image_auditor::sources::{acr, distribution, ecr, gcr, harbor, pubsub_push};
+use image_auditor::sources::webhook::{acr, distribution, ecr, harbor};
+use image_auditor::sources::{gcr, pubsub_push};
 use serde_json::{Value, json};
 use support::service::Service;
 

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use image_auditor::event::{Event, Malformed, Source};
-use image_auditor::pipeline::{Delivery, Disposition, Handled, Handler};
 use image_auditor::sources::pubsub_pull::{
     self, PullConfig, PullError, PullSource, PullStats, PullStatus,
 };
+use image_auditor::sources::{Delivery, Disposition, Handled, Handler};
 use pubsub_support::{Fixture, insert_payload};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use image_auditor::event::{Action, EndpointName, Event, EventId, Malformed, Source};
-use image_auditor::pipeline::Delivery;
+use image_auditor::sources::Delivery;
 use image_auditor::sources::pubsub_push::{self, MESSAGE_ID_HEADER, PushError};
 use proptest::prelude::*;
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 #![no_main]
 
 use image_auditor::reference::RegistryPrefix;
-use image_auditor::sources::{acr, distribution, ecr, harbor};
+use image_auditor::sources::webhook::{acr, distribution, ecr, harbor};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

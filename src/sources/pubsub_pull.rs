@@ -55,9 +55,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{EndpointName, EventId, Source};
-use crate::pipeline::{Delivery, Disposition, Handled, Handler};
 use crate::pubsub::{self, ClientError, EndpointError, Target};
 use crate::sources::gcr;
+use crate::sources::{Delivery, Disposition, Handled, Handler};
 
 /// The `pubsub_pull:` section of the service configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

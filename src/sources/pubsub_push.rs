@@ -56,7 +56,7 @@ use http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
 use crate::event::{EndpointName, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
+use crate::sources::Delivery;
 use crate::sources::gcr;
 use crate::sources::json::{self, json_type, shown};
 

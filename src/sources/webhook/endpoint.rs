@@ -1,97 +1,16 @@
-//! What every registry webhook parser hands back: the events to audit, what
-//! was deliberately not audited, and an optional reply body (Event Grid's
-//! validation handshake). Parsers are pure: bytes in, this out. The events
-//! become [`Delivery`]s only once tied to the endpoint that received them
-//! ([`Decoded::at`]): an event id is unique only within its endpoint.
+//! A webhook endpoint as configured (`webhooks.<kind>[]`): its name, the
+//! registry it reports for, its token, and how many events one request may
+//! list. Requests find their endpoint by the token they carry.
 
 use std::fmt;
 
 use serde::Deserialize;
-use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use crate::event::{EndpointName, Event, EventId, Malformed, Source};
-use crate::pipeline::Delivery;
+use super::WebhookKind;
+use crate::event::EndpointName;
 use crate::reference::RegistryPrefix;
-use crate::sources::{acr, distribution, ecr, harbor, json};
-
-/// One webhook request, parsed.
-#[derive(Debug, Default)]
-pub struct Parsed {
-    /// One per registry change to audit, each with its own id (what the
-    /// registry resends on retry) and either an `Event` or a `Malformed`.
-    pub deliveries: Vec<Decoded>,
-    /// Events the request carried that are not registry changes to audit.
-    pub ignored: Vec<Ignored>,
-    /// Answer with this JSON instead of the usual summary (handshakes).
-    pub reply: Option<Value>,
-}
-
-/// One event of a request, before it is tied to the endpoint that received
-/// it: a format parser knows nothing of endpoints.
-#[derive(Debug, Clone)]
-pub struct Decoded {
-    pub source: Source,
-    pub id: EventId,
-    pub decoded: Result<Event, Malformed>,
-}
-
-impl Decoded {
-    /// The delivery of this event through `endpoint`.
-    pub fn at(self, endpoint: &EndpointName) -> Delivery {
-        Delivery {
-            source: self.source,
-            endpoint: endpoint.clone(),
-            id: self.id,
-            decoded: self.decoded,
-        }
-    }
-}
-
-/// An event that is counted but not audited.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ignored {
-    /// The event's own id where it has one, else a description of where it
-    /// stood in the request (`events[3]`).
-    pub id: String,
-    pub why: IgnoreReason,
-}
-
-/// Why an event is not audited; a metric label, so the set is closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IgnoreReason {
-    /// A layer or config blob (pushed, mounted or deleted), not a manifest.
-    Blob,
-    /// A pull or other read: nothing changed.
-    Pull,
-    /// The registry reports the action failed (ECR `result: FAILURE`).
-    Failed,
-    /// Content that is not a container image (Helm charts, for instance).
-    NotAnImage,
-    /// An event type this parser does not know; never an error, so that a
-    /// registry adding types does not make its deliveries fail.
-    UnknownType,
-}
-
-impl IgnoreReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IgnoreReason::Blob => "blob",
-            IgnoreReason::Pull => "pull",
-            IgnoreReason::Failed => "failed",
-            IgnoreReason::NotAnImage => "not_an_image",
-            IgnoreReason::UnknownType => "unknown_type",
-        }
-    }
-}
-
-/// A request that is not a delivery of this webhook at all (answered 400):
-/// not JSON, or JSON without the envelope the format defines. Problems
-/// inside one event are a `Malformed` delivery instead, so the rest of the
-/// request is still audited.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Rejected(pub String);
+use crate::sources::json;
 
 /// A request listing more events than its endpoint accepts (answered 413,
 /// nothing recorded).
@@ -110,95 +29,6 @@ pub struct TooManyEvents {
 /// most the 1 MiB body limit, which real events (about 1 KiB each) fill at
 /// about a thousand. A hostile 1 MiB body of `{}` lists 349,000.
 pub const DEFAULT_MAX_EVENTS: usize = 1000;
-
-/// The webhook formats, each served at `POST /webhooks/<kind>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WebhookKind {
-    Distribution,
-    Harbor,
-    Ecr,
-    Acr,
-}
-
-impl WebhookKind {
-    pub const ALL: [WebhookKind; 4] = [
-        WebhookKind::Distribution,
-        WebhookKind::Harbor,
-        WebhookKind::Ecr,
-        WebhookKind::Acr,
-    ];
-
-    /// The path segment, config key and metric label.
-    pub fn as_str(self) -> &'static str {
-        self.source().as_str()
-    }
-
-    pub fn source(self) -> Source {
-        match self {
-            WebhookKind::Distribution => Source::Distribution,
-            WebhookKind::Harbor => Source::Harbor,
-            WebhookKind::Ecr => Source::Ecr,
-            WebhookKind::Acr => Source::Acr,
-        }
-    }
-
-    pub fn from_path(segment: &str) -> Option<WebhookKind> {
-        Self::ALL.into_iter().find(|k| k.as_str() == segment)
-    }
-
-    /// Whether a request's `Content-Type` essence (lower-cased, without
-    /// parameters) is one this format is sent with.
-    pub fn accepts(self, essence: &str) -> bool {
-        let json = essence == "application/json";
-        match self {
-            WebhookKind::Distribution => distribution::CONTENT_TYPES.contains(&essence) || json,
-            // A CloudEvents (or CDEvents) payload format policy sends the
-            // structured-mode type.
-            WebhookKind::Harbor => json || essence == CLOUDEVENT,
-            // Event Grid's CloudEvents schema: one event, or an array of
-            // them when the subscription batches.
-            WebhookKind::Acr => json || essence == CLOUDEVENT || essence == CLOUDEVENTS_BATCH,
-            WebhookKind::Ecr => json,
-        }
-    }
-
-    /// Whether the sender proves the endpoint wants its deliveries with the
-    /// CloudEvents abuse-protection handshake (an HTTP `OPTIONS` request)
-    /// before it sends any: Event Grid does, for CloudEvents subscriptions.
-    pub fn validates_with_options(self) -> bool {
-        self == WebhookKind::Acr
-    }
-
-    /// Whether the endpoint token may come as the `access_token` query
-    /// parameter (the CloudEvents webhook spec's second way). Only where the
-    /// sender cannot send a header on every request: Event Grid's `OPTIONS`
-    /// handshake carries no custom headers, only the subscribed URL. A
-    /// token in a URL is more easily logged, so the other kinds, whose
-    /// senders all set headers, keep to `Authorization`.
-    pub fn token_in_query(self) -> bool {
-        self == WebhookKind::Acr
-    }
-
-    /// Parses a request for `endpoint`.
-    pub fn parse(self, body: &[u8], endpoint: &Endpoint) -> Result<Parsed, Rejected> {
-        match (self, &endpoint.registry) {
-            (WebhookKind::Distribution, Some(registry)) => distribution::parse(body, registry),
-            // Startup refuses a distribution endpoint without a registry.
-            (WebhookKind::Distribution, None) => Err(Rejected(format!(
-                "webhook endpoint {} has no registry configured",
-                endpoint.name
-            ))),
-            (WebhookKind::Harbor, registry) => harbor::parse(body, registry.as_ref()),
-            (WebhookKind::Ecr, registry) => ecr::parse(body, registry.as_ref()),
-            (WebhookKind::Acr, registry) => acr::parse(body, registry.as_ref()),
-        }
-    }
-}
-
-/// The CloudEvents JSON structured-mode content type (one event).
-const CLOUDEVENT: &str = "application/cloudevents+json";
-/// The CloudEvents JSON batch content type (an array of events).
-const CLOUDEVENTS_BATCH: &str = "application/cloudevents-batch+json";
 
 /// One configured webhook endpoint (`webhooks.<kind>[]` in the service
 /// configuration).

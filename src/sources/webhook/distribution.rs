@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Action, Event, EventId, Source};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::registry::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::sources::json;
@@ -48,20 +48,10 @@ enum Item {
 }
 
 fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) -> Item {
-    let deliver = |decoded| {
-        Item::Deliver(Decoded {
-            source: Source::Distribution,
-            id: id.clone(),
-            decoded,
-        })
+    let deliver = |event: Result<Event, String>| {
+        Item::Deliver(Decoded::of(Source::Distribution, id.clone(), event))
     };
-    let malformed = |reason: String| {
-        deliver(Err(Malformed {
-            id: id.clone(),
-            source: Source::Distribution,
-            reason,
-        }))
-    };
+    let malformed = |reason: String| deliver(Err(reason));
     let ignore = |why| {
         Item::Ignore(Ignored {
             id: id.0.clone(),

@@ -51,7 +51,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Action, Event, EventId, Source};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -270,15 +270,9 @@ fn audit_resources(
         Ok(found) => found,
         Err(reason) => {
             let id = EventId(envelope.ids.event_id());
-            parsed.deliveries.push(Decoded {
-                source: Source::Harbor,
-                id: id.clone(),
-                decoded: Err(Malformed {
-                    id,
-                    source: Source::Harbor,
-                    reason,
-                }),
-            });
+            parsed
+                .deliveries
+                .push(Decoded::malformed(Source::Harbor, id, reason));
             return;
         }
     };
@@ -294,7 +288,7 @@ fn audit_resources(
             resources.len(),
             &[name_as_sent.unwrap_or_default(), raw("digest"), raw("tag")],
         ));
-        let decoded = repo_full_name
+        let event = repo_full_name
             .clone()
             .and_then(|name| {
                 name.ok_or_else(|| format!("field `{at}.repository.repo_full_name` is missing"))
@@ -305,17 +299,10 @@ fn audit_resources(
                     name: &format!("{at}.repository.repo_full_name"),
                 };
                 resource_event(&id, action, resource, &place, name, registry)
-            })
-            .map_err(|reason| Malformed {
-                id: id.clone(),
-                source: Source::Harbor,
-                reason,
             });
-        parsed.deliveries.push(Decoded {
-            source: Source::Harbor,
-            id,
-            decoded,
-        });
+        parsed
+            .deliveries
+            .push(Decoded::of(Source::Harbor, id, event));
     }
 }
 

@@ -23,7 +23,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Action, Event, EventId, Source};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{MAX_ID_LEN, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -130,13 +130,17 @@ fn grid_event(
             _ => Kind::Ignore(IgnoreReason::UnknownType),
         },
         Ok(None) => {
-            parsed
-                .deliveries
-                .push(malformed(id, format!("field `{type_field}` is missing")));
+            parsed.deliveries.push(Decoded::malformed(
+                Source::Acr,
+                id,
+                format!("field `{type_field}` is missing"),
+            ));
             return Ok(());
         }
         Err(reason) => {
-            parsed.deliveries.push(malformed(id, reason));
+            parsed
+                .deliveries
+                .push(Decoded::malformed(Source::Acr, id, reason));
             return Ok(());
         }
     };
@@ -155,7 +159,7 @@ fn grid_event(
         )),
         None => Err("field `data` is missing".into()),
     };
-    parsed.deliveries.push(delivery(id, change));
+    parsed.deliveries.push(Decoded::of(Source::Acr, id, change));
     Ok(())
 }
 
@@ -197,18 +201,22 @@ fn native_event(
             return Ok(());
         }
         Ok(None) => {
-            parsed
-                .deliveries
-                .push(malformed(id, "field `action` is empty".into()));
+            parsed.deliveries.push(Decoded::malformed(
+                Source::Acr,
+                id,
+                "field `action` is empty".into(),
+            ));
             return Ok(());
         }
         Err(reason) => {
-            parsed.deliveries.push(malformed(id, reason));
+            parsed
+                .deliveries
+                .push(Decoded::malformed(Source::Acr, id, reason));
             return Ok(());
         }
     };
     let change = image_event(&id, action, event, "", registry);
-    parsed.deliveries.push(delivery(id, change));
+    parsed.deliveries.push(Decoded::of(Source::Acr, id, change));
     Ok(())
 }
 
@@ -317,27 +325,4 @@ fn event_id(event: &Map<String, Value>, place: &str) -> Result<EventId, Rejected
         )));
     }
     Ok(EventId(id.clone()))
-}
-
-fn delivery(id: EventId, change: Result<Event, String>) -> Decoded {
-    match change {
-        Ok(event) => Decoded {
-            source: Source::Acr,
-            id,
-            decoded: Ok(event),
-        },
-        Err(reason) => malformed(id, reason),
-    }
-}
-
-fn malformed(id: EventId, reason: String) -> Decoded {
-    Decoded {
-        source: Source::Acr,
-        id: id.clone(),
-        decoded: Err(Malformed {
-            id,
-            source: Source::Acr,
-            reason,
-        }),
-    }
 }

@@ -25,7 +25,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Action, Event, EventId, Source};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -87,21 +87,13 @@ pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, R
     }
     let id = EventId(id.to_string());
     match image_action(&id, &root, registry) {
-        Ok(event) => parsed.deliveries.push(Decoded {
-            source: Source::Ecr,
-            id: id.clone(),
-            decoded: Ok(event),
-        }),
+        Ok(event) => parsed
+            .deliveries
+            .push(Decoded::of(Source::Ecr, id, Ok(event))),
         Err(Skip(why)) => parsed.ignored.push(ignore(why)),
-        Err(Bad(reason)) => parsed.deliveries.push(Decoded {
-            source: Source::Ecr,
-            id: id.clone(),
-            decoded: Err(Malformed {
-                id,
-                source: Source::Ecr,
-                reason,
-            }),
-        }),
+        Err(Bad(reason)) => parsed
+            .deliveries
+            .push(Decoded::malformed(Source::Ecr, id, reason)),
     }
     Ok(parsed)
 }
