@@ -8,9 +8,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::auth::url_host;
 use super::config::{GoogleAuthConfig, GoogleTokenSource};
 use super::error::ErrorKind;
+use super::http::url_host;
 use super::stats::{Outcome, RequestKind, Stats};
 
 const METADATA_TOKEN_URL: &str =
