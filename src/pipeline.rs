@@ -13,7 +13,7 @@ use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
 use crate::event::{EndpointName, Event, EventId, Malformed, Source};
-use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
+use crate::findings::{Decision, Recorded, Store, StoreError, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
 use crate::reload::Reloader;
@@ -346,7 +346,7 @@ impl Pipeline {
         }
     }
 
-    fn store_failed(&self, delivery: &Delivery, e: &dyn std::fmt::Display) -> Handled {
+    fn store_failed(&self, delivery: &Delivery, e: &StoreError) -> Handled {
         self.metrics.store_errors.inc();
         self.metrics
             .retries

@@ -302,12 +302,10 @@ struct FindingsParams {
 }
 
 async fn findings(State(state): State<AppState>, Query(params): Query<FindingsParams>) -> Response {
-    let verdict = match params.verdict.as_deref() {
+    let verdict = match params.verdict.as_deref().map(str::parse::<VerdictKind>) {
         None => None,
-        Some(v) => match VerdictKind::ALL.iter().find(|k| k.as_str() == v) {
-            Some(&k) => Some(k),
-            None => return error(StatusCode::BAD_REQUEST, format!("unknown verdict {v:?}")),
-        },
+        Some(Ok(k)) => Some(k),
+        Some(Err(unknown)) => return error(StatusCode::BAD_REQUEST, unknown.to_string()),
     };
     let digest = match params
         .digest
@@ -332,7 +330,7 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
     };
     match off_thread(&state.store, move |s| s.findings(&query)).await {
         Ok(findings) => axum::Json(json!({ "findings": findings })).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -618,7 +616,7 @@ async fn status_page(State(state): State<AppState>) -> Response {
     };
     let findings = match off_thread(&state.store, move |s| s.findings(&query)).await {
         Ok(findings) => findings,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let page = crate::status::render(
         &state.index.load().stats(),

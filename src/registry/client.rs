@@ -16,7 +16,7 @@ use super::auth::{Authenticator, Ctx, Sent};
 use super::breaker::Breakers;
 use super::cache::ManifestCache;
 use super::config::RegistryConfig;
-use super::credentials::Credentials;
+use super::credentials::{Credentials, CredentialsError};
 use super::error::{ErrorKind, RegistryError};
 use super::fetch::Flights;
 use super::http::{DOCKER_CONTENT_DIGEST, ReadError, error_chain, read_capped};
@@ -48,7 +48,7 @@ pub(crate) struct Inner {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("registry credentials: {0}")]
-    Credentials(String),
+    Credentials(CredentialsError),
     #[error("manifest cache {path}: {source}")]
     Cache {
         path: std::path::PathBuf,

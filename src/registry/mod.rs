@@ -32,6 +32,7 @@ pub use client::{RegistryClient, SetupError};
 pub use config::{
     BreakerConfig, GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig,
 };
+pub use credentials::{CredentialsError, DockerConfigProblem};
 pub use error::{ErrorKind, RegistryError, Target};
 pub use fetch::FetchedManifest;
 pub use list::{DEFAULT_PAGE_SIZE, Listing, MAX_LIST_BYTES, MAX_PAGES};
