@@ -18,7 +18,7 @@ use crate::audit::{Policy, VerdictKind, audit};
 use crate::event::{Action, Event, EventId, Source};
 use crate::findings::{FindingQuery, Store, off_thread};
 use crate::index::Index;
-use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
+use crate::metrics::Metrics;
 use crate::pipeline::{Disposition, Pipeline};
 use crate::reference::{Digest, Reference};
 use crate::reload::Reloader;
@@ -391,16 +391,7 @@ async fn webhook(
             format!("no webhook endpoint {kind:?} is configured"),
         );
     };
-    let count = |outcome| {
-        state
-            .metrics
-            .webhook_requests
-            .get_or_create(&WebhookLabels {
-                source: kind.as_str(),
-                outcome,
-            })
-            .inc();
-    };
+    let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let query = query_token(&uri);
     let Some(endpoint) = state
@@ -460,12 +451,7 @@ async fn webhook(
     for ignored in &parsed.ignored {
         state
             .metrics
-            .webhook_ignored
-            .get_or_create(&IgnoredLabels {
-                source: kind.as_str(),
-                reason: ignored.why.as_str(),
-            })
-            .inc();
+            .webhook_ignored(kind.as_str(), ignored.why.as_str());
     }
     let handled = futures::future::join_all(
         parsed
@@ -538,16 +524,7 @@ async fn webhook_validation(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let count = |outcome| {
-        state
-            .metrics
-            .webhook_requests
-            .get_or_create(&WebhookLabels {
-                source: kind.as_str(),
-                outcome,
-            })
-            .inc();
-    };
+    let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
         count("rejected");
         return error(

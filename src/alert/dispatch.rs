@@ -15,7 +15,7 @@ use super::sink::{Sink, SinkConfig};
 use super::{Alert, AlertStatus, FactKey, Route, group};
 use crate::findings::{Finding, FindingId, Store, now_ms, off_thread};
 use crate::index::Index;
-use crate::metrics::{AlertLabels, Metrics, SinkLabels};
+use crate::metrics::Metrics;
 
 /// The `alerts` section: the sinks, and timing shared by all of them.
 #[derive(Debug, Clone, Deserialize)]
@@ -185,15 +185,14 @@ impl Dispatcher {
                 None => Alert::of(&key, &members, AlertStatus::New),
             };
             let outcome = self.sink.send(&alert).await;
-            let labels = AlertLabels {
-                sink: self.name.clone(),
-                outcome: if outcome.is_ok() {
+            self.metrics.alert(
+                &self.name,
+                if outcome.is_ok() {
                     "delivered"
                 } else {
                     "failed"
                 },
-            };
-            self.metrics.alerts.get_or_create(&labels).inc();
+            );
             match outcome {
                 Ok(()) => {
                     for f in &members {
@@ -235,12 +234,7 @@ impl Dispatcher {
     async fn observe_backlog(&self) {
         let name = self.name.clone();
         if let Ok(backlog) = off_thread(&self.store, move |s| s.undelivered(&name)).await {
-            self.metrics
-                .outbox_backlog
-                .get_or_create(&SinkLabels {
-                    sink: self.name.clone(),
-                })
-                .set(backlog as i64);
+            self.metrics.outbox_backlog(&self.name, backlog as i64);
         }
     }
 
