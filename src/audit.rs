@@ -118,6 +118,24 @@ impl fmt::Display for VerdictKind {
     }
 }
 
+/// A verdict name that is not one of [`VerdictKind::as_str`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown verdict {0:?}")]
+pub struct UnknownVerdict(pub String);
+
+/// The inverse of [`VerdictKind::as_str`]: how stored rows and query
+/// parameters name a verdict.
+impl std::str::FromStr for VerdictKind {
+    type Err = UnknownVerdict;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        VerdictKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownVerdict(s.to_owned()))
+    }
+}
+
 /// Where a promotion is written down.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Evidence {
@@ -752,5 +770,19 @@ impl Ctx<'_> {
             .copied()
             .filter(|&image| !self.index.image_resolved(image))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_names_parse_back_and_unknown_names_are_refused() {
+        for kind in VerdictKind::ALL {
+            assert_eq!(kind.as_str().parse::<VerdictKind>(), Ok(kind));
+        }
+        let err = "Promoted".parse::<VerdictKind>().unwrap_err();
+        assert_eq!(err.to_string(), r#"unknown verdict "Promoted""#);
     }
 }

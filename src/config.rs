@@ -412,7 +412,7 @@ impl Config {
         .map_err(|message| invalid("webhooks", message))?;
         self.alerts
             .validate(crate::findings::DEFAULT_CLAIM_LEASE)
-            .map_err(|message| invalid("alerts", message))?;
+            .map_err(|e| invalid("alerts", e.to_string()))?;
         if let Some(interval) = self.scan.interval {
             if !self.resolve {
                 return Err(invalid(

@@ -64,11 +64,11 @@ pub struct SourceLabels {
 
 pub struct Metrics {
     registry: Registry,
-    pub events: Family<EventLabels, Counter>,
-    pub duplicates: Family<SourceLabels, Counter>,
-    pub retries: Family<SourceLabels, Counter>,
-    pub processing_seconds: Family<SourceLabels, Histogram>,
-    pub last_event_seconds: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    events: Family<EventLabels, Counter>,
+    duplicates: Family<SourceLabels, Counter>,
+    retries: Family<SourceLabels, Counter>,
+    processing_seconds: Family<SourceLabels, Histogram>,
+    last_event_seconds: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub index_digests: Gauge,
     pub index_manifests: Gauge,
     pub index_excluded_manifests: Gauge,
@@ -77,10 +77,10 @@ pub struct Metrics {
     pub index_commit: Family<CommitLabels, Gauge>,
     pub undecided_backlog: Gauge,
     pub store_errors: Counter,
-    pub webhook_requests: Family<WebhookLabels, Counter>,
-    pub webhook_ignored: Family<IgnoredLabels, Counter>,
-    pub alerts: Family<AlertLabels, Counter>,
-    pub outbox_backlog: Family<SinkLabels, Gauge>,
+    webhook_requests: Family<WebhookLabels, Counter>,
+    webhook_ignored: Family<IgnoredLabels, Counter>,
+    alerts: Family<AlertLabels, Counter>,
+    outbox_backlog: Family<SinkLabels, Gauge>,
     pub manifest_load_failures: Counter,
     pub index_last_load_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Unix time the last inventory sweep (`scan`) completed.
@@ -311,6 +311,69 @@ impl Metrics {
         self.processing_seconds
             .get_or_create(&SourceLabels { source })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a verdict newly recorded for an event from `source`.
+    pub fn recorded(&self, source: &'static str, action: &'static str, verdict: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                source,
+                action,
+                verdict,
+            })
+            .inc();
+    }
+
+    /// Counts a redelivery of an event whose verdict was already recorded.
+    pub fn duplicate(&self, source: &'static str) {
+        self.duplicates
+            .get_or_create(&SourceLabels { source })
+            .inc();
+    }
+
+    /// Counts a delivery handed back to `source` to be delivered again.
+    pub fn retried(&self, source: &'static str) {
+        self.retries.get_or_create(&SourceLabels { source }).inc();
+    }
+
+    /// Sets when `source` was last heard from, in Unix seconds.
+    pub fn last_event(&self, source: &'static str, unix_seconds: f64) {
+        self.last_event_seconds
+            .get_or_create(&SourceLabels { source })
+            .set(unix_seconds);
+    }
+
+    /// Counts one webhook request of format `source` by how it ended.
+    pub fn webhook_request(&self, source: &'static str, outcome: &'static str) {
+        self.webhook_requests
+            .get_or_create(&WebhookLabels { source, outcome })
+            .inc();
+    }
+
+    /// Counts one notification in a webhook request that was skipped.
+    pub fn webhook_ignored(&self, source: &'static str, reason: &'static str) {
+        self.webhook_ignored
+            .get_or_create(&IgnoredLabels { source, reason })
+            .inc();
+    }
+
+    /// Counts one alert batch sent to `sink`, delivered or not.
+    pub fn alert(&self, sink: &str, outcome: &'static str) {
+        self.alerts
+            .get_or_create(&AlertLabels {
+                sink: sink.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets how many findings wait for delivery to `sink`.
+    pub fn outbox_backlog(&self, sink: &str, backlog: i64) {
+        self.outbox_backlog
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .set(backlog);
     }
 
     /// The text exposition format (OpenMetrics).

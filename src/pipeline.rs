@@ -11,9 +11,9 @@ use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
 use crate::event::{EndpointName, Event, EventId, Source};
-use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
+use crate::findings::{Decision, Recorded, Store, StoreError, now_ms, off_thread};
 use crate::index::Index;
-use crate::metrics::{EventLabels, Metrics, SourceLabels};
+use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
 use crate::sources::{Delivery, Disposition, Handled, Handler};
@@ -105,11 +105,7 @@ impl Pipeline {
         let handled = self.decide_and_record(delivery, started).await;
         if !redelivered || handled.disposition == Disposition::Ack {
             self.metrics
-                .last_event_seconds
-                .get_or_create(&SourceLabels {
-                    source: source.as_str(),
-                })
-                .set(now_ms() as f64 / 1000.0);
+                .last_event(source.as_str(), now_ms() as f64 / 1000.0);
             self.last_event_ms.insert(source, now_ms());
         }
         self.metrics
@@ -118,16 +114,13 @@ impl Pipeline {
     }
 
     async fn decide_and_record(&self, delivery: Delivery, started: Instant) -> Handled {
-        let labels = SourceLabels {
-            source: delivery.source.as_str(),
-        };
         let mut index = self.index.load_full();
         // A verdict the index alone makes final is recorded at once: `record`
         // answers a redelivery with its first verdict anyway, and the audit
         // costs less than the dedupe lookup it saves (one store round trip
         // per delivery, the hot path of every source).
         if let Some(verdict) = self.final_without_io(&index, &delivery) {
-            return self.record(&delivery, &labels, &index, verdict).await;
+            return self.record(&delivery, &index, verdict).await;
         }
         // Durable dedupe before anything that reads registries or git: a
         // redelivery of a recorded id is acknowledged as is.
@@ -138,7 +131,7 @@ impl Pipeline {
         .await
         {
             Ok(Some(verdict)) => {
-                self.metrics.duplicates.get_or_create(&labels).inc();
+                self.metrics.duplicate(delivery.source.as_str());
                 return Handled {
                     disposition: Disposition::Ack,
                     verdict: Some(verdict),
@@ -176,7 +169,7 @@ impl Pipeline {
                 self.metrics
                     .undecided_backlog
                     .set(self.undecided.len() as i64);
-                self.metrics.retries.get_or_create(&labels).inc();
+                self.metrics.retried(delivery.source.as_str());
                 log_verdict(&delivery, event, &verdict, "retry");
                 return Handled {
                     disposition: Disposition::Retry,
@@ -196,7 +189,7 @@ impl Pipeline {
         } else {
             verdict
         };
-        self.record(&delivery, &labels, &index, verdict).await
+        self.record(&delivery, &index, verdict).await
     }
 
     /// The verdict when the index alone decides it for good: a malformed
@@ -219,13 +212,7 @@ impl Pipeline {
     /// Records `verdict` and answers: acknowledge once it is durable (with
     /// the first verdict when the id was recorded before), retry when the
     /// store fails.
-    async fn record(
-        &self,
-        delivery: &Delivery,
-        labels: &SourceLabels,
-        index: &Index,
-        verdict: Verdict,
-    ) -> Handled {
+    async fn record(&self, delivery: &Delivery, index: &Index, verdict: Verdict) -> Handled {
         let event = delivery.decoded.as_ref().ok();
         let key = delivery.key();
         let commit = index.commit().map(str::to_string);
@@ -256,16 +243,13 @@ impl Pipeline {
                 }
                 let duplicate = matches!(recorded, Recorded::Duplicate { .. });
                 if duplicate {
-                    self.metrics.duplicates.get_or_create(labels).inc();
+                    self.metrics.duplicate(delivery.source.as_str());
                 } else {
-                    self.metrics
-                        .events
-                        .get_or_create(&EventLabels {
-                            source: delivery.source.as_str(),
-                            action: event.map_or("unknown", |e| e.action.as_str()),
-                            verdict: verdict.kind.as_str(),
-                        })
-                        .inc();
+                    self.metrics.recorded(
+                        delivery.source.as_str(),
+                        event.map_or("unknown", |e| e.action.as_str()),
+                        verdict.kind.as_str(),
+                    );
                     log_verdict(delivery, event, &verdict, "recorded");
                 }
                 Handled {
@@ -306,14 +290,9 @@ impl Pipeline {
         }
     }
 
-    fn store_failed(&self, delivery: &Delivery, e: &dyn std::fmt::Display) -> Handled {
+    fn store_failed(&self, delivery: &Delivery, e: &StoreError) -> Handled {
         self.metrics.store_errors.inc();
-        self.metrics
-            .retries
-            .get_or_create(&SourceLabels {
-                source: delivery.source.as_str(),
-            })
-            .inc();
+        self.metrics.retried(delivery.source.as_str());
         tracing::error!(event_id = %delivery.id, source = delivery.source.as_str(),
             endpoint = %delivery.endpoint, error = %e,
             "cannot record the decision; asking the source to deliver again");

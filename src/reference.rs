@@ -193,7 +193,7 @@ fn check_registry_path(
     s: &str,
     min_components: usize,
 ) -> Result<(), ParseError> {
-    let err = |reason: String| ParseError::new(what, s, reason);
+    let err = |problem: NameProblem| ParseError::new(what, s, problem.to_string());
     check_length(s).map_err(err)?;
     let (host, path) = match s.split_once('/') {
         Some((host, path)) => (host, Some(path)),
@@ -201,7 +201,7 @@ fn check_registry_path(
     };
     check_host(host).map_err(err)?;
     match path {
-        None if min_components > 0 => Err(err("needs a path after the registry host".into())),
+        None if min_components > 0 => Err(err(NameProblem::NoPath)),
         None => Ok(()),
         Some(path) => check_path_components(path).map_err(err),
     }
@@ -210,24 +210,20 @@ fn check_registry_path(
 /// `/`-separated components of `[a-z0-9._-]`, each starting and ending with a
 /// letter or digit: the distribution spec's repository name grammar, relaxed
 /// only in allowing any mix of separators.
-fn check_path_components(path: &str) -> Result<(), String> {
+fn check_path_components(path: &str) -> Result<(), NameProblem> {
     for component in path.split('/') {
         if component.is_empty() {
-            return Err("empty path component (`//`, or a leading or trailing `/`)".into());
+            return Err(NameProblem::EmptyComponent);
         }
         if !component
             .bytes()
             .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
         {
-            return Err(format!(
-                "path component {component:?} may only contain a-z, 0-9, `.`, `_` and `-`"
-            ));
+            return Err(NameProblem::ComponentChars(component.to_owned()));
         }
         let bytes = component.as_bytes();
         if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
-            return Err(format!(
-                "path component {component:?} must start and end with a letter or digit"
-            ));
+            return Err(NameProblem::ComponentEdges(component.to_owned()));
         }
     }
     Ok(())
@@ -238,7 +234,7 @@ fn check_path_components(path: &str) -> Result<(), String> {
 pub fn check_image_name(name: &str) -> Result<(), ParseError> {
     check_length(name)
         .and_then(|()| check_path_components(name))
-        .map_err(|reason| ParseError::new("image name", name, reason))
+        .map_err(|problem| ParseError::new("image name", name, problem.to_string()))
 }
 
 /// Longest repository name, host and port included: the OCI distribution
@@ -246,19 +242,16 @@ pub fn check_image_name(name: &str) -> Result<(), ParseError> {
 pub const MAX_REPOSITORY_LEN: usize = 255;
 
 /// Checked before anything else, so that no error quotes a huge component.
-fn check_length(s: &str) -> Result<(), String> {
+fn check_length(s: &str) -> Result<(), NameProblem> {
     if s.len() > MAX_REPOSITORY_LEN {
-        return Err(format!(
-            "longer than {MAX_REPOSITORY_LEN} characters ({} bytes)",
-            s.len()
-        ));
+        return Err(NameProblem::TooLong(s.len()));
     }
     Ok(())
 }
 
-fn check_host(host: &str) -> Result<(), String> {
+fn check_host(host: &str) -> Result<(), NameProblem> {
     if host.is_empty() {
-        return Err("registry host is empty".into());
+        return Err(NameProblem::EmptyHost);
     }
     let (name, port) = match host.rsplit_once(':') {
         Some((name, port)) => (name, Some(port)),
@@ -267,21 +260,43 @@ fn check_host(host: &str) -> Result<(), String> {
     if let Some(port) = port
         && (port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(format!("port {port:?} must be 1-5 digits"));
+        return Err(NameProblem::Port(port.to_owned()));
     }
     if name.is_empty()
         || !name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
     {
-        return Err(format!("registry host {name:?} is not a host name"));
+        return Err(NameProblem::NotAHostName(name.to_owned()));
     }
     if !(name.contains('.') || port.is_some() || name == "localhost") {
-        return Err(format!(
-            "{name:?} is not a registry host (write the host, e.g. docker.io/{name})"
-        ));
+        return Err(NameProblem::NotARegistryHost(name.to_owned()));
     }
     Ok(())
+}
+
+/// What is wrong with a repository or image name; it becomes the reason of
+/// a [`ParseError`].
+#[derive(Debug, thiserror::Error)]
+enum NameProblem {
+    #[error("longer than {MAX_REPOSITORY_LEN} characters ({0} bytes)")]
+    TooLong(usize),
+    #[error("registry host is empty")]
+    EmptyHost,
+    #[error("port {0:?} must be 1-5 digits")]
+    Port(String),
+    #[error("registry host {0:?} is not a host name")]
+    NotAHostName(String),
+    #[error("{0:?} is not a registry host (write the host, e.g. docker.io/{0})")]
+    NotARegistryHost(String),
+    #[error("needs a path after the registry host")]
+    NoPath,
+    #[error("empty path component (`//`, or a leading or trailing `/`)")]
+    EmptyComponent,
+    #[error("path component {0:?} may only contain a-z, 0-9, `.`, `_` and `-`")]
+    ComponentChars(String),
+    #[error("path component {0:?} must start and end with a letter or digit")]
+    ComponentEdges(String),
 }
 
 macro_rules! registry_path_type {

@@ -18,7 +18,7 @@ use crate::audit::{Policy, VerdictKind};
 use crate::event::Event;
 use crate::findings::{FindingQuery, Store, off_thread};
 use crate::index::Index;
-use crate::metrics::{IgnoredLabels, Metrics, WebhookLabels};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::reference::Digest;
 use crate::reload::Reloader;
@@ -287,12 +287,10 @@ struct FindingsParams {
 }
 
 async fn findings(State(state): State<AppState>, Query(params): Query<FindingsParams>) -> Response {
-    let verdict = match params.verdict.as_deref() {
+    let verdict = match params.verdict.as_deref().map(str::parse::<VerdictKind>) {
         None => None,
-        Some(v) => match VerdictKind::ALL.iter().find(|k| k.as_str() == v) {
-            Some(&k) => Some(k),
-            None => return error(StatusCode::BAD_REQUEST, format!("unknown verdict {v:?}")),
-        },
+        Some(Ok(k)) => Some(k),
+        Some(Err(unknown)) => return error(StatusCode::BAD_REQUEST, unknown.to_string()),
     };
     let digest = match params
         .digest
@@ -317,7 +315,7 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
     };
     match off_thread(&state.store, move |s| s.findings(&query)).await {
         Ok(findings) => axum::Json(json!({ "findings": findings })).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }
 
@@ -378,16 +376,7 @@ async fn webhook(
             format!("no webhook endpoint {kind:?} is configured"),
         );
     };
-    let count = |outcome| {
-        state
-            .metrics
-            .webhook_requests
-            .get_or_create(&WebhookLabels {
-                source: kind.as_str(),
-                outcome,
-            })
-            .inc();
-    };
+    let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
     let query = query_token(&uri);
     let Some(endpoint) = state
@@ -447,12 +436,7 @@ async fn webhook(
     for ignored in &parsed.ignored {
         state
             .metrics
-            .webhook_ignored
-            .get_or_create(&IgnoredLabels {
-                source: kind.as_str(),
-                reason: ignored.why.as_str(),
-            })
-            .inc();
+            .webhook_ignored(kind.as_str(), ignored.why.as_str());
     }
     let handled = futures::future::join_all(
         parsed
@@ -525,16 +509,7 @@ async fn webhook_validation(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    let count = |outcome| {
-        state
-            .metrics
-            .webhook_requests
-            .get_or_create(&WebhookLabels {
-                source: kind.as_str(),
-                outcome,
-            })
-            .inc();
-    };
+    let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
         count("rejected");
         return error(
@@ -603,7 +578,7 @@ async fn status_page(State(state): State<AppState>) -> Response {
     };
     let findings = match off_thread(&state.store, move |s| s.findings(&query)).await {
         Ok(findings) => findings,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let page = crate::status::render(
         &state.index.load().stats(),

@@ -15,7 +15,7 @@ use super::sink::{Sink, SinkConfig};
 use super::{Alert, AlertStatus, FactKey, Route, group};
 use crate::findings::{Finding, FindingId, Store, now_ms, off_thread};
 use crate::index::Index;
-use crate::metrics::{AlertLabels, Metrics, SinkLabels};
+use crate::metrics::Metrics;
 
 /// The `alerts` section: the sinks, and timing shared by all of them.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,33 +58,44 @@ impl Default for AlertsConfig {
     }
 }
 
+/// Why an `alerts` section cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AlertsConfigError {
+    #[error("alerts.sinks: name {0:?} is reserved or empty")]
+    ReservedName(String),
+    #[error("alerts.sinks: two sinks are named {0:?}")]
+    DuplicateName(String),
+    #[error(
+        "alerts.group_wait + alerts.timeout must stay under {limit_secs} s (half the outbox claim lease)"
+    )]
+    OutlivesClaim { limit_secs: u64 },
+    #[error("alerts.poll_interval must be more than 0")]
+    ZeroPollInterval,
+}
+
 impl AlertsConfig {
     /// The name of the always-on structured-log sink.
     pub const LOG_SINK: &str = "log";
 
     /// Checks what deserialising cannot: names are unique and not `log`,
     /// and a held finding's claim cannot expire while it waits.
-    pub fn validate(&self, claim_lease: Duration) -> Result<(), String> {
+    pub fn validate(&self, claim_lease: Duration) -> Result<(), AlertsConfigError> {
         let mut names = std::collections::HashSet::new();
         for sink in &self.sinks {
             if sink.name.is_empty() || sink.name == Self::LOG_SINK {
-                return Err(format!(
-                    "alerts.sinks: name {:?} is reserved or empty",
-                    sink.name
-                ));
+                return Err(AlertsConfigError::ReservedName(sink.name.clone()));
             }
             if !names.insert(&sink.name) {
-                return Err(format!("alerts.sinks: two sinks are named {:?}", sink.name));
+                return Err(AlertsConfigError::DuplicateName(sink.name.clone()));
             }
         }
         if self.group_wait + self.timeout >= claim_lease / 2 {
-            return Err(format!(
-                "alerts.group_wait + alerts.timeout must stay under {} s (half the outbox claim lease)",
-                claim_lease.as_secs() / 2
-            ));
+            return Err(AlertsConfigError::OutlivesClaim {
+                limit_secs: claim_lease.as_secs() / 2,
+            });
         }
         if self.poll_interval.is_zero() {
-            return Err("alerts.poll_interval must be more than 0".into());
+            return Err(AlertsConfigError::ZeroPollInterval);
         }
         Ok(())
     }
@@ -174,15 +185,14 @@ impl Dispatcher {
                 None => Alert::of(&key, &members, AlertStatus::New),
             };
             let outcome = self.sink.send(&alert).await;
-            let labels = AlertLabels {
-                sink: self.name.clone(),
-                outcome: if outcome.is_ok() {
+            self.metrics.alert(
+                &self.name,
+                if outcome.is_ok() {
                     "delivered"
                 } else {
                     "failed"
                 },
-            };
-            self.metrics.alerts.get_or_create(&labels).inc();
+            );
             match outcome {
                 Ok(()) => {
                     for f in &members {
@@ -224,12 +234,7 @@ impl Dispatcher {
     async fn observe_backlog(&self) {
         let name = self.name.clone();
         if let Ok(backlog) = off_thread(&self.store, move |s| s.undelivered(&name)).await {
-            self.metrics
-                .outbox_backlog
-                .get_or_create(&SinkLabels {
-                    sink: self.name.clone(),
-                })
-                .set(backlog as i64);
+            self.metrics.outbox_backlog(&self.name, backlog as i64);
         }
     }
 

@@ -149,6 +149,41 @@ pub enum Sink {
 #[error("{0}")]
 pub struct SendError(pub String);
 
+/// Why a sink's configuration cannot work, naming the sink.
+#[derive(Debug, thiserror::Error)]
+#[error("alerts.sinks ({sink}): {problem}")]
+pub struct SinkConfigError {
+    pub sink: String,
+    pub problem: SinkProblem,
+}
+
+/// What is wrong with one sink's options.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkProblem {
+    #[error("{what}_env: environment variable {var} is not set")]
+    EnvUnset { what: &'static str, var: String },
+    #[error("set {what} or {what}_env, not both")]
+    BothSecrets { what: &'static str },
+    #[error("HTTP client: {0}")]
+    Http(reqwest::Error),
+    #[error("url {url:?}: {error}")]
+    Url {
+        url: String,
+        error: <reqwest::Url as std::str::FromStr>::Err,
+    },
+    #[error("slack needs url or url_env")]
+    SlackUrl,
+    #[error("pubsub.endpoint: {0}")]
+    PubsubEndpoint(crate::pubsub::EndpointError),
+    #[error("pubsub publisher for {topic}: {error}")]
+    Publisher {
+        topic: String,
+        error: crate::pubsub::ClientError,
+    },
+    #[error("set exactly one of webhook, slack, alertmanager, pubsub")]
+    NotExactlyOne,
+}
+
 impl Sink {
     /// Builds the sink of `config`, reading secrets from `env`. Fails naming
     /// the option when the configuration cannot work.
@@ -156,26 +191,37 @@ impl Sink {
         config: &SinkConfig,
         timeout: Duration,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Sink, String> {
-        let at = format!("alerts.sinks ({})", config.name);
-        let secret = |value: &Option<String>, var: &Option<String>, what: &str| match (value, var) {
+    ) -> Result<Sink, SinkConfigError> {
+        let at = |problem: SinkProblem| SinkConfigError {
+            sink: config.name.clone(),
+            problem,
+        };
+        let secret = |value: &Option<String>, var: &Option<String>, what| match (value, var) {
             (Some(v), None) => Ok(Some(v.clone())),
-            (None, Some(var)) => env(var)
-                .map(Some)
-                .ok_or_else(|| format!("{at}: {what}_env: environment variable {var} is not set")),
+            (None, Some(var)) => env(var).map(Some).ok_or_else(|| {
+                at(SinkProblem::EnvUnset {
+                    what,
+                    var: var.clone(),
+                })
+            }),
             (None, None) => Ok(None),
-            (Some(_), Some(_)) => Err(format!("{at}: set {what} or {what}_env, not both")),
+            (Some(_), Some(_)) => Err(at(SinkProblem::BothSecrets { what })),
         };
         let http = || {
             reqwest::Client::builder()
                 .timeout(timeout)
                 .build()
-                .map_err(|e| format!("{at}: HTTP client: {e}"))
+                .map_err(|e| at(SinkProblem::Http(e)))
         };
         let url = |u: &str| {
             reqwest::Url::parse(u)
                 .map(|_| u.trim_end_matches('/').to_owned())
-                .map_err(|e| format!("{at}: url {u:?}: {e}"))
+                .map_err(|error| {
+                    at(SinkProblem::Url {
+                        url: u.to_owned(),
+                        error,
+                    })
+                })
         };
         match (
             &config.webhook,
@@ -191,7 +237,7 @@ impl Sink {
             }),
             (None, Some(s), None, None) => {
                 let Some(u) = secret(&s.url, &s.url_env, "url")? else {
-                    return Err(format!("{at}: slack needs url or url_env"));
+                    return Err(at(SinkProblem::SlackUrl));
                 };
                 Ok(Sink::Slack {
                     http: http()?,
@@ -206,17 +252,15 @@ impl Sink {
             }),
             (None, None, None, Some(p)) => {
                 let target = Target::resolve(p.endpoint.as_deref())
-                    .map_err(|e| format!("{at}: pubsub.endpoint: {e}"))?;
+                    .map_err(|e| at(SinkProblem::PubsubEndpoint(e)))?;
                 let topic = crate::pubsub::topic_name(&p.project, &p.topic);
                 let publisher = target
                     .publisher(&topic)
                     .await
-                    .map_err(|e| format!("{at}: pubsub publisher for {topic}: {e}"))?;
+                    .map_err(|error| at(SinkProblem::Publisher { topic, error }))?;
                 Ok(Sink::Pubsub { publisher })
             }
-            _ => Err(format!(
-                "{at}: set exactly one of webhook, slack, alertmanager, pubsub"
-            )),
+            _ => Err(at(SinkProblem::NotExactlyOne)),
         }
     }
 

@@ -270,6 +270,10 @@ pub enum StoreError {
         sink: String,
         id: FindingId,
     },
+    /// The blocking task running a store call panicked or was cancelled
+    /// (see [`off_thread`]). Not a `source`: the message already says it.
+    #[error("store call failed: {0}")]
+    Aborted(tokio::task::JoinError),
 }
 
 impl StoreError {
@@ -363,17 +367,11 @@ pub trait Store: Send + Sync {
 pub async fn off_thread<T: Send + 'static>(
     store: &Arc<dyn Store>,
     f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, String> {
+) -> Result<T, StoreError> {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&*store)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(join) => Err(format!("store call failed: {join}")),
-    }
-}
-
-/// `VerdictKind` from its `as_str()` text.
-pub fn parse_verdict(s: &str) -> Option<VerdictKind> {
-    VerdictKind::ALL.into_iter().find(|k| k.as_str() == s)
+    tokio::task::spawn_blocking(move || f(&*store))
+        .await
+        .map_err(StoreError::Aborted)?
 }
 
 /// `Source` from its `as_str()` text.
@@ -387,4 +385,22 @@ fn action_str(a: Action) -> &'static str {
 
 fn parse_action(s: &str) -> Option<Action> {
     Action::ALL.into_iter().find(|a| action_str(*a) == s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_store_call_that_panics_becomes_a_typed_error() {
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+        let err = off_thread(&store, |_| -> Result<(), StoreError> {
+            panic!("a bug in a store call")
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Aborted(_)), "{err}");
+        assert!(err.to_string().starts_with("store call failed: "), "{err}");
+        assert!(!err.is_transient());
+    }
 }

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::{
     Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, action_str, parse_action, parse_source, parse_verdict,
+    Store, StoreError, action_str, parse_action, parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -379,7 +379,7 @@ impl SqliteStore {
                     s.query_row(params![source, endpoint, d.event_id.0], |r| r.get(0))
                 })
                 .map_err(|e| self.sql(e))?;
-            let verdict = parse_verdict(&first).ok_or_else(|| {
+            let verdict = first.parse::<VerdictKind>().map_err(|_| {
                 self.corrupt(format!(
                     "decision {source}/{endpoint}/{}: verdict {first:?}",
                     d.event_id
@@ -503,7 +503,7 @@ impl SqliteStore {
         let raw = stmt
             .query_row([id.0], RawFinding::from_row)
             .map_err(|e| self.sql(e))?;
-        raw.into_finding().map_err(|e| self.corrupt(e))
+        raw.into_finding(self)
     }
 }
 
@@ -602,29 +602,44 @@ impl RawFinding {
         })
     }
 
-    fn into_finding(self) -> Result<Finding, String> {
+    /// The finding this row stores; a row this build cannot read is
+    /// `store`'s [`StoreError::Corrupt`].
+    fn into_finding(self, store: &SqliteStore) -> Result<Finding, StoreError> {
         let id = self.id;
-        let bad = |what: &str, text: &str| format!("finding {id}: {what} {text:?}");
+        let corrupt = |what: String| store.corrupt(what);
+        let bad = |what: &str, text: &str| corrupt(format!("finding {id}: {what} {text:?}"));
         let source = parse_source(&self.source).ok_or_else(|| bad("source", &self.source))?;
-        let verdict = parse_verdict(&self.verdict).ok_or_else(|| bad("verdict", &self.verdict))?;
+        let verdict = self
+            .verdict
+            .parse()
+            .map_err(|_| bad("verdict", &self.verdict))?;
         let action = match &self.action {
             Some(a) => Some(parse_action(a).ok_or_else(|| bad("action", a))?),
             None => None,
         };
         let repository = match &self.repository {
-            Some(s) => Some(s.parse().map_err(|e| format!("finding {id}: {e}"))?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e| corrupt(format!("finding {id}: {e}")))?,
+            ),
             None => None,
         };
         let digest = match &self.digest {
-            Some(s) => Some(s.parse().map_err(|e| format!("finding {id}: {e}"))?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e| corrupt(format!("finding {id}: {e}")))?,
+            ),
             None => None,
         };
         let tag = match &self.tag {
-            Some(s) => Some(s.parse().map_err(|e| format!("finding {id}: {e}"))?),
+            Some(s) => Some(
+                s.parse()
+                    .map_err(|e| corrupt(format!("finding {id}: {e}")))?,
+            ),
             None => None,
         };
         let evidence = serde_json::from_str(&self.evidence)
-            .map_err(|e| format!("finding {id}: evidence is not JSON: {e}"))?;
+            .map_err(|e| corrupt(format!("finding {id}: evidence is not JSON: {e}")))?;
         Ok(Finding {
             id: FindingId(id),
             created_at_ms: self.created_at_ms,
@@ -729,7 +744,7 @@ impl Store for SqliteStore {
             .map_err(|e| self.sql(e))?;
         found
             .map(|v| {
-                parse_verdict(&v).ok_or_else(|| {
+                v.parse().map_err(|_| {
                     self.corrupt(format!(
                         "decision {}/{endpoint}/{id}: verdict {v:?}",
                         source.as_str()
@@ -775,7 +790,7 @@ impl Store for SqliteStore {
         };
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let mut f = raw.into_finding().map_err(|e| self.corrupt(e))?;
+            let mut f = raw.into_finding(self)?;
             f.deliveries = self.deliveries_of(&tx, f.id, None)?;
             out.push(f);
         }
@@ -808,8 +823,9 @@ impl Store for SqliteStore {
                 .map_err(|e| self.sql(e))?;
             for row in rows {
                 let (verdict, n) = row.map_err(|e| self.sql(e))?;
-                let kind = parse_verdict(&verdict)
-                    .ok_or_else(|| self.corrupt(format!("decision verdict {verdict:?}")))?;
+                let kind: VerdictKind = verdict
+                    .parse()
+                    .map_err(|_| self.corrupt(format!("decision verdict {verdict:?}")))?;
                 if let Some(slot) = decisions.iter_mut().find(|(k, _)| *k == kind) {
                     slot.1 = n as u64;
                 }

@@ -10,9 +10,9 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, WWW_AUTHENTICATE};
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use super::client::{ReadError, read_capped};
 use super::credentials::Credentials;
 use super::error::ErrorKind;
+use super::http::{ReadError, read_capped, url_host};
 use super::stats::{Outcome, RequestKind, Stats};
 
 /// Token responses are small JWTs; anything bigger is not one.
@@ -272,7 +272,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `host[:port]` of a URL, as used for per-host counters.
 /// The token scope for a request about `path`; the empty path is the
 /// registry's catalog (no repository path is empty).
 pub(crate) const CATALOG_PATH: &str = "";
@@ -282,14 +281,6 @@ fn scope(path: &str) -> String {
         "registry:catalog:*".to_owned()
     } else {
         format!("repository:{path}:pull")
-    }
-}
-
-pub(crate) fn url_host(url: &reqwest::Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
     }
 }
 
@@ -394,13 +385,5 @@ mod tests {
         assert!(parse_challenges("").is_empty());
         assert!(parse_challenges(r#"=,,"unterminated"#).is_empty());
         assert!(parse_challenges("\u{0}\u{ffff}==\"").is_empty());
-    }
-
-    #[test]
-    fn url_host_keeps_explicit_ports() {
-        let u = reqwest::Url::parse("http://127.0.0.1:5059/token").unwrap();
-        assert_eq!(url_host(&u), "127.0.0.1:5059");
-        let u = reqwest::Url::parse("https://auth.example/token").unwrap();
-        assert_eq!(url_host(&u), "auth.example");
     }
 }

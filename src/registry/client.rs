@@ -7,25 +7,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER};
+use reqwest::header::{ACCEPT, AUTHORIZATION, RETRY_AFTER};
 use sha2::Digest as _;
 
 use super::auth::{Authenticator, Ctx, Sent};
 use super::breaker::Breakers;
 use super::cache::ManifestCache;
 use super::config::RegistryConfig;
-use super::credentials::Credentials;
+use super::credentials::{Credentials, CredentialsError};
 use super::error::{ErrorKind, RegistryError};
 use super::fetch::Flights;
+use super::http::{DOCKER_CONTENT_DIGEST, ReadError, error_chain, read_capped};
 use super::limit::{Limiter, backoff, parse_retry_after};
 use super::media;
 use super::stats::{Outcome, RequestKind, Stats, StatsSnapshot};
 use crate::reference::{Digest, Repository};
-
-/// The header a registry uses to state the digest of what it served.
-pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// The only way the auditor talks to registries. Cheap to clone; clones
 /// share connections, budgets, tokens, the cache, in-flight fetches and
@@ -50,7 +48,7 @@ pub(crate) struct Inner {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("registry credentials: {0}")]
-    Credentials(String),
+    Credentials(CredentialsError),
     #[error("manifest cache {path}: {source}")]
     Cache {
         path: std::path::PathBuf,
@@ -70,13 +68,6 @@ pub(crate) struct Request<'a> {
     pub(crate) url: &'a str,
     pub(crate) accept: Option<&'static str>,
     pub(crate) kind: RequestKind,
-}
-
-/// How reading a response body ended badly.
-pub(crate) enum ReadError {
-    TooLarge,
-    Timeout,
-    Network(String),
 }
 
 impl RegistryClient {
@@ -380,54 +371,9 @@ impl Inner {
     }
 }
 
-/// Reads a response body, stopping as soon as it exceeds `limit` bytes. The
-/// response is dropped then, which closes the connection instead of
-/// downloading the rest.
-pub(crate) async fn read_capped(
-    mut response: reqwest::Response,
-    limit: u64,
-) -> Result<Bytes, ReadError> {
-    if response
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .is_some_and(|len| len > limit)
-    {
-        return Err(ReadError::TooLarge);
-    }
-    let mut body = BytesMut::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if (body.len() + chunk.len()) as u64 > limit {
-                    return Err(ReadError::TooLarge);
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body.freeze()),
-            Err(e) if e.is_timeout() => return Err(ReadError::Timeout),
-            Err(e) => return Err(ReadError::Network(error_chain(&e))),
-        }
-    }
-}
-
 pub(crate) fn same_algorithm_digest(like: &Digest, bytes: &[u8]) -> Digest {
     match like {
         Digest::Sha256(_) => Digest::sha256_of(bytes),
         Digest::Sha512(_) => Digest::Sha512(Box::new(sha2::Sha512::digest(bytes).into())),
     }
-}
-
-/// reqwest's top-level message is often just "error sending request"; the
-/// cause (connection refused, DNS, TLS) is what an operator needs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

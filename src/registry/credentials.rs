@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -59,7 +59,7 @@ impl Credentials {
     /// Reads every static credential once, so that a missing password
     /// variable or a broken `config.json` fails at start-up, not at the first
     /// event that needs the registry.
-    pub(crate) fn from_config(config: &RegistryConfig) -> Result<Self, String> {
+    pub(crate) fn from_config(config: &RegistryConfig) -> Result<Self, CredentialsError> {
         let mut by_host = HashMap::new();
         if let Some(path) = &config.docker_config {
             by_host.extend(read_docker_config(path)?);
@@ -67,15 +67,18 @@ impl Credentials {
         for (host, h) in &config.hosts {
             let password = match (&h.password, &h.password_env) {
                 (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "hosts.{host}: set password or password_env, not both"
-                    ));
+                    return Err(CredentialsError::BothPasswords { host: host.clone() });
                 }
                 (Some(p), None) => Some(p.clone()),
-                (None, Some(var)) => Some(
-                    std::env::var(var)
-                        .map_err(|e| format!("hosts.{host}.password_env: ${var}: {e}"))?,
-                ),
+                (None, Some(var)) => {
+                    Some(
+                        std::env::var(var).map_err(|e| CredentialsError::PasswordEnv {
+                            host: host.clone(),
+                            var: var.clone(),
+                            error: e,
+                        })?,
+                    )
+                }
                 (None, None) => None,
             };
             match (&h.username, password) {
@@ -89,7 +92,7 @@ impl Credentials {
                     );
                 }
                 (None, None) => {}
-                _ => return Err(format!("hosts.{host}: username and password go together")),
+                _ => return Err(CredentialsError::HalfConfigured { host: host.clone() }),
             }
         }
         Ok(Self {
@@ -118,10 +121,14 @@ impl Credentials {
     }
 }
 
-fn read_docker_config(path: &Path) -> Result<HashMap<String, Basic>, String> {
-    let at = |detail: String| format!("docker config {}: {detail}", path.display());
-    let text = std::fs::read(path).map_err(|e| at(e.to_string()))?;
-    let config: DockerConfig = serde_json::from_slice(&text).map_err(|e| at(e.to_string()))?;
+fn read_docker_config(path: &Path) -> Result<HashMap<String, Basic>, CredentialsError> {
+    let at = |problem: DockerConfigProblem| CredentialsError::DockerConfig {
+        path: path.to_owned(),
+        problem,
+    };
+    let text = std::fs::read(path).map_err(|e| at(DockerConfigProblem::Read(e)))?;
+    let config: DockerConfig =
+        serde_json::from_slice(&text).map_err(|e| at(DockerConfigProblem::Json(e)))?;
     let mut out = HashMap::new();
     for (key, entry) in config.auths {
         let basic = match (entry.auth, entry.username, entry.password) {
@@ -130,12 +137,10 @@ fn read_docker_config(path: &Path) -> Result<HashMap<String, Basic>, String> {
                     .decode(auth.trim())
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        at(format!("auths.{key:?}.auth is not base64 of user:password"))
-                    })?;
+                    .ok_or_else(|| at(DockerConfigProblem::NotBase64 { key: key.clone() }))?;
                 let (username, password) = decoded
                     .split_once(':')
-                    .ok_or_else(|| at(format!("auths.{key:?}.auth has no `:`")))?;
+                    .ok_or_else(|| at(DockerConfigProblem::NoColon { key: key.clone() }))?;
                 Basic {
                     username: username.to_owned(),
                     password: password.to_owned(),
@@ -148,6 +153,40 @@ fn read_docker_config(path: &Path) -> Result<HashMap<String, Basic>, String> {
         out.insert(auths_key_host(&key).to_owned(), basic);
     }
     Ok(out)
+}
+
+/// Why the static credentials cannot be read. The messages name the
+/// configuration key or the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("hosts.{host}: set password or password_env, not both")]
+    BothPasswords { host: String },
+    #[error("hosts.{host}.password_env: ${var}: {error}")]
+    PasswordEnv {
+        host: String,
+        var: String,
+        error: std::env::VarError,
+    },
+    #[error("hosts.{host}: username and password go together")]
+    HalfConfigured { host: String },
+    #[error("docker config {}: {problem}", path.display())]
+    DockerConfig {
+        path: PathBuf,
+        problem: DockerConfigProblem,
+    },
+}
+
+/// What is wrong with a Docker `config.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerConfigProblem {
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("{0}")]
+    Json(serde_json::Error),
+    #[error("auths.{key:?}.auth is not base64 of user:password")]
+    NotBase64 { key: String },
+    #[error("auths.{key:?}.auth has no `:`")]
+    NoColon { key: String },
 }
 
 /// `auths` keys are hosts, sometimes written as URLs
@@ -198,7 +237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.json");
         std::fs::write(&path, r#"{"auths": {"h": {"auth": "!!!"}}}"#).unwrap();
-        let err = read_docker_config(&path).unwrap_err();
+        let err = read_docker_config(&path).unwrap_err().to_string();
         assert!(
             err.contains("config.json") && err.contains("base64"),
             "{err}"

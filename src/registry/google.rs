@@ -8,9 +8,9 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::auth::url_host;
 use super::config::{GoogleAuthConfig, GoogleTokenSource};
 use super::error::ErrorKind;
+use super::http::url_host;
 use super::stats::{Outcome, RequestKind, Stats};
 
 const METADATA_TOKEN_URL: &str =
@@ -62,13 +62,19 @@ impl GoogleTokenProvider {
         http: &reqwest::Client,
         stats: &Stats,
     ) -> Result<String, ErrorKind> {
-        let fail =
-            |detail: String| ErrorKind::Credentials(format!("google access token: {detail}"));
+        let fail = |e: TokenError| ErrorKind::Credentials(format!("google access token: {e}"));
         match &self.source {
             GoogleTokenSource::Static(token) => Ok(token.clone()),
-            GoogleTokenSource::Env(var) => std::env::var(var)
-                .map(|t| t.trim().to_owned())
-                .map_err(|e| fail(format!("${var}: {e}"))),
+            GoogleTokenSource::Env(var) => {
+                std::env::var(var)
+                    .map(|t| t.trim().to_owned())
+                    .map_err(|error| {
+                        fail(TokenError::Env {
+                            var: var.clone(),
+                            error,
+                        })
+                    })
+            }
             GoogleTokenSource::Command(argv) => {
                 let mut cached = self.cached.lock().await;
                 if let Some((token, until)) = cached.as_ref()
@@ -101,24 +107,33 @@ impl GoogleTokenProvider {
     }
 }
 
-async fn run_command(argv: &[String]) -> Result<String, String> {
-    let (program, args) = argv.split_first().ok_or("empty command")?;
+async fn run_command(argv: &[String]) -> Result<String, TokenError> {
+    let (program, args) = argv.split_first().ok_or(TokenError::EmptyCommand)?;
     let output = tokio::process::Command::new(program)
         .args(args)
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| format!("{program}: {e}"))?;
+        .map_err(|error| TokenError::Spawn {
+            program: program.clone(),
+            error,
+        })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let stderr: String = stderr.trim().chars().take(300).collect();
-        return Err(format!("{program} exited with {}: {stderr}", output.status));
+        return Err(TokenError::Exited {
+            program: program.clone(),
+            status: output.status,
+            stderr: stderr.trim().chars().take(300).collect(),
+        });
     }
-    let token = String::from_utf8(output.stdout)
-        .map_err(|_| format!("{program} printed a token that is not UTF-8"))?;
+    let token = String::from_utf8(output.stdout).map_err(|_| TokenError::NotUtf8 {
+        program: program.clone(),
+    })?;
     let token = token.trim();
     if token.is_empty() {
-        return Err(format!("{program} printed no token"));
+        return Err(TokenError::NoToken {
+            program: program.clone(),
+        });
     }
     Ok(token.to_owned())
 }
@@ -127,10 +142,14 @@ async fn fetch_metadata_token(
     http: &reqwest::Client,
     url: &str,
     stats: &Stats,
-) -> Result<MetadataToken, String> {
+) -> Result<MetadataToken, TokenError> {
+    let at = |problem: MetadataProblem| TokenError::Metadata {
+        url: url.to_owned(),
+        problem,
+    };
     let host = reqwest::Url::parse(url)
         .map(|u| url_host(&u))
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| at(MetadataProblem::Url(e)))?;
     let response = http
         .get(url)
         .header("Metadata-Flavor", "Google")
@@ -145,18 +164,67 @@ async fn fetch_metadata_token(
                 Outcome::NetworkError
             };
             stats.request(&host, RequestKind::Token, outcome);
-            return Err(format!("{url}: {e}"));
+            return Err(at(MetadataProblem::Http(e)));
         }
     };
     let status = response.status();
     if !status.is_success() {
         stats.request(&host, RequestKind::Token, Outcome::OtherStatus);
-        return Err(format!("{url}: status {status}"));
+        return Err(at(MetadataProblem::Status(status)));
     }
-    let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-    let token = serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| at(MetadataProblem::Http(e)))?;
+    let token = serde_json::from_slice(&body).map_err(|e| at(MetadataProblem::Json(e)))?;
     stats.request(&host, RequestKind::Token, Outcome::Ok);
     Ok(token)
+}
+
+/// Why no Google access token could be had; it becomes
+/// [`ErrorKind::Credentials`], so only its message travels further.
+#[derive(Debug, thiserror::Error)]
+enum TokenError {
+    #[error("${var}: {error}")]
+    Env {
+        var: String,
+        error: std::env::VarError,
+    },
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("{program}: {error}")]
+    Spawn {
+        program: String,
+        error: std::io::Error,
+    },
+    #[error("{program} exited with {status}: {stderr}")]
+    Exited {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("{program} printed a token that is not UTF-8")]
+    NotUtf8 { program: String },
+    #[error("{program} printed no token")]
+    NoToken { program: String },
+    #[error("{url}: {problem}")]
+    Metadata {
+        url: String,
+        problem: MetadataProblem,
+    },
+}
+
+/// What went wrong asking the metadata server.
+#[derive(Debug, thiserror::Error)]
+enum MetadataProblem {
+    #[error("{0}")]
+    Url(<reqwest::Url as std::str::FromStr>::Err),
+    #[error("{0}")]
+    Http(reqwest::Error),
+    #[error("status {0}")]
+    Status(reqwest::StatusCode),
+    #[error("{0}")]
+    Json(serde_json::Error),
 }
 
 #[cfg(test)]

@@ -11,12 +11,10 @@
 use bytes::Bytes;
 use reqwest::header::LINK;
 
-use super::auth::{CATALOG_PATH, url_host};
-use super::client::{
-    DOCKER_CONTENT_DIGEST, Inner, ReadError, RegistryClient, Request, read_capped,
-    same_algorithm_digest,
-};
+use super::auth::CATALOG_PATH;
+use super::client::{Inner, RegistryClient, Request, same_algorithm_digest};
 use super::error::{ErrorKind, RegistryError, Target};
+use super::http::{DOCKER_CONTENT_DIGEST, ReadError, read_capped, url_host};
 use super::media;
 use super::stats::{Outcome, RequestKind};
 use crate::reference::{Digest, Repository, Tag};

@@ -2,7 +2,7 @@
 //!
 //! [`RegistryClient::fetch_manifest`] returns a manifest by digest, verified
 //! against that digest, from a content-addressed on-disk cache or from the
-//! registry (OCI distribution API) within a request budget. The resolve
+//! registry (OCI distribution API) within a request budget. The `children`
 //! helpers build on it to list the children of manifest lists and to read
 //! the subject of attachments. The listing calls (`catalog`, `tags`,
 //! `resolve_tag`, `manifest_exists`) serve the inventory sweep; `resolve_tag`
@@ -14,23 +14,26 @@
 mod auth;
 mod breaker;
 mod cache;
+mod children;
 mod client;
 mod config;
 mod credentials;
 mod error;
 mod fetch;
 mod google;
+mod http;
 mod limit;
 mod list;
 mod media;
-mod resolve;
 mod stats;
 
+pub use children::{ChildLink, MAX_NESTING, attachment_subject, fetch_from_any, resolve_children};
 pub use client::{RegistryClient, SetupError};
 pub use config::{
     BreakerConfig, GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig,
     RegistryConfigError,
 };
+pub use credentials::{CredentialsError, DockerConfigProblem};
 pub use error::{ErrorKind, RegistryError, Target};
 pub use fetch::FetchedManifest;
 pub use list::{DEFAULT_PAGE_SIZE, Listing, MAX_LIST_BYTES, MAX_PAGES};
@@ -38,5 +41,4 @@ pub use media::{
     ACCEPT, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, IndexChild, ManifestKind, OCI_INDEX,
     OCI_MANIFEST, Platform, parse as parse_manifest,
 };
-pub use resolve::{ChildLink, MAX_NESTING, attachment_subject, fetch_from_any, resolve_children};
 pub use stats::{Outcome, RequestKind, StatsSnapshot};
