@@ -18,6 +18,7 @@ use crate::index::Index;
 use crate::metrics::{EventLabels, Metrics, SourceLabels};
 use crate::reload::Reloader;
 use crate::resolve::Resolver;
+use crate::sources::json::LimitHit;
 
 /// One delivery from a source, decoded as far as the source could.
 #[derive(Debug, Clone)]
@@ -140,6 +141,14 @@ impl Pipeline {
         // event must not look alive, so only first deliveries and decisions
         // count as activity.
         let redelivered = self.undecided.contains_key(&delivery.key());
+        // An event refused by a parser limit (a name too long, …) is still
+        // recorded as malformed; the limit's count is kept here, since
+        // parsers hold no metrics.
+        if let Err(malformed) = &delivery.decoded
+            && let Some(limit) = LimitHit::in_message(&malformed.reason)
+        {
+            self.metrics.rejected(limit.reason());
+        }
         let handled = self.decide_and_record(delivery, started).await;
         if !redelivered || handled.disposition == Disposition::Ack {
             self.metrics

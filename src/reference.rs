@@ -245,11 +245,15 @@ pub fn check_image_name(name: &str) -> Result<(), ParseError> {
 /// spec lets registries refuse anything longer, and clients do.
 pub const MAX_REPOSITORY_LEN: usize = 255;
 
+/// How a name over [`MAX_REPOSITORY_LEN`] is refused (and recognised, by
+/// [`crate::sources::json::LimitHit`]).
+pub const NAME_TOO_LONG: &str = "characters, the longest repository name";
+
 /// Checked before anything else, so that no error quotes a huge component.
 fn check_length(s: &str) -> Result<(), String> {
     if s.len() > MAX_REPOSITORY_LEN {
         return Err(format!(
-            "longer than {MAX_REPOSITORY_LEN} characters ({} bytes)",
+            "longer than {MAX_REPOSITORY_LEN} {NAME_TOO_LONG} ({} bytes)",
             s.len()
         ));
     }
