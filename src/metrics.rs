@@ -92,6 +92,8 @@ pub struct Metrics {
     /// Requests and inputs refused because a limit of the hostile input
     /// budget bit; count them with [`Metrics::rejected`].
     rejected_requests: Family<ReasonLabels, Counter>,
+    /// JWKS fetches the push token verifier started (0 without push auth).
+    pub jwks_fetches: Counter,
 }
 
 impl Default for Metrics {
@@ -247,6 +249,12 @@ impl Metrics {
             "Requests or inputs refused because a limit bit, by the limit's reason",
             rejected_requests.clone(),
         );
+        let jwks_fetches = Counter::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches started by the push token verifier, successful or not",
+            jwks_fetches.clone(),
+        );
         Self {
             registry,
             events,
@@ -272,6 +280,7 @@ impl Metrics {
             scan_findings,
             scan_repositories,
             rejected_requests,
+            jwks_fetches,
         }
     }
 
@@ -305,6 +314,15 @@ impl Metrics {
         self.rejected_requests
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// The counter behind [`Metrics::rejected`] for `reason`, for a
+    /// component that decides refusals itself but holds no `Metrics` (the
+    /// series shows 0 from then on).
+    pub fn rejected_counter(&self, reason: &'static str) -> Counter {
+        self.rejected_requests
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
     }
 
     pub fn observe_processing(&self, source: &'static str, elapsed: Duration) {

@@ -16,6 +16,7 @@ use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
+use crate::sources::json::LimitHit;
 use crate::sources::{Delivery, Disposition, Handled, Handler};
 
 /// What makes two deliveries the same one.
@@ -102,6 +103,14 @@ impl Pipeline {
         // event must not look alive, so only first deliveries and decisions
         // count as activity.
         let redelivered = self.undecided.contains_key(&delivery.key());
+        // An event refused by a parser limit (a name too long, …) is still
+        // recorded as malformed; the limit's count is kept here, since
+        // parsers hold no metrics.
+        if let Err(malformed) = &delivery.decoded
+            && let Some(limit) = LimitHit::in_message(&malformed.reason)
+        {
+            self.metrics.rejected(limit.reason());
+        }
         let handled = self.decide_and_record(delivery, started).await;
         if !redelivered || handled.disposition == Disposition::Ack {
             self.metrics

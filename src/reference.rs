@@ -241,6 +241,10 @@ pub fn check_image_name(name: &str) -> Result<(), ParseError> {
 /// spec lets registries refuse anything longer, and clients do.
 pub const MAX_REPOSITORY_LEN: usize = 255;
 
+/// How a name over [`MAX_REPOSITORY_LEN`] is refused (and recognised, by
+/// [`crate::sources::json::LimitHit`]).
+pub const NAME_TOO_LONG: &str = "characters, the longest repository name";
+
 /// Checked before anything else, so that no error quotes a huge component.
 fn check_length(s: &str) -> Result<(), NameProblem> {
     if s.len() > MAX_REPOSITORY_LEN {
@@ -279,7 +283,7 @@ fn check_host(host: &str) -> Result<(), NameProblem> {
 /// a [`ParseError`].
 #[derive(Debug, thiserror::Error)]
 enum NameProblem {
-    #[error("longer than {MAX_REPOSITORY_LEN} characters ({0} bytes)")]
+    #[error("longer than {MAX_REPOSITORY_LEN} {NAME_TOO_LONG} ({0} bytes)")]
     TooLong(usize),
     #[error("registry host is empty")]
     EmptyHost,

@@ -24,6 +24,7 @@ use crate::reference::Digest;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
 use crate::sources::Disposition;
+use crate::sources::json::LimitHit;
 use crate::sources::pubsub_pull::PullStatus;
 use crate::sources::pubsub_push;
 use crate::sources::push_auth::PushVerifier;
@@ -337,7 +338,11 @@ async fn pubsub_push(State(state): State<AppState>, request: Request) -> Respons
     };
     let delivery = match pubsub_push::decode(&headers, &body) {
         Ok(d) => d,
-        Err(e) => return error(e.status(), e.to_string()),
+        Err(e) => {
+            let message = e.to_string();
+            count_limit_hit(&state.metrics, &message);
+            return error(e.status(), message);
+        }
     };
     let handled = state.pipeline.handle(delivery).await;
     match handled.disposition {
@@ -428,6 +433,7 @@ async fn webhook(
         Ok(parsed) => parsed,
         Err(rejected) => {
             count("rejected");
+            count_limit_hit(&state.metrics, &rejected.0);
             tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %rejected,
                 "webhook request rejected");
             return error(StatusCode::BAD_REQUEST, rejected.to_string());
@@ -462,6 +468,14 @@ async fn webhook(
             "ignored": parsed.ignored.len(),
         }))
         .into_response(),
+    }
+}
+
+/// Counts a refused request whose error reports a parser limit (the
+/// pipeline counts those reported by malformed events).
+fn count_limit_hit(metrics: &Metrics, message: &str) {
+    if let Some(limit) = LimitHit::in_message(message) {
+        metrics.rejected(limit.reason());
     }
 }
 

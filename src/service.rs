@@ -58,7 +58,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .push
         .auth
         .clone()
-        .map(|auth| PushVerifier::new(auth).map(Arc::new))
+        .map(|auth| {
+            PushVerifier::new(auth).map(|verifier| {
+                Arc::new(verifier.with_counters(
+                    metrics.jwks_fetches.clone(),
+                    metrics.rejected_counter("jwks_refetch_suppressed"),
+                ))
+            })
+        })
         .transpose()
         .context("push authentication")?;
     let mut dispatchers = vec![Dispatcher {

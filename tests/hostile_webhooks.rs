@@ -428,12 +428,45 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
     let longest = service.log().lines().map(str::len).max().unwrap_or(0);
     assert!(longest < 4096, "a log line is {longest} bytes");
 
+    // Ids that cannot be keys and repeated keys: 400, each counted under
+    // its own limit rather than only as a rejected request.
+    for id in ["evil\nid", &"x".repeat(300)] {
+        let body = json!({"events": [{"id": id, "action": "push", "target": {
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": D, "repository": "apps/api"}}]});
+        let (status, answer) = post(&service, body.to_string().into_bytes()).await;
+        assert_eq!(status, 400, "{answer}");
+    }
+    let body = json!({"events": [{"id": "dup-1", "action": "push", "target": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": D, "repository": "apps/api"}}]});
+    let (status, answer) = post(&service, inject(&body, "[{", r#""action":"delete","#)).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("duplicate key `action`"), "{answer}");
+
     let metrics = reqwest::get(service.url("/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    let line = r#"image_auditor_rejected_requests_total{reason="too_many_events"} 2"#;
-    assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    for (reason, count) in [
+        ("too_many_events", 2),
+        ("name_too_long", 1),
+        ("bad_event_id", 2),
+        ("duplicate_json_key", 1),
+    ] {
+        let line =
+            format!("image_auditor_rejected_requests_total{{reason=\"{reason}\"}} {count}\n");
+        assert!(metrics.contains(&line), "missing {line} in\n{metrics}");
+    }
+    assert_eq!(
+        SqliteStore::open(service.findings_db())
+            .unwrap()
+            .counts()
+            .unwrap()
+            .decisions_total(),
+        1,
+        "refused requests record nothing"
+    );
 }

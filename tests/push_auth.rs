@@ -2,6 +2,8 @@
 //! CLI) and a JWKS served on loopback by wiremock, whose request log counts
 //! the fetches.
 
+mod support;
+
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -704,5 +706,53 @@ mod hostile {
         let token = keys()[0].sign("k1", &with(claims(), "email", json!(long)));
         let e = verify(&v, &token).await.unwrap_err();
         assert!(e.to_string().len() < 600, "{} bytes", e.to_string().len());
+    }
+
+    #[tokio::test]
+    async fn the_service_counts_its_jwks_fetches_and_the_refetches_it_refuses() {
+        let server = failing_server().await;
+        let dir = tempfile::tempdir().unwrap();
+        let service = support::service::Service::start(
+            dir.path(),
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("manifests-fixtures/rules/thin-basic"),
+            &format!(
+                "resolve: false\npubsub:\n  push:\n    auth:\n      audience: {AUDIENCE}\n      \
+                 service_account_emails: [{EMAIL}]\n      jwks_url: {}{JWKS_PATH}\n",
+                server.uri()
+            ),
+        )
+        .await;
+        const PUSHES: usize = 5;
+        for i in 0..PUSHES {
+            let token = keys()[1].sign(&format!("invented-{i}"), &claims());
+            let response = reqwest::Client::new()
+                .post(service.url("/pubsub/push"))
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(r#"{"message":{"messageId":"1","data":"e30="}}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "push {i}"
+            );
+        }
+        // The first push fetched; the others were refused without one.
+        assert_eq!(fetches(&server).await, 1);
+        assert_eq!(
+            service.metric("image_auditor_jwks_fetches_total ").await,
+            1.0
+        );
+        assert_eq!(
+            service
+                .metric(
+                    r#"image_auditor_rejected_requests_total{reason="jwks_refetch_suppressed"} "#
+                )
+                .await,
+            (PUSHES - 1) as f64
+        );
     }
 }

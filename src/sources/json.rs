@@ -12,6 +12,52 @@ pub use crate::event::excerpt as shown;
 /// Longest event id accepted: ids are dedupe keys and log fields.
 pub const MAX_ID_LEN: usize = 256;
 
+/// The words of the refusals [`LimitHit::in_message`] recognises; the one
+/// helper enforcing each limit writes them, nothing else does.
+const DUPLICATE_KEY: &str = "duplicate key `";
+const ID_TOO_LONG: &str = "bytes long (an id is at most";
+const ID_CONTROL_CHARACTERS: &str = "contains control characters";
+
+/// A limit on untrusted input that a parser's refusal reports, counted as
+/// `rejected_requests_total{reason}` by the server and the pipeline.
+/// Parsers stay pure and their errors stay text (stored, shown and logged
+/// as such), so the limit is read back from the words of the helper that
+/// enforces it: [`parse`], [`check_id`] and the reference types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// A repository name over [`crate::reference::MAX_REPOSITORY_LEN`].
+    NameTooLong,
+    /// An event or message id over [`MAX_ID_LEN`] or with control characters.
+    BadEventId,
+    /// A JSON object repeating a key.
+    DuplicateJsonKey,
+}
+
+impl LimitHit {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LimitHit::NameTooLong => "name_too_long",
+            LimitHit::BadEventId => "bad_event_id",
+            LimitHit::DuplicateJsonKey => "duplicate_json_key",
+        }
+    }
+
+    /// The limit an error message (a `Rejected`, a `Malformed` reason, a
+    /// push error) reports, if any.
+    pub fn in_message(message: &str) -> Option<LimitHit> {
+        if message.contains(DUPLICATE_KEY) {
+            Some(LimitHit::DuplicateJsonKey)
+        } else if message.contains(ID_TOO_LONG) || message.contains(ID_CONTROL_CHARACTERS) {
+            Some(LimitHit::BadEventId)
+        } else if message.contains(crate::reference::NAME_TOO_LONG) {
+            Some(LimitHit::NameTooLong)
+        } else {
+            None
+        }
+    }
+}
+
 /// Parses a payload as JSON, refusing an object that repeats a key.
 ///
 /// serde_json keeps the last of two equal keys, while other readers of the
@@ -84,7 +130,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
         while let Some(key) = map.next_key::<String>()? {
             if fields.contains_key(&key) {
                 return Err(de::Error::custom(format_args!(
-                    "duplicate key `{}`",
+                    "{DUPLICATE_KEY}{}`",
                     shown(&key)
                 )));
             }
@@ -241,10 +287,10 @@ pub fn text<'a>(
 /// An id is a dedupe key and a log field: bounded, no control characters.
 pub fn check_id(id: &str) -> Result<(), String> {
     if id.len() > MAX_ID_LEN {
-        return Err(format!("is {} bytes long (at most {MAX_ID_LEN})", id.len()));
+        return Err(format!("is {} {ID_TOO_LONG} {MAX_ID_LEN})", id.len()));
     }
     if id.chars().any(char::is_control) {
-        return Err("contains control characters".into());
+        return Err(ID_CONTROL_CHARACTERS.into());
     }
     Ok(())
 }
@@ -280,6 +326,36 @@ mod tests {
             serde_json::json!({"a":[1,-2,3.5,"x",null,true,{"a":{}}],"b":{"a":1}})
         );
         assert!(parse(b"{} x").is_err());
+    }
+
+    #[test]
+    fn the_refusals_of_each_limit_are_recognised_and_nothing_else() {
+        let duplicate = parse(br#"{"a":1,"a":2}"#).unwrap_err().to_string();
+        let long_id = check_id(&"x".repeat(MAX_ID_LEN + 1)).unwrap_err();
+        let control = check_id("a\nb").unwrap_err();
+        let name = format!("registry.example/{}", "a".repeat(300))
+            .parse::<crate::reference::Repository>()
+            .unwrap_err()
+            .to_string();
+        for (message, limit) in [
+            (&duplicate, LimitHit::DuplicateJsonKey),
+            (&long_id, LimitHit::BadEventId),
+            (&control, LimitHit::BadEventId),
+            (&name, LimitHit::NameTooLong),
+        ] {
+            assert_eq!(LimitHit::in_message(message), Some(limit), "{message}");
+        }
+        let other_refusals = [
+            parse(b"{").unwrap_err().to_string(),
+            "registry.example/UPPER"
+                .parse::<crate::reference::Repository>()
+                .unwrap_err()
+                .to_string(),
+            check_id("fine").map_or_else(|e| e, |()| "fine".into()),
+        ];
+        for message in &other_refusals {
+            assert_eq!(LimitHit::in_message(message), None, "{message}");
+        }
     }
 
     fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {

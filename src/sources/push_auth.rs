@@ -41,6 +41,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 use crate::event::excerpt;
@@ -266,7 +267,10 @@ pub struct PushVerifier {
     /// Held for the whole of a fetch: one fetch at a time.
     refresh: tokio::sync::Mutex<RefreshState>,
     /// Fetches started, successful or not.
-    fetches: AtomicU64,
+    fetches: Counter,
+    /// Verifications refused because the keys they needed could only come
+    /// from a fetch that `min_refetch_interval` did not allow yet.
+    refetches_suppressed: Counter,
     /// Fetches finished, successful or not (changed under `refresh` only).
     completed: AtomicU64,
 }
@@ -291,7 +295,7 @@ impl fmt::Debug for PushVerifier {
         f.debug_struct("PushVerifier")
             .field("config", &self.config)
             .field("kids", &keys.keys.keys().collect::<Vec<_>>())
-            .field("fetches", &self.fetches.load(Ordering::Relaxed))
+            .field("fetches", &self.fetches.get())
             .finish_non_exhaustive()
     }
 }
@@ -328,7 +332,8 @@ impl PushVerifier {
                 expires: None,
             }),
             refresh: tokio::sync::Mutex::new(RefreshState::default()),
-            fetches: AtomicU64::new(0),
+            fetches: Counter::default(),
+            refetches_suppressed: Counter::default(),
             completed: AtomicU64::new(0),
         })
     }
@@ -337,9 +342,17 @@ impl PushVerifier {
         &self.config
     }
 
-    /// JWKS fetches started so far (for metrics).
+    /// Counts fetches and suppressed refetches in the given counters (the
+    /// service's metrics) instead of private ones.
+    pub fn with_counters(mut self, fetches: Counter, refetches_suppressed: Counter) -> Self {
+        self.fetches = fetches;
+        self.refetches_suppressed = refetches_suppressed;
+        self
+    }
+
+    /// JWKS fetches started so far.
     pub fn jwks_fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
+        self.fetches.get()
     }
 
     /// Verifies the `Authorization` header of a push request.
@@ -459,18 +472,17 @@ impl PushVerifier {
             .last_fetch
             .is_some_and(|t| now.duration_since(t) < self.config.min_refetch_interval)
         {
-            return current
-                .keys
-                .get(kid)
-                .cloned()
-                .ok_or_else(|| match &state.last_failure {
+            return current.keys.get(kid).cloned().ok_or_else(|| {
+                self.refetches_suppressed.inc();
+                match &state.last_failure {
                     Some(error) => AuthError::KeysUnavailable(error.clone()),
                     None => unknown_kid(kid),
-                });
+                }
+            });
         }
         state.last_fetch = Some(now);
 
-        self.fetches.fetch_add(1, Ordering::Relaxed);
+        self.fetches.inc();
         let fetched = self.fetch().await;
         let result = match fetched {
             Ok((keys, max_age)) => {

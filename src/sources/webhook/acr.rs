@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use crate::event::{Action, Event, EventId, Source};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
-use crate::sources::json::{MAX_ID_LEN, json_type, shown, text};
+use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
@@ -313,16 +313,6 @@ fn event_id(event: &Map<String, Value>, place: &str) -> Result<EventId, Rejected
             )));
         }
     };
-    if id.len() > MAX_ID_LEN {
-        return Err(Rejected(format!(
-            "{place}: field `id` is {} bytes long (at most {MAX_ID_LEN})",
-            id.len()
-        )));
-    }
-    if id.chars().any(char::is_control) {
-        return Err(Rejected(format!(
-            "{place}: field `id` contains control characters"
-        )));
-    }
+    check_id(id).map_err(|e| Rejected(format!("{place}: field `id` {e}")))?;
     Ok(EventId(id.clone()))
 }
