@@ -460,3 +460,65 @@ impl fmt::Debug for Reference {
         fmt::Display::fmt(self, f)
     }
 }
+
+/// The digest and tag syntax tables of the retired auditor, which the
+/// manifests it audited were written against.
+#[cfg(test)]
+mod tests {
+    use super::{Digest, Tag};
+
+    #[test]
+    fn digest_syntax() {
+        for ok in [
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "sha256:c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3",
+            "sha256:4ad90a11b55313b182afc186b9876c8e891531b8db4c9bf1541953021618d0e2",
+            "sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
+        ] {
+            let digest: Digest = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(digest.to_string(), ok);
+        }
+        let hex64 = "a".repeat(64);
+        for bad in [
+            String::new(),
+            "sha256:0".into(),
+            format!("sha256:{}", "a".repeat(65)),
+            format!("sha256:{}g", "a".repeat(63)),
+            hex64.clone(),
+            format!(":{hex64}"),
+            format!("sha256:{}", hex64.to_uppercase()),
+            format!("sha256 :{hex64}"),
+            format!("sha256:{hex64} "),
+        ] {
+            assert!(bad.parse::<Digest>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn tag_syntax() {
+        for ok in [
+            "a".to_string(),
+            "_".into(),
+            "latest".into(),
+            "_latest".into(),
+            "_____----hello........".into(),
+            "1.10".into(),
+            "a".repeat(128),
+        ] {
+            let tag: Tag = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
+            assert_eq!(tag.as_str(), ok);
+        }
+        for bad in [
+            String::new(),
+            ".".into(),
+            "-".into(),
+            "héllo".into(),
+            "hello world".into(),
+            "a".repeat(129),
+            "v1:2".into(),
+            "v1/2".into(),
+        ] {
+            assert!(bad.parse::<Tag>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

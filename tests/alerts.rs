@@ -8,10 +8,10 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use base64::Engine;
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
+use support::fixtures::write_project;
 use support::pubsub::{Fixture, PROJECT};
 use support::receiver::Receiver;
 use support::service::Service;
@@ -26,38 +26,18 @@ const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 1s\n  backo
 /// One project promoting `app` (A as 1.0) to `regions` destinations
 /// `r<i>.example/prod`.
 fn manifests(dir: &Path, regions: usize) -> PathBuf {
-    let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
     let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
     for i in 0..regions {
         registries.push_str(&format!("- name: r{i}.example/prod\n"));
     }
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
-        registries,
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/demo/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    )
-    .unwrap();
+    let root = dir.join("manifests-root");
+    write_project(
+        &root,
+        "demo",
+        &registries,
+        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
+    );
     root
-}
-
-/// Pushes one GCR payload through `POST /pubsub/push`; returns once it is
-/// recorded.
-async fn push(service: &Service, id: &str, payload: Value) {
-    let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
-    let body = json!({"message": {"data": data, "messageId": id}});
-    let response = reqwest::Client::new()
-        .post(service.url("/pubsub/push"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200, "push {id}");
 }
 
 fn unpromoted(region: usize, digest: &str) -> Value {
@@ -74,19 +54,6 @@ fn undelivered(service: &Service, sink: &str) -> u64 {
     known.map_or(counts.findings, |(_, n)| *n)
 }
 
-async fn metric(service: &Service, line_start: &str) -> f64 {
-    let text = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_once() {
     let mut am = Alertmanager::start();
@@ -97,14 +64,14 @@ async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_o
     );
     let service = Service::start(dir.path(), &manifests(dir.path(), 2), &config).await;
 
-    push(&service, "m1", unpromoted(0, B)).await;
-    push(
-        &service,
-        "m2",
-        json!({"action": "INSERT", "digest": format!("r1.example/prod/app@{A}"),
+    service.push_gcr("m1", &unpromoted(0, B)).await;
+    service
+        .push_gcr(
+            "m2",
+            &json!({"action": "INSERT", "digest": format!("r1.example/prod/app@{A}"),
                "tag": "r1.example/prod/app:2.0"}),
-    )
-    .await;
+        )
+        .await;
     service
         .wait_until("Alertmanager lists both findings", || async {
             am.alerts().await.len() == 2
@@ -144,14 +111,12 @@ async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_o
 
     // Alertmanager goes down; a finding made meanwhile waits in the outbox.
     am.stop();
-    push(&service, "m3", unpromoted(1, C)).await;
+    service.push_gcr("m3", &unpromoted(1, C)).await;
     service
         .wait_until("a delivery to the stopped Alertmanager failed", || async {
-            metric(
-                &service,
-                r#"image_auditor_alerts_total{sink="am",outcome="failed"}"#,
-            )
-            .await
+            service
+                .metric(r#"image_auditor_alerts_total{sink="am",outcome="failed"}"#)
+                .await
                 >= 1.0
         })
         .await;
@@ -174,11 +139,9 @@ async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_o
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["labels"]["digest"], C);
     assert_eq!(
-        metric(
-            &service,
-            r#"image_auditor_alerts_total{sink="am",outcome="delivered"}"#
-        )
-        .await,
+        service
+            .metric(r#"image_auditor_alerts_total{sink="am",outcome="delivered"}"#)
+            .await,
         3.0
     );
 }
@@ -198,7 +161,9 @@ async fn one_fact_in_25_registries_is_one_signed_alert_through_failing_receivers
     let service = Service::start(dir.path(), &manifests(dir.path(), 25), &config).await;
 
     for region in 0..25 {
-        push(&service, &format!("n{region}"), unpromoted(region, B)).await;
+        service
+            .push_gcr(&format!("n{region}"), &unpromoted(region, B))
+            .await;
     }
     service
         .wait_until("both sinks delivered", || async {
@@ -255,7 +220,7 @@ async fn one_fact_in_25_registries_is_one_signed_alert_through_failing_receivers
 
     // The same fact again within the repeat window: an update of the same
     // alert, not a new one.
-    push(&service, "n25", unpromoted(3, B)).await;
+    service.push_gcr("n25", &unpromoted(3, B)).await;
     service
         .wait_until("the update was delivered", || async {
             hook.accepted_json().len() == accepted.len() + 1
@@ -280,14 +245,14 @@ async fn a_pubsub_topic_receives_the_alert_with_routing_attributes() {
     );
     let service = Service::start(dir.path(), &manifests(dir.path(), 1), &config).await;
     // A warning (unlisted tag) the route leaves out, then a critical one.
-    push(
-        &service,
-        "w1",
-        json!({"action": "INSERT", "digest": format!("r0.example/prod/app@{A}"),
+    service
+        .push_gcr(
+            "w1",
+            &json!({"action": "INSERT", "digest": format!("r0.example/prod/app@{A}"),
                "tag": "r0.example/prod/app:nightly"}),
-    )
-    .await;
-    push(&service, "c1", unpromoted(0, B)).await;
+        )
+        .await;
+    service.push_gcr("c1", &unpromoted(0, B)).await;
 
     let subscriber = fixture.target.subscriber().await.unwrap();
     let mut stream = subscriber
@@ -312,11 +277,9 @@ async fn a_pubsub_topic_receives_the_alert_with_routing_attributes() {
         })
         .await;
     assert_eq!(
-        metric(
-            &service,
-            r#"image_auditor_alerts_total{sink="topic",outcome="delivered"}"#
-        )
-        .await,
+        service
+            .metric(r#"image_auditor_alerts_total{sink="topic",outcome="delivered"}"#)
+            .await,
         1.0,
         "the warning was routed away, not sent"
     );

@@ -17,6 +17,7 @@ use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use serde_json::{Value, json};
+use support::fixtures::write_project;
 use support::pubsub::{Fixture, PROJECT};
 use support::service::Service;
 
@@ -27,18 +28,12 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn manifests(dir: &Path) -> PathBuf {
     let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/apps")).unwrap();
-    std::fs::create_dir_all(root.join("images/apps")).unwrap();
-    std::fs::write(
-        root.join("manifests/apps/promoter-manifest.yaml"),
+    write_project(
+        &root,
+        "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n- name: prod.example/apps\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/apps/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{PROMOTED}\": [\"v1\"]\n"),
-    )
-    .unwrap();
+        &format!("- name: app\n  dmap:\n    \"{PROMOTED}\": [\"v1\"]\n"),
+    );
     root
 }
 

@@ -142,16 +142,7 @@ fn post_head(path: &str, content_type: &str, authorization: Option<&str>, length
 #[tokio::test]
 async fn unauthenticated_bodies_are_refused_from_the_headers_before_the_body_is_read() {
     let dir = tempfile::tempdir().unwrap();
-    let jwks = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("GET"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string(r#"{"keys":[]}"#))
-        .mount(&jwks)
-        .await;
-    let push_auth = format!(
-        "pubsub:\n  push:\n    auth:\n      audience: https://auditor.example/pubsub/push\n      \
-         service_account_emails: [push@p.iam.gserviceaccount.com]\n      jwks_url: {}/certs\n",
-        jwks.uri()
-    );
+    let (_jwks, push_auth) = support::token::keyless_push_auth().await;
     // A request timeout far beyond the guard: only refusing from the
     // headers can answer these requests in time.
     let service = start(dir.path(), "  request_timeout: 1h\n", &push_auth).await;

@@ -3,12 +3,15 @@
 //! entry, byte and depth budgets. Bounds are asserted by counting what the
 //! walk visited and by the resident-memory delta, never by time.
 
+mod support;
+
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use image_auditor::manifest::walk::{Budget, Limit, walk};
 use image_auditor::manifest::{self, Layout, LoadError};
+use support::fixtures::write_project;
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SECRET: &str = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
@@ -16,18 +19,12 @@ const SECRET: &str = "sha256:555555555555555555555555555555555555555555555555555
 /// A thin root with one project promoting [`A`]; returns the root.
 fn thin_root(dir: &Path) -> PathBuf {
     let root = dir.join("root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
+    write_project(
+        &root,
+        "demo",
         "registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: registry.example/prod\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/demo/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    )
-    .unwrap();
+        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
+    );
     root
 }
 

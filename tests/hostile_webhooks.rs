@@ -18,6 +18,7 @@ use image_auditor::sources::webhook::{EndpointConfig, Endpoints, WebhookKind};
 use image_auditor::sources::webhook::{acr, distribution, ecr, harbor};
 use image_auditor::sources::{gcr, pubsub_push};
 use serde_json::{Value, json};
+use support::fixtures::write_project;
 use support::service::Service;
 
 const D: &str = "sha256:d7bdd545f09d8a73c2b990337c8211d708a04ccd9748627685e4fc79cc038039";
@@ -325,19 +326,13 @@ fn a_repeated_key_is_refused_in_every_json_format_and_named() {
 
 fn manifests(dir: &Path) -> PathBuf {
     let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/apps")).unwrap();
-    std::fs::create_dir_all(root.join("images/apps")).unwrap();
-    std::fs::write(
-        root.join("manifests/apps/promoter-manifest.yaml"),
+    write_project(
+        &root,
+        "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n\
          - name: registry.example:5000/apps\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/apps/images.yaml"),
-        format!("- name: api\n  dmap:\n    \"{D}\": [\"v1\"]\n"),
-    )
-    .unwrap();
+        &format!("- name: api\n  dmap:\n    \"{D}\": [\"v1\"]\n"),
+    );
     root
 }
 

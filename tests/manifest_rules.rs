@@ -1,11 +1,14 @@
 //! One fixture per validation rule of docs/design.md §4 (`manifests-fixtures/rules/
 //! invalid-*` and `valid-*`), the retired auditor's thin-directory cases
-//! (docs/reference/cip-auditor.md §5.6) and the digest and tag syntax tables (§5.7).
+//! (docs/reference/cip-auditor.md §5.6). Its digest and tag syntax tables (§5.7)
+//! are unit tests beside the parsers, in src/reference.rs.
 //!
 //! Each invalid fixture holds a bad project next to a good one: the problem is
 //! reported with its file, line and a key phrase, the bad project is
 //! excluded, and the good one still loads (isolation). Expected lines are
 //! counted here from the fixture text, not taken from the loader.
+
+mod support;
 
 use std::path::{Path, PathBuf};
 
@@ -13,37 +16,21 @@ use image_auditor::audit::{Policy, VerdictKind, audit};
 use image_auditor::event::{Action, Event, EventId, Source};
 use image_auditor::index::Index;
 use image_auditor::manifest::{self, Layout, LoadError, ManifestSet, Problem, Severity};
-use image_auditor::reference::{Digest, Reference, Tag};
+use image_auditor::reference::{Digest, Reference};
+use support::fixtures::{d, line_of, rules};
 
 // ---------------------------------------------------------------- helpers
-
-fn rules(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("manifests-fixtures/rules")
-        .join(name)
-}
 
 fn load(name: &str) -> ManifestSet {
     manifest::load(&rules(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-fn d(unit: &str) -> Digest {
-    format!("sha256:{}", &unit.repeat(64)[..64])
-        .parse()
-        .unwrap()
-}
-
-/// The 1-based line of the only line of `file` containing `needle`.
-fn line_of(file: &Path, needle: &str) -> u32 {
-    let text = std::fs::read_to_string(file).unwrap();
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "{needle:?} in {}", file.display());
-    hits[0] as u32
+/// Loads a fixture that must have no problem at all.
+#[track_caller]
+fn load_clean(name: &str) -> ManifestSet {
+    let set = load(name);
+    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    set
 }
 
 fn images(root: &str, project: &str) -> PathBuf {
@@ -75,18 +62,6 @@ fn assert_problem(p: &Problem, file: &Path, needle: Option<&str>, phrase: &str) 
     assert_eq!(&*p.file, file, "{p}");
     assert_eq!(p.line, needle.map(|n| line_of(file, n)), "{p}");
     assert!(p.message.contains(phrase), "{p}\nlacks {phrase:?}");
-}
-
-/// The fixture's only problem; the bad project is excluded and `good` loads
-/// and is audited as promoted.
-#[track_caller]
-fn only_problem<'a>(set: &'a ManifestSet, bad: &str, good: &str) -> &'a Problem {
-    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
-    let p = &set.problems[0];
-    assert_eq!(p.project.as_deref(), Some(bad), "{p}");
-    assert_eq!(excluded(set), [bad]);
-    assert_isolated(set, good);
-    p
 }
 
 /// `good` loaded, no problem names it, and its promotion is auditable.
@@ -134,126 +109,206 @@ fn tags(set: &ManifestSet, project: &str, image: &str) -> Vec<(u32, Vec<String>)
 
 // ---------------------------------------------------------------- invalid: one rule each
 
-#[test]
-fn unknown_key_in_images_yaml() {
-    let set = load("invalid-unknown-key");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &images("invalid-unknown-key", "bad"),
-        Some("  tags:"),
-        "unknown field `tags`",
-    );
+/// The file of a fixture that a problem points at.
+#[derive(Clone, Copy)]
+enum At {
+    /// `images/<project>/images.yaml`
+    Images(&'static str),
+    /// `manifests/<project>/promoter-manifest.yaml`
+    Manifest(&'static str),
+    /// The fixture itself: a plain-layout file.
+    Fixture,
 }
 
-#[test]
-fn unknown_key_in_promoter_manifest() {
-    let set = load("invalid-manifest-unknown-key");
-    let file = manifest_file("invalid-manifest-unknown-key", "bad");
-    assert_problem(
-        &set.problems[0],
-        &file,
-        Some("service-acount"),
-        "unknown field `service-acount`",
-    );
-    assert_eq!(excluded(&set), ["bad"]);
-    assert_isolated(&set, "good");
+/// A fixture breaking one rule: it has exactly one problem, naming `bad`,
+/// which is excluded, while `good` (if the fixture has one) still loads.
+struct Invalid {
+    /// Names the case when it fails.
+    name: &'static str,
+    fixture: &'static str,
+    bad: &'static str,
+    good: Option<&'static str>,
+    at: At,
+    /// Text of the only line the problem points at; `None`: no line.
+    needle: Option<&'static str>,
+    phrase: &'static str,
+    /// What this case checks beyond the common shape.
+    more: fn(&ManifestSet, &Problem),
 }
 
-#[test]
-fn duplicate_digest_in_one_dmap() {
-    let set = load("invalid-duplicate-digest");
-    let p = only_problem(&set, "bad", "good");
-    let file = images("invalid-duplicate-digest", "bad");
-    // The second occurrence, not silently dropped.
-    assert_eq!(p.line, Some(5), "{p}");
-    assert_problem(p, &file, Some("[\"2.0\"]"), "duplicate mapping key");
-    assert!(p.message.contains(&d("a").to_string()), "{p}");
+impl Invalid {
+    fn check(&self) {
+        let set = load(self.fixture);
+        assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
+        let p = &set.problems[0];
+        assert_eq!(p.project.as_deref(), Some(self.bad), "{p}");
+        assert_eq!(excluded(&set), [self.bad]);
+        if let Some(good) = self.good {
+            assert_isolated(&set, good);
+        }
+        let file = match self.at {
+            At::Images(project) => images(self.fixture, project),
+            At::Manifest(project) => manifest_file(self.fixture, project),
+            At::Fixture => rules(self.fixture),
+        };
+        assert_problem(p, &file, self.needle, self.phrase);
+        (self.more)(&set, p);
+    }
 }
 
-#[test]
-fn duplicate_key_in_an_image_item() {
-    let set = load("invalid-duplicate-image-key");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &images("invalid-duplicate-image-key", "bad"),
-        Some("name: bar-controller"),
-        "duplicate mapping key: name",
-    );
-}
+fn nothing_more(_: &ManifestSet, _: &Problem) {}
 
-#[test]
-fn bad_digest_of_63_hex() {
-    let set = load("invalid-bad-digest");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &images("invalid-bad-digest", "bad"),
-        Some("sha256:bbbb"),
-        "64 hex digits, found 63",
-    );
-    assert!(p.message.contains("foo-controller"), "{p}");
-}
+const INVALID: &[Invalid] = &[
+    Invalid {
+        name: "unknown key in images.yaml",
+        fixture: "invalid-unknown-key",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Images("bad"),
+        needle: Some("  tags:"),
+        phrase: "unknown field `tags`",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "unknown key in promoter-manifest.yaml",
+        fixture: "invalid-manifest-unknown-key",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Manifest("bad"),
+        needle: Some("service-acount"),
+        phrase: "unknown field `service-acount`",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "duplicate digest in one dmap",
+        fixture: "invalid-duplicate-digest",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Images("bad"),
+        needle: Some("[\"2.0\"]"),
+        phrase: "duplicate mapping key",
+        more: |_, p| {
+            // The second occurrence, not silently dropped.
+            assert_eq!(p.line, Some(5), "{p}");
+            assert!(p.message.contains(&d("a").to_string()), "{p}");
+        },
+    },
+    Invalid {
+        name: "duplicate key in an image item",
+        fixture: "invalid-duplicate-image-key",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Images("bad"),
+        needle: Some("name: bar-controller"),
+        phrase: "duplicate mapping key: name",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "digest of 63 hex digits",
+        fixture: "invalid-bad-digest",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Images("bad"),
+        needle: Some("sha256:bbbb"),
+        phrase: "64 hex digits, found 63",
+        more: |_, p| assert!(p.message.contains("foo-controller"), "{p}"),
+    },
+    Invalid {
+        name: "bad tag",
+        fixture: "invalid-bad-tag",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Images("bad"),
+        needle: Some("-rc1"),
+        phrase: "tag \"-rc1\": must start with",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "zero sources",
+        fixture: "invalid-no-source",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Manifest("bad"),
+        needle: Some("- name: gcr.io/bad-staging"),
+        phrase: "no registry has `src: true`",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "two sources",
+        fixture: "invalid-two-sources",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Manifest("bad"),
+        needle: Some("gcr.io/other-staging"),
+        phrase: "2 registries have `src: true` (lines 3, 5)",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "empty registry name",
+        fixture: "invalid-empty-registry-name",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Manifest("bad"),
+        needle: Some("name: \"\""),
+        phrase: "registry `name` is empty",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "empty image name",
+        fixture: "invalid-empty-image-name",
+        bad: "bad",
+        good: Some("good"),
+        at: At::Images("bad"),
+        needle: Some("name: \"\""),
+        phrase: "image `name` is empty",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "manifest without images.yaml",
+        fixture: "invalid-missing-images",
+        bad: "b",
+        good: Some("a"),
+        at: At::Images("b"),
+        needle: None,
+        phrase: "does not exist",
+        more: |set, _| {
+            // Its destinations stay known, so its pushes are not out of scope.
+            let b = set.excluded.iter().find(|x| x.project == "b").unwrap();
+            assert_eq!(b.destinations.len(), 3);
+        },
+    },
+    Invalid {
+        name: "plain empty file has no registries",
+        fixture: "invalid-plain-empty.yaml",
+        bad: "invalid-plain-empty",
+        good: None,
+        at: At::Fixture,
+        needle: None,
+        phrase: "`registries` is missing or empty",
+        more: nothing_more,
+    },
+    Invalid {
+        name: "plain file without a source",
+        fixture: "invalid-plain-no-src.yaml",
+        bad: "invalid-plain-no-src",
+        good: None,
+        at: At::Fixture,
+        needle: Some("gcr.io/foo-staging"),
+        phrase: "no registry has `src: true`",
+        more: nothing_more,
+    },
+];
 
+/// Every case runs even when an earlier one fails, and the failure names
+/// each failing case (its own panic message is printed above it).
 #[test]
-fn bad_tag() {
-    let set = load("invalid-bad-tag");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &images("invalid-bad-tag", "bad"),
-        Some("-rc1"),
-        "tag \"-rc1\": must start with",
-    );
-}
-
-#[test]
-fn zero_sources() {
-    let set = load("invalid-no-source");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &manifest_file("invalid-no-source", "bad"),
-        Some("- name: gcr.io/bad-staging"),
-        "no registry has `src: true`",
-    );
-}
-
-#[test]
-fn two_sources() {
-    let set = load("invalid-two-sources");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &manifest_file("invalid-two-sources", "bad"),
-        Some("gcr.io/other-staging"),
-        "2 registries have `src: true` (lines 3, 5)",
-    );
-}
-
-#[test]
-fn empty_registry_name() {
-    let set = load("invalid-empty-registry-name");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &manifest_file("invalid-empty-registry-name", "bad"),
-        Some("name: \"\""),
-        "registry `name` is empty",
-    );
-}
-
-#[test]
-fn empty_image_name() {
-    let set = load("invalid-empty-image-name");
-    let p = only_problem(&set, "bad", "good");
-    assert_problem(
-        p,
-        &images("invalid-empty-image-name", "bad"),
-        Some("name: \"\""),
-        "image `name` is empty",
-    );
+fn each_rule_reports_one_problem_and_excludes_only_its_project() {
+    let failed: Vec<&str> = INVALID
+        .iter()
+        .filter(|case| std::panic::catch_unwind(|| case.check()).is_err())
+        .map(|case| case.name)
+        .collect();
+    assert!(failed.is_empty(), "failing cases: {failed:?}");
 }
 
 #[test]
@@ -375,27 +430,11 @@ fn nested_promoter_manifest_is_an_error_and_the_decoy_is_ignored() {
     assert_isolated(&set, "a");
 }
 
-#[test]
-fn manifest_without_images_yaml() {
-    let set = load("invalid-missing-images");
-    let p = only_problem(&set, "b", "a");
-    assert_problem(
-        p,
-        &images("invalid-missing-images", "b"),
-        None,
-        "does not exist",
-    );
-    // Its destinations stay known, so its pushes are not out of scope.
-    let b = set.excluded.iter().find(|x| x.project == "b").unwrap();
-    assert_eq!(b.destinations.len(), 3);
-}
-
 // ---------------------------------------------------------------- valid: formats real files use
 
 #[test]
 fn scalars_stay_text_with_comments_and_unquoted_keys() {
-    let set = load("valid-scalars");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("valid-scalars");
     let file = images("valid-scalars", "p");
     assert_eq!(
         tags(&set, "p", "foo-controller"),
@@ -420,8 +459,7 @@ fn crlf_line_endings() {
         bytes.windows(2).any(|w| w == b"\r\n"),
         "the fixture lost its CRLF line endings"
     );
-    let set = load("valid-crlf");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("valid-crlf");
     assert_eq!(
         tags(&set, "p", "foo-controller"),
         [
@@ -433,8 +471,7 @@ fn crlf_line_endings() {
 
 #[test]
 fn repeated_image_names_are_merged() {
-    let set = load("valid-repeated-names");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("valid-repeated-names");
     let m = &set.manifests[0];
     let names: Vec<&str> = m.images.iter().map(|i| i.name.as_str()).collect();
     assert_eq!(names, ["foo-controller", "bar-controller"]);
@@ -451,8 +488,7 @@ fn repeated_image_names_are_merged() {
 
 #[test]
 fn comment_only_images_yaml_is_an_empty_project() {
-    let set = load("valid-comment-only");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("valid-comment-only");
     assert_eq!(loaded(&set), ["p"]);
     assert!(set.manifests[0].images.is_empty());
     // Its destinations are in scope: a push there is unpromoted, not ignored.
@@ -497,23 +533,20 @@ fn duplicate_destination_is_a_warning_only() {
 fn other_directories_and_files_are_ignored() {
     // The retired auditor's malformed-directory-tree-structure-bad-prefix-is-ignored,
     // plus images/<x> without a manifest (its bad digest is never read).
-    let set = load("valid-ignored-dirs");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("valid-ignored-dirs");
     assert_eq!(loaded(&set), ["a"]);
 }
 
 #[test]
 fn same_image_tag_to_the_same_digest_is_no_overlap() {
-    let set = load("valid-overlap-same-digest");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("valid-overlap-same-digest");
     assert_eq!(loaded(&set), ["a", "b"]);
 }
 
 #[test]
 fn plain_single_file() {
-    let set = load("valid-plain-single.yaml");
+    let set = load_clean("valid-plain-single.yaml");
     assert_eq!(set.layout, Layout::Plain);
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
     assert_eq!(loaded(&set), ["valid-plain-single"]);
     let m = &set.manifests[0];
     let file = rules("valid-plain-single.yaml");
@@ -530,9 +563,8 @@ fn plain_single_file() {
 
 #[test]
 fn plain_directory() {
-    let set = load("valid-plain-dir");
+    let set = load_clean("valid-plain-dir");
     assert_eq!(set.layout, Layout::Plain);
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
     let mut projects = loaded(&set);
     projects.sort();
     assert_eq!(projects, ["nested/two", "one"]);
@@ -540,31 +572,6 @@ fn plain_directory() {
     assert_eq!(
         one.images[0].promotions[0].line,
         line_of(&rules("valid-plain-dir/one.yaml"), "sha256:aaaa")
-    );
-}
-
-#[test]
-fn plain_empty_file_has_no_registries() {
-    let set = load("invalid-plain-empty.yaml");
-    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
-    assert_problem(
-        &set.problems[0],
-        &rules("invalid-plain-empty.yaml"),
-        None,
-        "`registries` is missing or empty",
-    );
-    assert_eq!(excluded(&set), ["invalid-plain-empty"]);
-}
-
-#[test]
-fn plain_file_without_a_source() {
-    let set = load("invalid-plain-no-src.yaml");
-    assert_eq!(set.problems.len(), 1, "{:#?}", set.problems);
-    assert_problem(
-        &set.problems[0],
-        &rules("invalid-plain-no-src.yaml"),
-        Some("gcr.io/foo-staging"),
-        "no registry has `src: true`",
     );
 }
 
@@ -584,9 +591,8 @@ fn directory_without_manifests_is_a_load_error() {
 
 #[test]
 fn thin_singleton() {
-    let set = load("thin-singleton");
+    let set = load_clean("thin-singleton");
     assert_eq!(set.layout, Layout::Thin);
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
     assert_eq!(loaded(&set), ["a"]);
     let m = &set.manifests[0];
     assert_eq!(&*m.manifest_file, manifest_file("thin-singleton", "a"));
@@ -599,8 +605,7 @@ fn thin_singleton() {
 
 #[test]
 fn thin_multiple_rebases() {
-    let set = load("thin-multiple-rebases");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("thin-multiple-rebases");
     assert_eq!(loaded(&set), ["bar", "foo"]);
     for (project, image, digest) in [
         ("foo", "foo-controller", d("a")),
@@ -619,8 +624,7 @@ fn thin_multiple_rebases() {
 
 #[test]
 fn thin_basic_four_projects() {
-    let set = load("thin-basic");
-    assert!(set.problems.is_empty(), "{:#?}", set.problems);
+    let set = load_clean("thin-basic");
     assert_eq!(loaded(&set), ["a", "b", "c", "d"]);
     let sources: Vec<&str> = set.manifests.iter().map(|m| m.source.as_str()).collect();
     assert_eq!(
@@ -638,61 +642,4 @@ fn thin_basic_four_projects() {
         .map(|m| m.images[0].promotions[0].digest.clone())
         .collect();
     assert_eq!(digests, [d("a"), d("b"), d("c"), d("0")]);
-}
-
-// ---------------------------------------------------------------- §5.7 digest and tag syntax
-
-#[test]
-fn digest_syntax() {
-    for ok in [
-        "sha256:0000000000000000000000000000000000000000000000000000000000000000",
-        "sha256:c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3c3d3",
-        "sha256:4ad90a11b55313b182afc186b9876c8e891531b8db4c9bf1541953021618d0e2",
-        "sha256:abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
-    ] {
-        let digest: Digest = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
-        assert_eq!(digest.to_string(), ok);
-    }
-    let hex64 = "a".repeat(64);
-    for bad in [
-        String::new(),
-        "sha256:0".into(),
-        format!("sha256:{}", "a".repeat(65)),
-        format!("sha256:{}g", "a".repeat(63)),
-        hex64.clone(),
-        format!(":{hex64}"),
-        format!("sha256:{}", hex64.to_uppercase()),
-        format!("sha256 :{hex64}"),
-        format!("sha256:{hex64} "),
-    ] {
-        assert!(bad.parse::<Digest>().is_err(), "{bad:?} parsed");
-    }
-}
-
-#[test]
-fn tag_syntax() {
-    for ok in [
-        "a".to_string(),
-        "_".into(),
-        "latest".into(),
-        "_latest".into(),
-        "_____----hello........".into(),
-        "1.10".into(),
-        "a".repeat(128),
-    ] {
-        let tag: Tag = ok.parse().unwrap_or_else(|e| panic!("{ok}: {e}"));
-        assert_eq!(tag.as_str(), ok);
-    }
-    for bad in [
-        String::new(),
-        ".".into(),
-        "-".into(),
-        "héllo".into(),
-        "hello world".into(),
-        "a".repeat(129),
-        "v1:2".into(),
-        "v1/2".into(),
-    ] {
-        assert!(bad.parse::<Tag>().is_err(), "{bad:?} parsed");
-    }
 }

@@ -7,7 +7,6 @@
 
 mod support;
 
-use base64::Engine;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::git::{GitDaemon, Mode, Proxy, Repo, digest};
@@ -21,18 +20,6 @@ async fn get(service: &Service, path: &str) -> (u16, Value) {
 
 async fn promoted(service: &Service, d: String) -> bool {
     get(service, &format!("/v1/digests/{d}")).await.0 == 200
-}
-
-async fn push(service: &Service, id: &str, payload: Value) -> Value {
-    let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
-    let response = reqwest::Client::new()
-        .post(service.url("/pubsub/push"))
-        .json(&json!({"message": {"data": data, "messageId": id}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    response.json().await.unwrap()
 }
 
 fn manifest_findings(service: &Service) -> Vec<String> {
@@ -128,13 +115,13 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
         )]
     );
     // Findings carry the commit they were decided at.
-    let answer = push(
-        &service,
-        "late",
-        json!({"action": "INSERT",
+    let answer = service
+        .push_gcr(
+            "late",
+            &json!({"action": "INSERT",
         "digest": format!("a.example/prod/app@{}", digest(9))}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(answer["verdict"], "unpromoted");
     let finding = SqliteStore::open(service.findings_db())
         .unwrap()
@@ -157,22 +144,22 @@ async fn a_promotion_committed_after_the_last_poll_is_found_before_rejecting() {
             .await;
     repo.images("a", &[(digest(1), "1.0"), (digest(6), "5.0")]);
     repo.commit("promote a 5.0");
-    let answer = push(
-        &service,
-        "just-merged",
-        json!({"action": "INSERT",
+    let answer = service
+        .push_gcr(
+            "just-merged",
+            &json!({"action": "INSERT",
         "digest": format!("a.example/prod/app@{}", digest(6)), "tag": "a.example/prod/app:5.0"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(answer["verdict"], "promoted", "{}", service.log());
     // What no commit explains is still reported.
-    let answer = push(
-        &service,
-        "stray",
-        json!({"action": "INSERT",
+    let answer = service
+        .push_gcr(
+            "stray",
+            &json!({"action": "INSERT",
         "digest": format!("a.example/prod/app@{}", digest(7))}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(answer["verdict"], "unpromoted");
 }
 

@@ -38,7 +38,7 @@ use image_auditor::resolve::{Resolver, Summary};
 use support::fault_proxy::{Fault, FaultProxy};
 use support::oci::{Desc, Layout, OCI_INDEX, OCI_MANIFEST};
 use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push, skopeo_raw};
-use support::{client, test_config};
+use support::{client, stdout_json, test_config};
 
 /// Promoted digests, lists, links and manifest GETs of a cold resolution of
 /// the fixture (see the module comment).
@@ -915,16 +915,6 @@ fn run_cli(f: &Fixture, config: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn json_of(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8(out.stdout.clone()).unwrap();
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 #[tokio::test]
 async fn cli_index_resolve_cold_then_warm_and_check_resolve() {
     let f = Fixture::new().await;
@@ -946,7 +936,7 @@ async fn cli_index_resolve_cold_then_warm_and_check_resolve() {
         "{}",
         String::from_utf8_lossy(&cold.stderr)
     );
-    let cold = json_of(&cold);
+    let cold = stdout_json(&cold);
     let summary = &cold["summary"];
     assert_eq!(summary["digests"], PROMOTED);
     assert_eq!(summary["lists"], LISTS);
@@ -960,7 +950,7 @@ async fn cli_index_resolve_cold_then_warm_and_check_resolve() {
 
     let warm = run_cli(&f, &config, &["index", "resolve", "--json"]);
     assert_eq!(warm.status.code(), Some(0));
-    let warm = json_of(&warm);
+    let warm = stdout_json(&warm);
     assert_eq!(warm["summary"], cold["summary"]);
     assert_eq!(warm["manifest_requests"], 0);
     assert_eq!(warm["cache_hits"], READ);
@@ -997,7 +987,7 @@ async fn cli_index_resolve_cold_then_warm_and_check_resolve() {
     // Without --resolve the same child is only provisionally unpromoted.
     let out = run_cli(&f, &config, &["check", "--json", &multi_child]);
     assert_eq!(out.status.code(), Some(1));
-    let line = json_of(&out);
+    let line = stdout_json(&out);
     assert_eq!(line["verdict"], "unpromoted");
     assert!(line["pending"].is_object());
 }
@@ -1295,7 +1285,7 @@ async fn cli_check_resolve_of_a_promised_tag_reads_its_digest() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let line = json_of(&out);
+    let line = stdout_json(&out);
     assert_eq!(line["verdict"], "promoted", "{line}");
     assert_eq!(line["pending"], serde_json::Value::Null);
     assert_eq!(line["evidence"][0]["digest"], f.multi_v2.digest.to_string());

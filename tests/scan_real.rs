@@ -32,7 +32,7 @@ use image_auditor::resolve::Resolver;
 use image_auditor::scan::{self, Options, Summary};
 use support::oci::{Desc, Layout, OCI_MANIFEST};
 use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push};
-use support::{client, test_config};
+use support::{client, stdout_json, test_config};
 
 struct Fixture {
     reg: Registry,
@@ -281,16 +281,6 @@ fn run_cli(f: &Fixture, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn summary_of(out: &Output) -> serde_json::Value {
-    let text = String::from_utf8(out.stdout.clone()).unwrap();
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {text}\nstderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
 fn json_findings(v: &serde_json::Value) -> Expected {
     v["findings"]
         .as_array()
@@ -320,7 +310,7 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    let s = summary_of(&first);
+    let s = stdout_json(&first);
     assert_eq!(json_findings(&s), f.expected(), "{s:#}");
     assert_eq!(s["complete"], true);
     assert_eq!(s["repositories"], 6, "{s:#}");
@@ -361,7 +351,7 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    let s2 = summary_of(&second);
+    let s2 = stdout_json(&second);
     assert!(json_findings(&s2).is_empty(), "{s2:#}");
     assert_eq!(s2["duplicates"], 9, "{s2:#}");
     assert_eq!(

@@ -9,6 +9,7 @@ use std::path::Path;
 use base64::Engine;
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
+use support::fixtures::write_project;
 use support::service::Service;
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -19,20 +20,14 @@ const EU: &str = "eu-docker.pkg.dev/prod/demo";
 
 fn manifests(dir: &Path) -> std::path::PathBuf {
     let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
-        format!(
+    write_project(
+        &root,
+        "demo",
+        &format!(
             "registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n- name: {EU}\n"
         ),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/demo/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
-    )
-    .unwrap();
+        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
+    );
     root
 }
 
@@ -240,16 +235,7 @@ async fn requests_that_are_not_pubsub_pushes_are_refused_and_record_nothing() {
 #[tokio::test]
 async fn push_with_oidc_auth_refuses_missing_and_forged_tokens() {
     let dir = tempfile::tempdir().unwrap();
-    let jwks = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("GET"))
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_string(r#"{"keys":[]}"#))
-        .mount(&jwks)
-        .await;
-    let auth = format!(
-        "pubsub:\n  push:\n    auth:\n      audience: https://auditor.example/pubsub/push\n      \
-         service_account_emails: [push@p.iam.gserviceaccount.com]\n      jwks_url: {}/certs\n",
-        jwks.uri()
-    );
+    let (_jwks, auth) = support::token::keyless_push_auth().await;
     let service = start(dir.path(), &auth).await;
     let body = envelope(
         "m1",

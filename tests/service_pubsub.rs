@@ -13,6 +13,7 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EndpointName, EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
+use support::fixtures::write_project;
 use support::oci::Layout;
 use support::pubsub::{Fixture, PROJECT};
 use support::registry::{Auth, Push, Registry, skopeo_push};
@@ -30,18 +31,12 @@ const REDELIVERY_WITHIN: Duration = Duration::from_secs(300);
 
 fn manifests(dir: &Path) -> PathBuf {
     let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
-        format!("registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/demo/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
-    )
-    .unwrap();
+    write_project(
+        &root,
+        "demo",
+        &format!("registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n"),
+        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
+    );
     root
 }
 
@@ -288,21 +283,15 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
     assert_eq!(push("stray", "prod/app"), stray.digest);
 
     let root = dir.path().join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
-        format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/demo/images.yaml"),
-        format!(
+    write_project(
+        &root,
+        "demo",
+        &format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod\n"),
+        &format!(
             "- name: app\n  dmap:\n    \"{}\": [\"1.0\"]\n",
             index.digest
         ),
-    )
-    .unwrap();
+    );
 
     let fixture = Fixture::new("serve-children").await;
     let config = format!(
@@ -366,18 +355,12 @@ const BROKEN: &str = "us-docker.pkg.dev/prod/broken";
 /// A project whose images file never loads: pushes to its destination are
 /// `undecided` (retried) for as long as it stays broken.
 fn add_broken_project(root: &Path) {
-    std::fs::create_dir_all(root.join("manifests/broken")).unwrap();
-    std::fs::create_dir_all(root.join("images/broken")).unwrap();
-    std::fs::write(
-        root.join("manifests/broken/promoter-manifest.yaml"),
-        format!("registries:\n- name: gcr.io/staging-broken\n  src: true\n- name: {BROKEN}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/broken/images.yaml"),
+    write_project(
+        root,
+        "broken",
+        &format!("registries:\n- name: gcr.io/staging-broken\n  src: true\n- name: {BROKEN}\n"),
         "- name: app\n  dmap:\n    \"sha256:not-a-digest\": [\"1.0\"]\n",
-    )
-    .unwrap();
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,6 +36,8 @@
 //!   `sha256:000` can no longer reach the audit (the GCR parser calls it
 //!   `malformed`, see tests/gcr_payload.rs); tag mismatch → `unlisted_tag`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -45,14 +47,9 @@ use image_auditor::index::{Children, Index};
 use image_auditor::manifest::{self, ManifestSet};
 use image_auditor::reference::{Digest, Reference};
 use image_auditor::sources::gcr;
+use support::fixtures::{d, line_of, rules};
 
 // ---------------------------------------------------------------- helpers
-
-fn rules(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("manifests-fixtures/rules")
-        .join(name)
-}
 
 fn load(name: &str) -> (ManifestSet, Index) {
     let set = manifest::load(&rules(name)).unwrap();
@@ -67,13 +64,6 @@ fn table() -> Index {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(errors[0].contains("images/broken/images.yaml:4: error:"));
     index
-}
-
-/// `sha256:` + `unit` repeated to 64 hex digits.
-fn d(unit: &str) -> Digest {
-    format!("sha256:{}", &unit.repeat(64)[..64])
-        .parse()
-        .unwrap()
 }
 
 fn event(action: Action, reference: &str) -> Event {
@@ -103,20 +93,6 @@ fn with_policy(index: &Index, action: Action, reference: &str, policy: &Policy) 
 /// `reference` with `@sha256:<unit…>` appended.
 fn at(reference: &str, unit: &str) -> String {
     format!("{reference}@{}", d(unit))
-}
-
-/// The 1-based line of the only line of `file` containing `needle`, counted
-/// here from the text (independently of the loader).
-fn line_of(file: &Path, needle: &str) -> u32 {
-    let text = std::fs::read_to_string(file).unwrap();
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(hits.len(), 1, "{needle} in {}", file.display());
-    hits[0] as u32
 }
 
 fn images_file(root: &str, project: &str) -> PathBuf {

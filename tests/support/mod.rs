@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod fault_proxy;
+pub mod fixtures;
 pub mod git;
 pub mod oci;
 pub mod prometheus;
@@ -14,6 +15,7 @@ pub mod service;
 pub mod token;
 
 use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use image_auditor::registry::{RateLimit, RegistryClient, RegistryConfig};
@@ -39,4 +41,15 @@ pub fn test_config(cache_dir: Option<&Path>) -> RegistryConfig {
 
 pub fn client(config: RegistryConfig) -> RegistryClient {
     RegistryClient::new(config).expect("valid test configuration")
+}
+
+/// The JSON a command printed on stdout; a failure shows its stderr.
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {text}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

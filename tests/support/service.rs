@@ -232,6 +232,21 @@ impl Service {
             .unwrap_or(0.0)
     }
 
+    /// Delivers one GCR payload as message `id` through `POST /pubsub/push`
+    /// and returns the answer, once the event is recorded.
+    pub async fn push_gcr(&self, id: &str, payload: &serde_json::Value) -> serde_json::Value {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(payload.to_string());
+        let response = reqwest::Client::new()
+            .post(self.url("/pubsub/push"))
+            .json(&serde_json::json!({"message": {"data": data, "messageId": id}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "push {id}");
+        response.json().await.unwrap()
+    }
+
     pub fn findings_db(&self) -> PathBuf {
         self.dir.join("data/findings.sqlite")
     }

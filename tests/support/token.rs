@@ -147,6 +147,23 @@ impl Respond for Issuer {
     }
 }
 
+/// A JWKS with no keys, so every push token is refused, and the service's
+/// `pubsub.push.auth` configuration naming it. Keep the server for as long
+/// as the service runs.
+pub async fn keyless_push_auth() -> (MockServer, String) {
+    let jwks = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(r#"{"keys":[]}"#))
+        .mount(&jwks)
+        .await;
+    let config = format!(
+        "pubsub:\n  push:\n    auth:\n      audience: https://auditor.example/pubsub/push\n      \
+         service_account_emails: [push@p.iam.gserviceaccount.com]\n      jwks_url: {}/certs\n",
+        jwks.uri()
+    );
+    (jwks, config)
+}
+
 fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
     use std::io::Write;
     let mut child = Command::new("openssl")
@@ -161,7 +178,8 @@ fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
-fn openssl(args: &[&str]) -> Vec<u8> {
+/// Runs the `openssl` CLI; its stdout.
+pub fn openssl(args: &[&str]) -> Vec<u8> {
     let out = Command::new("openssl")
         .args(args)
         .stdin(Stdio::null())

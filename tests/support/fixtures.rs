@@ -1,0 +1,44 @@
+//! The hand-written manifest fixtures under `manifests-fixtures/rules/`, and
+//! what the tests over them count from the fixture text.
+
+use std::path::{Path, PathBuf};
+
+use image_auditor::reference::Digest;
+
+pub fn rules(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests-fixtures/rules")
+        .join(name)
+}
+
+/// `sha256:` + `unit` repeated to 64 hex digits.
+pub fn d(unit: &str) -> Digest {
+    format!("sha256:{}", &unit.repeat(64)[..64])
+        .parse()
+        .unwrap()
+}
+
+/// The 1-based line of the only line of `file` containing `needle`, counted
+/// here from the text (independently of the loader).
+pub fn line_of(file: &Path, needle: &str) -> u32 {
+    let text = std::fs::read_to_string(file).unwrap();
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(hits.len(), 1, "{needle:?} in {}", file.display());
+    hits[0] as u32
+}
+
+/// Writes project `project` of a thin manifest root: its promoter manifest
+/// and its images file.
+pub fn write_project(root: &Path, project: &str, manifest: &str, images: &str) {
+    let manifest_dir = root.join("manifests").join(project);
+    let images_dir = root.join("images").join(project);
+    std::fs::create_dir_all(&manifest_dir).unwrap();
+    std::fs::create_dir_all(&images_dir).unwrap();
+    std::fs::write(manifest_dir.join("promoter-manifest.yaml"), manifest).unwrap();
+    std::fs::write(images_dir.join("images.yaml"), images).unwrap();
+}
