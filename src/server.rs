@@ -374,12 +374,9 @@ async fn webhook(
 ) -> Response {
     let headers = request.headers().clone();
     let uri = request.uri().clone();
-    let Some(kind) = WebhookKind::from_path(&kind).filter(|k| state.webhooks.is_configured(*k))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no webhook endpoint {kind:?} is configured"),
-        );
+    let kind = match configured_kind(&state, &kind) {
+        Ok(kind) => kind,
+        Err(response) => return response,
     };
     let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
     let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
@@ -479,6 +476,21 @@ fn count_limit_hit(metrics: &Metrics, message: &str) {
     }
 }
 
+/// The webhook kind named by the path, if any endpoint of it is
+/// configured; otherwise the 404 to answer.
+// The 404 is built once here; it is the rare path, so its size does not matter.
+#[allow(clippy::result_large_err)]
+fn configured_kind(state: &AppState, kind: &str) -> Result<WebhookKind, Response> {
+    WebhookKind::from_path(kind)
+        .filter(|k| state.webhooks.is_configured(*k))
+        .ok_or_else(|| {
+            error(
+                StatusCode::NOT_FOUND,
+                format!("no webhook endpoint {kind:?} is configured"),
+            )
+        })
+}
+
 /// The `access_token` query parameter, for kinds whose sender cannot set a
 /// header on every request.
 fn query_token(uri: &Uri) -> Option<String> {
@@ -506,12 +518,9 @@ async fn webhook_validation(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let Some(kind) = WebhookKind::from_path(&kind).filter(|k| state.webhooks.is_configured(*k))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no webhook endpoint {kind:?} is configured"),
-        );
+    let kind = match configured_kind(&state, &kind) {
+        Ok(kind) => kind,
+        Err(response) => return response,
     };
     if !kind.validates_with_options() {
         let mut response = error(

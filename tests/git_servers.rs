@@ -11,7 +11,6 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use image_auditor::manifest::Budget;
 use image_auditor::manifest::source::{GitConfig, ManifestSource, SourceError, Version};
 use serde_json::Value;
@@ -31,17 +30,6 @@ async fn reload(service: &Service) -> bool {
         .await
         .unwrap();
     response.status().is_success()
-}
-
-fn manifest_findings(service: &Service) -> Vec<String> {
-    SqliteStore::open(service.findings_db())
-        .unwrap()
-        .findings(&FindingQuery::default())
-        .unwrap()
-        .into_iter()
-        .filter(|f| f.source.as_str() == "manifests")
-        .map(|f| f.reason)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +69,7 @@ async fn git_daemon_branch_is_followed_through_commits_a_force_push_and_a_deleti
     assert!(!reload(&service).await);
     assert!(!reload(&service).await);
     assert_eq!(commit_served(&service).await, rewritten.as_str());
-    let findings = manifest_findings(&service);
+    let findings = service.manifest_findings();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(findings[0].contains("no branch main"), "{}", findings[0]);
 
@@ -117,7 +105,7 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     assert!(!reload(&service).await);
     assert!(!reload(&service).await);
     assert_eq!(commit_served(&service).await, first.as_str());
-    let findings = manifest_findings(&service);
+    let findings = service.manifest_findings();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(
         findings[0].contains("no answer within 5s"),
@@ -129,7 +117,7 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     assert!(!reload(&service).await);
     assert!(!reload(&service).await);
     assert_eq!(commit_served(&service).await, first.as_str());
-    let findings = manifest_findings(&service);
+    let findings = service.manifest_findings();
     assert_eq!(findings.len(), 2, "{findings:?}");
     assert!(
         findings
@@ -222,7 +210,7 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
     assert!(!reload(&service).await);
     assert!(!reload(&service).await);
     assert_eq!(commit_served(&service).await, first.as_str());
-    let findings = manifest_findings(&service);
+    let findings = service.manifest_findings();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(
         findings[0].contains("manifests_git.max_bytes"),

@@ -22,17 +22,6 @@ async fn promoted(service: &Service, d: String) -> bool {
     get(service, &format!("/v1/digests/{d}")).await.0 == 200
 }
 
-fn manifest_findings(service: &Service) -> Vec<String> {
-    SqliteStore::open(service.findings_db())
-        .unwrap()
-        .findings(&FindingQuery::default())
-        .unwrap()
-        .into_iter()
-        .filter(|f| f.source.as_str() == "manifests")
-        .map(|f| f.reason)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +61,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
         promoted(&service, digest(2)).await,
         "b's last good version stays"
     );
-    let findings = manifest_findings(&service);
+    let findings = service.manifest_findings();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(
         findings[0].contains("project b") && findings[0].contains("sha256:123"),
@@ -94,7 +83,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
     service
         .wait_until("a 4.0 is promoted", || promoted(&service, digest(5)))
         .await;
-    assert_eq!(manifest_findings(&service).len(), 1);
+    assert_eq!(service.manifest_findings().len(), 1);
     let (_, ready) = get(&service, "/readyz").await;
     assert_eq!(ready["index"]["commit"], last.as_str());
     assert_eq!(ready["index"]["generation"], 4);
@@ -298,7 +287,7 @@ async fn a_hostile_commit_keeps_the_last_good_index_and_is_reported_once() {
         "the last good index stays"
     );
     assert!(!promoted(&service, digest(11)).await);
-    let findings = manifest_findings(&service);
+    let findings = service.manifest_findings();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert!(
         findings[0].contains("reload.limits.max_entries"),

@@ -247,6 +247,19 @@ impl Service {
         response.json().await.unwrap()
     }
 
+    /// Reasons of the findings recorded for the manifest set itself
+    /// (broken projects, failed syncs), oldest last.
+    pub fn manifest_findings(&self) -> Vec<String> {
+        SqliteStore::open(self.findings_db())
+            .unwrap()
+            .findings(&image_auditor::findings::FindingQuery::default())
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.source.as_str() == "manifests")
+            .map(|f| f.reason)
+            .collect()
+    }
+
     pub fn findings_db(&self) -> PathBuf {
         self.dir.join("data/findings.sqlite")
     }
