@@ -1,6 +1,6 @@
 //! The baseline of the push benchmark (docs/design.md §10): the least an axum server
 //! can do for `POST /pubsub/push` — read the body, answer 204. Run by
-//! `bench/push-wrk.sh`; not part of the service.
+//! `benches/scripts/push-wrk.sh`; not part of the service.
 //!
 //! ```text
 //! cargo run --release --example minimal_axum -- 127.0.0.1:8091

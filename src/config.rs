@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::alert::dispatch::AlertsConfig;
 use crate::audit::Policy;
-use crate::manifest::source::{GitConfig, ManifestSource};
+use crate::manifest::origin::{GitConfig, ManifestOrigin};
 use crate::registry::RegistryConfig;
 use crate::server::AdminAccess;
 use crate::sources::pubsub_pull::PullConfig;
@@ -432,17 +432,17 @@ impl Config {
     }
 
     /// Where the manifests come from, and how often to look for changes.
-    pub fn manifest_source(&self) -> (ManifestSource, Duration) {
+    pub fn manifest_source(&self) -> (ManifestOrigin, Duration) {
         match &self.manifests_git {
             Some(git) => (
-                ManifestSource::Git {
+                ManifestOrigin::Git {
                     config: git.clone(),
                     checkout: self.data_dir.join("manifests-git"),
                 },
                 git.poll_interval,
             ),
             None => (
-                ManifestSource::Directory(self.manifests.clone()),
+                ManifestOrigin::Directory(self.manifests.clone()),
                 self.reload.watch_interval,
             ),
         }

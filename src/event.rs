@@ -26,7 +26,7 @@ pub enum Source {
     Ecr,
     /// An Azure Container Registry event (Event Grid or native webhook).
     Acr,
-    /// The manifest source itself: a project that broke on reload.
+    /// The manifest origin itself: a project that broke on reload.
     Manifests,
     /// An observation of the inventory sweep (`scan`).
     Scan,

@@ -70,7 +70,7 @@ impl Pipeline {
         }
     }
 
-    /// Refresh a git manifest source before a negative verdict becomes a
+    /// Refresh a git manifest origin before a negative verdict becomes a
     /// finding (docs/design.md §4.5), so a promotion merged seconds ago is not reported.
     pub fn with_reloader(mut self, reloader: Arc<Reloader>) -> Self {
         self.reloader = Some(reloader);

@@ -1,4 +1,4 @@
-//! Keeps the live index in step with its manifest source: polls (or is
+//! Keeps the live index in step with its manifest origin: polls (or is
 //! asked: `POST /-/reload`, SIGHUP, refresh before reject), builds the new
 //! index off the hot path and swaps it in atomically. Readers never wait.
 //!
@@ -19,7 +19,7 @@ use crate::config::ReloadConfig;
 use crate::event::{EndpointName, EventId, Malformed, Source};
 use crate::findings::{Decision, Store, now_ms, off_thread};
 use crate::index::Index;
-use crate::manifest::source::{ManifestSource, SourceError, Version};
+use crate::manifest::origin::{ManifestOrigin, OriginError, Version};
 use crate::manifest::walk::{Budget, Limit};
 use crate::manifest::{self, LoadError, Manifest, ManifestSet, Severity};
 use crate::metrics::Metrics;
@@ -39,8 +39,8 @@ pub struct Outcome {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    #[error("manifest source: {0}")]
-    Source(#[from] SourceError),
+    #[error("manifest origin: {0}")]
+    Source(#[from] OriginError),
     #[error("loading manifests: {0}")]
     Load(#[from] LoadError),
     #[error("reload task failed: {0}")]
@@ -51,7 +51,7 @@ impl ReloadError {
     /// The budget bound the manifest tree went over, when that is why.
     pub fn over_budget(&self) -> Option<Limit> {
         match self {
-            ReloadError::Source(SourceError::OverBudget(over))
+            ReloadError::Source(OriginError::OverBudget(over))
             | ReloadError::Load(LoadError::OverBudget(over)) => Some(over.which),
             _ => None,
         }
@@ -70,7 +70,7 @@ struct State {
 }
 
 pub struct Reloader {
-    source: ManifestSource,
+    source: ManifestOrigin,
     index: Arc<ArcSwap<Index>>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -93,7 +93,7 @@ impl Reloader {
     /// Syncs and loads the set for the first time. A set that cannot be
     /// loaded at all is an error (startup refuses to run blind).
     pub async fn start(
-        source: ManifestSource,
+        source: ManifestOrigin,
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         config: &ReloadConfig,
@@ -181,7 +181,7 @@ impl Reloader {
             if let Some(limit) = e.over_budget() {
                 self.metrics.rejected(limit.reason());
             }
-            if let ReloadError::Source(SourceError::TooLarge { .. }) = e {
+            if let ReloadError::Source(OriginError::TooLarge { .. }) = e {
                 self.metrics.rejected("manifest_fetch_too_large");
             }
             self.metrics.manifest_load_failures.inc();
@@ -340,7 +340,7 @@ impl Drop for Running<'_> {
 }
 
 async fn load(
-    source: &ManifestSource,
+    source: &ManifestOrigin,
     version: &Version,
     budget: &Budget,
 ) -> Result<ManifestSet, ReloadError> {

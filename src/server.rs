@@ -578,7 +578,7 @@ async fn webhook_validation(
     response
 }
 
-/// Syncs the manifest source and swaps in a new index built from it (even
+/// Syncs the manifest origin and swaps in a new index built from it (even
 /// when its version did not change). 200 with the outcome; 503 when the
 /// set could not be loaded (the live index stays). Requests that arrive
 /// while a reload runs share the next one (see [`Reloader::request`]).

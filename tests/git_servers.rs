@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use image_auditor::manifest::Budget;
-use image_auditor::manifest::source::{GitConfig, ManifestSource, SourceError, Version};
+use image_auditor::manifest::origin::{GitConfig, ManifestOrigin, OriginError, Version};
 use serde_json::Value;
 use support::git::{GitDaemon, HttpBackend, Mode, Proxy, Repo, digest, disk_used, git};
 use support::service::Service;
@@ -174,12 +174,12 @@ async fn a_silent_server_times_out_over_git_and_smart_http() {
         let proxy = Proxy::start(port).await;
         proxy.set(Mode::Hang);
         let mut source = git_source(&proxy.url(&url, port), &dir.path().join("checkout"), "");
-        if let ManifestSource::Git { config, .. } = &mut source {
+        if let ManifestOrigin::Git { config, .. } = &mut source {
             config.command_timeout = Duration::from_secs(3);
         }
         let error = source.sync(&Budget::default()).await.unwrap_err();
         assert!(
-            matches!(error, SourceError::Timeout { .. }),
+            matches!(error, OriginError::Timeout { .. }),
             "{url}: {error}"
         );
         // Once the server answers, the same source syncs.
@@ -232,15 +232,15 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
 
     // Read in place over file://, the written tree is bounded the same way.
     let mut source = git_source(&repo.file_url(), &dir.path().join("checkout"), "registry");
-    if let ManifestSource::Git { config, .. } = &mut source {
+    if let ManifestOrigin::Git { config, .. } = &mut source {
         config.max_bytes = 32768;
     }
     let error = source.sync(&Budget::default()).await.unwrap_err();
-    assert!(matches!(error, SourceError::TooLarge { .. }), "{error}");
+    assert!(matches!(error, OriginError::TooLarge { .. }), "{error}");
 }
 
-fn git_source(url: &str, checkout: &Path, path: &str) -> ManifestSource {
-    ManifestSource::Git {
+fn git_source(url: &str, checkout: &Path, path: &str) -> ManifestOrigin {
+    ManifestOrigin::Git {
         config: GitConfig {
             url: url.to_owned(),
             branch: "main".into(),

@@ -8,7 +8,7 @@
 
 mod layout;
 mod schema;
-pub mod source;
+pub mod origin;
 mod validate;
 pub mod walk;
 

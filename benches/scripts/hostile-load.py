@@ -17,8 +17,8 @@ push notification every 250 ms. For each attack it reports the service's RSS
 before, at its peak during, and after (once the attack's connections are
 closed and the service had a moment), and how many probes were answered.
 
-    python3 bench/hostile-load.py                      # defaults below
-    python3 bench/hostile-load.py --idle 2000 --slow 500 --seconds 5
+    python3 benches/scripts/hostile-load.py                      # defaults below
+    python3 benches/scripts/hostile-load.py --idle 2000 --slow 500 --seconds 5
 
 Only the Python standard library is used; needs a built binary (`--bin`,
 default target/release/image-auditor, else target/debug/image-auditor).
@@ -38,7 +38,7 @@ import time
 import urllib.error
 import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MANIFESTS = os.path.join(ROOT, "manifests-fixtures", "k8s.io", "registry.k8s.io")
 TOKEN = "hostile-webhook-token-0123456789"
 ADMIN = "hostile-admin-token-0123456789"
@@ -85,7 +85,7 @@ def push_event(n):
             "action": "push",
             "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json",
                        "size": 1, "digest": digest, "length": 1,
-                       "repository": "bench/probe", "tag": "v1"},
+                       "repository": "benches/scripts/probe", "tag": "v1"},
             "request": {"id": "r", "addr": "10.0.0.1", "host": "registry",
                         "method": "PUT", "useragent": "hostile-load"},
             "actor": {}, "source": {"addr": "registry:5000", "instanceID": "bench"}}

@@ -11,11 +11,11 @@
 # `legacy` (an index that only the prod-eu destination has). Per copy: 6
 # promoted digests, 5 lists, 10 children, 9 manifest GETs when cold.
 #
-# Usage: bash bench/resolve-cold-warm.sh            # the test fixture
-#        COPIES=20 bash bench/resolve-cold-warm.sh  # 20 copies of it
+# Usage: bash benches/scripts/resolve-cold-warm.sh            # the test fixture
+#        COPIES=20 bash benches/scripts/resolve-cold-warm.sh  # 20 copies of it
 # Needs docker-registry, skopeo, curl (scripts/install-test-deps.sh).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 copies=${COPIES:-1}
 cargo build --release --quiet --bin image-auditor
 bin=$PWD/target/release/image-auditor

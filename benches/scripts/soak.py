@@ -17,8 +17,8 @@ alert webhook receiver and Alertmanager's API: every event sent has exactly one
 recorded decision with the expected verdict, every finding is in exactly one
 alert, and it reports the service's memory over time.
 
-    python3 bench/soak.py                      # 100,000 events over ~4 minutes
-    python3 bench/soak.py --events 10000 --duration 60   # a quick look
+    python3 benches/scripts/soak.py                      # 100,000 events over ~4 minutes
+    python3 benches/scripts/soak.py --events 10000 --duration 60   # a quick look
 
 Needs: docker-registry, skopeo, prometheus-alertmanager (apt), the Pub/Sub emulator
 (google-cloud-cli-pubsub-emulator), git, and a release build (built unless --no-build).
@@ -50,7 +50,7 @@ import uuid
 from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.join(ROOT, "target", "release", "image-auditor")
 EMULATOR = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 REGISTRY = "/usr/bin/docker-registry"

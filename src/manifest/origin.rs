@@ -87,7 +87,7 @@ impl Version {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub enum OriginError {
     #[error("git {url}: {message}")]
     Git { url: String, message: String },
     #[error("git {url}: no answer within {timeout:?}; abandoned")]
@@ -106,16 +106,16 @@ pub enum SourceError {
     OverBudget(OverBudget),
 }
 
-impl From<WalkError> for SourceError {
+impl From<WalkError> for OriginError {
     fn from(e: WalkError) -> Self {
         match e {
-            WalkError::Io { path, error } => SourceError::Io { path, error },
-            WalkError::OverBudget(over) => SourceError::OverBudget(over),
+            WalkError::Io { path, error } => OriginError::Io { path, error },
+            WalkError::OverBudget(over) => OriginError::OverBudget(over),
         }
     }
 }
 
-pub enum ManifestSource {
+pub enum ManifestOrigin {
     /// Files on disk, checked for changes by their fingerprint.
     Directory(PathBuf),
     /// A branch of a git repository; the manifest tree is written below
@@ -126,34 +126,34 @@ pub enum ManifestSource {
     },
 }
 
-impl ManifestSource {
+impl ManifestOrigin {
     /// The manifest root to load.
     pub fn root(&self) -> PathBuf {
         match self {
-            ManifestSource::Directory(path) => path.clone(),
-            ManifestSource::Git { config, checkout } => checkout.join(TREE_DIR).join(&config.path),
+            ManifestOrigin::Directory(path) => path.clone(),
+            ManifestOrigin::Git { config, checkout } => checkout.join(TREE_DIR).join(&config.path),
         }
     }
 
     pub fn is_git(&self) -> bool {
-        matches!(self, ManifestSource::Git { .. })
+        matches!(self, ManifestOrigin::Git { .. })
     }
 
     /// Brings the files up to date (fetch for git) and returns their
     /// version. A directory is walked within `budget`.
-    pub async fn sync(&self, budget: &Budget) -> Result<Version, SourceError> {
+    pub async fn sync(&self, budget: &Budget) -> Result<Version, OriginError> {
         match self {
-            ManifestSource::Directory(path) => {
+            ManifestOrigin::Directory(path) => {
                 let (path, budget) = (path.clone(), *budget);
                 tokio::task::spawn_blocking(move || fingerprint(&path, &budget))
                     .await
-                    .map_err(|e| SourceError::Io {
+                    .map_err(|e| OriginError::Io {
                         path: PathBuf::new(),
                         error: std::io::Error::other(e),
                     })?
                     .map(Version::Files)
             }
-            ManifestSource::Git { config, checkout } => {
+            ManifestOrigin::Git { config, checkout } => {
                 sync_git(config, checkout).await.map(Version::Commit)
             }
         }
@@ -180,7 +180,7 @@ fn scratch_name() -> String {
 /// Runs the blocking sync on its own thread under the deadline. Past the
 /// deadline the sync is told to stop and abandoned; its sockets time out
 /// shortly after, so a server that never answers cannot keep it forever.
-async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceError> {
+async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, OriginError> {
     let interrupt = Arc::new(AtomicBool::new(false));
     let task = {
         let (config, checkout, interrupt) =
@@ -191,7 +191,7 @@ async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceE
         Ok(joined) => joined.map_err(|e| git_error(config, describe(&e)))?,
         Err(_) => {
             interrupt.store(true, Ordering::Relaxed);
-            Err(SourceError::Timeout {
+            Err(OriginError::Timeout {
                 url: shown_url(&config.url),
                 timeout: config.command_timeout,
             })
@@ -199,15 +199,15 @@ async fn sync_git(config: &GitConfig, checkout: &Path) -> Result<String, SourceE
     }
 }
 
-fn git_error(config: &GitConfig, message: impl std::fmt::Display) -> SourceError {
-    SourceError::Git {
+fn git_error(config: &GitConfig, message: impl std::fmt::Display) -> OriginError {
+    OriginError::Git {
         url: shown_url(&config.url),
         message: message.to_string(),
     }
 }
 
-fn too_large(config: &GitConfig) -> SourceError {
-    SourceError::TooLarge {
+fn too_large(config: &GitConfig) -> OriginError {
+    OriginError::TooLarge {
         url: shown_url(&config.url),
         limit: config.max_bytes,
     }
@@ -305,8 +305,8 @@ fn describe(error: &dyn std::error::Error) -> String {
     text
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError + '_ {
-    move |error| SourceError::Io {
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> OriginError + '_ {
+    move |error| OriginError::Io {
         path: path.to_path_buf(),
         error,
     }
@@ -316,7 +316,7 @@ fn sync_blocking(
     config: &GitConfig,
     checkout: &Path,
     interrupt: &AtomicBool,
-) -> Result<String, SourceError> {
+) -> Result<String, OriginError> {
     let url = gix::url::parse(gix::bstr::BStr::new(config.url.as_bytes()))
         .map_err(|e| git_error(config, describe(&e)))?;
     // A checkout left by the former `git clone` implementation.
@@ -732,7 +732,7 @@ fn write_tree(
     tip: ObjectId,
     max_bytes: u64,
     interrupt: &AtomicBool,
-) -> Result<(), SourceError> {
+) -> Result<(), OriginError> {
     let marker = checkout.join(TREE_COMMIT);
     let tree_dir = checkout.join(TREE_DIR);
     let staging = checkout.join(scratch_name());
@@ -779,7 +779,7 @@ fn write_subtree(
     tree: &gix::Tree<'_>,
     dir: &Path,
     budget: &mut ByteBudget,
-) -> Result<(), SourceError> {
+) -> Result<(), OriginError> {
     use gix::object::tree::EntryKind;
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     for entry in tree.iter() {
@@ -828,7 +828,7 @@ fn write_subtree(
 /// A digest over every file a load would walk below `root`: relative path,
 /// size and modification time, in path order. Any edit, addition, removal or
 /// rename changes it.
-fn fingerprint(root: &Path, budget: &Budget) -> Result<String, SourceError> {
+fn fingerprint(root: &Path, budget: &Budget) -> Result<String, OriginError> {
     let tree = walk(root, budget)?;
     let mut hash = Sha256::new();
     for (path, file) in &tree.files {

@@ -12,7 +12,7 @@ end
 function request()
   counter = counter + 1
   local body = '{"message":{"data":"' .. data .. '","messageId":"wrk-' ..
-    thread_id .. '-' .. counter .. '"},"subscription":"projects/bench/subscriptions/gcr"}'
+    thread_id .. '-' .. counter .. '"},"subscription":"projects/benches/scripts/subscriptions/gcr"}'
   return wrk.format("POST", "/pubsub/push", {["Content-Type"] = "application/json"}, body)
 end
 

@@ -2,17 +2,17 @@
 # docs/design.md §10: POST /pubsub/push of `serve` vs a minimal axum handler that
 # answers 204, both under the same keep-alive wrk load on this machine.
 #
-#   bash bench/push-wrk.sh                 # 10 s per server, 16 connections
-#   DURATION=30s CONNECTIONS=64 bash bench/push-wrk.sh
-#   VERDICT=unpromoted bash bench/push-wrk.sh   # every request is a finding
-#   EXTRA_BINS=/tmp/old-image-auditor bash bench/push-wrk.sh   # before/after in one run
-#   LOG_FILTERS=warn bash bench/push-wrk.sh     # only without the per-event log line
+#   bash benches/scripts/push-wrk.sh                 # 10 s per server, 16 connections
+#   DURATION=30s CONNECTIONS=64 bash benches/scripts/push-wrk.sh
+#   VERDICT=unpromoted bash benches/scripts/push-wrk.sh   # every request is a finding
+#   EXTRA_BINS=/tmp/old-image-auditor bash benches/scripts/push-wrk.sh   # before/after in one run
+#   LOG_FILTERS=warn bash benches/scripts/push-wrk.sh     # only without the per-event log line
 #
 # serve runs on the embedded k8s.io fixtures with a findings store in a
 # temporary directory; each request has a fresh messageId, so each one is a
 # decision committed to SQLite (and, for unpromoted, a finding) before 200.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 DURATION=${DURATION:-10s}
@@ -37,7 +37,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-run_wrk() { wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s bench/push.lua "http://127.0.0.1:$1"; }
+run_wrk() { wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/scripts/push.lua "http://127.0.0.1:$1"; }
 
 base_port=$(free_port)
 target/release/examples/minimal_axum "127.0.0.1:$base_port" & pids+=($!)

@@ -13,10 +13,10 @@
 # The time is network waits and backoff, not CPU: PROFILE=dev uses the debug
 # build instead of building a release one.
 #
-# Usage: bash bench/breaker-outage.sh            # both failure kinds
-#        MODES=dns bash bench/breaker-outage.sh  # one of them
+# Usage: bash benches/scripts/breaker-outage.sh            # both failure kinds
+#        MODES=dns bash benches/scripts/breaker-outage.sh  # one of them
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 modes=${MODES:-refused dns}
 if [ "${PROFILE:-release}" = dev ]; then
   cargo build --quiet --bin image-auditor
