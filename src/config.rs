@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::alert::dispatch::AlertsConfig;
 use crate::audit::Policy;
+use crate::findings::StoreLocation;
 use crate::manifest::origin::{GitConfig, ManifestOrigin};
 use crate::registry::RegistryConfig;
 use crate::server::AdminAccess;
@@ -450,6 +451,11 @@ impl Config {
 
     pub fn findings_db(&self) -> PathBuf {
         findings_db(&self.data_dir)
+    }
+
+    /// Where findings are kept: the SQLite file of the data directory.
+    pub fn store_location(&self) -> StoreLocation {
+        StoreLocation::Sqlite(self.findings_db())
     }
 }
 

@@ -245,7 +245,10 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(
+        version,
+        image_auditor::findings::Backend::Sqlite.known_version()
+    );
     let problems: i64 = conn
         .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
             r.get(0)
@@ -912,7 +915,10 @@ fn the_file_is_in_wal_mode_with_full_sync() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(
+        version,
+        image_auditor::findings::Backend::Sqlite.known_version()
+    );
     // A second connection sees the committed finding: it was not held back.
     let n: i64 = conn
         .query_row("SELECT COUNT(*) FROM findings", [], |r| r.get(0))

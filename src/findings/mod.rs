@@ -5,9 +5,13 @@
 //! needs a human ([`VerdictKind::alerts`]) also become a [`Finding`], a row
 //! of the outbox the alert sinks deliver from until each has succeeded.
 //!
-//! The [`Store`] trait is the seam for a shared PostgreSQL store later;
-//! [`SqliteStore`] is the embedded default.
+//! Two stores keep the [`Store`] contract: [`SqliteStore`], the embedded
+//! default for one process, and [`PostgresStore`], shared by replicas
+//! (dedupe, the undecided retry budget and outbox claims are then one for
+//! all of them). Both bring their schema up to date when opened
+//! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 
+pub mod migrations;
 mod sqlite;
 
 use std::fmt;
@@ -20,7 +24,37 @@ use crate::audit::{Evidence, Verdict, VerdictKind};
 use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
+pub use migrations::{Backend, SchemaStatus};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
+
+/// Where the findings are kept.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// An SQLite file: one process (with any number of `scan` runs beside it).
+    Sqlite(PathBuf),
+}
+
+impl StoreLocation {
+    pub fn backend(&self) -> Backend {
+        match self {
+            StoreLocation::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+}
+
+/// Opens the store at `location`, applying the migrations it lacks.
+pub fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+    })
+}
+
+/// The schema at `location` against this build's, changing nothing.
+pub fn schema_status(location: &StoreLocation) -> Result<SchemaStatus, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => SqliteStore::schema_status(path),
+    }
+}
 
 /// One delivery that reached a final verdict (never `undecided`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,8 +333,9 @@ impl StoreError {
     }
 }
 
-/// The findings store. Methods block (file I/O): call them from
-/// `spawn_blocking` in async code.
+/// The findings store. Methods block (file or network I/O): call them from
+/// `spawn_blocking` in async code ([`off_thread`]), never from an async
+/// task (the PostgreSQL store would panic there).
 pub trait Store: Send + Sync {
     /// Atomically: insert the decision unless (source, endpoint, event id) is already
     /// recorded, and, when the verdict alerts, a finding in the outbox
@@ -359,9 +394,27 @@ pub trait Store: Send + Sync {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError>;
+
+    /// The undecided retry budget: when (source, endpoint, event id) was
+    /// first seen undecided, by any process on this store. The first call
+    /// records `now_ms` and returns it; later ones return that first time,
+    /// until [`Store::record`] decides the delivery and forgets it.
+    fn first_undecided(
+        &self,
+        source: Source,
+        endpoint: &EndpointName,
+        id: &EventId,
+        now_ms: i64,
+    ) -> Result<i64, StoreError>;
+
+    /// Whether the store answers now (`/readyz`).
+    fn check(&self) -> Result<(), StoreError>;
+
+    fn backend(&self) -> Backend;
 }
 
-/// Runs a store call off the async threads: SQLite blocks on fsync. A
+/// Runs a store call off the async threads: SQLite blocks on fsync, the
+/// PostgreSQL store on its own runtime. A
 /// panicking call is a bug, but it only becomes an error here (the caller
 /// retries), never a crashed task.
 pub async fn off_thread<T: Send + 'static>(
