@@ -12,6 +12,7 @@
 //! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 
 pub mod migrations;
+pub mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -25,6 +26,7 @@ use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
 pub use migrations::{Backend, SchemaStatus};
+pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
 
 /// Where the findings are kept.
@@ -32,12 +34,15 @@ pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
 pub enum StoreLocation {
     /// An SQLite file: one process (with any number of `scan` runs beside it).
     Sqlite(PathBuf),
+    /// A PostgreSQL database, shared by every replica.
+    Postgres(PostgresConfig),
 }
 
 impl StoreLocation {
     pub fn backend(&self) -> Backend {
         match self {
             StoreLocation::Sqlite(_) => Backend::Sqlite,
+            StoreLocation::Postgres(_) => Backend::Postgres,
         }
     }
 }
@@ -46,6 +51,7 @@ impl StoreLocation {
 pub fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match location {
         StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StoreLocation::Postgres(config) => Arc::new(PostgresStore::open(config)?),
     })
 }
 
@@ -53,6 +59,7 @@ pub fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
 pub fn schema_status(location: &StoreLocation) -> Result<SchemaStatus, StoreError> {
     match location {
         StoreLocation::Sqlite(path) => SqliteStore::schema_status(path),
+        StoreLocation::Postgres(config) => PostgresStore::schema_status(config),
     }
 }
 
@@ -304,6 +311,21 @@ pub enum StoreError {
         sink: String,
         id: FindingId,
     },
+    /// A PostgreSQL call failed; `message` is the whole chain of causes
+    /// (the driver's own text says only "db error").
+    #[error("findings store {store}: {message}")]
+    Postgres {
+        store: Arc<str>,
+        message: String,
+        source: tokio_postgres::Error,
+    },
+    /// No PostgreSQL connection could be had in time: the server is down,
+    /// unreachable, or every pooled connection stayed busy.
+    #[error("findings store {store}: unavailable: {message}")]
+    Unavailable { store: Arc<str>, message: String },
+    /// `store.postgres` cannot be used as configured.
+    #[error("store.postgres: {message}")]
+    PostgresConfig { message: String },
     /// The blocking task running a store call panicked or was cancelled
     /// (see [`off_thread`]). Not a `source`: the message already says it.
     #[error("store call failed: {0}")]
@@ -317,7 +339,8 @@ impl StoreError {
         match self {
             // A failed commit is a busy or full disk far more often than a
             // bug; the decisions are not written and can be tried again.
-            StoreError::GroupCommit { .. } => true,
+            StoreError::GroupCommit { .. } | StoreError::Unavailable { .. } => true,
+            StoreError::Postgres { source, .. } => postgres::is_transient(source),
             StoreError::Sqlite {
                 source: rusqlite::Error::SqliteFailure(e, _),
                 ..
@@ -430,6 +453,18 @@ pub async fn off_thread<T: Send + 'static>(
 /// `Source` from its `as_str()` text.
 pub fn parse_source(s: &str) -> Option<Source> {
     Source::ALL.into_iter().find(|k| k.as_str() == s)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn action_str(a: Action) -> &'static str {
