@@ -295,3 +295,120 @@ fn store_status_and_migrate_on_postgres() {
     );
     assert!(!err.contains(PASSWORD), "{err}");
 }
+
+/// Replicas share the undecided retry budget: a delivery first seen
+/// undecided by one replica two hours ago is, on another with a one-hour
+/// budget, past it and recorded `unverifiable`; one seen now is retried by
+/// both, and forgotten once decided. A plain test: the store blocks, so it
+/// is opened and asked outside the runtime the pipelines run on.
+#[test]
+fn replicas_share_the_undecided_retry_budget() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arc_swap::ArcSwap;
+    use image_auditor::audit::Policy;
+    use image_auditor::event::Event;
+    use image_auditor::findings::now_ms;
+    use image_auditor::index::Index;
+    use image_auditor::metrics::Metrics;
+    use image_auditor::pipeline::Pipeline;
+    use image_auditor::sources::{Delivery, Disposition};
+
+    let pg = Postgres::shared();
+    let database = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let root = manifests(dir.path());
+    // A project whose manifests fail validation: what lands in its
+    // destination cannot be judged until they are fixed.
+    std::fs::create_dir_all(root.join("manifests/broken")).unwrap();
+    std::fs::create_dir_all(root.join("images/broken")).unwrap();
+    std::fs::write(
+        root.join("manifests/broken/promoter-manifest.yaml"),
+        "registries:\n- name: registry.example/broken-staging\n  src: true\n\
+         - name: registry.example/broken\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("images/broken/images.yaml"),
+        "- name: app\n  dmap:\n    \"sha256:0\": [\"v1\"]\n",
+    )
+    .unwrap();
+    let set = image_auditor::manifest::load(&root).unwrap();
+    assert_eq!(set.errors().count(), 1, "the broken project is left out");
+    let index = Arc::new(ArcSwap::from_pointee(Index::build(&set, 1)));
+    let config = PostgresConfig {
+        url_env: Some("UNUSED".into()),
+        pool_size: 2,
+        ..PostgresConfig::default()
+    };
+    let replica = || {
+        let store: Arc<dyn Store> =
+            Arc::new(PostgresStore::open_url(&config, &pg.url(&database)).unwrap());
+        let pipeline = Pipeline::new(
+            index.clone(),
+            None,
+            store.clone(),
+            Policy::default(),
+            Arc::new(Metrics::default()),
+            Duration::from_secs(3600),
+        );
+        (pipeline, store)
+    };
+    let (a, store_a) = replica();
+    let (b, _) = replica();
+    let endpoint = EndpointName("local".into());
+    let delivery = |id: &str| Delivery {
+        source: Source::Distribution,
+        endpoint: endpoint.clone(),
+        id: EventId(id.into()),
+        decoded: Ok(Event {
+            id: EventId(id.into()),
+            source: Source::Distribution,
+            action: Action::Insert,
+            repository: "registry.example/broken/app".parse().unwrap(),
+            digest: Some(format!("sha256:{}", "e".repeat(64)).parse().unwrap()),
+            tag: None,
+        }),
+    };
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let started = now_ms();
+    let handled = runtime.block_on(a.handle(delivery("fresh")));
+    assert_eq!(handled.disposition, Disposition::Retry, "{handled:?}");
+    let handled = runtime.block_on(b.handle(delivery("fresh")));
+    assert_eq!(handled.disposition, Disposition::Retry, "{handled:?}");
+    let first = store_a
+        .first_undecided(
+            Source::Distribution,
+            &endpoint,
+            &EventId("fresh".into()),
+            i64::MAX,
+        )
+        .unwrap();
+    assert!((started..=now_ms()).contains(&first), "{first}");
+
+    // First seen two hours ago, by a replica since gone.
+    let two_hours_ago = now_ms() - 7_200_000;
+    store_a
+        .first_undecided(
+            Source::Distribution,
+            &endpoint,
+            &EventId("old".into()),
+            two_hours_ago,
+        )
+        .unwrap();
+    let handled = runtime.block_on(b.handle(delivery("old")));
+    assert_eq!(handled.disposition, Disposition::Ack, "{handled:?}");
+    assert_eq!(handled.verdict, Some(VerdictKind::Unverifiable));
+    let reason = pg.psql(
+        &database,
+        "SELECT reason FROM findings WHERE event_id = 'old'",
+    );
+    assert!(reason.starts_with("still undecided after 720"), "{reason}");
+    // Decided: its budget row is gone.
+    assert_eq!(
+        pg.psql(&database, "SELECT string_agg(event_id, ',') FROM undecided"),
+        "fresh"
+    );
+}
