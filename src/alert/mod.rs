@@ -5,17 +5,19 @@
 //!
 //! One fact seen in many places (k8s.io promotes every image to ~25
 //! regional registries, so one unpromoted push is ~25 events) is one alert
-//! listing every repository it was seen at.
+//! listing every repository it was seen at. One rogue push of an index is
+//! one fact too: the findings of the platform images it lists, pushed with
+//! it to the same repository, join the index's alert ([`group_after`]).
 
 pub mod dispatch;
 pub mod sink;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::audit::VerdictKind;
+use crate::audit::{PushedList, VerdictKind};
 use crate::findings::{Finding, FindingId};
 use crate::index::Index;
 use crate::reference::Repository;
@@ -126,6 +128,21 @@ pub struct Alert {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub finding_ids: Vec<FindingId>,
+    /// The platform images (entries of the pushed index) whose own findings
+    /// joined this alert, sorted by platform and digest; empty for anything
+    /// but an unpromoted index.
+    pub children: Vec<AlertChild>,
+    /// (repository, child digest) for every entry of the pushed lists
+    /// behind this alert: what a late child finding may still join.
+    #[serde(skip)]
+    pub lists: BTreeSet<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct AlertChild {
+    /// `os/architecture[/variant]`, when the index says.
+    pub platform: Option<String>,
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,18 +161,58 @@ pub struct AlertEvent {
 }
 
 impl Alert {
-    /// The alert for findings that share `key` (at least one).
+    /// The alert for findings that share `key` (at least one), with the
+    /// findings of platform images that joined it ([`group_after`]).
     pub fn of(key: &FactKey, findings: &[&Finding], status: AlertStatus) -> Alert {
-        let first = findings[0];
+        // The fact's own findings speak for it; joined children only when
+        // none is in this batch (an update of an alert sent earlier).
+        let own = |f: &&&Finding| f.digest.as_ref().map(ToString::to_string) == key.digest;
+        let first = findings.iter().find(own).unwrap_or(&findings[0]);
         let repositories: BTreeSet<String> = findings
             .iter()
             .filter_map(|f| f.repository.as_ref().map(ToString::to_string))
             .collect();
         let evidence = match &first.evidence {
-            Value::Array(a) if a.is_empty() => Value::String("not in any manifest".into()),
+            // The pushed list is told as `children`, not as manifest entries.
+            Value::Array(a) => {
+                let entries: Vec<Value> = a
+                    .iter()
+                    .filter(|e| e.get("pushed_list").is_none())
+                    .cloned()
+                    .collect();
+                if entries.is_empty() {
+                    Value::String("not in any manifest".into())
+                } else {
+                    Value::Array(entries)
+                }
+            }
             Value::Null => Value::String("not in any manifest".into()),
             other => other.clone(),
         };
+        let mut platforms: HashMap<String, Option<String>> = HashMap::new();
+        let mut lists = BTreeSet::new();
+        for f in findings {
+            let (Some(list), Some(repo)) = (pushed_list(f), &f.repository) else {
+                continue;
+            };
+            for child in list.children {
+                let digest = child.digest.to_string();
+                lists.insert((repo.to_string(), digest.clone()));
+                let platform = platforms.entry(digest).or_default();
+                if platform.is_none() {
+                    *platform = child.platform;
+                }
+            }
+        }
+        let children: BTreeSet<AlertChild> = findings
+            .iter()
+            .filter(|f| !own(f))
+            .filter_map(|f| f.digest.as_ref().map(ToString::to_string))
+            .map(|digest| AlertChild {
+                platform: platforms.get(&digest).cloned().flatten(),
+                digest,
+            })
+            .collect();
         let mut alert = Alert {
             schema: "image-auditor.alert.v1",
             alert_id: key.alert_id(),
@@ -185,12 +242,59 @@ impl Alert {
             first_seen_ms: findings.iter().map(|f| f.received_at_ms).min().unwrap_or(0),
             last_seen_ms: findings.iter().map(|f| f.received_at_ms).max().unwrap_or(0),
             finding_ids: findings.iter().map(|f| f.id).collect(),
+            children: children.into_iter().collect(),
+            lists,
         };
         alert.summary = alert.summary_text();
         alert
     }
 
-    /// `unpromoted: etcd:3.5@sha256:4ad90a11b553 in 25 repositories`.
+    /// The alert for a group that is due: new, or an update of `previous`,
+    /// the alert already sent for the same fact within the repeat window.
+    pub fn next(key: &FactKey, findings: &[&Finding], previous: Option<&Alert>) -> Alert {
+        match previous {
+            Some(previous) => {
+                previous.updated_with(&Alert::of(key, findings, AlertStatus::Updated))
+            }
+            None => Alert::of(key, findings, AlertStatus::New),
+        }
+    }
+
+    /// This alert, seen again: every place, event, finding and platform
+    /// image so far.
+    fn updated_with(&self, newer: &Alert) -> Alert {
+        let mut merged = newer.clone();
+        let mut repositories = self.repositories.clone();
+        repositories.extend(newer.repositories.iter().cloned());
+        repositories.sort();
+        repositories.dedup();
+        merged.repositories = repositories;
+        merged.events = self.events.iter().chain(&newer.events).cloned().collect();
+        merged.finding_ids = self
+            .finding_ids
+            .iter()
+            .chain(&newer.finding_ids)
+            .copied()
+            .collect();
+        let children: BTreeSet<AlertChild> = self
+            .children
+            .iter()
+            .chain(&newer.children)
+            .cloned()
+            .collect();
+        merged.children = children.into_iter().collect();
+        merged.lists = self.lists.union(&newer.lists).cloned().collect();
+        merged.first_seen_ms = self.first_seen_ms.min(newer.first_seen_ms);
+        merged.evidence = self.evidence.clone();
+        merged.reason = self.reason.clone();
+        merged.status = AlertStatus::Updated;
+        merged.summary = merged.summary_text();
+        merged
+    }
+
+    /// `unpromoted: etcd:3.5@sha256:4ad90a11b553 in 25 repositories`, or
+    /// for an index and the platform images pushed with it
+    /// `unpromoted: etcd:v9@sha256:4ad90a11b553 (index + 5 platform images) in 25 repositories`.
     pub fn summary_text(&self) -> String {
         let what = match (&self.digest, &self.tag) {
             (Some(d), Some(t)) => format!("{}:{t}@{}", self.image, short(d)),
@@ -198,9 +302,14 @@ impl Alert {
             (None, Some(t)) => format!("{}:{t}", self.image),
             (None, None) => self.image.clone(),
         };
+        let with = match self.children.len() {
+            0 => String::new(),
+            1 => " (index + 1 platform image)".to_owned(),
+            n => format!(" (index + {n} platform images)"),
+        };
         let places = self.repositories.len();
         format!(
-            "{}: {what} in {places} {}",
+            "{}: {what}{with} in {places} {}",
             self.verdict.as_str(),
             if places == 1 {
                 "repository"
@@ -232,15 +341,153 @@ impl Route {
     }
 }
 
-/// Groups findings into facts, in order of first appearance.
+/// Groups findings into facts, in order of first appearance ([`group_after`]
+/// with no alert sent before).
 pub fn group<'a>(findings: &'a [Finding], index: &Index) -> Vec<(FactKey, Vec<&'a Finding>)> {
+    group_after(findings, index, std::iter::empty())
+}
+
+/// Groups findings into facts, in order of first appearance.
+///
+/// An `unpromoted` finding of a platform image joins the fact of an
+/// `unpromoted` index that lists it and was pushed to the same repository:
+/// one held with it in `findings`, or else one whose alert was `sent`
+/// (within the repeat window), which it then updates. Nothing else joins:
+/// a child of an index that is promoted, or that explains something at
+/// another repository, is a fact of its own. Where several indexes list a
+/// child, the longest list wins, and nested lists lead to the outermost.
+pub fn group_after<'a, 's>(
+    findings: &'a [Finding],
+    index: &Index,
+    sent: impl IntoIterator<Item = (&'s FactKey, &'s Alert)>,
+) -> Vec<(FactKey, Vec<&'a Finding>)> {
+    let own: Vec<FactKey> = findings.iter().map(|f| FactKey::of(f, index)).collect();
+    // (repository, child digest) -> the fact of the list that names it,
+    // and how many entries that list has.
+    let mut claims: HashMap<(String, String), (FactKey, usize)> = HashMap::new();
+    for (f, key) in findings.iter().zip(&own) {
+        let (Some(list), Some(repo)) = (lead_list(f), &f.repository) else {
+            continue;
+        };
+        let len = list.children.len();
+        for child in list.children {
+            let place = (repo.to_string(), child.digest.to_string());
+            match claims.get(&place) {
+                Some((_, longest)) if *longest >= len => {}
+                _ => {
+                    claims.insert(place, (key.clone(), len));
+                }
+            }
+        }
+    }
+    // A list being held now is the push at hand; one alerted before only
+    // takes what no held list names.
+    for (key, alert) in sent {
+        if key.verdict != VerdictKind::Unpromoted {
+            continue;
+        }
+        for place in &alert.lists {
+            claims
+                .entry(place.clone())
+                .or_insert_with(|| (key.clone(), alert.lists.len()));
+        }
+    }
+
     let mut groups: Vec<(FactKey, Vec<&Finding>)> = Vec::new();
-    for f in findings {
-        let key = FactKey::of(f, index);
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, members)) => members.push(f),
-            None => groups.push((key, vec![f])),
+    let mut positions: HashMap<FactKey, usize> = HashMap::new();
+    for (f, key) in findings.iter().zip(own) {
+        let key = joined(f, key, &claims);
+        match positions.get(&key) {
+            Some(&at) => groups[at].1.push(f),
+            None => {
+                positions.insert(key.clone(), groups.len());
+                groups.push((key, vec![f]));
+            }
         }
     }
     groups
+}
+
+/// The fact `f` belongs to: its own (`key`), or the outermost list's that
+/// names it at its repository.
+fn joined(
+    f: &Finding,
+    key: FactKey,
+    claims: &HashMap<(String, String), (FactKey, usize)>,
+) -> FactKey {
+    let (VerdictKind::Unpromoted, Some(repo)) = (f.verdict, &f.repository) else {
+        return key;
+    };
+    let repo = repo.to_string();
+    let mut key = key;
+    // Each step goes one list out; real indexes nest once, and the bound
+    // keeps stored evidence that names a cycle from looping.
+    for _ in 0..crate::registry::MAX_NESTING {
+        let Some(digest) = &key.digest else {
+            break;
+        };
+        match claims.get(&(repo.clone(), digest.clone())) {
+            Some((outer, _)) if *outer != key => key = outer.clone(),
+            _ => break,
+        }
+    }
+    key
+}
+
+/// The list recorded with `f`, when `f` is an unpromoted index that may
+/// gather its platform images.
+fn lead_list(f: &Finding) -> Option<PushedList> {
+    if f.verdict != VerdictKind::Unpromoted {
+        return None;
+    }
+    pushed_list(f).filter(|l| !l.children.is_empty())
+}
+
+/// What the resolver recorded about a pushed index in `f`'s evidence (the
+/// `{"pushed_list": …}` entry), if anything.
+pub fn pushed_list(f: &Finding) -> Option<PushedList> {
+    f.evidence
+        .as_array()?
+        .iter()
+        .find_map(|e| PushedList::deserialize(e.get("pushed_list")?).ok())
+}
+
+/// What one pass of a dispatcher does with the findings it holds.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// Facts to send now, each with its findings (joined children included).
+    pub due: Vec<(FactKey, Vec<&'a Finding>)>,
+    /// Findings to keep holding.
+    pub waiting: Vec<FindingId>,
+}
+
+/// Which held facts are due at `now_ms`: those whose oldest finding has
+/// waited `group_wait_ms` (every one when `stopping`). A child that joined
+/// an index counts as the fact's, so whichever of the two came first starts
+/// the wait, and no finding is held longer than one `group_wait`.
+pub fn plan<'a, 's>(
+    held: &'a [Finding],
+    index: &Index,
+    sent: impl IntoIterator<Item = (&'s FactKey, &'s Alert)>,
+    now_ms: i64,
+    group_wait_ms: i64,
+    stopping: bool,
+) -> Plan<'a> {
+    let mut plan = Plan {
+        due: Vec::new(),
+        waiting: Vec::new(),
+    };
+    for (key, members) in group_after(held, index, sent) {
+        let oldest = members
+            .iter()
+            .map(|f| f.created_at_ms)
+            .min()
+            .unwrap_or(now_ms);
+        if !stopping && now_ms - oldest < group_wait_ms {
+            plan.waiting.extend(members.iter().map(|f| f.id));
+        } else {
+            plan.due.push((key, members));
+        }
+    }
+    plan
 }
