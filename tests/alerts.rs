@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use image_auditor::findings::{SqliteStore, Store};
+use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
 use support::fixtures::write_project;
@@ -357,6 +357,24 @@ async fn an_unpromoted_index_pushed_with_its_platform_images_is_one_alert() {
             undelivered(&service, "hook") == 0 && undelivered(&service, "am") == 0
         })
         .await;
+
+    // The resolver recorded the index's entries with its finding, in the
+    // index's order, as the last evidence entry.
+    let stored = store
+        .findings(&FindingQuery {
+            digest: Some(rogue.digest.clone()),
+            ..FindingQuery::default()
+        })
+        .unwrap();
+    let in_order: Vec<Value> = images
+        .iter()
+        .zip(platforms)
+        .map(|(d, (os, arch))| json!({"digest": d.digest.to_string(), "platform": format!("{os}/{arch}")}))
+        .collect();
+    assert_eq!(
+        stored[0].evidence,
+        json!([{"pushed_list": {"children": in_order}}])
+    );
 
     let alerts = hook.accepted_json();
     assert_eq!(alerts.len(), 1, "one alert for one push: {alerts:#?}");
