@@ -253,8 +253,11 @@ fn dispatch(index: &Index, findings: &[Finding], until_ms: i64) -> Vec<Alert> {
     alerts
 }
 
-/// (summary, status, number of findings) of each alert, in order.
-fn told(alerts: &[Alert]) -> Vec<(String, AlertStatus, usize)> {
+/// (summary, status, number of findings) of one alert.
+type Told = (String, AlertStatus, usize);
+
+/// What each alert told, in order.
+fn told(alerts: &[Alert]) -> Vec<Told> {
     alerts
         .iter()
         .map(|a| (a.summary.clone(), a.status, a.finding_ids.len()))
@@ -291,7 +294,7 @@ fn an_index_and_its_platform_images_pushed_together_are_one_alert() {
     let updated = AlertStatus::Updated;
 
     // (case, findings, expected alerts)
-    let cases: Vec<(&str, Vec<Finding>, Vec<(String, AlertStatus, usize)>)> = vec![
+    let cases: Vec<(&str, Vec<Finding>, Vec<Told>)> = vec![
         (
             "children first, the index within the window",
             vec![
