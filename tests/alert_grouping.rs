@@ -393,6 +393,16 @@ fn an_index_and_its_platform_images_pushed_together_are_one_alert() {
     for (case, findings, expected) in cases {
         let alerts = dispatch(&index, &findings, 60_000);
         assert_eq!(told(&alerts), expected, "{case}");
+        // A joined child is named with the platform its index gives it,
+        // even when it joins an alert sent before it came.
+        for a in &alerts {
+            for c in &a.children {
+                let listed = P.iter().zip(PLATFORMS).find(|(d, _)| **d == c.digest);
+                if let Some((_, platform)) = listed {
+                    assert_eq!(c.platform.as_deref(), Some(platform), "{case}: {c:?}");
+                }
+            }
+        }
         // Every finding is told, by exactly one alert (an update repeats
         // the findings of the alert it updates).
         let mut told_by: HashMap<i64, std::collections::BTreeSet<&str>> = HashMap::new();

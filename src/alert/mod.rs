@@ -12,7 +12,7 @@
 pub mod dispatch;
 pub mod sink;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -132,10 +132,11 @@ pub struct Alert {
     /// joined this alert, sorted by platform and digest; empty for anything
     /// but an unpromoted index.
     pub children: Vec<AlertChild>,
-    /// (repository, child digest) for every entry of the pushed lists
-    /// behind this alert: what a late child finding may still join.
+    /// (repository, child digest) → platform, for every entry of the
+    /// pushed lists behind this alert: what a late child finding may still
+    /// join.
     #[serde(skip)]
-    pub lists: BTreeSet<(String, String)>,
+    pub lists: BTreeMap<(String, String), Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -189,19 +190,13 @@ impl Alert {
             Value::Null => Value::String("not in any manifest".into()),
             other => other.clone(),
         };
-        let mut platforms: HashMap<String, Option<String>> = HashMap::new();
-        let mut lists = BTreeSet::new();
+        let mut lists = BTreeMap::new();
         for f in findings {
             let (Some(list), Some(repo)) = (pushed_list(f), &f.repository) else {
                 continue;
             };
             for child in list.children {
-                let digest = child.digest.to_string();
-                lists.insert((repo.to_string(), digest.clone()));
-                let platform = platforms.entry(digest).or_default();
-                if platform.is_none() {
-                    *platform = child.platform;
-                }
+                lists.insert((repo.to_string(), child.digest.to_string()), child.platform);
             }
         }
         let children: BTreeSet<AlertChild> = findings
@@ -209,7 +204,7 @@ impl Alert {
             .filter(|f| !own(f))
             .filter_map(|f| f.digest.as_ref().map(ToString::to_string))
             .map(|digest| AlertChild {
-                platform: platforms.get(&digest).cloned().flatten(),
+                platform: platform_of(&lists, &digest),
                 digest,
             })
             .collect();
@@ -276,14 +271,23 @@ impl Alert {
             .chain(&newer.finding_ids)
             .copied()
             .collect();
+        merged.lists = self.lists.clone();
+        merged.lists.extend(newer.lists.clone());
+        // A child joining an alert sent earlier comes without its index:
+        // its platform is in what that index listed.
         let children: BTreeSet<AlertChild> = self
             .children
             .iter()
             .chain(&newer.children)
-            .cloned()
+            .map(|c| AlertChild {
+                platform: c
+                    .platform
+                    .clone()
+                    .or_else(|| platform_of(&merged.lists, &c.digest)),
+                digest: c.digest.clone(),
+            })
             .collect();
         merged.children = children.into_iter().collect();
-        merged.lists = self.lists.union(&newer.lists).cloned().collect();
         merged.first_seen_ms = self.first_seen_ms.min(newer.first_seen_ms);
         merged.evidence = self.evidence.clone();
         merged.reason = self.reason.clone();
@@ -318,6 +322,13 @@ impl Alert {
             }
         )
     }
+}
+
+/// The platform any of `lists` gives `digest`.
+fn platform_of(lists: &BTreeMap<(String, String), Option<String>>, digest: &str) -> Option<String> {
+    lists
+        .iter()
+        .find_map(|((_, d), platform)| (d == digest).then(|| platform.clone()).flatten())
 }
 
 fn short(digest: &str) -> &str {
@@ -386,7 +397,7 @@ pub fn group_after<'a, 's>(
         if key.verdict != VerdictKind::Unpromoted {
             continue;
         }
-        for place in &alert.lists {
+        for place in alert.lists.keys() {
             claims
                 .entry(place.clone())
                 .or_insert_with(|| (key.clone(), alert.lists.len()));
