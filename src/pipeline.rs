@@ -204,6 +204,7 @@ impl Pipeline {
                     verdict.reason
                 ),
                 evidence: verdict.evidence,
+                pushed_list: verdict.pushed_list,
             }
         } else {
             verdict

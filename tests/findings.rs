@@ -51,7 +51,7 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         tag: Some("v1.0".parse::<Tag>().unwrap()),
         verdict,
         reason: format!("{verdict} because of {id}"),
-        evidence: vec![evidence()],
+        evidence: vec![evidence().into()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
     }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::audit::{Evidence, Verdict, VerdictKind};
+use crate::audit::{EvidenceEntry, Verdict, VerdictKind};
 use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
@@ -79,7 +79,8 @@ pub struct Decision {
     pub tag: Option<Tag>,
     pub verdict: VerdictKind,
     pub reason: String,
-    pub evidence: Vec<Evidence>,
+    /// The verdict's manifest entries, then what a pushed list names.
+    pub evidence: Vec<EvidenceEntry>,
     /// The manifest repository commit the index was built from, when known.
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
@@ -106,7 +107,7 @@ impl Decision {
             tag: event.tag.clone(),
             verdict: verdict.kind,
             reason: verdict.reason.clone(),
-            evidence: verdict.evidence.clone(),
+            evidence: EvidenceEntry::of(verdict),
             manifest_commit,
             index_generation,
         }
@@ -179,7 +180,7 @@ pub struct Finding {
     pub tag: Option<Tag>,
     pub verdict: VerdictKind,
     pub reason: String,
-    /// The verdict's [`Evidence`] list, as serialised when recorded.
+    /// The verdict's [`EvidenceEntry`] list, as serialised when recorded.
     pub evidence: serde_json::Value,
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
