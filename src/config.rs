@@ -53,6 +53,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Periodic inventory sweeps of the destination registries.
     pub scan: ScanConfig,
+    /// Who may acknowledge and resolve findings over HTTP.
+    pub triage: crate::triage::TriageConfig,
     /// How long an undecided event is retried before it is recorded as
     /// `unverifiable` and alerted.
     #[serde(with = "humantime_serde")]
@@ -249,6 +251,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             alerts: AlertsConfig::default(),
             scan: ScanConfig::default(),
+            triage: crate::triage::TriageConfig::default(),
             undecided_retry_for: Duration::from_secs(3600),
             log: LogConfig::default(),
         }
@@ -429,6 +432,8 @@ impl Config {
             std::env::var(var).ok()
         })
         .map_err(|message| invalid("webhooks", message))?;
+        crate::triage::TriageAccess::from_config(&self.triage, |var| std::env::var(var).ok())
+            .map_err(|e| invalid("triage", e.to_string()))?;
         self.alerts
             .validate(crate::findings::DEFAULT_CLAIM_LEASE)
             .map_err(|e| invalid("alerts", e.to_string()))?;

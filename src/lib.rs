@@ -24,4 +24,5 @@ pub mod server;
 pub mod service;
 pub mod sources;
 pub mod status;
+pub mod triage;
 pub mod wiring;

@@ -46,6 +46,8 @@ pub struct AppState {
     pub webhooks: Arc<Endpoints>,
     pub reloader: Arc<Reloader>,
     pub admin: Arc<AdminAccess>,
+    /// Who may acknowledge and resolve findings.
+    pub triage: Arc<crate::triage::TriageAccess>,
 }
 
 /// Who may call the admin endpoints.
@@ -100,6 +102,11 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
         .route("/v1/digests/{digest}", get(digest))
         .route("/v1/check", post(check))
         .route("/v1/findings", get(findings))
+        .route(
+            "/v1/findings/{id}/acknowledge",
+            post(crate::triage::acknowledge),
+        )
+        .route("/v1/findings/{id}/resolve", post(crate::triage::resolve))
         .route(
             "/webhooks/{kind}",
             post(webhook).options(webhook_validation),
@@ -302,6 +309,8 @@ struct FindingsParams {
     verdict: Option<String>,
     digest: Option<String>,
     repository: Option<String>,
+    /// `open`, `acknowledged` or `resolved`.
+    state: Option<String>,
     /// Unix milliseconds.
     since: Option<i64>,
     /// A finding id: only older findings (the next page).
@@ -328,10 +337,15 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
     };
+    let triage_state = match params.state.as_deref().map(str::parse).transpose() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e}")),
+    };
     let query = FindingQuery {
         verdict,
         digest,
         repository,
+        state: triage_state,
         since_ms: params.since,
         before: params.before.map(crate::findings::FindingId),
         limit: params.limit,

@@ -108,6 +108,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let webhooks =
         Endpoints::from_config(&config.webhooks.by_kind(), |var| std::env::var(var).ok())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
+    let triage = crate::triage::TriageAccess::from_config(&config.triage, |var| {
+        std::env::var(var).ok()
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
     let state = AppState {
         index: index.clone(),
         pipeline: pipeline.clone(),
@@ -121,6 +125,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         webhooks: Arc::new(webhooks),
         reloader: reloader.clone(),
         admin: Arc::new(admin),
+        triage: Arc::new(triage),
     };
 
     let listener = tokio::net::TcpListener::bind(config.http.listen)

@@ -125,6 +125,7 @@ impl Dispatcher {
                 self.claim_into(&mut held).await;
             }
             held = self.send_due(held, &mut sent, stopping).await;
+            self.send_resolutions(&mut sent).await;
             let now = now_ms();
             let window = self.timing.repeat_window.as_millis() as i64;
             sent.retain(|_, alert| now - alert.first_seen_ms < window);
@@ -217,6 +218,64 @@ impl Dispatcher {
         held.into_iter()
             .filter(|f| waiting.contains(&f.id))
             .collect()
+    }
+
+    /// Sends the resolutions owed to this sink (findings resolved by a
+    /// person after their alert reached it), each from the store's
+    /// resolutions outbox: claimed, sent, marked, retried with backoff. A
+    /// resolved fact is forgotten here, so that seeing it again raises a
+    /// new alert rather than updating the one that ended.
+    async fn send_resolutions(&self, sent: &mut HashMap<FactKey, Alert>) {
+        let name = self.name.clone();
+        let claimed = off_thread(&self.store, move |s| {
+            s.claim_resolutions(&name, BATCH, now_ms())
+        })
+        .await;
+        let claimed = match claimed {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::error!(sink = self.name, error = %e, "cannot read the resolutions outbox");
+                return;
+            }
+        };
+        let index = self.index.load_full();
+        for finding in claimed {
+            let id = finding.id;
+            // Not this sink's: its alert was never sent here.
+            let outcome = if self.route.matches(finding.verdict) {
+                let key = FactKey::of(&finding, &index);
+                let alert = Alert::resolved(&key, &finding);
+                let outcome = self.sink.send(&alert).await;
+                if outcome.is_ok() {
+                    sent.remove(&key);
+                }
+                self.metrics.alert(
+                    &self.name,
+                    if outcome.is_ok() {
+                        "resolved"
+                    } else {
+                        "resolve_failed"
+                    },
+                );
+                outcome.map_err(|e| (e.to_string(), now_ms() + self.backoff(attempts(&finding)).as_millis() as i64))
+            } else {
+                Ok(())
+            };
+            if let Err((error, _)) = &outcome {
+                tracing::warn!(sink = self.name, finding = id.0, error = %error,
+                    "resolution not delivered; will retry");
+            }
+            let name = self.name.clone();
+            let marked = off_thread(&self.store, move |s| match outcome {
+                Ok(()) => s.mark_resolution_delivered(&name, id, now_ms()),
+                Err((error, retry_at)) => s.mark_resolution_failed(&name, id, &error, retry_at),
+            })
+            .await;
+            if let Err(e) = marked {
+                tracing::error!(sink = self.name, finding = id.0, error = %e,
+                    "cannot mark the resolutions outbox");
+            }
+        }
     }
 
     /// Delivered (`failure` None) or failed until `retry_at`. A store error

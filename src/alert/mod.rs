@@ -140,6 +140,17 @@ pub struct Alert {
     /// join.
     #[serde(skip)]
     pub lists: BTreeMap<(String, String), Option<String>>,
+    /// Who resolved the finding, when and why: set on `resolved` alerts only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
+}
+
+/// The triage change a `resolved` alert reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolution {
+    pub by: String,
+    pub at_ms: i64,
+    pub note: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -154,6 +165,19 @@ pub struct AlertChild {
 pub enum AlertStatus {
     New,
     Updated,
+    /// The finding was resolved by a person ([`Alert::resolved`]): the
+    /// sink's alert of the fact ends now.
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::New => "new",
+            AlertStatus::Updated => "updated",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -242,8 +266,21 @@ impl Alert {
             finding_ids: findings.iter().map(|f| f.id).collect(),
             children: children.into_iter().collect(),
             lists,
+            resolution: None,
         };
         alert.summary = alert.summary_text();
+        alert
+    }
+
+    /// The alert that ends the alert of `key` at a sink: `finding`, of
+    /// that fact, was resolved. Same id and labels as the alert it ends.
+    pub fn resolved(key: &FactKey, finding: &Finding) -> Alert {
+        let mut alert = Alert::of(key, &[finding], AlertStatus::Resolved);
+        alert.resolution = Some(Resolution {
+            by: finding.triage.by.clone().unwrap_or_default(),
+            at_ms: finding.triage.at_ms.unwrap_or_default(),
+            note: finding.triage.note.clone().unwrap_or_default(),
+        });
         alert
     }
 

@@ -267,6 +267,13 @@ impl Sink {
     pub async fn send(&self, alert: &Alert) -> Result<(), SendError> {
         match self {
             Sink::Log => {
+                if let Some(r) = &alert.resolution {
+                    tracing::info!(alert_id = alert.alert_id, status = "resolved",
+                        verdict = alert.verdict.as_str(), digest = alert.digest,
+                        tag = alert.tag, image = alert.image, resolved_by = r.by,
+                        note = r.note, "resolved: {}", alert.summary);
+                    return Ok(());
+                }
                 tracing::warn!(alert_id = alert.alert_id, status = ?alert.status,
                     verdict = alert.verdict.as_str(), severity = alert.severity.as_str(),
                     digest = alert.digest, tag = alert.tag, image = alert.image,
@@ -319,7 +326,7 @@ impl Sink {
                         ("alert_id", alert.alert_id.clone()),
                         ("verdict", alert.verdict.as_str().to_owned()),
                         ("severity", alert.severity.as_str().to_owned()),
-                        ("status", status_str(alert.status).to_owned()),
+                        ("status", alert.status.as_str().to_owned()),
                     ]);
                 publisher
                     .publish(message)
@@ -360,14 +367,18 @@ pub fn signature(key: &hmac::Key, timestamp: &str, body: &[u8]) -> String {
     format!("v1={}", hex::encode(context.sign().as_ref()))
 }
 
-fn status_str(status: AlertStatus) -> &'static str {
-    match status {
-        AlertStatus::New => "new",
-        AlertStatus::Updated => "updated",
-    }
-}
-
 fn slack_text(alert: &Alert) -> String {
+    if let Some(resolution) = &alert.resolution {
+        let mut text = format!(
+            "*resolved*: {}\nResolved by {}",
+            alert.summary, resolution.by
+        );
+        if !resolution.note.is_empty() {
+            text.push_str(&format!(": {}", resolution.note));
+        }
+        text.push_str(&format!("\nAlert {}", alert.alert_id));
+        return text;
+    }
     let mut text = format!(
         "*{}* [{}]{}: {}\n{}",
         alert.verdict.as_str(),
@@ -441,7 +452,12 @@ pub fn alertmanager_body(
     resolve_after: Duration,
     generator_url: Option<&str>,
 ) -> serde_json::Value {
-    let ends_at = std::time::SystemTime::now() + resolve_after;
+    // A resolution ends the alert now: same labels, so Alertmanager ends
+    // the alert it has.
+    let ends_at = match alert.status {
+        AlertStatus::Resolved => std::time::SystemTime::now(),
+        AlertStatus::New | AlertStatus::Updated => std::time::SystemTime::now() + resolve_after,
+    };
     let mut labels = json!({
         "alertname": "ImageAuditorFinding",
         "verdict": alert.verdict.as_str(),

@@ -3,6 +3,7 @@
 //! decisions and wiring live in the library.
 
 mod check;
+mod findings;
 mod index;
 mod manifests;
 mod replay;
@@ -129,6 +130,12 @@ pub enum Command {
         #[arg(long)]
         max_repositories: Option<usize>,
     },
+    /// List findings and triage them (acknowledge, resolve) on the
+    /// configured store.
+    Findings {
+        #[command(subcommand)]
+        command: FindingsCommand,
+    },
     /// The findings store's schema: its version and pending migrations.
     Store {
         #[command(subcommand)]
@@ -155,6 +162,47 @@ pub enum ManifestsCommand {
         /// Defaults to --manifests.
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum FindingsCommand {
+    /// Findings, newest first: id, state, verdict, what, who triaged, note.
+    List {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[command(flatten)]
+        filters: findings::ListArgs,
+        /// One JSON object per line (as `GET /v1/findings` shows them).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a finding acknowledged (seen, being handled).
+    Acknowledge {
+        id: i64,
+        #[command(flatten)]
+        triage: TriageArgs,
+    },
+    /// Mark a finding resolved; the running service resolves its alert at
+    /// every sink it reached.
+    Resolve {
+        id: i64,
+        #[command(flatten)]
+        triage: TriageArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct TriageArgs {
+    #[command(flatten)]
+    store: store::StoreArgs,
+    /// Who is triaging: recorded with the change.
+    #[arg(long = "as", value_name = "NAME")]
+    by: String,
+    /// Why, for whoever looks next.
+    #[arg(long, default_value = "")]
+    note: String,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +310,29 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
             )
         }
+        Command::Findings { command } => match command {
+            FindingsCommand::List {
+                store,
+                filters,
+                json,
+            } => findings::list(&store, &filters, json),
+            FindingsCommand::Acknowledge { id, triage: t } => findings::triage(
+                &t.store,
+                id,
+                image_auditor::findings::TriageAction::Acknowledge,
+                &t.by,
+                &t.note,
+                t.json,
+            ),
+            FindingsCommand::Resolve { id, triage: t } => findings::triage(
+                &t.store,
+                id,
+                image_auditor::findings::TriageAction::Resolve,
+                &t.by,
+                &t.note,
+                t.json,
+            ),
+        },
         Command::Store {
             command: StoreCommand::Status { store, json },
         } => store::status(&store, json),

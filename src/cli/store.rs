@@ -23,7 +23,7 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn location(&self) -> anyhow::Result<StoreLocation> {
+    pub(super) fn location(&self) -> anyhow::Result<StoreLocation> {
         Ok(match (&self.config, &self.data_dir) {
             (Some(path), _) => Config::load(Some(path))?.store_location(),
             (None, dir) => StoreLocation::Sqlite(config::findings_db(

@@ -46,6 +46,11 @@ pub const SQLITE: &[Migration] = &[
         name: "the undecided retry budget",
         sql: include_str!("migrations/sqlite/0003_undecided_retry_budget.sql"),
     },
+    Migration {
+        version: 4,
+        name: "triage state and the resolutions outbox",
+        sql: include_str!("migrations/sqlite/0004_triage.sql"),
+    },
 ];
 
 /// The PostgreSQL store's schema.
@@ -59,6 +64,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "the undecided retry budget",
         sql: include_str!("migrations/postgres/0002_undecided_retry_budget.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "triage state and the resolutions outbox",
+        sql: include_str!("migrations/postgres/0003_triage.sql"),
     },
 ];
 

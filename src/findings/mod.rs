@@ -14,6 +14,7 @@
 pub mod migrations;
 pub mod postgres;
 mod sqlite;
+pub mod triage;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use crate::reference::{Digest, Repository, Tag};
 pub use migrations::{Backend, SchemaStatus};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
+pub use triage::{Triage, TriageAction, TriageChange, TriageState};
 
 /// Where the findings are kept.
 #[derive(Debug, Clone)]
@@ -184,6 +186,8 @@ pub struct Finding {
     pub evidence: serde_json::Value,
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
+    /// Open, acknowledged or resolved, and by whom ([`Store::triage`]).
+    pub triage: Triage,
     /// Delivery state per sink that has claimed the finding (see
     /// [`Store::claim_undelivered`]); from a claim, only the claiming sink's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -225,6 +229,7 @@ pub struct FindingQuery {
     pub verdict: Option<VerdictKind>,
     pub digest: Option<Digest>,
     pub repository: Option<Repository>,
+    pub state: Option<TriageState>,
     /// Only findings of events received at or after this time (Unix ms).
     pub since_ms: Option<i64>,
     /// Only findings older than this one: the cursor for the next page.
@@ -327,6 +332,15 @@ pub enum StoreError {
     /// `store.postgres` cannot be used as configured.
     #[error("store.postgres: {message}")]
     PostgresConfig { message: String },
+    #[error("findings store {path}: no finding {id}")]
+    NoSuchFinding { path: Arc<str>, id: FindingId },
+    /// The change is not allowed from the finding's state
+    /// ([`triage::transition`]).
+    #[error("finding {id}: {refused}")]
+    Triage {
+        id: FindingId,
+        refused: triage::Refused,
+    },
     /// The blocking task running a store call panicked or was cancelled
     /// (see [`off_thread`]). Not a `source`: the message already says it.
     #[error("store call failed: {0}")]
@@ -406,7 +420,8 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<Finding>, StoreError>;
 
     /// The claimed finding reached `sink`: never claimed for it again.
-    /// Idempotent.
+    /// When the finding is resolved by then, a resolution is now owed to
+    /// `sink` ([`Store::claim_resolutions`]). Idempotent.
     fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError>;
 
     /// The claimed finding could not be delivered to `sink`: claimable again
@@ -431,10 +446,65 @@ pub trait Store: Send + Sync {
         now_ms: i64,
     ) -> Result<i64, StoreError>;
 
+    /// The finding `id`, with every sink's delivery state.
+    fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError>;
+
+    /// Applies `change` to finding `id` under the rules of
+    /// [`triage::transition`], in one transaction with the read of its
+    /// state. Resolving owes a resolution to every sink the finding's alert
+    /// was delivered to (and, through [`Store::mark_delivered`], to every
+    /// sink it is delivered to later). [`StoreError::NoSuchFinding`] or
+    /// [`StoreError::Triage`] when it cannot be applied.
+    fn triage(
+        &self,
+        id: FindingId,
+        change: &TriageChange,
+        now_ms: i64,
+    ) -> Result<Triaged, StoreError>;
+
+    /// Claims up to `limit` resolutions owed to `sink` and due at `now_ms`,
+    /// oldest finding first: each a resolved finding whose `deliveries` is
+    /// this resolution's state. A claim is an attempt and hides the
+    /// resolution for the claim lease, as [`Store::claim_undelivered`].
+    fn claim_resolutions(
+        &self,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError>;
+
+    /// The claimed resolution reached `sink`. Idempotent.
+    fn mark_resolution_delivered(
+        &self,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The claimed resolution could not be delivered: claimable again from
+    /// `retry_at_ms`. No effect once delivered.
+    fn mark_resolution_failed(
+        &self,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
     /// Whether the store answers now (`/readyz`).
     fn check(&self) -> Result<(), StoreError>;
 
     fn backend(&self) -> Backend;
+}
+
+/// What [`Store::triage`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Triaged {
+    /// The finding afterwards.
+    pub finding: Finding,
+    /// Whether the state changed (false: it already was the target, see
+    /// [`triage::Transition::Unchanged`]).
+    pub changed: bool,
 }
 
 /// Runs a store call off the async threads: SQLite blocks on fsync, the

@@ -30,6 +30,7 @@
 //! table lock that keeps the two from missing each other.
 
 mod connect;
+mod triage;
 mod writer;
 
 use std::collections::HashSet;
@@ -48,7 +49,7 @@ pub use connect::PostgresConfig;
 use super::migrations::{self, Backend, SchemaStatus};
 use super::{
     Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, parse_action, parse_source,
+    Store, StoreError, Triage, TriageChange, Triaged, parse_action, parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -69,7 +70,8 @@ const PRUNE_BATCH: i64 = 5000;
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
      f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation";
+     f.manifest_commit, f.index_generation, f.triage_state, f.triage_by, f.triage_at_ms, \
+     f.triage_note";
 
 const DELIVERY_COLUMNS: &str =
     "finding, sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error";
@@ -301,7 +303,7 @@ impl PostgresStore {
         Ok(())
     }
 
-    fn finding(&self, row: &Row) -> Result<Finding, StoreError> {
+    fn finding_of_row(&self, row: &Row) -> Result<Finding, StoreError> {
         let id: i64 = row.get(0);
         let text = |i: usize| -> String { row.get(i) };
         let opt = |i: usize| -> Option<String> { row.get(i) };
@@ -328,6 +330,8 @@ impl PostgresStore {
             .map_err(|e| self.corrupt(format!("finding {id}: {e}")))?;
         let evidence = serde_json::from_str(&text(12))
             .map_err(|e| self.corrupt(format!("finding {id}: evidence is not JSON: {e}")))?;
+        let state = text(15);
+        let state = state.parse().map_err(|_| bad("triage state", &state))?;
         Ok(Finding {
             id: FindingId(id),
             created_at_ms: row.get(1),
@@ -344,6 +348,12 @@ impl PostgresStore {
             evidence,
             manifest_commit: opt(13),
             index_generation: row.get::<_, i64>(14) as u64,
+            triage: Triage {
+                state,
+                by: opt(16),
+                at_ms: row.get(17),
+                note: opt(18),
+            },
             deliveries: Vec::new(),
         })
     }
@@ -547,13 +557,15 @@ impl Store for PostgresStore {
         let verdict = q.verdict.map(|v| v.as_str().to_owned());
         let digest = q.digest.as_ref().map(ToString::to_string);
         let repository = q.repository.as_ref().map(|r| r.as_str().to_owned());
+        let state = q.state.map(|s| s.as_str().to_owned());
         let before = q.before.map(|b| b.0);
         let limit = q.effective_limit() as i64;
         let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let filters: [(&str, Option<&(dyn ToSql + Sync)>); 5] = [
+        let filters: [(&str, Option<&(dyn ToSql + Sync)>); 6] = [
             ("f.verdict =", verdict.as_ref().map(|v| v as _)),
             ("f.digest =", digest.as_ref().map(|v| v as _)),
             ("f.repository =", repository.as_ref().map(|v| v as _)),
+            ("f.triage_state =", state.as_ref().map(|v| v as _)),
             ("f.received_at_ms >=", q.since_ms.as_ref().map(|v| v as _)),
             ("f.id <", before.as_ref().map(|v| v as _)),
         ];
@@ -578,7 +590,7 @@ impl Store for PostgresStore {
             let rows = tx.query(&sql, &args).await.map_err(|e| self.pg(e))?;
             let found = rows
                 .iter()
-                .map(|row| self.finding(row))
+                .map(|row| self.finding_of_row(row))
                 .collect::<Result<Vec<_>, _>>()?;
             let found = self.with_deliveries(&tx, found, None).await?;
             tx.commit().await.map_err(|e| self.pg(e))?;
@@ -754,7 +766,7 @@ impl Store for PostgresStore {
             tx.commit().await.map_err(|e| self.pg(e))?;
             let mut out = Vec::with_capacity(rows.len());
             for (row, (_, delivery)) in rows.iter().zip(claimed) {
-                let mut f = self.finding(row)?;
+                let mut f = self.finding_of_row(row)?;
                 f.deliveries = vec![delivery];
                 out.push(f);
             }
@@ -765,15 +777,26 @@ impl Store for PostgresStore {
     fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
         self.block_on(async {
             let client = self.client().await?;
+            // A finding resolved by now owes `sink` its resolution. The
+            // share lock waits for a resolve in progress (which locks the
+            // row) and returns the state it committed; a resolve that comes
+            // after waits for this statement and then sees the delivery.
             let n = client
-                .execute(
-                    "UPDATE deliveries SET state = 'delivered', \
+                .query_one(
+                    "WITH t AS (SELECT triage_state FROM findings WHERE id = $2 FOR SHARE), \
+                     u AS (UPDATE deliveries SET state = 'delivered', \
                        delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                     WHERE sink = $1 AND finding = $2",
+                       WHERE sink = $1 AND finding = $2 RETURNING finding), \
+                     r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
+                         next_attempt_ms) \
+                       SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
+                       WHERE t.triage_state = 'resolved' ON CONFLICT DO NOTHING) \
+                     SELECT COUNT(*) FROM u",
                     &[&sink, &id.0, &now_ms],
                 )
                 .await
-                .map_err(|e| self.pg(e))?;
+                .map_err(|e| self.pg(e))?
+                .get::<_, i64>(0);
             if n == 0 {
                 return Err(StoreError::NotClaimed {
                     path: self.name.clone(),
@@ -844,6 +867,48 @@ impl Store for PostgresStore {
                 .map_err(|e| self.pg(e))?
                 .get(0))
         })
+    }
+
+    fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError> {
+        self.block_on(self.finding_by_id(id))
+    }
+
+    fn triage(
+        &self,
+        id: FindingId,
+        change: &TriageChange,
+        now_ms: i64,
+    ) -> Result<Triaged, StoreError> {
+        self.block_on(self.apply_triage(id, change, now_ms))
+    }
+
+    fn claim_resolutions(
+        &self,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError> {
+        self.block_on(self.claim_resolutions_for(sink, limit, now_ms))
+    }
+
+    fn mark_resolution_delivered(
+        &self,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.block_on(self.resolution_delivered(sink, id, now_ms))
+    }
+
+    fn mark_resolution_failed(
+        &self,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let error = super::truncate(error, MAX_ERROR_LEN);
+        self.block_on(self.resolution_failed(sink, id, error, retry_at_ms))
     }
 
     fn check(&self) -> Result<(), StoreError> {

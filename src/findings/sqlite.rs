@@ -1,4 +1,8 @@
 //! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
+//! Over 500 lines: the group commit, the outbox and row parsing share the
+//! one connection and its statements; triage lives in `sqlite/triage.rs`.
+
+mod triage;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,14 +14,16 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 use super::migrations::{self, Backend, SchemaStatus};
 use super::{
     Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, action_str, parse_action, parse_source, truncate,
+    Store, StoreError, Triage, TriageChange, Triaged, action_str, parse_action, parse_source,
+    truncate,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
      f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation";
+     f.manifest_commit, f.index_generation, f.triage_state, f.triage_by, f.triage_at_ms, \
+     f.triage_note";
 
 /// The verdict recorded under one dedupe key.
 const SELECT_DECISION: &str =
@@ -484,6 +490,10 @@ struct RawFinding {
     evidence: String,
     manifest_commit: Option<String>,
     index_generation: i64,
+    triage_state: String,
+    triage_by: Option<String>,
+    triage_at_ms: Option<i64>,
+    triage_note: Option<String>,
 }
 
 impl RawFinding {
@@ -504,6 +514,10 @@ impl RawFinding {
             evidence: r.get(12)?,
             manifest_commit: r.get(13)?,
             index_generation: r.get(14)?,
+            triage_state: r.get(15)?,
+            triage_by: r.get(16)?,
+            triage_at_ms: r.get(17)?,
+            triage_note: r.get(18)?,
         })
     }
 
@@ -545,6 +559,10 @@ impl RawFinding {
         };
         let evidence = serde_json::from_str(&self.evidence)
             .map_err(|e| corrupt(format!("finding {id}: evidence is not JSON: {e}")))?;
+        let state = self
+            .triage_state
+            .parse()
+            .map_err(|_| bad("triage state", &self.triage_state))?;
         Ok(Finding {
             id: FindingId(id),
             created_at_ms: self.created_at_ms,
@@ -562,6 +580,12 @@ impl RawFinding {
             manifest_commit: self.manifest_commit,
             // Stored bit for bit as i64 (SQLite integers are signed).
             index_generation: self.index_generation as u64,
+            triage: Triage {
+                state,
+                by: self.triage_by,
+                at_ms: self.triage_at_ms,
+                note: self.triage_note,
+            },
             deliveries: Vec::new(),
         })
     }
@@ -674,6 +698,9 @@ impl Store for SqliteStore {
         }
         if let Some(r) = &q.repository {
             arg(&mut sql, "f.repository =", r.as_str().to_owned().into());
+        }
+        if let Some(state) = q.state {
+            arg(&mut sql, "f.triage_state =", state.as_str().to_owned().into());
         }
         if let Some(s) = q.since_ms {
             arg(&mut sql, "f.received_at_ms >=", s.into());
@@ -896,8 +923,9 @@ impl Store for SqliteStore {
     }
 
     fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let n = conn
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        let n = tx
             .prepare_cached(
                 "UPDATE deliveries SET state = 'delivered', \
                    delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
@@ -912,7 +940,53 @@ impl Store for SqliteStore {
                 id,
             });
         }
-        Ok(())
+        // Resolved before its alert reached this sink: the sink is owed
+        // the resolution too.
+        triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))
+    }
+
+    fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        self.finding_with_deliveries(&tx, id)
+    }
+
+    fn triage(
+        &self,
+        id: FindingId,
+        change: &TriageChange,
+        now_ms: i64,
+    ) -> Result<Triaged, StoreError> {
+        self.apply_triage(id, change, now_ms)
+    }
+
+    fn claim_resolutions(
+        &self,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError> {
+        self.claim_resolutions_for(sink, limit, now_ms)
+    }
+
+    fn mark_resolution_delivered(
+        &self,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.resolution_delivered(sink, id, now_ms)
+    }
+
+    fn mark_resolution_failed(
+        &self,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.resolution_failed(sink, truncate(error, MAX_ERROR_LEN), id, retry_at_ms)
     }
 
     fn mark_failed(
