@@ -16,7 +16,7 @@ use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
 use image_auditor::findings::{
     Decision, DeliveryState, Finding, FindingId, FindingQuery, PostgresConfig, PostgresStore,
-    Recorded, SqliteStore, Store, StoreError,
+    Recorded, SqliteStore, Store, StoreError, TriageAction, TriageChange, TriageState,
 };
 use image_auditor::reference::{Digest, Repository, Tag};
 use support::postgres::Postgres;
@@ -180,6 +180,12 @@ contract!(
     migrations_from_the_previous_version_keep_the_rows,
     a_newer_schema_is_refused,
     the_store_answers_its_health_check,
+    triage_follows_the_transition_table,
+    triage_state_filters_and_serialises,
+    a_resolution_is_owed_to_every_sink_the_alert_reached,
+    a_failed_resolution_is_retried_and_a_claim_leases_it,
+    a_resolve_racing_a_delivery_never_loses_the_resolution,
+    concurrent_resolvers_change_the_state_once,
 );
 
 /// `sha256:` + `unit` repeated to 64 hex digits.
@@ -222,7 +228,7 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         tag: Some("v1.0".parse::<Tag>().unwrap()),
         verdict,
         reason: format!("{verdict} because of {id}"),
-        evidence: vec![evidence()],
+        evidence: vec![evidence().into()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
     }
@@ -1216,11 +1222,13 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(ids(&f), ["s1"]);
     assert_eq!(store.claim_undelivered("log", 10, 0).unwrap().len(), 1);
-    // What the newest migration brought works.
-    assert_eq!(
-        store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
-        5
-    );
+    // What the newest migration brought works: the finding from before
+    // is open and can be triaged.
+    assert_eq!(f[0].triage.state, TriageState::Open);
+    let resolved = store
+        .triage(f[0].id, &change(TriageAction::Resolve, "alice", "old"), 9)
+        .unwrap();
+    assert_eq!(resolved.finding.triage.state, TriageState::Resolved);
 }
 
 fn a_newer_schema_is_refused(h: &dyn Backend) {
@@ -1243,4 +1251,251 @@ fn the_store_answers_its_health_check(h: &dyn Backend) {
     let store = h.open();
     store.check().unwrap();
     assert_eq!(store.backend(), h.kind());
+}
+
+fn change(action: TriageAction, by: &str, note: &str) -> TriageChange {
+    TriageChange::new(action, by, note).unwrap()
+}
+
+fn triage_follows_the_transition_table(h: &dyn Backend) {
+    use TriageAction::{Acknowledge, Resolve};
+    use TriageState::{Acknowledged, Open, Resolved};
+    let store = h.open();
+    // (actions applied first, then this one) → state after, changed, or
+    // refused.
+    let table: [(&[TriageAction], TriageAction, Result<(TriageState, bool), ()>); 6] = [
+        (&[], Acknowledge, Ok((Acknowledged, true))),
+        (&[], Resolve, Ok((Resolved, true))),
+        (&[Acknowledge], Acknowledge, Ok((Acknowledged, false))),
+        (&[Acknowledge], Resolve, Ok((Resolved, true))),
+        (&[Resolve], Resolve, Ok((Resolved, false))),
+        (&[Resolve], Acknowledge, Err(())),
+    ];
+    for (i, (before, action, expected)) in table.into_iter().enumerate() {
+        let id = new_finding(
+            store
+                .record(&decision(&format!("t{i}"), VerdictKind::Unpromoted))
+                .unwrap(),
+        );
+        assert_eq!(store.finding(id).unwrap().unwrap().triage.state, Open);
+        for (n, a) in before.iter().enumerate() {
+            store
+                .triage(id, &change(*a, "first", "first note"), 100 + n as i64)
+                .unwrap();
+        }
+        let result = store.triage(id, &change(action, "second", "second note"), 500);
+        let after = store.finding(id).unwrap().unwrap();
+        match expected {
+            Ok((state, changed)) => {
+                let triaged = result.unwrap();
+                assert_eq!((triaged.finding.triage.state, triaged.changed), (state, changed), "row {i}");
+                assert_eq!(triaged.finding, after, "row {i}: the answer is the stored finding");
+                // A no-op keeps the first change's who, when and note.
+                let (by, at, note) = if changed {
+                    ("second", 500, "second note")
+                } else {
+                    ("first", 100 + before.len() as i64 - 1, "first note")
+                };
+                assert_eq!(after.triage.by.as_deref(), Some(by), "row {i}");
+                assert_eq!(after.triage.at_ms, Some(at), "row {i}");
+                assert_eq!(after.triage.note.as_deref(), Some(note), "row {i}");
+            }
+            Err(()) => {
+                let err = result.unwrap_err();
+                assert!(matches!(err, StoreError::Triage { .. }), "row {i}: {err}");
+                assert_eq!(
+                    err.to_string(),
+                    format!("finding {id}: cannot acknowledge a finding that is resolved")
+                );
+                assert_eq!(after.triage.state, Resolved, "row {i}: unchanged");
+                assert_eq!(after.triage.by.as_deref(), Some("first"));
+            }
+        }
+    }
+    let err = store
+        .triage(FindingId(9999), &change(Resolve, "a", ""), 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NoSuchFinding { .. }), "{err}");
+    assert!(store.finding(FindingId(9999)).unwrap().is_none());
+}
+
+fn triage_state_filters_and_serialises(h: &dyn Backend) {
+    let store = h.open();
+    let made: Vec<FindingId> = (0..3)
+        .map(|i| {
+            new_finding(
+                store
+                    .record(&decision(&format!("s{i}"), VerdictKind::Unpromoted))
+                    .unwrap(),
+            )
+        })
+        .collect();
+    store
+        .triage(made[1], &change(TriageAction::Acknowledge, "bob", "looking"), 10)
+        .unwrap();
+    store
+        .triage(made[2], &change(TriageAction::Resolve, "alice", "rolled back"), 20)
+        .unwrap();
+    let of = |state| {
+        store
+            .findings(&FindingQuery {
+                state: Some(state),
+                ..FindingQuery::default()
+            })
+            .unwrap()
+    };
+    assert_eq!(ids(&of(TriageState::Open)), ["s0"]);
+    assert_eq!(ids(&of(TriageState::Acknowledged)), ["s1"]);
+    assert_eq!(ids(&of(TriageState::Resolved)), ["s2"]);
+    let both = store
+        .findings(&FindingQuery {
+            state: Some(TriageState::Open),
+            verdict: Some(VerdictKind::TagMoved),
+            ..FindingQuery::default()
+        })
+        .unwrap();
+    assert!(both.is_empty(), "filters combine");
+
+    let all = store.findings(&FindingQuery::default()).unwrap();
+    let v = serde_json::to_value(&all).unwrap();
+    assert_eq!(v[2]["triage"], serde_json::json!({"state": "open", "by": null, "at_ms": null, "note": null}));
+    assert_eq!(
+        v[0]["triage"],
+        serde_json::json!({"state": "resolved", "by": "alice", "at_ms": 20, "note": "rolled back"})
+    );
+}
+
+fn claimed_ids(fs: &[Finding]) -> Vec<FindingId> {
+    fs.iter().map(|f| f.id).collect()
+}
+
+fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
+    let store = h.open();
+    let f1 = new_finding(store.record(&decision("r1", VerdictKind::Unpromoted)).unwrap());
+    let f2 = new_finding(store.record(&decision("r2", VerdictKind::Unpromoted)).unwrap());
+    // Sink A delivered both alerts; sink B has claimed f1 but not
+    // delivered it; sink C is not known yet.
+    assert_eq!(claimed_ids(&store.claim_undelivered("a", 10, 0).unwrap()), [f1, f2]);
+    store.mark_delivered("a", f1, 1).unwrap();
+    store.mark_delivered("a", f2, 1).unwrap();
+    assert_eq!(claimed_ids(&store.claim_undelivered("b", 1, 0).unwrap()), [f1]);
+    // Nothing resolved, nothing owed.
+    assert!(store.claim_resolutions("a", 10, i64::MAX).unwrap().is_empty());
+
+    store.triage(f1, &change(TriageAction::Acknowledge, "bob", ""), 5).unwrap();
+    assert!(
+        store.claim_resolutions("a", 10, i64::MAX).unwrap().is_empty(),
+        "acknowledging tells no sink"
+    );
+    store.triage(f1, &change(TriageAction::Resolve, "alice", "fixed"), 10).unwrap();
+    let a = store.claim_resolutions("a", 10, 100).unwrap();
+    assert_eq!(claimed_ids(&a), [f1], "A had the alert");
+    assert_eq!(a[0].triage.state, TriageState::Resolved);
+    assert_eq!(a[0].triage.by.as_deref(), Some("alice"));
+    assert_eq!(
+        (a[0].deliveries[0].sink.as_str(), a[0].deliveries[0].attempts),
+        ("a", 1)
+    );
+    assert!(store.claim_resolutions("b", 10, i64::MAX).unwrap().is_empty(), "B has no alert yet");
+    // B's alert goes out after the resolve: B is owed the resolution now.
+    store.mark_delivered("b", f1, 20).unwrap();
+    assert_eq!(claimed_ids(&store.claim_resolutions("b", 10, 100).unwrap()), [f1]);
+    // C, known later, is owed the alert and, once told, the resolution.
+    assert!(claimed_ids(&store.claim_undelivered("c", 10, 0).unwrap()).contains(&f1));
+    assert!(store.claim_resolutions("c", 10, i64::MAX).unwrap().is_empty());
+    store.mark_delivered("c", f1, 30).unwrap();
+    assert_eq!(claimed_ids(&store.claim_resolutions("c", 10, 100).unwrap()), [f1]);
+
+    for sink in ["a", "b", "c"] {
+        store.mark_resolution_delivered(sink, f1, 200).unwrap();
+        store.mark_resolution_delivered(sink, f1, 300).unwrap(); // idempotent
+        assert!(store.claim_resolutions(sink, 10, i64::MAX).unwrap().is_empty(), "{sink}");
+    }
+    // Resolving again sends nothing again.
+    let again = store.triage(f1, &change(TriageAction::Resolve, "carol", ""), 400).unwrap();
+    assert!(!again.changed);
+    assert!(store.claim_resolutions("a", 10, i64::MAX).unwrap().is_empty());
+    let err = store.mark_resolution_delivered("a", f2, 1).unwrap_err();
+    assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
+    let err = store.mark_resolution_failed("a", f2, "x", 1).unwrap_err();
+    assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
+}
+
+fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
+    let store = h.open_with_lease(Duration::from_secs(10));
+    let id = new_finding(store.record(&decision("r1", VerdictKind::Unpromoted)).unwrap());
+    store.claim_undelivered("am", 10, 0).unwrap();
+    store.mark_delivered("am", id, 1).unwrap();
+    store.triage(id, &change(TriageAction::Resolve, "alice", ""), 2).unwrap();
+
+    assert_eq!(store.claim_resolutions("am", 10, 1_000).unwrap().len(), 1);
+    // Claimed: hidden for the lease, then back (a crash mid-send).
+    assert!(store.claim_resolutions("am", 10, 10_999).unwrap().is_empty());
+    let again = store.claim_resolutions("am", 10, 11_000).unwrap();
+    assert_eq!(again[0].deliveries[0].attempts, 2);
+    store.mark_resolution_failed("am", id, "503 from Alertmanager", 50_000).unwrap();
+    assert!(store.claim_resolutions("am", 10, 49_999).unwrap().is_empty());
+    let third = store.claim_resolutions("am", 10, 50_000).unwrap();
+    let d = &third[0].deliveries[0];
+    assert_eq!((d.attempts, d.last_error.as_deref()), (3, Some("503 from Alertmanager")));
+    store.mark_resolution_delivered("am", id, 50_001).unwrap();
+    // A late failure report changes nothing.
+    store.mark_resolution_failed("am", id, "timeout", 60_000).unwrap();
+    assert!(store.claim_resolutions("am", 10, i64::MAX).unwrap().is_empty());
+}
+
+fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
+    // Many findings, each delivered by one store while another resolves it:
+    // whichever commits first, the sink is owed exactly one resolution.
+    let (deliverer, resolver) = (h.open(), h.open());
+    let n = 40;
+    let ids: Vec<FindingId> = (0..n)
+        .map(|i| new_finding(deliverer.record(&decision(&format!("x{i}"), VerdictKind::Unpromoted)).unwrap()))
+        .collect();
+    assert_eq!(deliverer.claim_undelivered("hook", 100, 0).unwrap().len(), n);
+    let barrier = Arc::new(Barrier::new(2));
+    let delivering = {
+        let (store, barrier, ids) = (deliverer.clone(), barrier.clone(), ids.clone());
+        std::thread::spawn(move || {
+            barrier.wait();
+            for id in ids {
+                store.mark_delivered("hook", id, 5).unwrap();
+            }
+        })
+    };
+    barrier.wait();
+    for id in &ids {
+        resolver.triage(*id, &change(TriageAction::Resolve, "alice", ""), 6).unwrap();
+    }
+    delivering.join().unwrap();
+    let mut owed = HashSet::new();
+    for f in deliverer.claim_resolutions("hook", 1000, 100).unwrap() {
+        assert!(owed.insert(f.id));
+    }
+    assert_eq!(owed.len(), n, "every resolved and delivered finding owes its resolution");
+}
+
+fn concurrent_resolvers_change_the_state_once(h: &dyn Backend) {
+    let stores: Vec<_> = (0..4).map(|_| h.open()).collect();
+    let id = new_finding(stores[0].record(&decision("c1", VerdictKind::Unpromoted)).unwrap());
+    let barrier = Arc::new(Barrier::new(stores.len()));
+    let handles: Vec<_> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store
+                    .triage(id, &change(TriageAction::Resolve, &format!("p{i}"), ""), 10 + i as i64)
+                    .unwrap()
+                    .changed
+            })
+        })
+        .collect();
+    let changed: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(changed.iter().filter(|c| **c).count(), 1, "{changed:?}");
+    let winner = changed.iter().position(|c| *c).unwrap();
+    let f = stores[0].finding(id).unwrap().unwrap();
+    assert_eq!(f.triage.by, Some(format!("p{winner}")));
 }
