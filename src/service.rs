@@ -108,10 +108,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let webhooks =
         Endpoints::from_config(&config.webhooks.by_kind(), |var| std::env::var(var).ok())
             .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
-    let triage = crate::triage::TriageAccess::from_config(&config.triage, |var| {
-        std::env::var(var).ok()
-    })
-    .map_err(|e| anyhow::anyhow!(e))?;
+    let triage =
+        crate::triage::TriageAccess::from_config(&config.triage, |var| std::env::var(var).ok())
+            .map_err(|e| anyhow::anyhow!(e))?;
     let state = AppState {
         index: index.clone(),
         pipeline: pipeline.clone(),

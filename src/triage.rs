@@ -141,8 +141,9 @@ impl TriageAccess {
                 )));
             }
             let token = match (&t.token_env, &t.token_file) {
-                (Some(var), None) => env(var)
-                    .ok_or_else(|| at(format!("token_env: environment variable {var} is not set")))?,
+                (Some(var), None) => env(var).ok_or_else(|| {
+                    at(format!("token_env: environment variable {var} is not set"))
+                })?,
                 (None, Some(path)) => std::fs::read_to_string(path)
                     .map_err(|e| at(format!("token_file {}: {e}", path.display())))?
                     .trim()
@@ -330,8 +331,11 @@ async fn triage(
     let Ok(id) = id.parse::<i64>().map(FindingId) else {
         return error(StatusCode::NOT_FOUND, "a finding id is a number");
     };
-    let body = match axum::body::to_bytes(request.into_body(), crate::findings::triage::MAX_NOTE_BYTES * 8)
-        .await
+    let body = match axum::body::to_bytes(
+        request.into_body(),
+        crate::findings::triage::MAX_NOTE_BYTES * 8,
+    )
+    .await
     {
         Ok(body) => body,
         Err(_) => {
@@ -376,8 +380,13 @@ async fn triage(
     let by = change.by.clone();
     match off_thread(&state.store, move |s| s.triage(id, &change, now_ms())).await {
         Ok(triaged) => {
-            tracing::info!(finding = id.0, action = action.as_str(), by,
-                changed = triaged.changed, "finding triaged");
+            tracing::info!(
+                finding = id.0,
+                action = action.as_str(),
+                by,
+                changed = triaged.changed,
+                "finding triaged"
+            );
             axum::Json(json!({ "finding": triaged.finding, "changed": triaged.changed }))
                 .into_response()
         }
@@ -403,12 +412,16 @@ mod tests {
                 .collect(),
             ..TriageConfig::default()
         };
-        TriageAccess::from_config(&config, |var| Some(format!("token-of-{var}-0123456789"))).unwrap()
+        TriageAccess::from_config(&config, |var| Some(format!("token-of-{var}-0123456789")))
+            .unwrap()
     }
 
     fn with_bearer(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
         h
     }
 
@@ -421,8 +434,14 @@ mod tests {
         );
         let cases = [
             (HeaderMap::new(), StatusCode::UNAUTHORIZED),
-            (with_bearer("token-of-C-0123456789"), StatusCode::UNAUTHORIZED),
-            (with_bearer("token-of-A-012345678"), StatusCode::UNAUTHORIZED),
+            (
+                with_bearer("token-of-C-0123456789"),
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                with_bearer("token-of-A-012345678"),
+                StatusCode::UNAUTHORIZED,
+            ),
         ];
         for (headers, status) in cases {
             let r = a.authenticate(&headers).await.unwrap_err();
@@ -455,11 +474,20 @@ mod tests {
         let short = load(vec![t("alice")], "short").unwrap_err();
         assert!(short.to_string().contains("at least 16"), "{short}");
         let same = load(vec![t("alice"), t("bob")], "a-long-enough-token").unwrap_err();
-        assert!(matches!(same, TriageConfigError::SameToken { .. }), "{same}");
+        assert!(
+            matches!(same, TriageConfigError::SameToken { .. }),
+            "{same}"
+        );
         let twice = load(vec![t("alice"), t("alice")], "a-long-enough-token").unwrap_err();
-        assert!(matches!(twice, TriageConfigError::DuplicateName(_)), "{twice}");
+        assert!(
+            matches!(twice, TriageConfigError::DuplicateName(_)),
+            "{twice}"
+        );
         let unnamed = load(vec![t("")], "a-long-enough-token").unwrap_err();
-        assert!(unnamed.to_string().starts_with("triage.tokens[0]: name"), "{unnamed}");
+        assert!(
+            unnamed.to_string().starts_with("triage.tokens[0]: name"),
+            "{unnamed}"
+        );
         let neither = TokenConfig {
             token_env: None,
             ..t("alice")

@@ -42,6 +42,7 @@ fn finding(id: i64, verdict: VerdictKind, repository: Option<&str>, digest: &str
         evidence: serde_json::json!([]),
         manifest_commit: None,
         index_generation: 1,
+        triage: image_auditor::findings::Triage::open(),
         deliveries: Vec::new(),
     }
 }

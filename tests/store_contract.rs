@@ -1257,13 +1257,19 @@ fn change(action: TriageAction, by: &str, note: &str) -> TriageChange {
     TriageChange::new(action, by, note).unwrap()
 }
 
+/// (actions applied first, then this one) → state after and whether it
+/// changed, or refused.
+type Row = (
+    &'static [TriageAction],
+    TriageAction,
+    Result<(TriageState, bool), ()>,
+);
+
 fn triage_follows_the_transition_table(h: &dyn Backend) {
     use TriageAction::{Acknowledge, Resolve};
     use TriageState::{Acknowledged, Open, Resolved};
     let store = h.open();
-    // (actions applied first, then this one) → state after, changed, or
-    // refused.
-    let table: [(&[TriageAction], TriageAction, Result<(TriageState, bool), ()>); 6] = [
+    let table: [Row; 6] = [
         (&[], Acknowledge, Ok((Acknowledged, true))),
         (&[], Resolve, Ok((Resolved, true))),
         (&[Acknowledge], Acknowledge, Ok((Acknowledged, false))),
@@ -1288,8 +1294,15 @@ fn triage_follows_the_transition_table(h: &dyn Backend) {
         match expected {
             Ok((state, changed)) => {
                 let triaged = result.unwrap();
-                assert_eq!((triaged.finding.triage.state, triaged.changed), (state, changed), "row {i}");
-                assert_eq!(triaged.finding, after, "row {i}: the answer is the stored finding");
+                assert_eq!(
+                    (triaged.finding.triage.state, triaged.changed),
+                    (state, changed),
+                    "row {i}"
+                );
+                assert_eq!(
+                    triaged.finding, after,
+                    "row {i}: the answer is the stored finding"
+                );
                 // A no-op keeps the first change's who, when and note.
                 let (by, at, note) = if changed {
                     ("second", 500, "second note")
@@ -1331,10 +1344,18 @@ fn triage_state_filters_and_serialises(h: &dyn Backend) {
         })
         .collect();
     store
-        .triage(made[1], &change(TriageAction::Acknowledge, "bob", "looking"), 10)
+        .triage(
+            made[1],
+            &change(TriageAction::Acknowledge, "bob", "looking"),
+            10,
+        )
         .unwrap();
     store
-        .triage(made[2], &change(TriageAction::Resolve, "alice", "rolled back"), 20)
+        .triage(
+            made[2],
+            &change(TriageAction::Resolve, "alice", "rolled back"),
+            20,
+        )
         .unwrap();
     let of = |state| {
         store
@@ -1358,7 +1379,10 @@ fn triage_state_filters_and_serialises(h: &dyn Backend) {
 
     let all = store.findings(&FindingQuery::default()).unwrap();
     let v = serde_json::to_value(&all).unwrap();
-    assert_eq!(v[2]["triage"], serde_json::json!({"state": "open", "by": null, "at_ms": null, "note": null}));
+    assert_eq!(
+        v[2]["triage"],
+        serde_json::json!({"state": "open", "by": null, "at_ms": null, "note": null})
+    );
     assert_eq!(
         v[0]["triage"],
         serde_json::json!({"state": "resolved", "by": "alice", "at_ms": 20, "note": "rolled back"})
@@ -1371,50 +1395,109 @@ fn claimed_ids(fs: &[Finding]) -> Vec<FindingId> {
 
 fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
     let store = h.open();
-    let f1 = new_finding(store.record(&decision("r1", VerdictKind::Unpromoted)).unwrap());
-    let f2 = new_finding(store.record(&decision("r2", VerdictKind::Unpromoted)).unwrap());
+    let f1 = new_finding(
+        store
+            .record(&decision("r1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let f2 = new_finding(
+        store
+            .record(&decision("r2", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
     // Sink A delivered both alerts; sink B has claimed f1 but not
     // delivered it; sink C is not known yet.
-    assert_eq!(claimed_ids(&store.claim_undelivered("a", 10, 0).unwrap()), [f1, f2]);
+    assert_eq!(
+        claimed_ids(&store.claim_undelivered("a", 10, 0).unwrap()),
+        [f1, f2]
+    );
     store.mark_delivered("a", f1, 1).unwrap();
     store.mark_delivered("a", f2, 1).unwrap();
-    assert_eq!(claimed_ids(&store.claim_undelivered("b", 1, 0).unwrap()), [f1]);
+    assert_eq!(
+        claimed_ids(&store.claim_undelivered("b", 1, 0).unwrap()),
+        [f1]
+    );
     // Nothing resolved, nothing owed.
-    assert!(store.claim_resolutions("a", 10, i64::MAX).unwrap().is_empty());
-
-    store.triage(f1, &change(TriageAction::Acknowledge, "bob", ""), 5).unwrap();
     assert!(
-        store.claim_resolutions("a", 10, i64::MAX).unwrap().is_empty(),
+        store
+            .claim_resolutions("a", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    store
+        .triage(f1, &change(TriageAction::Acknowledge, "bob", ""), 5)
+        .unwrap();
+    assert!(
+        store
+            .claim_resolutions("a", 10, i64::MAX)
+            .unwrap()
+            .is_empty(),
         "acknowledging tells no sink"
     );
-    store.triage(f1, &change(TriageAction::Resolve, "alice", "fixed"), 10).unwrap();
+    store
+        .triage(f1, &change(TriageAction::Resolve, "alice", "fixed"), 10)
+        .unwrap();
     let a = store.claim_resolutions("a", 10, 100).unwrap();
     assert_eq!(claimed_ids(&a), [f1], "A had the alert");
     assert_eq!(a[0].triage.state, TriageState::Resolved);
     assert_eq!(a[0].triage.by.as_deref(), Some("alice"));
     assert_eq!(
-        (a[0].deliveries[0].sink.as_str(), a[0].deliveries[0].attempts),
+        (
+            a[0].deliveries[0].sink.as_str(),
+            a[0].deliveries[0].attempts
+        ),
         ("a", 1)
     );
-    assert!(store.claim_resolutions("b", 10, i64::MAX).unwrap().is_empty(), "B has no alert yet");
+    assert!(
+        store
+            .claim_resolutions("b", 10, i64::MAX)
+            .unwrap()
+            .is_empty(),
+        "B has no alert yet"
+    );
     // B's alert goes out after the resolve: B is owed the resolution now.
     store.mark_delivered("b", f1, 20).unwrap();
-    assert_eq!(claimed_ids(&store.claim_resolutions("b", 10, 100).unwrap()), [f1]);
+    assert_eq!(
+        claimed_ids(&store.claim_resolutions("b", 10, 100).unwrap()),
+        [f1]
+    );
     // C, known later, is owed the alert and, once told, the resolution.
     assert!(claimed_ids(&store.claim_undelivered("c", 10, 0).unwrap()).contains(&f1));
-    assert!(store.claim_resolutions("c", 10, i64::MAX).unwrap().is_empty());
+    assert!(
+        store
+            .claim_resolutions("c", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
     store.mark_delivered("c", f1, 30).unwrap();
-    assert_eq!(claimed_ids(&store.claim_resolutions("c", 10, 100).unwrap()), [f1]);
+    assert_eq!(
+        claimed_ids(&store.claim_resolutions("c", 10, 100).unwrap()),
+        [f1]
+    );
 
     for sink in ["a", "b", "c"] {
         store.mark_resolution_delivered(sink, f1, 200).unwrap();
         store.mark_resolution_delivered(sink, f1, 300).unwrap(); // idempotent
-        assert!(store.claim_resolutions(sink, 10, i64::MAX).unwrap().is_empty(), "{sink}");
+        assert!(
+            store
+                .claim_resolutions(sink, 10, i64::MAX)
+                .unwrap()
+                .is_empty(),
+            "{sink}"
+        );
     }
     // Resolving again sends nothing again.
-    let again = store.triage(f1, &change(TriageAction::Resolve, "carol", ""), 400).unwrap();
+    let again = store
+        .triage(f1, &change(TriageAction::Resolve, "carol", ""), 400)
+        .unwrap();
     assert!(!again.changed);
-    assert!(store.claim_resolutions("a", 10, i64::MAX).unwrap().is_empty());
+    assert!(
+        store
+            .claim_resolutions("a", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
     let err = store.mark_resolution_delivered("a", f2, 1).unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
     let err = store.mark_resolution_failed("a", f2, "x", 1).unwrap_err();
@@ -1423,25 +1506,53 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
 
 fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
     let store = h.open_with_lease(Duration::from_secs(10));
-    let id = new_finding(store.record(&decision("r1", VerdictKind::Unpromoted)).unwrap());
+    let id = new_finding(
+        store
+            .record(&decision("r1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
     store.claim_undelivered("am", 10, 0).unwrap();
     store.mark_delivered("am", id, 1).unwrap();
-    store.triage(id, &change(TriageAction::Resolve, "alice", ""), 2).unwrap();
+    store
+        .triage(id, &change(TriageAction::Resolve, "alice", ""), 2)
+        .unwrap();
 
     assert_eq!(store.claim_resolutions("am", 10, 1_000).unwrap().len(), 1);
     // Claimed: hidden for the lease, then back (a crash mid-send).
-    assert!(store.claim_resolutions("am", 10, 10_999).unwrap().is_empty());
+    assert!(
+        store
+            .claim_resolutions("am", 10, 10_999)
+            .unwrap()
+            .is_empty()
+    );
     let again = store.claim_resolutions("am", 10, 11_000).unwrap();
     assert_eq!(again[0].deliveries[0].attempts, 2);
-    store.mark_resolution_failed("am", id, "503 from Alertmanager", 50_000).unwrap();
-    assert!(store.claim_resolutions("am", 10, 49_999).unwrap().is_empty());
+    store
+        .mark_resolution_failed("am", id, "503 from Alertmanager", 50_000)
+        .unwrap();
+    assert!(
+        store
+            .claim_resolutions("am", 10, 49_999)
+            .unwrap()
+            .is_empty()
+    );
     let third = store.claim_resolutions("am", 10, 50_000).unwrap();
     let d = &third[0].deliveries[0];
-    assert_eq!((d.attempts, d.last_error.as_deref()), (3, Some("503 from Alertmanager")));
+    assert_eq!(
+        (d.attempts, d.last_error.as_deref()),
+        (3, Some("503 from Alertmanager"))
+    );
     store.mark_resolution_delivered("am", id, 50_001).unwrap();
     // A late failure report changes nothing.
-    store.mark_resolution_failed("am", id, "timeout", 60_000).unwrap();
-    assert!(store.claim_resolutions("am", 10, i64::MAX).unwrap().is_empty());
+    store
+        .mark_resolution_failed("am", id, "timeout", 60_000)
+        .unwrap();
+    assert!(
+        store
+            .claim_resolutions("am", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
@@ -1450,9 +1561,18 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
     let (deliverer, resolver) = (h.open(), h.open());
     let n = 40;
     let ids: Vec<FindingId> = (0..n)
-        .map(|i| new_finding(deliverer.record(&decision(&format!("x{i}"), VerdictKind::Unpromoted)).unwrap()))
+        .map(|i| {
+            new_finding(
+                deliverer
+                    .record(&decision(&format!("x{i}"), VerdictKind::Unpromoted))
+                    .unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(deliverer.claim_undelivered("hook", 100, 0).unwrap().len(), n);
+    assert_eq!(
+        deliverer.claim_undelivered("hook", 100, 0).unwrap().len(),
+        n
+    );
     let barrier = Arc::new(Barrier::new(2));
     let delivering = {
         let (store, barrier, ids) = (deliverer.clone(), barrier.clone(), ids.clone());
@@ -1465,19 +1585,29 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
     };
     barrier.wait();
     for id in &ids {
-        resolver.triage(*id, &change(TriageAction::Resolve, "alice", ""), 6).unwrap();
+        resolver
+            .triage(*id, &change(TriageAction::Resolve, "alice", ""), 6)
+            .unwrap();
     }
     delivering.join().unwrap();
     let mut owed = HashSet::new();
     for f in deliverer.claim_resolutions("hook", 1000, 100).unwrap() {
         assert!(owed.insert(f.id));
     }
-    assert_eq!(owed.len(), n, "every resolved and delivered finding owes its resolution");
+    assert_eq!(
+        owed.len(),
+        n,
+        "every resolved and delivered finding owes its resolution"
+    );
 }
 
 fn concurrent_resolvers_change_the_state_once(h: &dyn Backend) {
     let stores: Vec<_> = (0..4).map(|_| h.open()).collect();
-    let id = new_finding(stores[0].record(&decision("c1", VerdictKind::Unpromoted)).unwrap());
+    let id = new_finding(
+        stores[0]
+            .record(&decision("c1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
     let barrier = Arc::new(Barrier::new(stores.len()));
     let handles: Vec<_> = stores
         .iter()
@@ -1487,7 +1617,11 @@ fn concurrent_resolvers_change_the_state_once(h: &dyn Backend) {
             std::thread::spawn(move || {
                 barrier.wait();
                 store
-                    .triage(id, &change(TriageAction::Resolve, &format!("p{i}"), ""), 10 + i as i64)
+                    .triage(
+                        id,
+                        &change(TriageAction::Resolve, &format!("p{i}"), ""),
+                        10 + i as i64,
+                    )
                     .unwrap()
                     .changed
             })

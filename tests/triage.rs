@@ -21,8 +21,7 @@ const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const ALICE: &str = "alice-token-0123456789";
 const CI: &str = "ci-bot-token-0123456789";
-const TIMING: &str =
-    "alerts:\n  poll_interval: 100ms\n  group_wait: 200ms\n  backoff_base: 100ms\n  backoff_max: 500ms\n";
+const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 200ms\n  backoff_base: 100ms\n  backoff_max: 500ms\n";
 
 fn manifests(dir: &Path) -> PathBuf {
     let root = dir.join("manifests-root");
@@ -176,19 +175,27 @@ async fn resolving_a_finding_resolves_its_alert_at_every_sink() {
         })
         .await;
     service
-        .wait_until("the webhook and Slack receivers hear the resolution", || async {
-            hook.accepted_json().len() == 2 && slack.accepted_json().len() == 2
-        })
+        .wait_until(
+            "the webhook and Slack receivers hear the resolution",
+            || async { hook.accepted_json().len() == 2 && slack.accepted_json().len() == 2 },
+        )
         .await;
     let resolved = &hook.accepted_json()[1];
     assert_eq!(resolved["status"], "resolved");
     assert_eq!(resolved["alert_id"], alert_id, "the alert it ends");
     assert_eq!(resolved["resolution"]["by"], "alice");
     assert_eq!(resolved["resolution"]["note"], "deleted the rogue image");
-    let text = slack.accepted_json()[1]["text"].as_str().unwrap().to_owned();
+    let text = slack.accepted_json()[1]["text"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(text.starts_with("*resolved*: unpromoted: app@"), "{text}");
     assert!(text.contains("alice: deleted the rogue image"), "{text}");
-    assert_eq!(slack.requests().len(), 3, "one failed attempt, retried; then the resolution");
+    assert_eq!(
+        slack.requests().len(),
+        3,
+        "one failed attempt, retried; then the resolution"
+    );
     service
         .wait_until("resolutions are counted per sink", || async {
             service
@@ -202,7 +209,10 @@ async fn resolving_a_finding_resolves_its_alert_at_every_sink() {
     // resolved finding is refused.
     let (status, body) = post(&service, &resolve, Some(CI), "").await;
     assert_eq!((status, &body["changed"]), (200, &json!(false)), "{body}");
-    assert_eq!(body["finding"]["triage"]["by"], "alice", "the first change stands");
+    assert_eq!(
+        body["finding"]["triage"]["by"], "alice",
+        "the first change stands"
+    );
     let (status, body) = post(&service, &acknowledge, Some(ALICE), "{}").await;
     assert_eq!(status, 409, "{body}");
     let listed = get(&service, "/v1/findings?state=resolved").await;
@@ -230,7 +240,11 @@ async fn triage_is_rate_limited_before_credentials_are_checked() {
     let service = Service::start(dir.path(), &manifests(dir.path()), &config).await;
     let mut statuses = Vec::new();
     for token in [None, Some(ALICE), Some(ALICE)] {
-        statuses.push(post(&service, "/v1/findings/1/resolve", token, "{}").await.0);
+        statuses.push(
+            post(&service, "/v1/findings/1/resolve", token, "{}")
+                .await
+                .0,
+        );
     }
     assert_eq!(statuses, [401, 404, 429]);
     assert_eq!(
@@ -264,7 +278,13 @@ fn cli(args: &[&str]) -> std::process::Output {
 async fn the_cli_lists_and_triages_the_configured_store() {
     let dir = tempfile::tempdir().unwrap();
     let service = Service::start(dir.path(), &manifests(dir.path()), "resolve: false\n").await;
-    for (id, digest) in [("m1", B), ("m2", "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc")] {
+    for (id, digest) in [
+        ("m1", B),
+        (
+            "m2",
+            "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc",
+        ),
+    ] {
         service
             .push_gcr(
                 id,
@@ -279,27 +299,67 @@ async fn the_cli_lists_and_triages_the_configured_store() {
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
-    assert!(lines[0].starts_with("2\topen\tunpromoted\tr0.example/prod/app@sha256:ccc"), "{text}");
+    assert!(
+        lines[0].starts_with("2\topen\tunpromoted\tr0.example/prod/app@sha256:ccc"),
+        "{text}"
+    );
 
     let out = cli(&[
-        "findings", "resolve", "1", "--data-dir", data, "--as", "bob", "--note", "known image",
+        "findings",
+        "resolve",
+        "1",
+        "--data-dir",
+        data,
+        "--as",
+        "bob",
+        "--note",
+        "known image",
     ]);
     assert!(out.status.success(), "{out:?}");
-    let out = cli(&["findings", "acknowledge", "1", "--data-dir", data, "--as", "bob"]);
+    let out = cli(&[
+        "findings",
+        "acknowledge",
+        "1",
+        "--data-dir",
+        data,
+        "--as",
+        "bob",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot acknowledge a finding that is resolved"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot acknowledge a finding that is resolved"),
         "{out:?}"
     );
-    let out = cli(&["findings", "resolve", "7", "--data-dir", data, "--as", "bob"]);
+    let out = cli(&[
+        "findings",
+        "resolve",
+        "7",
+        "--data-dir",
+        data,
+        "--as",
+        "bob",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 
     // The running service sees the change in the same store.
     let resolved = get(&service, "/v1/findings?state=resolved").await;
     let f = &resolved["findings"][0];
-    assert_eq!((f["id"].as_i64(), &f["triage"]["by"]), (Some(1), &json!("bob")));
+    assert_eq!(
+        (f["id"].as_i64(), &f["triage"]["by"]),
+        (Some(1), &json!("bob"))
+    );
     assert_eq!(f["triage"]["note"], "known image");
-    let out = cli(&["findings", "list", "--data-dir", data, "--state", "resolved", "--json"]);
-    let first: Value = serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    let out = cli(&[
+        "findings",
+        "list",
+        "--data-dir",
+        data,
+        "--state",
+        "resolved",
+        "--json",
+    ]);
+    let first: Value =
+        serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
     assert_eq!(first["triage"]["state"], "resolved");
 }

@@ -257,7 +257,12 @@ impl Dispatcher {
                         "resolve_failed"
                     },
                 );
-                outcome.map_err(|e| (e.to_string(), now_ms() + self.backoff(attempts(&finding)).as_millis() as i64))
+                outcome.map_err(|e| {
+                    (
+                        e.to_string(),
+                        now_ms() + self.backoff(attempts(&finding)).as_millis() as i64,
+                    )
+                })
             } else {
                 Ok(())
             };

@@ -268,10 +268,18 @@ impl Sink {
         match self {
             Sink::Log => {
                 if let Some(r) = &alert.resolution {
-                    tracing::info!(alert_id = alert.alert_id, status = "resolved",
-                        verdict = alert.verdict.as_str(), digest = alert.digest,
-                        tag = alert.tag, image = alert.image, resolved_by = r.by,
-                        note = r.note, "resolved: {}", alert.summary);
+                    tracing::info!(
+                        alert_id = alert.alert_id,
+                        status = "resolved",
+                        verdict = alert.verdict.as_str(),
+                        digest = alert.digest,
+                        tag = alert.tag,
+                        image = alert.image,
+                        resolved_by = r.by,
+                        note = r.note,
+                        "resolved: {}",
+                        alert.summary
+                    );
                     return Ok(());
                 }
                 tracing::warn!(alert_id = alert.alert_id, status = ?alert.status,

@@ -700,7 +700,11 @@ impl Store for SqliteStore {
             arg(&mut sql, "f.repository =", r.as_str().to_owned().into());
         }
         if let Some(state) = q.state {
-            arg(&mut sql, "f.triage_state =", state.as_str().to_owned().into());
+            arg(
+                &mut sql,
+                "f.triage_state =",
+                state.as_str().to_owned().into(),
+            );
         }
         if let Some(s) = q.since_ms {
             arg(&mut sql, "f.received_at_ms >=", s.into());

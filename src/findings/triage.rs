@@ -188,8 +188,7 @@ impl TriageChange {
         note: impl Into<String>,
     ) -> Result<TriageChange, BadChange> {
         let (by, note) = (by.into(), note.into());
-        if by.trim().is_empty() || by.len() > MAX_ACTOR_BYTES || by.chars().any(char::is_control)
-        {
+        if by.trim().is_empty() || by.len() > MAX_ACTOR_BYTES || by.chars().any(char::is_control) {
             return Err(BadChange::Actor);
         }
         if note.len() > MAX_NOTE_BYTES {
@@ -257,7 +256,11 @@ mod tests {
             ("  ", "n", BadChange::Actor),
             ("al\u{1b}[31mice", "n", BadChange::Actor),
             (&"x".repeat(MAX_ACTOR_BYTES + 1), "n", BadChange::Actor),
-            ("alice", &"n".repeat(MAX_NOTE_BYTES + 1), BadChange::NoteTooLong),
+            (
+                "alice",
+                &"n".repeat(MAX_NOTE_BYTES + 1),
+                BadChange::NoteTooLong,
+            ),
             ("alice", "a\u{7}bell", BadChange::NoteControl),
         ];
         for (by, note, expected) in cases {

@@ -29,7 +29,9 @@ impl PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let found = self.with_deliveries(&tx, vec![self.finding_of_row(&row)?], None).await?;
+        let found = self
+            .with_deliveries(&tx, vec![self.finding_of_row(&row)?], None)
+            .await?;
         tx.commit().await.map_err(|e| self.pg(e))?;
         Ok(found.into_iter().next())
     }

@@ -11,7 +11,11 @@ use crate::findings::{Finding, FindingId, StoreError, TriageChange, TriageState,
 
 /// Owes `sink` the resolution of finding `id` if it is resolved (its alert
 /// was just delivered there).
-pub(super) fn owe_if_resolved(conn: &Connection, id: FindingId, sink: &str) -> rusqlite::Result<()> {
+pub(super) fn owe_if_resolved(
+    conn: &Connection,
+    id: FindingId,
+    sink: &str,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR IGNORE INTO resolutions (finding, sink, state, attempts, next_attempt_ms) \
          SELECT id, ?2, 'pending', 0, 0 FROM findings \
