@@ -10,6 +10,10 @@
 //! (dedupe, the undecided retry budget and outbox claims are then one for
 //! all of them). Both bring their schema up to date when opened
 //! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
+//!
+//! Over 500 lines: the [`Store`] contract and the types it speaks in are
+//! one reading; each backend's code, and triage's rules ([`triage`]), live
+//! in their own files.
 
 pub mod migrations;
 pub mod postgres;

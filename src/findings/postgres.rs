@@ -28,6 +28,10 @@
 //! every finding gets a deliveries row per known sink when recorded, and a
 //! sink's first claim writes the rows of the findings before it, under a
 //! table lock that keeps the two from missing each other.
+//!
+//! Over 500 lines: the trait's methods share the pool, the row parsing and
+//! the error mapping here; connecting, group commit and triage have their
+//! own files under `postgres/`.
 
 mod connect;
 mod triage;
