@@ -48,6 +48,9 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Periodic inventory sweeps of the destination registries.
     pub scan: ScanConfig,
+    /// Accepted deviations: `exceptions.yaml` at the manifest root, and
+    /// this local file.
+    pub exceptions: crate::exceptions::ExceptionsConfig,
     /// How long an undecided event is retried before it is recorded as
     /// `unverifiable` and alerted.
     #[serde(with = "humantime_serde")]
@@ -235,6 +238,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             alerts: AlertsConfig::default(),
             scan: ScanConfig::default(),
+            exceptions: crate::exceptions::ExceptionsConfig::default(),
             undecided_retry_for: Duration::from_secs(3600),
             log: LogConfig::default(),
         }
@@ -424,6 +428,20 @@ impl Config {
             if interval < Duration::from_secs(1) {
                 return Err(invalid("scan.interval", "must be at least 1s".into()));
             }
+        }
+        if let Some(file) = &self.exceptions.file
+            && !file.is_file()
+        {
+            return Err(invalid(
+                "exceptions.file",
+                format!("{} is not a file", file.display()),
+            ));
+        }
+        if self.exceptions.max_ahead < Duration::from_secs(86_400) {
+            return Err(invalid(
+                "exceptions.max_ahead",
+                "must be at least 1 day".into(),
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(invalid("log.filter", e.to_string()));

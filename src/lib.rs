@@ -7,6 +7,7 @@ pub mod alert;
 pub mod audit;
 pub mod config;
 pub mod event;
+pub mod exceptions;
 pub mod findings;
 pub mod index;
 pub mod listener;

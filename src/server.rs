@@ -255,6 +255,8 @@ async fn check(State(state): State<AppState>, request: Request) -> Response {
         );
     }
     let mut results = Vec::with_capacity(request.references.len());
+    let exceptions = state.pipeline.exceptions();
+    let today = crate::exceptions::Date::today();
     for text in &request.references {
         let event = match Event::hypothetical_push(text) {
             Ok(event) => event,
@@ -263,13 +265,26 @@ async fn check(State(state): State<AppState>, request: Request) -> Response {
         let index = state.index.load_full();
         let (_, result) =
             audit_or_settle(state.resolver.as_deref(), &index, &event, &state.policy).await;
-        results.push(json!({
+        let lookup = exceptions.lookup(
+            &crate::exceptions::Subject {
+                repository: &event.repository,
+                digest: event.digest.as_ref(),
+                tag: event.tag.as_ref(),
+                verdict: result.verdict.kind,
+            },
+            today,
+        );
+        let mut answer = json!({
             "reference": text,
             "verdict": result.verdict.kind,
-            "alert": result.verdict.kind.alerts(),
+            "alert": result.verdict.kind.alerts() && lookup.applies().is_none(),
             "reason": result.verdict.reason,
             "evidence": result.verdict.evidence,
-        }));
+        });
+        if let Some(shown) = crate::exceptions::Shown::of(lookup) {
+            answer["exception"] = json!(shown);
+        }
+        results.push(answer);
     }
     axum::Json(json!({ "results": results })).into_response()
 }

@@ -37,6 +37,7 @@ fn finding(id: i64, verdict: VerdictKind, repository: Option<&str>, digest: &str
         evidence: serde_json::json!([]),
         manifest_commit: None,
         index_generation: 1,
+        excepted_by: None,
         deliveries: Vec::new(),
     }
 }

@@ -55,6 +55,7 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         evidence: vec![evidence()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
+        excepted_by: None,
     }
 }
 
@@ -221,6 +222,8 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     assert_eq!(f[1].id, FindingId(41));
     assert_eq!(f[1].endpoint, EndpointName::only());
     assert_eq!(f[1].deliveries[0].state, DeliveryState::Delivered);
+    // Every finding from before was alerted: none is excepted.
+    assert!(f.iter().all(|f| f.excepted_by.is_none()));
     // Rows from before carry the one-endpoint scope: a scan keeps its
     // dedupe across the upgrade.
     let mut scan = decision("s1", VerdictKind::Unpromoted);
@@ -245,7 +248,7 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let problems: i64 = conn
         .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
             r.get(0)
@@ -571,6 +574,73 @@ fn counts_decisions_findings_and_undelivered() {
         c.undelivered_by_sink,
         vec![("log".to_owned(), 3), ("slack".to_owned(), 4)]
     );
+}
+
+/// An excepted finding is kept for the record (the API shows it with the
+/// entry that covered it) but owed to no sink, before or after the sink
+/// first looked, and not counted as undelivered.
+#[test]
+fn excepted_findings_are_recorded_but_never_claimed() {
+    let (_dir, path) = tmp();
+    let store = SqliteStore::open(&path).unwrap();
+    let alerted = new_finding(
+        store
+            .record(&decision("a1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let excepted = new_finding(
+        store
+            .record(
+                &decision("e1", VerdictKind::Unpromoted).excepted_by("exceptions.yaml:12".into()),
+            )
+            .unwrap(),
+    );
+    let claimed = store.claim_undelivered("log", 10, 1_000).unwrap();
+    assert_eq!(claimed.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
+    store.mark_delivered("log", alerted, 1_100).unwrap();
+    // Recorded after the sink became known: still owed to nobody.
+    let later = new_finding(
+        store
+            .record(&decision("e2", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
+            .unwrap(),
+    );
+    assert!(
+        store
+            .claim_undelivered("log", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let fresh = store.claim_undelivered("new-sink", 10, i64::MAX).unwrap();
+    assert_eq!(fresh.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
+    assert_eq!(store.undelivered("log").unwrap(), 0);
+    let c = store.counts().unwrap();
+    assert_eq!((c.findings, c.excepted, c.undelivered), (3, 2, 1), "{c:?}");
+    assert_eq!(
+        c.undelivered_by_sink,
+        vec![("log".to_owned(), 0), ("new-sink".to_owned(), 1)]
+    );
+
+    let all = store.findings(&FindingQuery::default()).unwrap();
+    let by_id = |id| all.iter().find(|f| f.id == id).unwrap();
+    assert_eq!(
+        by_id(excepted).excepted_by.as_deref(),
+        Some("exceptions.yaml:12")
+    );
+    assert_eq!(by_id(later).excepted_by.as_deref(), Some("x.yaml:3"));
+    assert!(by_id(excepted).deliveries.is_empty());
+    let json = serde_json::to_value(by_id(excepted)).unwrap();
+    assert_eq!(json["excepted_by"], "exceptions.yaml:12");
+    let json = serde_json::to_value(by_id(alerted)).unwrap();
+    assert!(json.get("excepted_by").is_none(), "{json}");
+    // A redelivery is a duplicate like any other.
+    assert!(matches!(
+        store
+            .record(&decision("e1", VerdictKind::Unpromoted))
+            .unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    ));
 }
 
 #[test]
@@ -912,7 +982,7 @@ fn the_file_is_in_wal_mode_with_full_sync() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     // A second connection sees the committed finding: it was not held back.
     let n: i64 = conn
         .query_row("SELECT COUNT(*) FROM findings", [], |r| r.get(0))

@@ -123,6 +123,7 @@ where
                 disposition,
                 verdict: None,
                 duplicate: false,
+                excepted: false,
             }
         }
         .boxed()

@@ -50,6 +50,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "IMAGE_AUDITOR_REGISTRY_CONFIG")]
     pub registry_config: Option<PathBuf>,
 
+    /// A local exceptions file (README "Exceptions"), read in addition to
+    /// `exceptions.yaml` at the manifest root.
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_EXCEPTIONS")]
+    pub exceptions: Option<PathBuf>,
+
+    /// How far ahead an exception's `expires` may be (as `exceptions.max_ahead`).
+    #[arg(long, global = true, default_value = "180days")]
+    pub exceptions_max_ahead: humantime::Duration,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -144,7 +153,8 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum ManifestsCommand {
-    /// Load and validate; exit 1 if any project has an error.
+    /// Load and validate, the exceptions files included; exit 1 if any
+    /// project or exceptions file has an error.
     Validate {
         /// Defaults to --manifests.
         dir: Option<PathBuf>,
@@ -198,11 +208,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let manifests = cli
         .manifests
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_MANIFESTS));
+    let exceptions = ExceptionsSetup {
+        file: cli.exceptions.clone(),
+        max_ahead: cli.exceptions_max_ahead.into(),
+    };
     match cli.command {
         Command::Serve { .. } => unreachable!("handled in main"),
         Command::Manifests {
             command: ManifestsCommand::Validate { dir },
-        } => manifests::validate(dir.as_deref().unwrap_or(&manifests)),
+        } => manifests::validate(dir.as_deref().unwrap_or(&manifests), &exceptions),
         Command::Index {
             command: IndexCommand::Stats { json },
         } => index::stats(&manifests, json),
@@ -214,7 +228,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             references,
             json,
             resolve,
-        } => check::check(&manifests, &policy, &registry, resolve, &references, json),
+        } => check::check(
+            &manifests,
+            &policy,
+            &registry,
+            &exceptions,
+            resolve,
+            &references,
+            json,
+        ),
         Command::Scan {
             prefixes,
             catalog,
@@ -233,7 +255,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_repositories,
             };
             scan::scan(
-                &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
+                &manifests,
+                &policy,
+                &registry,
+                &exceptions,
+                &data_dir,
+                &prefixes,
+                &options,
+                json,
             )
         }
         Command::Replay {
@@ -255,6 +284,44 @@ fn load_index(dir: &Path) -> anyhow::Result<Index> {
         eprintln!("{problem} (project left out)");
     }
     Ok(Index::build(&set, 1))
+}
+
+/// Where one-shot commands read exceptions from, and how far ahead they may run.
+struct ExceptionsSetup {
+    file: Option<PathBuf>,
+    max_ahead: std::time::Duration,
+}
+
+impl ExceptionsSetup {
+    fn limits(&self) -> image_auditor::exceptions::Limits {
+        image_auditor::exceptions::ExceptionsConfig {
+            file: self.file.clone(),
+            max_ahead: self.max_ahead,
+        }
+        .limits(image_auditor::exceptions::Date::today())
+    }
+
+    fn sources(&self, manifests: &Path) -> Vec<image_auditor::exceptions::Source> {
+        image_auditor::exceptions::Source::all(manifests, self.file.as_deref())
+    }
+
+    /// Every entry of `exceptions.yaml` at the manifest root and of
+    /// `--exceptions`; an error (after printing every problem) when a file
+    /// is invalid: a one-shot command has no last good version to fall
+    /// back on.
+    fn load(&self, manifests: &Path) -> anyhow::Result<image_auditor::exceptions::Exceptions> {
+        image_auditor::exceptions::load_all(&self.sources(manifests), self.limits()).map_err(
+            |problems| {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                anyhow::anyhow!(
+                    "the exceptions are invalid ({} problems); fix them or leave the file out",
+                    problems.len()
+                )
+            },
+        )
+    }
 }
 
 fn exit_for(violations: usize) -> ExitCode {

@@ -13,12 +13,14 @@ use image_auditor::reference::RegistryPrefix;
 use image_auditor::scan;
 use image_auditor::wiring::Wiring;
 
-use super::{RegistrySetup, current_thread, exit_for, load_index};
+use super::{ExceptionsSetup, RegistrySetup, current_thread, exit_for, load_index};
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn scan(
     dir: &Path,
     policy: &Policy,
     registry: &RegistrySetup,
+    exceptions: &ExceptionsSetup,
     data_dir: &Path,
     prefixes: &[String],
     options: &scan::Options,
@@ -32,20 +34,23 @@ pub(super) fn scan(
                 .map_err(|e| anyhow::anyhow!("{p:?} is not a registry prefix: {e}"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let exceptions_in_force = exceptions.load(dir)?;
     let index = load_index(dir)?;
     let config = registry.config()?;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
     let runtime = current_thread()?;
     let wiring = {
         let _entered = runtime.enter();
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
         Wiring::open(&config::findings_db(data_dir), Some(config))?
     };
     let Some(client) = &wiring.client else {
         unreachable!("opened with a registry configuration")
     };
     let index = Arc::new(ArcSwap::from_pointee(index));
-    let pipeline = wiring.pipeline(index.clone(), policy.clone(), DEFAULT_UNDECIDED_RETRY_FOR);
+    let pipeline = wiring
+        .pipeline(index.clone(), policy.clone(), DEFAULT_UNDECIDED_RETRY_FOR)
+        .with_exceptions(Arc::new(ArcSwap::from_pointee(exceptions_in_force)));
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} repositories {elapsed}")
             .expect("valid template"),
@@ -86,8 +91,8 @@ pub(super) fn scan(
         writeln!(
             out,
             "sweep {} {}: {} repositories visited ({} done earlier, {} undecided), {} tags, \
-             {} manifest requests, {} list requests; verdicts: {}; {} new findings, {} missing, \
-             {} errors",
+             {} manifest requests, {} list requests; verdicts: {}; {} new findings, {} excepted, \
+             {} missing, {} errors",
             summary.sweep_id,
             if summary.complete {
                 "complete"
@@ -106,6 +111,7 @@ pub(super) fn scan(
                 verdicts.join(", ")
             },
             summary.findings.len(),
+            summary.excepted,
             summary.missing,
             summary.errors.len()
         )?;
