@@ -48,6 +48,15 @@ impl Wiring {
                     error,
                 })?,
             );
+        Self::with_store(store, registry)
+    }
+
+    /// The shared parts over `store` (`scan --baseline` decides into a
+    /// store in memory, so that nothing it finds is recorded or alerted).
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        registry: Option<RegistryConfig>,
+    ) -> Result<Wiring, WiringError> {
         let client = registry
             .map(|config| {
                 RegistryClient::new(config).map_err(|error| WiringError::Registry { error })

@@ -136,6 +136,26 @@ pub enum Command {
         /// the next run).
         #[arg(long)]
         max_repositories: Option<usize>,
+        /// Adopting the auditor: write every finding of this sweep to FILE
+        /// as exceptions entries for review, instead of recording or
+        /// alerting anything (README "Adopting the auditor"). Not resumable.
+        #[arg(long, value_name = "FILE", requires = "baseline_owner")]
+        baseline: Option<PathBuf>,
+        /// The `owner` of every baseline entry (a person or team).
+        #[arg(long, value_name = "OWNER", requires = "baseline")]
+        baseline_owner: Option<String>,
+        /// The `reason` of every baseline entry.
+        #[arg(
+            long,
+            value_name = "TEXT",
+            requires = "baseline",
+            default_value = "present before the auditor was adopted (baseline sweep)"
+        )]
+        baseline_reason: String,
+        /// The `expires` of every baseline entry (YYYY-MM-DD) [default:
+        /// today + --exceptions-max-ahead].
+        #[arg(long, value_name = "DATE", requires = "baseline")]
+        baseline_expires: Option<String>,
     },
     /// Audit newline-delimited GCR notification payloads from a file (`-` for
     /// standard input), one verdict per line.
@@ -246,11 +266,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             page_size,
             max_repositories,
+            baseline,
+            baseline_owner,
+            baseline_reason,
+            baseline_expires,
         } => {
+            let baseline = match (baseline, baseline_owner) {
+                (Some(file), Some(owner)) => Some(scan::Baseline {
+                    file,
+                    owner,
+                    reason: baseline_reason,
+                    expires: baseline_expires,
+                }),
+                _ => None,
+            };
             let options = image_auditor::scan::Options {
                 catalog,
                 restart,
-                state_dir: Some(state_dir.unwrap_or_else(|| data_dir.join("scan"))),
+                // A baseline records nothing, so it has nothing to resume.
+                state_dir: baseline
+                    .is_none()
+                    .then(|| state_dir.unwrap_or_else(|| data_dir.join("scan"))),
                 page_size: page_size.max(1),
                 max_repositories,
             };
@@ -262,6 +298,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &data_dir,
                 &prefixes,
                 &options,
+                baseline.as_ref(),
                 json,
             )
         }

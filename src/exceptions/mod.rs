@@ -9,8 +9,10 @@
 //! `exception_expired` finding, so it gets renewed or removed.
 //!
 //! This module is pure: [`Exceptions::lookup`] takes the day to judge expiry
-//! on. `load` parses and validates files.
+//! on. `load` parses and validates files; `baseline` turns the findings of
+//! a sweep into entries for review.
 
+pub mod baseline;
 mod date;
 mod load;
 
