@@ -466,3 +466,54 @@ fn a_plain_root_does_not_load_its_exceptions_file_as_a_manifest() {
     let out = cli(&root, &["check", &format!("r0.example/prod/app@{B}")]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+#[test]
+fn the_exceptions_options_load_and_bad_ones_name_the_option() {
+    use image_auditor::config::Config;
+    let dir = tempfile::tempdir().unwrap();
+    let root = manifests(dir.path());
+    let local = dir.path().join("local.yaml");
+    std::fs::write(&local, "exceptions: []\n").unwrap();
+    let load = |exceptions: &str| {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "manifests: {}\ndata_dir: {}\n{exceptions}",
+                root.display(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        Config::load(Some(&path))
+    };
+    let config = load("").unwrap();
+    assert_eq!(config.exceptions.file, None);
+    assert_eq!(config.exceptions.max_ahead.as_secs(), 180 * 86_400);
+    let config = load(&format!(
+        "exceptions:\n  file: {}\n  max_ahead: 30days\n",
+        local.display()
+    ))
+    .unwrap();
+    assert_eq!(config.exceptions.file.as_deref(), Some(local.as_path()));
+    assert_eq!(config.exceptions.max_ahead.as_secs(), 30 * 86_400);
+    let missing = load("exceptions:\n  file: /nonexistent/ex.yaml\n").unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .starts_with("config option `exceptions.file`"),
+        "{missing}"
+    );
+    let short = load("exceptions:\n  max_ahead: 1h\n").unwrap_err();
+    assert!(
+        short
+            .to_string()
+            .starts_with("config option `exceptions.max_ahead`"),
+        "{short}"
+    );
+    let unknown = load("exceptions:\n  path: x\n").unwrap_err();
+    assert!(
+        unknown.to_string().contains("unknown field `path`"),
+        "{unknown}"
+    );
+}
