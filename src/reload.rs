@@ -5,6 +5,10 @@
 //! A project that breaks keeps its last good version, so a bad merge never
 //! blinds the auditor to that project; the breakage is reported once, as a
 //! `malformed` finding from the source `manifests`.
+//!
+//! The exceptions files are read here too, at every poll, because they are
+//! part of the manifest origin and follow the same last-good rule; that
+//! keeps one reload lock for both and takes the file over 500 lines.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

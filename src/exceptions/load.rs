@@ -3,6 +3,8 @@
 //! line, and a file with any error is refused whole (its last good version
 //! stays in use: see `reload`), because half a file could silence what its
 //! author meant to keep, or page for what they meant to accept.
+//!
+//! Over 500 lines for its table of every validation problem and its line.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
