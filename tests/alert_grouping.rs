@@ -3,7 +3,7 @@
 //! paths), routing and severity; an unpromoted index and the platform
 //! images pushed with it, over time, as one sink's dispatcher sees them.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -4,7 +4,7 @@
 //! in a database of its own. "Two processes" are two store instances on one
 //! database.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -222,7 +222,7 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         tag: Some("v1.0".parse::<Tag>().unwrap()),
         verdict,
         reason: format!("{verdict} because of {id}"),
-        evidence: vec![evidence()],
+        evidence: vec![evidence().into()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
     }

@@ -3,7 +3,7 @@
 //! `store status|migrate` on a database, and a URL whose password is never
 //! shown. The store's contract itself is tests/store_contract.rs.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

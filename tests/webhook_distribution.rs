@@ -4,7 +4,7 @@
 //! auditor is stopped while pushes go on and started again: the registry's
 //! retries deliver what it missed, and nothing is lost or doubled.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
