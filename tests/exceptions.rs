@@ -2,7 +2,7 @@
 //! `exceptions.yaml` beside its manifests and a webhook sink; the CLI's
 //! `check` and `manifests validate` over the same files.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

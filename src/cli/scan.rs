@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use image_auditor::audit::Policy;
 use image_auditor::config;
 use image_auditor::exceptions::{Date, baseline};
-use image_auditor::findings::{SqliteStore, Store};
+use image_auditor::findings::{SqliteStore, Store, StoreLocation};
 use image_auditor::index::Index;
 use image_auditor::pipeline::DEFAULT_UNDECIDED_RETRY_FOR;
 use image_auditor::reference::{RegistryPrefix, Repository};
@@ -72,7 +72,10 @@ pub(super) fn scan(
         } else {
             std::fs::create_dir_all(data_dir)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
-            Wiring::open(&config::findings_db(data_dir), Some(config))?
+            Wiring::open(
+                &StoreLocation::Sqlite(config::findings_db(data_dir)),
+                Some(config),
+            )?
         }
     };
     let Some(client) = &wiring.client else {
