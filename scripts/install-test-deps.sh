@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs every system package the test suite needs (Debian; prometheus
 # provides promtool for tests/deploy.rs; git, with `git daemon` and `git
-# http-backend`, serves the repositories of the manifest source tests). Idempotent:
+# http-backend`, serves the repositories of the manifest source tests; postgresql
+# is the server the PostgreSQL store tests start as an unprivileged user). Idempotent:
 # skips apt entirely when everything is already there.
 set -euo pipefail
 
-packages=(docker-registry skopeo openssl prometheus prometheus-alertmanager git)
+packages=(docker-registry skopeo openssl prometheus prometheus-alertmanager git postgresql)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -159,6 +159,60 @@ pub struct Verdict {
     /// One sentence for people.
     pub reason: String,
     pub evidence: Vec<Evidence>,
+    /// What the pushed manifest lists, when the resolver read it and it is
+    /// an index or manifest list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pushed_list: Option<PushedList>,
+}
+
+/// The entries of a pushed OCI image index or Docker manifest list, as the
+/// resolver read them. Not evidence about a promotion but about the push:
+/// the platform images of an unpromoted index are usually pushed just
+/// before it, each a finding of its own, and this is what lets the alert
+/// dispatcher tell them apart from unrelated pushes (docs/design.md §8.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PushedList {
+    /// The manifests the list names directly, in its order.
+    pub children: Vec<ListedChild>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ListedChild {
+    pub digest: Digest,
+    /// `os/architecture[/variant]`, when the list says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// One entry of the evidence recorded with a decision (a finding's
+/// `evidence` JSON array): a manifest entry, or — once, last — what the
+/// pushed list names, as `{"pushed_list": {"children": [...]}}`. Carrying
+/// the list inside the evidence keeps the stored row's shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum EvidenceEntry {
+    Promotion(Evidence),
+    PushedList { pushed_list: PushedList },
+}
+
+impl EvidenceEntry {
+    /// The entries recorded for `verdict`: its manifest entries, then its
+    /// pushed list.
+    pub fn of(verdict: &Verdict) -> Vec<EvidenceEntry> {
+        let promotions = verdict.evidence.iter().cloned().map(Self::Promotion);
+        let list = verdict
+            .pushed_list
+            .iter()
+            .cloned()
+            .map(|pushed_list| Self::PushedList { pushed_list });
+        promotions.chain(list).collect()
+    }
+}
+
+impl From<Evidence> for EvidenceEntry {
+    fn from(e: Evidence) -> Self {
+        Self::Promotion(e)
+    }
 }
 
 impl Verdict {
@@ -168,6 +222,7 @@ impl Verdict {
             kind: VerdictKind::Undecided,
             reason,
             evidence: Vec::new(),
+            pushed_list: None,
         }
     }
 
@@ -176,6 +231,7 @@ impl Verdict {
             kind: VerdictKind::Malformed,
             reason: m.reason.clone(),
             evidence: Vec::new(),
+            pushed_list: None,
         }
     }
 }
@@ -299,6 +355,7 @@ impl Ctx<'_> {
             kind,
             reason,
             evidence: placements.iter().map(|p| self.evidence(p)).collect(),
+            pushed_list: None,
         }
     }
 
@@ -356,6 +413,7 @@ impl Ctx<'_> {
                     excluded.manifest_file.display()
                 ),
                 evidence: result.verdict.evidence,
+                pushed_list: result.verdict.pushed_list,
             },
             pending: None,
         }

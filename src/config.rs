@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::alert::dispatch::AlertsConfig;
 use crate::audit::Policy;
+use crate::findings::{PostgresConfig, StoreLocation};
 use crate::manifest::origin::{GitConfig, ManifestOrigin};
 use crate::registry::RegistryConfig;
 use crate::server::AdminAccess;
@@ -33,8 +34,12 @@ pub struct Config {
     /// manifest tree written under `data_dir/manifests-git`.
     pub manifests_git: Option<GitConfig>,
     pub reload: ReloadConfig,
-    /// Where the findings database and the registry cache live.
+    /// Where the findings database (unless `store` names another) and the
+    /// registry cache live.
     pub data_dir: PathBuf,
+    /// Where findings are kept: unset, the SQLite file
+    /// `data_dir/findings.sqlite`.
+    pub store: StoreConfig,
     pub http: HttpConfig,
     pub policy: Policy,
     /// Read promoted manifest lists and pushed manifests from registries
@@ -53,6 +58,14 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub undecided_retry_for: Duration,
     pub log: LogConfig,
+}
+
+/// `store`: the findings store. Replicas share a PostgreSQL one; a single
+/// process keeps the embedded SQLite default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub postgres: Option<PostgresConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -227,6 +240,7 @@ impl Default for Config {
             manifests_git: None,
             reload: ReloadConfig::default(),
             data_dir: DEFAULT_DATA_DIR.into(),
+            store: StoreConfig::default(),
             http: HttpConfig::default(),
             policy: Policy::default(),
             resolve: true,
@@ -406,6 +420,11 @@ impl Config {
             )
         })?;
         self.registry.cache_under(&self.data_dir);
+        if let Some(postgres) = &self.store.postgres {
+            postgres
+                .validate()
+                .map_err(|e| invalid("store", e.to_string()))?;
+        }
         crate::sources::webhook::Endpoints::from_config(&self.webhooks.by_kind(), |var| {
             std::env::var(var).ok()
         })
@@ -450,6 +469,15 @@ impl Config {
 
     pub fn findings_db(&self) -> PathBuf {
         findings_db(&self.data_dir)
+    }
+
+    /// Where findings are kept: the `store` section, or the SQLite file of
+    /// the data directory.
+    pub fn store_location(&self) -> StoreLocation {
+        match &self.store.postgres {
+            Some(postgres) => StoreLocation::Postgres(postgres.clone()),
+            None => StoreLocation::Sqlite(self.findings_db()),
+        }
     }
 }
 

@@ -39,9 +39,10 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     policy: Policy,
     metrics: Arc<Metrics>,
-    /// First time each still-undecided delivery was seen. In memory only: a
-    /// restart grants a fresh retry budget, which errs on the side of retrying.
-    undecided: DashMap<DedupeKey, Instant>,
+    /// The still-undecided deliveries this process has answered "retry",
+    /// for the activity clock and the backlog gauge. Their retry budget is
+    /// the store's ([`Store::first_undecided`]), one for every process on it.
+    undecided: DashMap<DedupeKey, ()>,
     undecided_retry_for: std::time::Duration,
     reloader: Option<Arc<Reloader>>,
     /// Unix milliseconds of the last delivery from each source (status page).
@@ -170,11 +171,20 @@ impl Pipeline {
 
         let key = delivery.key();
         let verdict = if verdict.kind == VerdictKind::Undecided {
-            let first = *self
-                .undecided
-                .entry(key.clone())
-                .or_insert_with(Instant::now);
-            if first.elapsed() < self.undecided_retry_for {
+            let now = now_ms();
+            let first = match off_thread(&self.store, {
+                let (source, endpoint, id) = key.clone();
+                move |store| store.first_undecided(source, &endpoint, &id, now)
+            })
+            .await
+            {
+                Ok(first) => first,
+                Err(e) => return self.store_failed(&delivery, &e),
+            };
+            let undecided_for =
+                std::time::Duration::from_millis(now.saturating_sub(first).max(0) as u64);
+            self.undecided.insert(key.clone(), ());
+            if undecided_for < self.undecided_retry_for {
                 self.metrics
                     .undecided_backlog
                     .set(self.undecided.len() as i64);
@@ -190,10 +200,11 @@ impl Pipeline {
                 kind: VerdictKind::Unverifiable,
                 reason: format!(
                     "still undecided after {} s of retries: {}",
-                    first.elapsed().as_secs(),
+                    undecided_for.as_secs(),
                     verdict.reason
                 ),
                 evidence: verdict.evidence,
+                pushed_list: verdict.pushed_list,
             }
         } else {
             verdict

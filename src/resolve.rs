@@ -11,11 +11,13 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::audit::{Audit, Policy, Verdict, audit, audit_attachment};
+use crate::audit::{Audit, ListedChild, Policy, PushedList, Verdict, audit, audit_attachment};
 use crate::event::Event;
 use crate::index::{Children, ImageId, Index};
 use crate::reference::{Digest, Repository, Tag};
-use crate::registry::{RegistryClient, RegistryError, attachment_subject, resolve_children};
+use crate::registry::{
+    IndexChild, Pushed, RegistryClient, RegistryError, read_pushed, resolve_children,
+};
 
 /// Lists read at once; the client's rate limits still apply on top.
 const CONCURRENCY: usize = 8;
@@ -299,9 +301,17 @@ impl Resolver {
         if let (Some(p), Some(digest)) = (&result.pending, &event.digest)
             && p.event_manifest
         {
-            match attachment_subject(&self.client, &event.repository, digest).await {
-                Ok(Some(subject)) => result = audit_attachment(&index, event, &subject, policy),
-                Ok(None) => {}
+            match read_pushed(&self.client, &event.repository, digest).await {
+                Ok(Pushed::Attachment { subject }) => {
+                    result = audit_attachment(&index, event, &subject, policy);
+                }
+                Ok(Pushed::Image) => {}
+                // Still unexplained, but its platform images (pushed just
+                // before it, each a finding) are now known to be part of
+                // this one push: the alert says so once.
+                Ok(Pushed::List { children }) => {
+                    result.verdict.pushed_list = Some(pushed_list(children));
+                }
                 // Gone already: the verdict stands on what the manifests say.
                 Err(e) if e.is_not_found() => {}
                 // Whether it is an attachment cannot be told from an answer
@@ -332,6 +342,18 @@ fn failure(digest: Digest, e: &RegistryError) -> Failure {
         digest,
         error: e.to_string(),
         unread: Unread::of(e),
+    }
+}
+
+fn pushed_list(children: Vec<IndexChild>) -> PushedList {
+    PushedList {
+        children: children
+            .into_iter()
+            .map(|c| ListedChild {
+                digest: c.digest,
+                platform: c.platform.map(|p| p.to_string()),
+            })
+            .collect(),
     }
 }
 

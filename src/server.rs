@@ -148,11 +148,28 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// How long `/readyz` waits for the store to answer.
+const STORE_CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn readyz(State(state): State<AppState>) -> Response {
     let index = state.index.load();
     let stats = index.stats();
     let reload_stuck = state.reloader.stuck();
+    // A store that cannot record makes every delivery come back: not ready,
+    // with the reason.
+    let store_error =
+        match tokio::time::timeout(STORE_CHECK_WITHIN, off_thread(&state.store, |s| s.check()))
+            .await
+        {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "the findings store did not answer within {} s",
+                STORE_CHECK_WITHIN.as_secs()
+            )),
+        };
     let sources = reload_stuck.is_none()
+        && store_error.is_none()
         && state
             .pull_status
             .as_ref()
@@ -160,6 +177,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let body = json!({
         "ready": sources,
         "reload_stuck": reload_stuck,
+        "store": {
+            "backend": state.store.backend(),
+            "available": store_error.is_none(),
+            "error": store_error,
+        },
         "index": stats,
         "pubsub_pull": state.pull_status.as_ref().map(|s| json!({
             "connected": s.is_connected(),

@@ -10,6 +10,7 @@ use crate::alert::Route;
 use crate::alert::dispatch::{AlertsConfig, Dispatcher};
 use crate::alert::sink::Sink;
 use crate::config::Config;
+use crate::findings;
 use crate::listener::{ConnectionLimits, fit_connection_cap, serve};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -20,15 +21,19 @@ use crate::server::{AdminAccess, AppState, router};
 use crate::sources::pubsub_pull::PullSource;
 use crate::sources::push_auth::PushVerifier;
 use crate::sources::webhook::Endpoints;
-use crate::wiring::Wiring;
+use crate::wiring::{Wiring, WiringError};
 
 /// Runs the service until `shutdown` is cancelled, then stops pulling,
 /// finishes in-flight work and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let wiring = Wiring::open(
-        &config.findings_db(),
-        config.resolve.then(|| config.registry.clone()),
-    )?;
+    // Opening may migrate and, on PostgreSQL, blocks on the store's own
+    // runtime: not on an async thread.
+    let location = config.store_location();
+    let store = tokio::task::spawn_blocking(move || findings::open(&location))
+        .await
+        .context("opening the findings store")?
+        .map_err(|error| WiringError::Store { error })?;
+    let wiring = Wiring::with_store(store, config.resolve.then(|| config.registry.clone()))?;
     let (store, metrics) = (wiring.store.clone(), wiring.metrics.clone());
     let (source, poll_interval) = config.manifest_source();
     let root = source.root();

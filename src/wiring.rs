@@ -2,14 +2,13 @@
 //! the findings store, the registry client and the resolver over it, the
 //! metrics, and the pipeline over them, built one way.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::audit::Policy;
-use crate::findings::{SqliteStore, Store, StoreError};
+use crate::findings::{self, Store, StoreError, StoreLocation};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -20,8 +19,8 @@ use crate::resolve::Resolver;
 /// rather than a `source`, so that printing the whole chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum WiringError {
-    #[error("opening findings store {}: {error}", path.display())]
-    Store { path: PathBuf, error: StoreError },
+    #[error("opening the findings store: {error}")]
+    Store { error: StoreError },
     #[error("registry client: {error}")]
     Registry { error: SetupError },
 }
@@ -35,19 +34,23 @@ pub struct Wiring {
 }
 
 impl Wiring {
-    /// Opens the findings store at `findings_db` and, given `registry`, the
-    /// registry client, which must be built inside a tokio runtime.
+    /// Opens the findings store at `store` and, given `registry`, the
+    /// registry client, which must be built inside a tokio runtime. Blocks:
+    /// from async code, open the store off the async threads and use
+    /// [`Wiring::with_store`].
     pub fn open(
-        findings_db: &Path,
+        store: &StoreLocation,
         registry: Option<RegistryConfig>,
     ) -> Result<Wiring, WiringError> {
-        let store: Arc<dyn Store> =
-            Arc::new(
-                SqliteStore::open(findings_db).map_err(|error| WiringError::Store {
-                    path: findings_db.to_path_buf(),
-                    error,
-                })?,
-            );
+        let store = findings::open(store).map_err(|error| WiringError::Store { error })?;
+        Self::with_store(store, registry)
+    }
+
+    /// The shared parts around an open store.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        registry: Option<RegistryConfig>,
+    ) -> Result<Wiring, WiringError> {
         let client = registry
             .map(|config| {
                 RegistryClient::new(config).map_err(|error| WiringError::Registry { error })

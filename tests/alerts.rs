@@ -1,19 +1,23 @@
 //! Findings reach people: `serve` delivering from its outbox to a real
 //! Alertmanager (through an outage), to receivers that fail a few times
 //! first, and to a Pub/Sub topic on the real emulator; one fact seen in 25
-//! regional registries is one alert naming all 25.
+//! regional registries is one alert naming all 25; an unpromoted index
+//! pushed with its platform images by skopeo to a real registry is one
+//! alert naming all four.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use image_auditor::findings::{SqliteStore, Store};
+use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
 use support::fixtures::write_project;
+use support::oci::{Desc, Layout};
 use support::pubsub::{Fixture, PROJECT};
 use support::receiver::Receiver;
+use support::registry::{Push, Registry, free_port, skopeo_push};
 use support::service::Service;
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -283,4 +287,131 @@ async fn a_pubsub_topic_receives_the_alert_with_routing_attributes() {
         1.0,
         "the warning was routed away, not sent"
     );
+}
+
+/// One rogue multi-arch push, end to end: skopeo pushes an unpromoted
+/// 3-platform OCI index to a real `docker-registry`, which notifies the
+/// running auditor of each platform manifest (pushed by digest first) and
+/// then of the index. The resolver reads the index, and the four findings
+/// reach the webhook and Alertmanager as one alert naming the index and its
+/// three platform images.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpromoted_index_pushed_with_its_platform_images_is_one_alert() {
+    const TOKEN: &str = "index-push-test-token-0123456789";
+    let service_port = free_port();
+    let registry = Registry::notifying(service_port, TOKEN);
+    let host = registry.host.clone();
+    let hook = Receiver::start(0).await;
+    let am = Alertmanager::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut layout = Layout::create(&dir.path().join("layout"));
+    let platforms = [("linux", "amd64"), ("linux", "arm64"), ("linux", "s390x")];
+    let images: Vec<Desc> = platforms
+        .iter()
+        .map(|(_, arch)| layout.image(arch))
+        .collect();
+    let entries: Vec<(&Desc, Option<(&str, &str)>)> = images
+        .iter()
+        .zip(platforms)
+        .map(|(d, p)| (d, Some(p)))
+        .collect();
+    let rogue = layout.index(&entries);
+    layout.tag(&rogue, "v9");
+
+    // `prod/etcd` is a destination; the rogue index is promoted nowhere.
+    let root = dir.path().join("manifests-root");
+    write_project(
+        &root,
+        "etcd",
+        &format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod\n"),
+        &format!("- name: etcd\n  dmap:\n    \"{A}\": [\"3.5\"]\n"),
+    );
+    // The hold is long enough for four pushes and their notifications on a
+    // busy machine; what is asserted is the grouping, not the time.
+    let timing = TIMING.replace("group_wait: 1s", "group_wait: 10s");
+    let config = format!(
+        "resolve: true\nregistry:\n  insecure_http_hosts: [\"{host}\"]\n\
+         webhooks:\n  distribution:\n  - name: local\n    registry: \"{host}\"\n    token: {TOKEN}\n\
+         {timing}  timeout: 5s\n  sinks:\n  - name: hook\n    webhook:\n      url: {}\n  \
+         - name: am\n    alertmanager:\n      url: {}\n",
+        hook.url,
+        am.url()
+    );
+    let service = Service::start_on(service_port, dir.path(), &root, &config).await;
+
+    let pushed = skopeo_push(&layout.dir, "v9", &host, "prod/etcd", Push::default());
+    assert_eq!(pushed, rogue.digest);
+
+    // Four findings (three platform manifests and the index), every one
+    // delivered to both sinks.
+    let store = service.wait_for_decisions(4, Duration::from_secs(60)).await;
+    assert_eq!(
+        store.counts().unwrap().findings,
+        4,
+        "{}",
+        service.log_tail()
+    );
+    service
+        .wait_until("both sinks delivered all four findings", || async {
+            undelivered(&service, "hook") == 0 && undelivered(&service, "am") == 0
+        })
+        .await;
+
+    // The resolver recorded the index's entries with its finding, in the
+    // index's order, as the last evidence entry.
+    let stored = store
+        .findings(&FindingQuery {
+            digest: Some(rogue.digest.clone()),
+            ..FindingQuery::default()
+        })
+        .unwrap();
+    let in_order: Vec<Value> = images
+        .iter()
+        .zip(platforms)
+        .map(|(d, (os, arch))| json!({"digest": d.digest.to_string(), "platform": format!("{os}/{arch}")}))
+        .collect();
+    assert_eq!(
+        stored[0].evidence,
+        json!([{"pushed_list": {"children": in_order}}])
+    );
+
+    let alerts = hook.accepted_json();
+    assert_eq!(alerts.len(), 1, "one alert for one push: {alerts:#?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["status"], "new");
+    assert_eq!(alert["verdict"], "unpromoted");
+    assert_eq!(alert["digest"], rogue.digest.to_string());
+    assert_eq!(alert["tag"], "v9");
+    assert_eq!(
+        alert["summary"],
+        format!(
+            "unpromoted: etcd:v9@{} (index + 3 platform images) in 1 repository",
+            &rogue.digest.to_string()[..19]
+        )
+    );
+    assert_eq!(alert["repositories"], json!([format!("{host}/prod/etcd")]));
+    let mut expected: Vec<Value> = images
+        .iter()
+        .zip(platforms)
+        .map(|(d, (os, arch))| json!({"platform": format!("{os}/{arch}"), "digest": d.digest.to_string()}))
+        .collect();
+    expected.sort_by_key(|c| c["platform"].as_str().unwrap().to_owned());
+    assert_eq!(alert["children"], json!(expected));
+    assert_eq!(alert["events"].as_array().unwrap().len(), 4);
+    assert_eq!(alert["finding_ids"].as_array().unwrap().len(), 4);
+    assert_eq!(alert["evidence"], "not in any manifest");
+
+    let listed = am.alerts().await;
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["labels"]["digest"], rogue.digest.to_string());
+    let platform_images = listed[0]["annotations"]["platform_images"]
+        .as_str()
+        .unwrap();
+    for (d, (os, arch)) in images.iter().zip(platforms) {
+        assert!(
+            platform_images.contains(&format!("{os}/{arch} {}", d.digest)),
+            "{platform_images}"
+        );
+    }
 }

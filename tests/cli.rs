@@ -251,3 +251,77 @@ fn shipped_registry_config_example_parses_and_bad_keys_are_named() {
         "{err}"
     );
 }
+
+/// `store status` and `store migrate` on the SQLite store of a data
+/// directory: nothing there yet, then migrated, then a file a newer build
+/// wrote.
+#[test]
+fn store_status_and_migrate_on_a_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let known = image_auditor::findings::Backend::Sqlite.known_version();
+
+    let out = run(&["store", "status", "--data-dir", data]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not up to date: {}",
+        stdout(&out)
+    );
+    let text = stdout(&out);
+    assert!(text.contains("store: sqlite "), "{text}");
+    assert!(
+        text.contains(&format!("schema: version 0, this build knows {known}")),
+        "{text}"
+    );
+    assert!(text.contains("pending: 1 "), "{text}");
+    assert!(
+        !std::path::Path::new(data).exists(),
+        "status created nothing"
+    );
+
+    let out = run(&["store", "migrate", "--data-dir", data, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["before"], 0);
+    assert_eq!(v["after"]["found"], known);
+    assert_eq!(v["applied"].as_array().unwrap().len() as i64, known);
+
+    let out = run(&["store", "status", "--data-dir", data, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["backend"].as_str(), &v["found"]),
+        (Some("sqlite"), &v["known"])
+    );
+    assert_eq!(v["pending"], serde_json::json!([]));
+    let out = run(&["store", "migrate", "--data-dir", data]);
+    assert!(
+        stdout(&out).contains("up to date; nothing to apply"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A newer build's file: named, refused, left alone.
+    let file = dir.path().join("data").join("findings.sqlite");
+    rusqlite::Connection::open(&file)
+        .unwrap()
+        .pragma_update(None, "user_version", known + 1)
+        .unwrap();
+    let out = run(&["store", "status", "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("newer than this build knows"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["store", "migrate", "--data-dir", data]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is newer than this build understands"),
+        "{err}"
+    );
+    assert!(err.contains(&file.display().to_string()), "{err}");
+}

@@ -6,7 +6,7 @@
 //! duplicate of what dev's endpoint sent first; pull records under its
 //! subscription's name.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

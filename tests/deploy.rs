@@ -8,7 +8,7 @@
 //! Needs `promtool` (Debian package `prometheus`, installed by
 //! `scripts/install-test-deps.sh`); without it the promtool tests fail.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -6,7 +6,7 @@
 //! reported once; what a sync transfers and keeps on disk follows the
 //! manifest tree, not the repository.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

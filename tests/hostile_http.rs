@@ -4,7 +4,7 @@
 //! Limits are asserted by counts — bytes sent, answers read, refusals in
 //! `rejected_requests_total{reason}`, reloads run — never by elapsed time.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! Costs are asserted as bytes allocated (a counting allocator) and events
 //! built, never as time.
 
-mod support;
+use crate::support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -2,7 +2,7 @@
 //! CLI) and a JWKS served on loopback by wiremock, whose request log counts
 //! the fetches.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};

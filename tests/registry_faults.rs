@@ -4,7 +4,7 @@
 //! case must end in the right kind of error (or a refetch), move the
 //! counters, and never panic.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

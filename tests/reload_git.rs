@@ -5,7 +5,7 @@
 //! committed after the last poll is found before an event is rejected;
 //! audits never fail or see a torn index while reloads happen.
 
-mod support;
+use crate::support;
 
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};

@@ -12,7 +12,7 @@
 //! And what no manifest explains: an unpromoted image as `prod-us/single:rogue`,
 //! and the promoted index under an unlisted tag, `prod-eu/multi:extra`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -36,7 +36,7 @@
 //!   `sha256:000` can no longer reach the audit (the GCR parser calls it
 //!   `malformed`, see tests/gcr_payload.rs); tag mismatch → `unlisted_tag`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! auditor is stopped while pushes go on and started again: the registry's
 //! retries deliver what it missed, and nothing is lost or doubled.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -14,26 +14,10 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use image_auditor::reference::Digest;
 use support::oci::{Desc, Layout, OCI_MANIFEST};
-use support::registry::{
-    Auth, Push, Registry, delete_manifest, free_port, put_manifest, skopeo_push,
-};
+use support::registry::{Push, Registry, delete_manifest, free_port, put_manifest, skopeo_push};
 use support::service::Service;
 
 const TOKEN: &str = "distribution-test-token-0123456789";
-
-/// A registry notifying `serve` (not started yet) at `service_port`, with
-/// a short backoff so that deliveries resume quickly after an outage.
-fn notifying_registry(service_port: u16) -> Registry {
-    Registry::start_with(
-        Auth::Anonymous,
-        &format!(
-            "notifications:\n  endpoints:\n  - name: auditor\n    \
-             url: http://127.0.0.1:{service_port}/webhooks/distribution\n    \
-             headers:\n      Authorization: [Bearer {TOKEN}]\n    \
-             timeout: 2s\n    threshold: 3\n    backoff: 500ms\n"
-        ),
-    )
-}
 
 fn manifests(dir: &Path, host: &str, promoted: &str) -> PathBuf {
     let root = dir.join("manifests-root");
@@ -83,7 +67,7 @@ fn finding(verdict: VerdictKind, digest: Option<&Digest>, tag: Option<&str>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_notifications_give_exact_findings_and_survive_an_auditor_outage() {
     let service_port = free_port();
-    let registry = notifying_registry(service_port);
+    let registry = Registry::notifying(service_port, TOKEN);
     let host = registry.host.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut layout = Layout::create(&dir.path().join("layout"));

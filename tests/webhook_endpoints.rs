@@ -4,7 +4,7 @@
 //! types are counted, not refused; Event Grid's validation handshake is
 //! answered.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@
 //! abuse-protection handshake (CloudEvents HTTP webhook spec §4) and batches
 //! as `application/cloudevents-batch+json`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

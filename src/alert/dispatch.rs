@@ -3,7 +3,7 @@
 //! with a backoff and try again. The store's claim lease is the crash
 //! guard: a claimed finding that is never marked becomes claimable again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::sink::{Sink, SinkConfig};
-use super::{Alert, AlertStatus, FactKey, Route, group};
+use super::{Alert, FactKey, Plan, Route, plan};
 use crate::findings::{Finding, FindingId, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -161,7 +161,8 @@ impl Dispatcher {
     }
 
     /// Sends every fact whose oldest finding has waited `group_wait` (all of
-    /// them when stopping); returns the findings still held.
+    /// them when stopping), platform images joined to their index
+    /// ([`plan`]); returns the findings still held.
     async fn send_due(
         &self,
         held: Vec<Finding>,
@@ -171,19 +172,16 @@ impl Dispatcher {
         let index = self.index.load_full();
         let now = now_ms();
         let wait = self.timing.group_wait.as_millis() as i64;
-        let mut keep: Vec<FindingId> = Vec::new();
-        for (key, members) in group(&held, &index) {
-            let oldest = members.iter().map(|f| f.created_at_ms).min().unwrap_or(now);
-            if !stopping && now - oldest < wait {
-                keep.extend(members.iter().map(|f| f.id));
-                continue;
-            }
-            let alert = match sent.get(&key) {
-                Some(previous) => {
-                    previous.updated_with(&Alert::of(&key, &members, AlertStatus::Updated))
-                }
-                None => Alert::of(&key, &members, AlertStatus::New),
-            };
+        let Plan { due, waiting } = plan(&held, &index, sent.iter(), now, wait, stopping);
+        // Built before sending: `sent` changes as alerts go out.
+        let alerts: Vec<(FactKey, Vec<&Finding>, Alert)> = due
+            .into_iter()
+            .map(|(key, members)| {
+                let alert = Alert::next(&key, &members, sent.get(&key));
+                (key, members, alert)
+            })
+            .collect();
+        for (key, members, alert) in alerts {
             let outcome = self.sink.send(&alert).await;
             self.metrics.alert(
                 &self.name,
@@ -195,6 +193,8 @@ impl Dispatcher {
             );
             match outcome {
                 Ok(()) => {
+                    // A joined child is marked with its index's alert: it
+                    // has been told, and is never claimed for this sink again.
                     for f in &members {
                         self.mark(f.id, None).await;
                     }
@@ -213,7 +213,10 @@ impl Dispatcher {
                 }
             }
         }
-        held.into_iter().filter(|f| keep.contains(&f.id)).collect()
+        let waiting: HashSet<FindingId> = waiting.into_iter().collect();
+        held.into_iter()
+            .filter(|f| waiting.contains(&f.id))
+            .collect()
     }
 
     /// Delivered (`failure` None) or failed until `retry_at`. A store error
@@ -252,29 +255,4 @@ impl Dispatcher {
 
 fn attempts(f: &Finding) -> u32 {
     f.deliveries.first().map_or(1, |d| d.attempts)
-}
-
-impl Alert {
-    /// This alert, seen again: every place, event and finding so far.
-    fn updated_with(&self, newer: &Alert) -> Alert {
-        let mut merged = newer.clone();
-        let mut repositories = self.repositories.clone();
-        repositories.extend(newer.repositories.iter().cloned());
-        repositories.sort();
-        repositories.dedup();
-        merged.repositories = repositories;
-        merged.events = self.events.iter().chain(&newer.events).cloned().collect();
-        merged.finding_ids = self
-            .finding_ids
-            .iter()
-            .chain(&newer.finding_ids)
-            .copied()
-            .collect();
-        merged.first_seen_ms = self.first_seen_ms.min(newer.first_seen_ms);
-        merged.evidence = self.evidence.clone();
-        merged.reason = self.reason.clone();
-        merged.status = AlertStatus::Updated;
-        merged.summary = merged.summary_text();
-        merged
-    }
 }

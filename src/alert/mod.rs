@@ -1,16 +1,21 @@
 //! Alerts: findings from the outbox, grouped into facts and delivered to
-//! sinks (docs/design.md §8.2). `mod.rs` is the pure part — what an alert is, which
-//! findings are one fact, routing — `sink` delivers, `dispatch` drives the
-//! outbox.
+//! sinks (docs/design.md §8.2). `mod.rs` and `group` are the pure part — what
+//! an alert is, which findings are one fact and when it is due, routing —
+//! `sink` delivers, `dispatch` drives the outbox.
 //!
 //! One fact seen in many places (k8s.io promotes every image to ~25
 //! regional registries, so one unpromoted push is ~25 events) is one alert
-//! listing every repository it was seen at.
+//! listing every repository it was seen at. One rogue push of an index is
+//! one fact too: the findings of the platform images it lists, pushed with
+//! it to the same repository, join the index's alert ([`group_after`]).
 
 pub mod dispatch;
+mod group;
 pub mod sink;
 
-use std::collections::BTreeSet;
+pub use group::{Plan, group, group_after, plan, pushed_list};
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,6 +131,22 @@ pub struct Alert {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub finding_ids: Vec<FindingId>,
+    /// The platform images (entries of the pushed index) whose own findings
+    /// joined this alert, sorted by platform and digest; empty for anything
+    /// but an unpromoted index.
+    pub children: Vec<AlertChild>,
+    /// (repository, child digest) → platform, for every entry of the
+    /// pushed lists behind this alert: what a late child finding may still
+    /// join.
+    #[serde(skip)]
+    pub lists: BTreeMap<(String, String), Option<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct AlertChild {
+    /// `os/architecture[/variant]`, when the index says.
+    pub platform: Option<String>,
+    pub digest: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,18 +165,52 @@ pub struct AlertEvent {
 }
 
 impl Alert {
-    /// The alert for findings that share `key` (at least one).
+    /// The alert for findings that share `key` (at least one), with the
+    /// findings of platform images that joined it ([`group_after`]).
     pub fn of(key: &FactKey, findings: &[&Finding], status: AlertStatus) -> Alert {
-        let first = findings[0];
+        // The fact's own findings speak for it; joined children only when
+        // none is in this batch (an update of an alert sent earlier).
+        let own = |f: &&&Finding| f.digest.as_ref().map(ToString::to_string) == key.digest;
+        let first = findings.iter().find(own).unwrap_or(&findings[0]);
         let repositories: BTreeSet<String> = findings
             .iter()
             .filter_map(|f| f.repository.as_ref().map(ToString::to_string))
             .collect();
         let evidence = match &first.evidence {
-            Value::Array(a) if a.is_empty() => Value::String("not in any manifest".into()),
+            // The pushed list is told as `children`, not as manifest entries.
+            Value::Array(a) => {
+                let entries: Vec<Value> = a
+                    .iter()
+                    .filter(|e| e.get("pushed_list").is_none())
+                    .cloned()
+                    .collect();
+                if entries.is_empty() {
+                    Value::String("not in any manifest".into())
+                } else {
+                    Value::Array(entries)
+                }
+            }
             Value::Null => Value::String("not in any manifest".into()),
             other => other.clone(),
         };
+        let mut lists = BTreeMap::new();
+        for f in findings {
+            let (Some(list), Some(repo)) = (pushed_list(f), &f.repository) else {
+                continue;
+            };
+            for child in list.children {
+                lists.insert((repo.to_string(), child.digest.to_string()), child.platform);
+            }
+        }
+        let children: BTreeSet<AlertChild> = findings
+            .iter()
+            .filter(|f| !own(f))
+            .filter_map(|f| f.digest.as_ref().map(ToString::to_string))
+            .map(|digest| AlertChild {
+                platform: platform_of(&lists, &digest),
+                digest,
+            })
+            .collect();
         let mut alert = Alert {
             schema: "image-auditor.alert.v1",
             alert_id: key.alert_id(),
@@ -185,12 +240,68 @@ impl Alert {
             first_seen_ms: findings.iter().map(|f| f.received_at_ms).min().unwrap_or(0),
             last_seen_ms: findings.iter().map(|f| f.received_at_ms).max().unwrap_or(0),
             finding_ids: findings.iter().map(|f| f.id).collect(),
+            children: children.into_iter().collect(),
+            lists,
         };
         alert.summary = alert.summary_text();
         alert
     }
 
-    /// `unpromoted: etcd:3.5@sha256:4ad90a11b553 in 25 repositories`.
+    /// The alert for a group that is due: new, or an update of `previous`,
+    /// the alert already sent for the same fact within the repeat window.
+    pub fn next(key: &FactKey, findings: &[&Finding], previous: Option<&Alert>) -> Alert {
+        match previous {
+            Some(previous) => {
+                previous.updated_with(&Alert::of(key, findings, AlertStatus::Updated))
+            }
+            None => Alert::of(key, findings, AlertStatus::New),
+        }
+    }
+
+    /// This alert, seen again: every place, event, finding and platform
+    /// image so far.
+    fn updated_with(&self, newer: &Alert) -> Alert {
+        let mut merged = newer.clone();
+        let mut repositories = self.repositories.clone();
+        repositories.extend(newer.repositories.iter().cloned());
+        repositories.sort();
+        repositories.dedup();
+        merged.repositories = repositories;
+        merged.events = self.events.iter().chain(&newer.events).cloned().collect();
+        merged.finding_ids = self
+            .finding_ids
+            .iter()
+            .chain(&newer.finding_ids)
+            .copied()
+            .collect();
+        merged.lists = self.lists.clone();
+        merged.lists.extend(newer.lists.clone());
+        // A child joining an alert sent earlier comes without its index:
+        // its platform is in what that index listed.
+        let children: BTreeSet<AlertChild> = self
+            .children
+            .iter()
+            .chain(&newer.children)
+            .map(|c| AlertChild {
+                platform: c
+                    .platform
+                    .clone()
+                    .or_else(|| platform_of(&merged.lists, &c.digest)),
+                digest: c.digest.clone(),
+            })
+            .collect();
+        merged.children = children.into_iter().collect();
+        merged.first_seen_ms = self.first_seen_ms.min(newer.first_seen_ms);
+        merged.evidence = self.evidence.clone();
+        merged.reason = self.reason.clone();
+        merged.status = AlertStatus::Updated;
+        merged.summary = merged.summary_text();
+        merged
+    }
+
+    /// `unpromoted: etcd:3.5@sha256:4ad90a11b553 in 25 repositories`, or
+    /// for an index and the platform images pushed with it
+    /// `unpromoted: etcd:v9@sha256:4ad90a11b553 (index + 5 platform images) in 25 repositories`.
     pub fn summary_text(&self) -> String {
         let what = match (&self.digest, &self.tag) {
             (Some(d), Some(t)) => format!("{}:{t}@{}", self.image, short(d)),
@@ -198,9 +309,14 @@ impl Alert {
             (None, Some(t)) => format!("{}:{t}", self.image),
             (None, None) => self.image.clone(),
         };
+        let with = match self.children.len() {
+            0 => String::new(),
+            1 => " (index + 1 platform image)".to_owned(),
+            n => format!(" (index + {n} platform images)"),
+        };
         let places = self.repositories.len();
         format!(
-            "{}: {what} in {places} {}",
+            "{}: {what}{with} in {places} {}",
             self.verdict.as_str(),
             if places == 1 {
                 "repository"
@@ -209,6 +325,13 @@ impl Alert {
             }
         )
     }
+}
+
+/// The platform any of `lists` gives `digest`.
+fn platform_of(lists: &BTreeMap<(String, String), Option<String>>, digest: &str) -> Option<String> {
+    lists
+        .iter()
+        .find_map(|((_, d), platform)| (d == digest).then(|| platform.clone()).flatten())
 }
 
 fn short(digest: &str) -> &str {
@@ -230,17 +353,4 @@ impl Route {
                 .min_severity
                 .is_none_or(|min| Severity::of(verdict) >= min)
     }
-}
-
-/// Groups findings into facts, in order of first appearance.
-pub fn group<'a>(findings: &'a [Finding], index: &Index) -> Vec<(FactKey, Vec<&'a Finding>)> {
-    let mut groups: Vec<(FactKey, Vec<&Finding>)> = Vec::new();
-    for f in findings {
-        let key = FactKey::of(f, index);
-        match groups.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, members)) => members.push(f),
-            None => groups.push((key, vec![f])),
-        }
-    }
-    groups
 }

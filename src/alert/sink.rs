@@ -271,6 +271,7 @@ impl Sink {
                     verdict = alert.verdict.as_str(), severity = alert.severity.as_str(),
                     digest = alert.digest, tag = alert.tag, image = alert.image,
                     repositories = alert.repositories.len(),
+                    platform_images = alert.children.len(),
                     events = ?alert.events.iter().map(|e| &e.id).collect::<Vec<_>>(),
                     reason = alert.reason, "{}", alert.summary);
                 Ok(())
@@ -386,12 +387,32 @@ fn slack_text(alert: &Alert) -> String {
     if alert.repositories.len() > 30 {
         text.push_str(&format!("\n• … and {} more", alert.repositories.len() - 30));
     }
+    if !alert.children.is_empty() {
+        text.push_str(&format!(
+            "\nPlatform images pushed with the index: {}",
+            children_text(alert)
+        ));
+    }
     text.push_str(&format!(
         "\nEvidence: {}\nAlert {}",
         evidence_text(alert),
         alert.alert_id
     ));
     text
+}
+
+/// `linux/amd64 sha256:…, linux/arm64 sha256:…`: the platform images that
+/// joined an index's alert.
+fn children_text(alert: &Alert) -> String {
+    alert
+        .children
+        .iter()
+        .map(|c| match &c.platform {
+            Some(p) => format!("{p} {}", c.digest),
+            None => c.digest.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn evidence_text(alert: &Alert) -> String {
@@ -448,6 +469,9 @@ pub fn alertmanager_body(
         "startsAt": rfc3339_of_ms(alert.first_seen_ms),
         "endsAt": rfc3339(ends_at),
     });
+    if !alert.children.is_empty() {
+        body["annotations"]["platform_images"] = json!(children_text(alert));
+    }
     if let Some(url) = generator_url {
         body["generatorURL"] = json!(url);
     }

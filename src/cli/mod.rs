@@ -8,6 +8,7 @@ mod manifests;
 mod replay;
 mod scan;
 mod serve;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -128,6 +129,11 @@ pub enum Command {
         #[arg(long)]
         max_repositories: Option<usize>,
     },
+    /// The findings store's schema: its version and pending migrations.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Audit newline-delimited GCR notification payloads from a file (`-` for
     /// standard input), one verdict per line.
     Replay {
@@ -148,6 +154,26 @@ pub enum ManifestsCommand {
     Validate {
         /// Defaults to --manifests.
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Print the backend, the schema version found and the one this build
+    /// knows, and the migrations pending; exit 1 unless up to date.
+    Status {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the pending migrations (as `serve` does when it starts; safe
+    /// beside running replicas) and print what was applied.
+    Migrate {
+        #[command(flatten)]
+        store: store::StoreArgs,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -236,6 +262,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
             )
         }
+        Command::Store {
+            command: StoreCommand::Status { store, json },
+        } => store::status(&store, json),
+        Command::Store {
+            command: StoreCommand::Migrate { store, json },
+        } => store::migrate(&store, json),
         Command::Replay {
             file,
             json,

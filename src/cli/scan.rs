@@ -8,6 +8,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use image_auditor::audit::Policy;
 use image_auditor::config;
+use image_auditor::findings::StoreLocation;
 use image_auditor::pipeline::DEFAULT_UNDECIDED_RETRY_FOR;
 use image_auditor::reference::RegistryPrefix;
 use image_auditor::scan;
@@ -39,7 +40,10 @@ pub(super) fn scan(
     let runtime = current_thread()?;
     let wiring = {
         let _entered = runtime.enter();
-        Wiring::open(&config::findings_db(data_dir), Some(config))?
+        Wiring::open(
+            &StoreLocation::Sqlite(config::findings_db(data_dir)),
+            Some(config),
+        )?
     };
     let Some(client) = &wiring.client else {
         unreachable!("opened with a registry configuration")

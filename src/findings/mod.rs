@@ -5,9 +5,14 @@
 //! needs a human ([`VerdictKind::alerts`]) also become a [`Finding`], a row
 //! of the outbox the alert sinks deliver from until each has succeeded.
 //!
-//! The [`Store`] trait is the seam for a shared PostgreSQL store later;
-//! [`SqliteStore`] is the embedded default.
+//! Two stores keep the [`Store`] contract: [`SqliteStore`], the embedded
+//! default for one process, and [`PostgresStore`], shared by replicas
+//! (dedupe, the undecided retry budget and outbox claims are then one for
+//! all of them). Both bring their schema up to date when opened
+//! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 
+pub mod migrations;
+pub mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -16,11 +21,47 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::audit::{Evidence, Verdict, VerdictKind};
+use crate::audit::{EvidenceEntry, Verdict, VerdictKind};
 use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
+pub use migrations::{Backend, SchemaStatus};
+pub use postgres::{PostgresConfig, PostgresStore};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
+
+/// Where the findings are kept.
+#[derive(Debug, Clone)]
+pub enum StoreLocation {
+    /// An SQLite file: one process (with any number of `scan` runs beside it).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database, shared by every replica.
+    Postgres(PostgresConfig),
+}
+
+impl StoreLocation {
+    pub fn backend(&self) -> Backend {
+        match self {
+            StoreLocation::Sqlite(_) => Backend::Sqlite,
+            StoreLocation::Postgres(_) => Backend::Postgres,
+        }
+    }
+}
+
+/// Opens the store at `location`, applying the migrations it lacks.
+pub fn open(location: &StoreLocation) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match location {
+        StoreLocation::Sqlite(path) => Arc::new(SqliteStore::open(path)?),
+        StoreLocation::Postgres(config) => Arc::new(PostgresStore::open(config)?),
+    })
+}
+
+/// The schema at `location` against this build's, changing nothing.
+pub fn schema_status(location: &StoreLocation) -> Result<SchemaStatus, StoreError> {
+    match location {
+        StoreLocation::Sqlite(path) => SqliteStore::schema_status(path),
+        StoreLocation::Postgres(config) => PostgresStore::schema_status(config),
+    }
+}
 
 /// One delivery that reached a final verdict (never `undecided`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +79,8 @@ pub struct Decision {
     pub tag: Option<Tag>,
     pub verdict: VerdictKind,
     pub reason: String,
-    pub evidence: Vec<Evidence>,
+    /// The verdict's manifest entries, then what a pushed list names.
+    pub evidence: Vec<EvidenceEntry>,
     /// The manifest repository commit the index was built from, when known.
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
@@ -65,7 +107,7 @@ impl Decision {
             tag: event.tag.clone(),
             verdict: verdict.kind,
             reason: verdict.reason.clone(),
-            evidence: verdict.evidence.clone(),
+            evidence: EvidenceEntry::of(verdict),
             manifest_commit,
             index_generation,
         }
@@ -138,7 +180,7 @@ pub struct Finding {
     pub tag: Option<Tag>,
     pub verdict: VerdictKind,
     pub reason: String,
-    /// The verdict's [`Evidence`] list, as serialised when recorded.
+    /// The verdict's [`EvidenceEntry`] list, as serialised when recorded.
     pub evidence: serde_json::Value,
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
@@ -270,6 +312,21 @@ pub enum StoreError {
         sink: String,
         id: FindingId,
     },
+    /// A PostgreSQL call failed; `message` is the whole chain of causes
+    /// (the driver's own text says only "db error").
+    #[error("findings store {store}: {message}")]
+    Postgres {
+        store: Arc<str>,
+        message: String,
+        source: tokio_postgres::Error,
+    },
+    /// No PostgreSQL connection could be had in time: the server is down,
+    /// unreachable, or every pooled connection stayed busy.
+    #[error("findings store {store}: unavailable: {message}")]
+    Unavailable { store: Arc<str>, message: String },
+    /// `store.postgres` cannot be used as configured.
+    #[error("store.postgres: {message}")]
+    PostgresConfig { message: String },
     /// The blocking task running a store call panicked or was cancelled
     /// (see [`off_thread`]). Not a `source`: the message already says it.
     #[error("store call failed: {0}")]
@@ -283,7 +340,8 @@ impl StoreError {
         match self {
             // A failed commit is a busy or full disk far more often than a
             // bug; the decisions are not written and can be tried again.
-            StoreError::GroupCommit { .. } => true,
+            StoreError::GroupCommit { .. } | StoreError::Unavailable { .. } => true,
+            StoreError::Postgres { source, .. } => postgres::is_transient(source),
             StoreError::Sqlite {
                 source: rusqlite::Error::SqliteFailure(e, _),
                 ..
@@ -299,8 +357,9 @@ impl StoreError {
     }
 }
 
-/// The findings store. Methods block (file I/O): call them from
-/// `spawn_blocking` in async code.
+/// The findings store. Methods block (file or network I/O): call them from
+/// `spawn_blocking` in async code ([`off_thread`]), never from an async
+/// task (the PostgreSQL store would panic there).
 pub trait Store: Send + Sync {
     /// Atomically: insert the decision unless (source, endpoint, event id) is already
     /// recorded, and, when the verdict alerts, a finding in the outbox
@@ -359,9 +418,27 @@ pub trait Store: Send + Sync {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError>;
+
+    /// The undecided retry budget: when (source, endpoint, event id) was
+    /// first seen undecided, by any process on this store. The first call
+    /// records `now_ms` and returns it; later ones return that first time,
+    /// until [`Store::record`] decides the delivery and forgets it.
+    fn first_undecided(
+        &self,
+        source: Source,
+        endpoint: &EndpointName,
+        id: &EventId,
+        now_ms: i64,
+    ) -> Result<i64, StoreError>;
+
+    /// Whether the store answers now (`/readyz`).
+    fn check(&self) -> Result<(), StoreError>;
+
+    fn backend(&self) -> Backend;
 }
 
-/// Runs a store call off the async threads: SQLite blocks on fsync. A
+/// Runs a store call off the async threads: SQLite blocks on fsync, the
+/// PostgreSQL store on its own runtime. A
 /// panicking call is a bug, but it only becomes an error here (the caller
 /// retries), never a crashed task.
 pub async fn off_thread<T: Send + 'static>(
@@ -377,6 +454,18 @@ pub async fn off_thread<T: Send + 'static>(
 /// `Source` from its `as_str()` text.
 pub fn parse_source(s: &str) -> Option<Source> {
     Source::ALL.into_iter().find(|k| k.as_str() == s)
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn action_str(a: Action) -> &'static str {

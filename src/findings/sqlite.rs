@@ -7,127 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+use super::migrations::{self, Backend, SchemaStatus};
 use super::{
     Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, action_str, parse_action, parse_source,
+    Store, StoreError, action_str, parse_action, parse_source, truncate,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
-
-/// Schema versions, applied in order; `PRAGMA user_version` is how many
-/// have been applied. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[
-    // 1: decisions (dedupe), findings (the outbox), per-sink delivery state.
-    r#"
-CREATE TABLE decisions (
-    source          TEXT    NOT NULL,
-    event_id        TEXT    NOT NULL,
-    received_at_ms  INTEGER NOT NULL,
-    verdict         TEXT    NOT NULL,
-    PRIMARY KEY (source, event_id)
-) WITHOUT ROWID;
-CREATE INDEX decisions_by_received ON decisions (received_at_ms);
-
-CREATE TABLE findings (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at_ms    INTEGER NOT NULL,
-    received_at_ms   INTEGER NOT NULL,
-    source           TEXT    NOT NULL,
-    event_id         TEXT    NOT NULL,
-    action           TEXT,
-    repository       TEXT,
-    digest           TEXT,
-    tag              TEXT,
-    verdict          TEXT    NOT NULL,
-    reason           TEXT    NOT NULL,
-    evidence         TEXT    NOT NULL,   -- JSON array of audit::Evidence
-    manifest_commit  TEXT,
-    index_generation INTEGER NOT NULL,
-    UNIQUE (source, event_id),
-    FOREIGN KEY (source, event_id) REFERENCES decisions (source, event_id)
-);
-CREATE INDEX findings_by_verdict    ON findings (verdict, id);
-CREATE INDEX findings_by_digest     ON findings (digest, id);
-CREATE INDEX findings_by_repository ON findings (repository, id);
-CREATE INDEX findings_by_received   ON findings (received_at_ms);
-
--- A sink is known from its first claim. Every finding with id <= watermark
--- has a deliveries row for the sink; later ones are pending implicitly.
-CREATE TABLE sinks (
-    sink      TEXT    PRIMARY KEY,
-    watermark INTEGER NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE deliveries (
-    finding         INTEGER NOT NULL REFERENCES findings (id),
-    sink            TEXT    NOT NULL REFERENCES sinks (sink),
-    state           TEXT    NOT NULL CHECK (state IN ('pending', 'delivered')),
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_ms INTEGER NOT NULL,
-    delivered_at_ms INTEGER,
-    last_error      TEXT,
-    PRIMARY KEY (finding, sink)
-) WITHOUT ROWID;
-CREATE INDEX deliveries_due ON deliveries (sink, next_attempt_ms, finding) WHERE state = 'pending';
-"#,
-    // 2: the dedupe key gains the endpoint (webhook endpoint name, Pub/Sub
-    // subscription): an event id is unique only within the endpoint that
-    // sent it. SQLite cannot change a primary key in place, so both tables
-    // are rebuilt (foreign keys are off while migrating) keeping every row
-    // and finding id. Rows from before carry the empty endpoint, which is
-    // what sources with one endpoint (scan, manifests) still use: their
-    // dedupe carries over, while a webhook or Pub/Sub redelivery of an
-    // event decided before the upgrade is decided once more (an alert may
-    // repeat; none is lost).
-    r#"
-CREATE TABLE decisions_v2 (
-    source          TEXT    NOT NULL,
-    endpoint        TEXT    NOT NULL,
-    event_id        TEXT    NOT NULL,
-    received_at_ms  INTEGER NOT NULL,
-    verdict         TEXT    NOT NULL,
-    PRIMARY KEY (source, endpoint, event_id)
-) WITHOUT ROWID;
-INSERT INTO decisions_v2 (source, endpoint, event_id, received_at_ms, verdict)
-    SELECT source, '', event_id, received_at_ms, verdict FROM decisions;
-
-CREATE TABLE findings_v2 (
-    id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at_ms    INTEGER NOT NULL,
-    received_at_ms   INTEGER NOT NULL,
-    source           TEXT    NOT NULL,
-    endpoint         TEXT    NOT NULL,
-    event_id         TEXT    NOT NULL,
-    action           TEXT,
-    repository       TEXT,
-    digest           TEXT,
-    tag              TEXT,
-    verdict          TEXT    NOT NULL,
-    reason           TEXT    NOT NULL,
-    evidence         TEXT    NOT NULL,   -- JSON array of audit::Evidence
-    manifest_commit  TEXT,
-    index_generation INTEGER NOT NULL,
-    UNIQUE (source, endpoint, event_id),
-    FOREIGN KEY (source, endpoint, event_id) REFERENCES decisions (source, endpoint, event_id)
-);
-INSERT INTO findings_v2 (id, created_at_ms, received_at_ms, source, endpoint, event_id,
-        action, repository, digest, tag, verdict, reason, evidence, manifest_commit,
-        index_generation)
-    SELECT id, created_at_ms, received_at_ms, source, '', event_id, action, repository,
-        digest, tag, verdict, reason, evidence, manifest_commit, index_generation
-    FROM findings;
-
-DROP TABLE findings;
-DROP TABLE decisions;
-ALTER TABLE decisions_v2 RENAME TO decisions;
-ALTER TABLE findings_v2 RENAME TO findings;
-CREATE INDEX decisions_by_received  ON decisions (received_at_ms);
-CREATE INDEX findings_by_verdict    ON findings (verdict, id);
-CREATE INDEX findings_by_digest     ON findings (digest, id);
-CREATE INDEX findings_by_repository ON findings (repository, id);
-CREATE INDEX findings_by_received   ON findings (received_at_ms);
-"#,
-];
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
      f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
@@ -239,6 +125,26 @@ impl SqliteStore {
     pub fn with_claim_lease(mut self, lease: Duration) -> SqliteStore {
         self.claim_lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
         self
+    }
+
+    /// The schema of the file at `path` against this build's, changing
+    /// nothing (no file yet: version 0, everything pending).
+    pub fn schema_status(path: impl AsRef<Path>) -> Result<SchemaStatus, StoreError> {
+        let path = path.as_ref();
+        let name: Arc<str> = path.display().to_string().into();
+        if !path.exists() {
+            return Ok(SchemaStatus::new(Backend::Sqlite, &*name, 0));
+        }
+        let err = |source| StoreError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(err)?;
+        Ok(SchemaStatus::new(Backend::Sqlite, &*name, version))
     }
 
     /// The path the store was opened at, for messages.
@@ -387,6 +293,12 @@ impl SqliteStore {
             })?;
             return Ok(Recorded::Duplicate { verdict });
         }
+        // Decided: the retry budget it may have used is spent.
+        conn.prepare_cached(
+            "DELETE FROM undecided WHERE source = ?1 AND endpoint = ?2 AND event_id = ?3",
+        )
+        .and_then(|mut s| s.execute(params![source, endpoint, d.event_id.0]))
+        .map_err(|e| self.sql(e))?;
         let Some(evidence) = &pending.evidence else {
             return Ok(Recorded::New { finding: None });
         };
@@ -507,12 +419,13 @@ impl SqliteStore {
     }
 }
 
+/// Applies the migrations the file lacks, one transaction each (see
+/// [`migrations`]).
 fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
     let err = |source| StoreError::Sqlite {
         path: path.clone(),
         source,
     };
-    let supported = MIGRATIONS.len() as i64;
     loop {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -522,19 +435,11 @@ fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(err)?;
-        if version > supported {
-            return Err(StoreError::SchemaTooNew {
-                path: path.clone(),
-                found: version,
-                supported,
-            });
-        }
-        if version == supported {
+        let Some(next) = migrations::pending(Backend::Sqlite, version, path)?.first() else {
             return Ok(());
-        }
-        tx.execute_batch(MIGRATIONS[version as usize])
-            .map_err(err)?;
-        tx.pragma_update(None, "user_version", version + 1)
+        };
+        tx.execute_batch(next.sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", next.version)
             .map_err(err)?;
         // What enforcement, off while migrating, would have refused.
         let dangling: Option<String> = tx
@@ -547,7 +452,7 @@ fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
                 what: format!(
                     "migration to schema version {} left rows of table {table} whose \
                      references are missing; nothing was changed",
-                    version + 1
+                    next.version
                 ),
             });
         }
@@ -891,9 +796,48 @@ impl Store for SqliteStore {
             tx.commit().map_err(|e| self.sql(e))?;
             total += n as u64;
             if (n as i64) < PRUNE_BATCH {
-                return Ok(total);
+                break;
             }
         }
+        // Budgets of deliveries that stopped coming back undecided long
+        // ago: a redelivery now would start a new one.
+        self.lock()
+            .prepare_cached("DELETE FROM undecided WHERE first_seen_ms < ?1")
+            .and_then(|mut s| s.execute([older_than_ms]))
+            .map_err(|e| self.sql(e))?;
+        Ok(total)
+    }
+
+    fn first_undecided(
+        &self,
+        source: Source,
+        endpoint: &EndpointName,
+        id: &EventId,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.lock()
+            .prepare_cached(
+                "INSERT INTO undecided (source, endpoint, event_id, first_seen_ms) \
+                 VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT DO UPDATE SET first_seen_ms = first_seen_ms \
+                 RETURNING first_seen_ms",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![source.as_str(), endpoint.0, id.0, now_ms], |r| {
+                    r.get(0)
+                })
+            })
+            .map_err(|e| self.sql(e))
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        self.lock()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(|e| self.sql(e))
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
     }
 
     fn claim_undelivered(
@@ -1003,15 +947,4 @@ impl Store for SqliteStore {
         }
         Ok(())
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

@@ -6,7 +6,7 @@ use std::collections::{HashSet, VecDeque};
 use super::client::RegistryClient;
 use super::error::{ErrorKind, RegistryError};
 use super::fetch::FetchedManifest;
-use super::media::{DOCKER_MANIFEST_LIST, ManifestKind, OCI_INDEX, Platform};
+use super::media::{DOCKER_MANIFEST_LIST, IndexChild, ManifestKind, OCI_INDEX, Platform};
 use crate::reference::{Digest, Repository};
 
 /// How deep lists may nest under the digest being resolved. Real images
@@ -107,6 +107,37 @@ pub async fn attachment_subject(
     repository: &Repository,
     digest: &Digest,
 ) -> Result<Option<Digest>, RegistryError> {
+    Ok(match read_pushed(client, repository, digest).await? {
+        Pushed::Attachment { subject } => Some(subject),
+        Pushed::Image | Pushed::List { .. } => None,
+    })
+}
+
+/// What a pushed manifest is, as far as judging its push goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// An image (or artifact) attached to nothing.
+    Image,
+    /// An OCI 1.1 attachment of `subject`.
+    Attachment { subject: Digest },
+    /// An index or manifest list, with the entries it names directly
+    /// (nested lists are not read: the entries alone cost no request).
+    List { children: Vec<IndexChild> },
+}
+
+/// Reads the manifest `digest` pushed to `repository` (one request, or
+/// none when cached) and says what it is.
+pub async fn read_pushed(
+    client: &RegistryClient,
+    repository: &Repository,
+    digest: &Digest,
+) -> Result<Pushed, RegistryError> {
     let manifest = client.fetch_manifest(repository, digest).await?;
-    Ok(manifest.subject().cloned())
+    Ok(match manifest.kind {
+        ManifestKind::Index { children } => Pushed::List { children },
+        ManifestKind::Image {
+            subject: Some(subject),
+        } => Pushed::Attachment { subject },
+        ManifestKind::Image { subject: None } => Pushed::Image,
+    })
 }

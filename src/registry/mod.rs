@@ -27,7 +27,10 @@ mod list;
 mod media;
 mod stats;
 
-pub use children::{ChildLink, MAX_NESTING, attachment_subject, fetch_from_any, resolve_children};
+pub use children::{
+    ChildLink, MAX_NESTING, Pushed, attachment_subject, fetch_from_any, read_pushed,
+    resolve_children,
+};
 pub use client::{RegistryClient, SetupError};
 pub use config::{
     BreakerConfig, GoogleAuthConfig, GoogleTokenSource, HostConfig, RateLimit, RegistryConfig,

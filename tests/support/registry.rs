@@ -98,6 +98,22 @@ impl Registry {
         panic!("docker-registry did not become ready:\n{last_log}");
     }
 
+    /// A registry whose `notifications:` go to the distribution webhook of
+    /// a `serve` on `service_port` (which may start later), with `token` as
+    /// its bearer token and a short backoff, so that deliveries resume
+    /// quickly after an outage.
+    pub fn notifying(service_port: u16, token: &str) -> Self {
+        Self::start_with(
+            Auth::Anonymous,
+            &format!(
+                "notifications:\n  endpoints:\n  - name: auditor\n    \
+                 url: http://127.0.0.1:{service_port}/webhooks/distribution\n    \
+                 headers:\n      Authorization: [Bearer {token}]\n    \
+                 timeout: 2s\n    threshold: 3\n    backoff: 500ms\n"
+            ),
+        )
+    }
+
     pub fn repo(&self, path: &str) -> image_auditor::reference::Repository {
         format!("{}/{path}", self.host).parse().unwrap()
     }

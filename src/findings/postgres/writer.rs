@@ -1,0 +1,283 @@
+//! Group commit for [`PostgresStore::record`](super::PostgresStore): callers
+//! queue their decisions; a writer takes everything queued, writes it with
+//! a few multi-row statements in one transaction and answers every caller
+//! after the commit. While the writers are busy the queue fills, so the
+//! busier the store, the more deliveries share one commit.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{chain, pool_error};
+use crate::audit::VerdictKind;
+use crate::findings::{Decision, FindingId, Recorded, StoreError, action_str, now_ms};
+
+/// Most decisions in one transaction.
+const MAX_BATCH: usize = 512;
+
+pub(super) struct Pending {
+    pub decision: Decision,
+    /// The evidence as JSON, for decisions that become findings.
+    pub evidence: Option<String>,
+    pub reply: oneshot::Sender<Result<Recorded, StoreError>>,
+}
+
+/// Takes batches off `queue` while fewer than `writers` are being written,
+/// until every sender is gone.
+pub(super) async fn run(
+    pool: Pool,
+    name: Arc<str>,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    writers: usize,
+) {
+    let permits = Arc::new(Semaphore::new(writers.max(1)));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let (pool, name) = (pool.clone(), name.clone());
+        tokio::spawn(async move {
+            let results = match write(&pool, &name, &batch).await {
+                Ok(results) => results,
+                Err(message) => batch
+                    .iter()
+                    .map(|_| {
+                        Err(StoreError::GroupCommit {
+                            path: name.clone(),
+                            message: message.clone(),
+                        })
+                    })
+                    .collect(),
+            };
+            for (pending, result) in batch.into_iter().zip(results) {
+                // A caller that went away needs no answer.
+                let _ = pending.reply.send(result);
+            }
+            drop(permit);
+        });
+    }
+}
+
+type Key = (String, String, String);
+
+fn key(d: &Decision) -> Key {
+    (
+        d.source.as_str().to_owned(),
+        d.endpoint.0.clone(),
+        d.event_id.0.clone(),
+    )
+}
+
+/// Inserts the batch's new decisions (the first of each key; dedupe by the
+/// unique key, so a decision another replica committed first is a
+/// duplicate), forgets their undecided budgets, inserts the findings and
+/// their deliveries for every known sink, and commits. Nothing is written
+/// when it fails.
+const INSERT: &str = "\
+WITH k AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
+                       $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                       $11::text[], $12::text[], $13::int8[])
+    AS k(source, endpoint, event_id, received_at_ms, verdict, action, repository, digest,
+         tag, reason, evidence, manifest_commit, index_generation)
+),
+ins AS (
+  INSERT INTO decisions (source, endpoint, event_id, received_at_ms, verdict)
+  SELECT source, endpoint, event_id, received_at_ms, verdict FROM k
+  ON CONFLICT DO NOTHING
+  RETURNING source, endpoint, event_id
+),
+forgotten AS (
+  DELETE FROM undecided u USING ins
+  WHERE u.source = ins.source AND u.endpoint = ins.endpoint AND u.event_id = ins.event_id
+),
+f AS (
+  INSERT INTO findings (created_at_ms, received_at_ms, source, endpoint, event_id, action,
+                        repository, digest, tag, verdict, reason, evidence, manifest_commit,
+                        index_generation)
+  SELECT $14, k.received_at_ms, k.source, k.endpoint, k.event_id, k.action, k.repository,
+         k.digest, k.tag, k.verdict, k.reason, k.evidence, k.manifest_commit, k.index_generation
+  FROM k JOIN ins USING (source, endpoint, event_id)
+  WHERE k.evidence IS NOT NULL
+  ORDER BY k.source, k.endpoint, k.event_id
+  RETURNING id, source, endpoint, event_id
+)
+SELECT ins.source, ins.endpoint, ins.event_id, f.id
+FROM ins LEFT JOIN f USING (source, endpoint, event_id)";
+
+/// A separate statement, so that it reads `sinks` after the findings insert
+/// took its table lock: a sink registering meanwhile either sees these
+/// findings or is seen here (see `PostgresStore::register_sink`).
+const DELIVERIES: &str = "\
+INSERT INTO deliveries (finding, sink, state, attempts, next_attempt_ms)
+SELECT f.id, s.sink, 'pending', 0, 0 FROM unnest($1::int8[]) AS f(id) CROSS JOIN sinks s
+ON CONFLICT DO NOTHING";
+
+const EXISTING: &str = "\
+SELECT d.source, d.endpoint, d.event_id, d.verdict
+FROM decisions d
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(source, endpoint, event_id)
+  USING (source, endpoint, event_id)";
+
+async fn write(
+    pool: &Pool,
+    name: &Arc<str>,
+    batch: &[Pending],
+) -> Result<Vec<Result<Recorded, StoreError>>, String> {
+    // The first of each key is written; later ones in the batch are
+    // duplicates of whatever it turns out to be.
+    let mut leaders: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut seen = HashSet::with_capacity(batch.len());
+    for (i, p) in batch.iter().enumerate() {
+        if seen.insert(key(&p.decision)) {
+            leaders.push(i);
+        }
+    }
+    // One lock order for every writer: no deadlock between two batches
+    // sharing keys.
+    leaders.sort_by_cached_key(|&i| key(&batch[i].decision));
+
+    let mut client = pool
+        .get()
+        .await
+        .map_err(|e| pool_error(name, e).to_string())?;
+    let tx = client.transaction().await.map_err(|e| chain(&e))?;
+    let col = |f: &dyn Fn(&Pending) -> Option<String>| -> Vec<Option<String>> {
+        leaders.iter().map(|&i| f(&batch[i])).collect()
+    };
+    let sources = col(&|p| Some(p.decision.source.as_str().to_owned()));
+    let endpoints = col(&|p| Some(p.decision.endpoint.0.clone()));
+    let ids = col(&|p| Some(p.decision.event_id.0.clone()));
+    let received: Vec<i64> = leaders
+        .iter()
+        .map(|&i| batch[i].decision.received_at_ms)
+        .collect();
+    let verdicts = col(&|p| Some(p.decision.verdict.as_str().to_owned()));
+    let actions = col(&|p| p.decision.action.map(|a| action_str(a).to_owned()));
+    let repositories = col(&|p| {
+        p.decision
+            .repository
+            .as_ref()
+            .map(|r| r.as_str().to_owned())
+    });
+    let digests = col(&|p| p.decision.digest.as_ref().map(ToString::to_string));
+    let tags = col(&|p| p.decision.tag.as_ref().map(|t| t.as_str().to_owned()));
+    let reasons = col(&|p| Some(p.decision.reason.clone()));
+    let evidence = col(&|p| p.evidence.clone());
+    let commits = col(&|p| p.decision.manifest_commit.clone());
+    // Stored bit for bit as i64, as in SQLite.
+    let generations: Vec<i64> = leaders
+        .iter()
+        .map(|&i| batch[i].decision.index_generation as i64)
+        .collect();
+    let statement = tx.prepare_cached(INSERT).await.map_err(|e| chain(&e))?;
+    let rows = tx
+        .query(
+            &statement,
+            &[
+                &sources,
+                &endpoints,
+                &ids,
+                &received,
+                &verdicts,
+                &actions,
+                &repositories,
+                &digests,
+                &tags,
+                &reasons,
+                &evidence,
+                &commits,
+                &generations,
+                &now_ms(),
+            ],
+        )
+        .await
+        .map_err(|e| chain(&e))?;
+    let mut inserted: HashMap<Key, Option<i64>> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        inserted.insert((row.get(0), row.get(1), row.get(2)), row.get(3));
+    }
+    let findings: Vec<i64> = inserted.values().filter_map(|id| *id).collect();
+    if !findings.is_empty() {
+        let statement = tx.prepare_cached(DELIVERIES).await.map_err(|e| chain(&e))?;
+        tx.execute(&statement, &[&findings])
+            .await
+            .map_err(|e| chain(&e))?;
+    }
+    // Verdicts recorded before (by this or another process) of the keys
+    // not inserted now. The insert waited for any conflicting transaction
+    // to end, so this later statement sees its row.
+    let others: Vec<Key> = leaders
+        .iter()
+        .map(|&i| key(&batch[i].decision))
+        .filter(|k| !inserted.contains_key(k))
+        .collect();
+    let mut existing: HashMap<Key, String> = HashMap::with_capacity(others.len());
+    if !others.is_empty() {
+        let statement = tx.prepare_cached(EXISTING).await.map_err(|e| chain(&e))?;
+        let (s, e, i): (Vec<&str>, Vec<&str>, Vec<&str>) = others
+            .iter()
+            .map(|(s, e, i)| (s.as_str(), e.as_str(), i.as_str()))
+            .fold((vec![], vec![], vec![]), |mut acc, (s, e, i)| {
+                acc.0.push(s);
+                acc.1.push(e);
+                acc.2.push(i);
+                acc
+            });
+        for row in tx
+            .query(&statement, &[&s, &e, &i])
+            .await
+            .map_err(|e| chain(&e))?
+        {
+            existing.insert((row.get(0), row.get(1), row.get(2)), row.get(3));
+        }
+    }
+    tx.commit().await.map_err(|e| chain(&e))?;
+
+    // Each caller's answer. A key new in this batch answers its first
+    // caller `New` and the others `Duplicate` of its verdict.
+    let mut answered: HashSet<Key> = HashSet::new();
+    Ok(batch
+        .iter()
+        .map(|p| {
+            let d = &p.decision;
+            let k = key(d);
+            if let Some(finding) = inserted.get(&k) {
+                if answered.insert(k.clone()) {
+                    return Ok(Recorded::New {
+                        finding: finding.map(FindingId),
+                    });
+                }
+                let first = batch
+                    .iter()
+                    .find(|q| key(&q.decision) == k)
+                    .map_or(d.verdict, |q| q.decision.verdict);
+                return Ok(Recorded::Duplicate { verdict: first });
+            }
+            match existing.get(&k) {
+                Some(v) => v
+                    .parse::<VerdictKind>()
+                    .map(|verdict| Recorded::Duplicate { verdict })
+                    .map_err(|_| StoreError::Corrupt {
+                        path: name.clone(),
+                        what: format!("decision {}/{}/{}: verdict {v:?}", k.0, k.1, k.2),
+                    }),
+                // Pruned between the insert and the lookup: not recorded
+                // now; the delivery comes back and is decided anew.
+                None => Err(StoreError::GroupCommit {
+                    path: name.clone(),
+                    message: format!(
+                        "event {}: its decision vanished while being recorded; try again",
+                        d.event_id
+                    ),
+                }),
+            }
+        })
+        .collect())
+}

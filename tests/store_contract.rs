@@ -1,0 +1,1246 @@
+//! One contract, two stores: the findings store's behaviour (docs/design.md
+//! §7, §8.1) written once against `dyn Store` and run against the SQLite
+//! file and a real PostgreSQL server (tests/support/postgres.rs), each test
+//! in a database of its own. "Two processes" are two store instances on one
+//! database.
+
+use crate::support;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use image_auditor::audit::{Evidence, VerdictKind};
+use image_auditor::event::{Action, EndpointName, EventId, Source};
+use image_auditor::findings::migrations::Backend as Kind;
+use image_auditor::findings::{
+    Decision, DeliveryState, Finding, FindingId, FindingQuery, PostgresConfig, PostgresStore,
+    Recorded, SqliteStore, Store, StoreError,
+};
+use image_auditor::reference::{Digest, Repository, Tag};
+use support::postgres::Postgres;
+
+/// A database for one test, and stores on it.
+trait Backend: Sync {
+    fn kind(&self) -> Kind;
+    /// A new store instance on this test's database, as another process
+    /// would open it (migrating when needed).
+    fn open(&self) -> Arc<dyn Store> {
+        self.try_open(None).unwrap()
+    }
+    fn open_with_lease(&self, lease: Duration) -> Arc<dyn Store> {
+        self.try_open(Some(lease)).unwrap()
+    }
+    fn try_open(&self, lease: Option<Duration>) -> Result<Arc<dyn Store>, StoreError>;
+    /// Runs SQL on the database directly, bypassing the store.
+    fn execute(&self, sql: &str);
+    /// The schema version recorded in the database.
+    fn version(&self) -> i64;
+    /// Records `version` as the schema version, whatever the tables are.
+    fn set_version(&self, version: i64);
+}
+
+struct Sqlite {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    fn new() -> Sqlite {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("findings.db");
+        Sqlite { _dir: dir, path }
+    }
+}
+
+impl Backend for Sqlite {
+    fn kind(&self) -> Kind {
+        Kind::Sqlite
+    }
+    fn try_open(&self, lease: Option<Duration>) -> Result<Arc<dyn Store>, StoreError> {
+        let store = SqliteStore::open(&self.path)?;
+        Ok(Arc::new(match lease {
+            Some(lease) => store.with_claim_lease(lease),
+            None => store,
+        }))
+    }
+    fn execute(&self, sql: &str) {
+        std::fs::create_dir_all(self.path.parent().unwrap()).unwrap();
+        // As the store migrates: with enforcement off (a rebuilt table is
+        // referenced while it is being replaced).
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .execute_batch(&format!("PRAGMA foreign_keys = OFF; {sql}"))
+            .unwrap();
+    }
+    fn version(&self) -> i64 {
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+    fn set_version(&self, version: i64) {
+        self.execute(&format!("PRAGMA user_version = {version}"));
+    }
+}
+
+struct Pg {
+    server: &'static Postgres,
+    database: String,
+}
+
+impl Pg {
+    fn new() -> Pg {
+        let server = Postgres::shared();
+        Pg {
+            server,
+            database: server.fresh_database(),
+        }
+    }
+
+    fn config() -> PostgresConfig {
+        PostgresConfig {
+            url_env: Some("UNUSED: the tests pass the URL".into()),
+            pool_size: 4,
+            ..PostgresConfig::default()
+        }
+    }
+}
+
+impl Backend for Pg {
+    fn kind(&self) -> Kind {
+        Kind::Postgres
+    }
+    fn try_open(&self, lease: Option<Duration>) -> Result<Arc<dyn Store>, StoreError> {
+        let store = PostgresStore::open_url(&Pg::config(), &self.server.url(&self.database))?;
+        Ok(Arc::new(match lease {
+            Some(lease) => store.with_claim_lease(lease),
+            None => store,
+        }))
+    }
+    fn execute(&self, sql: &str) {
+        self.server.psql(&self.database, sql);
+    }
+    fn version(&self) -> i64 {
+        self.server
+            .psql(&self.database, "SELECT MAX(version) FROM schema_migrations")
+            .parse()
+            .unwrap()
+    }
+    fn set_version(&self, version: i64) {
+        // The table as the store creates it, for a schema built by hand.
+        self.execute(&format!(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+               name TEXT NOT NULL, applied_at_ms BIGINT NOT NULL); \
+             INSERT INTO schema_migrations VALUES ({version}, 'set by the test', 0)"
+        ));
+    }
+}
+
+/// Each listed test, once per backend.
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $test() { super::$test(&super::Sqlite::new()) } )*
+        }
+        mod postgres {
+            $( #[test] fn $test() { super::$test(&super::Pg::new()) } )*
+        }
+    };
+}
+
+contract!(
+    record_then_duplicate_keeps_the_first_verdict,
+    the_endpoint_is_part_of_the_key,
+    dedupe_survives_reopening_the_file,
+    only_alerting_verdicts_become_findings,
+    undecided_is_never_recorded,
+    malformed_deliveries_are_findings_without_an_event,
+    query_filters_each_narrow,
+    limits_and_pages,
+    limit_defaults_to_100_and_caps_at_1000,
+    counts_decisions_findings_and_undelivered,
+    outbox_is_per_sink,
+    failed_delivery_is_retried_at_its_time,
+    unfinished_claim_comes_back_after_the_lease,
+    marking_an_unclaimed_finding_is_an_error,
+    concurrent_records_of_one_id_make_one_finding,
+    prune_drops_old_decisions_but_keeps_findings,
+    prune_works_in_batches,
+    findings_serialise_for_the_api,
+    ten_thousand_records,
+    group_commits_answer_every_caller_with_its_own_result,
+    one_sinks_backlog_agrees_with_the_full_counts,
+    two_stores_dedupe_as_one,
+    concurrent_claimers_never_take_one_finding_twice,
+    a_sink_known_meanwhile_is_owed_every_finding,
+    the_undecided_budget_is_one_for_every_store,
+    migrations_from_empty_apply_once_whoever_opens_first,
+    migrations_from_the_previous_version_keep_the_rows,
+    a_newer_schema_is_refused,
+    the_store_answers_its_health_check,
+);
+
+/// `sha256:` + `unit` repeated to 64 hex digits.
+fn digest(unit: &str) -> Digest {
+    format!("sha256:{}", &unit.repeat(64)[..64])
+        .parse()
+        .unwrap()
+}
+
+fn repo(name: &str) -> Repository {
+    format!("registry.example/prod/{name}").parse().unwrap()
+}
+
+fn evidence() -> Evidence {
+    Evidence {
+        project: "sig-foo".into(),
+        file: Arc::from(Path::new("images/sig-foo/images.yaml")),
+        line: 7,
+        image: "foo".into(),
+        digest: digest("ab"),
+        tags: vec!["v1.0".into()],
+        parent: Some(digest("cd")),
+    }
+}
+
+/// The subscription the test decisions come through.
+fn sub() -> EndpointName {
+    EndpointName("projects/p/subscriptions/prod".into())
+}
+
+fn decision(id: &str, verdict: VerdictKind) -> Decision {
+    Decision {
+        source: Source::PubsubPull,
+        endpoint: sub(),
+        event_id: EventId(id.into()),
+        received_at_ms: 1_000,
+        action: Some(Action::Insert),
+        repository: Some(repo("foo")),
+        digest: Some(digest("12")),
+        tag: Some("v1.0".parse::<Tag>().unwrap()),
+        verdict,
+        reason: format!("{verdict} because of {id}"),
+        evidence: vec![evidence().into()],
+        manifest_commit: Some("0123abcd".into()),
+        index_generation: 7,
+    }
+}
+
+fn new_finding(r: Recorded) -> FindingId {
+    match r {
+        Recorded::New { finding: Some(id) } => id,
+        other => panic!("expected a new finding, got {other:?}"),
+    }
+}
+
+fn ids(fs: &[Finding]) -> Vec<&str> {
+    fs.iter().map(|f| f.event_id.0.as_str()).collect()
+}
+
+fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
+    let store = h.open();
+
+    let first = store
+        .record(&decision("m1", VerdictKind::Unpromoted))
+        .unwrap();
+    let id = new_finding(first);
+    // A redelivery decided differently (say after a reload) is still the
+    // same delivery: the first verdict stands and nothing is written.
+    let again = store
+        .record(&decision("m1", VerdictKind::Promoted))
+        .unwrap();
+    assert_eq!(
+        again,
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    );
+    let again = store
+        .record(&decision("m1", VerdictKind::Unpromoted))
+        .unwrap();
+    assert_eq!(
+        again,
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    );
+
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .unwrap(),
+        Some(VerdictKind::Unpromoted)
+    );
+    assert_eq!(
+        store
+            .decision(Source::PubsubPush, &sub(), &EventId("m1".into()))
+            .unwrap(),
+        None,
+        "the source is part of the key"
+    );
+    let all = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(all.len(), 1);
+    let f = &all[0];
+    assert_eq!(f.id, id);
+    assert_eq!(f.source, Source::PubsubPull);
+    assert_eq!(f.event_id, EventId("m1".into()));
+    assert_eq!(f.action, Some(Action::Insert));
+    assert_eq!(f.repository, Some(repo("foo")));
+    assert_eq!(f.digest, Some(digest("12")));
+    assert_eq!(f.tag.as_ref().map(|t| t.as_str()), Some("v1.0"));
+    assert_eq!(f.verdict, VerdictKind::Unpromoted);
+    assert_eq!(f.reason, "unpromoted because of m1");
+    assert_eq!(f.manifest_commit.as_deref(), Some("0123abcd"));
+    assert_eq!(f.index_generation, 7);
+    assert_eq!(f.received_at_ms, 1_000);
+    assert!(f.created_at_ms > 1_600_000_000_000, "{}", f.created_at_ms);
+    assert_eq!(f.evidence, serde_json::to_value(vec![evidence()]).unwrap());
+    assert!(f.deliveries.is_empty());
+
+    // The same id from another source is another delivery.
+    let mut other = decision("m1", VerdictKind::Unpromoted);
+    other.source = Source::PubsubPush;
+    new_finding(store.record(&other).unwrap());
+    assert_eq!(store.counts().unwrap().findings, 2);
+}
+
+fn the_endpoint_is_part_of_the_key(h: &dyn Backend) {
+    let store = h.open();
+    let dev = EndpointName("projects/p/subscriptions/dev".into());
+    let mut from_dev = decision("m1", VerdictKind::OutOfScope);
+    from_dev.endpoint = dev.clone();
+    assert_eq!(
+        store.record(&from_dev).unwrap(),
+        Recorded::New { finding: None }
+    );
+    // The same id through another subscription is its own delivery: its
+    // verdict is recorded, and alerts.
+    let from_prod = decision("m1", VerdictKind::Unpromoted);
+    let id = new_finding(store.record(&from_prod).unwrap());
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &dev, &EventId("m1".into()))
+            .unwrap(),
+        Some(VerdictKind::OutOfScope)
+    );
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .unwrap(),
+        Some(VerdictKind::Unpromoted)
+    );
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!((f.len(), f[0].id), (1, id));
+    assert_eq!(f[0].endpoint, sub());
+    // And each stays deduplicated within its own endpoint.
+    assert!(matches!(
+        store.record(&from_prod).unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    ));
+}
+
+fn dedupe_survives_reopening_the_file(h: &dyn Backend) {
+    {
+        let store = h.open();
+        new_finding(
+            store
+                .record(&decision("m1", VerdictKind::TagMoved))
+                .unwrap(),
+        );
+        assert_eq!(
+            store
+                .record(&decision("m2", VerdictKind::Promoted))
+                .unwrap(),
+            Recorded::New { finding: None }
+        );
+    }
+    let store = h.open();
+    assert_eq!(
+        store
+            .record(&decision("m1", VerdictKind::TagMoved))
+            .unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::TagMoved
+        }
+    );
+    assert_eq!(
+        store
+            .record(&decision("m2", VerdictKind::Unpromoted))
+            .unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Promoted
+        }
+    );
+    let c = store.counts().unwrap();
+    assert_eq!(c.findings, 1);
+    assert_eq!(c.decisions_total(), 2);
+}
+
+fn only_alerting_verdicts_become_findings(h: &dyn Backend) {
+    let store = h.open();
+    for (i, kind) in VerdictKind::ALL.into_iter().enumerate() {
+        if kind == VerdictKind::Undecided {
+            continue;
+        }
+        let got = store.record(&decision(&format!("m{i}"), kind)).unwrap();
+        match got {
+            Recorded::New { finding } => {
+                assert_eq!(finding.is_some(), kind.alerts(), "{kind}")
+            }
+            Recorded::Duplicate { .. } => panic!("{kind}: duplicate"),
+        }
+        assert_eq!(
+            store
+                .decision(Source::PubsubPull, &sub(), &EventId(format!("m{i}")))
+                .unwrap(),
+            Some(kind)
+        );
+    }
+    let c = store.counts().unwrap();
+    for kind in VerdictKind::ALL {
+        let want = u64::from(kind != VerdictKind::Undecided);
+        assert_eq!(c.decisions_of(kind), want, "{kind}");
+    }
+    let alerting = VerdictKind::ALL.iter().filter(|k| k.alerts()).count() as u64;
+    assert_eq!(c.findings, alerting);
+    let found = store.findings(&FindingQuery::default()).unwrap();
+    assert!(found.iter().all(|f| f.verdict.alerts()));
+    assert_eq!(found.len() as u64, alerting);
+}
+
+fn undecided_is_never_recorded(h: &dyn Backend) {
+    let store = h.open();
+    let err = store
+        .record(&decision("m1", VerdictKind::Undecided))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Undecided { .. }), "{err}");
+    assert!(err.to_string().contains("m1"), "{err}");
+    assert_eq!(
+        store
+            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .unwrap(),
+        None
+    );
+    // Decided later, the same delivery is new.
+    assert_eq!(
+        store
+            .record(&decision("m1", VerdictKind::Promoted))
+            .unwrap(),
+        Recorded::New { finding: None }
+    );
+}
+
+fn malformed_deliveries_are_findings_without_an_event(h: &dyn Backend) {
+    let store = h.open();
+    let m = image_auditor::event::Malformed {
+        id: EventId("bad-1".into()),
+        source: Source::PubsubPush,
+        reason: "invalid JSON".into(),
+    };
+    let id = new_finding(
+        store
+            .record(&Decision::of_malformed(&m, &sub(), 5, None, 3))
+            .unwrap(),
+    );
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].id, id);
+    assert_eq!(f[0].verdict, VerdictKind::Malformed);
+    assert_eq!(f[0].reason, "invalid JSON");
+    assert_eq!(
+        (&f[0].action, &f[0].repository, &f[0].digest, &f[0].tag),
+        (&None, &None, &None, &None)
+    );
+    assert_eq!(f[0].evidence, serde_json::json!([]));
+}
+
+/// Six findings across verdicts, digests, repositories and times, plus a
+/// non-alerting decision that must never show up.
+fn query_fixture(h: &dyn Backend) -> Arc<dyn Store> {
+    let store = h.open();
+    let rows = [
+        ("a", VerdictKind::Unpromoted, "11", "foo", 100),
+        ("b", VerdictKind::TagMoved, "11", "bar", 200),
+        ("c", VerdictKind::Unpromoted, "22", "bar", 300),
+        ("d", VerdictKind::Deleted, "22", "foo", 400),
+        ("e", VerdictKind::Unpromoted, "33", "foo", 500),
+        ("f", VerdictKind::WrongRepository, "11", "foo", 600),
+    ];
+    for (id, kind, dig, name, at) in rows {
+        let mut d = decision(id, kind);
+        d.digest = Some(digest(dig));
+        d.repository = Some(repo(name));
+        d.received_at_ms = at;
+        new_finding(store.record(&d).unwrap());
+    }
+    let mut quiet = decision("quiet", VerdictKind::Promoted);
+    quiet.digest = Some(digest("11"));
+    store.record(&quiet).unwrap();
+    store
+}
+
+fn query_filters_each_narrow(h: &dyn Backend) {
+    let store = query_fixture(h);
+    let q = |q: FindingQuery| ids(&store.findings(&q).unwrap()).join(",");
+
+    assert_eq!(q(FindingQuery::default()), "f,e,d,c,b,a", "newest first");
+    assert_eq!(
+        q(FindingQuery {
+            verdict: Some(VerdictKind::Unpromoted),
+            ..Default::default()
+        }),
+        "e,c,a"
+    );
+    assert_eq!(
+        q(FindingQuery {
+            verdict: Some(VerdictKind::Promoted),
+            ..Default::default()
+        }),
+        ""
+    );
+    assert_eq!(
+        q(FindingQuery {
+            digest: Some(digest("11")),
+            ..Default::default()
+        }),
+        "f,b,a"
+    );
+    assert_eq!(
+        q(FindingQuery {
+            repository: Some(repo("bar")),
+            ..Default::default()
+        }),
+        "c,b"
+    );
+    assert_eq!(
+        q(FindingQuery {
+            since_ms: Some(400),
+            ..Default::default()
+        }),
+        "f,e,d",
+        "since is inclusive"
+    );
+    assert_eq!(
+        q(FindingQuery {
+            verdict: Some(VerdictKind::Unpromoted),
+            repository: Some(repo("foo")),
+            since_ms: Some(200),
+            ..Default::default()
+        }),
+        "e"
+    );
+    assert_eq!(
+        q(FindingQuery {
+            digest: Some(digest("22")),
+            repository: Some(repo("foo")),
+            ..Default::default()
+        }),
+        "d"
+    );
+}
+
+fn limits_and_pages(h: &dyn Backend) {
+    let store = query_fixture(h);
+    let page1 = store
+        .findings(&FindingQuery {
+            limit: Some(4),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&page1), ["f", "e", "d", "c"]);
+    let page2 = store
+        .findings(&FindingQuery {
+            limit: Some(4),
+            before: Some(page1.last().unwrap().id),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&page2), ["b", "a"]);
+    assert!(
+        store
+            .findings(&FindingQuery {
+                limit: Some(0),
+                ..Default::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn limit_defaults_to_100_and_caps_at_1000(h: &dyn Backend) {
+    let store = h.open();
+    for i in 0..1100 {
+        store
+            .record(&decision(&format!("m{i:04}"), VerdictKind::Unpromoted))
+            .unwrap();
+    }
+    let default = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(default.len(), FindingQuery::DEFAULT_LIMIT);
+    assert_eq!(default[0].event_id.0, "m1099");
+    let capped = store
+        .findings(&FindingQuery {
+            limit: Some(50_000),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(capped.len(), FindingQuery::MAX_LIMIT);
+    assert_eq!(capped.last().unwrap().event_id.0, "m0100");
+}
+
+fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
+    let store = h.open();
+    let empty = store.counts().unwrap();
+    assert_eq!(
+        (empty.decisions_total(), empty.findings, empty.undelivered),
+        (0, 0, 0)
+    );
+    assert_eq!(empty.decisions.len(), VerdictKind::ALL.len());
+
+    for i in 0..3 {
+        store
+            .record(&decision(&format!("p{i}"), VerdictKind::Promoted))
+            .unwrap();
+    }
+    for i in 0..2 {
+        store
+            .record(&decision(&format!("u{i}"), VerdictKind::Unpromoted))
+            .unwrap();
+    }
+    store
+        .record(&decision("t0", VerdictKind::TagMoved))
+        .unwrap();
+    store
+        .record(&decision("p0", VerdictKind::Promoted))
+        .unwrap(); // duplicate: counted once
+
+    let c = store.counts().unwrap();
+    assert_eq!(c.decisions_of(VerdictKind::Promoted), 3);
+    assert_eq!(c.decisions_of(VerdictKind::Unpromoted), 2);
+    assert_eq!(c.decisions_of(VerdictKind::TagMoved), 1);
+    assert_eq!(c.decisions_of(VerdictKind::Deleted), 0);
+    assert_eq!(c.decisions_total(), 6);
+    assert_eq!(c.findings, 3);
+    assert_eq!(c.undelivered, 3, "no sink has delivered anything");
+    assert!(c.undelivered_by_sink.is_empty());
+
+    let claimed = store.claim_undelivered("log", 10, 0).unwrap();
+    store.mark_delivered("log", claimed[0].id, 1).unwrap();
+    let c = store.counts().unwrap();
+    assert_eq!(c.undelivered, 2);
+    assert_eq!(c.undelivered_by_sink, vec![("log".to_owned(), 2)]);
+
+    // A second sink owes everything; a finding recorded later is owed by both.
+    store.claim_undelivered("slack", 0, 0).unwrap();
+    store
+        .record(&decision("u9", VerdictKind::Unpromoted))
+        .unwrap();
+    let c = store.counts().unwrap();
+    assert_eq!(c.undelivered, 4);
+    assert_eq!(
+        c.undelivered_by_sink,
+        vec![("log".to_owned(), 3), ("slack".to_owned(), 4)]
+    );
+}
+
+fn outbox_is_per_sink(h: &dyn Backend) {
+    let store = h.open();
+    let f1 = new_finding(
+        store
+            .record(&decision("m1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let f2 = new_finding(
+        store
+            .record(&decision("m2", VerdictKind::TagMoved))
+            .unwrap(),
+    );
+    store
+        .record(&decision("m3", VerdictKind::Promoted))
+        .unwrap();
+
+    let a = store.claim_undelivered("a", 10, 1_000).unwrap();
+    assert_eq!(
+        a.iter().map(|f| f.id).collect::<Vec<_>>(),
+        [f1, f2],
+        "oldest first"
+    );
+    let d = &a[0].deliveries;
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        (d[0].sink.as_str(), d[0].state, d[0].attempts),
+        ("a", DeliveryState::Pending, 1)
+    );
+    // Claimed: hidden from further claims for the same sink.
+    assert!(store.claim_undelivered("a", 10, 1_000).unwrap().is_empty());
+
+    store.mark_delivered("a", f1, 1_100).unwrap();
+    store.mark_delivered("a", f2, 1_100).unwrap();
+    store.mark_delivered("a", f2, 1_200).unwrap(); // idempotent
+    // Never again for A, however late.
+    assert!(
+        store
+            .claim_undelivered("a", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    // Still pending for B.
+    let b = store.claim_undelivered("b", 1, 1_000).unwrap();
+    assert_eq!(b.iter().map(|f| f.id).collect::<Vec<_>>(), [f1], "limit");
+    let b = store.claim_undelivered("b", 10, 1_000).unwrap();
+    assert_eq!(b.iter().map(|f| f.id).collect::<Vec<_>>(), [f2]);
+
+    // The HTTP view shows both sinks' states.
+    let all = store.findings(&FindingQuery::default()).unwrap();
+    let f1_row = all.iter().find(|f| f.id == f1).unwrap();
+    let states: Vec<_> = f1_row
+        .deliveries
+        .iter()
+        .map(|d| (d.sink.as_str(), d.state, d.delivered_at_ms))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", DeliveryState::Delivered, Some(1_100)),
+            ("b", DeliveryState::Pending, None)
+        ]
+    );
+
+    // A finding recorded after both sinks looked is owed to both.
+    let f4 = new_finding(store.record(&decision("m4", VerdictKind::Deleted)).unwrap());
+    for sink in ["a", "b"] {
+        let got = store.claim_undelivered(sink, 10, 1_000).unwrap();
+        assert_eq!(got.iter().map(|f| f.id).collect::<Vec<_>>(), [f4], "{sink}");
+    }
+}
+
+fn failed_delivery_is_retried_at_its_time(h: &dyn Backend) {
+    let store = h.open();
+    let id = new_finding(
+        store
+            .record(&decision("m1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    assert_eq!(store.claim_undelivered("hook", 10, 1_000).unwrap().len(), 1);
+    store
+        .mark_failed("hook", id, "503 Service Unavailable", 5_000)
+        .unwrap();
+
+    assert!(
+        store
+            .claim_undelivered("hook", 10, 4_999)
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim_undelivered("hook", 10, 5_000).unwrap();
+    assert_eq!(again.len(), 1);
+    let d = &again[0].deliveries[0];
+    assert_eq!(d.attempts, 2);
+    assert_eq!(d.last_error.as_deref(), Some("503 Service Unavailable"));
+    assert_eq!(d.state, DeliveryState::Pending);
+
+    store.mark_delivered("hook", id, 5_100).unwrap();
+    // A late failure report does not undo the delivery.
+    store.mark_failed("hook", id, "timeout", 6_000).unwrap();
+    assert!(
+        store
+            .claim_undelivered("hook", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.counts().unwrap().undelivered, 0);
+}
+
+fn unfinished_claim_comes_back_after_the_lease(h: &dyn Backend) {
+    let store = h.open_with_lease(Duration::from_secs(10));
+    new_finding(
+        store
+            .record(&decision("m1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    assert_eq!(store.claim_undelivered("hook", 10, 1_000).unwrap().len(), 1);
+    drop(store); // crashed mid-delivery
+    let store = h.open_with_lease(Duration::from_secs(10));
+    assert!(
+        store
+            .claim_undelivered("hook", 10, 10_999)
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim_undelivered("hook", 10, 11_000).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].deliveries[0].attempts, 2);
+}
+
+fn marking_an_unclaimed_finding_is_an_error(h: &dyn Backend) {
+    let store = h.open();
+    let id = new_finding(
+        store
+            .record(&decision("m1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let err = store.mark_delivered("hook", id, 1).unwrap_err();
+    assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
+    assert!(err.to_string().contains("hook"), "{err}");
+    let err = store
+        .mark_failed("hook", FindingId(999), "x", 1)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
+}
+
+fn concurrent_records_of_one_id_make_one_finding(h: &dyn Backend) {
+    let store = h.open();
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                store
+                    .record(&decision("same", VerdictKind::Unpromoted))
+                    .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<Recorded> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let new = results
+        .iter()
+        .filter(|r| matches!(r, Recorded::New { finding: Some(_) }))
+        .count();
+    let dup = results
+        .iter()
+        .filter(|r| {
+            **r == Recorded::Duplicate {
+                verdict: VerdictKind::Unpromoted,
+            }
+        })
+        .count();
+    assert_eq!((new, dup), (1, 7), "{results:?}");
+    assert_eq!(store.counts().unwrap().findings, 1);
+}
+
+fn prune_drops_old_decisions_but_keeps_findings(h: &dyn Backend) {
+    let store = h.open();
+    let at = |id: &str, kind, ms| {
+        let mut d = decision(id, kind);
+        d.received_at_ms = ms;
+        d
+    };
+    store
+        .record(&at("old-ok", VerdictKind::Promoted, 100))
+        .unwrap();
+    store
+        .record(&at("old-bad", VerdictKind::Unpromoted, 100))
+        .unwrap();
+    store
+        .record(&at("new-ok", VerdictKind::OutOfScope, 900))
+        .unwrap();
+
+    assert_eq!(store.prune_decisions(500).unwrap(), 1);
+    let has = |id: &str| {
+        store
+            .decision(Source::PubsubPull, &sub(), &EventId(id.into()))
+            .unwrap()
+    };
+    assert_eq!(has("old-ok"), None);
+    assert_eq!(has("old-bad"), Some(VerdictKind::Unpromoted));
+    assert_eq!(has("new-ok"), Some(VerdictKind::OutOfScope));
+    assert_eq!(store.counts().unwrap().findings, 1);
+    // The window is over for the pruned delivery: it is new again.
+    assert_eq!(
+        store
+            .record(&at("old-ok", VerdictKind::Promoted, 1000))
+            .unwrap(),
+        Recorded::New { finding: None }
+    );
+    // Findings' dedupe never expires.
+    assert!(matches!(
+        store
+            .record(&at("old-bad", VerdictKind::Unpromoted, 1000))
+            .unwrap(),
+        Recorded::Duplicate { .. }
+    ));
+}
+
+fn prune_works_in_batches(h: &dyn Backend) {
+    let store = h.open();
+    for i in 0..12_345 {
+        store
+            .record(&decision(&format!("m{i}"), VerdictKind::Promoted))
+            .unwrap();
+    }
+    assert_eq!(store.prune_decisions(1_001).unwrap(), 12_345);
+    assert_eq!(store.counts().unwrap().decisions_total(), 0);
+}
+
+fn findings_serialise_for_the_api(h: &dyn Backend) {
+    let store = h.open();
+    let id = new_finding(
+        store
+            .record(&decision("m1", VerdictKind::WrongRepository))
+            .unwrap(),
+    );
+    store.claim_undelivered("log", 1, 0).unwrap();
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    let v = serde_json::to_value(&f[0]).unwrap();
+    assert_eq!(v["id"], id.0);
+    assert_eq!(v["source"], "pubsub_pull");
+    assert_eq!(v["event_id"], "m1");
+    assert_eq!(v["endpoint"], "projects/p/subscriptions/prod");
+    assert_eq!(v["action"], "insert");
+    assert_eq!(v["repository"], "registry.example/prod/foo");
+    assert_eq!(v["digest"], digest("12").to_string());
+    assert_eq!(v["tag"], "v1.0");
+    assert_eq!(v["verdict"], "wrong_repository");
+    assert_eq!(v["manifest_commit"], "0123abcd");
+    assert_eq!(v["index_generation"], 7);
+    assert_eq!(v["evidence"][0]["file"], "images/sig-foo/images.yaml");
+    assert_eq!(v["evidence"][0]["line"], 7);
+    assert_eq!(v["evidence"][0]["parent"], digest("cd").to_string());
+    assert_eq!(v["deliveries"][0]["sink"], "log");
+    assert_eq!(v["deliveries"][0]["state"], "pending");
+}
+
+fn ten_thousand_records(h: &dyn Backend) {
+    let store = h.open();
+    let kinds = [
+        VerdictKind::Promoted,
+        VerdictKind::Unpromoted,
+        VerdictKind::OutOfScope,
+        VerdictKind::TagMoved,
+    ];
+    let mut d = decision("", VerdictKind::Promoted);
+    for i in 0..10_000 {
+        d.event_id = EventId(format!("m{i}"));
+        d.verdict = kinds[i % kinds.len()];
+        assert!(matches!(store.record(&d).unwrap(), Recorded::New { .. }));
+    }
+    let c = store.counts().unwrap();
+    assert_eq!(c.decisions_total(), 10_000);
+    for k in kinds {
+        assert_eq!(c.decisions_of(k), 2_500, "{k}");
+    }
+    assert_eq!(c.findings, 5_000);
+    assert_eq!(c.undelivered, 5_000);
+}
+
+fn group_commits_answer_every_caller_with_its_own_result(h: &dyn Backend) {
+    // 16 writers, 40 records each over 100 shared ids: records of one id
+    // land in the same or in different group commits; either way each id
+    // is new exactly once and every other record of it is a duplicate of
+    // that first verdict.
+    let store = h.open();
+    let barrier = Arc::new(Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|t| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..40)
+                    .map(|i| {
+                        let n = (t * 7 + i) % 100;
+                        let verdict = if n % 2 == 0 {
+                            VerdictKind::Unpromoted
+                        } else {
+                            VerdictKind::Promoted
+                        };
+                        let result = store.record(&decision(&format!("id{n}"), verdict)).unwrap();
+                        (n, verdict, result)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut new_per_id = std::collections::HashMap::new();
+    for (n, verdict, result) in handles.into_iter().flat_map(|h| h.join().unwrap()) {
+        match result {
+            Recorded::New { finding } => {
+                *new_per_id.entry(n).or_insert(0) += 1;
+                assert_eq!(finding.is_some(), verdict.alerts(), "id{n}");
+            }
+            Recorded::Duplicate { verdict: first } => assert_eq!(first, verdict, "id{n}"),
+        }
+    }
+    assert_eq!(new_per_id.len(), 100);
+    assert!(new_per_id.values().all(|&n| n == 1), "{new_per_id:?}");
+    let counts = store.counts().unwrap();
+    assert_eq!(counts.decisions_total(), 100);
+    assert_eq!(counts.findings, 50);
+}
+
+fn one_sinks_backlog_agrees_with_the_full_counts(h: &dyn Backend) {
+    let store = h.open();
+    for i in 0..4 {
+        store
+            .record(&decision(&format!("f{i}"), VerdictKind::Unpromoted))
+            .unwrap();
+    }
+    // Never claimed: every finding is owed.
+    assert_eq!(store.undelivered("a").unwrap(), 4);
+    let claimed = store.claim_undelivered("a", 2, 0).unwrap();
+    store.mark_delivered("a", claimed[0].id, 0).unwrap();
+    store
+        .record(&decision("f4", VerdictKind::TagMoved))
+        .unwrap();
+    let by_sink = store.counts().unwrap().undelivered_by_sink;
+    assert_eq!(by_sink, [("a".to_string(), 4)]);
+    assert_eq!(store.undelivered("a").unwrap(), 4);
+}
+
+// Beyond one process: what replicas sharing a store rely on.
+
+fn two_stores_dedupe_as_one(h: &dyn Backend) {
+    let stores = [h.open(), h.open()];
+    let barrier = Arc::new(Barrier::new(8));
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let (store, barrier) = (stores[t % 2].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..50)
+                    .map(|i| {
+                        let n = (t * 13 + i) % 50;
+                        let verdict = if n % 3 == 0 {
+                            VerdictKind::Unpromoted
+                        } else {
+                            VerdictKind::Promoted
+                        };
+                        (
+                            n,
+                            store.record(&decision(&format!("id{n}"), verdict)).unwrap(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut new_per_id: HashMap<usize, usize> = HashMap::new();
+    for (n, recorded) in handles.into_iter().flat_map(|h| h.join().unwrap()) {
+        if let Recorded::New { .. } = recorded {
+            *new_per_id.entry(n).or_default() += 1;
+        }
+    }
+    assert_eq!(new_per_id.len(), 50);
+    assert!(new_per_id.values().all(|&n| n == 1), "{new_per_id:?}");
+    for store in &stores {
+        let c = store.counts().unwrap();
+        assert_eq!((c.decisions_total(), c.findings), (50, 17));
+        assert_eq!(
+            store
+                .decision(Source::PubsubPull, &sub(), &EventId("id3".into()))
+                .unwrap(),
+            Some(VerdictKind::Unpromoted)
+        );
+    }
+}
+
+fn concurrent_claimers_never_take_one_finding_twice(h: &dyn Backend) {
+    let stores = [h.open(), h.open()];
+    for i in 0..60 {
+        new_finding(
+            stores[i % 2]
+                .record(&decision(&format!("f{i}"), VerdictKind::Unpromoted))
+                .unwrap(),
+        );
+    }
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, barrier) = (stores[t % 2].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let mut mine = Vec::new();
+                loop {
+                    let claimed = store.claim_undelivered("hook", 3, 1_000).unwrap();
+                    if claimed.is_empty() {
+                        return mine;
+                    }
+                    for f in claimed {
+                        assert_eq!(f.deliveries[0].attempts, 1, "claimed before: {}", f.id);
+                        store.mark_delivered("hook", f.id, 1_000).unwrap();
+                        mine.push(f.id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let all: Vec<FindingId> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let distinct: HashSet<_> = all.iter().collect();
+    assert_eq!((all.len(), distinct.len()), (60, 60), "{all:?}");
+    assert_eq!(stores[0].undelivered("hook").unwrap(), 0);
+}
+
+/// A sink's first claim while findings are being recorded elsewhere: it is
+/// owed every one of them, those committed before it and after it alike.
+fn a_sink_known_meanwhile_is_owed_every_finding(h: &dyn Backend) {
+    let stores = [h.open(), h.open(), h.open()];
+    let barrier = Arc::new(Barrier::new(3));
+    let writers: Vec<_> = (0..2)
+        .map(|t| {
+            let (store, barrier) = (stores[t].clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for i in 0..100 {
+                    store
+                        .record(&decision(&format!("w{t}-{i}"), VerdictKind::TagMoved))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    // Known from its first claim, while the writers write.
+    stores[2].claim_undelivered("late", 0, 0).unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let mut owed = HashSet::new();
+    loop {
+        let claimed = stores[2].claim_undelivered("late", 50, 0).unwrap();
+        if claimed.is_empty() {
+            break;
+        }
+        for f in claimed {
+            assert!(owed.insert(f.id), "claimed twice: {}", f.id);
+        }
+    }
+    assert_eq!(owed.len(), 200);
+}
+
+fn the_undecided_budget_is_one_for_every_store(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    let prod = EndpointName("prod".into());
+    let e1 = EventId("e1".into());
+    assert_eq!(
+        a.first_undecided(Source::Harbor, &prod, &e1, 1_000)
+            .unwrap(),
+        1_000
+    );
+    // Another process asking later is told the first time.
+    assert_eq!(
+        b.first_undecided(Source::Harbor, &prod, &e1, 5_000)
+            .unwrap(),
+        1_000
+    );
+    assert_eq!(
+        a.first_undecided(Source::Harbor, &prod, &e1, 6_000)
+            .unwrap(),
+        1_000
+    );
+    // The key is (source, endpoint, id).
+    let dev = EndpointName("dev".into());
+    assert_eq!(
+        b.first_undecided(Source::Harbor, &dev, &e1, 6_000).unwrap(),
+        6_000
+    );
+    assert_eq!(
+        b.first_undecided(Source::Acr, &prod, &e1, 7_000).unwrap(),
+        7_000
+    );
+    // Decided: the budget is spent; undecided again later starts anew.
+    let mut decided = decision("e1", VerdictKind::Promoted);
+    (decided.source, decided.endpoint) = (Source::Harbor, prod.clone());
+    a.record(&decided).unwrap();
+    assert_eq!(
+        b.first_undecided(Source::Harbor, &prod, &e1, 9_000)
+            .unwrap(),
+        9_000
+    );
+    assert_eq!(
+        b.first_undecided(Source::Harbor, &dev, &e1, 9_000).unwrap(),
+        6_000
+    );
+    // Retention forgets budgets older than it keeps decisions.
+    a.prune_decisions(8_000).unwrap();
+    assert_eq!(
+        b.first_undecided(Source::Harbor, &dev, &e1, 9_500).unwrap(),
+        9_500
+    );
+    assert_eq!(
+        b.first_undecided(Source::Harbor, &prod, &e1, 9_600)
+            .unwrap(),
+        9_000
+    );
+}
+
+fn migrations_from_empty_apply_once_whoever_opens_first(h: &dyn Backend) {
+    let known = h.kind().known_version();
+    // Four processes starting at once on an empty database: one migrates,
+    // the others wait and find nothing to do.
+    std::thread::scope(|s| {
+        let opened: Vec<_> = (0..4).map(|_| s.spawn(|| h.try_open(None))).collect();
+        for o in opened {
+            let store = o.join().unwrap().unwrap();
+            assert_eq!(store.counts().unwrap().findings, 0);
+        }
+    });
+    assert_eq!(h.version(), known);
+    drop(h.open());
+    assert_eq!(h.version(), known);
+}
+
+fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
+    let all = h.kind().migrations();
+    let previous = &all[..all.len() - 1];
+    for m in previous {
+        h.execute(m.sql);
+    }
+    h.set_version(previous.last().unwrap().version);
+    h.execute(
+        "INSERT INTO decisions (source, endpoint, event_id, received_at_ms, verdict) \
+           VALUES ('scan', '', 's1', 100, 'unpromoted'), ('scan', '', 's2', 100, 'promoted'); \
+         INSERT INTO findings (created_at_ms, received_at_ms, source, endpoint, event_id, \
+             verdict, reason, evidence, index_generation) \
+           VALUES (101, 100, 'scan', '', 's1', 'unpromoted', 'not promoted', '[]', 3);",
+    );
+    let store = h.open();
+    assert_eq!(h.version(), h.kind().known_version());
+    let only = EndpointName::only();
+    let s1 = EventId("s1".into());
+    assert_eq!(
+        store.decision(Source::Scan, &only, &s1).unwrap(),
+        Some(VerdictKind::Unpromoted)
+    );
+    let mut again = decision("s1", VerdictKind::Unpromoted);
+    (again.source, again.endpoint) = (Source::Scan, only.clone());
+    assert!(matches!(
+        store.record(&again).unwrap(),
+        Recorded::Duplicate { .. }
+    ));
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(ids(&f), ["s1"]);
+    assert_eq!(store.claim_undelivered("log", 10, 0).unwrap().len(), 1);
+    // What the newest migration brought works.
+    assert_eq!(
+        store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
+        5
+    );
+}
+
+fn a_newer_schema_is_refused(h: &dyn Backend) {
+    drop(h.open());
+    let known = h.kind().known_version();
+    h.set_version(known + 1);
+    let err = h.try_open(None).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, supported, .. }
+            if found == known + 1 && supported == known),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("use a newer image-auditor"),
+        "{err}"
+    );
+}
+
+fn the_store_answers_its_health_check(h: &dyn Backend) {
+    let store = h.open();
+    store.check().unwrap();
+    assert_eq!(store.backend(), h.kind());
+}
