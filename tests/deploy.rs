@@ -164,20 +164,20 @@ fn write_rules_file(dir: &Path) {
 }
 
 /// The keys of `store.postgres` (README "Configuration").
-const POSTGRES_KEYS: &[&str] = &["url_env", "url_file", "pool_size", "connect_timeout"];
+const POSTGRES_KEYS: &[&str] = &["url_env", "url_file", "pool_size", "connect_timeout", "ca_file"];
 
 /// A shipped config as the service's `Config`, and its `store` section as
-/// YAML. `Config` learns `store` together with the PostgreSQL store
-/// (`findings::postgres`); until then the section is taken out before the
-/// rest is parsed, and checked on its own by [`postgres_url_env`].
+/// YAML for [`postgres_url_env`], which checks what `Config` accepts but a
+/// deployment must not use (a URL file, a pool too large).
 fn parse_config(text: &str) -> (Config, Value) {
-    let mut value: Value = serde_saphyr::from_str(text).unwrap();
-    let store = value
-        .as_object_mut()
-        .and_then(|o| o.remove("store"))
-        .unwrap_or(Value::Null);
+    let value: Value = serde_saphyr::from_str(text).unwrap();
+    let store = value["store"].clone();
     let config: Config = serde_json::from_value(value)
         .unwrap_or_else(|e| panic!("config does not parse: {e}\n{text}"));
+    assert!(
+        config.store.postgres.is_some(),
+        "the store section parses as PostgreSQL"
+    );
     (config, store)
 }
 
@@ -241,8 +241,6 @@ fn env_from_secret(container: &Value, name: &str) -> (String, String) {
 /// environment (PORT, IMAGE_AUDITOR_*); nothing here sets it.
 fn load_config_redirected(text: &str) -> Config {
     let mut value: Value = serde_saphyr::from_str(text).unwrap();
-    // See `parse_config`.
-    value.as_object_mut().unwrap().remove("store");
     let dir = tempfile::tempdir().unwrap();
     value["manifests"] = json!(repo().join(image_auditor::config::DEFAULT_MANIFESTS));
     value["data_dir"] = json!(dir.path().join("data"));
