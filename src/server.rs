@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::audit::{Policy, VerdictKind};
-use crate::event::Event;
+use crate::event::{Event, LimitHit};
 use crate::findings::{FindingQuery, Store, off_thread};
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -24,7 +24,6 @@ use crate::reference::Digest;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
 use crate::sources::Disposition;
-use crate::sources::json::LimitHit;
 use crate::sources::pubsub_pull::PullStatus;
 use crate::sources::pubsub_push;
 use crate::sources::push_auth::PushVerifier;
@@ -339,9 +338,8 @@ async fn pubsub_push(State(state): State<AppState>, request: Request) -> Respons
     let delivery = match pubsub_push::decode(&headers, &body) {
         Ok(d) => d,
         Err(e) => {
-            let message = e.to_string();
-            count_limit_hit(&state.metrics, &message);
-            return error(e.status(), message);
+            count_limit_hit(&state.metrics, e.limit());
+            return error(e.status(), e.to_string());
         }
     };
     let handled = state.pipeline.handle(delivery).await;
@@ -430,7 +428,7 @@ async fn webhook(
         Ok(parsed) => parsed,
         Err(rejected) => {
             count("rejected");
-            count_limit_hit(&state.metrics, &rejected.0);
+            count_limit_hit(&state.metrics, rejected.limit());
             tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %rejected,
                 "webhook request rejected");
             return error(StatusCode::BAD_REQUEST, rejected.to_string());
@@ -468,10 +466,10 @@ async fn webhook(
     }
 }
 
-/// Counts a refused request whose error reports a parser limit (the
-/// pipeline counts those reported by malformed events).
-fn count_limit_hit(metrics: &Metrics, message: &str) {
-    if let Some(limit) = LimitHit::in_message(message) {
+/// Counts a request a parser limit refused (the pipeline counts the
+/// limits of malformed events).
+fn count_limit_hit(metrics: &Metrics, limit: Option<LimitHit>) {
+    if let Some(limit) = limit {
         metrics.rejected(limit.reason());
     }
 }

@@ -357,11 +357,11 @@ fn undecided_is_never_recorded() {
 #[test]
 fn malformed_deliveries_are_findings_without_an_event() {
     let store = SqliteStore::open_in_memory().unwrap();
-    let m = image_auditor::event::Malformed {
-        id: EventId("bad-1".into()),
-        source: Source::PubsubPush,
-        reason: "invalid JSON".into(),
-    };
+    let m = image_auditor::event::Malformed::new(
+        EventId("bad-1".into()),
+        Source::PubsubPush,
+        "invalid JSON",
+    );
     let id = new_finding(
         store
             .record(&Decision::of_malformed(&m, &sub(), 5, None, 3))

@@ -721,8 +721,8 @@ async fn handle(
 mod tests {
     use super::*;
 
-    fn yaml(text: &str) -> Result<PullConfig, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    fn yaml(text: &str) -> Result<PullConfig, serde_saphyr::Error> {
+        serde_saphyr::from_str(text)
     }
 
     #[test]
@@ -744,7 +744,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let e = yaml("project: p\nsubscription: s\nstream: 2\n").unwrap_err();
+        let e = yaml("project: p\nsubscription: s\nstream: 2\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stream"), "{e}");
     }
 
