@@ -292,7 +292,10 @@ impl Reloader {
         let id = crate::reference::Digest::sha256_of(key.as_bytes()).to_string();
         let index = self.index.load();
         let malformed = Malformed::new(
-            EventId(format!("manifests:{project}:{}", &id["sha256:".len()..][..16])),
+            EventId(format!(
+                "manifests:{project}:{}",
+                &id["sha256:".len()..][..16]
+            )),
             Source::Manifests,
             format!(
                 "project {project}: {text}; {}",

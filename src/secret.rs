@@ -46,12 +46,20 @@ mod tests {
     #[test]
     fn a_token_comes_from_exactly_one_place_and_is_long_enough() {
         let env = |var: &str| (var == "SET").then(|| LONG.to_string());
-        let cases: [(Option<&str>, Option<&str>, Result<Option<String>, TokenError>); 6] = [
+        let cases: [(
+            Option<&str>,
+            Option<&str>,
+            Result<Option<String>, TokenError>,
+        ); 6] = [
             (None, None, Ok(None)),
             (Some(LONG), None, Ok(Some(LONG.into()))),
             (None, Some("SET"), Ok(Some(LONG.into()))),
             (Some(LONG), Some("SET"), Err(TokenError::Both)),
-            (None, Some("UNSET"), Err(TokenError::EnvUnset("UNSET".into()))),
+            (
+                None,
+                Some("UNSET"),
+                Err(TokenError::EnvUnset("UNSET".into())),
+            ),
             (Some("short"), None, Err(TokenError::TooShort)),
         ];
         for (token, token_env, want) in cases {

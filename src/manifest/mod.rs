@@ -7,8 +7,8 @@
 //! while the others load, so one bad project never blinds the auditor.
 
 mod layout;
-mod schema;
 pub mod origin;
+mod schema;
 mod validate;
 pub mod walk;
 

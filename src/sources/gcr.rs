@@ -26,10 +26,13 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
         Some("INSERT") => Action::Insert,
         Some("DELETE") => Action::Delete,
         Some(other) => {
-            return Err(malformed(format!(
-                "unknown action {:?} (expected INSERT or DELETE)",
-                shown(other)
-            ).into()));
+            return Err(malformed(
+                format!(
+                    "unknown action {:?} (expected INSERT or DELETE)",
+                    shown(other)
+                )
+                .into(),
+            ));
         }
         None => return Err(malformed("field `action` is missing".into())),
     };
@@ -40,9 +43,9 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
                 .map_err(|e| malformed(Unreadable::from(e).prefixed("field `digest`: ")))?;
             match (&r.digest, &r.tag) {
                 (Some(_), None) => Ok(r),
-                _ => Err(malformed(format!(
-                    "field `digest` must be host/path@sha256:…, found {r}"
-                ).into())),
+                _ => Err(malformed(
+                    format!("field `digest` must be host/path@sha256:…, found {r}").into(),
+                )),
             }
         })
         .transpose()?;
@@ -53,9 +56,9 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
                 .map_err(|e| malformed(Unreadable::from(e).prefixed("field `tag`: ")))?;
             match (&r.digest, &r.tag) {
                 (None, Some(_)) => Ok(r),
-                _ => Err(malformed(format!(
-                    "field `tag` must be host/path:tag, found {r}"
-                ).into())),
+                _ => Err(malformed(
+                    format!("field `tag` must be host/path:tag, found {r}").into(),
+                )),
             }
         })
         .transpose()?;
@@ -72,10 +75,13 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
             // The retired auditor never compared these; a mismatch means the
             // payload cannot be trusted to describe one image.
             if d.repository != t.repository {
-                return Err(malformed(format!(
-                    "`digest` and `tag` name different repositories: {} and {}",
-                    d.repository, t.repository
-                ).into()));
+                return Err(malformed(
+                    format!(
+                        "`digest` and `tag` name different repositories: {} and {}",
+                        d.repository, t.repository
+                    )
+                    .into(),
+                ));
             }
             (d.repository, d.digest, t.tag)
         }

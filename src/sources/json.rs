@@ -367,7 +367,10 @@ mod tests {
                 limit(check_id(&"x".repeat(MAX_ID_LEN + 1)).unwrap_err().into()),
                 LimitHit::BadEventId,
             ),
-            (limit(check_id("a\nb").unwrap_err().into()), LimitHit::BadEventId),
+            (
+                limit(check_id("a\nb").unwrap_err().into()),
+                LimitHit::BadEventId,
+            ),
             (
                 limit(name.parse::<Repository>().unwrap_err().into()),
                 LimitHit::NameTooLong,

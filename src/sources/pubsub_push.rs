@@ -236,10 +236,13 @@ fn decode_wrapped(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushErro
         None | Some(Value::Null) => EndpointName::only(),
         Some(Value::String(s)) => subscription("subscription", s)?,
         Some(other) => {
-            return Err(PushError::BadSubscription(format!(
-                "`subscription` must be a string, found {}",
-                json_type(other)
-            ).into()));
+            return Err(PushError::BadSubscription(
+                format!(
+                    "`subscription` must be a string, found {}",
+                    json_type(other)
+                )
+                .into(),
+            ));
         }
     };
     let decoded = match message.get("data") {
@@ -307,10 +310,9 @@ fn message_id_field(
     match message.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => check_id(key, s).map(Some),
-        Some(other) => Err(PushError::BadMessageId(format!(
-            "`{key}` must be a string, found {}",
-            json_type(other)
-        ).into())),
+        Some(other) => Err(PushError::BadMessageId(
+            format!("`{key}` must be a string, found {}", json_type(other)).into(),
+        )),
     }
 }
 

@@ -259,4 +259,3 @@ fn write_subtree(
     }
     Ok(())
 }
-

@@ -384,12 +384,10 @@ fn git_daemon(
 /// sent over https, or plain http to this machine (tests).
 fn token(config: &GitConfig, url: &gix::Url) -> Result<Option<String>, WireError> {
     let token = match (&config.token_file, &config.token_env) {
-        (Some(file), _) => {
-            std::fs::read_to_string(file).map_err(|error| WireError::TokenFile {
-                path: file.clone(),
-                error,
-            })?
-        }
+        (Some(file), _) => std::fs::read_to_string(file).map_err(|error| WireError::TokenFile {
+            path: file.clone(),
+            error,
+        })?,
         (None, Some(var)) => {
             std::env::var(var).map_err(|_| WireError::TokenEnvUnset(var.clone()))?
         }
@@ -438,4 +436,3 @@ fn http_options(
         ..Default::default()
     }
 }
-

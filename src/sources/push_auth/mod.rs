@@ -382,7 +382,6 @@ impl PushVerifier {
             expires_at: exp.max(0.0) as u64,
         })
     }
-
 }
 
 fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, AuthError> {
@@ -442,4 +441,3 @@ impl<'de> Deserialize<'de> for Verified {
         }))
     }
 }
-

@@ -23,7 +23,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::event::{Unreadable, Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -153,11 +153,9 @@ fn grid_event(
     };
     let change = match event.get("data") {
         Some(Value::Object(data)) => image_event(&id, action, data, "data", registry),
-        Some(other) => Err(format!(
-            "field `data` must be an object, found {}",
-            json_type(other)
-        )
-        .into()),
+        Some(other) => {
+            Err(format!("field `data` must be an object, found {}", json_type(other)).into())
+        }
         None => Err("field `data` is missing".into()),
     };
     parsed.deliveries.push(Decoded::of(Source::Acr, id, change));
@@ -319,6 +317,8 @@ fn event_id(event: &Map<String, Value>, place: &str) -> Result<EventId, Rejected
             )));
         }
     };
-    check_id(id).map_err(|e| Rejected(Unreadable::from(e).prefixed(format_args!("{place}: field `id` "))))?;
+    check_id(id).map_err(|e| {
+        Rejected(Unreadable::from(e).prefixed(format_args!("{place}: field `id` ")))
+    })?;
     Ok(EventId(id.clone()))
 }

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::event::{Unreadable, Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::registry::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::sources::json;
@@ -25,7 +25,8 @@ const BLOB: &str = "application/octet-stream";
 
 /// Parses one notification request from the registry at `registry`.
 pub fn parse(body: &[u8], registry: &RegistryPrefix) -> Result<Parsed, Rejected> {
-    let value = json::parse(body).map_err(|e| Rejected(Unreadable::from(e).prefixed("body is not JSON: ")))?;
+    let value = json::parse(body)
+        .map_err(|e| Rejected(Unreadable::from(e).prefixed("body is not JSON: ")))?;
     let Some(Value::Array(events)) = value.get("events") else {
         return Err(Rejected(
             "body is not a distribution notification: expected {\"events\": [...]}".into(),
@@ -131,7 +132,9 @@ fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) 
 fn event_id(i: usize, event: &Value) -> Result<EventId, Rejected> {
     match event.get("id") {
         Some(Value::String(id)) if !id.is_empty() => {
-            json::check_id(id).map_err(|e| Rejected(Unreadable::from(e).prefixed(format_args!("field `events[{i}].id` "))))?;
+            json::check_id(id).map_err(|e| {
+                Rejected(Unreadable::from(e).prefixed(format_args!("field `events[{i}].id` ")))
+            })?;
             Ok(EventId(id.clone()))
         }
         _ => {

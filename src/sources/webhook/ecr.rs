@@ -25,7 +25,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Unreadable, Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -39,8 +39,9 @@ const IMAGE_ACTION: &str = "ECR Image Action";
 /// derived from the event's `account` and `region`, for registries reached
 /// by another name (a VPC endpoint, a pull-through alias).
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
-    let value = crate::sources::json::parse(body)
-        .map_err(|e| Rejected(Unreadable::from(e).prefixed("ECR (EventBridge) body is not JSON: ")))?;
+    let value = crate::sources::json::parse(body).map_err(|e| {
+        Rejected(Unreadable::from(e).prefixed("ECR (EventBridge) body is not JSON: "))
+    })?;
     let root = match value {
         Value::Object(root) => root,
         Value::Array(_) => {
@@ -205,8 +206,8 @@ fn image_action(
 /// partition, whose regions are `cn-*`). Both parts are checked so that an
 /// event cannot smuggle a path or another host into the prefix.
 fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, Unreadable> {
-    let account =
-        text(root, "", &["account"])?.ok_or("field `account` is missing (and no registry is configured)")?;
+    let account = text(root, "", &["account"])?
+        .ok_or("field `account` is missing (and no registry is configured)")?;
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
             "field `account` {:?} is not a 12-digit AWS account id",
@@ -214,8 +215,8 @@ fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, Unreadable> 
         )
         .into());
     }
-    let region =
-        text(root, "", &["region"])?.ok_or("field `region` is missing (and no registry is configured)")?;
+    let region = text(root, "", &["region"])?
+        .ok_or("field `region` is missing (and no registry is configured)")?;
     if region.len() > 32
         || !region
             .bytes()

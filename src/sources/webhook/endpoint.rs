@@ -152,7 +152,12 @@ impl Endpoints {
                     });
                 }
                 let at = format!("webhooks.{kind_name}[{index}] ({})", c.name);
-                let refused = |problem| Err(EndpointError::Refused { at: at.clone(), problem });
+                let refused = |problem| {
+                    Err(EndpointError::Refused {
+                        at: at.clone(),
+                        problem,
+                    })
+                };
                 if endpoints.iter().any(|e| e.name.0 == c.name) {
                     return refused(Problem::SameName(kind_name));
                 }

@@ -51,7 +51,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::event::{Unreadable, Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -213,7 +213,8 @@ fn cloud_event(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> {
         }
     };
     let id = text("id")?;
-    check_id(id).map_err(|e| Rejected(Unreadable::from(e).prefixed("Harbor CloudEvents field `id` ")))?;
+    check_id(id)
+        .map_err(|e| Rejected(Unreadable::from(e).prefixed("Harbor CloudEvents field `id` ")))?;
     let kind = text("type")?;
     // The CDEvents type ends in the version of the CDEvents spec, which
     // moves with Harbor's SDK; the event it names does not.
