@@ -217,7 +217,10 @@ fn distribution_ids_that_cannot_be_keys_are_refused_like_the_push_routes() {
         .to_string();
         let e = distribution::parse(body.as_bytes(), &prefix()).unwrap_err();
         let message = e.to_string();
-        assert!(message.contains("events[0].id") && message.contains(says), "{e}");
+        assert!(
+            message.contains("events[0].id") && message.contains(says),
+            "{e}"
+        );
         assert_eq!(e.limit(), Some(LimitHit::BadEventId), "{e}");
     }
 }

@@ -11,8 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use image_auditor::sources::push_auth::{
-    JwksError,
-    AuthError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
+    AuthError, JwksError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
