@@ -97,12 +97,7 @@ async fn healthz(service: &Service) -> Option<String> {
 
 /// `image_auditor_rejected_requests_total{reason}`, 0 before it first bites.
 async fn rejected(service: &Service, reason: &str) -> u64 {
-    let text = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = service.metrics().await;
     let series = format!("image_auditor_rejected_requests_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))

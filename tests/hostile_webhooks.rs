@@ -437,12 +437,7 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("duplicate key `action`"), "{answer}");
 
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for (reason, count) in [
         ("too_many_events", 2),
         ("name_too_long", 1),

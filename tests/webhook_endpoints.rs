@@ -196,12 +196,7 @@ async fn every_webhook_format_is_decided_once_and_refuses_bad_requests_clearly()
         "one per format; nothing from refused requests"
     );
     assert_eq!(counts.findings, 0);
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for kind in ["harbor", "ecr", "acr"] {
         for (outcome, n) in [
             ("unauthorized", 2),

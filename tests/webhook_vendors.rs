@@ -304,12 +304,7 @@ async fn event_grid_validation_is_answered_only_with_the_token_and_batches_are_d
     let store = SqliteStore::open(service.findings_db()).unwrap();
     assert_eq!(store.counts().unwrap().decisions_total(), 3);
 
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for line in [
         r#"image_auditor_webhook_requests_total{source="acr",outcome="validated"} 3"#,
         r#"image_auditor_webhook_requests_total{source="acr",outcome="unauthorized"} 3"#,
