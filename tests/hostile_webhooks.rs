@@ -396,24 +396,14 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
         .counts()
         .unwrap();
     assert_eq!(counts.decisions_total(), 1, "only the long name is decided");
-    let findings = reqwest::get(service.url("/v1/findings"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let findings = service.text("/v1/findings").await;
     assert!(findings.contains("255"), "{findings}");
     assert!(
         findings.len() < 4096,
         "/v1/findings is {} bytes",
         findings.len()
     );
-    let page = reqwest::get(service.url("/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = service.text("/").await;
     assert!(
         !page.contains(&"a".repeat(1000)),
         "the status page echoes the name"

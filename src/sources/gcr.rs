@@ -36,32 +36,24 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
         }
         None => return Err(malformed("field `action` is missing".into())),
     };
-    let by_digest = digest_ref
-        .map(|r| {
-            let r: Reference = r
-                .parse()
-                .map_err(|e| malformed(Unreadable::from(e).prefixed("field `digest`: ")))?;
-            match (&r.digest, &r.tag) {
-                (Some(_), None) => Ok(r),
-                _ => Err(malformed(
-                    format!("field `digest` must be host/path@sha256:…, found {r}").into(),
-                )),
+    // `digest` must name a digest and no tag, `tag` a tag and no digest.
+    let reference = |field: &str, text: Option<&str>, by_digest: bool, form: &str| {
+        text.map(|text| {
+            let r: Reference = text.parse().map_err(|e| {
+                malformed(Unreadable::from(e).prefixed(format_args!("field `{field}`: ")))
+            })?;
+            if (r.digest.is_some(), r.tag.is_some()) == (by_digest, !by_digest) {
+                Ok(r)
+            } else {
+                Err(malformed(
+                    format!("field `{field}` must be {form}, found {r}").into(),
+                ))
             }
         })
-        .transpose()?;
-    let by_tag = tag_ref
-        .map(|r| {
-            let r: Reference = r
-                .parse()
-                .map_err(|e| malformed(Unreadable::from(e).prefixed("field `tag`: ")))?;
-            match (&r.digest, &r.tag) {
-                (None, Some(_)) => Ok(r),
-                _ => Err(malformed(
-                    format!("field `tag` must be host/path:tag, found {r}").into(),
-                )),
-            }
-        })
-        .transpose()?;
+        .transpose()
+    };
+    let by_digest = reference("digest", digest_ref, true, "host/path@sha256:…")?;
+    let by_tag = reference("tag", tag_ref, false, "host/path:tag")?;
 
     let (repository, digest, tag) = match (by_digest, by_tag) {
         (None, None) => {

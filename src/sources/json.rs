@@ -309,6 +309,19 @@ pub fn text<'a>(
     Ok(None)
 }
 
+/// A string an envelope cannot do without (its id, its type): present, a
+/// string, and not empty.
+pub fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, Unreadable> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(format!("field `{key}` is empty").into()),
+        Some(other) => {
+            Err(format!("field `{key}` must be a string, found {}", json_type(other)).into())
+        }
+        None => Err(format!("field `{key}` is missing").into()),
+    }
+}
+
 /// An id is a dedupe key and a log field: bounded, no control characters.
 pub fn check_id(id: &str) -> Result<(), BadId> {
     if id.len() > MAX_ID_LEN {

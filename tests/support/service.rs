@@ -217,14 +217,19 @@ impl Service {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// The `/metrics` exposition, as text.
-    pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
+    /// The body of `GET path`, as text.
+    pub async fn text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
             .await
             .unwrap()
             .text()
             .await
             .unwrap()
+    }
+
+    /// The `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        self.text("/metrics").await
     }
 
     /// The value of the first `/metrics` line starting with `line_start`

@@ -117,26 +117,18 @@ fn grid_event(
 ) -> Result<(), Rejected> {
     let id = event_id(event, place)?;
     let type_field = schema.type_field();
-    let kind = match text(event, "", &[type_field]) {
-        Ok(Some(VALIDATION_EVENT)) => {
+    let kind = match event_type(event, type_field, "is missing") {
+        Ok(VALIDATION_EVENT) => {
             parsed.reply = Some(validation_reply(event, &id)?);
             return Ok(());
         }
         // Older documentation shows the short names, newer the full ones.
-        Ok(Some(t)) => match t.strip_prefix("Microsoft.ContainerRegistry.").unwrap_or(t) {
+        Ok(t) => match t.strip_prefix("Microsoft.ContainerRegistry.").unwrap_or(t) {
             "ImagePushed" => Kind::Audit(Action::Insert),
             "ImageDeleted" => Kind::Audit(Action::Delete),
             "ChartPushed" | "ChartDeleted" => Kind::Ignore(IgnoreReason::NotAnImage),
             _ => Kind::Ignore(IgnoreReason::UnknownType),
         },
-        Ok(None) => {
-            parsed.deliveries.push(Decoded::malformed(
-                Source::Acr,
-                id,
-                format!("field `{type_field}` is missing"),
-            ));
-            return Ok(());
-        }
         Err(reason) => {
             parsed
                 .deliveries
@@ -181,10 +173,10 @@ fn native_event(
     parsed: &mut Parsed,
 ) -> Result<(), Rejected> {
     let id = event_id(event, "ACR webhook")?;
-    let action = match text(event, "", &["action"]) {
-        Ok(Some("push")) => Action::Insert,
-        Ok(Some("delete")) => Action::Delete,
-        Ok(Some("chart_push" | "chart_delete")) => {
+    let action = match event_type(event, "action", "is empty") {
+        Ok("push") => Action::Insert,
+        Ok("delete") => Action::Delete,
+        Ok("chart_push" | "chart_delete") => {
             parsed.ignored.push(Ignored {
                 id: id.0,
                 why: IgnoreReason::NotAnImage,
@@ -192,19 +184,11 @@ fn native_event(
             return Ok(());
         }
         // `ping` (a test delivery), `quarantine`, and whatever comes next.
-        Ok(Some(_)) => {
+        Ok(_) => {
             parsed.ignored.push(Ignored {
                 id: id.0,
                 why: IgnoreReason::UnknownType,
             });
-            return Ok(());
-        }
-        Ok(None) => {
-            parsed.deliveries.push(Decoded::malformed(
-                Source::Acr,
-                id,
-                "field `action` is empty",
-            ));
             return Ok(());
         }
         Err(reason) => {
@@ -217,6 +201,16 @@ fn native_event(
     let change = image_event(&id, action, event, "", registry);
     parsed.deliveries.push(Decoded::of(Source::Acr, id, change));
     Ok(())
+}
+
+/// The field naming what happened (`eventType`, `type`, `action`); without
+/// it the event is unreadable, and `absent` says how (`is missing`).
+fn event_type<'a>(
+    event: &'a Map<String, Value>,
+    key: &str,
+    absent: &str,
+) -> Result<&'a str, Unreadable> {
+    text(event, "", &[key])?.ok_or_else(|| format!("field `{key}` {absent}").into())
 }
 
 /// The change described by `target` and `request` inside `obj` (which stood

@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
-use crate::sources::json::{check_id, json_type, shown, text};
+use crate::sources::json::{check_id, json_type, required, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 /// The detail-type of pushes and deletions; every other ECR detail-type
@@ -58,20 +58,8 @@ pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, R
             )));
         }
     };
-    let envelope = |key: &str| -> Result<&str, Rejected> {
-        match root.get(key) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s),
-            Some(Value::String(_)) => Err(Rejected::from(format!(
-                "not an EventBridge event: field `{key}` is empty"
-            ))),
-            Some(other) => Err(Rejected::from(format!(
-                "not an EventBridge event: field `{key}` must be a string, found {}",
-                json_type(other)
-            ))),
-            None => Err(Rejected::from(format!(
-                "not an EventBridge event: field `{key}` is missing"
-            ))),
-        }
+    let envelope = |key: &str| {
+        required(&root, key).map_err(|e| Rejected(e.prefixed("not an EventBridge event: ")))
     };
     let id = envelope("id")?;
     check_id(id).map_err(|e| Rejected(Unreadable::from(e).prefixed("EventBridge field `id` ")))?;
@@ -136,32 +124,29 @@ fn image_action(
         None => return Err("field `detail` is missing".into()),
     };
     let field = |key: &str| text(detail, "detail", &[key]);
+    // A value outside the documented set, or none, is unreadable.
+    let unexpected = |key: &str, value: Option<&str>, expected: &str| -> NoEvent {
+        match value {
+            Some(other) => format!(
+                "field `detail.{key}` is {:?} (expected {expected})",
+                shown(other)
+            ),
+            None => format!("field `detail.{key}` is missing"),
+        }
+        .into()
+    };
     // First: a failed action may lack the fields a successful one has.
     match field("result")? {
         Some("SUCCESS") => {}
         Some("FAILURE") => return Err(Skip(IgnoreReason::Failed)),
-        Some(other) => {
-            return Err(format!(
-                "field `detail.result` is {:?} (expected SUCCESS or FAILURE)",
-                shown(other)
-            )
-            .into());
-        }
-        None => return Err("field `detail.result` is missing".into()),
+        other => return Err(unexpected("result", other, "SUCCESS or FAILURE")),
     }
     // An unknown action inside a known event type could be a change the
     // auditor cannot see: `malformed` alerts, where ignoring would not.
     let action = match field("action-type")? {
         Some("PUSH") => Action::Insert,
         Some("DELETE") => Action::Delete,
-        Some(other) => {
-            return Err(format!(
-                "field `detail.action-type` is {:?} (expected PUSH or DELETE)",
-                shown(other)
-            )
-            .into());
-        }
-        None => return Err("field `detail.action-type` is missing".into()),
+        other => return Err(unexpected("action-type", other, "PUSH or DELETE")),
     };
     let prefix = match registry {
         Some(prefix) => prefix.clone(),

@@ -197,20 +197,9 @@ fn default_payload(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> 
 }
 
 fn cloud_event(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> {
-    let text = |key: &str| -> Result<&str, Rejected> {
-        match root.get(key) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s),
-            Some(Value::String(_)) => Err(Rejected::from(format!(
-                "Harbor CloudEvents field `{key}` is empty"
-            ))),
-            Some(other) => Err(Rejected::from(format!(
-                "Harbor CloudEvents field `{key}` must be a string, found {}",
-                json_type(other)
-            ))),
-            None => Err(Rejected::from(format!(
-                "Harbor CloudEvents field `{key}` is missing"
-            ))),
-        }
+    let text = |key: &str| {
+        crate::sources::json::required(root, key)
+            .map_err(|e| Rejected(e.prefixed("Harbor CloudEvents ")))
     };
     let id = text("id")?;
     check_id(id)
