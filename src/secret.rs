@@ -46,11 +46,12 @@ mod tests {
     #[test]
     fn a_token_comes_from_exactly_one_place_and_is_long_enough() {
         let env = |var: &str| (var == "SET").then(|| LONG.to_string());
-        let cases: [(
-            Option<&str>,
-            Option<&str>,
+        type Case = (
+            Option<&'static str>,
+            Option<&'static str>,
             Result<Option<String>, TokenError>,
-        ); 6] = [
+        );
+        let cases: [Case; 6] = [
             (None, None, Ok(None)),
             (Some(LONG), None, Ok(Some(LONG.into()))),
             (None, Some("SET"), Ok(Some(LONG.into()))),

@@ -87,7 +87,7 @@ fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) 
         "pull" => return ignore(IgnoreReason::Pull),
         // A mount is a cross-repository blob copy; a push without a
         // manifest media type is a blob upload.
-        "push" | "mount" if !is_manifest(media_type.as_deref()) => {
+        "push" | "mount" if !is_manifest(media_type) => {
             return ignore(IgnoreReason::Blob);
         }
         "push" | "mount" => Action::Insert,
