@@ -291,13 +291,13 @@ impl Reloader {
         }
         let id = crate::reference::Digest::sha256_of(key.as_bytes()).to_string();
         let index = self.index.load();
-        let malformed = Malformed {
-            id: EventId(format!(
+        let malformed = Malformed::new(
+            EventId(format!(
                 "manifests:{project}:{}",
                 &id["sha256:".len()..][..16]
             )),
-            source: Source::Manifests,
-            reason: format!(
+            Source::Manifests,
+            format!(
                 "project {project}: {text}; {}",
                 if project.starts_with('(') {
                     "the previous index stays in use"
@@ -305,7 +305,7 @@ impl Reloader {
                     "its last good version stays in use (or it is left out if it never loaded)"
                 }
             ),
-        };
+        );
         let decision = Decision::of_malformed(
             &malformed,
             &EndpointName::only(),

@@ -1236,12 +1236,7 @@ async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
     // The unreachable sink fails, and its backlog is reported.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let text = reqwest::get(service.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = service.metrics().await;
         if text.contains(r#"image_auditor_alerts_total{sink="hook",outcome="failed"}"#)
             && text.contains(r#"image_auditor_outbox_backlog{sink="hook"} 1"#)
         {
@@ -1253,12 +1248,7 @@ async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let text = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = service.metrics().await;
     let declared: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
