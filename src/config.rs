@@ -12,6 +12,7 @@ use crate::audit::Policy;
 use crate::findings::{PostgresConfig, StoreLocation};
 use crate::manifest::origin::{GitConfig, ManifestOrigin};
 use crate::registry::RegistryConfig;
+use crate::secret::{TokenError, configured_token};
 use crate::server::AdminAccess;
 use crate::sources::pubsub_pull::PullConfig;
 use crate::sources::push_auth::PushAuthConfig;
@@ -121,18 +122,17 @@ impl HttpConfig {
     pub fn admin_access(
         &self,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<AdminAccess, String> {
-        let token = match (&self.admin.token, &self.admin.token_env) {
-            (None, None) if self.listen.ip().is_loopback() => return Ok(AdminAccess::Open),
-            (None, None) => return Ok(AdminAccess::Disabled),
-            (Some(_), Some(_)) => return Err("set token or token_env, not both".into()),
-            (Some(token), None) => token.clone(),
-            (None, Some(var)) => env(var)
-                .ok_or_else(|| format!("token_env: environment variable {var} is not set"))?,
+    ) -> Result<AdminAccess, TokenError> {
+        let configured = configured_token(
+            self.admin.token.as_deref(),
+            self.admin.token_env.as_deref(),
+            env,
+        )?;
+        let token = match configured {
+            Some(token) => token,
+            None if self.listen.ip().is_loopback() => return Ok(AdminAccess::Open),
+            None => return Ok(AdminAccess::Disabled),
         };
-        if token.len() < 16 {
-            return Err("the token must be at least 16 characters".into());
-        }
         Ok(AdminAccess::Token(token.into_bytes().into_boxed_slice()))
     }
 }
@@ -416,7 +416,7 @@ impl Config {
         }
         self.http
             .admin_access(|var| std::env::var(var).ok())
-            .map_err(|message| invalid("http.admin", message))?;
+            .map_err(|e| invalid("http.admin", e.to_string()))?;
         std::fs::create_dir_all(&self.data_dir).map_err(|e| {
             invalid(
                 "data_dir",
@@ -432,7 +432,7 @@ impl Config {
         crate::sources::webhook::Endpoints::from_config(&self.webhooks.by_kind(), |var| {
             std::env::var(var).ok()
         })
-        .map_err(|message| invalid("webhooks", message))?;
+        .map_err(|e| invalid("webhooks", e.to_string()))?;
         self.alerts
             .validate(crate::findings::DEFAULT_CLAIM_LEASE)
             .map_err(|e| invalid("alerts", e.to_string()))?;

@@ -21,6 +21,7 @@ pub mod registry;
 pub mod reload;
 pub mod resolve;
 pub mod scan;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod sources;

@@ -17,7 +17,6 @@ use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
-use crate::sources::json::LimitHit;
 use crate::sources::{Delivery, Disposition, Handled, Handler};
 
 /// What makes two deliveries the same one.
@@ -124,7 +123,7 @@ impl Pipeline {
         // recorded as malformed; the limit's count is kept here, since
         // parsers hold no metrics.
         if let Err(malformed) = &delivery.decoded
-            && let Some(limit) = LimitHit::in_message(&malformed.reason)
+            && let Some(limit) = malformed.limit
         {
             self.metrics.rejected(limit.reason());
         }

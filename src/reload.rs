@@ -436,11 +436,11 @@ impl Reloader {
         }
         let id = crate::reference::Digest::sha256_of(key.as_bytes()).to_string();
         let index = self.index.load();
-        let malformed = Malformed {
-            id: EventId(format!("{id_prefix}:{}", &id["sha256:".len()..][..16])),
-            source: Source::Manifests,
+        let malformed = Malformed::new(
+            EventId(format!("{id_prefix}:{}", &id["sha256:".len()..][..16])),
+            Source::Manifests,
             reason,
-        };
+        );
         let mut decision = Decision::of_malformed(
             &malformed,
             &EndpointName::only(),

@@ -864,12 +864,7 @@ async fn serve_sweeps_at_startup_with_the_same_findings() {
             .unwrap()
             .findings(&FindingQuery::default())
             .unwrap();
-        let metrics = reqwest::get(service.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = service.metrics().await;
         let done = metrics
             .lines()
             .find_map(|l| l.strip_prefix("image_auditor_scan_last_completed_timestamp_seconds "))

@@ -442,6 +442,7 @@ fn malformed_deliveries_are_findings_without_an_event(h: &dyn Backend) {
         id: EventId("bad-1".into()),
         source: Source::PubsubPush,
         reason: "invalid JSON".into(),
+        limit: None,
     };
     let id = new_finding(
         store

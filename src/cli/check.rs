@@ -23,19 +23,13 @@ pub(super) fn check(
     references: &[String],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = current_thread()?;
-    let resolver = resolve.then(|| registry.resolver(&runtime)).transpose()?;
     // Parse every argument before loading anything: a typo should fail fast.
     let events = references
         .iter()
         .map(|text| Event::hypothetical_push(text))
         .collect::<Result<Vec<_>, _>>()?;
     let exceptions = exceptions.load(dir)?;
-    let mut judge = Judge {
-        index: load_index(dir)?,
-        resolver,
-        runtime,
-    };
+    let mut judge = Judge::new(dir, registry, resolve)?;
     let mut out = std::io::stdout().lock();
     let mut violations = 0;
     for event in &events {
@@ -78,6 +72,17 @@ pub(super) struct Judge {
 }
 
 impl Judge {
+    /// The index of `dir`, and a resolver when `resolve` asks for one.
+    pub fn new(dir: &Path, registry: &RegistrySetup, resolve: bool) -> anyhow::Result<Judge> {
+        let runtime = current_thread()?;
+        let resolver = resolve.then(|| registry.resolver(&runtime)).transpose()?;
+        Ok(Judge {
+            index: load_index(dir)?,
+            resolver,
+            runtime,
+        })
+    }
+
     pub fn audit(&mut self, event: &Event, policy: &Policy) -> Audit {
         let (resolved, result) = self.runtime.block_on(audit_or_settle(
             self.resolver.as_ref(),
