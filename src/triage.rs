@@ -349,7 +349,12 @@ async fn triage(
             as_name: None,
         }
     } else {
-        match crate::sources::json::parse(&body).and_then(serde_json::from_value) {
+        // A repeated key is refused like any malformed body: the note
+        // must be the one the caller meant.
+        let parsed = crate::sources::json::parse(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()));
+        match parsed {
             Ok(b) => b,
             Err(e) => {
                 return error(

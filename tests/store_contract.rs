@@ -4,7 +4,7 @@
 //! in a database of its own. "Two processes" are two store instances on one
 //! database.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -161,6 +161,7 @@ contract!(
     limits_and_pages,
     limit_defaults_to_100_and_caps_at_1000,
     counts_decisions_findings_and_undelivered,
+    excepted_findings_are_recorded_but_never_claimed,
     outbox_is_per_sink,
     failed_delivery_is_retried_at_its_time,
     unfinished_claim_comes_back_after_the_lease,
@@ -186,6 +187,7 @@ contract!(
     a_failed_resolution_is_retried_and_a_claim_leases_it,
     a_resolve_racing_a_delivery_never_loses_the_resolution,
     concurrent_resolvers_change_the_state_once,
+    an_excepted_finding_owes_no_resolution,
 );
 
 /// `sha256:` + `unit` repeated to 64 hex digits.
@@ -231,6 +233,7 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         evidence: vec![evidence().into()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
+        excepted_by: None,
     }
 }
 
@@ -446,6 +449,7 @@ fn malformed_deliveries_are_findings_without_an_event(h: &dyn Backend) {
         id: EventId("bad-1".into()),
         source: Source::PubsubPush,
         reason: "invalid JSON".into(),
+        limit: None,
     };
     let id = new_finding(
         store
@@ -650,6 +654,87 @@ fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
         c.undelivered_by_sink,
         vec![("log".to_owned(), 3), ("slack".to_owned(), 4)]
     );
+}
+
+/// An excepted finding is kept for the record (the API shows it with the
+/// entry that covered it) but owed to no sink: not back-filled when a sink
+/// first looks, not given a delivery when recorded after, and not counted
+/// as undelivered before or after any sink is known.
+fn excepted_findings_are_recorded_but_never_claimed(h: &dyn Backend) {
+    let store = h.open();
+    let alerted = new_finding(
+        store
+            .record(&decision("a1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let excepted = new_finding(
+        store
+            .record(
+                &decision("e1", VerdictKind::Unpromoted).excepted_by("exceptions.yaml:12".into()),
+            )
+            .unwrap(),
+    );
+    // No sink known yet: only the alerted finding is owed.
+    let c = store.counts().unwrap();
+    assert_eq!((c.findings, c.excepted, c.undelivered), (2, 1, 1), "{c:?}");
+    assert_eq!(store.undelivered("log").unwrap(), 1);
+
+    let claimed = store.claim_undelivered("log", 10, 1_000).unwrap();
+    assert_eq!(claimed.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
+    store.mark_delivered("log", alerted, 1_100).unwrap();
+    // Recorded after the sink became known: still owed to nobody.
+    let later = new_finding(
+        store
+            .record(&decision("e2", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
+            .unwrap(),
+    );
+    assert!(
+        store
+            .claim_undelivered("log", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let fresh = store.claim_undelivered("new-sink", 10, i64::MAX).unwrap();
+    assert_eq!(fresh.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
+    assert_eq!(store.undelivered("log").unwrap(), 0);
+    let c = store.counts().unwrap();
+    assert_eq!((c.findings, c.excepted, c.undelivered), (3, 2, 1), "{c:?}");
+    assert_eq!(
+        c.undelivered_by_sink,
+        vec![("log".to_owned(), 0), ("new-sink".to_owned(), 1)]
+    );
+    // Another process on the same database sees the same.
+    let other = h.open();
+    assert_eq!(other.counts().unwrap().excepted, 2);
+    assert!(
+        other
+            .claim_undelivered("log", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    let all = store.findings(&FindingQuery::default()).unwrap();
+    let by_id = |id| all.iter().find(|f| f.id == id).unwrap();
+    assert_eq!(
+        by_id(excepted).excepted_by.as_deref(),
+        Some("exceptions.yaml:12")
+    );
+    assert_eq!(by_id(later).excepted_by.as_deref(), Some("x.yaml:3"));
+    assert_eq!(by_id(alerted).excepted_by, None);
+    assert!(by_id(excepted).deliveries.is_empty());
+    let json = serde_json::to_value(by_id(excepted)).unwrap();
+    assert_eq!(json["excepted_by"], "exceptions.yaml:12");
+    let json = serde_json::to_value(by_id(alerted)).unwrap();
+    assert!(json.get("excepted_by").is_none(), "{json}");
+    // A redelivery is a duplicate like any other.
+    assert!(matches!(
+        store
+            .record(&decision("e1", VerdictKind::Unpromoted))
+            .unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    ));
 }
 
 fn outbox_is_per_sink(h: &dyn Backend) {
@@ -1222,6 +1307,8 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(ids(&f), ["s1"]);
     assert_eq!(store.claim_undelivered("log", 10, 0).unwrap().len(), 1);
+    // Every finding from before was alerted: none is excepted.
+    assert_eq!(f[0].excepted_by, None);
     // What the newest migration brought works: the finding from before
     // is open and can be triaged.
     assert_eq!(f[0].triage.state, TriageState::Open);
@@ -1229,6 +1316,20 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
         .triage(f[0].id, &change(TriageAction::Resolve, "alice", "old"), 9)
         .unwrap();
     assert_eq!(resolved.finding.triage.state, TriageState::Resolved);
+    // What the earlier migrations brought works.
+    assert_eq!(
+        store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
+        5
+    );
+    let excepted = new_finding(
+        store
+            .record(&decision("e1", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
+            .unwrap(),
+    );
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(f[0].id, excepted);
+    assert_eq!(f[0].excepted_by.as_deref(), Some("x.yaml:3"));
+    assert_eq!(f[0].triage.state, TriageState::Open);
 }
 
 fn a_newer_schema_is_refused(h: &dyn Backend) {
@@ -1632,4 +1733,49 @@ fn concurrent_resolvers_change_the_state_once(h: &dyn Backend) {
     let winner = changed.iter().position(|c| *c).unwrap();
     let f = stores[0].finding(id).unwrap().unwrap();
     assert_eq!(f.triage.by, Some(format!("p{winner}")));
+}
+
+/// An excepted finding was never alerted, so resolving it tells no sink:
+/// not the sinks that had every other alert, not a sink known later.
+fn an_excepted_finding_owes_no_resolution(h: &dyn Backend) {
+    let store = h.open();
+    let alerted = new_finding(
+        store
+            .record(&decision("a1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let excepted = new_finding(
+        store
+            .record(&decision("e1", VerdictKind::Unpromoted).excepted_by("x.yaml:3".into()))
+            .unwrap(),
+    );
+    assert_eq!(
+        claimed_ids(&store.claim_undelivered("a", 10, 0).unwrap()),
+        [alerted]
+    );
+    store.mark_delivered("a", alerted, 1).unwrap();
+    for id in [alerted, excepted] {
+        let t = store
+            .triage(id, &change(TriageAction::Resolve, "alice", "done"), 10)
+            .unwrap();
+        assert_eq!(t.finding.triage.state, TriageState::Resolved);
+    }
+    assert_eq!(
+        claimed_ids(&store.claim_resolutions("a", 10, 100).unwrap()),
+        [alerted],
+        "only the alerted finding's resolution is owed"
+    );
+    assert!(
+        store
+            .claim_undelivered("b", 10, 0)
+            .unwrap()
+            .iter()
+            .all(|f| f.id != excepted)
+    );
+    assert!(
+        store
+            .claim_resolutions("b", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -6,7 +6,7 @@
 //! rate limit) are answered from the headers and counted. The CLI triages
 //! the same store.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

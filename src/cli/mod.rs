@@ -52,6 +52,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "IMAGE_AUDITOR_REGISTRY_CONFIG")]
     pub registry_config: Option<PathBuf>,
 
+    /// A local exceptions file (README "Exceptions"), read in addition to
+    /// `exceptions.yaml` at the manifest root.
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_EXCEPTIONS")]
+    pub exceptions: Option<PathBuf>,
+
+    /// How far ahead an exception's `expires` may be (as `exceptions.max_ahead`).
+    #[arg(long, global = true, default_value = "180days")]
+    pub exceptions_max_ahead: humantime::Duration,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -129,6 +138,26 @@ pub enum Command {
         /// the next run).
         #[arg(long)]
         max_repositories: Option<usize>,
+        /// Adopting the auditor: write every finding of this sweep to FILE
+        /// as exceptions entries for review, instead of recording or
+        /// alerting anything (README "Adopting the auditor"). Not resumable.
+        #[arg(long, value_name = "FILE", requires = "baseline_owner")]
+        baseline: Option<PathBuf>,
+        /// The `owner` of every baseline entry (a person or team).
+        #[arg(long, value_name = "OWNER", requires = "baseline")]
+        baseline_owner: Option<String>,
+        /// The `reason` of every baseline entry.
+        #[arg(
+            long,
+            value_name = "TEXT",
+            requires = "baseline",
+            default_value = "present before the auditor was adopted (baseline sweep)"
+        )]
+        baseline_reason: String,
+        /// The `expires` of every baseline entry (YYYY-MM-DD) [default:
+        /// today + --exceptions-max-ahead].
+        #[arg(long, value_name = "DATE", requires = "baseline")]
+        baseline_expires: Option<String>,
     },
     /// List findings and triage them (acknowledge, resolve) on the
     /// configured store.
@@ -157,7 +186,8 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum ManifestsCommand {
-    /// Load and validate; exit 1 if any project has an error.
+    /// Load and validate, the exceptions files included; exit 1 if any
+    /// project or exceptions file has an error.
     Validate {
         /// Defaults to --manifests.
         dir: Option<PathBuf>,
@@ -272,11 +302,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let manifests = cli
         .manifests
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_MANIFESTS));
+    let exceptions = ExceptionsSetup {
+        file: cli.exceptions.clone(),
+        max_ahead: cli.exceptions_max_ahead.into(),
+    };
     match cli.command {
         Command::Serve { .. } => unreachable!("handled in main"),
         Command::Manifests {
             command: ManifestsCommand::Validate { dir },
-        } => manifests::validate(dir.as_deref().unwrap_or(&manifests)),
+        } => manifests::validate(dir.as_deref().unwrap_or(&manifests), &exceptions),
         Command::Index {
             command: IndexCommand::Stats { json },
         } => index::stats(&manifests, json),
@@ -288,7 +322,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             references,
             json,
             resolve,
-        } => check::check(&manifests, &policy, &registry, resolve, &references, json),
+        } => check::check(
+            &manifests,
+            &policy,
+            &registry,
+            &exceptions,
+            resolve,
+            &references,
+            json,
+        ),
         Command::Scan {
             prefixes,
             catalog,
@@ -298,16 +340,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             page_size,
             max_repositories,
+            baseline,
+            baseline_owner,
+            baseline_reason,
+            baseline_expires,
         } => {
+            let baseline = match (baseline, baseline_owner) {
+                (Some(file), Some(owner)) => Some(scan::Baseline {
+                    file,
+                    owner,
+                    reason: baseline_reason,
+                    expires: baseline_expires,
+                }),
+                _ => None,
+            };
             let options = image_auditor::scan::Options {
                 catalog,
                 restart,
-                state_dir: Some(state_dir.unwrap_or_else(|| data_dir.join("scan"))),
+                // A baseline records nothing, so it has nothing to resume.
+                state_dir: baseline
+                    .is_none()
+                    .then(|| state_dir.unwrap_or_else(|| data_dir.join("scan"))),
                 page_size: page_size.max(1),
                 max_repositories,
             };
             scan::scan(
-                &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
+                &manifests,
+                &policy,
+                &registry,
+                &exceptions,
+                &data_dir,
+                &prefixes,
+                &options,
+                baseline.as_ref(),
+                json,
             )
         }
         Command::Findings { command } => match command {
@@ -358,6 +424,44 @@ fn load_index(dir: &Path) -> anyhow::Result<Index> {
         eprintln!("{problem} (project left out)");
     }
     Ok(Index::build(&set, 1))
+}
+
+/// Where one-shot commands read exceptions from, and how far ahead they may run.
+struct ExceptionsSetup {
+    file: Option<PathBuf>,
+    max_ahead: std::time::Duration,
+}
+
+impl ExceptionsSetup {
+    fn limits(&self) -> image_auditor::exceptions::Limits {
+        image_auditor::exceptions::ExceptionsConfig {
+            file: self.file.clone(),
+            max_ahead: self.max_ahead,
+        }
+        .limits(image_auditor::exceptions::Date::today())
+    }
+
+    fn sources(&self, manifests: &Path) -> Vec<image_auditor::exceptions::Source> {
+        image_auditor::exceptions::Source::all(manifests, self.file.as_deref())
+    }
+
+    /// Every entry of `exceptions.yaml` at the manifest root and of
+    /// `--exceptions`; an error (after printing every problem) when a file
+    /// is invalid: a one-shot command has no last good version to fall
+    /// back on.
+    fn load(&self, manifests: &Path) -> anyhow::Result<image_auditor::exceptions::Exceptions> {
+        image_auditor::exceptions::load_all(&self.sources(manifests), self.limits()).map_err(
+            |problems| {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                anyhow::anyhow!(
+                    "the exceptions are invalid ({} problems); fix them or leave the file out",
+                    problems.len()
+                )
+            },
+        )
+    }
 }
 
 fn exit_for(violations: usize) -> ExitCode {

@@ -48,8 +48,13 @@ pub const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 4,
+        name: "exceptions: excepted findings are kept, owed to no sink",
+        sql: include_str!("migrations/sqlite/0004_exceptions.sql"),
+    },
+    Migration {
+        version: 5,
         name: "triage state and the resolutions outbox",
-        sql: include_str!("migrations/sqlite/0004_triage.sql"),
+        sql: include_str!("migrations/sqlite/0005_triage.sql"),
     },
 ];
 
@@ -67,8 +72,13 @@ pub const POSTGRES: &[Migration] = &[
     },
     Migration {
         version: 3,
+        name: "exceptions: excepted findings are kept, owed to no sink",
+        sql: include_str!("migrations/postgres/0003_exceptions.sql"),
+    },
+    Migration {
+        version: 4,
         name: "triage state and the resolutions outbox",
-        sql: include_str!("migrations/postgres/0003_triage.sql"),
+        sql: include_str!("migrations/postgres/0004_triage.sql"),
     },
 ];
 

@@ -25,9 +25,9 @@
 //! concurrent claimers never take the same finding for one sink, and a
 //! replica that dies mid-delivery only delays it by the lease. Findings
 //! commit out of id order, so a sink cannot keep a watermark as in SQLite:
-//! every finding gets a deliveries row per known sink when recorded, and a
-//! sink's first claim writes the rows of the findings before it, under a
-//! table lock that keeps the two from missing each other.
+//! every finding (but an excepted one) gets a deliveries row per known sink
+//! when recorded, and a sink's first claim writes the rows of the findings
+//! before it, under a table lock that keeps the two from missing each other.
 //!
 //! Over 500 lines: the trait's methods share the pool, the row parsing and
 //! the error mapping here; connecting, group commit and triage have their
@@ -74,8 +74,8 @@ const PRUNE_BATCH: i64 = 5000;
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
      f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation, f.triage_state, f.triage_by, f.triage_at_ms, \
-     f.triage_note";
+     f.manifest_commit, f.index_generation, f.excepted_by, f.triage_state, f.triage_by, \
+     f.triage_at_ms, f.triage_note";
 
 const DELIVERY_COLUMNS: &str =
     "finding, sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error";
@@ -261,7 +261,8 @@ impl PostgresStore {
     }
 
     /// Makes `sink` known: from now on every finding recorded gets a
-    /// deliveries row for it, and every finding before gets one now. The
+    /// deliveries row for it, and every finding before gets one now
+    /// (excepted findings never do: they are owed to no sink). The
     /// table lock waits for transactions inserting findings and holds new
     /// ones back until this commits: each finding is either committed
     /// before (and seen here) or inserted after (and sees the sink).
@@ -293,7 +294,8 @@ impl PostgresStore {
             .map_err(|e| self.pg(e))?;
             tx.execute(
                 "INSERT INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
-                 SELECT id, $1, 'pending', 0, 0 FROM findings ON CONFLICT DO NOTHING",
+                 SELECT id, $1, 'pending', 0, 0 FROM findings WHERE excepted_by IS NULL \
+                 ON CONFLICT DO NOTHING",
                 &[&sink],
             )
             .await
@@ -334,7 +336,7 @@ impl PostgresStore {
             .map_err(|e| self.corrupt(format!("finding {id}: {e}")))?;
         let evidence = serde_json::from_str(&text(12))
             .map_err(|e| self.corrupt(format!("finding {id}: evidence is not JSON: {e}")))?;
-        let state = text(15);
+        let state = text(16);
         let state = state.parse().map_err(|_| bad("triage state", &state))?;
         Ok(Finding {
             id: FindingId(id),
@@ -352,11 +354,12 @@ impl PostgresStore {
             evidence,
             manifest_commit: opt(13),
             index_generation: row.get::<_, i64>(14) as u64,
+            excepted_by: opt(15),
             triage: Triage {
                 state,
-                by: opt(16),
-                at_ms: row.get(17),
-                note: opt(18),
+                by: opt(17),
+                at_ms: row.get(18),
+                note: opt(19),
             },
             deliveries: Vec::new(),
         })
@@ -630,15 +633,16 @@ impl Store for PostgresStore {
                     slot.1 = row.get::<_, i64>(1) as u64;
                 }
             }
-            // With a sink known, every finding has a row per sink; before,
-            // every finding is owed.
+            // With a sink known, every finding not excepted has a row per
+            // sink; before, every finding not excepted is owed.
             let totals = tx
                 .query_one(
                     "SELECT (SELECT COUNT(*) FROM findings), \
                        CASE WHEN EXISTS (SELECT 1 FROM sinks) \
                          THEN (SELECT COUNT(DISTINCT finding) FROM deliveries \
                                WHERE state = 'pending') \
-                         ELSE (SELECT COUNT(*) FROM findings) END",
+                         ELSE (SELECT COUNT(*) FROM findings WHERE excepted_by IS NULL) END, \
+                       (SELECT COUNT(*) FROM findings WHERE excepted_by IS NOT NULL)",
                     &[],
                 )
                 .await
@@ -659,6 +663,7 @@ impl Store for PostgresStore {
             Ok(Counts {
                 decisions,
                 findings: totals.get::<_, i64>(0) as u64,
+                excepted: totals.get::<_, i64>(2) as u64,
                 undelivered: totals.get::<_, i64>(1) as u64,
                 undelivered_by_sink,
             })
@@ -673,7 +678,7 @@ impl Store for PostgresStore {
                     "SELECT CASE WHEN EXISTS (SELECT 1 FROM sinks WHERE sink = $1) \
                        THEN (SELECT COUNT(*) FROM deliveries \
                              WHERE sink = $1 AND state = 'pending') \
-                       ELSE (SELECT COUNT(*) FROM findings) END",
+                       ELSE (SELECT COUNT(*) FROM findings WHERE excepted_by IS NULL) END",
                 )
                 .await
                 .map_err(|e| self.pg(e))?;
@@ -781,20 +786,23 @@ impl Store for PostgresStore {
     fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
         self.block_on(async {
             let client = self.client().await?;
-            // A finding resolved by now owes `sink` its resolution. The
+            // A finding resolved by now owes `sink` its resolution (an
+            // excepted one never: it was never alerted). The
             // share lock waits for a resolve in progress (which locks the
             // row) and returns the state it committed; a resolve that comes
             // after waits for this statement and then sees the delivery.
             let n = client
                 .query_one(
-                    "WITH t AS (SELECT triage_state FROM findings WHERE id = $2 FOR SHARE), \
+                    "WITH t AS (SELECT triage_state, excepted_by FROM findings WHERE id = $2 \
+                       FOR SHARE), \
                      u AS (UPDATE deliveries SET state = 'delivered', \
                        delivered_at_ms = COALESCE(delivered_at_ms, $3) \
                        WHERE sink = $1 AND finding = $2 RETURNING finding), \
                      r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
                          next_attempt_ms) \
                        SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
-                       WHERE t.triage_state = 'resolved' ON CONFLICT DO NOTHING) \
+                       WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
+                       ON CONFLICT DO NOTHING) \
                      SELECT COUNT(*) FROM u",
                     &[&sink, &id.0, &now_ms],
                 )

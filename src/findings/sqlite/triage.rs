@@ -10,7 +10,8 @@ use crate::findings::triage::{Transition, transition};
 use crate::findings::{Finding, FindingId, StoreError, TriageChange, TriageState, Triaged};
 
 /// Owes `sink` the resolution of finding `id` if it is resolved (its alert
-/// was just delivered there).
+/// was just delivered there). An excepted finding owes none: it was never
+/// alerted.
 pub(super) fn owe_if_resolved(
     conn: &Connection,
     id: FindingId,
@@ -19,7 +20,7 @@ pub(super) fn owe_if_resolved(
     conn.prepare_cached(
         "INSERT OR IGNORE INTO resolutions (finding, sink, state, attempts, next_attempt_ms) \
          SELECT id, ?2, 'pending', 0, 0 FROM findings \
-         WHERE id = ?1 AND triage_state = 'resolved'",
+         WHERE id = ?1 AND triage_state = 'resolved' AND excepted_by IS NULL",
     )?
     .execute(params![id.0, sink])?;
     Ok(())
