@@ -513,7 +513,7 @@ async fn an_interrupted_sweep_resumes_without_visiting_anything_twice() {
     let state = dir.path().join("scan");
     let targets = f.targets();
     let options = Options {
-        state_dir: Some(state.clone()),
+        checkpoint: scan::CheckpointAt::Dir(state.clone()),
         max_repositories: Some(2),
         ..Options::default()
     };

@@ -113,13 +113,19 @@ pub enum Command {
         /// The summary as one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// Where the sweep's checkpoint is kept [default: <data-dir>/scan].
+        /// Where the sweep's checkpoint is kept [default: <data-dir>/scan;
+        /// with --config naming a PostgreSQL store, the store itself].
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// The service's data directory: findings are recorded in
         /// <data-dir>/findings.sqlite, the store `serve` alerts from.
         #[arg(long, default_value = config::DEFAULT_DATA_DIR, env = "IMAGE_AUDITOR_DATA_DIR")]
         data_dir: PathBuf,
+        /// The `serve` configuration: record in the store it names (its
+        /// `store` section, or its data_dir), as `serve` does; --data-dir
+        /// is then not used.
+        #[arg(long, env = "IMAGE_AUDITOR_CONFIG")]
+        config: Option<PathBuf>,
         /// Entries per page of `_catalog` and `tags/list`.
         #[arg(long, default_value_t = image_auditor::registry::DEFAULT_PAGE_SIZE, hide = true,
               value_parser = clap::value_parser!(usize))]
@@ -248,18 +254,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             state_dir,
             data_dir,
+            config,
             page_size,
             max_repositories,
         } => {
+            let (store, data_dir) = match config {
+                Some(path) => {
+                    let config = config::Config::load(Some(path.as_path()))?;
+                    (config.store_location(), config.data_dir.clone())
+                }
+                None => (
+                    image_auditor::findings::StoreLocation::Sqlite(config::findings_db(
+                        &data_dir,
+                    )),
+                    data_dir,
+                ),
+            };
+            let checkpoint = match state_dir {
+                Some(dir) => image_auditor::scan::CheckpointAt::Dir(dir),
+                None => image_auditor::scan::CheckpointAt::for_store(store.backend(), &data_dir),
+            };
             let options = image_auditor::scan::Options {
                 catalog,
                 restart,
-                state_dir: Some(state_dir.unwrap_or_else(|| data_dir.join("scan"))),
+                checkpoint,
                 page_size: page_size.max(1),
                 max_repositories,
             };
             scan::scan(
-                &manifests, &policy, &registry, &data_dir, &prefixes, &options, json,
+                &manifests, &policy, &registry, &store, &prefixes, &options, json,
             )
         }
         Command::Store {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use image_auditor::audit::Policy;
-use image_auditor::config;
 use image_auditor::findings::StoreLocation;
 use image_auditor::pipeline::DEFAULT_UNDECIDED_RETRY_FOR;
 use image_auditor::reference::RegistryPrefix;
@@ -20,7 +19,7 @@ pub(super) fn scan(
     dir: &Path,
     policy: &Policy,
     registry: &RegistrySetup,
-    data_dir: &Path,
+    store: &StoreLocation,
     prefixes: &[String],
     options: &scan::Options,
     json: bool,
@@ -35,15 +34,10 @@ pub(super) fn scan(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let index = load_index(dir)?;
     let config = registry.config()?;
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
     let runtime = current_thread()?;
     let wiring = {
         let _entered = runtime.enter();
-        Wiring::open(
-            &StoreLocation::Sqlite(config::findings_db(data_dir)),
-            Some(config),
-        )?
+        Wiring::open(store, Some(config))?
     };
     let Some(client) = &wiring.client else {
         unreachable!("opened with a registry configuration")

@@ -46,6 +46,16 @@ pub const SQLITE: &[Migration] = &[
         name: "the undecided retry budget",
         sql: include_str!("migrations/sqlite/0003_undecided_retry_budget.sql"),
     },
+    Migration {
+        version: 4,
+        name: "the repeat/update memory of sent alerts",
+        sql: include_str!("migrations/sqlite/0004_sent_alert_memory.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "the scan checkpoint",
+        sql: include_str!("migrations/sqlite/0005_scan_checkpoint.sql"),
+    },
 ];
 
 /// The PostgreSQL store's schema.
@@ -59,6 +69,16 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "the undecided retry budget",
         sql: include_str!("migrations/postgres/0002_undecided_retry_budget.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "the repeat/update memory of sent alerts",
+        sql: include_str!("migrations/postgres/0003_sent_alert_memory.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "the scan checkpoint",
+        sql: include_str!("migrations/postgres/0004_scan_checkpoint.sql"),
     },
 ];
 

@@ -27,9 +27,12 @@
 //! commit out of id order, so a sink cannot keep a watermark as in SQLite:
 //! every finding gets a deliveries row per known sink when recorded, and a
 //! sink's first claim writes the rows of the findings before it, under a
-//! table lock that keeps the two from missing each other.
+//! table lock that keeps the two from missing each other. The alert memory,
+//! the scan checkpoint and the locks that make one alert dispatcher per
+//! sink and one sweep at a time are in [`shared`].
 
 mod connect;
+mod shared;
 mod writer;
 
 use std::collections::HashSet;
@@ -47,8 +50,8 @@ pub use connect::PostgresConfig;
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::{
-    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, parse_action, parse_source,
+    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SentAlert,
+    SinkDelivery, Store, StoreError, StoreLock, parse_action, parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -844,6 +847,41 @@ impl Store for PostgresStore {
                 .map_err(|e| self.pg(e))?
                 .get(0))
         })
+    }
+
+    fn alert_sent(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        findings: &[FindingId],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.alert_sent_now(sink, alert, findings, now_ms)
+    }
+
+    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
+        self.sent_alerts_since(sink, since_ms)
+    }
+
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
+        self.forget_sent_alerts_before(sink, before_ms)
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+        self.try_lock_named(name)
+    }
+
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.scan_checkpoint_named(name)
+    }
+
+    fn set_scan_checkpoint(
+        &self,
+        name: &str,
+        body: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.set_scan_checkpoint_named(name, body, now_ms)
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -1,4 +1,8 @@
-//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
+//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`). What
+//! processes on one file must do once (alert memory, scan checkpoint,
+//! locks) is in [`shared`].
+
+mod shared;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -9,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::{
-    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, action_str, parse_action, parse_source, truncate,
+    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SentAlert,
+    SinkDelivery, Store, StoreError, StoreLock, action_str, parse_action, parse_source, truncate,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -55,6 +59,10 @@ pub struct SqliteStore {
     reader: Option<Mutex<Connection>>,
     path: Arc<str>,
     claim_lease_ms: i64,
+    /// A file, not a database in memory: locks are file locks.
+    file: bool,
+    /// The locks held, for a store in memory.
+    locks: shared::MemoryLocks,
 }
 
 /// Where a caller of `record` finds its result once a group commit wrote it.
@@ -196,6 +204,8 @@ impl SqliteStore {
             reader,
             path,
             claim_lease_ms: DEFAULT_CLAIM_LEASE.as_millis() as i64,
+            file,
+            locks: shared::MemoryLocks::default(),
         })
     }
 
@@ -828,6 +838,41 @@ impl Store for SqliteStore {
                 })
             })
             .map_err(|e| self.sql(e))
+    }
+
+    fn alert_sent(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        findings: &[FindingId],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.alert_sent_now(sink, alert, findings, now_ms)
+    }
+
+    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
+        self.sent_alerts_since(sink, since_ms)
+    }
+
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
+        self.forget_sent_alerts_before(sink, before_ms)
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+        self.try_lock_named(name)
+    }
+
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.scan_checkpoint_named(name)
+    }
+
+    fn set_scan_checkpoint(
+        &self,
+        name: &str,
+        body: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.set_scan_checkpoint_named(name, body, now_ms)
     }
 
     fn check(&self) -> Result<(), StoreError> {
