@@ -1227,7 +1227,10 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
         5
     );
     store.set_scan_checkpoint("scan", Some("{}"), 5).unwrap();
-    assert_eq!(store.scan_checkpoint("scan").unwrap().as_deref(), Some("{}"));
+    assert_eq!(
+        store.scan_checkpoint("scan").unwrap().as_deref(),
+        Some("{}")
+    );
 }
 
 fn a_newer_schema_is_refused(h: &dyn Backend) {
@@ -1273,11 +1276,18 @@ fn a_sent_alert_marks_its_findings_and_every_store_remembers_it(h: &dyn Backend)
         .unwrap();
 
     assert_eq!(b.undelivered("hook").unwrap(), 0);
-    assert!(b.claim_undelivered("hook", 10, i64::MAX).unwrap().is_empty());
+    assert!(
+        b.claim_undelivered("hook", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
     let f = b.findings(&FindingQuery::default()).unwrap();
-    assert!(f.iter().all(|f| f.deliveries.iter().any(|d| d.sink == "hook"
-        && d.state == DeliveryState::Delivered
-        && d.delivered_at_ms == Some(50))));
+    assert!(
+        f.iter()
+            .all(|f| f.deliveries.iter().any(|d| d.sink == "hook"
+                && d.state == DeliveryState::Delivered
+                && d.delivered_at_ms == Some(50)))
+    );
     assert_eq!(
         b.sent_alerts("hook", 0).unwrap(),
         [sent("fact1", 1_000, "first")]
@@ -1316,10 +1326,19 @@ fn a_sent_alert_marks_its_findings_and_every_store_remembers_it(h: &dyn Backend)
 /// refused, and neither the findings nor the memory change.
 fn an_alert_for_findings_the_sink_never_claimed_changes_nothing(h: &dyn Backend) {
     let store = h.open();
-    let f1 = new_finding(store.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
+    let f1 = new_finding(
+        store
+            .record(&decision("e1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
     assert_eq!(store.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
     let err = store
-        .alert_sent("hook", &sent("fact1", 1, "x"), &[f1, FindingId(f1.0 + 1000)], 5)
+        .alert_sent(
+            "hook",
+            &sent("fact1", 1, "x"),
+            &[f1, FindingId(f1.0 + 1000)],
+            5,
+        )
         .unwrap_err();
     assert!(
         matches!(&err, StoreError::NotClaimed { sink, id, .. }

@@ -195,8 +195,7 @@ impl Dispatcher {
         };
         let sink = self.name.clone();
         let since = now_ms() - self.window_ms();
-        let remembered = match off_thread(&self.store, move |s| s.sent_alerts(&sink, since)).await
-        {
+        let remembered = match off_thread(&self.store, move |s| s.sent_alerts(&sink, since)).await {
             Ok(remembered) => remembered,
             Err(e) => {
                 // Without the memory, facts alerted before would be new
@@ -238,8 +237,7 @@ impl Dispatcher {
             return;
         }
         let sink = self.name.clone();
-        if let Err(e) =
-            off_thread(&self.store, move |s| s.forget_sent_alerts(&sink, before)).await
+        if let Err(e) = off_thread(&self.store, move |s| s.forget_sent_alerts(&sink, before)).await
         {
             tracing::warn!(sink = self.name, error = %e, "cannot forget old alerts");
         }

@@ -97,7 +97,10 @@ mod tests {
         };
         let mut lists = BTreeMap::new();
         lists.insert(
-            ("r.example/etcd".to_owned(), format!("sha256:{}", "b".repeat(64))),
+            (
+                "r.example/etcd".to_owned(),
+                format!("sha256:{}", "b".repeat(64)),
+            ),
             Some("linux/arm64".to_owned()),
         );
         let alert = Alert {
@@ -145,6 +148,9 @@ mod tests {
             body: "{\"key\": 1}".into(),
         };
         let err = recall(&sent).unwrap_err();
-        assert!(err.to_string().starts_with("remembered alert f1: "), "{err}");
+        assert!(
+            err.to_string().starts_with("remembered alert f1: "),
+            "{err}"
+        );
     }
 }

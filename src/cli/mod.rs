@@ -264,9 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     (config.store_location(), config.data_dir.clone())
                 }
                 None => (
-                    image_auditor::findings::StoreLocation::Sqlite(config::findings_db(
-                        &data_dir,
-                    )),
+                    image_auditor::findings::StoreLocation::Sqlite(config::findings_db(&data_dir)),
                     data_dir,
                 ),
             };

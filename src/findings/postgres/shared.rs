@@ -103,7 +103,13 @@ impl PostgresStore {
                  VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (sink, fact) DO UPDATE SET first_seen_ms = excluded.first_seen_ms, \
                    sent_at_ms = excluded.sent_at_ms, body = excluded.body",
-                &[&sink, &alert.fact, &alert.first_seen_ms, &now_ms, &alert.body],
+                &[
+                    &sink,
+                    &alert.fact,
+                    &alert.first_seen_ms,
+                    &now_ms,
+                    &alert.body,
+                ],
             )
             .await
             .map_err(|e| self.pg(e))?;
@@ -157,7 +163,10 @@ impl PostgresStore {
         self.block_on(async {
             let client = self.client().await?;
             Ok(client
-                .query_opt("SELECT body FROM scan_checkpoints WHERE name = $1", &[&name])
+                .query_opt(
+                    "SELECT body FROM scan_checkpoints WHERE name = $1",
+                    &[&name],
+                )
                 .await
                 .map_err(|e| self.pg(e))?
                 .map(|row| row.get(0)))
@@ -173,15 +182,17 @@ impl PostgresStore {
         self.block_on(async {
             let client = self.client().await?;
             match body {
-                Some(body) => client
-                    .execute(
-                        "INSERT INTO scan_checkpoints (name, body, updated_at_ms) \
+                Some(body) => {
+                    client
+                        .execute(
+                            "INSERT INTO scan_checkpoints (name, body, updated_at_ms) \
                          VALUES ($1, $2, $3) \
                          ON CONFLICT (name) DO UPDATE SET body = excluded.body, \
                            updated_at_ms = excluded.updated_at_ms",
-                        &[&name, &body, &now_ms],
-                    )
-                    .await,
+                            &[&name, &body, &now_ms],
+                        )
+                        .await
+                }
                 None => {
                     client
                         .execute("DELETE FROM scan_checkpoints WHERE name = $1", &[&name])

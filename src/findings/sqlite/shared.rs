@@ -67,7 +67,10 @@ fn lock_file_suffix(name: &str) -> String {
         .take(64)
         .collect();
     let hash = crate::reference::Digest::sha256_of(name.as_bytes()).to_string();
-    format!("lock-{readable}-{}", &hash["sha256:".len().."sha256:".len() + 8])
+    format!(
+        "lock-{readable}-{}",
+        &hash["sha256:".len().."sha256:".len() + 8]
+    )
 }
 
 impl SqliteStore {
@@ -98,7 +101,10 @@ impl SqliteStore {
             .open(&path)
             .map_err(fail)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(StoreLock::new(name, Box::new(FileLock { _file: file })))),
+            Ok(()) => Ok(Some(StoreLock::new(
+                name,
+                Box::new(FileLock { _file: file }),
+            ))),
             Err(TryLockError::WouldBlock) => Ok(None),
             Err(TryLockError::Error(e)) => Err(fail(e)),
         }
