@@ -164,7 +164,13 @@ fn write_rules_file(dir: &Path) {
 }
 
 /// The keys of `store.postgres` (README "Configuration").
-const POSTGRES_KEYS: &[&str] = &["url_env", "url_file", "pool_size", "connect_timeout", "ca_file"];
+const POSTGRES_KEYS: &[&str] = &[
+    "url_env",
+    "url_file",
+    "pool_size",
+    "connect_timeout",
+    "ca_file",
+];
 
 /// A shipped config as the service's `Config`, and its `store` section as
 /// YAML for [`postgres_url_env`], which checks what `Config` accepts but a

@@ -53,7 +53,9 @@ fn every_test_file_is_compiled() {
     let mut missing = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
-        let Some(module) = name.strip_suffix(".rs") else { continue };
+        let Some(module) = name.strip_suffix(".rs") else {
+            continue;
+        };
         if module == "tests" || ALONE.contains(&module) {
             continue;
         }
@@ -61,5 +63,8 @@ fn every_test_file_is_compiled() {
             missing.push(name);
         }
     }
-    assert!(missing.is_empty(), "not listed in tests/tests.rs, so never compiled: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not listed in tests/tests.rs, so never compiled: {missing:?}"
+    );
 }
