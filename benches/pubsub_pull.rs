@@ -120,6 +120,7 @@ fn ack_at_once() -> Handler {
             disposition: Disposition::Ack,
             verdict: None,
             duplicate: false,
+            excepted: false,
         })
         .boxed()
     })

@@ -48,10 +48,14 @@ pub enum VerdictKind {
     /// The inventory sweep did not find promised content (a tag or a digest)
     /// at a destination repository.
     Missing,
+    /// An entry of an exceptions file has expired: it no longer excepts
+    /// anything and must be renewed or removed. Reported once per entry
+    /// (source `manifests`), never about an event.
+    ExceptionExpired,
 }
 
 impl VerdictKind {
-    pub const ALL: [VerdictKind; 15] = [
+    pub const ALL: [VerdictKind; 16] = [
         VerdictKind::Malformed,
         VerdictKind::OutOfScope,
         VerdictKind::Deleted,
@@ -67,6 +71,7 @@ impl VerdictKind {
         VerdictKind::Undecided,
         VerdictKind::Unverifiable,
         VerdictKind::Missing,
+        VerdictKind::ExceptionExpired,
     ];
 
     /// Whether a manifest merged after the index was built could overturn
@@ -84,7 +89,7 @@ impl VerdictKind {
         use VerdictKind::*;
         match self {
             Malformed | Deleted | WrongRepository | TagMoved | UnlistedTag
-            | UnpromotedAttachment | Unpromoted | Unverifiable | Missing => true,
+            | UnpromotedAttachment | Unpromoted | Unverifiable | Missing | ExceptionExpired => true,
             OutOfScope | DeletedUnpromoted | Promoted | PromotedChild | PromotedAttachment
             | Undecided => false,
         }
@@ -108,6 +113,7 @@ impl VerdictKind {
             Undecided => "undecided",
             Unverifiable => "unverifiable",
             Missing => "missing",
+            ExceptionExpired => "exception_expired",
         }
     }
 }

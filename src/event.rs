@@ -184,6 +184,98 @@ pub struct Malformed {
     pub id: EventId,
     pub source: Source,
     pub reason: String,
+    /// The limit on untrusted input that refused the event, if one did:
+    /// counted by the pipeline, never stored (the reason says it in words).
+    #[serde(skip)]
+    pub limit: Option<LimitHit>,
+}
+
+impl Malformed {
+    /// Event `id` from `source` could not be read, for `why`.
+    pub fn new(id: EventId, source: Source, why: impl Into<Unreadable>) -> Malformed {
+        let Unreadable { reason, limit } = why.into();
+        Malformed {
+            id,
+            source,
+            reason,
+            limit,
+        }
+    }
+}
+
+/// Why untrusted input (a field, an event, a request) could not be read:
+/// the words that are stored, shown and logged, and the limit it hit, if
+/// any. The limit is carried beside the words, never read back from them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unreadable {
+    pub reason: String,
+    pub limit: Option<LimitHit>,
+}
+
+impl Unreadable {
+    /// The same refusal, its words preceded by `place` (which says where
+    /// it stood: `"field `target.tag`: "`).
+    pub fn prefixed(self, place: impl fmt::Display) -> Unreadable {
+        Unreadable {
+            reason: format!("{place}{}", self.reason),
+            limit: self.limit,
+        }
+    }
+}
+
+/// A refusal that hit no limit.
+impl From<String> for Unreadable {
+    fn from(reason: String) -> Self {
+        Unreadable {
+            reason,
+            limit: None,
+        }
+    }
+}
+
+impl From<&str> for Unreadable {
+    fn from(reason: &str) -> Self {
+        Unreadable::from(reason.to_owned())
+    }
+}
+
+/// A name, digest or tag a payload carried and the reference types refused;
+/// an over-long repository name is a limit.
+impl From<reference::ParseError> for Unreadable {
+    fn from(e: reference::ParseError) -> Self {
+        Unreadable {
+            limit: e.is_too_long().then_some(LimitHit::NameTooLong),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// A limit on untrusted input that refused an event or a request, counted
+/// as `rejected_requests_total{reason}` by the server (refused requests)
+/// and the pipeline (malformed events). Refusals carry it as a type
+/// ([`Unreadable`], [`Malformed::limit`]), so the count never depends on
+/// the wording of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// A repository name over [`crate::reference::MAX_REPOSITORY_LEN`].
+    NameTooLong,
+    /// An event or message id over [`crate::sources::json::MAX_ID_LEN`]
+    /// or with control characters.
+    BadEventId,
+    /// A JSON object repeating a key.
+    DuplicateJsonKey,
+}
+
+impl LimitHit {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            LimitHit::NameTooLong => "name_too_long",
+            LimitHit::BadEventId => "bad_event_id",
+            LimitHit::DuplicateJsonKey => "duplicate_json_key",
+        }
+    }
 }
 
 impl fmt::Display for Malformed {

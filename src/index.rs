@@ -5,6 +5,11 @@
 //! lock. The promotions part and the resolved-children part live in separate
 //! `Arc`s, so the resolver can publish new children without copying the
 //! promotions.
+//!
+//! Over 500 lines on purpose: `build` and the read accessors share the
+//! private layout (`Core`, interned symbols, promotion ranges per image), and
+//! keeping them in one file keeps that layout private to the one place that
+//! relies on it. `Children` is the part that could move out if it grows.
 
 // foldhash: several times faster than SipHash on these short keys and still
 // seeded per process, so hostile event paths cannot aim at one bucket.

@@ -1,5 +1,7 @@
 //! Prometheus metrics (prefix `image_auditor_`), registered once per process
 //! in a [`Metrics`] value that is passed around; no global registry.
+//! Over 500 lines: one registration per metric, each with its help text,
+//! reads best as one list.
 
 use std::time::Duration;
 
@@ -18,6 +20,11 @@ use prometheus_client::registry::Registry;
 pub struct EventLabels {
     pub source: &'static str,
     pub action: &'static str,
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
     pub verdict: &'static str,
 }
 
@@ -94,6 +101,13 @@ pub struct Metrics {
     rejected_requests: Family<ReasonLabels, Counter>,
     /// JWKS fetches the push token verifier started (0 without push auth).
     pub jwks_fetches: Counter,
+    excepted_findings: Family<VerdictLabels, Counter>,
+    /// Exceptions entries in force (loaded, expired ones included).
+    pub exceptions_entries: Gauge,
+    /// Loaded exceptions entries that have expired (reported, no longer matching).
+    pub exceptions_expired: Gauge,
+    /// Exceptions files refused because of an error (the last good version stays).
+    pub exceptions_load_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -255,6 +269,29 @@ impl Metrics {
             "JWKS fetches started by the push token verifier, successful or not",
             jwks_fetches.clone(),
         );
+        let excepted_findings = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "excepted_findings",
+            "Findings an exceptions entry covered: recorded, never alerted (counted in \
+             events_total as verdict=\"excepted\"), by their verdict",
+            excepted_findings.clone(),
+        );
+        let exceptions_entries = gauge(
+            &mut registry,
+            "exceptions_entries",
+            "Exceptions entries loaded, expired ones included",
+        );
+        let exceptions_expired = gauge(
+            &mut registry,
+            "exceptions_expired",
+            "Loaded exceptions entries past their expiry date (they no longer match)",
+        );
+        let exceptions_load_failures = Counter::default();
+        registry.register(
+            "exceptions_load_failures",
+            "Exceptions files refused because of an error (their last good version stays)",
+            exceptions_load_failures.clone(),
+        );
         Self {
             registry,
             events,
@@ -281,7 +318,21 @@ impl Metrics {
             scan_repositories,
             rejected_requests,
             jwks_fetches,
+            excepted_findings,
+            exceptions_entries,
+            exceptions_expired,
+            exceptions_load_failures,
         }
+    }
+
+    /// Counts a finding an exception covered: in `events_total` under the
+    /// pseudo-verdict `excepted` (so alert rules on verdicts stay quiet),
+    /// and by its real verdict in `excepted_findings_total`.
+    pub fn excepted(&self, source: &'static str, action: &'static str, verdict: &'static str) {
+        self.recorded(source, action, "excepted");
+        self.excepted_findings
+            .get_or_create(&VerdictLabels { verdict })
+            .inc();
     }
 
     pub fn observe_index(&self, index: &crate::index::Index) {

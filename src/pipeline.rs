@@ -11,12 +11,12 @@ use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
 use crate::event::{EndpointName, Event, EventId, Source};
+use crate::exceptions::{Date, Exceptions, Subject};
 use crate::findings::{Decision, Recorded, Store, StoreError, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
-use crate::sources::json::LimitHit;
 use crate::sources::{Delivery, Disposition, Handled, Handler};
 
 /// What makes two deliveries the same one.
@@ -47,6 +47,9 @@ pub struct Pipeline {
     reloader: Option<Arc<Reloader>>,
     /// Unix milliseconds of the last delivery from each source (status page).
     last_event_ms: DashMap<Source, i64>,
+    /// The exceptions in force: an alerting verdict they cover is recorded
+    /// with `excepted_by` and raises no alert. Swapped by the reloader.
+    exceptions: Arc<ArcSwap<Exceptions>>,
 }
 
 impl Pipeline {
@@ -73,7 +76,19 @@ impl Pipeline {
             undecided_retry_for,
             reloader: None,
             last_event_ms: DashMap::new(),
+            exceptions: Arc::new(ArcSwap::from_pointee(Exceptions::default())),
         }
+    }
+
+    /// Except what these exceptions cover (the reloader keeps them current).
+    pub fn with_exceptions(mut self, exceptions: Arc<ArcSwap<Exceptions>>) -> Self {
+        self.exceptions = exceptions;
+        self
+    }
+
+    /// The exceptions in force (`POST /v1/check` shows which apply).
+    pub fn exceptions(&self) -> Arc<Exceptions> {
+        self.exceptions.load_full()
     }
 
     /// Refresh a git manifest origin before a negative verdict becomes a
@@ -113,7 +128,7 @@ impl Pipeline {
         // recorded as malformed; the limit's count is kept here, since
         // parsers hold no metrics.
         if let Err(malformed) = &delivery.decoded
-            && let Some(limit) = LimitHit::in_message(&malformed.reason)
+            && let Some(limit) = malformed.limit
         {
             self.metrics.rejected(limit.reason());
         }
@@ -151,6 +166,7 @@ impl Pipeline {
                     disposition: Disposition::Ack,
                     verdict: Some(verdict),
                     duplicate: true,
+                    excepted: false,
                 };
             }
             Ok(None) => {}
@@ -194,11 +210,12 @@ impl Pipeline {
                     .undecided_backlog
                     .set(self.undecided.len() as i64);
                 self.metrics.retried(delivery.source.as_str());
-                log_verdict(&delivery, event, &verdict, "retry");
+                log_verdict(&delivery, event, &verdict, None);
                 return Handled {
                     disposition: Disposition::Retry,
                     verdict: Some(VerdictKind::Undecided),
                     duplicate: false,
+                    excepted: false,
                 };
             }
             Verdict {
@@ -241,7 +258,22 @@ impl Pipeline {
         let event = delivery.decoded.as_ref().ok();
         let key = delivery.key();
         let commit = index.commit().map(str::to_string);
-        let decision = match &delivery.decoded {
+        // Only decisions about registry content are excepted: a delivery
+        // that could not be read says nothing an entry could have reviewed.
+        let excepted_by = event.filter(|_| verdict.kind.alerts()).and_then(|event| {
+            let subject = Subject {
+                repository: &event.repository,
+                digest: event.digest.as_ref(),
+                tag: event.tag.as_ref(),
+                verdict: verdict.kind,
+            };
+            self.exceptions
+                .load()
+                .lookup(&subject, Date::today())
+                .applies()
+                .map(|e| e.location())
+        });
+        let mut decision = match &delivery.decoded {
             Ok(event) => Decision::of_event(
                 event,
                 &delivery.endpoint,
@@ -258,6 +290,7 @@ impl Pipeline {
                 index.generation(),
             ),
         };
+        decision.excepted_by = excepted_by.clone();
         let recorded = off_thread(&self.store, move |store| store.record(&decision)).await;
         match recorded {
             Ok(recorded) => {
@@ -270,12 +303,20 @@ impl Pipeline {
                 if duplicate {
                     self.metrics.duplicate(delivery.source.as_str());
                 } else {
-                    self.metrics.recorded(
-                        delivery.source.as_str(),
-                        event.map_or("unknown", |e| e.action.as_str()),
-                        verdict.kind.as_str(),
-                    );
-                    log_verdict(delivery, event, &verdict, "recorded");
+                    let action = event.map_or("unknown", |e| e.action.as_str());
+                    match &excepted_by {
+                        Some(_) => self.metrics.excepted(
+                            delivery.source.as_str(),
+                            action,
+                            verdict.kind.as_str(),
+                        ),
+                        None => self.metrics.recorded(
+                            delivery.source.as_str(),
+                            action,
+                            verdict.kind.as_str(),
+                        ),
+                    }
+                    log_verdict(delivery, event, &verdict, excepted_by.as_deref());
                 }
                 Handled {
                     disposition: Disposition::Ack,
@@ -284,6 +325,7 @@ impl Pipeline {
                         Recorded::New { .. } => verdict.kind,
                     }),
                     duplicate,
+                    excepted: !duplicate && excepted_by.is_some(),
                 }
             }
             Err(e) => self.store_failed(delivery, &e),
@@ -325,23 +367,36 @@ impl Pipeline {
             disposition: Disposition::Retry,
             verdict: None,
             duplicate: false,
+            excepted: false,
         }
     }
 }
 
-fn log_verdict(delivery: &Delivery, event: Option<&Event>, verdict: &Verdict, outcome: &str) {
+/// Logs a decision: `excepted_by` is set for an excepted one; an undecided
+/// verdict is logged as a retry.
+fn log_verdict(
+    delivery: &Delivery,
+    event: Option<&Event>,
+    verdict: &Verdict,
+    excepted_by: Option<&str>,
+) {
     let digest = event
         .and_then(|e| e.digest.as_ref())
         .map(ToString::to_string);
     let repository = event.map(|e| e.repository.to_string());
     let tag = event.and_then(|e| e.tag.as_ref()).map(ToString::to_string);
-    if verdict.kind.alerts() {
+    let outcome = if verdict.kind == VerdictKind::Undecided {
+        "retry"
+    } else {
+        "recorded"
+    };
+    if verdict.kind.alerts() && excepted_by.is_none() {
         tracing::warn!(event_id = %delivery.id, source = delivery.source.as_str(),
             endpoint = %delivery.endpoint, repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
             outcome, "event decided");
     } else {
         tracing::info!(event_id = %delivery.id, source = delivery.source.as_str(),
             endpoint = %delivery.endpoint, repository, digest, tag, verdict = verdict.kind.as_str(), reason = %verdict.reason,
-            outcome, "event decided");
+            excepted_by, outcome, "event decided");
     }
 }

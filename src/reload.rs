@@ -5,6 +5,10 @@
 //! A project that breaks keeps its last good version, so a bad merge never
 //! blinds the auditor to that project; the breakage is reported once, as a
 //! `malformed` finding from the source `manifests`.
+//!
+//! The exceptions files are read here too, at every poll, because they are
+//! part of the manifest origin and follow the same last-good rule; that
+//! keeps one reload lock for both and takes the file over 500 lines.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -15,9 +19,11 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::VerdictKind;
 use crate::config::ReloadConfig;
 use crate::event::{EndpointName, EventId, Malformed, Source};
-use crate::findings::{Decision, Store, now_ms, off_thread};
+use crate::exceptions::{self, Date, Exception, Exceptions, ExceptionsConfig};
+use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
 use crate::index::Index;
 use crate::manifest::origin::{ManifestOrigin, OriginError, Version};
 use crate::manifest::walk::{Budget, Limit};
@@ -67,6 +73,28 @@ struct State {
     reported: HashSet<String>,
     /// When the source was last synced (by any caller).
     last_sync: Option<Instant>,
+    /// Each exceptions file, in the order they are consulted.
+    exception_files: Vec<ExceptionsFile>,
+}
+
+/// One exceptions file as last read.
+#[derive(Default)]
+struct ExceptionsFile {
+    source: Option<exceptions::Source>,
+    /// What the last read found.
+    seen: Option<Seen>,
+    /// Its last valid version (empty if it never loaded or is gone).
+    last_good: Vec<Exception>,
+}
+
+/// What one read of an exceptions file found.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// This text (its digest), valid or not.
+    Text(crate::reference::Digest),
+    Missing,
+    /// These problems.
+    Unreadable(Vec<String>),
 }
 
 pub struct Reloader {
@@ -87,6 +115,9 @@ pub struct Reloader {
     /// share the next one instead of each running their own.
     requested_runs: AtomicU64,
     requested: tokio::sync::Mutex<Option<Result<Outcome, Arc<ReloadError>>>>,
+    /// The exceptions in force, read again at every reload.
+    exceptions: Arc<ArcSwap<Exceptions>>,
+    exceptions_config: ExceptionsConfig,
 }
 
 impl Reloader {
@@ -97,6 +128,7 @@ impl Reloader {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         config: &ReloadConfig,
+        exceptions_config: &ExceptionsConfig,
     ) -> Result<Arc<Reloader>, ReloadError> {
         let budget = config.limits;
         let version = source.sync(&budget).await?;
@@ -106,6 +138,7 @@ impl Reloader {
             last_good: HashMap::new(),
             reported: HashSet::new(),
             last_sync: Some(Instant::now()),
+            exception_files: Vec::new(),
         };
         let (set, outcome_lists) = keep_last_good(set, &mut state.last_good);
         let index = build(set.clone(), 1).await?;
@@ -121,9 +154,20 @@ impl Reloader {
             running_since: std::sync::Mutex::new(None),
             requested_runs: AtomicU64::new(0),
             requested: tokio::sync::Mutex::new(None),
+            exceptions: Arc::new(ArcSwap::from_pointee(Exceptions::default())),
+            exceptions_config: exceptions_config.clone(),
         });
         reloader.observe(&set, &outcome_lists);
+        {
+            let mut state = reloader.state.lock().await;
+            reloader.refresh_exceptions(&mut state).await;
+        }
         Ok(reloader)
+    }
+
+    /// The exceptions in force, shared with the pipeline.
+    pub fn exceptions(&self) -> Arc<ArcSwap<Exceptions>> {
+        self.exceptions.clone()
     }
 
     /// The live index, shared with the pipeline and the HTTP routes.
@@ -188,7 +232,80 @@ impl Reloader {
             tracing::error!(error = %e, "manifest reload failed; the live index stays");
             self.report(state, "(manifest set)", &e.to_string()).await;
         }
+        // Whatever became of the manifests: the local file may have
+        // changed, and an entry may have expired since the last poll.
+        self.refresh_exceptions(state).await;
         result
+    }
+
+    /// Reads the exceptions files again (a file whose text is unchanged is
+    /// not parsed again), keeps the last good version of a file with an
+    /// error and reports its problems once, swaps the new set in, and
+    /// reports each expired entry once.
+    async fn refresh_exceptions(&self, state: &mut State) {
+        let today = Date::today();
+        let limits = self.exceptions_config.limits(today);
+        let sources =
+            exceptions::Source::all(&self.source.root(), self.exceptions_config.file.as_deref());
+        let files = std::mem::take(&mut state.exception_files);
+        let refreshed =
+            tokio::task::spawn_blocking(move || refresh_files(files, &sources, limits)).await;
+        let (files, changed, problems) = match refreshed {
+            Ok(refreshed) => refreshed,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the exceptions files failed; the last ones stay");
+                return;
+            }
+        };
+        state.exception_files = files;
+        for problem in &problems {
+            self.metrics.exceptions_load_failures.inc();
+            tracing::error!(file = %problem.file.display(), line = problem.line, "{}", problem.message);
+            self.record_once(
+                state,
+                format!("(exceptions)\n{problem}"),
+                "exceptions",
+                VerdictKind::Malformed,
+                format!(
+                    "exceptions file: {problem}; the file's last good version stays in use \
+                     (none if it never loaded)"
+                ),
+            )
+            .await;
+        }
+        if changed {
+            let entries: Vec<Exception> = state
+                .exception_files
+                .iter()
+                .flat_map(|f| f.last_good.iter().cloned())
+                .collect();
+            tracing::info!(entries = entries.len(), "exceptions loaded");
+            self.exceptions.store(Arc::new(Exceptions::new(entries)));
+        }
+        let live = self.exceptions.load_full();
+        self.metrics.exceptions_entries.set(live.len() as i64);
+        let expired: Vec<&Exception> = live.expired(today).collect();
+        self.metrics.exceptions_expired.set(expired.len() as i64);
+        for e in expired {
+            let reason = format!(
+                "exception {} (owner {}: {}) expired on {}: it no longer excepts anything; \
+                 renew it (a later `expires`) or remove it",
+                e.location(),
+                e.owner,
+                crate::event::excerpt(&e.reason),
+                e.expires
+            );
+            // Keyed by what the entry accepts and until when: moving it
+            // reports nothing new, renewing it and letting it lapse again does.
+            self.record_once(
+                state,
+                format!("(expired)\n{}", e.key()),
+                "exception-expired",
+                VerdictKind::ExceptionExpired,
+                reason,
+            )
+            .await;
+        }
     }
 
     async fn try_reload(&self, state: &mut State, force: bool) -> Result<Outcome, ReloadError> {
@@ -285,40 +402,123 @@ impl Reloader {
 
     /// Records one finding for a breakage not reported yet.
     async fn report(&self, state: &mut State, project: &str, text: &str) {
-        let key = format!("{project}\n{text}");
+        let reason = format!(
+            "project {project}: {text}; {}",
+            if project.starts_with('(') {
+                "the previous index stays in use"
+            } else {
+                "its last good version stays in use (or it is left out if it never loaded)"
+            }
+        );
+        self.record_once(
+            state,
+            format!("{project}\n{text}"),
+            &format!("manifests:{project}"),
+            VerdictKind::Malformed,
+            reason,
+        )
+        .await;
+    }
+
+    /// Records, from the source `manifests`, a finding with `verdict` and
+    /// `reason` once per `key` in this process (and once ever: its event id
+    /// derives from the key, so the store answers a repeat as a duplicate).
+    async fn record_once(
+        &self,
+        state: &mut State,
+        key: String,
+        id_prefix: &str,
+        verdict: VerdictKind,
+        reason: String,
+    ) {
         if !state.reported.insert(key.clone()) {
             return;
         }
         let id = crate::reference::Digest::sha256_of(key.as_bytes()).to_string();
         let index = self.index.load();
-        let malformed = Malformed {
-            id: EventId(format!(
-                "manifests:{project}:{}",
-                &id["sha256:".len()..][..16]
-            )),
-            source: Source::Manifests,
-            reason: format!(
-                "project {project}: {text}; {}",
-                if project.starts_with('(') {
-                    "the previous index stays in use"
-                } else {
-                    "its last good version stays in use (or it is left out if it never loaded)"
-                }
-            ),
-        };
-        let decision = Decision::of_malformed(
+        let malformed = Malformed::new(
+            EventId(format!("{id_prefix}:{}", &id["sha256:".len()..][..16])),
+            Source::Manifests,
+            reason,
+        );
+        let mut decision = Decision::of_malformed(
             &malformed,
             &EndpointName::only(),
             now_ms(),
             index.commit().map(str::to_owned),
             index.generation(),
         );
-        if let Err(e) = off_thread(&self.store, move |s| s.record(&decision)).await {
-            // Not reported after all: try again at the next reload.
-            state.reported.remove(&key);
-            tracing::error!(error = %e, project, "cannot record the manifest finding");
+        decision.verdict = verdict;
+        match off_thread(&self.store, move |s| s.record(&decision)).await {
+            Ok(recorded) => {
+                if matches!(recorded, Recorded::New { .. }) && verdict != VerdictKind::Malformed {
+                    self.metrics
+                        .recorded(Source::Manifests.as_str(), "unknown", verdict.as_str());
+                }
+            }
+            Err(e) => {
+                // Not reported after all: try again at the next reload.
+                state.reported.remove(&key);
+                tracing::error!(error = %e, key, "cannot record the manifest finding");
+            }
         }
     }
+}
+
+/// Reads every exceptions source (blocking): each file's new state, whether
+/// the entries changed, and the problems of files that changed into
+/// something invalid (a file seen as before is neither parsed nor reported
+/// again).
+fn refresh_files(
+    mut old: Vec<ExceptionsFile>,
+    sources: &[exceptions::Source],
+    limits: exceptions::Limits,
+) -> (Vec<ExceptionsFile>, bool, Vec<crate::manifest::Problem>) {
+    let mut changed = old.len() != sources.len();
+    let mut problems = Vec::new();
+    let mut files = Vec::with_capacity(sources.len());
+    for source in sources {
+        let mut file = match old.iter().position(|f| f.source.as_ref() == Some(source)) {
+            Some(i) => old.swap_remove(i),
+            None => {
+                changed = true;
+                ExceptionsFile {
+                    source: Some(source.clone()),
+                    ..ExceptionsFile::default()
+                }
+            }
+        };
+        let read = exceptions::read_text(&source.path, source.in_tree);
+        let seen = match &read {
+            Ok(Some(text)) => Seen::Text(crate::reference::Digest::sha256_of(text.as_bytes())),
+            Ok(None) => Seen::Missing,
+            Err(p) => Seen::Unreadable(p.iter().map(ToString::to_string).collect()),
+        };
+        if file.seen.as_ref() == Some(&seen) {
+            files.push(file);
+            continue;
+        }
+        file.seen = Some(seen);
+        match read {
+            Ok(Some(text)) => match exceptions::parse(&source.path.as_path().into(), &text, limits)
+            {
+                Ok(entries) => {
+                    changed |= entries != file.last_good;
+                    file.last_good = entries;
+                }
+                Err(mut p) => problems.append(&mut p),
+            },
+            // Removed from the tree: so are its entries.
+            Ok(None) if source.in_tree => {
+                changed |= !file.last_good.is_empty();
+                file.last_good.clear();
+            }
+            Ok(None) => problems.extend(source.read(limits).err().unwrap_or_default()),
+            Err(mut p) => problems.append(&mut p),
+        }
+        files.push(file);
+    }
+    (files, changed, problems)
 }
 
 /// Marks a reload as running for as long as it lives: a caller that gives

@@ -117,8 +117,11 @@ pub struct Summary {
     pub verdicts: BTreeMap<String, usize>,
     /// Observations whose id was already recorded (an earlier sweep).
     pub duplicates: usize,
-    /// New findings (alerting verdicts not recorded before).
+    /// New findings (alerting verdicts not recorded before), excepted ones
+    /// not included.
     pub findings: Vec<ScanFinding>,
+    /// New findings an exceptions entry covered: recorded, not alerted.
+    pub excepted: usize,
     /// Absent observations (promises not found), duplicates included.
     pub missing: usize,
     /// Registry and store errors, each naming the repository or URL.
@@ -576,7 +579,12 @@ impl Sweep<'_> {
                 .verdicts
                 .entry(verdict.as_str().to_owned())
                 .or_default() += 1;
-            if !handled.duplicate && verdict.alerts() && handled.disposition == Disposition::Ack {
+            if handled.excepted {
+                summary.excepted += 1;
+            } else if !handled.duplicate
+                && verdict.alerts()
+                && handled.disposition == Disposition::Ack
+            {
                 summary.findings.push(ScanFinding {
                     verdict,
                     repository: repository.to_string(),

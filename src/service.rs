@@ -38,9 +38,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let backend = store.backend();
     let (source, poll_interval) = config.manifest_source();
     let root = source.root();
-    let reloader = Reloader::start(source, store.clone(), metrics.clone(), &config.reload)
-        .await
-        .with_context(|| format!("loading manifests from {}", root.display()))?;
+    let reloader = Reloader::start(
+        source,
+        store.clone(),
+        metrics.clone(),
+        &config.reload,
+        &config.exceptions,
+    )
+    .await
+    .with_context(|| format!("loading manifests from {}", root.display()))?;
     let index = reloader.index();
     let stats = index.load().stats();
     tracing::info!(manifests = %root.display(), generation = stats.generation,
@@ -56,7 +62,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 config.policy.clone(),
                 config.undecided_retry_for,
             )
-            .with_reloader(reloader.clone()),
+            .with_reloader(reloader.clone())
+            .with_exceptions(reloader.exceptions()),
     );
     let pull = config.pubsub.pull.clone().map(PullSource::new);
     let push_verifier = config

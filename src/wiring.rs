@@ -46,7 +46,9 @@ impl Wiring {
         Self::with_store(store, registry)
     }
 
-    /// The shared parts around an open store.
+    /// The shared parts around an open store (`scan --baseline` decides
+    /// into a store in memory, so that nothing it finds is recorded or
+    /// alerted).
     pub fn with_store(
         store: Arc<dyn Store>,
         registry: Option<RegistryConfig>,

@@ -3,7 +3,7 @@
 //! paths), routing and severity; an unpromoted index and the platform
 //! images pushed with it, over time, as one sink's dispatcher sees them.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 
@@ -42,6 +42,7 @@ fn finding(id: i64, verdict: VerdictKind, repository: Option<&str>, digest: &str
         evidence: serde_json::json!([]),
         manifest_commit: None,
         index_generation: 1,
+        excepted_by: None,
         deliveries: Vec::new(),
     }
 }

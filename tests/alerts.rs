@@ -5,7 +5,7 @@
 //! pushed with its platform images by skopeo to a real registry is one
 //! alert naming all four.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

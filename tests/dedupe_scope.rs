@@ -6,7 +6,7 @@
 //! duplicate of what dev's endpoint sent first; pull records under its
 //! subscription's name.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::app_promoted_to_prod;
 use support::pubsub::{Fixture, PROJECT};
 use support::service::Service;
 
@@ -27,14 +27,7 @@ const ROGUE: &str = "sha256:d7bdd545f09d8a73c2b990337c8211d708a04ccd9748627685e4
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
-        "apps",
-        "registries:\n- name: staging.example/apps\n  src: true\n- name: prod.example/apps\n",
-        &format!("- name: app\n  dmap:\n    \"{PROMOTED}\": [\"v1\"]\n"),
-    );
-    root
+    app_promoted_to_prod(dir, PROMOTED)
 }
 
 /// Per kind: a `dev` endpoint reporting for a registry no manifest promotes

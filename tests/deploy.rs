@@ -1,13 +1,14 @@
 //! The deployment files under `deploy/`: every YAML document parses and says
-//! what matters (probes, non-root, read-only root, resources, one SQLite
-//! writer), the configs load as the service's own `Config`, the alerts pass
+//! what matters (probes, non-root, read-only root, resources, replicas that
+//! share one PostgreSQL store and survive a rollout, a drain and a zone
+//! outage), the configs load as the service's own `Config`, the alerts pass
 //! `promtool check rules` and their unit tests (`promtool test rules`), and
 //! the dashboard and the alerts use only metrics the service exports.
 //!
 //! Needs `promtool` (Debian package `prometheus`, installed by
 //! `scripts/install-test-deps.sh`); without it the promtool tests fail.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -162,6 +163,84 @@ fn write_rules_file(dir: &Path) {
     .unwrap();
 }
 
+/// The keys of `store.postgres` (README "Configuration").
+const POSTGRES_KEYS: &[&str] = &[
+    "url_env",
+    "url_file",
+    "pool_size",
+    "connect_timeout",
+    "ca_file",
+];
+
+/// A shipped config as the service's `Config`, and its `store` section as
+/// YAML for [`postgres_url_env`], which checks what `Config` accepts but a
+/// deployment must not use (a URL file, a pool too large).
+fn parse_config(text: &str) -> (Config, Value) {
+    let value: Value = serde_saphyr::from_str(text).unwrap();
+    let store = value["store"].clone();
+    let config: Config = serde_json::from_value(value)
+        .unwrap_or_else(|e| panic!("config does not parse: {e}\n{text}"));
+    assert!(
+        config.store.postgres.is_some(),
+        "the store section parses as PostgreSQL"
+    );
+    (config, store)
+}
+
+/// The findings store of a shipped config is PostgreSQL (never SQLite in
+/// `data_dir`, which the deployments keep on a disk that dies with the pod),
+/// with its URL from the environment: the variable's name.
+fn postgres_url_env(store: &Value, what: &str) -> String {
+    let pg = &store["postgres"];
+    let keys = pg
+        .as_object()
+        .unwrap_or_else(|| panic!("{what}: no store.postgres: the findings would be in data_dir"));
+    for key in keys.keys() {
+        assert!(
+            POSTGRES_KEYS.contains(&key.as_str()),
+            "{what}: store.postgres.{key}"
+        );
+    }
+    assert_eq!(
+        store.as_object().unwrap().len(),
+        1,
+        "{what}: store has one backend"
+    );
+    assert!(
+        pg["url_file"].is_null(),
+        "{what}: the URL comes from a secret's variable"
+    );
+    assert!(
+        pg["pool_size"]
+            .as_u64()
+            .is_some_and(|n| (1..=32).contains(&n)),
+        "{what}: pool_size {}",
+        pg["pool_size"]
+    );
+    assert!(pg["connect_timeout"].is_string(), "{what}: connect_timeout");
+    let var = str_of(&pg["url_env"], "store.postgres.url_env").to_string();
+    // IMAGE_AUDITOR_* variables override config keys (README "Configuration").
+    assert!(!var.starts_with("IMAGE_AUDITOR_"), "{what}: {var}");
+    var
+}
+
+/// The container variable `name` of `container`, taken from a secret:
+/// (secret name, key).
+fn env_from_secret(container: &Value, name: &str) -> (String, String) {
+    let env = arr(&container["env"], "env");
+    let found: Vec<&Value> = env.iter().filter(|e| e["name"] == name).collect();
+    assert_eq!(found.len(), 1, "one env entry {name}: {env:?}");
+    assert!(
+        found[0]["value"].is_null(),
+        "{name} must not be written inline"
+    );
+    let secret = &found[0]["valueFrom"]["secretKeyRef"];
+    (
+        str_of(&secret["name"], "secretKeyRef.name").to_string(),
+        str_of(&secret["key"], "secretKeyRef.key").to_string(),
+    )
+}
+
 /// Loads a config through `Config::load` (full validation), with the paths
 /// that only exist in a container pointed at the repository's fixtures and a
 /// temporary data directory. `Config::load` also reads the process
@@ -280,15 +359,15 @@ fn kustomization_lists_every_resource_file() {
 }
 
 #[test]
-fn deployment_is_one_non_root_read_only_sqlite_writer_with_probes() {
+fn deployment_is_three_non_root_read_only_replicas_with_probes() {
     let d = resource("Deployment");
     assert_eq!(d["apiVersion"], "apps/v1");
     let spec = &d["spec"];
-    assert_eq!(spec["replicas"], 1, "SQLite: one writer");
-    assert_eq!(
-        spec["strategy"]["type"], "Recreate",
-        "never two pods at once"
-    );
+    assert_eq!(spec["replicas"], 3, "replicas on one subscription");
+    // A rollout never has fewer than three ready pods.
+    assert_eq!(spec["strategy"]["type"], "RollingUpdate");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxSurge"], 1);
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["terminationGracePeriodSeconds"], 60);
     for (k, v) in spec["selector"]["matchLabels"].as_object().unwrap() {
@@ -336,8 +415,77 @@ fn deployment_is_one_non_root_read_only_sqlite_writer_with_probes() {
     assert_eq!(r["limits"], json!({"cpu": "1", "memory": "512Mi"}));
 }
 
+/// The replicas are spread over zones (hard: a zone outage takes one) and
+/// nodes (soft: a small cluster still schedules them), each selecting
+/// exactly the Deployment's pods.
 #[test]
-fn deployment_volumes_match_the_configmap_pvc_and_config() {
+fn deployment_spreads_replicas_across_zones_and_nodes() {
+    let d = resource("Deployment");
+    let pod = &d["spec"]["template"]["spec"];
+    let labels = &d["spec"]["template"]["metadata"]["labels"];
+    let selects_the_pods = |selector: &Value, what: &str| {
+        let wanted = selector["matchLabels"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{what}: matchLabels"));
+        assert!(!wanted.is_empty(), "{what}");
+        for (k, v) in wanted {
+            assert_eq!(&labels[k], v, "{what}: label {k}");
+        }
+    };
+
+    let spread = arr(
+        &pod["topologySpreadConstraints"],
+        "topologySpreadConstraints",
+    );
+    let zone: Vec<&Value> = spread
+        .iter()
+        .filter(|c| c["topologyKey"] == "topology.kubernetes.io/zone")
+        .collect();
+    assert_eq!(zone.len(), 1, "one spread over zones: {spread:?}");
+    let zone = zone[0];
+    assert_eq!(zone["maxSkew"], 1);
+    assert_eq!(zone["whenUnsatisfiable"], "DoNotSchedule");
+    // A zone that is down (its nodes tainted) is no domain: the pods it
+    // lost must be schedulable in the zones that remain.
+    assert_eq!(zone["nodeTaintsPolicy"], "Honor");
+    // Each revision spreads on its own: the rollout's surge pod fits.
+    assert_eq!(zone["matchLabelKeys"], json!(["pod-template-hash"]));
+    selects_the_pods(&zone["labelSelector"], "zone spread");
+
+    let anti = arr(
+        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+        "preferred podAntiAffinity",
+    );
+    assert_eq!(anti.len(), 1);
+    let term = &anti[0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    selects_the_pods(&term["labelSelector"], "node anti-affinity");
+    assert!(
+        pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            .is_null(),
+        "a hard per-node rule would block the surge pod on a three-node cluster"
+    );
+}
+
+#[test]
+fn pod_disruption_budget_lets_a_drain_take_one_replica_at_a_time() {
+    let d = resource("Deployment");
+    let pdb = resource("PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert!(pdb["spec"]["minAvailable"].is_null());
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"], d["spec"]["selector"]["matchLabels"],
+        "the budget covers exactly the Deployment's pods"
+    );
+    assert!(
+        d["spec"]["replicas"].as_u64().unwrap() > 1,
+        "a budget of one replica blocks drains"
+    );
+}
+
+#[test]
+fn deployment_volumes_match_the_configmap_secret_and_config() {
     let d = resource("Deployment");
     let pod = &d["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -366,23 +514,43 @@ fn deployment_volumes_match_the_configmap_pvc_and_config() {
     );
     assert_eq!(format!("{}/config.yaml", mounts["config"]), CONFIG_PATH);
     let text = str_of(&cm["data"]["config.yaml"], "data.config.yaml");
-    let config: Config = serde_saphyr::from_str(text).unwrap();
+    let (config, store) = parse_config(text);
 
-    // data_dir is on the PVC.
-    let pvc = resource("PersistentVolumeClaim");
-    assert_eq!(pvc["metadata"]["name"], "image-auditor-data");
-    assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    // The findings are in PostgreSQL, its URL in the variable the config
+    // names, set from a Secret, never from the ConfigMap.
+    let var = postgres_url_env(&store, "configmap.yaml");
     assert_eq!(
-        volumes["data"]["persistentVolumeClaim"]["claimName"],
-        pvc["metadata"]["name"]
+        env_from_secret(c, &var),
+        ("image-auditor-database".to_string(), "url".to_string())
     );
+    assert!(!text.contains("postgres://") && !text.contains("postgresql://"));
+    // data_dir holds only what a pod rebuilds (registry cache, manifest
+    // tree): a volume that dies with the pod, no claim that three replicas
+    // would have to share.
     assert_eq!(Path::new(mounts["data"]), config.data_dir);
+    assert!(
+        volumes["data"]["emptyDir"].is_object(),
+        "{}",
+        volumes["data"]
+    );
+    for (name, v) in &volumes {
+        assert!(
+            v["persistentVolumeClaim"].is_null(),
+            "volume {name} is a claim"
+        );
+    }
+    let kinds: BTreeSet<String> = yaml_files(&kube_dir())
+        .iter()
+        .flat_map(|p| yaml_docs(p))
+        .filter_map(|d| d["kind"].as_str().map(str::to_string))
+        .collect();
+    assert!(!kinds.contains("PersistentVolumeClaim"), "{kinds:?}");
 
     // The manifests are fetched into data_dir: no volume to provide.
     follows_k8s_io(&config);
     assert!(!mounts.contains_key("manifests") && !volumes.contains_key("manifests"));
     assert_eq!(c["ports"][0]["containerPort"], config.http.listen.port());
-    // With a read-only root, SQLite needs a writable /tmp.
+    // With a read-only root, temporary files need a writable /tmp.
     assert_eq!(mounts["tmp"], "/tmp");
     assert_eq!(
         pod["serviceAccountName"],
@@ -428,7 +596,8 @@ fn configmap_config_loads_as_the_service_config() {
     let cm = resource("ConfigMap");
     let text = str_of(&cm["data"]["config.yaml"], "data.config.yaml");
     // The text as shipped: types, unknown keys, durations.
-    let config: Config = serde_saphyr::from_str(text).unwrap();
+    let (config, store) = parse_config(text);
+    assert_eq!(postgres_url_env(&store, "configmap.yaml"), "DATABASE_URL");
     follows_k8s_io(&config);
     assert_eq!(config.data_dir, Path::new("/var/lib/image-auditor"));
     assert_eq!(config.http.listen.to_string(), "0.0.0.0:8080");
@@ -601,8 +770,11 @@ fn verdict_alerts_cover_exactly_the_verdicts_that_need_a_human() {
 
 // ---------------------------------------------------------------- Cloud Run
 
+/// The Cloud SQL instance service.yaml connects to.
+const CLOUD_SQL_INSTANCE: &str = "PROJECT:REGION:INSTANCE";
+
 #[test]
-fn cloud_run_service_is_a_single_instance_with_probes() {
+fn cloud_run_service_scales_out_on_cloud_sql_with_probes() {
     let docs = yaml_docs(&repo().join("deploy/cloudrun/service.yaml"));
     assert_eq!(docs.len(), 1);
     let s = &docs[0];
@@ -611,7 +783,17 @@ fn cloud_run_service_is_a_single_instance_with_probes() {
     let template = &s["spec"]["template"];
     let annotations = &template["metadata"]["annotations"];
     assert_eq!(annotations["autoscaling.knative.dev/minScale"], "1");
-    assert_eq!(annotations["autoscaling.knative.dev/maxScale"], "1");
+    let max_scale: u32 = str_of(&annotations["autoscaling.knative.dev/maxScale"], "maxScale")
+        .parse()
+        .unwrap();
+    assert!(
+        max_scale > 1,
+        "instances share one store: maxScale {max_scale}"
+    );
+    assert_eq!(
+        annotations["run.googleapis.com/cloudsql-instances"],
+        CLOUD_SQL_INSTANCE
+    );
     let spec = &template["spec"];
     assert!(spec["containerConcurrency"].as_u64().is_some_and(|n| n > 0));
     assert_eq!(
@@ -641,12 +823,80 @@ fn cloud_run_service_is_a_single_instance_with_probes() {
         !mounts.contains("/manifests"),
         "manifests come from manifests_git"
     );
+
+    // The store: Cloud SQL, the URL from Secret Manager in the variable
+    // config.yaml names; data_dir (in memory) holds no findings.
+    let (config, store) = parse_config(&read(&repo().join("deploy/cloudrun/config.yaml")));
+    let var = postgres_url_env(&store, "cloudrun/config.yaml");
+    let (secret, version) = env_from_secret(c, &var);
+    assert_eq!(secret, "image-auditor-database-url");
+    assert_eq!(version, "latest");
+    assert_eq!(config.data_dir, Path::new("/var/lib/image-auditor"));
+
+    // cloudsql.sh writes that secret: a unix-socket connection string for
+    // the instance of the annotation.
+    let script_path = repo().join("deploy/cloudrun/cloudsql.sh");
+    let script = read(&script_path);
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(&script_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let assigned = |name: &str| {
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("cloudsql.sh does not set {name}"))
+            .trim_matches('"')
+            .to_string()
+    };
+    assert_eq!(assigned("SECRET"), secret);
+    let connection = assigned("INSTANCE_CONNECTION_NAME")
+        .replace("${PROJECT}", "PROJECT")
+        .replace("${REGION}", "REGION")
+        .replace("${INSTANCE}", "INSTANCE");
+    assert_eq!(connection, CLOUD_SQL_INSTANCE);
+    let url = assigned("URL");
+    let host = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("host="))
+        .expect("host= in the connection string");
+    assert_eq!(host, "/cloudsql/${INSTANCE_CONNECTION_NAME}");
+    for key in ["dbname=", "user=", "password="] {
+        assert!(
+            url.split_whitespace().any(|kv| kv.starts_with(key)),
+            "{url} lacks {key}"
+        );
+    }
+    assert_eq!(
+        assigned("RUNTIME_SA").replace("${PROJECT}", "PROJECT"),
+        str_of(&spec["serviceAccountName"], "serviceAccountName")
+    );
+    for needle in [
+        r#"gcloud secrets create "$SECRET""#,
+        "--role roles/secretmanager.secretAccessor",
+        "--role roles/cloudsql.client",
+    ] {
+        assert!(script.contains(needle), "cloudsql.sh lacks {needle}");
+    }
+    // The in-memory volume is no store.
+    let volumes = arr(&spec["volumes"], "volumes");
+    let data = volumes
+        .iter()
+        .find(|v| v["name"] == "data")
+        .expect("data volume");
+    assert_eq!(data["emptyDir"]["medium"], "Memory");
 }
 
 #[test]
 fn cloud_run_config_loads_and_matches_the_push_script() {
     let text = read(&repo().join("deploy/cloudrun/config.yaml"));
-    let config: Config = serde_saphyr::from_str(&text).unwrap();
+    let (config, _) = parse_config(&text);
     assert!(config.pubsub.push.enabled);
     assert!(config.pubsub.pull.is_none());
     let auth = config.pubsub.push.auth.clone().expect("pubsub.push.auth");
@@ -992,12 +1242,7 @@ async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
     // The unreachable sink fails, and its backlog is reported.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let text = reqwest::get(service.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = service.metrics().await;
         if text.contains(r#"image_auditor_alerts_total{sink="hook",outcome="failed"}"#)
             && text.contains(r#"image_auditor_outbox_backlog{sink="hook"} 1"#)
         {
@@ -1009,12 +1254,7 @@ async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let text = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = service.metrics().await;
     let declared: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

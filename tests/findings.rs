@@ -54,6 +54,7 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         evidence: vec![evidence().into()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
+        excepted_by: None,
     }
 }
 
@@ -112,6 +113,8 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     assert_eq!(f[1].id, FindingId(41));
     assert_eq!(f[1].endpoint, EndpointName::only());
     assert_eq!(f[1].deliveries[0].state, DeliveryState::Delivered);
+    // Every finding from before was alerted: none is excepted.
+    assert!(f.iter().all(|f| f.excepted_by.is_none()));
     // Rows from before carry the one-endpoint scope: a scan keeps its
     // dedupe across the upgrade.
     let mut scan = decision("s1", VerdictKind::Unpromoted);

@@ -6,7 +6,7 @@
 //! reported once; what a sync transfers and keeps on disk follows the
 //! manifest tree, not the repository.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -217,12 +217,7 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
         "{}",
         findings[0]
     );
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     assert!(
         metrics.contains(
             "image_auditor_rejected_requests_total{reason=\"manifest_fetch_too_large\"} 2"

@@ -4,12 +4,13 @@
 //! Limits are asserted by counts — bytes sent, answers read, refusals in
 //! `rejected_requests_total{reason}`, reloads run — never by elapsed time.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use image_auditor::config::HttpConfig;
+use image_auditor::secret::TokenError;
 use image_auditor::server::AdminAccess;
 use serde_json::Value;
 use support::registry::free_port;
@@ -96,12 +97,7 @@ async fn healthz(service: &Service) -> Option<String> {
 
 /// `image_auditor_rejected_requests_total{reason}`, 0 before it first bites.
 async fn rejected(service: &Service, reason: &str) -> u64 {
-    let text = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = service.metrics().await;
     let series = format!("image_auditor_rejected_requests_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&series))
@@ -395,23 +391,16 @@ fn admin_endpoints_without_a_token_are_open_on_loopback_only() {
         Ok(AdminAccess::Disabled)
     ));
     http.admin.token_env = Some("ADMIN_TOKEN".into());
-    assert!(
-        http.admin_access(no_env)
-            .err()
-            .unwrap()
-            .contains("ADMIN_TOKEN is not set")
+    assert_eq!(
+        http.admin_access(no_env).err(),
+        Some(TokenError::EnvUnset("ADMIN_TOKEN".into()))
     );
     let env = |_: &str| Some(ADMIN_TOKEN.to_string());
     assert!(matches!(http.admin_access(env), Ok(AdminAccess::Token(_))));
     http.admin.token = Some("short".into());
-    assert!(http.admin_access(env).err().unwrap().contains("not both"));
+    assert_eq!(http.admin_access(env).err(), Some(TokenError::Both));
     http.admin.token_env = None;
-    assert!(
-        http.admin_access(env)
-            .err()
-            .unwrap()
-            .contains("16 characters")
-    );
+    assert_eq!(http.admin_access(env).err(), Some(TokenError::TooShort));
 }
 
 #[test]

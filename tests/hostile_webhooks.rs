@@ -4,17 +4,17 @@
 //! Costs are asserted as bytes allocated (a counting allocator) and events
 //! built, never as time.
 
-mod support;
+use crate::support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use http::HeaderMap;
-use image_auditor::event::Source;
+use image_auditor::event::{LimitHit, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::reference::{MAX_REPOSITORY_LEN, Reference, Repository};
-use image_auditor::sources::webhook::{EndpointConfig, Endpoints, WebhookKind};
+use image_auditor::sources::webhook::{EndpointConfig, Endpoints, Parsed, Rejected, WebhookKind};
 use image_auditor::sources::webhook::{acr, distribution, ecr, harbor};
 use image_auditor::sources::{gcr, pubsub_push};
 use serde_json::{Value, json};
@@ -216,8 +216,18 @@ fn distribution_ids_that_cannot_be_keys_are_refused_like_the_push_routes() {
             "digest": D, "repository": "apps/api"}}]})
         .to_string();
         let e = distribution::parse(body.as_bytes(), &prefix()).unwrap_err();
-        assert!(e.0.contains("events[0].id") && e.0.contains(says), "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("events[0].id") && message.contains(says),
+            "{e}"
+        );
+        assert_eq!(e.limit(), Some(LimitHit::BadEventId), "{e}");
     }
+}
+
+/// How many events a request yielded, or why it was refused.
+fn events(parsed: Result<Parsed, Rejected>) -> Result<usize, Rejected> {
+    parsed.map(|p| p.deliveries.len())
 }
 
 /// `body` with `injected` placed just after the first occurrence of
@@ -237,6 +247,7 @@ fn a_repeated_key_is_refused_in_every_json_format_and_named() {
     let id = image_auditor::event::EventId("7".into());
     let m = gcr::parse(&id, gcr_payload.as_bytes()).unwrap_err();
     assert!(m.reason.contains("duplicate key `action`"), "{}", m.reason);
+    assert_eq!(m.limit, Some(LimitHit::DuplicateJsonKey));
 
     // Pub/Sub push: an unwrapped payload is a malformed delivery (its id is
     // known); a wrapped envelope repeating a key is no Pub/Sub envelope.
@@ -246,11 +257,13 @@ fn a_repeated_key_is_refused_in_every_json_format_and_named() {
     let m = delivery.decoded.unwrap_err();
     assert_eq!((m.source, m.id.0.as_str()), (Source::PubsubPush, "42"));
     assert!(m.reason.contains("duplicate key `action`"), "{}", m.reason);
+    assert_eq!(m.limit, Some(LimitHit::DuplicateJsonKey));
     let mut headers = HeaderMap::new();
     headers.insert("content-type", "application/json".parse().unwrap());
     let envelope = br#"{"message":{"messageId":"1","data":"e30="},"message":{"messageId":"2"}}"#;
     let e = pubsub_push::decode(&headers, envelope).unwrap_err();
     assert!(e.to_string().contains("duplicate key `message`"), "{e}");
+    assert_eq!(e.limit(), Some(LimitHit::DuplicateJsonKey));
 
     let distribution_body = json!({"events": [{"id": "e1", "action": "push", "target": {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -267,48 +280,32 @@ fn a_repeated_key_is_refused_in_every_json_format_and_named() {
         "data": {"id": "9a1b", "action": "push",
             "target": {"digest": D, "repository": "apps/api", "tag": "v1"},
             "request": {"host": "acme.azurecr.io"}}}]);
-    type Parse = fn(&[u8]) -> Result<usize, String>;
+    type Parse = fn(&[u8]) -> Result<usize, Rejected>;
     let cases: [(&str, Parse, Vec<u8>, &Value, &str); 4] = [
         (
             "distribution",
-            |b| {
-                distribution::parse(b, &prefix())
-                    .map(|p| p.deliveries.len())
-                    .map_err(|e| e.0)
-            },
+            |b| events(distribution::parse(b, &prefix())),
             inject(&distribution_body, "[{", r#""action":"delete","#),
             &distribution_body,
             "action",
         ),
         (
             "harbor",
-            |b| {
-                harbor::parse(b, None)
-                    .map(|p| p.deliveries.len())
-                    .map_err(|e| e.0)
-            },
+            |b| events(harbor::parse(b, None)),
             inject(&harbor_body, "{", r#""type":"DELETE_ARTIFACT","#),
             &harbor_body,
             "type",
         ),
         (
             "ecr",
-            |b| {
-                ecr::parse(b, None)
-                    .map(|p| p.deliveries.len())
-                    .map_err(|e| e.0)
-            },
+            |b| events(ecr::parse(b, None)),
             inject(&ecr_body, r#""detail":{"#, r#""action-type":"DELETE","#),
             &ecr_body,
             "action-type",
         ),
         (
             "acr",
-            |b| {
-                acr::parse(b, None)
-                    .map(|p| p.deliveries.len())
-                    .map_err(|e| e.0)
-            },
+            |b| events(acr::parse(b, None)),
             inject(&acr_body, r#""data":{"#, r#""action":"delete","#),
             &acr_body,
             "action",
@@ -318,9 +315,10 @@ fn a_repeated_key_is_refused_in_every_json_format_and_named() {
         assert_eq!(parse(plain.to_string().as_bytes()), Ok(1), "{format}");
         let e = parse(&repeated).unwrap_err();
         assert!(
-            e.contains(&format!("duplicate key `{key}`")),
+            e.to_string().contains(&format!("duplicate key `{key}`")),
             "{format}: {e}"
         );
+        assert_eq!(e.limit(), Some(LimitHit::DuplicateJsonKey), "{format}");
     }
 }
 
@@ -398,24 +396,14 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
         .counts()
         .unwrap();
     assert_eq!(counts.decisions_total(), 1, "only the long name is decided");
-    let findings = reqwest::get(service.url("/v1/findings"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let findings = service.text("/v1/findings").await;
     assert!(findings.contains("255"), "{findings}");
     assert!(
         findings.len() < 4096,
         "/v1/findings is {} bytes",
         findings.len()
     );
-    let page = reqwest::get(service.url("/"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = service.text("/").await;
     assert!(
         !page.contains(&"a".repeat(1000)),
         "the status page echoes the name"
@@ -439,12 +427,7 @@ async fn the_service_refuses_fan_out_and_keeps_hostile_names_out_of_its_outputs(
     assert_eq!(status, 400, "{answer}");
     assert!(answer.contains("duplicate key `action`"), "{answer}");
 
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for (reason, count) in [
         ("too_many_events", 2),
         ("name_too_long", 1),

@@ -8,7 +8,7 @@
 //! excluded, and the good one still loads (isolation). Expected lines are
 //! counted here from the fixture text, not taken from the loader.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -6,8 +6,7 @@
 //! is kept; an ack that was not flushed would reappear) is only observable
 //! after that deadline.
 
-#[path = "support/pubsub.rs"]
-mod pubsub_support;
+use crate::support::pubsub as pubsub_support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -123,6 +122,7 @@ where
                 disposition,
                 verdict: None,
                 duplicate: false,
+                excepted: false,
             }
         }
         .boxed()

@@ -2,7 +2,7 @@
 //! CLI) and a JWKS served on loopback by wiremock, whose request log counts
 //! the fetches.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use image_auditor::sources::push_auth::{
-    AuthError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
+    AuthError, JwksError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -322,7 +322,7 @@ async fn every_failed_check_has_its_own_error() {
     assert_eq!(AuthError::Expired.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(AuthError::EmailNotVerified.status(), StatusCode::FORBIDDEN);
     assert_eq!(
-        AuthError::KeysUnavailable(String::new()).status(),
+        AuthError::KeysUnavailable(JwksError::NoSigningKey(String::new())).status(),
         StatusCode::SERVICE_UNAVAILABLE
     );
     // All of the above from one fetch.

@@ -1,7 +1,7 @@
 //! Authentication against real registries: htpasswd basic auth, and bearer
 //! tokens from a token service the registry trusts.
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use image_auditor::registry::{ErrorKind, HostConfig, Outcome, RequestKind, resolve_children};

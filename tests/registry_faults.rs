@@ -4,7 +4,7 @@
 //! case must end in the right kind of error (or a refetch), move the
 //! counters, and never panic.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -783,12 +783,7 @@ async fn a_registry_that_comes_back_is_probed_and_used_again() {
 /// `image_auditor_registry_requests_total` of a running service, by (host,
 /// outcome).
 async fn registry_requests(service: &Service) -> BTreeMap<(String, String), u64> {
-    let text = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = service.metrics().await;
     let label = |line: &str, name: &str| {
         let start = line.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
         line[start..].split('"').next().unwrap().to_owned()

@@ -1,7 +1,7 @@
 //! The registry client and resolver against a real CNCF distribution
 //! registry, fed by skopeo from OCI layouts these tests write.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

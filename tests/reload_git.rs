@@ -5,7 +5,7 @@
 //! committed after the last poll is found before an event is rejected;
 //! audits never fail or see a torn index while reloads happen.
 
-mod support;
+use crate::support;
 
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
@@ -87,12 +87,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
     let (_, ready) = get(&service, "/readyz").await;
     assert_eq!(ready["index"]["commit"], last.as_str());
     assert_eq!(ready["index"]["generation"], 4);
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     let commits: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("image_auditor_index_commit_info{"))

@@ -5,7 +5,7 @@
 //! again updates that alert (same id) instead of raising a new one: the
 //! alert memory is in the store, not in a process.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -22,7 +22,7 @@
 //! from prod-us, 200 from prod-eu: source first, then destinations in
 //! manifest order). Platform images are never fetched.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

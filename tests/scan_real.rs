@@ -12,7 +12,7 @@
 //! And what no manifest explains: an unpromoted image as `prod-us/single:rogue`,
 //! and the promoted index under an unlisted tag, `prod-eu/multi:extra`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -368,6 +368,136 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
     assert_eq!(bad.status.code(), Some(2));
     let bad = run_cli(&f, &["scan", "--no-such-flag"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+/// Adopting the auditor on a registry that already holds unexplained
+/// content (README "Adopting the auditor"): the baseline sweep records and
+/// alerts nothing and writes a valid exceptions file of exactly what it
+/// found; with that file, a sweep on an empty store records every finding
+/// as excepted (owed to no sink); a rogue push made afterwards still alerts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
+    let f = Fixture::new().await;
+    let us = f.repo("prod-us");
+    let eu = f.repo("prod-eu");
+    let baseline = f.work.path().join("baseline.yaml");
+    let file = baseline.to_str().unwrap();
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+
+    let first = run_cli(
+        &f,
+        &[
+            "scan",
+            &us,
+            &eu,
+            "--baseline",
+            file,
+            "--baseline-owner",
+            "platform-team",
+            "--json",
+        ],
+    );
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let s = stdout_json(&first);
+    assert_eq!(json_findings(&s["summary"]), f.expected(), "{s:#}");
+    // One entry per repository and verdict, split only where one entry
+    // would accept more than was found (prod-eu/partial: a tagged and an
+    // untagged missing digest).
+    assert_eq!(s["entries"], 4, "{s:#}");
+    // Nothing recorded, so nothing for `serve` to alert; no checkpoint.
+    assert!(!f.work.path().join("data/findings.sqlite").exists());
+    assert!(!f.work.path().join("data/scan/checkpoint.json").exists());
+    let text = std::fs::read_to_string(&baseline).unwrap();
+    assert!(text.contains("owner: \"platform-team\""), "{text}");
+    assert!(text.contains(&f.rogue.to_string()), "{text}");
+
+    // The file is valid; a second baseline never overwrites it.
+    let valid = run_cli(&f, &["--exceptions", file, "manifests", "validate"]);
+    assert_eq!(
+        valid.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&valid.stdout)
+    );
+    assert!(String::from_utf8_lossy(&valid.stdout).contains("exceptions: 4 entries in 1 file(s)"));
+    let again = run_cli(
+        &f,
+        &[
+            "scan",
+            &us,
+            &eu,
+            "--baseline",
+            file,
+            "--baseline-owner",
+            "x",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+
+    // With the file: every finding recorded, each excepted by its entry.
+    let quiet = run_cli(&f, &["--exceptions", file, "scan", &us, &eu, "--json"]);
+    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
+    let s2 = stdout_json(&quiet);
+    assert!(json_findings(&s2).is_empty(), "{s2:#}");
+    assert_eq!(s2["excepted"], 4, "{s2:#}");
+    let store = SqliteStore::open(f.work.path().join("data/findings.sqlite")).unwrap();
+    let rows = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        let by = row
+            .excepted_by
+            .as_deref()
+            .unwrap_or_else(|| panic!("{row:?}"));
+        let line: usize = by.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert!(by.starts_with(file), "{by}");
+        assert!(
+            text.lines()
+                .nth(line - 1)
+                .unwrap()
+                .starts_with("  - registry:"),
+            "{by}"
+        );
+    }
+    assert_eq!(store.undelivered("log").unwrap(), 0, "owed to no sink");
+    assert!(
+        store
+            .claim_undelivered("log", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    // A rogue push after the baseline: the same tag, new content. Alerts.
+    let layout = Layout::create(&f.work.path().join("layout-late"));
+    let mut layout = layout;
+    let late = layout.image("amd64");
+    layout.tag(&late, "rogue");
+    let pushed = skopeo_push(
+        &layout.dir,
+        "rogue",
+        &f.reg.host,
+        "prod-us/single",
+        Push::default(),
+    );
+    assert_eq!(pushed, late.digest);
+    let third = run_cli(&f, &["--exceptions", file, "scan", &us, &eu, "--json"]);
+    assert_eq!(third.status.code(), Some(1), "{}", stderr(&third));
+    let s3 = stdout_json(&third);
+    let want: Expected = BTreeSet::from([(
+        "unpromoted".to_owned(),
+        f.repo("prod-us/single"),
+        Some(late.digest.to_string()),
+        Some("rogue".to_owned()),
+    )]);
+    assert_eq!(json_findings(&s3), want, "{s3:#}");
+    assert_eq!(s3["excepted"], 0, "the rest was recorded before: {s3:#}");
+    let claimed = store.claim_undelivered("log", 10, i64::MAX).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].digest.as_ref(), Some(&late.digest));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -842,12 +972,7 @@ async fn serve_sweeps_at_startup_with_the_same_findings() {
             .unwrap()
             .findings(&FindingQuery::default())
             .unwrap();
-        let metrics = reqwest::get(service.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = service.metrics().await;
         let done = metrics
             .lines()
             .find_map(|l| l.strip_prefix("image_auditor_scan_last_completed_timestamp_seconds "))

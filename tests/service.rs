@@ -2,7 +2,7 @@
 //! shutdown and crash recovery. Registries are not consulted (`resolve:
 //! false`), so verdicts come from the manifests alone.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

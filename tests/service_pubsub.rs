@@ -2,7 +2,7 @@
 //! subscription, exact accounting of every message id, and a crash and a
 //! clean stop in the middle of a stream.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -4,14 +4,14 @@
 //! in a database of its own. "Two processes" are two store instances on one
 //! database.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use image_auditor::audit::{Evidence, EvidenceEntry, VerdictKind};
+use image_auditor::audit::{Evidence, VerdictKind};
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
 use image_auditor::findings::{
@@ -161,6 +161,7 @@ contract!(
     limits_and_pages,
     limit_defaults_to_100_and_caps_at_1000,
     counts_decisions_findings_and_undelivered,
+    excepted_findings_are_recorded_but_never_claimed,
     outbox_is_per_sink,
     failed_delivery_is_retried_at_its_time,
     unfinished_claim_comes_back_after_the_lease,
@@ -227,9 +228,10 @@ fn decision(id: &str, verdict: VerdictKind) -> Decision {
         tag: Some("v1.0".parse::<Tag>().unwrap()),
         verdict,
         reason: format!("{verdict} because of {id}"),
-        evidence: vec![EvidenceEntry::Promotion(evidence())],
+        evidence: vec![evidence().into()],
         manifest_commit: Some("0123abcd".into()),
         index_generation: 7,
+        excepted_by: None,
     }
 }
 
@@ -445,6 +447,7 @@ fn malformed_deliveries_are_findings_without_an_event(h: &dyn Backend) {
         id: EventId("bad-1".into()),
         source: Source::PubsubPush,
         reason: "invalid JSON".into(),
+        limit: None,
     };
     let id = new_finding(
         store
@@ -649,6 +652,87 @@ fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
         c.undelivered_by_sink,
         vec![("log".to_owned(), 3), ("slack".to_owned(), 4)]
     );
+}
+
+/// An excepted finding is kept for the record (the API shows it with the
+/// entry that covered it) but owed to no sink: not back-filled when a sink
+/// first looks, not given a delivery when recorded after, and not counted
+/// as undelivered before or after any sink is known.
+fn excepted_findings_are_recorded_but_never_claimed(h: &dyn Backend) {
+    let store = h.open();
+    let alerted = new_finding(
+        store
+            .record(&decision("a1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    let excepted = new_finding(
+        store
+            .record(
+                &decision("e1", VerdictKind::Unpromoted).excepted_by("exceptions.yaml:12".into()),
+            )
+            .unwrap(),
+    );
+    // No sink known yet: only the alerted finding is owed.
+    let c = store.counts().unwrap();
+    assert_eq!((c.findings, c.excepted, c.undelivered), (2, 1, 1), "{c:?}");
+    assert_eq!(store.undelivered("log").unwrap(), 1);
+
+    let claimed = store.claim_undelivered("log", 10, 1_000).unwrap();
+    assert_eq!(claimed.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
+    store.mark_delivered("log", alerted, 1_100).unwrap();
+    // Recorded after the sink became known: still owed to nobody.
+    let later = new_finding(
+        store
+            .record(&decision("e2", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
+            .unwrap(),
+    );
+    assert!(
+        store
+            .claim_undelivered("log", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let fresh = store.claim_undelivered("new-sink", 10, i64::MAX).unwrap();
+    assert_eq!(fresh.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
+    assert_eq!(store.undelivered("log").unwrap(), 0);
+    let c = store.counts().unwrap();
+    assert_eq!((c.findings, c.excepted, c.undelivered), (3, 2, 1), "{c:?}");
+    assert_eq!(
+        c.undelivered_by_sink,
+        vec![("log".to_owned(), 0), ("new-sink".to_owned(), 1)]
+    );
+    // Another process on the same database sees the same.
+    let other = h.open();
+    assert_eq!(other.counts().unwrap().excepted, 2);
+    assert!(
+        other
+            .claim_undelivered("log", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+
+    let all = store.findings(&FindingQuery::default()).unwrap();
+    let by_id = |id| all.iter().find(|f| f.id == id).unwrap();
+    assert_eq!(
+        by_id(excepted).excepted_by.as_deref(),
+        Some("exceptions.yaml:12")
+    );
+    assert_eq!(by_id(later).excepted_by.as_deref(), Some("x.yaml:3"));
+    assert_eq!(by_id(alerted).excepted_by, None);
+    assert!(by_id(excepted).deliveries.is_empty());
+    let json = serde_json::to_value(by_id(excepted)).unwrap();
+    assert_eq!(json["excepted_by"], "exceptions.yaml:12");
+    let json = serde_json::to_value(by_id(alerted)).unwrap();
+    assert!(json.get("excepted_by").is_none(), "{json}");
+    // A redelivery is a duplicate like any other.
+    assert!(matches!(
+        store
+            .record(&decision("e1", VerdictKind::Unpromoted))
+            .unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Unpromoted
+        }
+    ));
 }
 
 fn outbox_is_per_sink(h: &dyn Backend) {
@@ -1221,7 +1305,9 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(ids(&f), ["s1"]);
     assert_eq!(store.claim_undelivered("log", 10, 0).unwrap().len(), 1);
-    // What the newest migrations brought works.
+    // Every finding from before was alerted: none is excepted.
+    assert_eq!(f[0].excepted_by, None);
+    // What the later migrations brought works.
     assert_eq!(
         store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
         5
@@ -1231,6 +1317,14 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
         store.scan_checkpoint("scan").unwrap().as_deref(),
         Some("{}")
     );
+    let excepted = new_finding(
+        store
+            .record(&decision("e1", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
+            .unwrap(),
+    );
+    let f = store.findings(&FindingQuery::default()).unwrap();
+    assert_eq!(f[0].id, excepted);
+    assert_eq!(f[0].excepted_by.as_deref(), Some("x.yaml:3"));
 }
 
 fn a_newer_schema_is_refused(h: &dyn Backend) {

@@ -3,7 +3,7 @@
 //! `store status|migrate` on a database, and a URL whose password is never
 //! shown. The store's contract itself is tests/store_contract.rs.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -176,6 +176,7 @@ fn the_unix_socket_is_a_host_as_for_cloud_sql() {
         evidence: vec![],
         manifest_commit: None,
         index_generation: 1,
+        excepted_by: None,
     };
     assert!(matches!(
         store.record(&decision).unwrap(),

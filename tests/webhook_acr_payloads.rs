@@ -4,8 +4,7 @@
 //! native webhooks mapped to the exact delivery, the validation handshake,
 //! one bad event in a batch, and bodies that are not ACR deliveries at all.
 
-#[path = "support/payloads.rs"]
-mod payloads;
+use crate::support::payloads;
 
 use image_auditor::event::{Action, Source};
 use image_auditor::sources::webhook::{IgnoreReason, acr};

@@ -4,7 +4,7 @@
 //! auditor is stopped while pushes go on and started again: the registry's
 //! retries deliver what it missed, and nothing is lost or doubled.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -292,12 +292,7 @@ async fn bad_requests_are_refused_clearly_and_record_nothing_while_resends_are_d
     assert_eq!(store.counts().unwrap().decisions_total(), 2);
     assert_eq!(store.counts().unwrap().findings, 1, "the malformed event");
 
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for line in [
         r#"image_auditor_webhook_requests_total{source="distribution",outcome="unauthorized"} 2"#,
         r#"image_auditor_webhook_requests_total{source="distribution",outcome="unsupported_media_type"} 1"#,

@@ -3,8 +3,7 @@
 //! mapped to the exact delivery, failures and other event types ignored, each
 //! bad field named, and bodies that are not one EventBridge event.
 
-#[path = "support/payloads.rs"]
-mod payloads;
+use crate::support::payloads;
 
 use image_auditor::event::{Action, Source};
 use image_auditor::sources::webhook::{IgnoreReason, ecr};

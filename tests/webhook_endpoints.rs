@@ -4,12 +4,13 @@
 //! types are counted, not refused; Event Grid's validation handshake is
 //! answered.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
+use support::fixtures::write_project;
 use support::service::Service;
 
 const D1: &str = "sha256:6987740fb624e3e9943ec5d9ac5519b72cea1b35fb4bde5719df3923a36c08f7";
@@ -17,22 +18,16 @@ const D2: &str = "sha256:d7bdd545f09d8a73c2b990337c8211d708a04ccd9748627685e4fc7
 
 fn manifests(dir: &Path) -> PathBuf {
     let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/apps")).unwrap();
-    std::fs::create_dir_all(root.join("images/apps")).unwrap();
-    std::fs::write(
-        root.join("manifests/apps/promoter-manifest.yaml"),
+    write_project(
+        &root,
+        "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n- name: harbor.internal/payments\n\
          - name: 111122223333.dkr.ecr.eu-west-1.amazonaws.com/apps\n- name: acme.azurecr.io/apps\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/apps/images.yaml"),
-        format!(
+        &format!(
             "- name: worker\n  dmap:\n    \"{D1}\": [\"v2.0.0\"]\n\
              - name: api\n  dmap:\n    \"{D2}\": [\"v1.4.2\"]\n"
         ),
-    )
-    .unwrap();
+    );
     root
 }
 
@@ -196,12 +191,7 @@ async fn every_webhook_format_is_decided_once_and_refuses_bad_requests_clearly()
         "one per format; nothing from refused requests"
     );
     assert_eq!(counts.findings, 0);
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for kind in ["harbor", "ecr", "acr"] {
         for (outcome, n) in [
             ("unauthorized", 2),

@@ -4,8 +4,7 @@
 //! Harbor sends none, one bad resource among good ones, and bodies that are
 //! not Harbor deliveries at all.
 
-#[path = "support/payloads.rs"]
-mod payloads;
+use crate::support::payloads;
 
 use image_auditor::event::{Action, Source};
 use image_auditor::sources::webhook::{IgnoreReason, harbor};

@@ -3,8 +3,7 @@
 //! format's documented example mutated field by field, and truncated bodies
 //! never panic, and whatever comes back is internally consistent.
 
-#[path = "support/payloads.rs"]
-mod payloads;
+use crate::support::payloads;
 
 use image_auditor::event::Source;
 use image_auditor::reference::RegistryPrefix;

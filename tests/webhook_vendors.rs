@@ -4,13 +4,14 @@
 //! abuse-protection handshake (CloudEvents HTTP webhook spec §4) and batches
 //! as `application/cloudevents-batch+json`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 
 use image_auditor::findings::{SqliteStore, Store};
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::fixtures::app_promoted_to_prod;
 use support::service::Service;
 
 const PROMOTED: &str = "sha256:6987740fb624e3e9943ec5d9ac5519b72cea1b35fb4bde5719df3923a36c08f7";
@@ -19,20 +20,7 @@ const HARBOR_TOKEN: &str = "harbor-token-0123456789abcdef";
 const ACR_TOKEN: &str = "acr-token-0123456789abcdef";
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/apps")).unwrap();
-    std::fs::create_dir_all(root.join("images/apps")).unwrap();
-    std::fs::write(
-        root.join("manifests/apps/promoter-manifest.yaml"),
-        "registries:\n- name: staging.example/apps\n  src: true\n- name: prod.example/apps\n",
-    )
-    .unwrap();
-    std::fs::write(
-        root.join("images/apps/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{PROMOTED}\": [\"v1\"]\n"),
-    )
-    .unwrap();
-    root
+    app_promoted_to_prod(dir, PROMOTED)
 }
 
 async fn start(dir: &Path) -> Service {
@@ -304,12 +292,7 @@ async fn event_grid_validation_is_answered_only_with_the_token_and_batches_are_d
     let store = SqliteStore::open(service.findings_db()).unwrap();
     assert_eq!(store.counts().unwrap().decisions_total(), 3);
 
-    let metrics = reqwest::get(service.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = service.metrics().await;
     for line in [
         r#"image_auditor_webhook_requests_total{source="acr",outcome="validated"} 3"#,
         r#"image_auditor_webhook_requests_total{source="acr",outcome="unauthorized"} 3"#,

@@ -2,21 +2,27 @@
 # docs/design.md §10: POST /pubsub/push of `serve` vs a minimal axum handler that
 # answers 204, both under the same keep-alive wrk load on this machine.
 #
-#   bash benches/scripts/push-wrk.sh                 # 10 s per server, 16 connections
-#   DURATION=30s CONNECTIONS=64 bash benches/scripts/push-wrk.sh
+#   bash benches/scripts/push-wrk.sh                 # 10 s per server at 16, 64 and 256 connections
+#   DURATION=30s CONNECTIONS="64" bash benches/scripts/push-wrk.sh
 #   VERDICT=unpromoted bash benches/scripts/push-wrk.sh   # every request is a finding
 #   EXTRA_BINS=/tmp/old-image-auditor bash benches/scripts/push-wrk.sh   # before/after in one run
 #   LOG_FILTERS=warn bash benches/scripts/push-wrk.sh     # only without the per-event log line
 #
-# serve runs on the embedded k8s.io fixtures with a findings store in a
-# temporary directory; each request has a fresh messageId, so each one is a
-# decision committed to SQLite (and, for unpromoted, a finding) before 200.
+# CONNECTIONS is a list: for each count the baseline and every serve run
+# under the same load, one after the other (Pub/Sub push opens many
+# connections at once, so 16 alone flatters nobody). serve runs on the
+# embedded k8s.io fixtures with a findings store in a temporary directory;
+# each request has a fresh messageId, so each one is a decision committed to
+# SQLite (and, for unpromoted, a finding) before 200.
+#
+# Needs wrk (Debian package `wrk`: apt-get install wrk), curl, python3 and
+# sqlite3; a release build is made first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
 
 DURATION=${DURATION:-10s}
-CONNECTIONS=${CONNECTIONS:-16}
+CONNECTIONS=${CONNECTIONS:-16 64 256}
 THREADS=${THREADS:-1}
 VERDICT=${VERDICT:-promoted}
 R=us-central1-docker.pkg.dev/k8s-artifacts-prod/images
@@ -37,17 +43,18 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-run_wrk() { wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s benches/scripts/push.lua "http://127.0.0.1:$1"; }
+# run_wrk PORT: the load at the current connection count ($c).
+run_wrk() { wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency -s benches/scripts/push.lua "http://127.0.0.1:$1"; }
 
 base_port=$(free_port)
 target/release/examples/minimal_axum "127.0.0.1:$base_port" & pids+=($!)
 # The minimal handler has no GET route: any HTTP answer means it is up.
 for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$base_port/" && break; sleep 0.1; done
-echo "== minimal axum (204)"
-base_out=$(run_wrk "$base_port"); echo "$base_out"
 
 rps() { awk '/^Requests\/sec/ {print $2}' <<<"$1"; }
 p99() { sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$1"; }
+# Answers other than 2xx (a 503 is cheap and would flatter the rate).
+non2xx() { awk '/Non-2xx/ {n=$NF} END {print n+0}' <<<"$1"; }
 
 # serve BINARY LOG_FILTER: a fresh store each time; the decision log (one
 # JSON line per event at `info`) goes to a file, as in a container.
@@ -65,17 +72,21 @@ YAML
   "$bin" serve --config "$dir/config.yaml" >"$dir/serve.log" 2>&1 & local pid=$!
   pids+=($pid)
   wait_up "$port" /readyz
-  echo "== $bin serve, log $filter, every request a $VERDICT decision"
+  echo "== c=$c $bin serve, log $filter, every request a $VERDICT decision"
   local out; out=$(run_wrk "$port"); echo "$out"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local decided; decided=$(sqlite3 "$dir/data/findings.sqlite" 'select count(*) from decisions' 2>/dev/null || echo '?')
-  summary+="$bin log=$filter: serve_rps=$(rps "$out") ratio=$(python3 -c "print(round($(rps "$out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$out") decisions_recorded=$decided"$'\n'
+  summary+="c=$c $bin log=$filter: serve_rps=$(rps "$out") ratio=$(python3 -c "print(round($(rps "$out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$out") non_2xx=$(non2xx "$out") decisions_recorded=$decided"$'\n'
 }
 
 summary=""
-for bin in target/release/image-auditor ${EXTRA_BINS:-}; do
-  for filter in ${LOG_FILTERS:-warn info}; do serve "$bin" "$filter"; done
+for c in $CONNECTIONS; do
+  echo "== c=$c minimal axum (204)"
+  base_out=$(run_wrk "$base_port"); echo "$base_out"
+  summary+="c=$c baseline_rps=$(rps "$base_out") baseline_p99_ms=$(p99 "$base_out")"$'\n'
+  for bin in target/release/image-auditor ${EXTRA_BINS:-}; do
+    for filter in ${LOG_FILTERS:-warn info}; do serve "$bin" "$filter"; done
+  done
 done
 echo
-echo "baseline_rps=$(rps "$base_out")"
 printf '%s' "$summary"

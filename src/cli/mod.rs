@@ -51,6 +51,15 @@ pub struct Cli {
     #[arg(long, global = true, env = "IMAGE_AUDITOR_REGISTRY_CONFIG")]
     pub registry_config: Option<PathBuf>,
 
+    /// A local exceptions file (README "Exceptions"), read in addition to
+    /// `exceptions.yaml` at the manifest root.
+    #[arg(long, global = true, env = "IMAGE_AUDITOR_EXCEPTIONS")]
+    pub exceptions: Option<PathBuf>,
+
+    /// How far ahead an exception's `expires` may be (as `exceptions.max_ahead`).
+    #[arg(long, global = true, default_value = "180days")]
+    pub exceptions_max_ahead: humantime::Duration,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -134,6 +143,26 @@ pub enum Command {
         /// the next run).
         #[arg(long)]
         max_repositories: Option<usize>,
+        /// Adopting the auditor: write every finding of this sweep to FILE
+        /// as exceptions entries for review, instead of recording or
+        /// alerting anything (README "Adopting the auditor"). Not resumable.
+        #[arg(long, value_name = "FILE", requires = "baseline_owner")]
+        baseline: Option<PathBuf>,
+        /// The `owner` of every baseline entry (a person or team).
+        #[arg(long, value_name = "OWNER", requires = "baseline")]
+        baseline_owner: Option<String>,
+        /// The `reason` of every baseline entry.
+        #[arg(
+            long,
+            value_name = "TEXT",
+            requires = "baseline",
+            default_value = "present before the auditor was adopted (baseline sweep)"
+        )]
+        baseline_reason: String,
+        /// The `expires` of every baseline entry (YYYY-MM-DD) [default:
+        /// today + --exceptions-max-ahead].
+        #[arg(long, value_name = "DATE", requires = "baseline")]
+        baseline_expires: Option<String>,
     },
     /// The findings store's schema: its version and pending migrations.
     Store {
@@ -156,7 +185,8 @@ pub enum Command {
 
 #[derive(Subcommand)]
 pub enum ManifestsCommand {
-    /// Load and validate; exit 1 if any project has an error.
+    /// Load and validate, the exceptions files included; exit 1 if any
+    /// project or exceptions file has an error.
     Validate {
         /// Defaults to --manifests.
         dir: Option<PathBuf>,
@@ -230,11 +260,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let manifests = cli
         .manifests
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_MANIFESTS));
+    let exceptions = ExceptionsSetup {
+        file: cli.exceptions.clone(),
+        max_ahead: cli.exceptions_max_ahead.into(),
+    };
     match cli.command {
         Command::Serve { .. } => unreachable!("handled in main"),
         Command::Manifests {
             command: ManifestsCommand::Validate { dir },
-        } => manifests::validate(dir.as_deref().unwrap_or(&manifests)),
+        } => manifests::validate(dir.as_deref().unwrap_or(&manifests), &exceptions),
         Command::Index {
             command: IndexCommand::Stats { json },
         } => index::stats(&manifests, json),
@@ -246,7 +280,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             references,
             json,
             resolve,
-        } => check::check(&manifests, &policy, &registry, resolve, &references, json),
+        } => check::check(
+            &manifests,
+            &policy,
+            &registry,
+            &exceptions,
+            resolve,
+            &references,
+            json,
+        ),
         Command::Scan {
             prefixes,
             catalog,
@@ -257,6 +299,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             page_size,
             max_repositories,
+            baseline,
+            baseline_owner,
+            baseline_reason,
+            baseline_expires,
         } => {
             let (store, data_dir) = match config {
                 Some(path) => {
@@ -269,8 +315,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             let checkpoint = match state_dir {
+                // A baseline records nothing, so it has nothing to resume.
+                _ if baseline.is_some() => image_auditor::scan::CheckpointAt::Nowhere,
                 Some(dir) => image_auditor::scan::CheckpointAt::Dir(dir),
                 None => image_auditor::scan::CheckpointAt::for_store(store.backend(), &data_dir),
+            };
+            let baseline = match (baseline, baseline_owner) {
+                (Some(file), Some(owner)) => Some(scan::Baseline {
+                    file,
+                    owner,
+                    reason: baseline_reason,
+                    expires: baseline_expires,
+                }),
+                _ => None,
             };
             let options = image_auditor::scan::Options {
                 catalog,
@@ -280,7 +337,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 max_repositories,
             };
             scan::scan(
-                &manifests, &policy, &registry, &store, &prefixes, &options, json,
+                &manifests,
+                &policy,
+                &registry,
+                &exceptions,
+                &store,
+                &prefixes,
+                &options,
+                baseline.as_ref(),
+                json,
             )
         }
         Command::Store {
@@ -308,6 +373,44 @@ fn load_index(dir: &Path) -> anyhow::Result<Index> {
         eprintln!("{problem} (project left out)");
     }
     Ok(Index::build(&set, 1))
+}
+
+/// Where one-shot commands read exceptions from, and how far ahead they may run.
+struct ExceptionsSetup {
+    file: Option<PathBuf>,
+    max_ahead: std::time::Duration,
+}
+
+impl ExceptionsSetup {
+    fn limits(&self) -> image_auditor::exceptions::Limits {
+        image_auditor::exceptions::ExceptionsConfig {
+            file: self.file.clone(),
+            max_ahead: self.max_ahead,
+        }
+        .limits(image_auditor::exceptions::Date::today())
+    }
+
+    fn sources(&self, manifests: &Path) -> Vec<image_auditor::exceptions::Source> {
+        image_auditor::exceptions::Source::all(manifests, self.file.as_deref())
+    }
+
+    /// Every entry of `exceptions.yaml` at the manifest root and of
+    /// `--exceptions`; an error (after printing every problem) when a file
+    /// is invalid: a one-shot command has no last good version to fall
+    /// back on.
+    fn load(&self, manifests: &Path) -> anyhow::Result<image_auditor::exceptions::Exceptions> {
+        image_auditor::exceptions::load_all(&self.sources(manifests), self.limits()).map_err(
+            |problems| {
+                for problem in &problems {
+                    eprintln!("{problem}");
+                }
+                anyhow::anyhow!(
+                    "the exceptions are invalid ({} problems); fix them or leave the file out",
+                    problems.len()
+                )
+            },
+        )
+    }
 }
 
 fn exit_for(violations: usize) -> ExitCode {

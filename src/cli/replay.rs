@@ -9,7 +9,7 @@ use image_auditor::event::EventId;
 use image_auditor::sources::gcr;
 
 use super::check::{Judge, print_verdict};
-use super::{RegistrySetup, current_thread, exit_for, load_index};
+use super::{RegistrySetup, exit_for};
 
 pub(super) fn replay(
     dir: &Path,
@@ -19,8 +19,6 @@ pub(super) fn replay(
     file: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let runtime = current_thread()?;
-    let resolver = resolve.then(|| registry.resolver(&runtime)).transpose()?;
     let input: Box<dyn BufRead> = if file == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
@@ -28,11 +26,7 @@ pub(super) fn replay(
             .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let mut judge = Judge {
-        index: load_index(dir)?,
-        resolver,
-        runtime,
-    };
+    let mut judge = Judge::new(dir, registry, resolve)?;
     let mut out = std::io::stdout().lock();
     let mut violations = 0;
     for (n, line) in input.lines().enumerate() {

@@ -48,13 +48,18 @@ pub const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 4,
-        name: "the repeat/update memory of sent alerts",
-        sql: include_str!("migrations/sqlite/0004_sent_alert_memory.sql"),
+        name: "exceptions: excepted findings are kept, owed to no sink",
+        sql: include_str!("migrations/sqlite/0004_exceptions.sql"),
     },
     Migration {
         version: 5,
+        name: "the repeat/update memory of sent alerts",
+        sql: include_str!("migrations/sqlite/0005_sent_alert_memory.sql"),
+    },
+    Migration {
+        version: 6,
         name: "the scan checkpoint",
-        sql: include_str!("migrations/sqlite/0005_scan_checkpoint.sql"),
+        sql: include_str!("migrations/sqlite/0006_scan_checkpoint.sql"),
     },
 ];
 
@@ -72,13 +77,18 @@ pub const POSTGRES: &[Migration] = &[
     },
     Migration {
         version: 3,
-        name: "the repeat/update memory of sent alerts",
-        sql: include_str!("migrations/postgres/0003_sent_alert_memory.sql"),
+        name: "exceptions: excepted findings are kept, owed to no sink",
+        sql: include_str!("migrations/postgres/0003_exceptions.sql"),
     },
     Migration {
         version: 4,
+        name: "the repeat/update memory of sent alerts",
+        sql: include_str!("migrations/postgres/0004_sent_alert_memory.sql"),
+    },
+    Migration {
+        version: 5,
         name: "the scan checkpoint",
-        sql: include_str!("migrations/postgres/0004_scan_checkpoint.sql"),
+        sql: include_str!("migrations/postgres/0005_scan_checkpoint.sql"),
     },
 ];
 

@@ -84,6 +84,9 @@ pub struct Decision {
     /// The manifest repository commit the index was built from, when known.
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
+    /// The exceptions entry (`file:line`) that covers this alerting
+    /// verdict: the finding is recorded but never alerted.
+    pub excepted_by: Option<String>,
 }
 
 impl Decision {
@@ -110,6 +113,7 @@ impl Decision {
             evidence: EvidenceEntry::of(verdict),
             manifest_commit,
             index_generation,
+            excepted_by: None,
         }
     }
 
@@ -135,7 +139,15 @@ impl Decision {
             evidence: Vec::new(),
             manifest_commit,
             index_generation,
+            excepted_by: None,
         }
+    }
+
+    /// The same decision, covered by the exceptions entry at `location`
+    /// (`file:line`).
+    pub fn excepted_by(mut self, location: String) -> Decision {
+        self.excepted_by = Some(location);
+        self
     }
 }
 
@@ -186,6 +198,11 @@ pub struct Finding {
     pub evidence: serde_json::Value,
     pub manifest_commit: Option<String>,
     pub index_generation: u64,
+    /// The exceptions entry (`file:line`) that covered the finding when it
+    /// was recorded: such a finding is kept for the record and never
+    /// claimed by a sink.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub excepted_by: Option<String>,
     /// Delivery state per sink that has claimed the finding (see
     /// [`Store::claim_undelivered`]); from a claim, only the claiming sink's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -308,6 +325,8 @@ pub struct Counts {
     /// Decisions kept, per verdict, in [`VerdictKind::ALL`] order (zeros included).
     pub decisions: Vec<(VerdictKind, u64)>,
     pub findings: u64,
+    /// Findings an exception covered (never alerted); included in `findings`.
+    pub excepted: u64,
     /// Findings some known sink has not delivered yet. A sink becomes known
     /// at its first claim; before any sink is, every finding is undelivered.
     pub undelivered: u64,
@@ -425,7 +444,8 @@ impl StoreError {
 pub trait Store: Send + Sync {
     /// Atomically: insert the decision unless (source, endpoint, event id) is already
     /// recorded, and, when the verdict alerts, a finding in the outbox
-    /// (pending for every sink). One transaction, durable before this
+    /// (pending for every sink; an excepted one, `excepted_by` set, is kept
+    /// but owed to no sink). One transaction, durable before this
     /// returns: callers acknowledge the delivery only after `Ok`.
     /// An `undecided` verdict is refused.
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError>;
@@ -454,7 +474,8 @@ pub trait Store: Send + Sync {
     /// of a pruned event is recorded again as new.
     fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
-    /// Claims up to `limit` findings not yet delivered to `sink` whose next
+    /// Claims up to `limit` findings not yet delivered to `sink` (excepted
+    /// findings never are) whose next
     /// attempt is due at `now_ms`, oldest first. Each claim counts as an
     /// attempt and hides the finding from other claims for this sink for the
     /// store's claim lease, after which an unfinished claim (a crash) is

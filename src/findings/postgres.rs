@@ -25,11 +25,11 @@
 //! concurrent claimers never take the same finding for one sink, and a
 //! replica that dies mid-delivery only delays it by the lease. Findings
 //! commit out of id order, so a sink cannot keep a watermark as in SQLite:
-//! every finding gets a deliveries row per known sink when recorded, and a
-//! sink's first claim writes the rows of the findings before it, under a
-//! table lock that keeps the two from missing each other. The alert memory,
-//! the scan checkpoint and the locks that make one alert dispatcher per
-//! sink and one sweep at a time are in [`shared`].
+//! every finding (but an excepted one) gets a deliveries row per known sink
+//! when recorded, and a sink's first claim writes the rows of the findings
+//! before it, under a table lock that keeps the two from missing each other.
+//! The alert memory, the scan checkpoint and the locks that make one alert
+//! dispatcher per sink and one sweep at a time are in [`shared`].
 
 mod connect;
 mod shared;
@@ -72,7 +72,7 @@ const PRUNE_BATCH: i64 = 5000;
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
      f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation";
+     f.manifest_commit, f.index_generation, f.excepted_by";
 
 const DELIVERY_COLUMNS: &str =
     "finding, sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error";
@@ -258,7 +258,8 @@ impl PostgresStore {
     }
 
     /// Makes `sink` known: from now on every finding recorded gets a
-    /// deliveries row for it, and every finding before gets one now. The
+    /// deliveries row for it, and every finding before gets one now
+    /// (excepted findings never do: they are owed to no sink). The
     /// table lock waits for transactions inserting findings and holds new
     /// ones back until this commits: each finding is either committed
     /// before (and seen here) or inserted after (and sees the sink).
@@ -290,7 +291,8 @@ impl PostgresStore {
             .map_err(|e| self.pg(e))?;
             tx.execute(
                 "INSERT INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
-                 SELECT id, $1, 'pending', 0, 0 FROM findings ON CONFLICT DO NOTHING",
+                 SELECT id, $1, 'pending', 0, 0 FROM findings WHERE excepted_by IS NULL \
+                 ON CONFLICT DO NOTHING",
                 &[&sink],
             )
             .await
@@ -347,6 +349,7 @@ impl PostgresStore {
             evidence,
             manifest_commit: opt(13),
             index_generation: row.get::<_, i64>(14) as u64,
+            excepted_by: opt(15),
             deliveries: Vec::new(),
         })
     }
@@ -617,15 +620,16 @@ impl Store for PostgresStore {
                     slot.1 = row.get::<_, i64>(1) as u64;
                 }
             }
-            // With a sink known, every finding has a row per sink; before,
-            // every finding is owed.
+            // With a sink known, every finding not excepted has a row per
+            // sink; before, every finding not excepted is owed.
             let totals = tx
                 .query_one(
                     "SELECT (SELECT COUNT(*) FROM findings), \
                        CASE WHEN EXISTS (SELECT 1 FROM sinks) \
                          THEN (SELECT COUNT(DISTINCT finding) FROM deliveries \
                                WHERE state = 'pending') \
-                         ELSE (SELECT COUNT(*) FROM findings) END",
+                         ELSE (SELECT COUNT(*) FROM findings WHERE excepted_by IS NULL) END, \
+                       (SELECT COUNT(*) FROM findings WHERE excepted_by IS NOT NULL)",
                     &[],
                 )
                 .await
@@ -646,6 +650,7 @@ impl Store for PostgresStore {
             Ok(Counts {
                 decisions,
                 findings: totals.get::<_, i64>(0) as u64,
+                excepted: totals.get::<_, i64>(2) as u64,
                 undelivered: totals.get::<_, i64>(1) as u64,
                 undelivered_by_sink,
             })
@@ -660,7 +665,7 @@ impl Store for PostgresStore {
                     "SELECT CASE WHEN EXISTS (SELECT 1 FROM sinks WHERE sink = $1) \
                        THEN (SELECT COUNT(*) FROM deliveries \
                              WHERE sink = $1 AND state = 'pending') \
-                       ELSE (SELECT COUNT(*) FROM findings) END",
+                       ELSE (SELECT COUNT(*) FROM findings WHERE excepted_by IS NULL) END",
                 )
                 .await
                 .map_err(|e| self.pg(e))?;

@@ -21,7 +21,7 @@ use crate::event::{EndpointName, EventId, Source};
 
 const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
      f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation";
+     f.manifest_commit, f.index_generation, f.excepted_by";
 
 /// The verdict recorded under one dedupe key.
 const SELECT_DECISION: &str =
@@ -315,8 +315,8 @@ impl SqliteStore {
         conn.prepare_cached(
             "INSERT INTO findings (created_at_ms, received_at_ms, source, endpoint, event_id, \
              action, repository, digest, tag, verdict, reason, evidence, \
-             manifest_commit, index_generation) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             manifest_commit, index_generation, excepted_by) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -334,6 +334,7 @@ impl SqliteStore {
                 evidence,
                 d.manifest_commit,
                 d.index_generation as i64,
+                d.excepted_by,
             ])
         })
         .map_err(|e| self.sql(e))?;
@@ -494,6 +495,7 @@ struct RawFinding {
     evidence: String,
     manifest_commit: Option<String>,
     index_generation: i64,
+    excepted_by: Option<String>,
 }
 
 impl RawFinding {
@@ -514,6 +516,7 @@ impl RawFinding {
             evidence: r.get(12)?,
             manifest_commit: r.get(13)?,
             index_generation: r.get(14)?,
+            excepted_by: r.get(15)?,
         })
     }
 
@@ -572,6 +575,7 @@ impl RawFinding {
             manifest_commit: self.manifest_commit,
             // Stored bit for bit as i64 (SQLite integers are signed).
             index_generation: self.index_generation as u64,
+            excepted_by: self.excepted_by,
             deliveries: Vec::new(),
         })
     }
@@ -717,7 +721,8 @@ impl Store for SqliteStore {
         conn.prepare_cached(
             "SELECT (SELECT COUNT(*) FROM deliveries WHERE sink = ?1 AND state = 'pending') \
                + (SELECT COUNT(*) FROM findings \
-                  WHERE id > COALESCE((SELECT watermark FROM sinks WHERE sink = ?1), 0))",
+                  WHERE id > COALESCE((SELECT watermark FROM sinks WHERE sink = ?1), 0) \
+                    AND excepted_by IS NULL)",
         )
         .and_then(|mut s| s.query_row([sink], |r| r.get::<_, i64>(0)))
         .map(|n| n as u64)
@@ -753,20 +758,23 @@ impl Store for SqliteStore {
                 .map_err(|e| self.sql(e))
         };
         let findings = count("SELECT COUNT(*) FROM findings")?;
+        let excepted = count("SELECT COUNT(*) FROM findings WHERE excepted_by IS NOT NULL")?;
         // Pending for a sink that materialised it, or above the lowest
         // watermark (all findings when no sink is known yet).
         let undelivered = count(
             "SELECT COUNT(*) FROM ( \
                SELECT finding FROM deliveries WHERE state = 'pending' \
                UNION \
-               SELECT id FROM findings WHERE id > (SELECT COALESCE(MIN(watermark), 0) FROM sinks))",
+               SELECT id FROM findings WHERE id > (SELECT COALESCE(MIN(watermark), 0) FROM sinks) \
+                 AND excepted_by IS NULL)",
         )?;
         let undelivered_by_sink = {
             let mut stmt = tx
                 .prepare_cached(
                     "SELECT s.sink, \
                        (SELECT COUNT(*) FROM deliveries d WHERE d.sink = s.sink AND d.state = 'pending') \
-                     + (SELECT COUNT(*) FROM findings f WHERE f.id > s.watermark) \
+                     + (SELECT COUNT(*) FROM findings f \
+                        WHERE f.id > s.watermark AND f.excepted_by IS NULL) \
                      FROM sinks s ORDER BY s.sink",
                 )
                 .map_err(|e| self.sql(e))?;
@@ -779,6 +787,7 @@ impl Store for SqliteStore {
         Ok(Counts {
             decisions,
             findings,
+            excepted,
             undelivered,
             undelivered_by_sink,
         })
@@ -902,7 +911,8 @@ impl Store for SqliteStore {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
              SELECT f.id, ?1, 'pending', 0, 0 FROM findings f \
-             WHERE f.id > (SELECT watermark FROM sinks WHERE sink = ?1)",
+             WHERE f.id > (SELECT watermark FROM sinks WHERE sink = ?1) \
+               AND f.excepted_by IS NULL",
         )
         .and_then(|mut s| s.execute([sink]))
         .map_err(sql)?;

@@ -199,6 +199,8 @@ impl Loader {
             tree.files
                 .keys()
                 .filter(|f| is_yaml(f))
+                // The exceptions file beside the manifests is not one.
+                .filter(|f| *f != Path::new(crate::exceptions::FILE_NAME))
                 .map(|f| tree.root.join(f))
                 .collect()
         };

@@ -19,6 +19,9 @@ use std::sync::Arc;
 use crate::reference::{Digest, RegistryPrefix, Tag};
 
 pub use layout::{Layout, LoadError, load, load_within};
+/// The manifests' YAML reading (strings stay strings, duplicate keys are
+/// errors, messages without library jargon), shared with `exceptions`.
+pub(crate) use schema::{YamlError, parse as parse_yaml};
 pub use walk::Budget;
 
 /// All promotion manifests loaded from one root.

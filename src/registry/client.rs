@@ -70,6 +70,24 @@ pub(crate) struct Request<'a> {
     pub(crate) kind: RequestKind,
 }
 
+impl<'a> Request<'a> {
+    /// A request for a manifest of `repository` (by tag or digest) at `url`.
+    pub(crate) fn manifest(
+        repository: &'a Repository,
+        method: reqwest::Method,
+        url: &'a str,
+    ) -> Request<'a> {
+        Request {
+            host: repository.host(),
+            path: repository.path(),
+            method,
+            url,
+            accept: Some(media::ACCEPT),
+            kind: RequestKind::Manifest,
+        }
+    }
+}
+
 impl RegistryClient {
     pub fn new(config: RegistryConfig) -> Result<Self, SetupError> {
         let credentials = Credentials::from_config(&config).map_err(SetupError::Credentials)?;
@@ -130,21 +148,23 @@ impl Inner {
         repository: &Repository,
         digest: &Digest,
     ) -> Result<Bytes, RegistryError> {
-        let url = self.url(
-            repository.host(),
-            &format!("{}/manifests/{digest}", repository.path()),
-        );
-        let request = Request {
-            host: repository.host(),
-            path: repository.path(),
-            method: reqwest::Method::GET,
-            url: &url,
-            accept: Some(media::ACCEPT),
-            kind: RequestKind::Manifest,
-        };
+        let url = self.manifest_url(repository, digest);
+        let request = Request::manifest(repository, reqwest::Method::GET, &url);
         self.send(&request, |response| self.read_verified(response, digest))
             .await
             .map_err(|kind| RegistryError::new(repository, digest, kind))
+    }
+
+    /// The URL of manifest `reference` (a tag or digest) of `repository`.
+    pub(crate) fn manifest_url(
+        &self,
+        repository: &Repository,
+        reference: &dyn std::fmt::Display,
+    ) -> String {
+        self.url(
+            repository.host(),
+            &format!("{}/manifests/{reference}", repository.path()),
+        )
     }
 
     /// `scheme://host/v2/<rest>`, plain HTTP only for hosts configured so.

@@ -15,7 +15,6 @@ use super::auth::CATALOG_PATH;
 use super::client::{Inner, RegistryClient, Request, same_algorithm_digest};
 use super::error::{ErrorKind, RegistryError, Target};
 use super::http::{DOCKER_CONTENT_DIGEST, ReadError, read_capped, url_host};
-use super::media;
 use super::stats::{Outcome, RequestKind};
 use crate::reference::{Digest, Repository, Tag};
 
@@ -154,18 +153,8 @@ impl RegistryClient {
     ) -> Result<Digest, RegistryError> {
         let inner = &self.inner;
         let error = |kind| RegistryError::of(repository, Target::Tag(tag.clone()), kind);
-        let url = inner.url(
-            repository.host(),
-            &format!("{}/manifests/{tag}", repository.path()),
-        );
-        let mut request = Request {
-            host: repository.host(),
-            path: repository.path(),
-            method: reqwest::Method::HEAD,
-            url: &url,
-            accept: Some(media::ACCEPT),
-            kind: RequestKind::Manifest,
-        };
+        let url = inner.manifest_url(repository, tag);
+        let mut request = Request::manifest(repository, reqwest::Method::HEAD, &url);
         let head = inner
             .send(
                 &request,
@@ -199,18 +188,8 @@ impl RegistryClient {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         let inner = &self.inner;
-        let url = inner.url(
-            repository.host(),
-            &format!("{}/manifests/{digest}", repository.path()),
-        );
-        let request = Request {
-            host: repository.host(),
-            path: repository.path(),
-            method: reqwest::Method::HEAD,
-            url: &url,
-            accept: Some(media::ACCEPT),
-            kind: RequestKind::Manifest,
-        };
+        let url = inner.manifest_url(repository, digest);
+        let request = Request::manifest(repository, reqwest::Method::HEAD, &url);
         let answer = inner
             .send(&request, |response| async move {
                 let stated = response

@@ -6,72 +6,54 @@
 
 use serde_json::Value;
 
-use crate::event::{Action, Event, EventId, Malformed, Source};
+use crate::event::{Action, Event, EventId, Malformed, Source, Unreadable};
 use crate::reference::Reference;
-use crate::sources::json::{self, json_type, shown};
+use crate::sources::json::{self, shown};
 
 /// Parses one payload delivered under `id`.
 pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
-    let malformed = |reason: String| Malformed {
-        id: id.clone(),
-        source: Source::Gcr,
-        reason,
-    };
-    let value = json::parse(data).map_err(|e| malformed(format!("payload is not JSON: {e}")))?;
+    let malformed = |why: Unreadable| Malformed::new(id.clone(), Source::Gcr, why);
+    let value = json::parse(data)
+        .map_err(|e| malformed(Unreadable::from(e).prefixed("payload is not JSON: ")))?;
     let Value::Object(fields) = value else {
         return Err(malformed("payload is not a JSON object".into()));
     };
     // Unknown keys are ignored: Google may add fields; these three decide.
-    let text = |key: &str| -> Result<Option<&str>, Malformed> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(malformed(format!(
-                "field `{key}` must be a string, found {}",
-                json_type(other)
-            ))),
-        }
-    };
+    let text = |key: &str| json::text(&fields, "", &[key]).map_err(|e| malformed(e.into()));
     let (action, digest_ref, tag_ref) = (text("action")?, text("digest")?, text("tag")?);
 
     let action = match action {
         Some("INSERT") => Action::Insert,
         Some("DELETE") => Action::Delete,
         Some(other) => {
-            return Err(malformed(format!(
-                "unknown action {:?} (expected INSERT or DELETE)",
-                shown(other)
-            )));
+            return Err(malformed(
+                format!(
+                    "unknown action {:?} (expected INSERT or DELETE)",
+                    shown(other)
+                )
+                .into(),
+            ));
         }
         None => return Err(malformed("field `action` is missing".into())),
     };
-    let by_digest = digest_ref
-        .map(|r| {
-            let r: Reference = r
-                .parse()
-                .map_err(|e| malformed(format!("field `digest`: {e}")))?;
-            match (&r.digest, &r.tag) {
-                (Some(_), None) => Ok(r),
-                _ => Err(malformed(format!(
-                    "field `digest` must be host/path@sha256:…, found {r}"
-                ))),
+    // `digest` must name a digest and no tag, `tag` a tag and no digest.
+    let reference = |field: &str, text: Option<&str>, by_digest: bool, form: &str| {
+        text.map(|text| {
+            let r: Reference = text.parse().map_err(|e| {
+                malformed(Unreadable::from(e).prefixed(format_args!("field `{field}`: ")))
+            })?;
+            if (r.digest.is_some(), r.tag.is_some()) == (by_digest, !by_digest) {
+                Ok(r)
+            } else {
+                Err(malformed(
+                    format!("field `{field}` must be {form}, found {r}").into(),
+                ))
             }
         })
-        .transpose()?;
-    let by_tag = tag_ref
-        .map(|r| {
-            let r: Reference = r
-                .parse()
-                .map_err(|e| malformed(format!("field `tag`: {e}")))?;
-            match (&r.digest, &r.tag) {
-                (None, Some(_)) => Ok(r),
-                _ => Err(malformed(format!(
-                    "field `tag` must be host/path:tag, found {r}"
-                ))),
-            }
-        })
-        .transpose()?;
+        .transpose()
+    };
+    let by_digest = reference("digest", digest_ref, true, "host/path@sha256:…")?;
+    let by_tag = reference("tag", tag_ref, false, "host/path:tag")?;
 
     let (repository, digest, tag) = match (by_digest, by_tag) {
         (None, None) => {
@@ -85,10 +67,13 @@ pub fn parse(id: &EventId, data: &[u8]) -> Result<Event, Malformed> {
             // The retired auditor never compared these; a mismatch means the
             // payload cannot be trusted to describe one image.
             if d.repository != t.repository {
-                return Err(malformed(format!(
-                    "`digest` and `tag` name different repositories: {} and {}",
-                    d.repository, t.repository
-                )));
+                return Err(malformed(
+                    format!(
+                        "`digest` and `tag` name different repositories: {} and {}",
+                        d.repository, t.repository
+                    )
+                    .into(),
+                ));
             }
             (d.repository, d.digest, t.tag)
         }

@@ -2,59 +2,77 @@
 //! the small helpers every parser shares, so that every error names its
 //! field the same way.
 
+use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, Deserialize, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::event::{LimitHit, Unreadable};
 
 pub use crate::event::excerpt as shown;
 
 /// Longest event id accepted: ids are dedupe keys and log fields.
 pub const MAX_ID_LEN: usize = 256;
 
-/// The words of the refusals [`LimitHit::in_message`] recognises; the one
-/// helper enforcing each limit writes them, nothing else does.
-const DUPLICATE_KEY: &str = "duplicate key `";
-const ID_TOO_LONG: &str = "bytes long (an id is at most";
-const ID_CONTROL_CHARACTERS: &str = "contains control characters";
-
-/// A limit on untrusted input that a parser's refusal reports, counted as
-/// `rejected_requests_total{reason}` by the server and the pipeline.
-/// Parsers stay pure and their errors stay text (stored, shown and logged
-/// as such), so the limit is read back from the words of the helper that
-/// enforces it: [`parse`], [`check_id`] and the reference types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitHit {
-    /// A repository name over [`crate::reference::MAX_REPOSITORY_LEN`].
-    NameTooLong,
-    /// An event or message id over [`MAX_ID_LEN`] or with control characters.
-    BadEventId,
-    /// A JSON object repeating a key.
-    DuplicateJsonKey,
+/// Why a body is not JSON the service reads: serde_json's error (it names
+/// line and column), and whether it was a repeated key, a limit on
+/// untrusted input.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct NotJson {
+    error: serde_json::Error,
+    duplicate_key: bool,
 }
 
-impl LimitHit {
-    /// The metric label.
-    pub fn reason(self) -> &'static str {
-        match self {
-            LimitHit::NameTooLong => "name_too_long",
-            LimitHit::BadEventId => "bad_event_id",
-            LimitHit::DuplicateJsonKey => "duplicate_json_key",
+impl NotJson {
+    pub fn limit(&self) -> Option<LimitHit> {
+        self.duplicate_key.then_some(LimitHit::DuplicateJsonKey)
+    }
+}
+
+impl From<NotJson> for Unreadable {
+    fn from(e: NotJson) -> Self {
+        Unreadable {
+            limit: e.limit(),
+            reason: e.to_string(),
         }
     }
+}
 
-    /// The limit an error message (a `Rejected`, a `Malformed` reason, a
-    /// push error) reports, if any.
-    pub fn in_message(message: &str) -> Option<LimitHit> {
-        if message.contains(DUPLICATE_KEY) {
-            Some(LimitHit::DuplicateJsonKey)
-        } else if message.contains(ID_TOO_LONG) || message.contains(ID_CONTROL_CHARACTERS) {
-            Some(LimitHit::BadEventId)
-        } else if message.contains(crate::reference::NAME_TOO_LONG) {
-            Some(LimitHit::NameTooLong)
-        } else {
-            None
+/// Why an id cannot be a dedupe key and log field; always the
+/// [`LimitHit::BadEventId`] limit. The words follow the field's name
+/// (`field `id` is 300 bytes long …`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadId {
+    #[error("is {0} bytes long (an id is at most {MAX_ID_LEN})")]
+    TooLong(usize),
+    #[error("contains control characters")]
+    ControlCharacters,
+}
+
+impl From<BadId> for Unreadable {
+    fn from(e: BadId) -> Self {
+        Unreadable {
+            reason: e.to_string(),
+            limit: Some(LimitHit::BadEventId),
         }
+    }
+}
+
+/// A field holding another JSON type than the format defines.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}` must be {want}, found {found}")]
+pub struct WrongType {
+    /// The field's full path in the request (`data.target.tag`).
+    pub field: String,
+    pub want: &'static str,
+    pub found: &'static str,
+}
+
+impl From<WrongType> for Unreadable {
+    fn from(e: WrongType) -> Self {
+        Unreadable::from(e.to_string())
     }
 }
 
@@ -64,25 +82,32 @@ impl LimitHit {
 /// same bytes (a registry's UI, a log pipeline, an analyst) may keep the
 /// first: `{"action": "DELETE", "action": "INSERT"}` must not mean one
 /// thing to us and another to them. The error names the key and its place.
-pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+pub fn parse(bytes: &[u8]) -> Result<Value, NotJson> {
+    let duplicate_key = Cell::new(false);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict::deserialize(&mut deserializer)?.0;
-    deserializer.end()?;
-    Ok(value)
+    Strict(&duplicate_key)
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|error| NotJson {
+            error,
+            duplicate_key: duplicate_key.get(),
+        })
 }
 
-/// A `Value` built by a visitor that refuses repeated keys.
-struct Strict(Value);
+/// Builds a `Value`, refusing repeated keys; notes a refusal in the cell
+/// (serde's errors are text, and the limit must not be read back from it).
+#[derive(Clone, Copy)]
+struct Strict<'a>(&'a Cell<bool>);
 
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,7 +144,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(Strict(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -129,12 +154,13 @@ impl<'de> Visitor<'de> for StrictVisitor {
         let mut fields = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if fields.contains_key(&key) {
+                self.0.set(true);
                 return Err(de::Error::custom(format_args!(
-                    "{DUPLICATE_KEY}{}`",
+                    "duplicate key `{}`",
                     shown(&key)
                 )));
             }
-            let Strict(value) = map.next_value()?;
+            let value = map.next_value_seed(self)?;
             fields.insert(key, value);
         }
         Ok(Value::Object(fields))
@@ -255,7 +281,7 @@ pub fn text<'a>(
     obj: &'a Map<String, Value>,
     at: &str,
     path: &[&str],
-) -> Result<Option<&'a str>, String> {
+) -> Result<Option<&'a str>, WrongType> {
     let name = |depth: usize| {
         let inner = path[..=depth].join(".");
         if at.is_empty() {
@@ -272,25 +298,37 @@ pub fn text<'a>(
             Some(Value::String(s)) if last => return Ok((!s.is_empty()).then_some(s.as_str())),
             Some(Value::Object(inner)) if !last => current = inner,
             Some(other) => {
-                let want = if last { "a string" } else { "an object" };
-                return Err(format!(
-                    "field `{}` must be {want}, found {}",
-                    name(depth),
-                    json_type(other)
-                ));
+                return Err(WrongType {
+                    field: name(depth),
+                    want: if last { "a string" } else { "an object" },
+                    found: json_type(other),
+                });
             }
         }
     }
     Ok(None)
 }
 
+/// A string an envelope cannot do without (its id, its type): present, a
+/// string, and not empty.
+pub fn required<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, Unreadable> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(format!("field `{key}` is empty").into()),
+        Some(other) => {
+            Err(format!("field `{key}` must be a string, found {}", json_type(other)).into())
+        }
+        None => Err(format!("field `{key}` is missing").into()),
+    }
+}
+
 /// An id is a dedupe key and a log field: bounded, no control characters.
-pub fn check_id(id: &str) -> Result<(), String> {
+pub fn check_id(id: &str) -> Result<(), BadId> {
     if id.len() > MAX_ID_LEN {
-        return Err(format!("is {} {ID_TOO_LONG} {MAX_ID_LEN})", id.len()));
+        return Err(BadId::TooLong(id.len()));
     }
     if id.chars().any(char::is_control) {
-        return Err(ID_CONTROL_CHARACTERS.into());
+        return Err(BadId::ControlCharacters);
     }
     Ok(())
 }
@@ -309,6 +347,7 @@ pub fn json_type(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::Repository;
 
     #[test]
     fn a_repeated_key_is_refused_at_any_depth_and_named() {
@@ -329,33 +368,65 @@ mod tests {
     }
 
     #[test]
-    fn the_refusals_of_each_limit_are_recognised_and_nothing_else() {
-        let duplicate = parse(br#"{"a":1,"a":2}"#).unwrap_err().to_string();
-        let long_id = check_id(&"x".repeat(MAX_ID_LEN + 1)).unwrap_err();
-        let control = check_id("a\nb").unwrap_err();
-        let name = format!("registry.example/{}", "a".repeat(300))
-            .parse::<crate::reference::Repository>()
-            .unwrap_err()
-            .to_string();
-        for (message, limit) in [
-            (&duplicate, LimitHit::DuplicateJsonKey),
-            (&long_id, LimitHit::BadEventId),
-            (&control, LimitHit::BadEventId),
-            (&name, LimitHit::NameTooLong),
+    fn each_limit_is_carried_by_its_refusal_and_no_other_refusal_carries_one() {
+        let limit = |e: Unreadable| (e.limit, e.reason);
+        let name = format!("registry.example/{}", "a".repeat(300));
+        for ((limit, message), want) in [
+            (
+                limit(parse(br#"{"a":1,"a":2}"#).unwrap_err().into()),
+                LimitHit::DuplicateJsonKey,
+            ),
+            (
+                limit(check_id(&"x".repeat(MAX_ID_LEN + 1)).unwrap_err().into()),
+                LimitHit::BadEventId,
+            ),
+            (
+                limit(check_id("a\nb").unwrap_err().into()),
+                LimitHit::BadEventId,
+            ),
+            (
+                limit(name.parse::<Repository>().unwrap_err().into()),
+                LimitHit::NameTooLong,
+            ),
         ] {
-            assert_eq!(LimitHit::in_message(message), Some(limit), "{message}");
+            assert_eq!(limit, Some(want), "{message}");
         }
-        let other_refusals = [
-            parse(b"{").unwrap_err().to_string(),
+        for refusal in [
+            Unreadable::from(parse(b"{").unwrap_err()),
+            Unreadable::from(parse(b"[1,2").unwrap_err()),
             "registry.example/UPPER"
-                .parse::<crate::reference::Repository>()
+                .parse::<Repository>()
                 .unwrap_err()
-                .to_string(),
-            check_id("fine").map_or_else(|e| e, |()| "fine".into()),
-        ];
-        for message in &other_refusals {
-            assert_eq!(LimitHit::in_message(message), None, "{message}");
+                .into(),
+            format!("{}/a", "h".repeat(300))
+                .parse::<crate::reference::Digest>()
+                .unwrap_err()
+                .into(),
+        ] {
+            assert_eq!(refusal.limit, None, "{refusal}");
         }
+    }
+
+    #[test]
+    fn refusals_keep_their_words() {
+        let e = check_id(&"x".repeat(300)).unwrap_err().to_string();
+        assert_eq!(e, "is 300 bytes long (an id is at most 256)");
+        assert_eq!(
+            check_id("a\u{7}").unwrap_err().to_string(),
+            "contains control characters"
+        );
+        let e = parse(br#"{"a":1,"a":2}"#).unwrap_err().to_string();
+        assert_eq!(e, "duplicate key `a` at line 1 column 10");
+        let wrong = text(
+            serde_json::json!({"t": {"x": 1}}).as_object().unwrap(),
+            "data",
+            &["t", "x"],
+        )
+        .unwrap_err();
+        assert_eq!(
+            wrong.to_string(),
+            "field `data.t.x` must be a string, found a number"
+        );
     }
 
     fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {

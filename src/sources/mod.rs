@@ -50,6 +50,9 @@ pub struct Handled {
     pub verdict: Option<VerdictKind>,
     /// The delivery id was already recorded for this endpoint.
     pub duplicate: bool,
+    /// The verdict alerts, but an exceptions entry covers it: recorded with
+    /// `excepted_by`, no alert.
+    pub excepted: bool,
 }
 
 /// How sources reach the pipeline, without depending on it.

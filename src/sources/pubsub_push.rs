@@ -55,7 +55,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
-use crate::event::{EndpointName, EventId, Malformed, Source};
+use crate::event::{EndpointName, EventId, LimitHit, Malformed, Source, Unreadable};
 use crate::sources::Delivery;
 use crate::sources::gcr;
 use crate::sources::json::{self, json_type, shown};
@@ -88,7 +88,7 @@ pub enum PushError {
     EmptyBody,
     /// The body does not parse as JSON.
     #[error("body is not JSON: {0}")]
-    NotJson(String),
+    NotJson(Unreadable),
     /// JSON, but not `{"message": {…}}`.
     #[error("body is not a Pub/Sub push envelope: {0}")]
     NotAnEnvelope(String),
@@ -97,10 +97,10 @@ pub enum PushError {
     MissingMessageId(String),
     /// A message id is present but unusable.
     #[error("unusable message id: {0}")]
-    BadMessageId(String),
+    BadMessageId(Unreadable),
     /// A subscription name is present but unusable.
     #[error("unusable subscription: {0}")]
-    BadSubscription(String),
+    BadSubscription(Unreadable),
 }
 
 impl PushError {
@@ -115,6 +115,19 @@ impl PushError {
             | PushError::MissingMessageId(_)
             | PushError::BadMessageId(_)
             | PushError::BadSubscription(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The limit on untrusted input that refused the request, if one did.
+    pub fn limit(&self) -> Option<LimitHit> {
+        match self {
+            PushError::NotJson(why)
+            | PushError::BadMessageId(why)
+            | PushError::BadSubscription(why) => why.limit,
+            PushError::UnsupportedMediaType { .. }
+            | PushError::EmptyBody
+            | PushError::NotAnEnvelope(_)
+            | PushError::MissingMessageId(_) => None,
         }
     }
 }
@@ -144,14 +157,14 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushError> {
     if let Some(value) = headers.get(MESSAGE_ID_HEADER) {
         let id = value
             .to_str()
-            .map_err(|_| PushError::BadMessageId(format!("{MESSAGE_ID_HEADER} is not text")))
+            .map_err(|_| PushError::BadMessageId(format!("{MESSAGE_ID_HEADER} is not text").into()))
             .and_then(|s| check_id(MESSAGE_ID_HEADER, s))?;
         let endpoint = match headers.get(SUBSCRIPTION_HEADER) {
             None => EndpointName::only(),
             Some(value) => value
                 .to_str()
                 .map_err(|_| {
-                    PushError::BadSubscription(format!("{SUBSCRIPTION_HEADER} is not text"))
+                    PushError::BadSubscription(format!("{SUBSCRIPTION_HEADER} is not text").into())
                 })
                 .and_then(|s| subscription(SUBSCRIPTION_HEADER, s))?,
         };
@@ -171,7 +184,7 @@ fn decode_wrapped(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushErro
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(PushError::EmptyBody);
     }
-    let envelope = json::parse(body).map_err(|e| PushError::NotJson(e.to_string()))?;
+    let envelope = json::parse(body).map_err(|e| PushError::NotJson(e.into()))?;
     let Value::Object(mut envelope) = envelope else {
         return Err(PushError::NotAnEnvelope(format!(
             "expected a JSON object, found {}",
@@ -223,16 +236,19 @@ fn decode_wrapped(headers: &HeaderMap, body: &[u8]) -> Result<Delivery, PushErro
         None | Some(Value::Null) => EndpointName::only(),
         Some(Value::String(s)) => subscription("subscription", s)?,
         Some(other) => {
-            return Err(PushError::BadSubscription(format!(
-                "`subscription` must be a string, found {}",
-                json_type(other)
-            )));
+            return Err(PushError::BadSubscription(
+                format!(
+                    "`subscription` must be a string, found {}",
+                    json_type(other)
+                )
+                .into(),
+            ));
         }
     };
     let decoded = match message.get("data") {
         None | Some(Value::Null) => Err(malformed(
             &id,
-            "message has no `data` (attributes only): no gcr payload".into(),
+            "message has no `data` (attributes only): no gcr payload",
         )),
         Some(Value::String(data)) => match decode_base64(data) {
             Ok(payload) => parse_payload(&id, &payload),
@@ -294,10 +310,9 @@ fn message_id_field(
     match message.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => check_id(key, s).map(Some),
-        Some(other) => Err(PushError::BadMessageId(format!(
-            "`{key}` must be a string, found {}",
-            json_type(other)
-        ))),
+        Some(other) => Err(PushError::BadMessageId(
+            format!("`{key}` must be a string, found {}", json_type(other)).into(),
+        )),
     }
 }
 
@@ -305,9 +320,11 @@ fn message_id_field(
 /// requires of ids ([`json::check_id`]).
 fn check_id(name: &str, id: &str) -> Result<EventId, PushError> {
     if id.trim().is_empty() {
-        return Err(PushError::BadMessageId(format!("`{name}` is empty")));
+        return Err(PushError::BadMessageId(format!("`{name}` is empty").into()));
     }
-    json::check_id(id).map_err(|e| PushError::BadMessageId(format!("`{name}` {e}")))?;
+    json::check_id(id).map_err(|e| {
+        PushError::BadMessageId(Unreadable::from(e).prefixed(format_args!("`{name}` ")))
+    })?;
     Ok(EventId(id.to_owned()))
 }
 
@@ -341,10 +358,6 @@ fn parse_payload(id: &EventId, payload: &[u8]) -> Result<crate::event::Event, Ma
         })
 }
 
-fn malformed(id: &EventId, reason: String) -> Malformed {
-    Malformed {
-        id: id.clone(),
-        source: Source::PubsubPush,
-        reason,
-    }
+fn malformed(id: &EventId, why: impl Into<Unreadable>) -> Malformed {
+    Malformed::new(id.clone(), Source::PubsubPush, why)
 }

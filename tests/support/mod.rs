@@ -7,6 +7,7 @@ pub mod fault_proxy;
 pub mod fixtures;
 pub mod git;
 pub mod oci;
+pub mod payloads;
 pub mod postgres;
 pub mod prometheus;
 pub mod pubsub;

@@ -34,7 +34,8 @@ pub fn run(parse: Parser, body: &Value, registry: Option<&str>) -> Parsed {
 pub fn rejected(parse: Parser, body: &[u8], phrases: &[&str]) {
     match parse(body, None) {
         Ok(parsed) => panic!("accepted {:?}: {parsed:?}", String::from_utf8_lossy(body)),
-        Err(Rejected(message)) => {
+        Err(Rejected(why)) => {
+            let message = why.reason;
             for phrase in phrases {
                 assert!(
                     message.contains(phrase),
@@ -80,6 +81,7 @@ pub fn assert_malformed(delivery: &Decoded, source: Source, id: &str, phrases: &
         id: mid,
         source: msource,
         reason,
+        ..
     }) = &delivery.decoded
     else {
         panic!("expected malformed, got {:?}", delivery.decoded);

@@ -217,16 +217,27 @@ impl Service {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    /// The value of the first `/metrics` line starting with `line_start`
-    /// (name and labels), 0 when there is none yet.
-    pub async fn metric(&self, line_start: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
+    /// The body of `GET path`, as text.
+    pub async fn text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        self.text("/metrics").await
+    }
+
+    /// The value of the first `/metrics` line starting with `line_start`
+    /// (name and labels), 0 when there is none yet.
+    pub async fn metric(&self, line_start: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(line_start))
             .and_then(|rest| rest.trim().parse().ok())
             .unwrap_or(0.0)

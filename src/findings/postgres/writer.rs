@@ -76,16 +76,17 @@ fn key(d: &Decision) -> Key {
 
 /// Inserts the batch's new decisions (the first of each key; dedupe by the
 /// unique key, so a decision another replica committed first is a
-/// duplicate), forgets their undecided budgets, inserts the findings and
-/// their deliveries for every known sink, and commits. Nothing is written
+/// duplicate), forgets their undecided budgets, inserts the findings (and,
+/// with [`DELIVERIES`], their deliveries for every known sink unless
+/// excepted), and commits. Nothing is written
 /// when it fails.
 const INSERT: &str = "\
 WITH k AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
                        $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                       $11::text[], $12::text[], $13::int8[])
+                       $11::text[], $12::text[], $13::int8[], $14::text[])
     AS k(source, endpoint, event_id, received_at_ms, verdict, action, repository, digest,
-         tag, reason, evidence, manifest_commit, index_generation)
+         tag, reason, evidence, manifest_commit, index_generation, excepted_by)
 ),
 ins AS (
   INSERT INTO decisions (source, endpoint, event_id, received_at_ms, verdict)
@@ -100,19 +101,21 @@ forgotten AS (
 f AS (
   INSERT INTO findings (created_at_ms, received_at_ms, source, endpoint, event_id, action,
                         repository, digest, tag, verdict, reason, evidence, manifest_commit,
-                        index_generation)
-  SELECT $14, k.received_at_ms, k.source, k.endpoint, k.event_id, k.action, k.repository,
-         k.digest, k.tag, k.verdict, k.reason, k.evidence, k.manifest_commit, k.index_generation
+                        index_generation, excepted_by)
+  SELECT $15, k.received_at_ms, k.source, k.endpoint, k.event_id, k.action, k.repository,
+         k.digest, k.tag, k.verdict, k.reason, k.evidence, k.manifest_commit, k.index_generation,
+         k.excepted_by
   FROM k JOIN ins USING (source, endpoint, event_id)
   WHERE k.evidence IS NOT NULL
   ORDER BY k.source, k.endpoint, k.event_id
-  RETURNING id, source, endpoint, event_id
+  RETURNING id, source, endpoint, event_id, excepted_by IS NULL AS owed
 )
-SELECT ins.source, ins.endpoint, ins.event_id, f.id
+SELECT ins.source, ins.endpoint, ins.event_id, f.id, f.owed
 FROM ins LEFT JOIN f USING (source, endpoint, event_id)";
 
-/// A separate statement, so that it reads `sinks` after the findings insert
-/// took its table lock: a sink registering meanwhile either sees these
+/// Given only the findings owed to sinks (not excepted). A separate
+/// statement, so that it reads `sinks` after the findings insert took its
+/// table lock: a sink registering meanwhile either sees these
 /// findings or is seen here (see `PostgresStore::register_sink`).
 const DELIVERIES: &str = "\
 INSERT INTO deliveries (finding, sink, state, attempts, next_attempt_ms)
@@ -171,6 +174,7 @@ async fn write(
     let reasons = col(&|p| Some(p.decision.reason.clone()));
     let evidence = col(&|p| p.evidence.clone());
     let commits = col(&|p| p.decision.manifest_commit.clone());
+    let excepted = col(&|p| p.decision.excepted_by.clone());
     // Stored bit for bit as i64, as in SQLite.
     let generations: Vec<i64> = leaders
         .iter()
@@ -194,16 +198,22 @@ async fn write(
                 &evidence,
                 &commits,
                 &generations,
+                &excepted,
                 &now_ms(),
             ],
         )
         .await
         .map_err(|e| chain(&e))?;
     let mut inserted: HashMap<Key, Option<i64>> = HashMap::with_capacity(rows.len());
+    // Findings owed to sinks: an excepted one is kept but never delivered.
+    let mut findings: Vec<i64> = Vec::with_capacity(rows.len());
     for row in rows {
-        inserted.insert((row.get(0), row.get(1), row.get(2)), row.get(3));
+        let id: Option<i64> = row.get(3);
+        if let (Some(id), Some(true)) = (id, row.get::<_, Option<bool>>(4)) {
+            findings.push(id);
+        }
+        inserted.insert((row.get(0), row.get(1), row.get(2)), id);
     }
-    let findings: Vec<i64> = inserted.values().filter_map(|id| *id).collect();
     if !findings.is_empty() {
         let statement = tx.prepare_cached(DELIVERIES).await.map_err(|e| chain(&e))?;
         tx.execute(&statement, &[&findings])

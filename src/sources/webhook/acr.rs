@@ -23,7 +23,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::event::{Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -34,13 +34,13 @@ const VALIDATION_EVENT: &str = "Microsoft.EventGrid.SubscriptionValidationEvent"
 /// registries audited under another name than the one clients pushed to.
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
     let value = crate::sources::json::parse(body)
-        .map_err(|e| Rejected(format!("ACR webhook body is not JSON: {e}")))?;
+        .map_err(|e| Rejected(Unreadable::from(e).prefixed("ACR webhook body is not JSON: ")))?;
     let mut parsed = Parsed::default();
     match &value {
         Value::Array(events) => {
             for (index, event) in events.iter().enumerate() {
                 let Value::Object(event) = event else {
-                    return Err(Rejected(format!(
+                    return Err(Rejected::from(format!(
                         "Event Grid events[{index}] must be an object, found {}",
                         json_type(event)
                     )));
@@ -76,7 +76,7 @@ pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, R
             ));
         }
         other => {
-            return Err(Rejected(format!(
+            return Err(Rejected::from(format!(
                 "ACR webhook body must be a JSON array or object, found {}",
                 json_type(other)
             )));
@@ -117,26 +117,18 @@ fn grid_event(
 ) -> Result<(), Rejected> {
     let id = event_id(event, place)?;
     let type_field = schema.type_field();
-    let kind = match text(event, "", &[type_field]) {
-        Ok(Some(VALIDATION_EVENT)) => {
+    let kind = match event_type(event, type_field, "is missing") {
+        Ok(VALIDATION_EVENT) => {
             parsed.reply = Some(validation_reply(event, &id)?);
             return Ok(());
         }
         // Older documentation shows the short names, newer the full ones.
-        Ok(Some(t)) => match t.strip_prefix("Microsoft.ContainerRegistry.").unwrap_or(t) {
+        Ok(t) => match t.strip_prefix("Microsoft.ContainerRegistry.").unwrap_or(t) {
             "ImagePushed" => Kind::Audit(Action::Insert),
             "ImageDeleted" => Kind::Audit(Action::Delete),
             "ChartPushed" | "ChartDeleted" => Kind::Ignore(IgnoreReason::NotAnImage),
             _ => Kind::Ignore(IgnoreReason::UnknownType),
         },
-        Ok(None) => {
-            parsed.deliveries.push(Decoded::malformed(
-                Source::Acr,
-                id,
-                format!("field `{type_field}` is missing"),
-            ));
-            return Ok(());
-        }
         Err(reason) => {
             parsed
                 .deliveries
@@ -153,10 +145,9 @@ fn grid_event(
     };
     let change = match event.get("data") {
         Some(Value::Object(data)) => image_event(&id, action, data, "data", registry),
-        Some(other) => Err(format!(
-            "field `data` must be an object, found {}",
-            json_type(other)
-        )),
+        Some(other) => {
+            Err(format!("field `data` must be an object, found {}", json_type(other)).into())
+        }
         None => Err("field `data` is missing".into()),
     };
     parsed.deliveries.push(Decoded::of(Source::Acr, id, change));
@@ -169,10 +160,10 @@ fn grid_event(
 fn validation_reply(event: &Map<String, Value>, id: &EventId) -> Result<Value, Rejected> {
     match text(event, "", &["data", "validationCode"]) {
         Ok(Some(code)) => Ok(json!({ "validationResponse": code })),
-        Ok(None) => Err(Rejected(format!(
+        Ok(None) => Err(Rejected::from(format!(
             "event {id}: {VALIDATION_EVENT} without field `data.validationCode`"
         ))),
-        Err(reason) => Err(Rejected(format!("event {id}: {reason}"))),
+        Err(reason) => Err(Rejected::from(format!("event {id}: {reason}"))),
     }
 }
 
@@ -182,10 +173,10 @@ fn native_event(
     parsed: &mut Parsed,
 ) -> Result<(), Rejected> {
     let id = event_id(event, "ACR webhook")?;
-    let action = match text(event, "", &["action"]) {
-        Ok(Some("push")) => Action::Insert,
-        Ok(Some("delete")) => Action::Delete,
-        Ok(Some("chart_push" | "chart_delete")) => {
+    let action = match event_type(event, "action", "is empty") {
+        Ok("push") => Action::Insert,
+        Ok("delete") => Action::Delete,
+        Ok("chart_push" | "chart_delete") => {
             parsed.ignored.push(Ignored {
                 id: id.0,
                 why: IgnoreReason::NotAnImage,
@@ -193,19 +184,11 @@ fn native_event(
             return Ok(());
         }
         // `ping` (a test delivery), `quarantine`, and whatever comes next.
-        Ok(Some(_)) => {
+        Ok(_) => {
             parsed.ignored.push(Ignored {
                 id: id.0,
                 why: IgnoreReason::UnknownType,
             });
-            return Ok(());
-        }
-        Ok(None) => {
-            parsed.deliveries.push(Decoded::malformed(
-                Source::Acr,
-                id,
-                "field `action` is empty".into(),
-            ));
             return Ok(());
         }
         Err(reason) => {
@@ -220,6 +203,16 @@ fn native_event(
     Ok(())
 }
 
+/// The field naming what happened (`eventType`, `type`, `action`); without
+/// it the event is unreadable, and `absent` says how (`is missing`).
+fn event_type<'a>(
+    event: &'a Map<String, Value>,
+    key: &str,
+    absent: &str,
+) -> Result<&'a str, Unreadable> {
+    text(event, "", &[key])?.ok_or_else(|| format!("field `{key}` {absent}").into())
+}
+
 /// The change described by `target` and `request` inside `obj` (which stood
 /// at `at`: `data` for Event Grid, the top level for native webhooks).
 fn image_event(
@@ -228,7 +221,7 @@ fn image_event(
     obj: &Map<String, Value>,
     at: &str,
     registry: Option<&RegistryPrefix>,
-) -> Result<Event, String> {
+) -> Result<Event, Unreadable> {
     let name = |path: &str| {
         if at.is_empty() {
             path.to_string()
@@ -237,17 +230,16 @@ fn image_event(
         }
     };
     let field = |path: &[&str]| text(obj, at, path);
+    // A reference type's refusal keeps its limit (an over-long name)
+    // through the field's name added in front.
+    let refused = |path: &str, e: crate::reference::ParseError| {
+        Unreadable::from(e).prefixed(format_args!("field `{}`: ", name(path)))
+    };
     let digest = field(&["target", "digest"])?
-        .map(|d| {
-            d.parse::<Digest>()
-                .map_err(|e| format!("field `{}`: {e}", name("target.digest")))
-        })
+        .map(|d| d.parse::<Digest>().map_err(|e| refused("target.digest", e)))
         .transpose()?;
     let tag = field(&["target", "tag"])?
-        .map(|t| {
-            t.parse::<Tag>()
-                .map_err(|e| format!("field `{}`: {e}", name("target.tag")))
-        })
+        .map(|t| t.parse::<Tag>().map_err(|e| refused("target.tag", e)))
         .transpose()?;
     if digest.is_none() && tag.is_none() {
         // A whole-repository delete may be such an event; it still must not
@@ -256,7 +248,8 @@ fn image_event(
             "neither `{}` nor `{}` is set: the event names no image",
             name("target.digest"),
             name("target.tag")
-        ));
+        )
+        .into());
     }
     let repository = field(&["target", "repository"])?
         .ok_or_else(|| format!("field `{}` is missing", name("target.repository")))?;
@@ -275,14 +268,19 @@ fn image_event(
                     "field `{}` {:?} is not a host name",
                     name("request.host"),
                     shown(host)
-                ));
+                )
+                .into());
             }
             host.parse::<RegistryPrefix>()
-                .map_err(|e| format!("field `{}`: {e}", name("request.host")))?
+                .map_err(|e| refused("request.host", e))?
         }
     };
-    let repository = Repository::join(&prefix, repository)
-        .map_err(|e| format!("field `{}` under {prefix}: {e}", name("target.repository")))?;
+    let repository = Repository::join(&prefix, repository).map_err(|e| {
+        Unreadable::from(e).prefixed(format_args!(
+            "field `{}` under {prefix}: ",
+            name("target.repository")
+        ))
+    })?;
     Ok(Event {
         id: id.clone(),
         source: Source::Acr,
@@ -298,21 +296,23 @@ fn event_id(event: &Map<String, Value>, place: &str) -> Result<EventId, Rejected
     let id = match event.get("id") {
         Some(Value::String(s)) if !s.is_empty() => s,
         Some(Value::String(_)) => {
-            return Err(Rejected(format!("{place}: field `id` is empty")));
+            return Err(Rejected::from(format!("{place}: field `id` is empty")));
         }
         Some(other) => {
-            return Err(Rejected(format!(
+            return Err(Rejected::from(format!(
                 "{place}: field `id` must be a string, found {}",
                 json_type(other)
             )));
         }
         None => {
-            return Err(Rejected(format!(
+            return Err(Rejected::from(format!(
                 "{place}: field `id` is missing, so the event can be neither recorded nor \
                  deduplicated"
             )));
         }
     };
-    check_id(id).map_err(|e| Rejected(format!("{place}: field `id` {e}")))?;
+    check_id(id).map_err(|e| {
+        Rejected(Unreadable::from(e).prefixed(format_args!("{place}: field `id` ")))
+    })?;
     Ok(EventId(id.clone()))
 }

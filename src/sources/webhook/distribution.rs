@@ -6,9 +6,9 @@
 //! registry prefix supplies it. `target.url` is never used for that, since
 //! its host is whatever the pushing client sent as `Host`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::event::{Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::registry::{DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
 use crate::sources::json;
@@ -25,7 +25,8 @@ const BLOB: &str = "application/octet-stream";
 
 /// Parses one notification request from the registry at `registry`.
 pub fn parse(body: &[u8], registry: &RegistryPrefix) -> Result<Parsed, Rejected> {
-    let value = json::parse(body).map_err(|e| Rejected(format!("body is not JSON: {e}")))?;
+    let value = json::parse(body)
+        .map_err(|e| Rejected(Unreadable::from(e).prefixed("body is not JSON: ")))?;
     let Some(Value::Array(events)) = value.get("events") else {
         return Err(Rejected(
             "body is not a distribution notification: expected {\"events\": [...]}".into(),
@@ -48,10 +49,10 @@ enum Item {
 }
 
 fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) -> Item {
-    let deliver = |event: Result<Event, String>| {
+    let deliver = |event: Result<Event, Unreadable>| {
         Item::Deliver(Decoded::of(Source::Distribution, id.clone(), event))
     };
-    let malformed = |reason: String| deliver(Err(reason));
+    let malformed = |why: Unreadable| deliver(Err(why));
     let ignore = |why| {
         Item::Ignore(Ignored {
             id: id.0.clone(),
@@ -59,25 +60,17 @@ fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) 
         })
     };
     let Value::Object(event) = event else {
-        return malformed(format!("events[{i}] is not a JSON object"));
+        return malformed(format!("events[{i}] is not a JSON object").into());
     };
-    let text = |fields: &Map<String, Value>, key: &str| -> Result<Option<String>, String> {
-        match fields.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("field `{key}` must be a string")),
-        }
-    };
-    let action = match text(event, "action") {
+    let action = match json::text(event, "", &["action"]) {
         Ok(Some(a)) => a,
         Ok(None) => return malformed("field `action` is missing".into()),
-        Err(e) => return malformed(e),
+        Err(e) => return malformed(e.into()),
     };
     let Some(Value::Object(target)) = event.get("target") else {
         return malformed("field `target` is missing or not an object".into());
     };
-    let field = |key: &str| text(target, key).map_err(|e| e.replace("field `", "field `target."));
+    let field = |key: &str| json::text(target, "target", &[key]);
     let (media_type, digest, tag, repository) = match (
         field("mediaType"),
         field("digest"),
@@ -85,14 +78,16 @@ fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) 
         field("repository"),
     ) {
         (Ok(m), Ok(d), Ok(t), Ok(r)) => (m, d, t, r),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => return malformed(e),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), _) | (.., Err(e)) => {
+            return malformed(e.into());
+        }
     };
 
-    let action = match action.as_str() {
+    let action = match action {
         "pull" => return ignore(IgnoreReason::Pull),
         // A mount is a cross-repository blob copy; a push without a
         // manifest media type is a blob upload.
-        "push" | "mount" if !is_manifest(media_type.as_deref()) => {
+        "push" | "mount" if !is_manifest(media_type) => {
             return ignore(IgnoreReason::Blob);
         }
         "push" | "mount" => Action::Insert,
@@ -104,17 +99,17 @@ fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) 
     let Some(repository) = repository else {
         return malformed("field `target.repository` is missing".into());
     };
-    let repository = match Repository::join(registry, &repository) {
+    let repository = match Repository::join(registry, repository) {
         Ok(r) => r,
-        Err(e) => return malformed(format!("field `target.repository`: {e}")),
+        Err(e) => return malformed(Unreadable::from(e).prefixed("field `target.repository`: ")),
     };
-    let digest = match digest.as_deref().map(str::parse::<Digest>).transpose() {
+    let digest = match digest.map(str::parse::<Digest>).transpose() {
         Ok(d) => d,
-        Err(e) => return malformed(format!("field `target.digest`: {e}")),
+        Err(e) => return malformed(Unreadable::from(e).prefixed("field `target.digest`: ")),
     };
-    let tag = match tag.as_deref().map(str::parse::<Tag>).transpose() {
+    let tag = match tag.map(str::parse::<Tag>).transpose() {
         Ok(t) => t,
-        Err(e) => return malformed(format!("field `target.tag`: {e}")),
+        Err(e) => return malformed(Unreadable::from(e).prefixed("field `target.tag`: ")),
     };
     if digest.is_none() && tag.is_none() {
         return malformed("neither `target.digest` nor `target.tag` is set".into());
@@ -137,7 +132,9 @@ fn parse_event(i: usize, id: EventId, event: &Value, registry: &RegistryPrefix) 
 fn event_id(i: usize, event: &Value) -> Result<EventId, Rejected> {
     match event.get("id") {
         Some(Value::String(id)) if !id.is_empty() => {
-            json::check_id(id).map_err(|e| Rejected(format!("field `events[{i}].id` {e}")))?;
+            json::check_id(id).map_err(|e| {
+                Rejected(Unreadable::from(e).prefixed(format_args!("field `events[{i}].id` ")))
+            })?;
             Ok(EventId(id.clone()))
         }
         _ => {
@@ -306,7 +303,7 @@ mod tests {
     fn requests_that_are_not_notifications_are_rejected() {
         for body in [&b"not json"[..], b"{}", br#"{"events": {}}"#, b"[]"] {
             let err = parse(body, &prefix()).unwrap_err();
-            assert!(!err.0.is_empty());
+            assert!(!err.0.reason.is_empty());
         }
     }
 }

@@ -25,9 +25,9 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
-use crate::sources::json::{check_id, json_type, shown, text};
+use crate::sources::json::{check_id, json_type, required, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 /// The detail-type of pushes and deletions; every other ECR detail-type
@@ -39,8 +39,9 @@ const IMAGE_ACTION: &str = "ECR Image Action";
 /// derived from the event's `account` and `region`, for registries reached
 /// by another name (a VPC endpoint, a pull-through alias).
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
-    let value = crate::sources::json::parse(body)
-        .map_err(|e| Rejected(format!("ECR (EventBridge) body is not JSON: {e}")))?;
+    let value = crate::sources::json::parse(body).map_err(|e| {
+        Rejected(Unreadable::from(e).prefixed("ECR (EventBridge) body is not JSON: "))
+    })?;
     let root = match value {
         Value::Object(root) => root,
         Value::Array(_) => {
@@ -51,29 +52,17 @@ pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, R
             ));
         }
         other => {
-            return Err(Rejected(format!(
+            return Err(Rejected::from(format!(
                 "ECR (EventBridge) body must be a JSON object, found {}",
                 json_type(&other)
             )));
         }
     };
-    let envelope = |key: &str| -> Result<&str, Rejected> {
-        match root.get(key) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s),
-            Some(Value::String(_)) => Err(Rejected(format!(
-                "not an EventBridge event: field `{key}` is empty"
-            ))),
-            Some(other) => Err(Rejected(format!(
-                "not an EventBridge event: field `{key}` must be a string, found {}",
-                json_type(other)
-            ))),
-            None => Err(Rejected(format!(
-                "not an EventBridge event: field `{key}` is missing"
-            ))),
-        }
+    let envelope = |key: &str| {
+        required(&root, key).map_err(|e| Rejected(e.prefixed("not an EventBridge event: ")))
     };
     let id = envelope("id")?;
-    check_id(id).map_err(|e| Rejected(format!("EventBridge field `id` {e}")))?;
+    check_id(id).map_err(|e| Rejected(Unreadable::from(e).prefixed("EventBridge field `id` ")))?;
     let detail_type = envelope("detail-type")?;
 
     let mut parsed = Parsed::default();
@@ -103,13 +92,13 @@ enum NoEvent {
     /// Not audited, and rightly so.
     Skip(IgnoreReason),
     /// Unreadable: a `malformed` verdict.
-    Bad(String),
+    Bad(Unreadable),
 }
 use NoEvent::{Bad, Skip};
 
-impl From<String> for NoEvent {
-    fn from(reason: String) -> Self {
-        Bad(reason)
+impl<T: Into<Unreadable>> From<T> for NoEvent {
+    fn from(why: T) -> Self {
+        Bad(why.into())
     }
 }
 
@@ -121,69 +110,71 @@ fn image_action(
     match text(root, "", &["source"])? {
         Some("aws.ecr") => {}
         Some(_) => return Err(Skip(IgnoreReason::UnknownType)),
-        None => return Err(Bad("field `source` is missing".into())),
+        None => return Err("field `source` is missing".into()),
     }
     let detail = match root.get("detail") {
         Some(Value::Object(detail)) => detail,
         Some(other) => {
-            return Err(Bad(format!(
+            return Err(format!(
                 "field `detail` must be an object, found {}",
                 json_type(other)
-            )));
+            )
+            .into());
         }
-        None => return Err(Bad("field `detail` is missing".into())),
+        None => return Err("field `detail` is missing".into()),
     };
     let field = |key: &str| text(detail, "detail", &[key]);
+    // A value outside the documented set, or none, is unreadable.
+    let unexpected = |key: &str, value: Option<&str>, expected: &str| -> NoEvent {
+        match value {
+            Some(other) => format!(
+                "field `detail.{key}` is {:?} (expected {expected})",
+                shown(other)
+            ),
+            None => format!("field `detail.{key}` is missing"),
+        }
+        .into()
+    };
     // First: a failed action may lack the fields a successful one has.
     match field("result")? {
         Some("SUCCESS") => {}
         Some("FAILURE") => return Err(Skip(IgnoreReason::Failed)),
-        Some(other) => {
-            return Err(Bad(format!(
-                "field `detail.result` is {:?} (expected SUCCESS or FAILURE)",
-                shown(other)
-            )));
-        }
-        None => return Err(Bad("field `detail.result` is missing".into())),
+        other => return Err(unexpected("result", other, "SUCCESS or FAILURE")),
     }
     // An unknown action inside a known event type could be a change the
     // auditor cannot see: `malformed` alerts, where ignoring would not.
     let action = match field("action-type")? {
         Some("PUSH") => Action::Insert,
         Some("DELETE") => Action::Delete,
-        Some(other) => {
-            return Err(Bad(format!(
-                "field `detail.action-type` is {:?} (expected PUSH or DELETE)",
-                shown(other)
-            )));
-        }
-        None => return Err(Bad("field `detail.action-type` is missing".into())),
+        other => return Err(unexpected("action-type", other, "PUSH or DELETE")),
     };
     let prefix = match registry {
         Some(prefix) => prefix.clone(),
         None => registry_of(root)?,
     };
-    let name = field("repository-name")?
-        .ok_or_else(|| "field `detail.repository-name` is missing".to_string())?;
-    let repository = Repository::join(&prefix, name)
-        .map_err(|e| format!("field `detail.repository-name` under {prefix}: {e}"))?;
+    let name = field("repository-name")?.ok_or("field `detail.repository-name` is missing")?;
+    let repository = Repository::join(&prefix, name).map_err(|e| {
+        Unreadable::from(e).prefixed(format_args!(
+            "field `detail.repository-name` under {prefix}: "
+        ))
+    })?;
     let digest = field("image-digest")?
         .map(|d| {
             d.parse::<Digest>()
-                .map_err(|e| format!("field `detail.image-digest`: {e}"))
+                .map_err(|e| Unreadable::from(e).prefixed("field `detail.image-digest`: "))
         })
         .transpose()?;
     let tag = field("image-tag")?
         .map(|t| {
             t.parse::<Tag>()
-                .map_err(|e| format!("field `detail.image-tag`: {e}"))
+                .map_err(|e| Unreadable::from(e).prefixed("field `detail.image-tag`: "))
         })
         .transpose()?;
     if digest.is_none() && tag.is_none() {
-        return Err(Bad(
+        return Err(
             "neither `detail.image-digest` nor `detail.image-tag` is set: the event names no image"
                 .into(),
-        ));
+        );
     }
     Ok(Event {
         id: id.clone(),
@@ -199,17 +190,18 @@ fn image_action(
 /// repository of that account and region lives in (`.com.cn` in the China
 /// partition, whose regions are `cn-*`). Both parts are checked so that an
 /// event cannot smuggle a path or another host into the prefix.
-fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, String> {
+fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, Unreadable> {
     let account = text(root, "", &["account"])?
-        .ok_or_else(|| "field `account` is missing (and no registry is configured)".to_string())?;
+        .ok_or("field `account` is missing (and no registry is configured)")?;
     if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
             "field `account` {:?} is not a 12-digit AWS account id",
             shown(account)
-        ));
+        )
+        .into());
     }
     let region = text(root, "", &["region"])?
-        .ok_or_else(|| "field `region` is missing (and no registry is configured)".to_string())?;
+        .ok_or("field `region` is missing (and no registry is configured)")?;
     if region.len() > 32
         || !region
             .bytes()
@@ -218,7 +210,8 @@ fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, String> {
         return Err(format!(
             "field `region` {:?} is not an AWS region name",
             shown(region)
-        ));
+        )
+        .into());
     }
     let domain = if region.starts_with("cn-") {
         "amazonaws.com.cn"
@@ -227,5 +220,7 @@ fn registry_of(root: &Map<String, Value>) -> Result<RegistryPrefix, String> {
     };
     format!("{account}.dkr.ecr.{region}.{domain}")
         .parse()
-        .map_err(|e| format!("fields `account` and `region` make no registry host: {e}"))
+        .map_err(|e| {
+            Unreadable::from(e).prefixed("fields `account` and `region` make no registry host: ")
+        })
 }

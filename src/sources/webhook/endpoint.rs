@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 use super::WebhookKind;
 use crate::event::EndpointName;
 use crate::reference::RegistryPrefix;
+use crate::secret::{TokenError, configured_token};
 use crate::sources::json;
 
 /// A request listing more events than its endpoint accepts (answered 413,
@@ -95,6 +96,33 @@ impl Endpoint {
     }
 }
 
+/// Why the webhook endpoints cannot be served as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("webhooks.{kind}[{index}]: name is empty")]
+    EmptyName { kind: &'static str, index: usize },
+    /// `at` names the endpoint: `webhooks.<kind>[<index>] (<name>)`.
+    #[error("{at}: {problem}")]
+    Refused { at: String, problem: Problem },
+}
+
+/// What is wrong with one named endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("another {0} endpoint has the same name: names keep their events apart")]
+    SameName(&'static str),
+    #[error("set token or token_env: an endpoint without a secret would accept forged events")]
+    NoToken,
+    #[error(transparent)]
+    Token(TokenError),
+    #[error("another {0} endpoint has the same token")]
+    SameToken(&'static str),
+    #[error("max_events must be at least 1")]
+    NoEvents,
+    #[error("registry is required: distribution events name no host")]
+    NoRegistry,
+}
+
 /// Every configured endpoint, by kind; requests are matched to an endpoint
 /// by their token.
 #[derive(Default)]
@@ -111,53 +139,42 @@ impl Endpoints {
     pub fn from_config(
         configs: &[(WebhookKind, &[EndpointConfig])],
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Endpoints, String> {
+    ) -> Result<Endpoints, EndpointError> {
         let mut by_kind = Vec::new();
         for &(kind, configs) in configs {
             let mut endpoints: Vec<Endpoint> = Vec::new();
-            for (i, c) in configs.iter().enumerate() {
-                let at = format!("webhooks.{}[{i}] ({})", kind.as_str(), c.name);
+            for (index, c) in configs.iter().enumerate() {
+                let kind_name = kind.as_str();
                 if c.name.trim().is_empty() {
-                    return Err(format!("webhooks.{}[{i}]: name is empty", kind.as_str()));
+                    return Err(EndpointError::EmptyName {
+                        kind: kind_name,
+                        index,
+                    });
                 }
-                if endpoints.iter().any(|e| e.name.0 == c.name) {
-                    return Err(format!(
-                        "{at}: another {} endpoint has the same name: names keep their \
-                         events apart",
-                        kind.as_str()
-                    ));
-                }
-                let token = match (&c.token, &c.token_env) {
-                    (Some(t), None) => t.clone(),
-                    (None, Some(var)) => env(var).ok_or_else(|| {
-                        format!("{at}: token_env: environment variable {var} is not set")
-                    })?,
-                    (None, None) => {
-                        return Err(format!(
-                            "{at}: set token or token_env: an endpoint without a secret \
-                             would accept forged events"
-                        ));
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(format!("{at}: set token or token_env, not both"));
-                    }
+                let at = format!("webhooks.{kind_name}[{index}] ({})", c.name);
+                let refused = |problem| {
+                    Err(EndpointError::Refused {
+                        at: at.clone(),
+                        problem,
+                    })
                 };
-                if token.len() < 16 {
-                    return Err(format!("{at}: the token must be at least 16 characters"));
+                if endpoints.iter().any(|e| e.name.0 == c.name) {
+                    return refused(Problem::SameName(kind_name));
                 }
+                let token = match configured_token(c.token.as_deref(), c.token_env.as_deref(), &env)
+                {
+                    Ok(Some(token)) => token,
+                    Ok(None) => return refused(Problem::NoToken),
+                    Err(e) => return refused(Problem::Token(e)),
+                };
                 if endpoints.iter().any(|e| *e.token == *token.as_bytes()) {
-                    return Err(format!(
-                        "{at}: another {} endpoint has the same token",
-                        kind.as_str()
-                    ));
+                    return refused(Problem::SameToken(kind_name));
                 }
                 if c.max_events == 0 {
-                    return Err(format!("{at}: max_events must be at least 1"));
+                    return refused(Problem::NoEvents);
                 }
                 if kind == WebhookKind::Distribution && c.registry.is_none() {
-                    return Err(format!(
-                        "{at}: registry is required: distribution events name no host"
-                    ));
+                    return refused(Problem::NoRegistry);
                 }
                 endpoints.push(Endpoint {
                     name: EndpointName(c.name.clone()),
@@ -274,44 +291,50 @@ mod tests {
         );
     }
 
+    /// Endpoints must be told apart by token (which registry sent this?)
+    /// and by name (which scopes event ids), and each must have a secret.
     #[test]
-    fn configurations_that_cannot_tell_registries_apart_are_refused() {
-        let twice = [
-            endpoint("a", Some(TOKEN_A), None),
-            endpoint("b", Some(TOKEN_A), None),
+    fn configurations_that_cannot_tell_endpoints_apart_are_refused() {
+        let refused = |index, name: &str, problem| EndpointError::Refused {
+            at: format!("webhooks.{}[{index}] ({name})", "harbor"),
+            problem,
+        };
+        let cases = [
+            (
+                vec![("a", Some(TOKEN_A), None), ("b", Some(TOKEN_A), None)],
+                refused(1, "b", Problem::SameToken("harbor")),
+            ),
+            (
+                vec![("a", Some(TOKEN_A), Some("TOKEN_B"))],
+                refused(0, "a", Problem::Token(TokenError::Both)),
+            ),
+            (
+                vec![("a", Some(TOKEN_A), None), ("a", Some(TOKEN_B), None)],
+                refused(1, "a", Problem::SameName("harbor")),
+            ),
+            (vec![("a", None, None)], refused(0, "a", Problem::NoToken)),
+            (
+                vec![(" ", Some(TOKEN_A), None)],
+                EndpointError::EmptyName {
+                    kind: "harbor",
+                    index: 0,
+                },
+            ),
         ];
-        let err = Endpoints::from_config(&[(WebhookKind::Harbor, &twice)], env)
-            .err()
-            .unwrap();
-        assert!(
-            err.contains("webhooks.harbor[1] (b)") && err.contains("same token"),
-            "{err}"
+        for (configured, want) in cases {
+            let configs: Vec<_> = configured
+                .iter()
+                .map(|&(name, token, var)| endpoint(name, token, var))
+                .collect();
+            let got = Endpoints::from_config(&[(WebhookKind::Harbor, &configs)], env).err();
+            assert_eq!(got.as_ref(), Some(&want), "{configured:?}");
+        }
+        let message = refused(1, "b", Problem::SameName("harbor")).to_string();
+        assert_eq!(
+            message,
+            "webhooks.harbor[1] (b): another harbor endpoint has the same name: names keep \
+             their events apart"
         );
-        let both = [endpoint("a", Some(TOKEN_A), Some("TOKEN_B"))];
-        let err = Endpoints::from_config(&[(WebhookKind::Ecr, &both)], env)
-            .err()
-            .unwrap();
-        assert!(err.contains("not both"), "{err}");
-    }
-
-    #[test]
-    fn names_scope_event_ids_so_they_must_be_set_and_differ() {
-        let twice = [
-            endpoint("a", Some(TOKEN_A), None),
-            endpoint("a", Some(TOKEN_B), None),
-        ];
-        let err = Endpoints::from_config(&[(WebhookKind::Acr, &twice)], env)
-            .err()
-            .unwrap();
-        assert!(
-            err.contains("webhooks.acr[1] (a)") && err.contains("same name"),
-            "{err}"
-        );
-        let unnamed = [endpoint(" ", Some(TOKEN_A), None)];
-        let err = Endpoints::from_config(&[(WebhookKind::Acr, &unnamed)], env)
-            .err()
-            .unwrap();
-        assert!(err.contains("name is empty"), "{err}");
         // The same name under another kind is another endpoint.
         let a = [endpoint("a", Some(TOKEN_A), None)];
         assert!(

@@ -51,7 +51,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
-use crate::event::{Action, Event, EventId, Source};
+use crate::event::{Action, Event, EventId, Source, Unreadable};
 use crate::reference::{Digest, RegistryPrefix, Repository, Tag};
 use crate::sources::json::{check_id, json_type, shown, text};
 use crate::sources::webhook::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
@@ -64,9 +64,9 @@ const CDEVENT_PUBLISHED: &str = "dev.cdevents.artifact.published.";
 /// `resource_url` (Harbor's configured external URL).
 pub fn parse(body: &[u8], registry: Option<&RegistryPrefix>) -> Result<Parsed, Rejected> {
     let value = crate::sources::json::parse(body)
-        .map_err(|e| Rejected(format!("Harbor webhook body is not JSON: {e}")))?;
+        .map_err(|e| Rejected(Unreadable::from(e).prefixed("Harbor webhook body is not JSON: ")))?;
     let Value::Object(root) = value else {
-        return Err(Rejected(format!(
+        return Err(Rejected::from(format!(
             "Harbor webhook body must be a JSON object, found {}",
             json_type(&value)
         )));
@@ -165,7 +165,7 @@ fn default_payload(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> 
     let kind = match root.get("type") {
         Some(Value::String(t)) if !t.is_empty() => t.as_str(),
         Some(other) => {
-            return Err(Rejected(format!(
+            return Err(Rejected::from(format!(
                 "Harbor webhook field `type` must be a non-empty string, found {}",
                 json_type(other)
             )));
@@ -197,23 +197,13 @@ fn default_payload(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> 
 }
 
 fn cloud_event(root: &Map<String, Value>) -> Result<Envelope<'_>, Rejected> {
-    let text = |key: &str| -> Result<&str, Rejected> {
-        match root.get(key) {
-            Some(Value::String(s)) if !s.is_empty() => Ok(s),
-            Some(Value::String(_)) => Err(Rejected(format!(
-                "Harbor CloudEvents field `{key}` is empty"
-            ))),
-            Some(other) => Err(Rejected(format!(
-                "Harbor CloudEvents field `{key}` must be a string, found {}",
-                json_type(other)
-            ))),
-            None => Err(Rejected(format!(
-                "Harbor CloudEvents field `{key}` is missing"
-            ))),
-        }
+    let text = |key: &str| {
+        crate::sources::json::required(root, key)
+            .map_err(|e| Rejected(e.prefixed("Harbor CloudEvents ")))
     };
     let id = text("id")?;
-    check_id(id).map_err(|e| Rejected(format!("Harbor CloudEvents field `id` {e}")))?;
+    check_id(id)
+        .map_err(|e| Rejected(Unreadable::from(e).prefixed("Harbor CloudEvents field `id` ")))?;
     let kind = text("type")?;
     // The CDEvents type ends in the version of the CDEvents spec, which
     // moves with Harbor's SDK; the event it names does not.
@@ -276,7 +266,8 @@ fn audit_resources(
             return;
         }
     };
-    let repo_full_name = text(data, at, &["repository", "repo_full_name"]);
+    let repo_full_name =
+        text(data, at, &["repository", "repo_full_name"]).map_err(Unreadable::from);
     for (index, resource) in resources.iter().enumerate() {
         let raw = |key: &str| match resource.get(key) {
             Some(Value::String(s)) => s.as_str(),
@@ -291,7 +282,9 @@ fn audit_resources(
         let event = repo_full_name
             .clone()
             .and_then(|name| {
-                name.ok_or_else(|| format!("field `{at}.repository.repo_full_name` is missing"))
+                name.ok_or_else(|| {
+                    format!("field `{at}.repository.repo_full_name` is missing").into()
+                })
             })
             .and_then(|name| {
                 let place = Place {
@@ -321,34 +314,43 @@ fn resource_event(
     place: &Place<'_>,
     repo_full_name: &str,
     registry: Option<&RegistryPrefix>,
-) -> Result<Event, String> {
+) -> Result<Event, Unreadable> {
     let (at, name_field) = (place.resource, place.name);
     let Value::Object(resource) = resource else {
         return Err(format!(
             "field `{at}` must be an object, found {}",
             json_type(resource)
-        ));
+        )
+        .into());
+    };
+    // Every refusal below names its field; a reference type's refusal keeps
+    // its limit (an over-long name) through the words added in front.
+    let field = |name: &str, e: crate::reference::ParseError| {
+        Unreadable::from(e).prefixed(format_args!("field `{name}`: "))
     };
     let digest = text(resource, at, &["digest"])?
         .map(|d| {
             d.parse::<Digest>()
-                .map_err(|e| format!("field `{at}.digest`: {e}"))
+                .map_err(|e| field(&format!("{at}.digest"), e))
         })
         .transpose()?;
     let (digest, tag) = match text(resource, at, &["tag"])? {
         None => (digest, None),
         // Untagged artifacts report their digest as the tag.
         Some(tag) if looks_like_digest(tag) => {
-            let as_digest: Digest = tag
-                .parse()
-                .map_err(|e| format!("field `{at}.tag` holds a digest that is not valid: {e}"))?;
+            let as_digest: Digest = tag.parse().map_err(|e| {
+                Unreadable::from(e).prefixed(format_args!(
+                    "field `{at}.tag` holds a digest that is not valid: "
+                ))
+            })?;
             match digest {
                 None => (Some(as_digest), None),
                 Some(d) if d == as_digest => (Some(d), None),
                 Some(d) => {
                     return Err(format!(
                         "field `{at}.tag` holds digest {as_digest} but `{at}.digest` is {d}"
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -356,18 +358,20 @@ fn resource_event(
             digest,
             Some(
                 tag.parse::<Tag>()
-                    .map_err(|e| format!("field `{at}.tag`: {e}"))?,
+                    .map_err(|e| field(&format!("{at}.tag"), e))?,
             ),
         ),
     };
     if digest.is_none() && tag.is_none() {
         return Err(format!(
             "neither `{at}.digest` nor `{at}.tag` is set: the resource names no artifact"
-        ));
+        )
+        .into());
     }
     let repository = match registry {
-        Some(prefix) => Repository::join(prefix, repo_full_name)
-            .map_err(|e| format!("field `{name_field}` under {prefix}: {e}"))?,
+        Some(prefix) => Repository::join(prefix, repo_full_name).map_err(|e| {
+            Unreadable::from(e).prefixed(format_args!("field `{name_field}` under {prefix}: "))
+        })?,
         None => {
             let url = text(resource, at, &["resource_url"])?.ok_or_else(|| {
                 format!(
@@ -384,9 +388,8 @@ fn resource_event(
             })?;
             let prefix: RegistryPrefix = host
                 .parse()
-                .map_err(|e| format!("field `{at}.resource_url`: {e}"))?;
-            Repository::join(&prefix, repo_full_name)
-                .map_err(|e| format!("field `{name_field}`: {e}"))?
+                .map_err(|e| field(&format!("{at}.resource_url"), e))?;
+            Repository::join(&prefix, repo_full_name).map_err(|e| field(name_field, e))?
         }
     };
     Ok(Event {

@@ -15,7 +15,9 @@ mod endpoint;
 pub mod harbor;
 mod parsed;
 
-pub use endpoint::{DEFAULT_MAX_EVENTS, Endpoint, EndpointConfig, Endpoints, TooManyEvents};
+pub use endpoint::{
+    DEFAULT_MAX_EVENTS, Endpoint, EndpointConfig, EndpointError, Endpoints, Problem, TooManyEvents,
+};
 pub use parsed::{Decoded, IgnoreReason, Ignored, Parsed, Rejected};
 
 use crate::event::Source;
@@ -93,7 +95,7 @@ impl WebhookKind {
         match (self, &endpoint.registry) {
             (WebhookKind::Distribution, Some(registry)) => distribution::parse(body, registry),
             // Startup refuses a distribution endpoint without a registry.
-            (WebhookKind::Distribution, None) => Err(Rejected(format!(
+            (WebhookKind::Distribution, None) => Err(Rejected::from(format!(
                 "webhook endpoint {} has no registry configured",
                 endpoint.name
             ))),

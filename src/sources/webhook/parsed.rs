@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::event::{EndpointName, Event, EventId, Malformed, Source};
+use crate::event::{EndpointName, Event, EventId, LimitHit, Malformed, Source, Unreadable};
 use crate::sources::Delivery;
 
 /// One webhook request, parsed.
@@ -33,7 +33,7 @@ pub struct Decoded {
 impl Decoded {
     /// The event a parser read under `id`, or the reason it could not:
     /// then a `Malformed` under the same id and source.
-    pub fn of(source: Source, id: EventId, event: Result<Event, String>) -> Decoded {
+    pub fn of(source: Source, id: EventId, event: Result<Event, Unreadable>) -> Decoded {
         match event {
             Ok(event) => Decoded {
                 source,
@@ -45,11 +45,11 @@ impl Decoded {
     }
 
     /// An event under `id` that could not be read, and why.
-    pub fn malformed(source: Source, id: EventId, reason: String) -> Decoded {
+    pub fn malformed(source: Source, id: EventId, why: impl Into<Unreadable>) -> Decoded {
         Decoded {
             source,
             id: id.clone(),
-            decoded: Err(Malformed { id, source, reason }),
+            decoded: Err(Malformed::new(id, source, why)),
         }
     }
 
@@ -107,4 +107,17 @@ impl IgnoreReason {
 /// request is still audited.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Rejected(pub String);
+pub struct Rejected(pub Unreadable);
+
+impl Rejected {
+    /// The limit on untrusted input that refused the request, if one did.
+    pub fn limit(&self) -> Option<LimitHit> {
+        self.0.limit
+    }
+}
+
+impl<T: Into<Unreadable>> From<T> for Rejected {
+    fn from(why: T) -> Self {
+        Rejected(why.into())
+    }
+}

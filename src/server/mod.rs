@@ -1,5 +1,8 @@
 //! HTTP routes (docs/design.md §8.4). Handlers translate between HTTP and the library;
-//! decisions stay in the pipeline and the auditor.
+//! decisions stay in the pipeline and the auditor. The routes that take
+//! deliveries from outside (Pub/Sub push, registry webhooks) are in
+//! `ingest`; here are the router, health, lookups, check, findings, admin
+//! and the status page.
 
 use std::sync::Arc;
 
@@ -7,12 +10,14 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+
+mod ingest;
 
 use crate::audit::{Policy, VerdictKind};
 use crate::event::Event;
@@ -23,12 +28,9 @@ use crate::pipeline::Pipeline;
 use crate::reference::Digest;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
-use crate::sources::Disposition;
-use crate::sources::json::LimitHit;
 use crate::sources::pubsub_pull::PullStatus;
-use crate::sources::pubsub_push;
 use crate::sources::push_auth::PushVerifier;
-use crate::sources::webhook::{Endpoints, WebhookKind};
+use crate::sources::webhook::Endpoints;
 
 /// Everything the routes share.
 #[derive(Clone)]
@@ -102,11 +104,11 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
         .route("/v1/findings", get(findings))
         .route(
             "/webhooks/{kind}",
-            post(webhook).options(webhook_validation),
+            post(ingest::webhook).options(ingest::webhook_validation),
         )
         .route("/-/reload", post(reload));
     if state.push_enabled {
-        router = router.route("/pubsub/push", post(pubsub_push));
+        router = router.route("/pubsub/push", post(ingest::pubsub_push));
     }
     let metrics = state.metrics.clone();
     router
@@ -277,6 +279,8 @@ async fn check(State(state): State<AppState>, request: Request) -> Response {
         );
     }
     let mut results = Vec::with_capacity(request.references.len());
+    let exceptions = state.pipeline.exceptions();
+    let today = crate::exceptions::Date::today();
     for text in &request.references {
         let event = match Event::hypothetical_push(text) {
             Ok(event) => event,
@@ -285,13 +289,26 @@ async fn check(State(state): State<AppState>, request: Request) -> Response {
         let index = state.index.load_full();
         let (_, result) =
             audit_or_settle(state.resolver.as_deref(), &index, &event, &state.policy).await;
-        results.push(json!({
+        let lookup = exceptions.lookup(
+            &crate::exceptions::Subject {
+                repository: &event.repository,
+                digest: event.digest.as_ref(),
+                tag: event.tag.as_ref(),
+                verdict: result.verdict.kind,
+            },
+            today,
+        );
+        let mut answer = json!({
             "reference": text,
             "verdict": result.verdict.kind,
-            "alert": result.verdict.kind.alerts(),
+            "alert": result.verdict.kind.alerts() && lookup.applies().is_none(),
             "reason": result.verdict.reason,
             "evidence": result.verdict.evidence,
-        }));
+        });
+        if let Some(shown) = crate::exceptions::Shown::of(lookup) {
+            answer["exception"] = json!(shown);
+        }
+        results.push(answer);
     }
     axum::Json(json!({ "results": results })).into_response()
 }
@@ -340,264 +357,6 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
         Ok(findings) => axum::Json(json!({ "findings": findings })).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-}
-
-/// A Pub/Sub push delivery: 2xx once the verdict is recorded (or the
-/// message is malformed and recorded as such); 503 asks Pub/Sub to retry.
-/// The token is checked before the body is read, so a client without one
-/// cannot make the service hold bodies.
-async fn pubsub_push(State(state): State<AppState>, request: Request) -> Response {
-    if let Some(verifier) = &state.push_verifier
-        && let Err(e) = verifier.verify_headers(request.headers()).await
-    {
-        state.metrics.rejected("unauthenticated");
-        return error(e.status(), e.to_string());
-    }
-    let headers = request.headers().clone();
-    let body = match read_body(&state, request).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    let delivery = match pubsub_push::decode(&headers, &body) {
-        Ok(d) => d,
-        Err(e) => {
-            let message = e.to_string();
-            count_limit_hit(&state.metrics, &message);
-            return error(e.status(), message);
-        }
-    };
-    let handled = state.pipeline.handle(delivery).await;
-    match handled.disposition {
-        // 200: the emulator treats 202 (and, reportedly, 204) as a failure.
-        Disposition::Ack => (
-            StatusCode::OK,
-            axum::Json(json!({ "verdict": handled.verdict, "duplicate": handled.duplicate })),
-        )
-            .into_response(),
-        Disposition::Retry => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "undecided for now; deliver again",
-        ),
-    }
-}
-
-/// A registry webhook: 401 without the endpoint's token, 415 for a content
-/// type the format is never sent with (both decided from the headers,
-/// before the body is read), 413 for more events than the endpoint accepts
-/// in one request, 400 for a body that is not a delivery of the format;
-/// otherwise every event is decided and recorded, then 200 (or the format's
-/// handshake reply). 503 when any event must be delivered again: the
-/// registry resends the request, and the events already recorded are
-/// recognised by their ids.
-async fn webhook(
-    State(state): State<AppState>,
-    Path(kind): Path<String>,
-    request: Request,
-) -> Response {
-    let headers = request.headers().clone();
-    let uri = request.uri().clone();
-    let kind = match configured_kind(&state, &kind) {
-        Ok(kind) => kind,
-        Err(response) => return response,
-    };
-    let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let query = query_token(&uri);
-    let Some(endpoint) = state
-        .webhooks
-        .authenticate_request(kind, authorization, query.as_deref())
-    else {
-        count("unauthorized");
-        state.metrics.rejected("unauthenticated");
-        let message = if authorization.is_some() {
-            "the Authorization header does not carry this endpoint's token"
-        } else {
-            "missing Authorization header: send the endpoint's token as `Bearer <token>`"
-        };
-        return error(StatusCode::UNAUTHORIZED, message);
-    };
-    let essence = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        });
-    if !essence.as_deref().is_some_and(|e| kind.accepts(e)) {
-        count("unsupported_media_type");
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "content type {:?} is not one {} webhooks are sent with",
-                essence.unwrap_or_default(),
-                kind.as_str()
-            ),
-        );
-    }
-    let body = match read_body(&state, request).await {
-        Ok(body) => body,
-        Err(response) => return response,
-    };
-    if let Err(e) = endpoint.check_event_count(&body) {
-        count("rejected");
-        state.metrics.rejected("too_many_events");
-        tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %e,
-            "webhook request refused");
-        return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
-    }
-    let parsed = match kind.parse(&body, endpoint) {
-        Ok(parsed) => parsed,
-        Err(rejected) => {
-            count("rejected");
-            count_limit_hit(&state.metrics, &rejected.0);
-            tracing::warn!(source = kind.as_str(), endpoint = %endpoint.name, error = %rejected,
-                "webhook request rejected");
-            return error(StatusCode::BAD_REQUEST, rejected.to_string());
-        }
-    };
-    for ignored in &parsed.ignored {
-        state
-            .metrics
-            .webhook_ignored(kind.as_str(), ignored.why.as_str());
-    }
-    let handled = futures::future::join_all(
-        parsed
-            .deliveries
-            .into_iter()
-            .map(|d| state.pipeline.handle(d.at(&endpoint.name))),
-    )
-    .await;
-    if handled.iter().any(|h| h.disposition == Disposition::Retry) {
-        count("retry");
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "some events are undecided for now; deliver again",
-        );
-    }
-    count("accepted");
-    match parsed.reply {
-        Some(reply) => axum::Json(reply).into_response(),
-        None => axum::Json(json!({
-            "decided": handled.iter().map(|h| json!({
-                "verdict": h.verdict, "duplicate": h.duplicate,
-            })).collect::<Vec<_>>(),
-            "ignored": parsed.ignored.len(),
-        }))
-        .into_response(),
-    }
-}
-
-/// Counts a refused request whose error reports a parser limit (the
-/// pipeline counts those reported by malformed events).
-fn count_limit_hit(metrics: &Metrics, message: &str) {
-    if let Some(limit) = LimitHit::in_message(message) {
-        metrics.rejected(limit.reason());
-    }
-}
-
-/// The webhook kind named by the path, if any endpoint of it is
-/// configured; otherwise the 404 to answer.
-// The 404 is built once here; it is the rare path, so its size does not matter.
-#[allow(clippy::result_large_err)]
-fn configured_kind(state: &AppState, kind: &str) -> Result<WebhookKind, Response> {
-    WebhookKind::from_path(kind)
-        .filter(|k| state.webhooks.is_configured(*k))
-        .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("no webhook endpoint {kind:?} is configured"),
-            )
-        })
-}
-
-/// The `access_token` query parameter, for kinds whose sender cannot set a
-/// header on every request.
-fn query_token(uri: &Uri) -> Option<String> {
-    #[derive(Deserialize)]
-    struct TokenQuery {
-        access_token: Option<String>,
-    }
-    Query::<TokenQuery>::try_from_uri(uri)
-        .ok()
-        .and_then(|Query(q)| q.access_token)
-}
-
-/// The CloudEvents abuse-protection handshake (`OPTIONS`), which Event Grid
-/// sends before delivering CloudEvents: 200 with `WebHook-Allowed-Origin`
-/// (the requested origin) and `WebHook-Allowed-Rate` (the requested rate,
-/// or `*`: nothing here throttles by rate) is consent. Consent is given only
-/// to a request carrying the endpoint's token, as the `access_token` query
-/// parameter of the subscribed URL (the handshake has no custom headers):
-/// otherwise anyone could point a subscription here and have Event Grid
-/// send us a stream of requests we then refuse. 401 without it, and 405 for
-/// kinds whose senders never validate this way.
-async fn webhook_validation(
-    State(state): State<AppState>,
-    Path(kind): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let kind = match configured_kind(&state, &kind) {
-        Ok(kind) => kind,
-        Err(response) => return response,
-    };
-    if !kind.validates_with_options() {
-        let mut response = error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} webhooks are delivered by POST only", kind.as_str()),
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
-    }
-    let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
-    let Some(origin) = headers.get("webhook-request-origin").cloned() else {
-        count("rejected");
-        return error(
-            StatusCode::BAD_REQUEST,
-            "not a CloudEvents validation request: the WebHook-Request-Origin header is missing",
-        );
-    };
-    let rate = match headers.get("webhook-request-rate") {
-        None => HeaderValue::from_static("*"),
-        Some(rate) => match rate.to_str().ok().and_then(|r| r.parse::<u32>().ok()) {
-            Some(n) if n > 0 => rate.clone(),
-            _ => {
-                count("rejected");
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "WebHook-Request-Rate must be a positive number of requests per minute",
-                );
-            }
-        },
-    };
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let query = query_token(&uri);
-    let Some(endpoint) = state
-        .webhooks
-        .authenticate_request(kind, authorization, query.as_deref())
-    else {
-        count("unauthorized");
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "no consent without the endpoint's token: subscribe the URL with \
-             ?access_token=<token>",
-        );
-    };
-    count("validated");
-    tracing::info!(source = kind.as_str(), endpoint = %endpoint.name,
-        origin = %crate::sources::json::shown(&String::from_utf8_lossy(origin.as_bytes())),
-        "webhook validation handshake answered");
-    let mut response = StatusCode::OK.into_response();
-    let out = response.headers_mut();
-    out.insert("webhook-allowed-origin", origin);
-    out.insert("webhook-allowed-rate", rate);
-    out.insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
-    response
 }
 
 /// Syncs the manifest origin and swaps in a new index built from it (even

@@ -8,43 +8,26 @@
 //! within a small leeway, `email` is an allowed service account and
 //! `email_verified` is true.
 //!
-//! The JWKS is cached here rather than with google-cloud-auth's `idtoken`
-//! verifier, whose cache fails concurrent verifications while a fetch is in
-//! flight (googleapis/google-cloud-rust#6696). This cache:
-//!
-//! - fetches on the first use, when the keys expire (`Cache-Control:
-//!   max-age`, less `Age`) and when a token names a `kid` it does not hold
-//!   (a key rotation);
-//! - never starts two fetches less than
-//!   [`PushAuthConfig::min_refetch_interval`] apart, whatever the reason:
-//!   before the first successful fetch, after a failed one, on an unknown
-//!   `kid`. Anyone can send a token with an RS256 header and an invented
-//!   `kid`, so without this each such request would cost a fetch; and the
-//!   keys are kept at least that long whatever `max-age` says (`max-age=0`
-//!   would otherwise mean a fetch per push);
-//! - runs one fetch at a time: verifications that need the keys while a
-//!   fetch is in flight wait for it and use its result, so a cold cache hit
-//!   by 32 requests at once costs one fetch and fails none of them;
-//! - keeps serving the keys it has when a refresh of expired keys fails
-//!   (Google publishes keys well before signing with them and keeps them
-//!   after), retrying after `min_refetch_interval`.
+//! The JWKS is cached by [`jwks::KeyCache`] (its documentation says how
+//! fetches are limited).
 //!
 //! Errors name the check that failed and never contain the token.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 
 use crate::event::excerpt;
+
+mod jwks;
+
+pub use jwks::JwksError;
+use jwks::KeyCache;
 
 /// Google's JWKS (`jwks_uri` of `https://accounts.google.com`).
 pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
@@ -242,7 +225,7 @@ pub enum AuthError {
     #[error("token email is not verified")]
     EmailNotVerified,
     #[error("signing keys unavailable: {0}")]
-    KeysUnavailable(String),
+    KeysUnavailable(JwksError),
 }
 
 impl AuthError {
@@ -262,40 +245,15 @@ impl AuthError {
 pub struct PushVerifier {
     config: PushAuthConfig,
     validation: Validation,
-    client: reqwest::Client,
-    keys: ArcSwap<KeySet>,
-    /// Held for the whole of a fetch: one fetch at a time.
-    refresh: tokio::sync::Mutex<RefreshState>,
-    /// Fetches started, successful or not.
-    fetches: Counter,
-    /// Verifications refused because the keys they needed could only come
-    /// from a fetch that `min_refetch_interval` did not allow yet.
-    refetches_suppressed: Counter,
-    /// Fetches finished, successful or not (changed under `refresh` only).
-    completed: AtomicU64,
-}
-
-struct KeySet {
-    keys: HashMap<String, Arc<DecodingKey>>,
-    /// `None` before the first successful fetch.
-    expires: Option<Instant>,
-}
-
-#[derive(Default)]
-struct RefreshState {
-    /// When the last fetch started, successful or not.
-    last_fetch: Option<Instant>,
-    /// The error of the last fetch, if it failed.
-    last_failure: Option<String>,
+    keys: KeyCache,
 }
 
 impl fmt::Debug for PushVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let keys = self.keys.load();
         f.debug_struct("PushVerifier")
             .field("config", &self.config)
-            .field("kids", &keys.keys.keys().collect::<Vec<_>>())
-            .field("fetches", &self.fetches.get())
+            .field("kids", &self.keys.kids())
+            .field("fetches", &self.keys.fetches.get())
             .finish_non_exhaustive()
     }
 }
@@ -326,15 +284,7 @@ impl PushVerifier {
         Ok(PushVerifier {
             config,
             validation,
-            client,
-            keys: ArcSwap::from_pointee(KeySet {
-                keys: HashMap::new(),
-                expires: None,
-            }),
-            refresh: tokio::sync::Mutex::new(RefreshState::default()),
-            fetches: Counter::default(),
-            refetches_suppressed: Counter::default(),
-            completed: AtomicU64::new(0),
+            keys: KeyCache::new(client),
         })
     }
 
@@ -345,14 +295,14 @@ impl PushVerifier {
     /// Counts fetches and suppressed refetches in the given counters (the
     /// service's metrics) instead of private ones.
     pub fn with_counters(mut self, fetches: Counter, refetches_suppressed: Counter) -> Self {
-        self.fetches = fetches;
-        self.refetches_suppressed = refetches_suppressed;
+        self.keys.fetches = fetches;
+        self.keys.refetches_suppressed = refetches_suppressed;
         self
     }
 
     /// JWKS fetches started so far.
     pub fn jwks_fetches(&self) -> u64 {
-        self.fetches.get()
+        self.keys.fetches.get()
     }
 
     /// Verifies the `Authorization` header of a push request.
@@ -364,7 +314,7 @@ impl PushVerifier {
             return Err(AuthError::UnsupportedAlgorithm(format!("{:?}", header.alg)));
         }
         let kid = header.kid.ok_or(AuthError::MissingKeyId)?;
-        let key = self.key(&kid).await?;
+        let key = self.keys.key(&self.config, &kid).await?;
         let data = jsonwebtoken::decode::<RawClaims>(token, &key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -432,172 +382,6 @@ impl PushVerifier {
             expires_at: exp.max(0.0) as u64,
         })
     }
-
-    /// The key named `kid`, fetching the JWKS when needed (module docs).
-    async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, AuthError> {
-        {
-            // A short-lived guard: never held across the await below.
-            let seen = self.keys.load();
-            if is_fresh(&seen, Instant::now())
-                && let Some(key) = seen.keys.get(kid)
-            {
-                return Ok(key.clone());
-            }
-        }
-        let completed_before = self.completed.load(Ordering::Acquire);
-
-        let mut state = self.refresh.lock().await;
-        let current = self.keys.load_full();
-        if self.completed.load(Ordering::Acquire) != completed_before {
-            // A fetch finished while we waited: its answer is ours, and
-            // queueing another fetch behind it would only repeat it.
-            return current
-                .keys
-                .get(kid)
-                .cloned()
-                .ok_or_else(|| match &state.last_failure {
-                    Some(error) => AuthError::KeysUnavailable(error.clone()),
-                    None => unknown_kid(kid),
-                });
-        }
-        let now = Instant::now();
-        if is_fresh(&current, now)
-            && let Some(key) = current.keys.get(kid)
-        {
-            return Ok(key.clone());
-        }
-        // Fresh keys without this kid (a rotation, or an invented kid), no
-        // keys yet, or expired ones: all the same to the rate limit.
-        if state
-            .last_fetch
-            .is_some_and(|t| now.duration_since(t) < self.config.min_refetch_interval)
-        {
-            return current.keys.get(kid).cloned().ok_or_else(|| {
-                self.refetches_suppressed.inc();
-                match &state.last_failure {
-                    Some(error) => AuthError::KeysUnavailable(error.clone()),
-                    None => unknown_kid(kid),
-                }
-            });
-        }
-        state.last_fetch = Some(now);
-
-        self.fetches.inc();
-        let fetched = self.fetch().await;
-        let result = match fetched {
-            Ok((keys, max_age)) => {
-                state.last_failure = None;
-                let next = Arc::new(KeySet {
-                    keys,
-                    expires: Some(Instant::now() + max_age),
-                });
-                self.keys.store(next.clone());
-                next.keys.get(kid).cloned().ok_or_else(|| unknown_kid(kid))
-            }
-            Err(error) => {
-                tracing::warn!(url = %self.config.jwks_url, %error, "JWKS fetch failed");
-                state.last_failure = Some(error.clone());
-                if current.expires.is_some() {
-                    // Serve the stale keys for a while rather than failing
-                    // every push until the endpoint is back.
-                    self.keys.store(Arc::new(KeySet {
-                        keys: current.keys.clone(),
-                        expires: Some(Instant::now() + self.config.min_refetch_interval),
-                    }));
-                }
-                current
-                    .keys
-                    .get(kid)
-                    .cloned()
-                    .ok_or(AuthError::KeysUnavailable(error))
-            }
-        };
-        self.completed.fetch_add(1, Ordering::Release);
-        result
-    }
-
-    /// One JWKS request: the usable RS256 keys by kid, and how long to keep
-    /// them.
-    async fn fetch(&self) -> Result<(HashMap<String, Arc<DecodingKey>>, Duration), String> {
-        let response = self
-            .client
-            .get(&self.config.jwks_url)
-            .timeout(self.config.fetch_timeout)
-            .send()
-            .await
-            .map_err(|e| format!("GET {}: {e}", self.config.jwks_url))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("GET {}: status {status}", self.config.jwks_url));
-        }
-        let max_age = cache_lifetime(response.headers())
-            .unwrap_or(self.config.default_max_age)
-            .min(self.config.max_max_age)
-            .max(self.config.min_refetch_interval);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("GET {}: reading the body: {e}", self.config.jwks_url))?;
-        let jwks: Jwks = serde_json::from_slice(&body)
-            .map_err(|e| format!("{} is not a JWKS: {e}", self.config.jwks_url))?;
-        let keys: HashMap<_, _> = jwks
-            .keys
-            .into_iter()
-            .filter(|jwk| {
-                jwk.kty == "RSA"
-                    && jwk.alg.as_deref().is_none_or(|a| a == "RS256")
-                    && jwk.r#use.as_deref().is_none_or(|u| u == "sig")
-            })
-            .filter_map(|jwk| {
-                let key = DecodingKey::from_rsa_components(jwk.n.as_deref()?, jwk.e.as_deref()?);
-                Some((jwk.kid?, Arc::new(key.ok()?)))
-            })
-            .collect();
-        if keys.is_empty() {
-            return Err(format!(
-                "{} has no usable RS256 signing key",
-                self.config.jwks_url
-            ));
-        }
-        Ok((keys, max_age))
-    }
-}
-
-fn is_fresh(set: &KeySet, now: Instant) -> bool {
-    set.expires.is_some_and(|e| now < e)
-}
-
-fn unknown_kid(kid: &str) -> AuthError {
-    AuthError::UnknownKeyId(excerpt(kid))
-}
-
-/// `Cache-Control: max-age` less `Age`; zero for `no-store`/`no-cache`;
-/// `None` when neither is said.
-fn cache_lifetime(headers: &HeaderMap) -> Option<Duration> {
-    let mut max_age = None;
-    for value in headers.get_all(header::CACHE_CONTROL) {
-        let Ok(value) = value.to_str() else { continue };
-        for directive in value.split(',') {
-            let directive = directive.trim();
-            let (name, arg) = directive
-                .split_once('=')
-                .map_or((directive, None), |(n, a)| (n.trim(), Some(a.trim())));
-            if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
-                return Some(Duration::ZERO);
-            }
-            if name.eq_ignore_ascii_case("max-age")
-                && let Some(secs) = arg.and_then(|a| a.trim_matches('"').parse::<u64>().ok())
-            {
-                max_age = Some(secs);
-            }
-        }
-    }
-    let age = headers
-        .get(header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    max_age.map(|m| Duration::from_secs(m.saturating_sub(age)))
 }
 
 fn bearer_token(authorization: Option<&HeaderValue>) -> Result<&str, AuthError> {
@@ -656,19 +440,4 @@ impl<'de> Deserialize<'de> for Verified {
             Either::Text(s) => s.eq_ignore_ascii_case("true"),
         }))
     }
-}
-
-#[derive(Deserialize)]
-struct Jwks {
-    keys: Vec<Jwk>,
-}
-
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    kid: Option<String>,
-    alg: Option<String>,
-    r#use: Option<String>,
-    n: Option<String>,
-    e: Option<String>,
 }
