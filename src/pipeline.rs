@@ -53,6 +53,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The findings store decisions are recorded in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     pub fn new(
         index: Arc<ArcSwap<Index>>,
         resolver: Option<Arc<Resolver>>,

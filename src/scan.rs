@@ -18,12 +18,19 @@
 //! undecided for this sweep (no observation of absence is made from an
 //! incomplete listing); it is visited again by the next sweep.
 //!
-//! A checkpoint file in the state directory lists the repositories the
-//! current sweep completed, so an interrupted sweep resumes where it
-//! stopped; a completed sweep removes it.
+//! A checkpoint lists the repositories the current sweep completed, so an
+//! interrupted sweep resumes where it stopped; a completed sweep removes
+//! it. It is a file in the state directory, or, on a store shared by
+//! replicas, a row of the store, so any replica resumes it
+//! ([`checkpoint`]). One sweep runs at a time among every process on the
+//! store: a sweep holds the store lock [`SWEEP_LOCK`] while it runs.
+
+mod checkpoint;
+
+pub use checkpoint::CheckpointAt;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -31,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::VerdictKind;
 use crate::event::{Action, EndpointName, Event, EventId, Source};
+use crate::findings::{StoreError, StoreLock, off_thread};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -41,6 +49,10 @@ use crate::sources::{Delivery, Disposition};
 /// The checkpoint's file name in the state directory.
 pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 
+/// The store lock a sweep holds while it runs, and the name of its
+/// checkpoint in the store.
+pub const SWEEP_LOCK: &str = "scan";
+
 /// How a sweep runs.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -48,8 +60,8 @@ pub struct Options {
     pub catalog: bool,
     /// Ignore a checkpoint and start a new sweep.
     pub restart: bool,
-    /// Where the checkpoint lives; `None`: no checkpoint (not resumable).
-    pub state_dir: Option<PathBuf>,
+    /// Where the checkpoint lives.
+    pub checkpoint: CheckpointAt,
     /// Entries per page of `_catalog` and `tags/list`.
     pub page_size: usize,
     /// Stop after visiting this many repositories in this run (the sweep
@@ -63,7 +75,7 @@ impl Default for Options {
         Self {
             catalog: false,
             restart: false,
-            state_dir: None,
+            checkpoint: CheckpointAt::Nowhere,
             page_size: DEFAULT_PAGE_SIZE,
             max_repositories: None,
         }
@@ -124,6 +136,13 @@ pub enum ScanError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("scan checkpoint in the findings store: {0}")]
+    CheckpointStore(StoreError),
+    /// Another process on the store is sweeping: this sweep did not start.
+    #[error("another sweep is running on this findings store; this one did not start")]
+    Busy,
+    #[error("taking the sweep lock: {0}")]
+    Lock(StoreError),
 }
 
 /// The checkpoint of an incomplete sweep.
@@ -268,48 +287,17 @@ pub fn observation_id(
     })
 }
 
-// ------------------------------------------------------------ checkpoint
-
-fn checkpoint_path(dir: &Path) -> PathBuf {
-    dir.join(CHECKPOINT_FILE)
-}
-
-fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>, ScanError> {
-    let path = checkpoint_path(dir);
-    match std::fs::read(&path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(c) => Ok(Some(c)),
-            Err(e) => {
-                // An unreadable checkpoint only costs a fresh sweep.
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable scan checkpoint");
-                Ok(None)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ScanError::Checkpoint { path, source }),
+/// Whether the sweep lock is still held: on PostgreSQL it goes with its
+/// connection, and a sweep that lost it stops (another may have started).
+async fn still_held(lock: &Arc<StoreLock>) -> bool {
+    let lock = lock.clone();
+    let held = tokio::task::spawn_blocking(move || lock.is_held())
+        .await
+        .unwrap_or(false);
+    if !held {
+        tracing::warn!("lost the sweep lock (store connection gone); stopping this sweep");
     }
-}
-
-fn write_checkpoint(dir: &Path, checkpoint: &Checkpoint) -> Result<(), ScanError> {
-    let path = checkpoint_path(dir);
-    let fail = |source| ScanError::Checkpoint {
-        path: path.clone(),
-        source,
-    };
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(checkpoint).map_err(|e| fail(e.into()))?;
-    std::fs::write(&tmp, bytes).map_err(fail)?;
-    std::fs::rename(&tmp, &path).map_err(fail)
-}
-
-fn remove_checkpoint(dir: &Path) -> Result<(), ScanError> {
-    let path = checkpoint_path(dir);
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(ScanError::Checkpoint { path, source }),
-    }
+    held
 }
 
 fn new_sweep_id() -> String {
@@ -370,10 +358,18 @@ impl Sweep<'_> {
         };
         let target_names: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
         let mut summary = Summary::default();
+        let store = self.pipeline.store();
+        let lock = match off_thread(store, |s| s.try_lock(SWEEP_LOCK)).await {
+            Ok(Some(lock)) => Arc::new(lock),
+            Ok(None) => return Err(ScanError::Busy),
+            Err(e) => return Err(ScanError::Lock(e)),
+        };
+        let at = &options.checkpoint;
 
-        let mut checkpoint = match &options.state_dir {
-            Some(dir) if !options.restart => read_checkpoint(dir)?
-                .filter(|c| c.targets == target_names && c.catalog == options.catalog),
+        let mut checkpoint = match at.read(store).await? {
+            Some(c) if !options.restart => {
+                Some(c).filter(|c| c.targets == target_names && c.catalog == options.catalog)
+            }
             _ => None,
         };
         summary.resumed = checkpoint.is_some();
@@ -428,6 +424,7 @@ impl Sweep<'_> {
             if options
                 .max_repositories
                 .is_some_and(|max| summary.repositories >= max)
+                || !still_held(&lock).await
             {
                 interrupted = true;
                 break;
@@ -441,22 +438,19 @@ impl Sweep<'_> {
                 summary.undecided_repositories.push(repository.to_string());
             } else {
                 checkpoint.completed.push(repository.to_string());
-                if let Some(dir) = &options.state_dir {
-                    write_checkpoint(dir, checkpoint)?;
-                }
+                at.write(store, checkpoint).await?;
             }
             done += 1;
             progress(done, total);
         }
 
         summary.complete = !interrupted;
-        if let Some(dir) = &options.state_dir {
-            if interrupted {
-                write_checkpoint(dir, checkpoint)?;
-            } else {
-                remove_checkpoint(dir)?;
-            }
+        if interrupted {
+            at.write(store, checkpoint).await?;
+        } else {
+            at.remove(store).await?;
         }
+        drop(lock);
         if let Some(m) = self.metrics {
             m.scan_findings.inc_by(summary.findings.len() as u64);
             if summary.complete {
@@ -694,24 +688,5 @@ mod tests {
             observation_id(Action::Absent, &repo, None, &d(1)),
             observation_id(Action::Absent, &repo, Some(&t("v1")), &d(1))
         );
-    }
-
-    #[test]
-    fn checkpoint_round_trips_and_is_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_checkpoint(dir.path()).unwrap(), None);
-        let c = Checkpoint {
-            sweep_id: "s".into(),
-            targets: vec!["r/p".into()],
-            catalog: false,
-            completed: vec!["r/p/a".into()],
-        };
-        write_checkpoint(dir.path(), &c).unwrap();
-        assert_eq!(read_checkpoint(dir.path()).unwrap(), Some(c));
-        std::fs::write(checkpoint_path(dir.path()), b"not json").unwrap();
-        assert_eq!(read_checkpoint(dir.path()).unwrap(), None);
-        remove_checkpoint(dir.path()).unwrap();
-        remove_checkpoint(dir.path()).unwrap();
-        assert!(!checkpoint_path(dir.path()).exists());
     }
 }

@@ -35,6 +35,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .map_err(|error| WiringError::Store { error })?;
     let wiring = Wiring::with_store(store, config.resolve.then(|| config.registry.clone()))?;
     let (store, metrics) = (wiring.store.clone(), wiring.metrics.clone());
+    let backend = store.backend();
     let (source, poll_interval) = config.manifest_source();
     let root = source.root();
     let reloader = Reloader::start(
@@ -149,7 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             client,
             metrics.clone(),
             config.scan.clone(),
-            config.data_dir.join("scan"),
+            scan::CheckpointAt::for_store(backend, &config.data_dir),
             interval,
             shutdown.clone(),
         ))),
@@ -216,13 +217,13 @@ async fn sweep_periodically(
     client: RegistryClient,
     metrics: Arc<Metrics>,
     config: crate::config::ScanConfig,
-    state_dir: std::path::PathBuf,
+    checkpoint: scan::CheckpointAt,
     interval: std::time::Duration,
     shutdown: CancellationToken,
 ) {
     let options = scan::Options {
         catalog: config.catalog,
-        state_dir: Some(state_dir),
+        checkpoint,
         max_repositories: config.max_repositories,
         ..scan::Options::default()
     };
@@ -241,6 +242,8 @@ async fn sweep_periodically(
                 Ok(summary) => tracing::info!(repositories = summary.repositories,
                     findings = summary.findings.len(), missing = summary.missing,
                     complete = summary.complete, errors = summary.errors.len(), "sweep finished"),
+                Err(scan::ScanError::Busy) => tracing::info!(
+                    "another process on the findings store is sweeping; skipping this sweep"),
                 Err(e) => tracing::error!(error = %e, "sweep failed"),
             },
         }

@@ -29,8 +29,9 @@ use image_auditor::pipeline::{DEFAULT_UNDECIDED_RETRY_FOR, Pipeline};
 use image_auditor::reference::{Digest, RegistryPrefix};
 use image_auditor::registry::{ErrorKind, RegistryClient};
 use image_auditor::resolve::Resolver;
-use image_auditor::scan::{self, Options, Summary};
+use image_auditor::scan::{self, CheckpointAt, Options, SWEEP_LOCK, Summary};
 use support::oci::{Desc, Layout, OCI_MANIFEST};
+use support::postgres::Postgres;
 use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push};
 use support::{client, stdout_json, test_config};
 
@@ -643,7 +644,7 @@ async fn an_interrupted_sweep_resumes_without_visiting_anything_twice() {
     let state = dir.path().join("scan");
     let targets = f.targets();
     let options = Options {
-        state_dir: Some(state.clone()),
+        checkpoint: scan::CheckpointAt::Dir(state.clone()),
         max_repositories: Some(2),
         ..Options::default()
     };
@@ -685,6 +686,113 @@ async fn an_interrupted_sweep_resumes_without_visiting_anything_twice() {
     assert!(!restarted.resumed);
     assert_eq!(restarted.repositories, 6);
     assert!(restarted.findings.is_empty());
+}
+
+/// One sweep at a time among the processes on a store, and a checkpoint
+/// kept in the store is resumed by another process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_sweep_at_a_time_and_another_process_resumes_a_checkpoint_in_the_store() {
+    let f = Fixture::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("f.sqlite");
+    let first_process = library(&f, &db);
+    let targets = f.targets();
+    let options = Options {
+        checkpoint: CheckpointAt::Store,
+        max_repositories: Some(2),
+        ..Options::default()
+    };
+    // Another process is sweeping: this one does not start.
+    let other = SqliteStore::open(&db).unwrap();
+    let sweeping = other.try_lock(SWEEP_LOCK).unwrap().unwrap();
+    let busy = scan::sweep(
+        &first_process.pipeline,
+        &first_process.index,
+        &first_process.client,
+        &targets,
+        &options,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(busy, scan::ScanError::Busy), "{busy}");
+    assert_eq!(other.counts().unwrap().decisions_total(), 0);
+    drop(sweeping);
+
+    let first = first_process.sweep(&targets, &options).await;
+    assert!(!first.complete);
+    let saved: scan::Checkpoint =
+        serde_json::from_str(&other.scan_checkpoint(SWEEP_LOCK).unwrap().unwrap()).unwrap();
+    assert_eq!(saved.sweep_id, first.sweep_id);
+    assert_eq!(saved.completed.len(), 2);
+
+    let second_process = library(&f, &db);
+    let rest = Options {
+        max_repositories: None,
+        ..options
+    };
+    let second = second_process.sweep(&targets, &rest).await;
+    assert!(second.resumed && second.complete, "{second:#?}");
+    assert_eq!(second.sweep_id, first.sweep_id);
+    assert_eq!(second.skipped, 2);
+    assert_eq!(first.repositories + second.repositories, 6);
+    assert_eq!(second.duplicates, 0, "nothing observed twice");
+    assert_eq!(other.scan_checkpoint(SWEEP_LOCK).unwrap(), None);
+}
+
+/// `scan --config` records in the store the `serve` configuration names:
+/// on PostgreSQL, with the checkpoint in the database, not in a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_scan_with_a_config_records_in_its_postgres_store() {
+    let f = Fixture::new().await;
+    let pg = Postgres::shared();
+    let database = pg.fresh_database();
+    let url = f.work.path().join("database-url");
+    std::fs::write(&url, pg.url(&database)).unwrap();
+    let data = f.work.path().join("pg-data");
+    let config = f.work.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "manifests: {}\ndata_dir: {}\nstore:\n  postgres:\n    url_file: {}\n",
+            f.manifests.display(),
+            data.display(),
+            url.display()
+        ),
+    )
+    .unwrap();
+    let (us, eu) = (f.repo("prod-us"), f.repo("prod-eu"));
+    let config = config.to_str().unwrap();
+    let args = ["scan", &us, &eu, "--json", "--config", config];
+    let first = run_cli(&f, &[&args[..], &["--max-repositories", "2"]].concat());
+    let s = stdout_json(&first);
+    assert_eq!(s["complete"], false, "{s:#}");
+    let sweep_id = s["sweep_id"].as_str().unwrap();
+    let saved = pg.psql(
+        &database,
+        "SELECT body FROM scan_checkpoints WHERE name = 'scan'",
+    );
+    assert!(saved.contains(sweep_id), "{saved}");
+
+    let second = run_cli(&f, &args);
+    let s = stdout_json(&second);
+    assert_eq!(s["complete"], true, "{s:#}");
+    assert_eq!(s["resumed"], true, "{s:#}");
+    assert_eq!(s["sweep_id"], sweep_id);
+    assert_eq!(
+        pg.psql(&database, "SELECT COUNT(*) FROM scan_checkpoints"),
+        "0"
+    );
+    assert_eq!(
+        pg.psql(&database, "SELECT COUNT(*) FROM findings"),
+        f.expected().len().to_string()
+    );
+    // Nothing was written where an SQLite store or a file checkpoint would be.
+    assert!(!data.join("findings.sqlite").exists());
+    assert!(!data.join("scan").exists());
+    // (`data` in the working directory is the registry cache's default.)
+    assert!(!f.work.path().join("data/findings.sqlite").exists());
+    assert!(!f.work.path().join("data/scan").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
 use image_auditor::findings::{
     Decision, DeliveryState, Finding, FindingId, FindingQuery, PostgresConfig, PostgresStore,
-    Recorded, SqliteStore, Store, StoreError, TriageAction, TriageChange, TriageState,
+    Recorded, SentAlert, SqliteStore, Store, StoreError, TriageAction, TriageChange, TriageState,
 };
 use image_auditor::reference::{Digest, Repository, Tag};
 use support::postgres::Postgres;
@@ -188,6 +188,11 @@ contract!(
     a_resolve_racing_a_delivery_never_loses_the_resolution,
     concurrent_resolvers_change_the_state_once,
     an_excepted_finding_owes_no_resolution,
+    a_sent_alert_marks_its_findings_and_every_store_remembers_it,
+    an_alert_for_findings_the_sink_never_claimed_changes_nothing,
+    a_lock_is_held_by_one_store_at_a_time,
+    a_lock_goes_with_its_session,
+    the_scan_checkpoint_is_one_for_every_store,
 );
 
 /// `sha256:` + `unit` repeated to 64 hex digits.
@@ -1321,6 +1326,11 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
         store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
         5
     );
+    store.set_scan_checkpoint("scan", Some("{}"), 5).unwrap();
+    assert_eq!(
+        store.scan_checkpoint("scan").unwrap().as_deref(),
+        Some("{}")
+    );
     let excepted = new_finding(
         store
             .record(&decision("e1", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
@@ -1778,4 +1788,167 @@ fn an_excepted_finding_owes_no_resolution(h: &dyn Backend) {
             .unwrap()
             .is_empty()
     );
+}
+
+fn sent(fact: &str, first_seen_ms: i64, body: &str) -> SentAlert {
+    SentAlert {
+        fact: fact.into(),
+        first_seen_ms,
+        body: body.into(),
+    }
+}
+
+/// The repeat/update memory of "one fact, one alert": what one store
+/// remembers sending, another store on the same database (another
+/// replica, or the same one restarted) reads back; the findings it names
+/// are delivered to that sink only.
+fn a_sent_alert_marks_its_findings_and_every_store_remembers_it(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    let f1 = new_finding(a.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
+    let f2 = new_finding(b.record(&decision("e2", VerdictKind::Unpromoted)).unwrap());
+    assert_eq!(a.claim_undelivered("hook", 10, 0).unwrap().len(), 2);
+    a.alert_sent("hook", &sent("fact1", 1_000, "first"), &[f1, f2], 50)
+        .unwrap();
+
+    assert_eq!(b.undelivered("hook").unwrap(), 0);
+    assert!(
+        b.claim_undelivered("hook", 10, i64::MAX)
+            .unwrap()
+            .is_empty()
+    );
+    let f = b.findings(&FindingQuery::default()).unwrap();
+    assert!(
+        f.iter()
+            .all(|f| f.deliveries.iter().any(|d| d.sink == "hook"
+                && d.state == DeliveryState::Delivered
+                && d.delivered_at_ms == Some(50)))
+    );
+    assert_eq!(
+        b.sent_alerts("hook", 0).unwrap(),
+        [sent("fact1", 1_000, "first")]
+    );
+    // Per sink: another sink owes both findings and remembers nothing.
+    assert!(b.sent_alerts("chat", 0).unwrap().is_empty());
+    assert_eq!(b.claim_undelivered("chat", 10, 0).unwrap().len(), 2);
+
+    // An update replaces what is remembered for the fact.
+    let f3 = new_finding(b.record(&decision("e3", VerdictKind::Unpromoted)).unwrap());
+    assert_eq!(b.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
+    b.alert_sent("hook", &sent("fact1", 900, "second"), &[f3], 60)
+        .unwrap();
+    a.alert_sent("hook", &sent("fact2", 2_000, "other"), &[f3], 61)
+        .unwrap();
+    let mut remembered = a.sent_alerts("hook", 0).unwrap();
+    remembered.sort_by(|x, y| x.fact.cmp(&y.fact));
+    assert_eq!(
+        remembered,
+        [sent("fact1", 900, "second"), sent("fact2", 2_000, "other")]
+    );
+    // The repeat window: only facts first seen since a time, and the rest
+    // forgotten.
+    assert_eq!(
+        a.sent_alerts("hook", 901).unwrap(),
+        [sent("fact2", 2_000, "other")]
+    );
+    assert_eq!(b.forget_sent_alerts("hook", 901).unwrap(), 1);
+    assert_eq!(
+        a.sent_alerts("hook", 0).unwrap(),
+        [sent("fact2", 2_000, "other")]
+    );
+}
+
+/// One transaction: an alert naming a finding the sink never claimed is
+/// refused, and neither the findings nor the memory change.
+fn an_alert_for_findings_the_sink_never_claimed_changes_nothing(h: &dyn Backend) {
+    let store = h.open();
+    let f1 = new_finding(
+        store
+            .record(&decision("e1", VerdictKind::Unpromoted))
+            .unwrap(),
+    );
+    assert_eq!(store.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
+    let err = store
+        .alert_sent(
+            "hook",
+            &sent("fact1", 1, "x"),
+            &[f1, FindingId(f1.0 + 1000)],
+            5,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::NotClaimed { sink, id, .. }
+            if sink == "hook" && id.0 == f1.0 + 1000),
+        "{err}"
+    );
+    assert!(store.sent_alerts("hook", 0).unwrap().is_empty());
+    assert_eq!(store.undelivered("hook").unwrap(), 1);
+}
+
+/// One alert dispatcher per sink, one sweep at a time: a named lock is
+/// held by one store of all those on the database (each as another
+/// process would open it), and free again when its holder drops it.
+fn a_lock_is_held_by_one_store_at_a_time(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    let held = a.try_lock("scan").unwrap().expect("free at first");
+    assert_eq!(held.name(), "scan");
+    assert!(held.is_held());
+    assert!(b.try_lock("scan").unwrap().is_none());
+    // Not re-entrant either: a second taker in the same process waits too.
+    assert!(a.try_lock("scan").unwrap().is_none());
+    // Other names are other locks.
+    let other = b.try_lock("alerts:hook").unwrap().expect("another name");
+    assert!(a.try_lock("alerts:hook").unwrap().is_none());
+    drop(held);
+    let taken = b.try_lock("scan").unwrap().expect("released on drop");
+    assert!(taken.is_held());
+    drop((other, taken));
+    assert!(a.try_lock("alerts:hook").unwrap().is_some());
+}
+
+/// The holder of a lock that dies gives it up: a store dropped (a process
+/// gone) releases its locks, and on PostgreSQL a session ended by the
+/// server (a restart, a cut connection) is seen as the lock lost, while
+/// another store can take it.
+fn a_lock_goes_with_its_session(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    let held = a.try_lock("alerts:hook").unwrap().unwrap();
+    assert!(b.try_lock("alerts:hook").unwrap().is_none());
+    if h.kind() == Kind::Postgres {
+        h.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND pid <> pg_backend_pid() \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        );
+        assert!(!held.is_held());
+        let taken = b.try_lock("alerts:hook").unwrap();
+        assert!(taken.is_some(), "free once the session ended");
+    } else {
+        drop(held);
+        drop(a);
+        assert!(b.try_lock("alerts:hook").unwrap().is_some());
+    }
+}
+
+/// The sweep's checkpoint, kept in the store: written by one, read and
+/// removed by another.
+fn the_scan_checkpoint_is_one_for_every_store(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    assert_eq!(a.scan_checkpoint("scan").unwrap(), None);
+    a.set_scan_checkpoint("scan", Some(r#"{"completed":["x"]}"#), 1)
+        .unwrap();
+    assert_eq!(
+        b.scan_checkpoint("scan").unwrap().as_deref(),
+        Some(r#"{"completed":["x"]}"#)
+    );
+    b.set_scan_checkpoint("scan", Some(r#"{"completed":["x","y"]}"#), 2)
+        .unwrap();
+    assert_eq!(
+        a.scan_checkpoint("scan").unwrap().as_deref(),
+        Some(r#"{"completed":["x","y"]}"#)
+    );
+    assert_eq!(a.scan_checkpoint("other").unwrap(), None);
+    b.set_scan_checkpoint("scan", None, 3).unwrap();
+    assert_eq!(a.scan_checkpoint("scan").unwrap(), None);
+    // Removing what is not there is no error.
+    b.set_scan_checkpoint("scan", None, 4).unwrap();
 }

@@ -28,6 +28,7 @@ mod registry_auth;
 mod registry_faults;
 mod registry_real;
 mod reload_git;
+mod replicas;
 mod resolve_real;
 mod scan_real;
 mod service;

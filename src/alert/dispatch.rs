@@ -2,6 +2,17 @@
 //! the same fact from other regions → send → mark delivered, or mark failed
 //! with a backoff and try again. The store's claim lease is the crash
 //! guard: a claimed finding that is never marked becomes claimable again.
+//!
+//! **One dispatcher per sink among every process on the store.** The
+//! copies of one fact reach different replicas, and the grouping of
+//! copies, of platform images with their index, and of a fact seen again
+//! with the alert already sent ([`super::group_after`]) needs them in one
+//! place. So each sink's dispatcher works only while it holds the store
+//! lock `alerts:<sink>` ([`Store::try_lock`]); the others wait and take
+//! over when it goes (its claims come back after their lease). The alert
+//! memory is in the store ([`super::memory`]) and read when the lock is
+//! taken, so the new holder, or the same replica after a restart, updates
+//! the alerts sent before. Alerts are few; one sender per sink is plenty.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -12,8 +23,8 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::sink::{Sink, SinkConfig};
-use super::{Alert, FactKey, Plan, Route, plan};
-use crate::findings::{Finding, FindingId, Store, now_ms, off_thread};
+use super::{Alert, FactKey, Plan, Route, memory, plan};
+use crate::findings::{Finding, FindingId, Store, StoreLock, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::Metrics;
 
@@ -119,24 +130,117 @@ impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut held: Vec<Finding> = Vec::new();
         let mut sent: HashMap<FactKey, Alert> = HashMap::new();
+        let mut lock: Option<StoreLock> = None;
         loop {
             let stopping = shutdown.is_cancelled();
-            if !stopping {
-                self.claim_into(&mut held).await;
+            if self.lead(&mut lock, &mut held, &mut sent).await {
+                if !stopping {
+                    self.claim_into(&mut held).await;
+                }
+                held = self.send_due(held, &mut sent, stopping).await;
+                self.send_resolutions(&mut sent).await;
+                self.forget_old(&mut sent).await;
+                self.observe_backlog().await;
             }
-            held = self.send_due(held, &mut sent, stopping).await;
-            self.send_resolutions(&mut sent).await;
-            let now = now_ms();
-            let window = self.timing.repeat_window.as_millis() as i64;
-            sent.retain(|_, alert| now - alert.first_seen_ms < window);
-            self.observe_backlog().await;
             if stopping {
+                // Dropping the lock lets another replica's dispatcher lead.
                 return;
             }
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(self.timing.poll_interval) => {}
             }
+        }
+    }
+
+    /// The store lock this sink's dispatcher works under.
+    pub fn lock_name(sink: &str) -> String {
+        format!("alerts:{sink}")
+    }
+
+    /// Whether this dispatcher leads its sink now: it held the lock and
+    /// still does, or has just taken it and read the alert memory. A lost
+    /// lock drops what was held (its claims come back after their lease,
+    /// to whoever leads then).
+    async fn lead(
+        &self,
+        lock: &mut Option<StoreLock>,
+        held: &mut Vec<Finding>,
+        sent: &mut HashMap<FactKey, Alert>,
+    ) -> bool {
+        if let Some(current) = lock.take() {
+            let checked = tokio::task::spawn_blocking(move || {
+                let alive = current.is_held();
+                (current, alive)
+            })
+            .await;
+            if let Ok((current, true)) = checked {
+                *lock = Some(current);
+                return true;
+            }
+            tracing::warn!(
+                sink = self.name,
+                "lost the alert lock (store connection gone); another process may lead"
+            );
+            held.clear();
+            sent.clear();
+        }
+        let name = Self::lock_name(&self.name);
+        let taken = match off_thread(&self.store, move |s| s.try_lock(&name)).await {
+            Ok(Some(taken)) => taken,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::error!(sink = self.name, error = %e, "cannot take the alert lock");
+                return false;
+            }
+        };
+        let sink = self.name.clone();
+        let since = now_ms() - self.window_ms();
+        let remembered = match off_thread(&self.store, move |s| s.sent_alerts(&sink, since)).await {
+            Ok(remembered) => remembered,
+            Err(e) => {
+                // Without the memory, facts alerted before would be new
+                // alerts: wait for the store instead.
+                tracing::error!(sink = self.name, error = %e, "cannot read the alert memory");
+                return false;
+            }
+        };
+        sent.clear();
+        for entry in &remembered {
+            match memory::recall(entry) {
+                Ok((key, alert)) => {
+                    sent.insert(key, alert);
+                }
+                // Costs one alert raised anew instead of updated.
+                Err(e) => tracing::warn!(sink = self.name, error = %e, "ignoring"),
+            }
+        }
+        tracing::info!(
+            sink = self.name,
+            remembered = sent.len(),
+            "this process delivers the sink's alerts"
+        );
+        *lock = Some(taken);
+        true
+    }
+
+    fn window_ms(&self) -> i64 {
+        i64::try_from(self.timing.repeat_window.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Forgets alerts whose fact was first seen before the repeat window,
+    /// here and in the store.
+    async fn forget_old(&self, sent: &mut HashMap<FactKey, Alert>) {
+        let before = now_ms() - self.window_ms();
+        let count = sent.len();
+        sent.retain(|_, alert| alert.first_seen_ms >= before);
+        if sent.len() == count {
+            return;
+        }
+        let sink = self.name.clone();
+        if let Err(e) = off_thread(&self.store, move |s| s.forget_sent_alerts(&sink, before)).await
+        {
+            tracing::warn!(sink = self.name, error = %e, "cannot forget old alerts");
         }
     }
 
@@ -195,9 +299,21 @@ impl Dispatcher {
             match outcome {
                 Ok(()) => {
                     // A joined child is marked with its index's alert: it
-                    // has been told, and is never claimed for this sink again.
-                    for f in &members {
-                        self.mark(f.id, None).await;
+                    // has been told, and is never claimed for this sink
+                    // again. Marked and remembered at once, so a later
+                    // sight updates this alert whoever leads then.
+                    let remembered = memory::remember(&key, &alert);
+                    let ids: Vec<FindingId> = members.iter().map(|f| f.id).collect();
+                    let sink = self.name.clone();
+                    let marked = off_thread(&self.store, move |s| {
+                        s.alert_sent(&sink, &remembered, &ids, now_ms())
+                    })
+                    .await;
+                    if let Err(e) = marked {
+                        // The claim lease brings the findings back: the
+                        // worst case is this alert once more.
+                        tracing::error!(sink = self.name, alert_id = alert.alert_id, error = %e,
+                            "cannot mark the alert sent");
                     }
                     sent.insert(key, alert);
                 }

@@ -11,10 +11,12 @@
 
 pub mod dispatch;
 mod group;
+pub mod memory;
 pub mod sink;
 
 pub use group::{Plan, group, group_after, plan, pushed_list};
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -56,7 +58,7 @@ impl Severity {
 
 /// What makes two findings the same fact: the verdict, the content and the
 /// image as promoted — not the regional registry it was seen at.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct FactKey {
     pub verdict: VerdictKind,
     pub digest: Option<String>,
@@ -103,11 +105,12 @@ fn image_name(repo: &Repository, index: &Index) -> String {
         .map_or_else(|| repo.to_string(), str::to_owned)
 }
 
-/// One alert: a fact, where it was seen and why it matters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One alert: a fact, where it was seen and why it matters. Read back from
+/// the store's alert memory ([`memory`]) as well as sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
     /// `image-auditor.alert.v1`: the documented webhook schema.
-    pub schema: &'static str,
+    pub schema: Cow<'static, str>,
     pub alert_id: String,
     /// `new`, or `updated` when the fact was alerted within the repeat
     /// window and has been seen again (the alert lists every place so far).
@@ -141,26 +144,26 @@ pub struct Alert {
     #[serde(skip)]
     pub lists: BTreeMap<(String, String), Option<String>>,
     /// Who resolved the finding, when and why: set on `resolved` alerts only.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
 }
 
 /// The triage change a `resolved` alert reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resolution {
     pub by: String,
     pub at_ms: i64,
     pub note: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AlertChild {
     /// `os/architecture[/variant]`, when the index says.
     pub platform: Option<String>,
     pub digest: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertStatus {
     New,
@@ -180,9 +183,10 @@ impl AlertStatus {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertEvent {
-    pub source: &'static str,
+    /// The source's name (`distribution`, `pubsub_push`, …).
+    pub source: Cow<'static, str>,
     pub id: String,
     pub repository: Option<String>,
     pub received_at_ms: i64,
@@ -236,7 +240,7 @@ impl Alert {
             })
             .collect();
         let mut alert = Alert {
-            schema: "image-auditor.alert.v1",
+            schema: Cow::Borrowed(memory::SCHEMA),
             alert_id: key.alert_id(),
             status,
             verdict: key.verdict,
@@ -249,7 +253,7 @@ impl Alert {
             events: findings
                 .iter()
                 .map(|f| AlertEvent {
-                    source: f.source.as_str(),
+                    source: Cow::Borrowed(f.source.as_str()),
                     id: f.event_id.0.clone(),
                     repository: f.repository.as_ref().map(ToString::to_string),
                     received_at_ms: f.received_at_ms,

@@ -123,13 +123,19 @@ pub enum Command {
         /// The summary as one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// Where the sweep's checkpoint is kept [default: <data-dir>/scan].
+        /// Where the sweep's checkpoint is kept [default: <data-dir>/scan;
+        /// with --config naming a PostgreSQL store, the store itself].
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// The service's data directory: findings are recorded in
         /// <data-dir>/findings.sqlite, the store `serve` alerts from.
         #[arg(long, default_value = config::DEFAULT_DATA_DIR, env = "IMAGE_AUDITOR_DATA_DIR")]
         data_dir: PathBuf,
+        /// The `serve` configuration: record in the store it names (its
+        /// `store` section, or its data_dir), as `serve` does; --data-dir
+        /// is then not used.
+        #[arg(long, env = "IMAGE_AUDITOR_CONFIG")]
+        config: Option<PathBuf>,
         /// Entries per page of `_catalog` and `tags/list`.
         #[arg(long, default_value_t = image_auditor::registry::DEFAULT_PAGE_SIZE, hide = true,
               value_parser = clap::value_parser!(usize))]
@@ -338,6 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
             state_dir,
             data_dir,
+            config,
             page_size,
             max_repositories,
             baseline,
@@ -345,6 +352,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             baseline_reason,
             baseline_expires,
         } => {
+            let (store, data_dir) = match config {
+                Some(path) => {
+                    let config = config::Config::load(Some(path.as_path()))?;
+                    (config.store_location(), config.data_dir.clone())
+                }
+                None => (
+                    image_auditor::findings::StoreLocation::Sqlite(config::findings_db(&data_dir)),
+                    data_dir,
+                ),
+            };
+            let checkpoint = match state_dir {
+                // A baseline records nothing, so it has nothing to resume.
+                _ if baseline.is_some() => image_auditor::scan::CheckpointAt::Nowhere,
+                Some(dir) => image_auditor::scan::CheckpointAt::Dir(dir),
+                None => image_auditor::scan::CheckpointAt::for_store(store.backend(), &data_dir),
+            };
             let baseline = match (baseline, baseline_owner) {
                 (Some(file), Some(owner)) => Some(scan::Baseline {
                     file,
@@ -357,10 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = image_auditor::scan::Options {
                 catalog,
                 restart,
-                // A baseline records nothing, so it has nothing to resume.
-                state_dir: baseline
-                    .is_none()
-                    .then(|| state_dir.unwrap_or_else(|| data_dir.join("scan"))),
+                checkpoint,
                 page_size: page_size.max(1),
                 max_repositories,
             };
@@ -369,7 +389,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &policy,
                 &registry,
                 &exceptions,
-                &data_dir,
+                &store,
                 &prefixes,
                 &options,
                 baseline.as_ref(),

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use image_auditor::audit::Policy;
-use image_auditor::config;
 use image_auditor::exceptions::{Date, baseline};
 use image_auditor::findings::{SqliteStore, Store, StoreLocation};
 use image_auditor::index::Index;
@@ -33,7 +32,7 @@ pub(super) fn scan(
     policy: &Policy,
     registry: &RegistrySetup,
     exceptions: &ExceptionsSetup,
-    data_dir: &Path,
+    store: &StoreLocation,
     prefixes: &[String],
     options: &scan::Options,
     baseline: Option<&Baseline>,
@@ -70,12 +69,7 @@ pub(super) fn scan(
             let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory()?);
             Wiring::with_store(store, Some(config))?
         } else {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", data_dir.display()))?;
-            Wiring::open(
-                &StoreLocation::Sqlite(config::findings_db(data_dir)),
-                Some(config),
-            )?
+            Wiring::open(store, Some(config))?
         }
     };
     let Some(client) = &wiring.client else {

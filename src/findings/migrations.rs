@@ -53,8 +53,18 @@ pub const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 5,
+        name: "the repeat/update memory of sent alerts",
+        sql: include_str!("migrations/sqlite/0005_sent_alert_memory.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "the scan checkpoint",
+        sql: include_str!("migrations/sqlite/0006_scan_checkpoint.sql"),
+    },
+    Migration {
+        version: 7,
         name: "triage state and the resolutions outbox",
-        sql: include_str!("migrations/sqlite/0005_triage.sql"),
+        sql: include_str!("migrations/sqlite/0007_triage.sql"),
     },
 ];
 
@@ -77,8 +87,18 @@ pub const POSTGRES: &[Migration] = &[
     },
     Migration {
         version: 4,
+        name: "the repeat/update memory of sent alerts",
+        sql: include_str!("migrations/postgres/0004_sent_alert_memory.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "the scan checkpoint",
+        sql: include_str!("migrations/postgres/0005_scan_checkpoint.sql"),
+    },
+    Migration {
+        version: 6,
         name: "triage state and the resolutions outbox",
-        sql: include_str!("migrations/postgres/0004_triage.sql"),
+        sql: include_str!("migrations/postgres/0006_triage.sql"),
     },
 ];
 

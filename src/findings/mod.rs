@@ -158,7 +158,9 @@ impl Decision {
 }
 
 /// The store's id of a finding: increasing in the order findings were recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct FindingId(pub i64);
 
@@ -241,6 +243,60 @@ impl DeliveryState {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
         }
+    }
+}
+
+/// The alert a sink sent for one fact, as the dispatcher keeps it to update
+/// that alert when the fact is seen again ([`Store::alert_sent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentAlert {
+    /// The fact's stable id: the alert id.
+    pub fact: String,
+    /// When the fact was first seen; the repeat window runs from here.
+    pub first_seen_ms: i64,
+    /// What an update needs, as JSON the alert dispatcher writes and reads;
+    /// the store does not look inside.
+    pub body: String,
+}
+
+/// A named lock on the store, held across every process using it, until
+/// dropped ([`Store::try_lock`]).
+pub struct StoreLock {
+    name: String,
+    held: Box<dyn HeldLock>,
+}
+
+/// How a backend keeps a [`StoreLock`]: releasing is dropping.
+pub trait HeldLock: Send + Sync {
+    /// Whether the lock is still held. A PostgreSQL session lock goes with
+    /// its connection (a restart of the server, a network cut): the holder
+    /// checks before each step that must not run twice at once.
+    fn is_held(&self) -> bool;
+}
+
+impl StoreLock {
+    pub fn new(name: &str, held: Box<dyn HeldLock>) -> StoreLock {
+        StoreLock {
+            name: name.to_owned(),
+            held,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Blocks (a round trip to PostgreSQL): call it off the async threads.
+    pub fn is_held(&self) -> bool {
+        self.held.is_held()
+    }
+}
+
+impl fmt::Debug for StoreLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreLock")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -334,6 +390,12 @@ pub enum StoreError {
     /// be committed; nothing of it was written.
     #[error("findings store {path}: group commit failed: {message}")]
     GroupCommit { path: Arc<str>, message: String },
+    #[error("findings store {path}: lock {name:?}: {source}")]
+    Lock {
+        path: Arc<str>,
+        name: String,
+        source: std::io::Error,
+    },
     #[error("findings store {path}: finding {id} was never claimed by sink {sink:?}")]
     NotClaimed {
         path: Arc<str>,
@@ -514,6 +576,45 @@ pub trait Store: Send + Sync {
         id: FindingId,
         error: &str,
         retry_at_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The alert for `alert.fact` reached `sink`: in one transaction, every
+    /// finding of `findings` is marked delivered to it and the alert is
+    /// remembered (replacing what was remembered for the fact), so that the
+    /// next sight of the fact, by this process or any other on the store,
+    /// updates this alert. [`StoreError::NotClaimed`] (and nothing
+    /// written) when a finding was never claimed for `sink`.
+    fn alert_sent(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        findings: &[FindingId],
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The alerts `sink` remembers for facts first seen at or after
+    /// `since_ms`, in no particular order.
+    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError>;
+
+    /// Forgets `sink`'s alerts of facts first seen before `before_ms` (out
+    /// of the repeat window); returns how many.
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Takes the lock `name` unless some process on this store holds it:
+    /// `None` then. PostgreSQL: a session advisory lock on a connection of
+    /// its own; SQLite: an exclusive file lock beside the database file
+    /// (one per name), or a lock within the process for a store in memory.
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError>;
+
+    /// The checkpoint saved under `name` (JSON the sweep owns), if any.
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Saves `body` as the checkpoint `name`, or removes it (`None`).
+    fn set_scan_checkpoint(
+        &self,
+        name: &str,
+        body: Option<&str>,
+        now_ms: i64,
     ) -> Result<(), StoreError>;
 
     /// Whether the store answers now (`/readyz`).

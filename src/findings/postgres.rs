@@ -31,9 +31,12 @@
 //!
 //! Over 500 lines: the trait's methods share the pool, the row parsing and
 //! the error mapping here; connecting, group commit and triage have their
-//! own files under `postgres/`.
+//! own files under `postgres/`. The alert memory, the scan checkpoint and
+//! the locks that make one alert dispatcher per sink and one sweep at a
+//! time are in [`shared`].
 
 mod connect;
+mod shared;
 mod triage;
 mod writer;
 
@@ -52,8 +55,9 @@ pub use connect::PostgresConfig;
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::{
-    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, Triage, TriageChange, Triaged, parse_action, parse_source,
+    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SentAlert,
+    SinkDelivery, Store, StoreError, StoreLock, Triage, TriageChange, Triaged, parse_action,
+    parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -921,6 +925,41 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let error = super::truncate(error, MAX_ERROR_LEN);
         self.block_on(self.resolution_failed(sink, id, error, retry_at_ms))
+    }
+
+    fn alert_sent(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        findings: &[FindingId],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.alert_sent_now(sink, alert, findings, now_ms)
+    }
+
+    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
+        self.sent_alerts_since(sink, since_ms)
+    }
+
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
+        self.forget_sent_alerts_before(sink, before_ms)
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+        self.try_lock_named(name)
+    }
+
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.scan_checkpoint_named(name)
+    }
+
+    fn set_scan_checkpoint(
+        &self,
+        name: &str,
+        body: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.set_scan_checkpoint_named(name, body, now_ms)
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -1,7 +1,10 @@
 //! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
 //! Over 500 lines: the group commit, the outbox and row parsing share the
-//! one connection and its statements; triage lives in `sqlite/triage.rs`.
+//! one connection and its statements. What processes on one file must do
+//! once (alert memory, scan checkpoint, locks) is in [`shared`]; triage
+//! lives in `sqlite/triage.rs`.
 
+mod shared;
 mod triage;
 
 use std::fmt::Write as _;
@@ -13,9 +16,9 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::{
-    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SinkDelivery,
-    Store, StoreError, Triage, TriageChange, Triaged, action_str, parse_action, parse_source,
-    truncate,
+    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SentAlert,
+    SinkDelivery, Store, StoreError, StoreLock, Triage, TriageChange, Triaged, action_str,
+    parse_action, parse_source, truncate,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -61,6 +64,10 @@ pub struct SqliteStore {
     reader: Option<Mutex<Connection>>,
     path: Arc<str>,
     claim_lease_ms: i64,
+    /// A file, not a database in memory: locks are file locks.
+    file: bool,
+    /// The locks held, for a store in memory.
+    locks: shared::MemoryLocks,
 }
 
 /// Where a caller of `record` finds its result once a group commit wrote it.
@@ -202,6 +209,8 @@ impl SqliteStore {
             reader,
             path,
             claim_lease_ms: DEFAULT_CLAIM_LEASE.as_millis() as i64,
+            file,
+            locks: shared::MemoryLocks::default(),
         })
     }
 
@@ -868,6 +877,41 @@ impl Store for SqliteStore {
                 })
             })
             .map_err(|e| self.sql(e))
+    }
+
+    fn alert_sent(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        findings: &[FindingId],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.alert_sent_now(sink, alert, findings, now_ms)
+    }
+
+    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
+        self.sent_alerts_since(sink, since_ms)
+    }
+
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
+        self.forget_sent_alerts_before(sink, before_ms)
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+        self.try_lock_named(name)
+    }
+
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.scan_checkpoint_named(name)
+    }
+
+    fn set_scan_checkpoint(
+        &self,
+        name: &str,
+        body: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.set_scan_checkpoint_named(name, body, now_ms)
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -1,4 +1,4 @@
--- Version 4: triage. A finding is open, acknowledged or resolved, with who,
+-- Version 6: triage. A finding is open, acknowledged or resolved, with who,
 -- when and a note of the last change. A resolution is owed to every sink
 -- the finding's alert was delivered to: one outbox row per (finding, sink),
 -- written when the finding is resolved (for sinks already told) or when a
