@@ -3,6 +3,9 @@
 //! digest may be the child of a promoted list that has not been read — the
 //! verdict is provisional and [`Audit::pending`] says what to resolve before
 //! auditing again.
+//!
+//! Over 500 lines: the verdict table is one function whose rows must be read
+//! together, with its evidence types; the tests of each row are here too.
 
 use std::fmt;
 

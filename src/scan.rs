@@ -24,6 +24,10 @@
 //! replicas, a row of the store, so any replica resumes it
 //! ([`checkpoint`]). One sweep runs at a time among every process on the
 //! store: a sweep holds the store lock [`SWEEP_LOCK`] while it runs.
+//!
+//! Over 500 lines: the pure planning (what to visit, what is absent) and its
+//! table tests sit beside the sweep loop they feed; the checkpoint is in
+//! `scan/checkpoint.rs`.
 
 mod checkpoint;
 
