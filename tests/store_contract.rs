@@ -7,18 +7,18 @@
 use crate::support;
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use image_auditor::audit::{Evidence, VerdictKind};
+use crate::support::decisions::{decision, digest, evidence, new_finding, repo, sub};
+use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
 use image_auditor::findings::{
     Decision, DeliveryState, Finding, FindingId, FindingQuery, PostgresConfig, PostgresStore,
     Recorded, SentAlert, SqliteStore, Store, StoreError, TriageAction, TriageChange, TriageState,
 };
-use image_auditor::reference::{Digest, Repository, Tag};
 use support::postgres::Postgres;
 
 /// A database for one test, and stores on it.
@@ -194,60 +194,6 @@ contract!(
     a_lock_goes_with_its_session,
     the_scan_checkpoint_is_one_for_every_store,
 );
-
-/// `sha256:` + `unit` repeated to 64 hex digits.
-fn digest(unit: &str) -> Digest {
-    format!("sha256:{}", &unit.repeat(64)[..64])
-        .parse()
-        .unwrap()
-}
-
-fn repo(name: &str) -> Repository {
-    format!("registry.example/prod/{name}").parse().unwrap()
-}
-
-fn evidence() -> Evidence {
-    Evidence {
-        project: "sig-foo".into(),
-        file: Arc::from(Path::new("images/sig-foo/images.yaml")),
-        line: 7,
-        image: "foo".into(),
-        digest: digest("ab"),
-        tags: vec!["v1.0".into()],
-        parent: Some(digest("cd")),
-    }
-}
-
-/// The subscription the test decisions come through.
-fn sub() -> EndpointName {
-    EndpointName("projects/p/subscriptions/prod".into())
-}
-
-fn decision(id: &str, verdict: VerdictKind) -> Decision {
-    Decision {
-        source: Source::PubsubPull,
-        endpoint: sub(),
-        event_id: EventId(id.into()),
-        received_at_ms: 1_000,
-        action: Some(Action::Insert),
-        repository: Some(repo("foo")),
-        digest: Some(digest("12")),
-        tag: Some("v1.0".parse::<Tag>().unwrap()),
-        verdict,
-        reason: format!("{verdict} because of {id}"),
-        evidence: vec![evidence().into()],
-        manifest_commit: Some("0123abcd".into()),
-        index_generation: 7,
-        excepted_by: None,
-    }
-}
-
-fn new_finding(r: Recorded) -> FindingId {
-    match r {
-        Recorded::New { finding: Some(id) } => id,
-        other => panic!("expected a new finding, got {other:?}"),
-    }
-}
 
 fn ids(fs: &[Finding]) -> Vec<&str> {
     fs.iter().map(|f| f.event_id.0.as_str()).collect()
@@ -1899,10 +1845,27 @@ fn a_lock_is_held_by_one_store_at_a_time(h: &dyn Backend) {
     let other = b.try_lock("alerts:hook").unwrap().expect("another name");
     assert!(a.try_lock("alerts:hook").unwrap().is_none());
     drop(held);
-    let taken = b.try_lock("scan").unwrap().expect("released on drop");
+    let taken = take_once_released(&*b, "scan");
     assert!(taken.is_held());
     drop((other, taken));
-    assert!(a.try_lock("alerts:hook").unwrap().is_some());
+    take_once_released(&*a, "alerts:hook");
+}
+
+/// Takes lock `name`, which its holder has just dropped. On PostgreSQL the
+/// server ends the holder's session (and the lock) a moment after the
+/// connection closes, so the lock is polled for, within a bound.
+fn take_once_released(store: &dyn Store, name: &str) -> image_auditor::findings::StoreLock {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(lock) = store.try_lock(name).unwrap() {
+            return lock;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: not released within 10 s of its holder dropping it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The holder of a lock that dies gives it up: a store dropped (a process
