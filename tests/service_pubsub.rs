@@ -198,29 +198,42 @@ async fn ten_thousand_messages_are_each_accounted_for_exactly_once() {
     assert_eq!(by_verdict.get(&VerdictKind::Unpromoted), Some(&10_000));
 }
 
+/// The kill lands mid-stream by construction, not by timing: the first
+/// wave is recorded, then the test holds the findings file's write lock
+/// while the second wave arrives, so at the kill the service holds messages
+/// it has received and not recorded (and so not acked). On a fast machine a
+/// kill timed by polling the store could land after the last message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-crash").await;
     let mut service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads: Vec<Vec<u8>> = (0..3_000)
-        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
-    // Kill -9 once some, but not all, are recorded.
+    let payloads = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
+        range
+            .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
+            .collect()
+    };
+    let mut ids = fixture.publish(payloads(0..1_000)).await;
     service
-        .wait_for_decisions(500, Duration::from_secs(60))
+        .wait_for_decisions(1_000, Duration::from_secs(60))
+        .await;
+
+    let writer = rusqlite::Connection::open(service.findings_db()).unwrap();
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    ids.extend(fixture.publish(payloads(1_000..3_000)).await);
+    service
+        .wait_until("the second wave is held unrecorded", || async {
+            service.metric("image_auditor_store_errors_total").await >= 1.0
+        })
         .await;
     service.kill();
+    drop(writer);
     let before = SqliteStore::open(service.findings_db())
         .unwrap()
         .counts()
         .unwrap()
         .decisions_total();
-    assert!(
-        before < 3_000,
-        "the stream finished before the kill ({before})"
-    );
+    assert_eq!(before, 1_000, "only the first wave is recorded at the kill");
 
     service.restart().await;
     // Unacked messages come back after their lease (10 s) and the
