@@ -36,6 +36,8 @@ pub struct Postgres {
     log: PathBuf,
     /// `Some` when running as root.
     user: Option<&'static str>,
+    /// fsync and full-page writes on (see [`Postgres::start_durable`]).
+    durable: bool,
     running: Option<Running>,
     dir: tempfile::TempDir,
 }
@@ -55,8 +57,20 @@ impl Postgres {
         SHARED.get_or_init(Postgres::start)
     }
 
-    /// A new cluster, started. Panics with the log when it does not start.
+    /// A new cluster, started, with fsync off (tests need no durability).
+    /// Panics with the log when it does not start.
     pub fn start() -> Postgres {
+        Self::start_with(false)
+    }
+
+    /// [`Postgres::start`] with fsync and full-page writes on, as a
+    /// production server commits: for benchmarks, whose figures are
+    /// compared with SQLite's `synchronous=FULL`.
+    pub fn start_durable() -> Postgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Postgres {
         let bin = newest_bin_dir();
         let user = running_as_root().then(ensure_unprivileged_user);
         let dir = tempfile::tempdir().unwrap();
@@ -75,6 +89,7 @@ impl Postgres {
             bin,
             data,
             user,
+            durable,
             running: None,
             dir,
         };
@@ -113,7 +128,7 @@ impl Postgres {
         // it. `exec`-free: `$!` is the postmaster itself.
         let script = r#"
             "$0" -D "$1" -p "$2" -k "$3" -c listen_addresses=127.0.0.1 \
-                -c fsync=off -c full_page_writes=off -c max_connections=200 \
+                -c fsync="$5" -c full_page_writes="$5" -c max_connections=200 \
                 >>"$4" 2>&1 </dev/null &
             pid=$!
             echo "$pid"
@@ -130,6 +145,7 @@ impl Postgres {
             .arg(self.port.to_string())
             .arg(&self.socket_dir)
             .arg(&self.log)
+            .arg(if self.durable { "on" } else { "off" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
