@@ -190,6 +190,7 @@ contract!(
     an_excepted_finding_owes_no_resolution,
     a_sent_alert_marks_its_findings_and_every_store_remembers_it,
     an_alert_for_findings_the_sink_never_claimed_changes_nothing,
+    an_alert_in_flight_is_seen_by_every_store_until_settled,
     a_lock_is_held_by_one_store_at_a_time,
     a_lock_goes_with_its_session,
     the_scan_checkpoint_is_one_for_every_store,
@@ -1828,6 +1829,72 @@ fn an_alert_for_findings_the_sink_never_claimed_changes_nothing(h: &dyn Backend)
     );
     assert!(store.sent_alerts("hook", 0).unwrap().is_empty());
     assert_eq!(store.undelivered("hook").unwrap(), 1);
+}
+
+/// An alert is in flight from just before its send until it is settled:
+/// every store on the database sees it (the next leader of the sink must
+/// know the receiver may have it), per sink; the send's record moves it to
+/// the memory in the transaction that marks its findings, a refusal drops
+/// it, and the repeat window forgets it like a sent one.
+fn an_alert_in_flight_is_seen_by_every_store_until_settled(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    let f1 = new_finding(a.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
+    assert_eq!(a.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
+    a.alert_in_flight("hook", &sent("fact1", 1_000, "first"), 10)
+        .unwrap();
+    assert_eq!(
+        b.alerts_in_flight("hook", 0).unwrap(),
+        [sent("fact1", 1_000, "first")]
+    );
+    assert!(b.alerts_in_flight("chat", 0).unwrap().is_empty());
+    assert!(b.sent_alerts("hook", 0).unwrap().is_empty());
+    // A retry replaces the entry of its fact.
+    b.alert_in_flight("hook", &sent("fact1", 1_000, "retry"), 11)
+        .unwrap();
+    assert_eq!(
+        a.alerts_in_flight("hook", 0).unwrap(),
+        [sent("fact1", 1_000, "retry")]
+    );
+
+    // A refused record leaves it in flight; the send's record settles it.
+    let unclaimed = FindingId(f1.0 + 1000);
+    assert!(
+        a.alert_sent("hook", &sent("fact1", 1_000, "sent"), &[unclaimed], 12)
+            .is_err()
+    );
+    assert_eq!(b.alerts_in_flight("hook", 0).unwrap().len(), 1);
+    a.alert_sent("hook", &sent("fact1", 1_000, "sent"), &[f1], 12)
+        .unwrap();
+    assert!(b.alerts_in_flight("hook", 0).unwrap().is_empty());
+    assert_eq!(
+        b.sent_alerts("hook", 0).unwrap(),
+        [sent("fact1", 1_000, "sent")]
+    );
+
+    // The receiver said no: not in flight any more, nothing remembered.
+    a.alert_in_flight("hook", &sent("fact2", 2_000, "x"), 13)
+        .unwrap();
+    b.alert_not_sent("hook", "fact2").unwrap();
+    b.alert_not_sent("hook", "fact2").unwrap();
+    assert!(a.alerts_in_flight("hook", 0).unwrap().is_empty());
+    assert_eq!(a.sent_alerts("hook", 0).unwrap().len(), 1);
+
+    // The repeat window.
+    a.alert_in_flight("hook", &sent("fact3", 500, "old"), 14)
+        .unwrap();
+    a.alert_in_flight("hook", &sent("fact4", 3_000, "young"), 15)
+        .unwrap();
+    assert_eq!(
+        b.alerts_in_flight("hook", 600).unwrap(),
+        [sent("fact4", 3_000, "young")]
+    );
+    // fact1 (sent, first seen at 1,000) and fact3 (in flight, at 500).
+    assert_eq!(b.forget_sent_alerts("hook", 1_500).unwrap(), 2);
+    assert_eq!(
+        a.alerts_in_flight("hook", 0).unwrap(),
+        [sent("fact4", 3_000, "young")]
+    );
+    assert!(a.sent_alerts("hook", 0).unwrap().is_empty());
 }
 
 /// One alert dispatcher per sink, one sweep at a time: a named lock is

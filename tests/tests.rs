@@ -8,6 +8,7 @@
 mod support;
 
 mod alert_grouping;
+mod alert_handover;
 mod alerts;
 mod cli;
 mod corpus;

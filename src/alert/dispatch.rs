@@ -13,6 +13,20 @@
 //! memory is in the store ([`super::memory`]) and read when the lock is
 //! taken, so the new holder, or the same replica after a restart, updates
 //! the alerts sent before. Alerts are few; one sender per sink is plenty.
+//!
+//! **In flight before sent.** An alert is written to the store as in
+//! flight before it leaves, and settled after: sent (with its findings
+//! marked, in one transaction) or refused (the receiver answered no). A
+//! holder that dies or loses its store session between the send and the
+//! record leaves the entry in flight; the next holder cannot tell whether
+//! the receiver has it, so it counts it as sent, and the fact's findings,
+//! back after their claim lease, go out as an `updated` alert with the same
+//! `alert_id`. The guarantee per sink: every finding is delivered at least
+//! once, a fact is raised `new` at most once per repeat window, and a
+//! receiver may see an alert's content again only as an update (or as a
+//! retry after an answer it gave was lost), never as a second `new`.
+//! Exactly once is not possible over HTTP: a sender cannot tell a lost
+//! request from a lost answer.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,7 +36,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::sink::{Sink, SinkConfig};
+use super::sink::{SendError, Sink, SinkConfig};
 use super::{Alert, FactKey, Plan, Route, memory, plan};
 use crate::findings::{Finding, FindingId, Store, StoreLock, now_ms, off_thread};
 use crate::index::Index;
@@ -196,7 +210,14 @@ impl Dispatcher {
         };
         let sink = self.name.clone();
         let since = now_ms() - self.window_ms();
-        let remembered = match off_thread(&self.store, move |s| s.sent_alerts(&sink, since)).await {
+        let remembered = match off_thread(&self.store, move |s| {
+            Ok((
+                s.sent_alerts(&sink, since)?,
+                s.alerts_in_flight(&sink, since)?,
+            ))
+        })
+        .await
+        {
             Ok(remembered) => remembered,
             Err(e) => {
                 // Without the memory, facts alerted before would be new
@@ -205,8 +226,13 @@ impl Dispatcher {
                 return false;
             }
         };
+        let (remembered, unsettled) = remembered;
         sent.clear();
-        for entry in &remembered {
+        // An alert in flight is newer than the one remembered for its fact
+        // (it was built as its update), and may have arrived: it counts as
+        // sent. Read after the memory, so that the one that replaces it
+        // wins.
+        for entry in remembered.iter().chain(&unsettled) {
             match memory::recall(entry) {
                 Ok((key, alert)) => {
                     sent.insert(key, alert);
@@ -218,6 +244,7 @@ impl Dispatcher {
         tracing::info!(
             sink = self.name,
             remembered = sent.len(),
+            in_flight = unsettled.len(),
             "this process delivers the sink's alerts"
         );
         *lock = Some(taken);
@@ -287,7 +314,23 @@ impl Dispatcher {
             })
             .collect();
         for (key, members, alert) in alerts {
-            let outcome = self.sink.send(&alert).await;
+            // In flight before it leaves: if this process loses the store
+            // or dies between the send and the record, whoever leads next
+            // updates this alert instead of raising the fact anew.
+            let remembered = memory::remember(&key, &alert);
+            let in_flight = remembered.clone();
+            let sink = self.name.clone();
+            let written = off_thread(&self.store, move |s| {
+                s.alert_in_flight(&sink, &in_flight, now_ms())
+            })
+            .await;
+            let outcome = match written {
+                Ok(()) => self.sink.send(&alert).await,
+                // Unsent, so certainly not arrived: retried like a refusal.
+                Err(e) => Err(SendError::refused(format!(
+                    "cannot record the alert in flight: {e}"
+                ))),
+            };
             self.metrics.alert(
                 &self.name,
                 if outcome.is_ok() {
@@ -302,7 +345,6 @@ impl Dispatcher {
                     // has been told, and is never claimed for this sink
                     // again. Marked and remembered at once, so a later
                     // sight updates this alert whoever leads then.
-                    let remembered = memory::remember(&key, &alert);
                     let ids: Vec<FindingId> = members.iter().map(|f| f.id).collect();
                     let sink = self.name.clone();
                     let marked = off_thread(&self.store, move |s| {
@@ -319,7 +361,23 @@ impl Dispatcher {
                 }
                 Err(e) => {
                     tracing::warn!(sink = self.name, alert_id = alert.alert_id, error = %e,
-                        "alert not delivered; will retry");
+                        refused = e.refused, "alert not delivered; will retry");
+                    if e.refused {
+                        let sink = self.name.clone();
+                        let fact = alert.alert_id.clone();
+                        if let Err(e) =
+                            off_thread(&self.store, move |s| s.alert_not_sent(&sink, &fact)).await
+                        {
+                            // The entry stays in flight: the retry is an
+                            // update the receiver never saw a `new` for,
+                            // which it reads the same way.
+                            tracing::warn!(sink = self.name, alert_id = alert.alert_id,
+                                error = %e, "cannot settle the alert in flight");
+                        }
+                    } else {
+                        // It may have arrived: the retry updates it.
+                        sent.insert(key.clone(), alert.clone());
+                    }
                     // One retry time for the whole fact, so that it comes
                     // back as one group.
                     let tries = members.iter().map(|f| attempts(f)).max().unwrap_or(1);

@@ -17,7 +17,7 @@ pub mod sink;
 pub use group::{Plan, group, group_after, plan, pushed_list};
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -308,12 +308,29 @@ impl Alert {
         repositories.sort();
         repositories.dedup();
         merged.repositories = repositories;
-        merged.events = self.events.iter().chain(&newer.events).cloned().collect();
+        // An update after a handover may carry findings the alert in
+        // flight already listed (they came back after their claim lease):
+        // each is listed once.
+        // `events` and `finding_ids` are parallel (one event per finding).
+        let listed: HashSet<FindingId> = self.finding_ids.iter().copied().collect();
+        let fresh: Vec<(FindingId, &AlertEvent)> = newer
+            .finding_ids
+            .iter()
+            .copied()
+            .zip(&newer.events)
+            .filter(|(id, _)| !listed.contains(id))
+            .collect();
+        merged.events = self
+            .events
+            .iter()
+            .chain(fresh.iter().map(|(_, e)| *e))
+            .cloned()
+            .collect();
         merged.finding_ids = self
             .finding_ids
             .iter()
-            .chain(&newer.finding_ids)
             .copied()
+            .chain(fresh.iter().map(|(id, _)| *id))
             .collect();
         merged.lists = self.lists.clone();
         merged.lists.extend(newer.lists.clone());

@@ -144,10 +144,35 @@ pub enum Sink {
     },
 }
 
-/// Why a delivery did not happen; the dispatcher retries with backoff.
+/// Why a delivery did not succeed; the dispatcher retries with backoff.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct SendError(pub String);
+#[error("{message}")]
+pub struct SendError {
+    pub message: String,
+    /// Whether the alert certainly did not arrive: it never left (no
+    /// connection, no body), or the receiver answered and did not accept
+    /// it. A timeout or a connection lost mid-request leaves it unknown:
+    /// the receiver may have it, so its retry must not be `new` again.
+    pub refused: bool,
+}
+
+impl SendError {
+    /// The alert did not arrive.
+    pub fn refused(message: impl Into<String>) -> SendError {
+        SendError {
+            message: message.into(),
+            refused: true,
+        }
+    }
+
+    /// The alert may have arrived.
+    pub fn unknown(message: impl Into<String>) -> SendError {
+        SendError {
+            message: message.into(),
+            refused: false,
+        }
+    }
+}
 
 /// Why a sink's configuration cannot work, naming the sink.
 #[derive(Debug, thiserror::Error)]
@@ -292,7 +317,8 @@ impl Sink {
                 Ok(())
             }
             Sink::Webhook { http, url, hmac } => {
-                let body = serde_json::to_vec(alert).map_err(|e| SendError(e.to_string()))?;
+                let body =
+                    serde_json::to_vec(alert).map_err(|e| SendError::refused(e.to_string()))?;
                 let mut request = http
                     .post(url)
                     .header("content-type", "application/json")
@@ -327,7 +353,8 @@ impl Sink {
                 post(request, &endpoint).await
             }
             Sink::Pubsub { publisher } => {
-                let data = serde_json::to_vec(alert).map_err(|e| SendError(e.to_string()))?;
+                let data =
+                    serde_json::to_vec(alert).map_err(|e| SendError::refused(e.to_string()))?;
                 let message = google_cloud_pubsub::model::Message::new()
                     .set_data(data)
                     .set_attributes([
@@ -340,17 +367,24 @@ impl Sink {
                     .publish(message)
                     .await
                     .map(drop)
-                    .map_err(|e| SendError(format!("publish: {e}")))
+                    // A publish that failed may still have been stored.
+                    .map_err(|e| SendError::unknown(format!("publish: {e}")))
             }
         }
     }
 }
 
 async fn post(request: reqwest::RequestBuilder, what: &str) -> Result<(), SendError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| SendError(format!("POST {what}: {e}")))?;
+    let response = request.send().await.map_err(|e| {
+        // Refused at connect: nothing was sent. Anything later (a
+        // timeout, a reset) may follow a request the receiver read.
+        let message = format!("POST {what}: {e}");
+        if e.is_connect() || e.is_builder() {
+            SendError::refused(message)
+        } else {
+            SendError::unknown(message)
+        }
+    })?;
     let status = response.status();
     if status.is_success() {
         return Ok(());
@@ -362,7 +396,7 @@ async fn post(request: reqwest::RequestBuilder, what: &str) -> Result<(), SendEr
         .chars()
         .take(200)
         .collect();
-    Err(SendError(format!("POST {what}: {status} {body}")))
+    Err(SendError::refused(format!("POST {what}: {status} {body}")))
 }
 
 /// `v1=<hex HMAC-SHA256(key, timestamp "." body)>`: the timestamp is signed

@@ -66,6 +66,11 @@ pub const SQLITE: &[Migration] = &[
         name: "triage state and the resolutions outbox",
         sql: include_str!("migrations/sqlite/0007_triage.sql"),
     },
+    Migration {
+        version: 8,
+        name: "alerts in flight: sent, perhaps, but not yet remembered",
+        sql: include_str!("migrations/sqlite/0008_alerts_in_flight.sql"),
+    },
 ];
 
 /// The PostgreSQL store's schema.
@@ -99,6 +104,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 6,
         name: "triage state and the resolutions outbox",
         sql: include_str!("migrations/postgres/0006_triage.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "alerts in flight: sent, perhaps, but not yet remembered",
+        sql: include_str!("migrations/postgres/0007_alerts_in_flight.sql"),
     },
 ];
 

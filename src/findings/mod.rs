@@ -578,12 +578,29 @@ pub trait Store: Send + Sync {
         retry_at_ms: i64,
     ) -> Result<(), StoreError>;
 
+    /// The alert for `alert.fact` is about to be sent to `sink`: it is
+    /// remembered as in flight (replacing an earlier in-flight entry of
+    /// the fact) until [`Store::alert_sent`] or [`Store::alert_not_sent`]
+    /// settles it. Written before the send, so that whoever leads the sink
+    /// next knows this alert may have arrived ([`Store::alerts_in_flight`]).
+    fn alert_in_flight(&self, sink: &str, alert: &SentAlert, now_ms: i64)
+    -> Result<(), StoreError>;
+
+    /// `sink`'s receiver refused the alert of `fact` (it answered, and not
+    /// with success): it is no longer in flight. Idempotent.
+    fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError>;
+
+    /// The alerts sent, or being sent, to `sink` that were never settled,
+    /// for facts first seen at or after `since_ms`, in no particular order.
+    fn alerts_in_flight(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError>;
+
     /// The alert for `alert.fact` reached `sink`: in one transaction, every
-    /// finding of `findings` is marked delivered to it and the alert is
-    /// remembered (replacing what was remembered for the fact), so that the
-    /// next sight of the fact, by this process or any other on the store,
-    /// updates this alert. [`StoreError::NotClaimed`] (and nothing
-    /// written) when a finding was never claimed for `sink`.
+    /// finding of `findings` is marked delivered to it, the alert is
+    /// remembered (replacing what was remembered for the fact) and is no
+    /// longer in flight, so that the next sight of the fact, by this
+    /// process or any other on the store, updates this alert.
+    /// [`StoreError::NotClaimed`] (and nothing written) when a finding was
+    /// never claimed for `sink`.
     fn alert_sent(
         &self,
         sink: &str,
@@ -596,8 +613,8 @@ pub trait Store: Send + Sync {
     /// `since_ms`, in no particular order.
     fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError>;
 
-    /// Forgets `sink`'s alerts of facts first seen before `before_ms` (out
-    /// of the repeat window); returns how many.
+    /// Forgets `sink`'s alerts, sent or in flight, of facts first seen
+    /// before `before_ms` (out of the repeat window); returns how many.
     fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError>;
 
     /// Takes the lock `name` unless some process on this store holds it:

@@ -941,6 +941,23 @@ impl Store for PostgresStore {
         self.sent_alerts_since(sink, since_ms)
     }
 
+    fn alert_in_flight(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.alert_in_flight_now(sink, alert, now_ms)
+    }
+
+    fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        self.alert_not_sent_now(sink, fact)
+    }
+
+    fn alerts_in_flight(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
+        self.alerts_in_flight_since(sink, since_ms)
+    }
+
     fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
         self.forget_sent_alerts_before(sink, before_ms)
     }

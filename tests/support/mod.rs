@@ -15,6 +15,7 @@ pub mod pubsub;
 pub mod receiver;
 pub mod registry;
 pub mod service;
+pub mod tcp_cut;
 pub mod token;
 
 use std::path::Path;

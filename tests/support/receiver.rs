@@ -2,6 +2,8 @@
 //! and body) and answers 500 to the first `fail_first` of them, as a
 //! receiver having a bad minute would.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -18,10 +20,16 @@ pub struct Received {
     pub status: u16,
 }
 
+/// Run once, on the first request the receiver accepts, after recording
+/// it and before answering: what happens to the sender while its alert has
+/// arrived but the answer has not.
+pub type Hook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 #[derive(Clone)]
 struct Shared {
     requests: Arc<Mutex<Vec<Received>>>,
     fail_first: usize,
+    hook: Arc<tokio::sync::Mutex<Option<Hook>>>,
 }
 
 pub struct Receiver {
@@ -33,10 +41,20 @@ pub struct Receiver {
 impl Receiver {
     /// Listens on a free loopback port inside the test's runtime.
     pub async fn start(fail_first: usize) -> Receiver {
+        Self::start_with(fail_first, None).await
+    }
+
+    /// [`Receiver::start`], running `hook` on the first accepted request.
+    pub async fn start_hooked(hook: Hook) -> Receiver {
+        Self::start_with(0, Some(hook)).await
+    }
+
+    async fn start_with(fail_first: usize, hook: Option<Hook>) -> Receiver {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let shared = Shared {
             requests: requests.clone(),
             fail_first,
+            hook: Arc::new(tokio::sync::Mutex::new(hook)),
         };
         let app = Router::new()
             .route("/hook", post(receive))
@@ -68,16 +86,25 @@ impl Receiver {
 }
 
 async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let mut requests = shared.requests.lock().unwrap();
-    let status = if requests.len() < shared.fail_first {
-        StatusCode::INTERNAL_SERVER_ERROR
-    } else {
-        StatusCode::OK
+    let status = {
+        let mut requests = shared.requests.lock().unwrap();
+        let status = if requests.len() < shared.fail_first {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::OK
+        };
+        requests.push(Received {
+            headers,
+            body,
+            status: status.as_u16(),
+        });
+        status
     };
-    requests.push(Received {
-        headers,
-        body,
-        status: status.as_u16(),
-    });
+    if status == StatusCode::OK {
+        let hook = shared.hook.lock().await.take();
+        if let Some(hook) = hook {
+            hook().await;
+        }
+    }
     status
 }

@@ -1,5 +1,5 @@
 //! What replicas on one PostgreSQL database must do once: the alert memory
-//! of each sink, the scan checkpoint, and named locks (one alert dispatcher
+//! of each sink (alerts sent, and alerts in flight), the scan checkpoint, and named locks (one alert dispatcher
 //! per sink, one sweep at a time). The trait methods of [`PostgresStore`]
 //! call these.
 //!
@@ -124,8 +124,70 @@ impl PostgresStore {
             )
             .await
             .map_err(|e| self.pg(e))?;
+            tx.execute(
+                "DELETE FROM alerts_in_flight WHERE sink = $1 AND fact = $2",
+                &[&sink, &alert.fact],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
             tx.commit().await.map_err(|e| self.pg(e))
         })
+    }
+
+    pub(super) fn alert_in_flight_now(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "INSERT INTO alerts_in_flight (sink, fact, first_seen_ms, started_at_ms, body) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (sink, fact) DO UPDATE SET \
+                       first_seen_ms = excluded.first_seen_ms, \
+                       started_at_ms = excluded.started_at_ms, body = excluded.body",
+                    &[
+                        &sink,
+                        &alert.fact,
+                        &alert.first_seen_ms,
+                        &now_ms,
+                        &alert.body,
+                    ],
+                )
+                .await
+                .map(drop)
+                .map_err(|e| self.pg(e))
+        })
+    }
+
+    pub(super) fn alert_not_sent_now(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            client
+                .execute(
+                    "DELETE FROM alerts_in_flight WHERE sink = $1 AND fact = $2",
+                    &[&sink, &fact],
+                )
+                .await
+                .map(drop)
+                .map_err(|e| self.pg(e))
+        })
+    }
+
+    pub(super) fn alerts_in_flight_since(
+        &self,
+        sink: &str,
+        since_ms: i64,
+    ) -> Result<Vec<SentAlert>, StoreError> {
+        self.remembered(
+            "SELECT fact, first_seen_ms, body FROM alerts_in_flight \
+             WHERE sink = $1 AND first_seen_ms >= $2",
+            sink,
+            since_ms,
+        )
     }
 
     pub(super) fn sent_alerts_since(
@@ -133,14 +195,25 @@ impl PostgresStore {
         sink: &str,
         since_ms: i64,
     ) -> Result<Vec<SentAlert>, StoreError> {
+        self.remembered(
+            "SELECT fact, first_seen_ms, body FROM sent_alerts \
+             WHERE sink = $1 AND first_seen_ms >= $2",
+            sink,
+            since_ms,
+        )
+    }
+
+    /// The rows of `sql` (fact, first seen, body) for `sink` and `since_ms`.
+    fn remembered(
+        &self,
+        sql: &str,
+        sink: &str,
+        since_ms: i64,
+    ) -> Result<Vec<SentAlert>, StoreError> {
         self.block_on(async {
             let client = self.client().await?;
             Ok(client
-                .query(
-                    "SELECT fact, first_seen_ms, body FROM sent_alerts \
-                     WHERE sink = $1 AND first_seen_ms >= $2",
-                    &[&sink, &since_ms],
-                )
+                .query(sql, &[&sink, &since_ms])
                 .await
                 .map_err(|e| self.pg(e))?
                 .iter()
@@ -160,12 +233,18 @@ impl PostgresStore {
     ) -> Result<u64, StoreError> {
         self.block_on(async {
             let client = self.client().await?;
+            // One statement: both tables or neither.
             client
-                .execute(
-                    "DELETE FROM sent_alerts WHERE sink = $1 AND first_seen_ms < $2",
+                .query_one(
+                    "WITH s AS (DELETE FROM sent_alerts WHERE sink = $1 AND first_seen_ms < $2 \
+                       RETURNING 1), \
+                     f AS (DELETE FROM alerts_in_flight WHERE sink = $1 AND first_seen_ms < $2 \
+                       RETURNING 1) \
+                     SELECT (SELECT count(*) FROM s) + (SELECT count(*) FROM f)",
                     &[&sink, &before_ms],
                 )
                 .await
+                .map(|row| row.get::<_, i64>(0) as u64)
                 .map_err(|e| self.pg(e))
         })
     }

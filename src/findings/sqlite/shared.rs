@@ -1,7 +1,8 @@
 //! What the SQLite store keeps for work that must happen once however many
-//! processes use the file: the alert memory of each sink, the scan
-//! checkpoint, and named locks (one alert dispatcher per sink, one sweep at
-//! a time). The trait methods of [`SqliteStore`] call these.
+//! processes use the file: the alert memory of each sink (alerts sent, and
+//! alerts in flight), the scan checkpoint, and named locks (one alert
+//! dispatcher per sink, one sweep at a time). The trait methods of
+//! [`SqliteStore`] call these.
 //!
 //! Locks are exclusive `flock`s on a file beside the database, one per
 //! name: the kernel releases them when the holder exits, however it exits,
@@ -156,7 +157,57 @@ impl SqliteStore {
             ])
         })
         .map_err(|e| self.sql(e))?;
+        tx.prepare_cached("DELETE FROM alerts_in_flight WHERE sink = ?1 AND fact = ?2")
+            .and_then(|mut s| s.execute(params![sink, alert.fact]))
+            .map_err(|e| self.sql(e))?;
         tx.commit().map_err(|e| self.sql(e))
+    }
+
+    pub(super) fn alert_in_flight_now(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.lock()
+            .prepare_cached(
+                "INSERT INTO alerts_in_flight (sink, fact, first_seen_ms, started_at_ms, body) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (sink, fact) DO UPDATE SET first_seen_ms = excluded.first_seen_ms, \
+                   started_at_ms = excluded.started_at_ms, body = excluded.body",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    sink,
+                    alert.fact,
+                    alert.first_seen_ms,
+                    now_ms,
+                    alert.body
+                ])
+            })
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub(super) fn alert_not_sent_now(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        self.lock()
+            .prepare_cached("DELETE FROM alerts_in_flight WHERE sink = ?1 AND fact = ?2")
+            .and_then(|mut s| s.execute(params![sink, fact]))
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    pub(super) fn alerts_in_flight_since(
+        &self,
+        sink: &str,
+        since_ms: i64,
+    ) -> Result<Vec<SentAlert>, StoreError> {
+        self.remembered(
+            "SELECT fact, first_seen_ms, body FROM alerts_in_flight \
+             WHERE sink = ?1 AND first_seen_ms >= ?2",
+            sink,
+            since_ms,
+        )
     }
 
     pub(super) fn sent_alerts_since(
@@ -164,13 +215,23 @@ impl SqliteStore {
         sink: &str,
         since_ms: i64,
     ) -> Result<Vec<SentAlert>, StoreError> {
+        self.remembered(
+            "SELECT fact, first_seen_ms, body FROM sent_alerts \
+             WHERE sink = ?1 AND first_seen_ms >= ?2",
+            sink,
+            since_ms,
+        )
+    }
+
+    /// The rows of `sql` (fact, first seen, body) for `sink` and `since_ms`.
+    fn remembered(
+        &self,
+        sql: &str,
+        sink: &str,
+        since_ms: i64,
+    ) -> Result<Vec<SentAlert>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT fact, first_seen_ms, body FROM sent_alerts \
-                 WHERE sink = ?1 AND first_seen_ms >= ?2",
-            )
-            .map_err(|e| self.sql(e))?;
+        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
         stmt.query_map(params![sink, since_ms], |r| {
             Ok(SentAlert {
                 fact: r.get(0)?,
@@ -187,11 +248,19 @@ impl SqliteStore {
         sink: &str,
         before_ms: i64,
     ) -> Result<u64, StoreError> {
-        self.lock()
-            .prepare_cached("DELETE FROM sent_alerts WHERE sink = ?1 AND first_seen_ms < ?2")
-            .and_then(|mut s| s.execute(params![sink, before_ms]))
-            .map(|n| n as u64)
-            .map_err(|e| self.sql(e))
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        let mut forgotten = 0;
+        for table in ["sent_alerts", "alerts_in_flight"] {
+            forgotten += tx
+                .prepare_cached(&format!(
+                    "DELETE FROM {table} WHERE sink = ?1 AND first_seen_ms < ?2"
+                ))
+                .and_then(|mut s| s.execute(params![sink, before_ms]))
+                .map_err(|e| self.sql(e))? as u64;
+        }
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(forgotten)
     }
 
     pub(super) fn scan_checkpoint_named(&self, name: &str) -> Result<Option<String>, StoreError> {
