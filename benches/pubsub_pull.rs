@@ -24,7 +24,8 @@
 
 // The test harness, shared rather than copied: `postgres` needs its
 // sibling `registry` (for `free_port`), so they sit under one module as in
-// tests/support/.
+// tests/support/. The bench uses a few of their helpers, not all.
+#[allow(dead_code)]
 mod support {
     #[path = "../../tests/support/postgres.rs"]
     pub mod postgres;
