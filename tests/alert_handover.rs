@@ -61,13 +61,19 @@ fn index() -> Arc<ArcSwap<Index>> {
 }
 
 async fn dispatcher(store: Arc<dyn Store>, url: &str) -> Dispatcher {
+    dispatcher_with_timeout(store, url, Duration::from_secs(10)).await
+}
+
+async fn dispatcher_with_timeout(
+    store: Arc<dyn Store>,
+    url: &str,
+    timeout: Duration,
+) -> Dispatcher {
     let config: SinkConfig =
         serde_json::from_value(json!({"name": "hook", "webhook": {"url": url}})).unwrap();
     Dispatcher {
         name: "hook".into(),
-        sink: Sink::from_config(&config, Duration::from_secs(10), |_| None)
-            .await
-            .unwrap(),
+        sink: Sink::from_config(&config, timeout, |_| None).await.unwrap(),
         route: Route::default(),
         store,
         index: index(),
@@ -270,4 +276,50 @@ async fn sqlite_a_leader_dead_after_sending_is_followed_by_an_update_not_a_new()
     });
     let receiver = Receiver::start_hooked(hook).await;
     handover(leader, successor, &receiver, &leader_task).await;
+}
+
+/// A send whose answer never comes (the receiver keeps the alert but
+/// answers after the sender's timeout) may have arrived: the retry is an
+/// update of it, not a second `new`. A `new` the receiver refused outright
+/// is retried as `new` (tests/alerts.rs, through failing receivers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_timed_out_is_retried_as_an_update() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+    let slow: Hook = Box::new(move || {
+        Box::pin(async move {
+            // Until the sender has given up (its retry is the signal).
+            let _ = answered.await;
+        })
+    });
+    let receiver = Receiver::start_hooked(slow).await;
+    let finding = unpromoted(&store, "e1").await;
+    let mut dispatcher =
+        dispatcher_with_timeout(store.clone(), &receiver.url, Duration::from_millis(300)).await;
+    dispatcher.timing.backoff_base = Duration::from_millis(50);
+    dispatcher.timing.backoff_max = Duration::from_millis(100);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(dispatcher.run(stop.clone()));
+    wait_for("the retry", || receiver.requests().len() >= 2).await;
+    let _ = answer.send(());
+    stop.cancel();
+    task.await.unwrap();
+
+    let alerts = receiver.accepted_json();
+    assert_eq!(alerts[0]["status"], "new");
+    for again in &alerts[1..] {
+        assert_eq!(again["status"], "updated", "{again:#}");
+        assert_eq!(again["alert_id"], alerts[0]["alert_id"]);
+        assert_eq!(ids(again), [finding.0]);
+    }
+    let (owed, in_flight) = tokio::task::spawn_blocking(move || {
+        (
+            store.undelivered("hook").unwrap(),
+            store.alerts_in_flight("hook", 0).unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(owed, 0);
+    assert!(in_flight.is_empty(), "{in_flight:?}");
 }

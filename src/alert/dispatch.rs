@@ -16,17 +16,23 @@
 //!
 //! **In flight before sent.** An alert is written to the store as in
 //! flight before it leaves, and settled after: sent (with its findings
-//! marked, in one transaction) or refused (the receiver answered no). A
-//! holder that dies or loses its store session between the send and the
-//! record leaves the entry in flight; the next holder cannot tell whether
-//! the receiver has it, so it counts it as sent, and the fact's findings,
-//! back after their claim lease, go out as an `updated` alert with the same
+//! marked, in one transaction) or, for a `new` one, refused (the receiver
+//! answered no, or could not be reached; a refused update may stay in
+//! flight, as its fact's next alert is an update anyway). A holder that
+//! dies or loses its store session between the send and the record leaves
+//! the entry in flight; the next holder cannot tell whether the receiver
+//! has it, so it counts it as sent, and the fact's findings, back after
+//! their claim lease, go out as an `updated` alert with the same
 //! `alert_id`. The guarantee per sink: every finding is delivered at least
-//! once, a fact is raised `new` at most once per repeat window, and a
-//! receiver may see an alert's content again only as an update (or as a
-//! retry after an answer it gave was lost), never as a second `new`.
-//! Exactly once is not possible over HTTP: a sender cannot tell a lost
-//! request from a lost answer.
+//! once, a fact is raised `new` at most once per repeat window, and what a
+//! receiver sees again comes as an update with the same `alert_id` (a
+//! `new` is repeated only to a receiver that answered it with an error yet
+//! kept it). Exactly once is not possible over HTTP: a sender cannot tell
+//! a lost request from a lost answer.
+//!
+//! Just past 500 lines: the loop, the lock, the memory and the outbox
+//! marks are one state machine, and `AlertsConfig` is here because its
+//! checks are this loop's (the claim lease).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,7 +43,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::sink::{SendError, Sink, SinkConfig};
-use super::{Alert, FactKey, Plan, Route, memory, plan};
+use super::{Alert, AlertStatus, FactKey, Plan, Route, memory, plan};
 use crate::findings::{Finding, FindingId, Store, StoreLock, now_ms, off_thread};
 use crate::index::Index;
 use crate::metrics::Metrics;
@@ -324,6 +330,7 @@ impl Dispatcher {
                 s.alert_in_flight(&sink, &in_flight, now_ms())
             })
             .await;
+            let in_store = written.is_ok();
             let outcome = match written {
                 Ok(()) => self.sink.send(&alert).await,
                 // Unsent, so certainly not arrived: retried like a refusal.
@@ -362,19 +369,24 @@ impl Dispatcher {
                 Err(e) => {
                     tracing::warn!(sink = self.name, alert_id = alert.alert_id, error = %e,
                         refused = e.refused, "alert not delivered; will retry");
-                    if e.refused {
+                    if e.refused && in_store && alert.status == AlertStatus::New {
+                        // Nothing of the fact has reached the receiver (a
+                        // `new` has no earlier send), so its retry is
+                        // `new` again. A refused update stays in flight:
+                        // the fact's next alert is an update either way,
+                        // and the entry may stand for an earlier send
+                        // whose outcome is unknown.
                         let sink = self.name.clone();
                         let fact = alert.alert_id.clone();
                         if let Err(e) =
                             off_thread(&self.store, move |s| s.alert_not_sent(&sink, &fact)).await
                         {
-                            // The entry stays in flight: the retry is an
-                            // update the receiver never saw a `new` for,
-                            // which it reads the same way.
+                            // The retry is an update the receiver never
+                            // saw a `new` for, which it reads the same way.
                             tracing::warn!(sink = self.name, alert_id = alert.alert_id,
                                 error = %e, "cannot settle the alert in flight");
                         }
-                    } else {
+                    } else if !e.refused {
                         // It may have arrived: the retry updates it.
                         sent.insert(key.clone(), alert.clone());
                     }

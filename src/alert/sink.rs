@@ -1,6 +1,10 @@
 //! Where alerts go. Each sink only delivers: an `Ok` means the receiver
 //! acknowledged the alert (2xx, or a published message id), an `Err` that it
-//! must be tried again later.
+//! must be tried again later, and says whether the alert may have arrived.
+//!
+//! Past 500 lines: the four sinks' configurations, their wire formats and
+//! the one `send` that picks between them change together (a field of the
+//! alert reaches every format), so they stay in one file.
 
 use std::fmt;
 use std::time::Duration;
