@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{chain, pool_error};
-use crate::audit::VerdictKind;
+use crate::findings::stored::decided_verdict;
 use crate::findings::{Decision, FindingId, Recorded, StoreError, action_str, now_ms};
 
 /// Most decisions in one transaction.
@@ -271,13 +271,8 @@ async fn write(
                 return Ok(Recorded::Duplicate { verdict: first });
             }
             match existing.get(&k) {
-                Some(v) => v
-                    .parse::<VerdictKind>()
-                    .map(|verdict| Recorded::Duplicate { verdict })
-                    .map_err(|_| StoreError::Corrupt {
-                        path: name.clone(),
-                        what: format!("decision {}/{}/{}: verdict {v:?}", k.0, k.1, k.2),
-                    }),
+                Some(v) => decided_verdict(name, (&k.0, &k.1, &k.2), v)
+                    .map(|verdict| Recorded::Duplicate { verdict }),
                 // Pruned between the insert and the lookup: not recorded
                 // now; the delivery comes back and is decided anew.
                 None => Err(StoreError::GroupCommit {
