@@ -315,10 +315,8 @@ impl fmt::Display for Shown {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::fixtures::d;
 
-    fn d(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
-    }
 
     fn entry() -> Exception {
         Exception {

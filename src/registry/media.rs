@@ -130,10 +130,8 @@ fn convert_digest(d: &oci_spec::image::Digest) -> Result<Digest, ErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::fixtures::d;
 
-    fn d(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
-    }
 
     #[test]
     fn docker_manifest_list_is_an_index_with_platforms() {
