@@ -29,9 +29,10 @@
 //! when recorded, and a sink's first claim writes the rows of the findings
 //! before it, under a table lock that keeps the two from missing each other.
 //!
-//! Over 500 lines: the trait's methods share the pool, the row parsing and
-//! the error mapping here; connecting, group commit and triage have their
-//! own files under `postgres/`. The alert memory, the scan checkpoint and
+//! Over 500 lines: the trait's methods share the pool and the error
+//! mapping here; connecting, group commit, the outbox claims and triage
+//! have their own files under `postgres/`, and what a stored row means is
+//! `findings::stored`'s. The alert memory, the scan checkpoint and
 //! the locks that make one alert dispatcher per sink and one sweep at a
 //! time are in [`shared`].
 

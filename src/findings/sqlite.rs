@@ -1,8 +1,9 @@
 //! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
-//! Over 500 lines: the group commit, the outbox and row parsing share the
-//! one connection and its statements. What processes on one file must do
-//! once (alert memory, scan checkpoint, locks) is in [`shared`]; triage
-//! lives in `sqlite/triage.rs`.
+//! Over 500 lines: opening and migrating, the group commit and the trait's
+//! queries share the one connection and its statements. Claiming and
+//! marking outbox rows is in [`outbox`], triage in [`triage`]; what
+//! processes on one file must do once (alert memory, scan checkpoint,
+//! locks) in [`shared`]. What a stored row means is `findings::stored`'s.
 
 mod outbox;
 mod shared;
