@@ -30,9 +30,9 @@ use image_auditor::reference::{Digest, RegistryPrefix};
 use image_auditor::registry::{ErrorKind, RegistryClient};
 use image_auditor::resolve::Resolver;
 use image_auditor::scan::{self, CheckpointAt, Options, SWEEP_LOCK, Summary};
-use support::oci::{Desc, Layout, OCI_MANIFEST};
+use support::oci::{Desc, Layout};
 use support::postgres::Postgres;
-use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push};
+use support::registry::{Auth, Push, Registry, push_untagged, skopeo_push};
 use support::{client, stdout_json, test_config};
 
 struct Fixture {
@@ -58,12 +58,7 @@ impl Fixture {
         };
 
         let single = layout.image("amd64");
-        let amd64 = layout.image("amd64");
-        let arm64 = layout.image("arm64");
-        let multi = layout.index(&[
-            (&amd64, Some(("linux", "amd64"))),
-            (&arm64, Some(("linux", "arm64"))),
-        ]);
+        let [multi, _, _] = layout.two_platform_index();
         let tagged = layout.image("amd64");
         let untagged = layout.image("amd64");
         let rogue = layout.image("amd64");
@@ -191,21 +186,6 @@ fn retag_push(layout: &mut Layout, desc: &Desc, tag: &str, host: &str, repo: &st
         "skopeo copy to {repo}:{tag}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Pushes an OCI manifest written in `layout` to `repo` under its own
-/// digest, with no tag: its blobs first, then the manifest by digest.
-async fn push_untagged(host: &str, layout: &Layout, repo: &str, desc: &Desc) {
-    let bytes = layout.read(desc);
-    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let blobs = std::iter::once(&manifest["config"])
-        .chain(manifest["layers"].as_array().unwrap())
-        .map(|b| b["digest"].as_str().unwrap().parse::<Digest>().unwrap());
-    for blob in blobs {
-        let blob = std::fs::read(layout.dir.join("blobs/sha256").join(blob.hex())).unwrap();
-        put_blob(host, repo, blob).await;
-    }
-    put_manifest(host, repo, &desc.digest.to_string(), OCI_MANIFEST, bytes).await;
 }
 
 fn found(summary: &Summary) -> Expected {

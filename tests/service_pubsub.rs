@@ -281,12 +281,7 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
     let host = registry.host.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut layout = Layout::create(&dir.path().join("layout"));
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let index = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [index, amd64, arm64] = layout.two_platform_index();
     layout.tag(&index, "1.0");
     let stray = layout.image("amd64");
     layout.tag(&stray, "stray");

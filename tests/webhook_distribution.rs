@@ -74,12 +74,7 @@ async fn registry_notifications_give_exact_findings_and_survive_an_auditor_outag
 
     let single = layout.image("amd64");
     let single_v2 = layout.image("amd64");
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let multi = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [multi, _, _] = layout.two_platform_index();
     let stray = layout.image("amd64");
     let late = layout.image("arm64");
     for (desc, tag) in [

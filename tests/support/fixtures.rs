@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use image_auditor::reference::Digest;
+use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::reference::{Digest, Repository};
 
 pub fn rules(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -54,4 +55,33 @@ pub fn app_promoted_to_prod(dir: &Path, digest: &str) -> PathBuf {
         &format!("- name: app\n  dmap:\n    \"{digest}\": [\"v1\"]\n"),
     );
     root
+}
+
+/// A manifest root whose one project promotes `app` (`digest` as 1.0) from
+/// `staging.example/demo` to `regions` destinations `r<i>.example/prod`.
+pub fn regions_root(dir: &Path, digest: &str, regions: usize) -> PathBuf {
+    let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
+    for i in 0..regions {
+        registries.push_str(&format!("- name: r{i}.example/prod\n"));
+    }
+    let root = dir.join("manifests-root");
+    write_project(
+        &root,
+        "demo",
+        &registries,
+        &format!("- name: app\n  dmap:\n    \"{digest}\": [\"1.0\"]\n"),
+    );
+    root
+}
+
+/// A push (`insert`) of `digest` to `repository`, as the CLI reports one.
+pub fn push_event(repository: Repository, digest: &Digest) -> Event {
+    Event {
+        id: EventId(format!("{repository}@{digest}")),
+        source: Source::Cli,
+        action: Action::Insert,
+        repository,
+        digest: Some(digest.clone()),
+        tag: None,
+    }
 }
