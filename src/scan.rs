@@ -619,7 +619,6 @@ mod tests {
     use super::*;
     use crate::reference::fixtures::{d, t};
 
-
     #[test]
     fn catalog_entries_are_taken_under_the_prefix_path_only() {
         let names: Vec<String> = ["prod/a", "prod/b/c", "prodx/a", "prod", "other/prod/a"]

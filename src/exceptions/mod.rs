@@ -317,7 +317,6 @@ mod tests {
     use super::*;
     use crate::reference::fixtures::d;
 
-
     fn entry() -> Exception {
         Exception {
             file: Path::new("exceptions.yaml").into(),

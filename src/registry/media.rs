@@ -132,7 +132,6 @@ mod tests {
     use super::*;
     use crate::reference::fixtures::d;
 
-
     #[test]
     fn docker_manifest_list_is_an_index_with_platforms() {
         let body = format!(
