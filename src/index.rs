@@ -200,7 +200,7 @@ impl Claims {
 }
 
 /// Sizes, for `index stats` and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Stats {
     pub generation: u64,
     pub commit: Option<String>,

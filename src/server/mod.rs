@@ -1,8 +1,8 @@
 //! HTTP routes (docs/design.md §8.4). Handlers translate between HTTP and the library;
 //! decisions stay in the pipeline and the auditor. The routes that take
 //! deliveries from outside (Pub/Sub push, registry webhooks) are in
-//! `ingest`; here are the router, health, lookups, check, findings, admin
-//! and the status page.
+//! `ingest`; the status pages' handlers in `pages`; here are the router,
+//! health, lookups, check, findings and admin.
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod ingest;
+mod pages;
 
 use crate::audit::{Policy, VerdictKind};
 use crate::event::Event;
@@ -97,7 +98,10 @@ impl AdminAccess {
 
 pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
     let mut router = Router::new()
-        .route("/", get(status_page))
+        .route("/", get(pages::queue))
+        .route("/findings/{id}", get(pages::finding))
+        .route(crate::status::TRIAGE_JS_PATH, get(pages::triage_js))
+        .route(crate::status::STYLE_CSS_PATH, get(pages::style_css))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -386,23 +390,4 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-}
-
-/// The human-readable status page (docs/design.md §8.4).
-async fn status_page(State(state): State<AppState>) -> Response {
-    let query = FindingQuery {
-        limit: Some(20),
-        ..FindingQuery::default()
-    };
-    let findings = match off_thread(&state.store, move |s| s.findings(&query)).await {
-        Ok(findings) => findings,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let page = crate::status::render(
-        &state.index.load().stats(),
-        &state.pipeline.last_events(),
-        &findings,
-        crate::findings::now_ms(),
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
