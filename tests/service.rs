@@ -368,10 +368,17 @@ async fn the_status_page_shows_index_sources_and_findings_with_markup_escaped() 
     let page = response.text().await.unwrap();
     assert!(page.contains("<td>pubsub_push</td>"), "{page}");
     assert!(page.contains("<th>generation</th><td>1</td>"), "{page}");
-    assert!(page.contains("m-xss"), "{page}");
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{page}"
     );
+    assert!(!page.contains("<script>"), "{page}");
+    // The row links to the finding's own page, which names the event.
+    let (_, findings) = get_json(&service, "/v1/findings").await;
+    let id = findings["findings"][0]["id"].as_i64().unwrap();
+    assert!(page.contains(&format!("href=\"/findings/{id}\"")), "{page}");
+    let (status, page) = get(&service, &format!("/findings/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<code>m-xss</code>"), "{page}");
     assert!(!page.contains("<script>"), "{page}");
 }
