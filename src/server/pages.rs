@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::findings::{FindingId, now_ms, off_thread};
-use crate::status::{self, finding, list};
+use crate::status::{self, filter, finding, list};
 
 /// An HTML (or asset) answer with the pages' security headers.
 fn answer(status: StatusCode, content_type: &'static str, body: impl Into<String>) -> Response {
@@ -33,9 +33,9 @@ pub async fn queue(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let now = now_ms();
-    let (filter, errors) = match list::Filter::parse(&params) {
+    let (filter, errors) = match filter::Filter::parse(&params) {
         Ok(filter) => (filter, Vec::new()),
-        Err(errors) => (list::Filter::default(), errors),
+        Err(errors) => (filter::Filter::default(), errors),
     };
     let mut sections = Vec::new();
     if errors.is_empty() {

@@ -1,5 +1,6 @@
-//! The status pages (docs/design.md §8.4): the work queue at `/` ([`list`])
-//! and each finding's own page at `/findings/{id}` ([`finding`]), for the
+//! The status pages (docs/design.md §8.4): the work queue at `/` ([`list`],
+//! its filters in [`filter`]) and each finding's own page at
+//! `/findings/{id}` ([`finding`]), for the
 //! person who opens the service in a browser. Grafana and Alertmanager stay
 //! the main views of the alerts; these pages are where a finding is read
 //! and triaged.
@@ -16,6 +17,7 @@
 //!   typed, kept in the tab's `sessionStorage`. The [`HEADERS`] forbid
 //!   inline script, so markup that slipped through could not run either.
 
+pub mod filter;
 pub mod finding;
 pub mod list;
 
