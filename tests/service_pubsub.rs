@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::PushConfig;
 use image_auditor::audit::VerdictKind;
-use image_auditor::event::{EndpointName, EventId, Source};
+use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use support::fixtures::write_project;
@@ -82,18 +82,26 @@ fn mix() -> Vec<(String, VerdictKind)> {
     ]
 }
 
-/// Every id has exactly one decision (the store's key guarantees "at most
-/// one"; this checks "at least one") and the totals match.
+/// Pushes of `img{n}`, no image of the manifest: each is `unpromoted`.
+fn unpromoted(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    range
+        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
+        .collect()
+}
+
+/// Every message pulled from `fixture` has exactly one decision (the
+/// store's key guarantees "at most one"; this checks "at least one") and
+/// the totals match.
 fn assert_each_decided_once(
     store: &SqliteStore,
-    source: Source,
-    endpoint: &EndpointName,
+    fixture: &Fixture,
     ids: &[String],
 ) -> HashMap<VerdictKind, usize> {
+    let endpoint = Fixture::endpoint_of(&fixture.subscription);
     let mut by_verdict = HashMap::new();
     for id in ids {
         let verdict = store
-            .decision(source, endpoint, &EventId(id.clone()))
+            .decision(Source::PubsubPull, &endpoint, &EventId(id.clone()))
             .unwrap()
             .unwrap_or_else(|| panic!("message {id} has no recorded verdict"));
         *by_verdict.entry(verdict).or_insert(0) += 1;
@@ -181,20 +189,11 @@ async fn ten_thousand_messages_are_each_accounted_for_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-10k").await;
     let service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads: Vec<Vec<u8>> = (0..10_000)
-        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
+    let ids = fixture.publish(unpromoted(0..10_000)).await;
     let store = service
         .wait_for_decisions(10_000, Duration::from_secs(120))
         .await;
-    let by_verdict = assert_each_decided_once(
-        &store,
-        Source::PubsubPull,
-        &Fixture::endpoint_of(&fixture.subscription),
-        &ids,
-    );
-    // `img{n}` is no image of the manifest: promoted nowhere here.
+    let by_verdict = assert_each_decided_once(&store, &fixture, &ids);
     assert_eq!(by_verdict.get(&VerdictKind::Unpromoted), Some(&10_000));
 }
 
@@ -208,19 +207,14 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-crash").await;
     let mut service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
-        range
-            .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-            .collect()
-    };
-    let mut ids = fixture.publish(payloads(0..1_000)).await;
+    let mut ids = fixture.publish(unpromoted(0..1_000)).await;
     service
         .wait_for_decisions(1_000, Duration::from_secs(60))
         .await;
 
     let writer = rusqlite::Connection::open(service.findings_db()).unwrap();
     writer.execute_batch("BEGIN IMMEDIATE").unwrap();
-    ids.extend(fixture.publish(payloads(1_000..3_000)).await);
+    ids.extend(fixture.publish(unpromoted(1_000..3_000)).await);
     service
         .wait_until("the second wave is held unrecorded", || async {
             service.metric("image_auditor_store_errors_total").await >= 1.0
@@ -239,12 +233,7 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     // Unacked messages come back after their lease (10 s) and the
     // emulator's recovery from the dropped stream.
     let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
-    assert_each_decided_once(
-        &store,
-        Source::PubsubPull,
-        &Fixture::endpoint_of(&fixture.subscription),
-        &ids,
-    );
+    assert_each_decided_once(&store, &fixture, &ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,10 +241,7 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-term").await;
     let mut service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads: Vec<Vec<u8>> = (0..3_000)
-        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
+    let ids = fixture.publish(unpromoted(0..3_000)).await;
     service
         .wait_for_decisions(300, Duration::from_secs(60))
         .await;
@@ -264,12 +250,7 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
 
     service.restart().await;
     let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
-    assert_each_decided_once(
-        &store,
-        Source::PubsubPull,
-        &Fixture::endpoint_of(&fixture.subscription),
-        &ids,
-    );
+    assert_each_decided_once(&store, &fixture, &ids);
 }
 
 /// Children of a promoted OCI index are only known once the index is read:
