@@ -82,6 +82,37 @@ fn mix() -> Vec<(String, VerdictKind)> {
     ]
 }
 
+/// Publishes each payload of `mix` as a message, waits until all are
+/// decided, and checks each message got its verdict from `source` at
+/// `subscription`.
+async fn publish_and_expect(
+    fixture: &Fixture,
+    service: &Service,
+    mix: &[(String, VerdictKind)],
+    source: Source,
+    subscription: &str,
+) -> SqliteStore {
+    let ids = fixture
+        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
+        .await;
+    let store = service
+        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
+        .await;
+    let endpoint = Fixture::endpoint_of(subscription);
+    for (id, (payload, expected)) in ids.iter().zip(mix) {
+        let got = store
+            .decision(source, &endpoint, &EventId(id.clone()))
+            .unwrap();
+        assert_eq!(
+            got,
+            Some(*expected),
+            "message {id}: {payload}\n{}",
+            service.log_tail()
+        );
+    }
+    store
+}
+
 /// Pushes of `img{n}`, no image of the manifest: each is `unpromoted`.
 fn unpromoted(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
     range
@@ -120,28 +151,17 @@ async fn pulled_mix_gets_exact_verdicts_once_per_message() {
     let fixture = Fixture::new("serve-pull").await;
     let service = start(dir.path(), &pull_section(&fixture)).await;
 
-    let mix = mix();
     // Every payload twice: two messages with the same content are two
     // deliveries, each decided once.
-    let payloads: Vec<Vec<u8>> = mix
-        .iter()
-        .chain(mix.iter())
-        .map(|(p, _)| p.clone().into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
-    let store = service
-        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
-        .await;
-    for (id, (_, expected)) in ids.iter().zip(mix.iter().chain(mix.iter())) {
-        let got = store
-            .decision(
-                Source::PubsubPull,
-                &Fixture::endpoint_of(&fixture.subscription),
-                &EventId(id.clone()),
-            )
-            .unwrap();
-        assert_eq!(got, Some(*expected), "message {id}");
-    }
+    let twice: Vec<_> = mix().into_iter().chain(mix()).collect();
+    let store = publish_and_expect(
+        &fixture,
+        &service,
+        &twice,
+        Source::PubsubPull,
+        &fixture.subscription,
+    )
+    .await;
     let counts = store.counts().unwrap();
     assert_eq!(counts.decisions_total(), 12);
     // unpromoted, tag_moved, deleted, malformed: twice each.
@@ -164,23 +184,7 @@ async fn push_subscription_delivers_to_serve_with_the_same_verdicts() {
         .await
         .expect("create push subscription");
 
-    let mix = mix();
-    let ids = fixture
-        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
-        .await;
-    let store = service
-        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
-        .await;
-    for (id, (_, expected)) in ids.iter().zip(&mix) {
-        let got = store
-            .decision(
-                Source::PubsubPush,
-                &Fixture::endpoint_of(&push),
-                &EventId(id.clone()),
-            )
-            .unwrap();
-        assert_eq!(got, Some(*expected), "message {id}");
-    }
+    let store = publish_and_expect(&fixture, &service, &mix(), Source::PubsubPush, &push).await;
     assert_eq!(store.counts().unwrap().findings, 4);
 }
 
@@ -325,22 +329,14 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
             VerdictKind::Unpromoted,
         ),
     ];
-    let ids = fixture
-        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
-        .await;
-    let store = service
-        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
-        .await;
-    for (id, (payload, expected)) in ids.iter().zip(&mix) {
-        let got = store
-            .decision(
-                Source::PubsubPull,
-                &Fixture::endpoint_of(&fixture.subscription),
-                &EventId(id.clone()),
-            )
-            .unwrap();
-        assert_eq!(got, Some(*expected), "{payload}\n{}", service.log_tail());
-    }
+    let store = publish_and_expect(
+        &fixture,
+        &service,
+        &mix,
+        Source::PubsubPull,
+        &fixture.subscription,
+    )
+    .await;
     assert_eq!(store.counts().unwrap().findings, 1, "only the stray image");
 }
 
