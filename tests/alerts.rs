@@ -13,7 +13,7 @@ use std::time::Duration;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
-use support::fixtures::write_project;
+use support::fixtures::{one_project, write_project};
 use support::oci::{Desc, Layout};
 use support::pubsub::{Fixture, PROJECT};
 use support::receiver::Receiver;
@@ -34,14 +34,12 @@ fn manifests(dir: &Path, regions: usize) -> PathBuf {
     for i in 0..regions {
         registries.push_str(&format!("- name: r{i}.example/prod\n"));
     }
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         &registries,
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
+    )
 }
 
 fn unpromoted(region: usize, digest: &str) -> Value {

@@ -10,7 +10,7 @@ use crate::support;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::one_project;
 use support::postgres::Postgres;
 use support::receiver::Receiver;
 use support::service::Service;
@@ -25,14 +25,12 @@ fn manifests(dir: &Path) -> PathBuf {
     for i in 0..REGIONS {
         registries.push_str(&format!("- name: r{i}.example/prod\n"));
     }
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         &registries,
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
+    )
 }
 
 fn unpromoted(region: usize) -> Value {

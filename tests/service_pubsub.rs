@@ -13,7 +13,7 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
-use support::fixtures::write_project;
+use support::fixtures::{one_project, write_project};
 use support::oci::Layout;
 use support::pubsub::{Fixture, PROJECT};
 use support::registry::{Auth, Push, Registry, skopeo_push};
@@ -30,14 +30,12 @@ const US: &str = "us-docker.pkg.dev/prod/demo";
 const REDELIVERY_WITHIN: Duration = Duration::from_secs(300);
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         &format!("registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n"),
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
-    );
-    root
+    )
 }
 
 fn pull_section(fixture: &Fixture) -> String {

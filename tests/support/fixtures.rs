@@ -43,15 +43,21 @@ pub fn write_project(root: &Path, project: &str, manifest: &str, images: &str) {
     std::fs::write(images_dir.join("images.yaml"), images).unwrap();
 }
 
+/// A thin root `dir/manifests-root` holding one project (see
+/// [`write_project`]); returns the root.
+pub fn one_project(dir: &Path, project: &str, manifest: &str, images: &str) -> PathBuf {
+    let root = dir.join("manifests-root");
+    write_project(&root, project, manifest, images);
+    root
+}
+
 /// A thin root below `dir` whose one project `apps` promotes `digest` as
 /// `app:v1` from `staging.example/apps` to `prod.example/apps`.
 pub fn app_promoted_to_prod(dir: &Path, digest: &str) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n- name: prod.example/apps\n",
         &format!("- name: app\n  dmap:\n    \"{digest}\": [\"v1\"]\n"),
-    );
-    root
+    )
 }
