@@ -9,12 +9,9 @@ use std::path::Path;
 use base64::Engine;
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::one_project;
+use support::fixtures::{A, B, C, one_project};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const US: &str = "us-docker.pkg.dev/prod/demo";
 const EU: &str = "eu-docker.pkg.dev/prod/demo";
 

@@ -13,15 +13,12 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
-use support::fixtures::{one_project, write_project};
+use support::fixtures::{A, B, C, one_project, write_project};
 use support::oci::Layout;
 use support::pubsub::{Fixture, PROJECT};
 use support::registry::{Auth, Push, Registry, skopeo_push};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const US: &str = "us-docker.pkg.dev/prod/demo";
 /// How long messages left unacknowledged by a stopped or killed service may
 /// take to come back. The emulator keeps a cancelled stream registered and

@@ -13,12 +13,10 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
-use support::fixtures::one_project;
+use support::fixtures::{A, B, one_project};
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const ALICE: &str = "alice-token-0123456789";
 const CI: &str = "ci-bot-token-0123456789";
 const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 200ms\n  backoff_base: 100ms\n  backoff_max: 500ms\n";

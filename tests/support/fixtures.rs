@@ -5,6 +5,11 @@ use std::path::{Path, PathBuf};
 
 use image_auditor::reference::Digest;
 
+/// Digests that read as names in test manifests and payloads.
+pub const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
 pub fn rules(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("manifests-fixtures/rules")
@@ -49,6 +54,22 @@ pub fn one_project(dir: &Path, project: &str, manifest: &str, images: &str) -> P
     let root = dir.join("manifests-root");
     write_project(&root, project, manifest, images);
     root
+}
+
+/// One project promoting `app` ([`A`] as 1.0) from `staging.example/demo`
+/// to `regions` destinations `r<i>.example/prod`: the shape of a project
+/// mirrored to every region.
+pub fn app_in_regions(dir: &Path, regions: usize) -> PathBuf {
+    let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
+    for i in 0..regions {
+        registries.push_str(&format!("- name: r{i}.example/prod\n"));
+    }
+    one_project(
+        dir,
+        "demo",
+        &registries,
+        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
+    )
 }
 
 /// A thin root below `dir` whose one project `apps` promotes `digest` as
