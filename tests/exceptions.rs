@@ -10,28 +10,23 @@ use std::process::{Command, Output};
 use image_auditor::exceptions::Date;
 use image_auditor::findings::{Finding, FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::{line_of, write_project};
+use support::fixtures::{A, B, C, line_of, one_project};
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const D: &str = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 const E: &str = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 
 /// One project promoting `app` (A as 1.0) to `r0.example/prod` and
 /// `r1.example/prod`.
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         "registries:\n- name: staging.example/demo\n  src: true\n\
          - name: r0.example/prod\n- name: r1.example/prod\n",
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
+    )
 }
 
 fn day(offset: i64) -> String {

@@ -9,26 +9,21 @@ use std::path::Path;
 use base64::Engine;
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::{A, B, C, one_project};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const US: &str = "us-docker.pkg.dev/prod/demo";
 const EU: &str = "eu-docker.pkg.dev/prod/demo";
 
 fn manifests(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         &format!(
             "registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n- name: {EU}\n"
         ),
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
-    );
-    root
+    )
 }
 
 async fn start(dir: &Path, extra: &str) -> Service {

@@ -226,30 +226,7 @@ async fn digest(State(state): State<AppState>, Path(digest): Path<String>) -> Re
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let index = state.index.load();
-    let placements: Vec<_> = index
-        .placements(&digest)
-        .into_iter()
-        .map(|p| {
-            let image = index.promotion_image(p.promotion);
-            let manifest = index.manifest(index.image_manifest(image));
-            let name = index.image_name(image);
-            json!({
-                "project": manifest.project,
-                "file": manifest.images_file.display().to_string(),
-                "line": index.promotion_line(p.promotion),
-                "image": name,
-                "digest": index.promotion_digest(p.promotion),
-                "tags": index.promotion_tags(p.promotion).collect::<Vec<_>>(),
-                "parent": match p.how {
-                    crate::index::How::Direct => None,
-                    crate::index::How::Child { parent } => Some(parent),
-                },
-                "repositories": manifest.destinations.iter()
-                    .map(|d| format!("{d}/{name}")).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let placements = state.index.load().placement_reports(&digest);
     let status = if placements.is_empty() {
         StatusCode::NOT_FOUND
     } else {
