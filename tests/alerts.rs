@@ -12,16 +12,13 @@ use std::time::Duration;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
-use support::fixtures::{regions_root, write_project};
+use support::fixtures::{A, B, C, regions_root, write_project};
 use support::oci::{Desc, Layout};
 use support::pubsub::{Fixture, PROJECT};
 use support::receiver::Receiver;
 use support::registry::{Push, Registry, free_port, skopeo_push};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const HMAC_KEY: &str = "alert-signing-key";
 /// Fast timing for tests: facts are held 1 s for their other regions.
 const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 1s\n  backoff_base: 100ms\n  backoff_max: 500ms\n";

@@ -10,13 +10,10 @@ use std::process::{Command, Output};
 use image_auditor::exceptions::Date;
 use image_auditor::findings::{Finding, FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::{line_of, regions_root};
+use support::fixtures::{A, B, C, line_of, regions_root};
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const D: &str = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 const E: &str = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
 

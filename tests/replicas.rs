@@ -8,13 +8,11 @@
 use crate::support;
 
 use serde_json::{Value, json};
-use support::fixtures::regions_root;
+use support::fixtures::{A, B, regions_root};
 use support::postgres::Postgres;
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const REGIONS: usize = 25;
 
 fn unpromoted(region: usize) -> Value {
