@@ -174,6 +174,23 @@ pub struct Placement {
     pub how: How,
 }
 
+/// One placement with its manifest file and line, tags and destination
+/// repositories: what a person asking "where is this digest promoted?"
+/// reads.
+#[derive(Debug, serde::Serialize)]
+pub struct PlacementReport {
+    pub project: Arc<str>,
+    pub file: String,
+    pub line: u32,
+    pub image: Arc<str>,
+    /// The promoted digest: the asked one, or for a child its parent's.
+    pub digest: Digest,
+    pub tags: Vec<Arc<str>>,
+    /// The promoted list or index the asked digest is a child of.
+    pub parent: Option<Digest>,
+    pub repositories: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum How {
     /// Listed in a `dmap`.
@@ -200,7 +217,7 @@ impl Claims {
 }
 
 /// Sizes, for `index stats` and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Stats {
     pub generation: u64,
     pub commit: Option<String>,
@@ -421,6 +438,36 @@ impl Index {
             stack.extend(self.children.parents_of(parent));
         }
         out
+    }
+
+    /// [`Self::placements`] spelled out, as `GET /v1/digests/{digest}` and
+    /// `lookup` show them.
+    pub fn placement_reports(&self, digest: &Digest) -> Vec<PlacementReport> {
+        self.placements(digest)
+            .into_iter()
+            .map(|p| {
+                let image = self.promotion_image(p.promotion);
+                let manifest = self.manifest(self.image_manifest(image));
+                let name = self.image_name(image);
+                PlacementReport {
+                    project: manifest.project.clone(),
+                    file: manifest.images_file.display().to_string(),
+                    line: self.promotion_line(p.promotion),
+                    image: name.clone(),
+                    digest: self.promotion_digest(p.promotion).clone(),
+                    tags: self.promotion_tags(p.promotion).cloned().collect(),
+                    parent: match p.how {
+                        How::Direct => None,
+                        How::Child { parent } => Some(parent),
+                    },
+                    repositories: manifest
+                        .destinations
+                        .iter()
+                        .map(|d| format!("{d}/{name}"))
+                        .collect(),
+                }
+            })
+            .collect()
     }
 
     fn direct(&self, digest: &Digest) -> &[PromotionId] {

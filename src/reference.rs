@@ -479,6 +479,21 @@ impl fmt::Debug for Reference {
 
 /// The digest and tag syntax tables of the retired auditor, which the
 /// manifests it audited were written against.
+/// Digests and tags for the unit tests of every module.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Digest, Tag};
+
+    /// A digest of its own for each `n`.
+    pub(crate) fn d(n: u8) -> Digest {
+        Digest::sha256_of(&[n])
+    }
+
+    pub(crate) fn t(s: &str) -> Tag {
+        s.parse().unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Digest, Tag};

@@ -617,13 +617,7 @@ impl Sweep<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
-    }
-    fn t(s: &str) -> Tag {
-        s.parse().unwrap()
-    }
+    use crate::reference::fixtures::{d, t};
 
     #[test]
     fn catalog_entries_are_taken_under_the_prefix_path_only() {

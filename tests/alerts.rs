@@ -7,42 +7,21 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
-use support::fixtures::write_project;
+use support::fixtures::{A, B, C, regions_root, write_project};
 use support::oci::{Desc, Layout};
 use support::pubsub::{Fixture, PROJECT};
 use support::receiver::Receiver;
 use support::registry::{Push, Registry, free_port, skopeo_push};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const HMAC_KEY: &str = "alert-signing-key";
 /// Fast timing for tests: facts are held 1 s for their other regions.
 const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 1s\n  backoff_base: 100ms\n  backoff_max: 500ms\n";
-
-/// One project promoting `app` (A as 1.0) to `regions` destinations
-/// `r<i>.example/prod`.
-fn manifests(dir: &Path, regions: usize) -> PathBuf {
-    let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
-    for i in 0..regions {
-        registries.push_str(&format!("- name: r{i}.example/prod\n"));
-    }
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
-        "demo",
-        &registries,
-        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
-}
 
 fn unpromoted(region: usize, digest: &str) -> Value {
     json!({"action": "INSERT", "digest": format!("r{region}.example/prod/app@{digest}")})
@@ -66,7 +45,7 @@ async fn alertmanager_lists_findings_and_receives_those_made_while_it_was_down_o
         "resolve: false\n{TIMING}  sinks:\n  - name: am\n    alertmanager:\n      url: {}\n",
         am.url()
     );
-    let service = Service::start(dir.path(), &manifests(dir.path(), 2), &config).await;
+    let service = Service::start(dir.path(), &regions_root(dir.path(), A, 2), &config).await;
 
     service.push_gcr("m1", &unpromoted(0, B)).await;
     service
@@ -162,7 +141,7 @@ async fn one_fact_in_25_registries_is_one_signed_alert_through_failing_receivers
          hmac_secret: {HMAC_KEY}\n  - name: chat\n    slack:\n      url: {}\n",
         hook.url, slack.url
     );
-    let service = Service::start(dir.path(), &manifests(dir.path(), 25), &config).await;
+    let service = Service::start(dir.path(), &regions_root(dir.path(), A, 25), &config).await;
 
     for region in 0..25 {
         service
@@ -247,7 +226,7 @@ async fn a_pubsub_topic_receives_the_alert_with_routing_attributes() {
          topic: {topic}\n      endpoint: {}\n    min_severity: critical\n",
         fixture.endpoint
     );
-    let service = Service::start(dir.path(), &manifests(dir.path(), 1), &config).await;
+    let service = Service::start(dir.path(), &regions_root(dir.path(), A, 1), &config).await;
     // A warning (unlisted tag) the route leaves out, then a critical one.
     service
         .push_gcr(

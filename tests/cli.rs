@@ -157,9 +157,12 @@ fn lookup_json_names_each_placement() {
     assert_eq!(placement["project"], "k8s-staging-etcd");
     assert_eq!(placement["image"], "etcd");
     assert_eq!(placement["tags"], serde_json::json!(["3.4.13-0"]));
-    let destinations = placement["destinations"].as_array().unwrap();
+    // The same shape as `GET /v1/digests/{digest}`.
+    assert_eq!(placement["digest"], ETCD);
+    assert_eq!(placement["parent"], serde_json::Value::Null);
+    let repositories = placement["repositories"].as_array().unwrap();
     assert!(
-        destinations.contains(&format!("{REGION}/kubernetes/etcd").into()),
+        repositories.contains(&format!("{REGION}/kubernetes/etcd").into()),
         "{found}"
     );
 

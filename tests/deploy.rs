@@ -699,6 +699,7 @@ fn shipped_alerts_have_the_agreed_conditions() {
             "ImageAuditorNoEventsSinceStart",
             "ImageAuditorNoRecentEvents",
             "ImageAuditorOutboxBacklog",
+            "ImageAuditorReplicaDown",
             "ImageAuditorUndecidedBacklogGrowing",
             "ImageAuditorUnverifiable",
             "ImageAuditorViolation",
@@ -731,9 +732,17 @@ fn shipped_alerts_have_the_agreed_conditions() {
         for_("ImageAuditorNoEventsSinceStart").as_deref(),
         Some("1h")
     );
+    // Replicas: the page is for no replica up; one replica down is a warning.
     let down = expr("ImageAuditorDown");
-    assert!(down.contains(r#"up{job="image-auditor"} == 0"#));
+    assert!(down.contains(r#"max by (job) (up{job="image-auditor"}) == 0"#));
     assert!(down.contains(r#"absent(up{job="image-auditor"})"#));
+    let replica = expr("ImageAuditorReplicaDown");
+    assert!(replica.contains(r#"(up{job="image-auditor"} == 0) and on (job)"#));
+    assert_eq!(for_("ImageAuditorReplicaDown").as_deref(), Some("15m"));
+    assert_eq!(
+        alerts["ImageAuditorReplicaDown"]["labels"]["severity"].as_str(),
+        Some("warning")
+    );
 }
 
 /// The two verdict alerts cover exactly the verdicts that need a human

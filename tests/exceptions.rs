@@ -4,35 +4,18 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use image_auditor::exceptions::Date;
 use image_auditor::findings::{Finding, FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::{line_of, write_project};
+use support::fixtures::{A, B, C, line_of, regions_root};
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const D: &str = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd";
 const E: &str = "sha256:eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
-
-/// One project promoting `app` (A as 1.0) to `r0.example/prod` and
-/// `r1.example/prod`.
-fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
-        "demo",
-        "registries:\n- name: staging.example/demo\n  src: true\n\
-         - name: r0.example/prod\n- name: r1.example/prod\n",
-        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
-}
 
 fn day(offset: i64) -> String {
     Date::today().plus_days(offset).to_string()
@@ -86,7 +69,7 @@ async fn check(service: &Service, reference: &str) -> Value {
 async fn excepted_findings_are_recorded_never_alerted_and_follow_the_file() {
     let hook = Receiver::start(0).await;
     let dir = tempfile::tempdir().unwrap();
-    let root = manifests(dir.path());
+    let root = regions_root(dir.path(), A, 2);
     let file = root.join("exceptions.yaml");
     std::fs::write(
         &file,
@@ -309,7 +292,7 @@ fn text(out: &Output) -> String {
 #[test]
 fn check_shows_the_exception_and_validate_names_every_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let root = manifests(dir.path());
+    let root = regions_root(dir.path(), A, 2);
     let local = dir.path().join("local.yaml");
     std::fs::write(
         root.join("exceptions.yaml"),
@@ -471,7 +454,7 @@ fn a_plain_root_does_not_load_its_exceptions_file_as_a_manifest() {
 fn the_exceptions_options_load_and_bad_ones_name_the_option() {
     use image_auditor::config::Config;
     let dir = tempfile::tempdir().unwrap();
-    let root = manifests(dir.path());
+    let root = regions_root(dir.path(), A, 2);
     let local = dir.path().join("local.yaml");
     std::fs::write(&local, "exceptions: []\n").unwrap();
     let load = |exceptions: &str| {

@@ -81,13 +81,7 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     drop(store);
 
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(
-        version,
-        image_auditor::findings::Backend::Sqlite.known_version()
-    );
+    assert_schema_is_current(&conn);
     let problems: i64 = conn
         .query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
             r.get(0)
@@ -191,6 +185,16 @@ fn the_file_is_in_wal_mode_with_full_sync() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+    assert_schema_is_current(&conn);
+    // A second connection sees the committed finding: it was not held back.
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM findings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// The file's schema is this build's latest.
+fn assert_schema_is_current(conn: &rusqlite::Connection) {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
@@ -198,9 +202,4 @@ fn the_file_is_in_wal_mode_with_full_sync() {
         version,
         image_auditor::findings::Backend::Sqlite.known_version()
     );
-    // A second connection sees the committed finding: it was not held back.
-    let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM findings", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 1);
 }

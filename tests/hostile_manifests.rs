@@ -11,9 +11,8 @@ use std::process::Command;
 
 use image_auditor::manifest::walk::{Budget, Limit, walk};
 use image_auditor::manifest::{self, Layout, LoadError};
-use support::fixtures::write_project;
+use support::fixtures::{A, write_project};
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const SECRET: &str = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
 
 /// A thin root with one project promoting [`A`]; returns the root.

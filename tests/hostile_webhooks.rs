@@ -18,7 +18,7 @@ use image_auditor::sources::webhook::{EndpointConfig, Endpoints, Parsed, Rejecte
 use image_auditor::sources::webhook::{acr, distribution, ecr, harbor};
 use image_auditor::sources::{gcr, pubsub_push};
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::one_project;
 use support::service::Service;
 
 const D: &str = "sha256:d7bdd545f09d8a73c2b990337c8211d708a04ccd9748627685e4fc79cc038039";
@@ -323,15 +323,13 @@ fn a_repeated_key_is_refused_in_every_json_format_and_named() {
 }
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n\
          - name: registry.example:5000/apps\n",
         &format!("- name: api\n  dmap:\n    \"{D}\": [\"v1\"]\n"),
-    );
-    root
+    )
 }
 
 async fn post(service: &Service, body: Vec<u8>) -> (u16, String) {

@@ -52,7 +52,7 @@ fn envelope(message: Value) -> Vec<u8> {
 }
 
 /// A wrapped envelope as documented (docs/reference/event-formats.md §2): both id spellings.
-const RESEARCH_EXAMPLE: &str = r#"{"message":{
+const DOCUMENTED_ENVELOPE: &str = r#"{"message":{
    "data":"eyJhY3Rpb24iOiJJTlNFUlQiLCJkaWdlc3QiOiJ1cy1kb2NrZXIucGtnLmRldi9hY21lLXByb2QvYXBwcy9hcGlAc2hhMjU2OmQ3YmRkNTQ1ZjA5ZDhhNzNjMmI5OTAzMzdjODIxMWQ3MDhhMDRjY2Q5NzQ4NjI3Njg1ZTRmYzc5Y2MwMzgwMzkiLCJ0YWciOiJ1cy1kb2NrZXIucGtnLmRldi9hY21lLXByb2QvYXBwcy9hcGk6djEuNC4yIn0=",
    "messageId":"9182736450012345","message_id":"9182736450012345",
    "publishTime":"2026-03-02T10:15:30.123Z","publish_time":"2026-03-02T10:15:30.123Z"},
@@ -121,10 +121,10 @@ fn assert_is_the_example_event(e: &Event) {
 // ------------------------------------------------------------------ wrapped
 
 #[test]
-fn wrapped_research_example_with_both_id_spellings() {
+fn wrapped_documented_envelope_with_both_id_spellings() {
     let e = event(
         &json_headers(),
-        RESEARCH_EXAMPLE.as_bytes(),
+        DOCUMENTED_ENVELOPE.as_bytes(),
         "9182736450012345",
     );
     assert_is_the_example_event(&e);
@@ -290,7 +290,7 @@ fn unwrapped_without_metadata_is_refused_with_a_hint() {
 
 #[test]
 fn wrong_or_missing_content_type_is_415() {
-    let body = RESEARCH_EXAMPLE.as_bytes();
+    let body = DOCUMENTED_ENVELOPE.as_bytes();
     refused(
         &HeaderMap::new(),
         body,
@@ -563,7 +563,7 @@ proptest! {
 #[test]
 fn the_subscription_is_the_delivery_endpoint() {
     let prod = "projects/acme-prod/subscriptions/image-auditor";
-    let d = delivered(&json_headers(), RESEARCH_EXAMPLE.as_bytes());
+    let d = delivered(&json_headers(), DOCUMENTED_ENVELOPE.as_bytes());
     assert_eq!(d.endpoint, EndpointName(prod.into()));
     let d = delivered(&unwrapped_headers("42"), payload().as_bytes());
     assert_eq!(d.endpoint, EndpointName(prod.into()));

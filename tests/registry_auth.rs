@@ -16,12 +16,7 @@ const PASSWORD: &str = "s3cret-pw";
 /// Pushes a two-platform index to `repo`; returns (index, children).
 fn push_index(reg: &Registry, dir: &std::path::Path, repo: &str, creds: &str) -> (Desc, [Desc; 2]) {
     let mut layout = Layout::create(&dir.join(repo.replace('/', "_")));
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let index = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [index, amd64, arm64] = layout.two_platform_index();
     layout.tag(&index, "v1");
     let push = Push {
         creds: Some(creds),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use image_auditor::audit::{Policy, VerdictKind};
-use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::event::Event;
 use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::reference::{Digest, Repository};
@@ -21,6 +21,7 @@ use image_auditor::registry::{
     StatsSnapshot, resolve_children,
 };
 use image_auditor::resolve::Resolver;
+use support::fixtures::push_event;
 use support::oci::Layout;
 use support::registry::{Auth, Push, Registry, skopeo_push};
 use support::service::Service;
@@ -565,17 +566,6 @@ fn one_image_project(
     index
 }
 
-fn push_event(repository: Repository, digest: &Digest) -> Event {
-    Event {
-        id: EventId(format!("{repository}@{digest}")),
-        source: Source::Cli,
-        action: Action::Insert,
-        repository,
-        digest: Some(digest.clone()),
-        tag: None,
-    }
-}
-
 /// Requests to `host` that were sent and failed at the network level.
 fn network_failures(stats: &StatsSnapshot, host: &str) -> u64 {
     [Outcome::NetworkError, Outcome::Timeout]
@@ -695,12 +685,7 @@ async fn a_registry_that_comes_back_is_probed_and_used_again() {
     let mut reg = Registry::start(Auth::Anonymous);
     let work = tempfile::tempdir().unwrap();
     let mut layout = Layout::create(&work.path().join("layout"));
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let list = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [list, amd64, arm64] = layout.two_platform_index();
     layout.tag(&list, "1.0");
     let pushed = skopeo_push(
         &layout.dir,

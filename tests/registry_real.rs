@@ -36,12 +36,7 @@ fn pair(child: &Desc, parent: &Desc, platform: Option<&str>) -> (Digest, Digest,
 /// Writes and pushes a two-platform OCI index; returns (index, amd64, arm64).
 fn push_two_platform_index(reg: &Registry, work: &std::path::Path, repo: &str) -> [Desc; 3] {
     let mut layout = Layout::create(&work.join(repo.replace('/', "_")));
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let index = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [index, amd64, arm64] = layout.two_platform_index();
     layout.tag(&index, "v1");
     let pushed = skopeo_push(&layout.dir, "v1", &reg.host, repo, Push::default());
     assert_eq!(
@@ -119,12 +114,7 @@ async fn docker_manifest_list_children_are_found() {
     let reg = Registry::start(Auth::Anonymous);
     let work = tempfile::tempdir().unwrap();
     let mut layout = Layout::create(&work.path().join("v2s2"));
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let index = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [index, _, _] = layout.two_platform_index();
     layout.tag(&index, "v1");
     let list_digest = skopeo_push(
         &layout.dir,

@@ -7,33 +7,13 @@
 
 use crate::support;
 
-use std::path::{Path, PathBuf};
-
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::{A, B, regions_root};
 use support::postgres::Postgres;
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const REGIONS: usize = 25;
-
-/// `app` promoted (A as 1.0) to `r<i>.example/prod` for every region.
-fn manifests(dir: &Path) -> PathBuf {
-    let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
-    for i in 0..REGIONS {
-        registries.push_str(&format!("- name: r{i}.example/prod\n"));
-    }
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
-        "demo",
-        &registries,
-        &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
-}
 
 fn unpromoted(region: usize) -> Value {
     json!({"action": "INSERT", "digest": format!("r{region}.example/prod/app@{B}")})
@@ -58,7 +38,7 @@ async fn two_replicas_make_one_alert_of_25_copies_and_update_it_after_restarting
     let database = pg.fresh_database();
     let hook = Receiver::start(0).await;
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let root = manifests(dirs[0].path());
+    let root = regions_root(dirs[0].path(), A, REGIONS);
     let url = dirs[0].path().join("database-url");
     std::fs::write(&url, pg.url(&database)).unwrap();
     // A hold long enough for 25 pushes to two debug builds.

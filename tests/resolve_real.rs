@@ -36,8 +36,11 @@ use image_auditor::reference::{Digest, Repository};
 use image_auditor::registry::{Outcome, RegistryConfig, RequestKind, StatsSnapshot};
 use image_auditor::resolve::{Resolver, Summary};
 use support::fault_proxy::{Fault, FaultProxy};
-use support::oci::{Desc, Layout, OCI_INDEX, OCI_MANIFEST};
-use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push, skopeo_raw};
+use support::fixtures::push_event;
+use support::oci::{Desc, Layout, OCI_INDEX};
+use support::registry::{
+    Auth, Push, Registry, push_untagged, put_manifest, skopeo_push, skopeo_raw,
+};
 use support::{client, stdout_json, test_config};
 
 /// Promoted digests, lists, links and manifest GETs of a cold resolution of
@@ -90,7 +93,7 @@ impl Fixture {
         layout.tag(&single, "single");
         assert_eq!(push(&layout, "single", "staging/single"), single.digest);
 
-        let multi = two_platform_index(&layout);
+        let multi = layout.two_platform_index();
         let multi_v2 = layout.image("amd64");
         layout.tag(&multi[0], "multi");
         layout.tag(&multi_v2, "multi-v2");
@@ -99,7 +102,7 @@ impl Fixture {
 
         // The same shape converted to a Docker manifest list: every digest
         // changes, so learn the children from the registry through skopeo.
-        let to_convert = two_platform_index(&layout);
+        let to_convert = layout.two_platform_index();
         layout.tag(&to_convert[0], "list");
         let list = skopeo_push(
             &layout.dir,
@@ -126,7 +129,7 @@ impl Fixture {
             .collect();
         let list_children: [Digest; 2] = list_children.try_into().unwrap();
 
-        let [inner, amd64, arm64] = two_platform_index(&layout);
+        let [inner, amd64, arm64] = layout.two_platform_index();
         let s390x = layout.image("s390x");
         let outer = layout.index(&[(&inner, None), (&s390x, Some(("linux", "s390x")))]);
         layout.tag(&inner, "inner");
@@ -142,7 +145,7 @@ impl Fixture {
         )
         .await;
 
-        let legacy = two_platform_index(&layout);
+        let legacy = layout.two_platform_index();
         layout.tag(&legacy[0], "legacy");
         assert_eq!(push(&layout, "legacy", "prod-eu/legacy"), legacy[0].digest);
 
@@ -270,43 +273,6 @@ fn write_project(root: &Path, host: &str, images: &str) {
     )
     .unwrap();
     std::fs::write(&images_file, images).unwrap();
-}
-
-/// Pushes an OCI manifest written in `layout` to `repo` under its own
-/// digest, with no tag: its blobs first, then the manifest by digest.
-async fn push_untagged(host: &str, layout: &Layout, repo: &str, desc: &Desc) {
-    let bytes = layout.read(desc);
-    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let blobs = std::iter::once(&manifest["config"])
-        .chain(manifest["layers"].as_array().unwrap())
-        .map(|b| b["digest"].as_str().unwrap().parse::<Digest>().unwrap());
-    for blob in blobs {
-        let blob = std::fs::read(layout.dir.join("blobs/sha256").join(blob.hex())).unwrap();
-        put_blob(host, repo, blob).await;
-    }
-    put_manifest(host, repo, &desc.digest.to_string(), OCI_MANIFEST, bytes).await;
-}
-
-/// An index over two fresh platform images: [index, amd64, arm64].
-fn two_platform_index(layout: &Layout) -> [Desc; 3] {
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let index = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
-    [index, amd64, arm64]
-}
-
-fn push_event(repository: Repository, digest: &Digest) -> Event {
-    Event {
-        id: EventId(format!("{repository}@{digest}")),
-        source: Source::Cli,
-        action: Action::Insert,
-        repository,
-        digest: Some(digest.clone()),
-        tag: None,
-    }
 }
 
 fn manifest_gets(stats: &StatsSnapshot) -> u64 {
@@ -1001,7 +967,7 @@ async fn digest_promoted_by_two_projects_is_read_from_either_projects_repositori
     let reg = Registry::start(Auth::Anonymous);
     let work = tempfile::tempdir().unwrap();
     let mut layout = Layout::create(&work.path().join("layout"));
-    let [index, amd64, _] = two_platform_index(&layout);
+    let [index, amd64, _] = layout.two_platform_index();
     layout.tag(&index, "v1");
     skopeo_push(
         &layout.dir,

@@ -30,9 +30,9 @@ use image_auditor::reference::{Digest, RegistryPrefix};
 use image_auditor::registry::{ErrorKind, RegistryClient};
 use image_auditor::resolve::Resolver;
 use image_auditor::scan::{self, CheckpointAt, Options, SWEEP_LOCK, Summary};
-use support::oci::{Desc, Layout, OCI_MANIFEST};
+use support::oci::{Desc, Layout};
 use support::postgres::Postgres;
-use support::registry::{Auth, Push, Registry, put_blob, put_manifest, skopeo_push};
+use support::registry::{Auth, Push, Registry, push_untagged, skopeo_push};
 use support::{client, stdout_json, test_config};
 
 struct Fixture {
@@ -58,12 +58,7 @@ impl Fixture {
         };
 
         let single = layout.image("amd64");
-        let amd64 = layout.image("amd64");
-        let arm64 = layout.image("arm64");
-        let multi = layout.index(&[
-            (&amd64, Some(("linux", "amd64"))),
-            (&arm64, Some(("linux", "arm64"))),
-        ]);
+        let [multi, _, _] = layout.two_platform_index();
         let tagged = layout.image("amd64");
         let untagged = layout.image("amd64");
         let rogue = layout.image("amd64");
@@ -193,21 +188,6 @@ fn retag_push(layout: &mut Layout, desc: &Desc, tag: &str, host: &str, repo: &st
     );
 }
 
-/// Pushes an OCI manifest written in `layout` to `repo` under its own
-/// digest, with no tag: its blobs first, then the manifest by digest.
-async fn push_untagged(host: &str, layout: &Layout, repo: &str, desc: &Desc) {
-    let bytes = layout.read(desc);
-    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    let blobs = std::iter::once(&manifest["config"])
-        .chain(manifest["layers"].as_array().unwrap())
-        .map(|b| b["digest"].as_str().unwrap().parse::<Digest>().unwrap());
-    for blob in blobs {
-        let blob = std::fs::read(layout.dir.join("blobs/sha256").join(blob.hex())).unwrap();
-        put_blob(host, repo, blob).await;
-    }
-    put_manifest(host, repo, &desc.digest.to_string(), OCI_MANIFEST, bytes).await;
-}
-
 fn found(summary: &Summary) -> Expected {
     summary
         .findings
@@ -268,11 +248,15 @@ impl Library {
 fn run_cli(f: &Fixture, args: &[&str]) -> Output {
     let config = f.work.path().join("registry.yaml");
     std::fs::write(&config, "insecure_http_hosts: [\"127.0.0.1\"]\n").unwrap();
+    let manifests = f.manifests.to_str().unwrap();
+    let config = config.to_str().unwrap();
+    let flags = ["--manifests", manifests, "--registry-config", config];
+    run_cli_bare(f, &[&flags[..], args].concat())
+}
+
+/// The command with only `args`: no manifests or registry settings added.
+fn run_cli_bare(f: &Fixture, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_image-auditor"))
-        .arg("--manifests")
-        .arg(&f.manifests)
-        .arg("--registry-config")
-        .arg(&config)
         .args(args)
         .current_dir(f.work.path())
         .env_remove("IMAGE_AUDITOR_MANIFESTS")
@@ -740,8 +724,9 @@ async fn one_sweep_at_a_time_and_another_process_resumes_a_checkpoint_in_the_sto
     assert_eq!(other.scan_checkpoint(SWEEP_LOCK).unwrap(), None);
 }
 
-/// `scan --config` records in the store the `serve` configuration names:
-/// on PostgreSQL, with the checkpoint in the database, not in a file.
+/// `scan --config` audits as that `serve` would: its manifests, registry
+/// settings and cache, and records in the store it names — on PostgreSQL,
+/// with the checkpoint in the database, not in a file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_scan_with_a_config_records_in_its_postgres_store() {
     let f = Fixture::new().await;
@@ -754,7 +739,8 @@ async fn cli_scan_with_a_config_records_in_its_postgres_store() {
     std::fs::write(
         &config,
         format!(
-            "manifests: {}\ndata_dir: {}\nstore:\n  postgres:\n    url_file: {}\n",
+            "manifests: {}\ndata_dir: {}\nstore:\n  postgres:\n    url_file: {}\n\
+             registry:\n  insecure_http_hosts: [\"127.0.0.1\"]\n",
             f.manifests.display(),
             data.display(),
             url.display()
@@ -764,7 +750,7 @@ async fn cli_scan_with_a_config_records_in_its_postgres_store() {
     let (us, eu) = (f.repo("prod-us"), f.repo("prod-eu"));
     let config = config.to_str().unwrap();
     let args = ["scan", &us, &eu, "--json", "--config", config];
-    let first = run_cli(&f, &[&args[..], &["--max-repositories", "2"]].concat());
+    let first = run_cli_bare(&f, &[&args[..], &["--max-repositories", "2"]].concat());
     let s = stdout_json(&first);
     assert_eq!(s["complete"], false, "{s:#}");
     let sweep_id = s["sweep_id"].as_str().unwrap();
@@ -774,7 +760,7 @@ async fn cli_scan_with_a_config_records_in_its_postgres_store() {
     );
     assert!(saved.contains(sweep_id), "{saved}");
 
-    let second = run_cli(&f, &args);
+    let second = run_cli_bare(&f, &args);
     let s = stdout_json(&second);
     assert_eq!(s["complete"], true, "{s:#}");
     assert_eq!(s["resumed"], true, "{s:#}");
@@ -790,9 +776,29 @@ async fn cli_scan_with_a_config_records_in_its_postgres_store() {
     // Nothing was written where an SQLite store or a file checkpoint would be.
     assert!(!data.join("findings.sqlite").exists());
     assert!(!data.join("scan").exists());
-    // (`data` in the working directory is the registry cache's default.)
-    assert!(!f.work.path().join("data/findings.sqlite").exists());
-    assert!(!f.work.path().join("data/scan").exists());
+    // The registry cache is the configuration's, not the default `./data`.
+    assert!(data.join("registry-cache").is_dir());
+    assert!(!f.work.path().join("data").exists());
+}
+
+/// A configuration that follows a git branch names no directory a one-shot
+/// sweep could read: `scan --config` says so instead of auditing against the
+/// shipped fixtures.
+#[tokio::test]
+async fn cli_scan_with_a_git_config_needs_a_manifests_checkout() {
+    let f = Fixture::new().await;
+    let config = f.work.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        "manifests_git:\n  url: https://x:secret@git.example/k8s.io\n  branch: main\n",
+    )
+    .unwrap();
+    let out = run_cli_bare(&f, &["scan", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pass --manifests"), "{err}");
+    assert!(err.contains("https://***@git.example/k8s.io"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

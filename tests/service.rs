@@ -9,26 +9,21 @@ use std::path::Path;
 use base64::Engine;
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::{A, B, C, one_project};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const US: &str = "us-docker.pkg.dev/prod/demo";
 const EU: &str = "eu-docker.pkg.dev/prod/demo";
 
 fn manifests(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         &format!(
             "registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n- name: {EU}\n"
         ),
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
-    );
-    root
+    )
 }
 
 async fn start(dir: &Path, extra: &str) -> Service {
@@ -368,10 +363,17 @@ async fn the_status_page_shows_index_sources_and_findings_with_markup_escaped() 
     let page = response.text().await.unwrap();
     assert!(page.contains("<td>pubsub_push</td>"), "{page}");
     assert!(page.contains("<th>generation</th><td>1</td>"), "{page}");
-    assert!(page.contains("m-xss"), "{page}");
     assert!(
         page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
         "{page}"
     );
+    assert!(!page.contains("<script>"), "{page}");
+    // The row links to the finding's own page, which names the event.
+    let (_, findings) = get_json(&service, "/v1/findings").await;
+    let id = findings["findings"][0]["id"].as_i64().unwrap();
+    assert!(page.contains(&format!("href=\"/findings/{id}\"")), "{page}");
+    let (status, page) = get(&service, &format!("/findings/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<code>m-xss</code>"), "{page}");
     assert!(!page.contains("<script>"), "{page}");
 }

@@ -10,18 +10,15 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::PushConfig;
 use image_auditor::audit::VerdictKind;
-use image_auditor::event::{EndpointName, EventId, Source};
+use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
-use support::fixtures::write_project;
+use support::fixtures::{A, B, C, one_project, write_project};
 use support::oci::Layout;
 use support::pubsub::{Fixture, PROJECT};
 use support::registry::{Auth, Push, Registry, skopeo_push};
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 const US: &str = "us-docker.pkg.dev/prod/demo";
 /// How long messages left unacknowledged by a stopped or killed service may
 /// take to come back. The emulator keeps a cancelled stream registered and
@@ -30,14 +27,12 @@ const US: &str = "us-docker.pkg.dev/prod/demo";
 const REDELIVERY_WITHIN: Duration = Duration::from_secs(300);
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         &format!("registries:\n- name: gcr.io/staging-demo\n  src: true\n- name: {US}\n"),
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n    \"{C}\": [\"2.0\"]\n"),
-    );
-    root
+    )
 }
 
 fn pull_section(fixture: &Fixture) -> String {
@@ -82,18 +77,57 @@ fn mix() -> Vec<(String, VerdictKind)> {
     ]
 }
 
-/// Every id has exactly one decision (the store's key guarantees "at most
-/// one"; this checks "at least one") and the totals match.
+/// Publishes each payload of `mix` as a message, waits until all are
+/// decided, and checks each message got its verdict from `source` at
+/// `subscription`.
+async fn publish_and_expect(
+    fixture: &Fixture,
+    service: &Service,
+    mix: &[(String, VerdictKind)],
+    source: Source,
+    subscription: &str,
+) -> SqliteStore {
+    let ids = fixture
+        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
+        .await;
+    let store = service
+        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
+        .await;
+    let endpoint = Fixture::endpoint_of(subscription);
+    for (id, (payload, expected)) in ids.iter().zip(mix) {
+        let got = store
+            .decision(source, &endpoint, &EventId(id.clone()))
+            .unwrap();
+        assert_eq!(
+            got,
+            Some(*expected),
+            "message {id}: {payload}\n{}",
+            service.log_tail()
+        );
+    }
+    store
+}
+
+/// Pushes of `img{n}`, no image of the manifest: each is `unpromoted`.
+fn unpromoted(range: std::ops::Range<u32>) -> Vec<Vec<u8>> {
+    range
+        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
+        .collect()
+}
+
+/// Every message pulled from `fixture` has exactly one decision (the
+/// store's key guarantees "at most one"; this checks "at least one") and
+/// the totals match.
 fn assert_each_decided_once(
     store: &SqliteStore,
-    source: Source,
-    endpoint: &EndpointName,
+    fixture: &Fixture,
     ids: &[String],
 ) -> HashMap<VerdictKind, usize> {
+    let endpoint = Fixture::endpoint_of(&fixture.subscription);
     let mut by_verdict = HashMap::new();
     for id in ids {
         let verdict = store
-            .decision(source, endpoint, &EventId(id.clone()))
+            .decision(Source::PubsubPull, &endpoint, &EventId(id.clone()))
             .unwrap()
             .unwrap_or_else(|| panic!("message {id} has no recorded verdict"));
         *by_verdict.entry(verdict).or_insert(0) += 1;
@@ -112,28 +146,17 @@ async fn pulled_mix_gets_exact_verdicts_once_per_message() {
     let fixture = Fixture::new("serve-pull").await;
     let service = start(dir.path(), &pull_section(&fixture)).await;
 
-    let mix = mix();
     // Every payload twice: two messages with the same content are two
     // deliveries, each decided once.
-    let payloads: Vec<Vec<u8>> = mix
-        .iter()
-        .chain(mix.iter())
-        .map(|(p, _)| p.clone().into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
-    let store = service
-        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
-        .await;
-    for (id, (_, expected)) in ids.iter().zip(mix.iter().chain(mix.iter())) {
-        let got = store
-            .decision(
-                Source::PubsubPull,
-                &Fixture::endpoint_of(&fixture.subscription),
-                &EventId(id.clone()),
-            )
-            .unwrap();
-        assert_eq!(got, Some(*expected), "message {id}");
-    }
+    let twice: Vec<_> = mix().into_iter().chain(mix()).collect();
+    let store = publish_and_expect(
+        &fixture,
+        &service,
+        &twice,
+        Source::PubsubPull,
+        &fixture.subscription,
+    )
+    .await;
     let counts = store.counts().unwrap();
     assert_eq!(counts.decisions_total(), 12);
     // unpromoted, tag_moved, deleted, malformed: twice each.
@@ -156,23 +179,7 @@ async fn push_subscription_delivers_to_serve_with_the_same_verdicts() {
         .await
         .expect("create push subscription");
 
-    let mix = mix();
-    let ids = fixture
-        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
-        .await;
-    let store = service
-        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
-        .await;
-    for (id, (_, expected)) in ids.iter().zip(&mix) {
-        let got = store
-            .decision(
-                Source::PubsubPush,
-                &Fixture::endpoint_of(&push),
-                &EventId(id.clone()),
-            )
-            .unwrap();
-        assert_eq!(got, Some(*expected), "message {id}");
-    }
+    let store = publish_and_expect(&fixture, &service, &mix(), Source::PubsubPush, &push).await;
     assert_eq!(store.counts().unwrap().findings, 4);
 }
 
@@ -181,20 +188,11 @@ async fn ten_thousand_messages_are_each_accounted_for_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-10k").await;
     let service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads: Vec<Vec<u8>> = (0..10_000)
-        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
+    let ids = fixture.publish(unpromoted(0..10_000)).await;
     let store = service
         .wait_for_decisions(10_000, Duration::from_secs(120))
         .await;
-    let by_verdict = assert_each_decided_once(
-        &store,
-        Source::PubsubPull,
-        &Fixture::endpoint_of(&fixture.subscription),
-        &ids,
-    );
-    // `img{n}` is no image of the manifest: promoted nowhere here.
+    let by_verdict = assert_each_decided_once(&store, &fixture, &ids);
     assert_eq!(by_verdict.get(&VerdictKind::Unpromoted), Some(&10_000));
 }
 
@@ -208,19 +206,14 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-crash").await;
     let mut service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads = |range: std::ops::Range<u32>| -> Vec<Vec<u8>> {
-        range
-            .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-            .collect()
-    };
-    let mut ids = fixture.publish(payloads(0..1_000)).await;
+    let mut ids = fixture.publish(unpromoted(0..1_000)).await;
     service
         .wait_for_decisions(1_000, Duration::from_secs(60))
         .await;
 
     let writer = rusqlite::Connection::open(service.findings_db()).unwrap();
     writer.execute_batch("BEGIN IMMEDIATE").unwrap();
-    ids.extend(fixture.publish(payloads(1_000..3_000)).await);
+    ids.extend(fixture.publish(unpromoted(1_000..3_000)).await);
     service
         .wait_until("the second wave is held unrecorded", || async {
             service.metric("image_auditor_store_errors_total").await >= 1.0
@@ -239,12 +232,7 @@ async fn killed_mid_stream_then_restarted_every_message_decided_exactly_once() {
     // Unacked messages come back after their lease (10 s) and the
     // emulator's recovery from the dropped stream.
     let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
-    assert_each_decided_once(
-        &store,
-        Source::PubsubPull,
-        &Fixture::endpoint_of(&fixture.subscription),
-        &ids,
-    );
+    assert_each_decided_once(&store, &fixture, &ids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,10 +240,7 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fixture = Fixture::new("serve-term").await;
     let mut service = start(dir.path(), &pull_section(&fixture)).await;
-    let payloads: Vec<Vec<u8>> = (0..3_000)
-        .map(|n| format!(r#"{{"action":"INSERT","digest":"{US}/img{n}@{B}"}}"#).into_bytes())
-        .collect();
-    let ids = fixture.publish(payloads).await;
+    let ids = fixture.publish(unpromoted(0..3_000)).await;
     service
         .wait_for_decisions(300, Duration::from_secs(60))
         .await;
@@ -264,12 +249,7 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
 
     service.restart().await;
     let store = service.wait_for_decisions(3_000, REDELIVERY_WITHIN).await;
-    assert_each_decided_once(
-        &store,
-        Source::PubsubPull,
-        &Fixture::endpoint_of(&fixture.subscription),
-        &ids,
-    );
+    assert_each_decided_once(&store, &fixture, &ids);
 }
 
 /// Children of a promoted OCI index are only known once the index is read:
@@ -281,12 +261,7 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
     let host = registry.host.clone();
     let dir = tempfile::tempdir().unwrap();
     let mut layout = Layout::create(&dir.path().join("layout"));
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let index = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [index, amd64, arm64] = layout.two_platform_index();
     layout.tag(&index, "1.0");
     let stray = layout.image("amd64");
     layout.tag(&stray, "stray");
@@ -344,22 +319,14 @@ async fn pulled_children_are_promoted_after_resolution_against_a_real_registry()
             VerdictKind::Unpromoted,
         ),
     ];
-    let ids = fixture
-        .publish(mix.iter().map(|(p, _)| p.clone().into_bytes()))
-        .await;
-    let store = service
-        .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
-        .await;
-    for (id, (payload, expected)) in ids.iter().zip(&mix) {
-        let got = store
-            .decision(
-                Source::PubsubPull,
-                &Fixture::endpoint_of(&fixture.subscription),
-                &EventId(id.clone()),
-            )
-            .unwrap();
-        assert_eq!(got, Some(*expected), "{payload}\n{}", service.log_tail());
-    }
+    let store = publish_and_expect(
+        &fixture,
+        &service,
+        &mix,
+        Source::PubsubPull,
+        &fixture.subscription,
+    )
+    .await;
     assert_eq!(store.counts().unwrap().findings, 1, "only the stray image");
 }
 

@@ -12,6 +12,7 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::{Backend, Decision, PostgresConfig, PostgresStore, Recorded, Store};
 use serde_json::{Value, json};
+use support::fixtures::one_project;
 use support::postgres::Postgres;
 use support::service::Service;
 
@@ -22,21 +23,13 @@ const EVENTS_V1: &str = "application/vnd.docker.distribution.events.v1+json";
 const PASSWORD: &str = "n0t-to-be-logged";
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
+    one_project(
+        dir,
+        "demo",
         "registries:\n- name: registry.example/staging\n  src: true\n\
          - name: registry.example/prod\n",
+        &format!("- name: app\n  dmap:\n    \"{D}\": [\"v1\"]\n"),
     )
-    .unwrap();
-    std::fs::write(
-        root.join("images/demo/images.yaml"),
-        format!("- name: app\n  dmap:\n    \"{D}\": [\"v1\"]\n"),
-    )
-    .unwrap();
-    root
 }
 
 /// A URL with a password, in a file as a mounted secret would be.

@@ -34,6 +34,7 @@ mod resolve_real;
 mod scan_real;
 mod service;
 mod service_pubsub;
+mod status_page;
 mod store_contract;
 mod store_postgres;
 mod synthetic_corpus;

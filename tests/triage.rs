@@ -13,25 +13,21 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use support::alertmanager::Alertmanager;
-use support::fixtures::write_project;
+use support::fixtures::{A, B, one_project};
 use support::receiver::Receiver;
 use support::service::Service;
 
-const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const ALICE: &str = "alice-token-0123456789";
 const CI: &str = "ci-bot-token-0123456789";
 const TIMING: &str = "alerts:\n  poll_interval: 100ms\n  group_wait: 200ms\n  backoff_base: 100ms\n  backoff_max: 500ms\n";
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "demo",
         "registries:\n- name: staging.example/demo\n  src: true\n- name: r0.example/prod\n",
         &format!("- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"),
-    );
-    root
+    )
 }
 
 /// The `triage` section: alice and ci-bot, tokens in files.

@@ -898,7 +898,16 @@ fn fixture_a_2_child_is_promoted_child_after_reading_exactly_the_parent() {
         assert!(a.pending.is_none());
         assert_eq!(v.evidence[0].parent, Some(d("c419")));
         assert!(v.reason.contains(&d("c419").to_string()), "{}", v.reason);
+        // What `GET /v1/digests/{child}` and `lookup` show: the parent's
+        // promotion, naming the parent.
+        let reports = resolved.placement_reports(&child);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            (&*reports[0].image, &reports[0].digest, &reports[0].parent),
+            ("proxy-agent", &d("c419"), &Some(d("c419")))
+        );
     }
+    assert!(index.placement_reports(&kas_children()[0]).is_empty());
 }
 
 #[test]

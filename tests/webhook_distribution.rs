@@ -13,6 +13,7 @@ use std::time::Duration;
 use image_auditor::audit::VerdictKind;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use image_auditor::reference::Digest;
+use support::fixtures::one_project;
 use support::oci::{Desc, Layout, OCI_MANIFEST};
 use support::registry::{Push, Registry, delete_manifest, free_port, put_manifest, skopeo_push};
 use support::service::Service;
@@ -20,16 +21,9 @@ use support::service::Service;
 const TOKEN: &str = "distribution-test-token-0123456789";
 
 fn manifests(dir: &Path, host: &str, promoted: &str) -> PathBuf {
-    let root = dir.join("manifests-root");
-    std::fs::create_dir_all(root.join("manifests/demo")).unwrap();
-    std::fs::create_dir_all(root.join("images/demo")).unwrap();
-    std::fs::write(
-        root.join("manifests/demo/promoter-manifest.yaml"),
-        format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod\n"),
-    )
-    .unwrap();
-    std::fs::write(root.join("images/demo/images.yaml"), promoted).unwrap();
-    root
+    let registries =
+        format!("registries:\n- name: {host}/staging\n  src: true\n- name: {host}/prod\n");
+    one_project(dir, "demo", &registries, promoted)
 }
 
 /// (verdict, digest, tag) of every finding, sorted.
@@ -74,12 +68,7 @@ async fn registry_notifications_give_exact_findings_and_survive_an_auditor_outag
 
     let single = layout.image("amd64");
     let single_v2 = layout.image("amd64");
-    let amd64 = layout.image("amd64");
-    let arm64 = layout.image("arm64");
-    let multi = layout.index(&[
-        (&amd64, Some(("linux", "amd64"))),
-        (&arm64, Some(("linux", "arm64"))),
-    ]);
+    let [multi, _, _] = layout.two_platform_index();
     let stray = layout.image("amd64");
     let late = layout.image("arm64");
     for (desc, tag) in [

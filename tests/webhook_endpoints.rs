@@ -10,16 +10,15 @@ use std::path::{Path, PathBuf};
 
 use image_auditor::findings::{SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::write_project;
+use support::fixtures::one_project;
 use support::service::Service;
 
 const D1: &str = "sha256:6987740fb624e3e9943ec5d9ac5519b72cea1b35fb4bde5719df3923a36c08f7";
 const D2: &str = "sha256:d7bdd545f09d8a73c2b990337c8211d708a04ccd9748627685e4fc79cc038039";
 
 fn manifests(dir: &Path) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n- name: harbor.internal/payments\n\
          - name: 111122223333.dkr.ecr.eu-west-1.amazonaws.com/apps\n- name: acme.azurecr.io/apps\n",
@@ -27,8 +26,7 @@ fn manifests(dir: &Path) -> PathBuf {
             "- name: worker\n  dmap:\n    \"{D1}\": [\"v2.0.0\"]\n\
              - name: api\n  dmap:\n    \"{D2}\": [\"v1.4.2\"]\n"
         ),
-    );
-    root
+    )
 }
 
 fn harbor(kind: &str) -> Value {

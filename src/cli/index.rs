@@ -54,45 +54,10 @@ fn memory_kib() -> (Option<u64>, Option<u64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Where a digest is promoted: one image of one manifest.
-#[derive(serde::Serialize)]
-struct Placement {
-    file: String,
-    line: u32,
-    project: String,
-    image: String,
-    tags: Vec<String>,
-    /// Every repository the image is promoted to.
-    destinations: Vec<String>,
-}
-
 pub(super) fn lookup(dir: &Path, digest: &str, json: bool) -> anyhow::Result<ExitCode> {
     let digest: Digest = digest.parse()?;
     let index = load_index(dir)?;
-    let placements: Vec<Placement> = index
-        .placements(&digest)
-        .iter()
-        .map(|p| {
-            let image = index.promotion_image(p.promotion);
-            let manifest = index.manifest(index.image_manifest(image));
-            let name = index.image_name(image);
-            Placement {
-                file: manifest.images_file.display().to_string(),
-                line: index.promotion_line(p.promotion),
-                project: manifest.project.to_string(),
-                image: name.to_string(),
-                tags: index
-                    .promotion_tags(p.promotion)
-                    .map(|t| (**t).to_owned())
-                    .collect(),
-                destinations: manifest
-                    .destinations
-                    .iter()
-                    .map(|dest| format!("{dest}/{name}"))
-                    .collect(),
-            }
-        })
-        .collect();
+    let placements = index.placement_reports(&digest);
     if json {
         let value = serde_json::json!({
             "digest": digest.to_string(),
@@ -112,8 +77,8 @@ pub(super) fn lookup(dir: &Path, digest: &str, json: bool) -> anyhow::Result<Exi
             p.image,
             p.tags.join(", ")
         );
-        for dest in &p.destinations {
-            println!("  {dest}");
+        for repository in &p.repositories {
+            println!("  {repository}");
         }
     }
     Ok(if placements.is_empty() {

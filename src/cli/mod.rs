@@ -135,9 +135,11 @@ pub enum Command {
         /// <data-dir>/findings.sqlite, the store `serve` alerts from.
         #[arg(long, default_value = config::DEFAULT_DATA_DIR, env = "IMAGE_AUDITOR_DATA_DIR")]
         data_dir: PathBuf,
-        /// The `serve` configuration: record in the store it names (its
-        /// `store` section, or its data_dir), as `serve` does; --data-dir
-        /// is then not used.
+        /// The `serve` configuration: sweep as that service would — its
+        /// manifests directory, registry settings and cache, exceptions —
+        /// and record in the store it names; --manifests,
+        /// --registry-config and --exceptions still win, --data-dir is
+        /// not used.
         #[arg(long, env = "IMAGE_AUDITOR_CONFIG")]
         config: Option<PathBuf>,
         /// Entries per page of `_catalog` and `tags/list`.
@@ -309,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let registry = RegistrySetup {
         config: cli.registry_config.clone(),
     };
+    let manifests_flag = cli.manifests.clone();
     let manifests = cli
         .manifests
         .unwrap_or_else(|| PathBuf::from(config::DEFAULT_MANIFESTS));
@@ -356,14 +359,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             baseline_reason,
             baseline_expires,
         } => {
-            let (store, data_dir) = match config {
-                Some(path) => {
-                    let config = config::Config::load(Some(path.as_path()))?;
-                    (config.store_location(), config.data_dir.clone())
-                }
+            let serve_config = config
+                .map(|path| config::Config::load(Some(path.as_path())))
+                .transpose()?;
+            let (store, data_dir) = match &serve_config {
+                Some(config) => (config.store_location(), config.data_dir.clone()),
                 None => (
                     image_auditor::findings::StoreLocation::Sqlite(config::findings_db(&data_dir)),
                     data_dir,
+                ),
+            };
+            // With --config the sweep audits as that `serve` would: its
+            // manifests, registry settings, cache and exceptions, unless a
+            // flag names them.
+            let (manifests, registry_config, exceptions) = match serve_config {
+                None => (manifests, registry.config_under(&data_dir)?, exceptions),
+                Some(config) => (
+                    scan::manifests_of(&config, manifests_flag)?,
+                    match registry.config {
+                        Some(_) => registry.config_under(&data_dir)?,
+                        None => config.registry,
+                    },
+                    ExceptionsSetup {
+                        file: cli.exceptions.or(config.exceptions.file),
+                        max_ahead: config.exceptions.max_ahead,
+                    },
                 ),
             };
             let checkpoint = match state_dir {
@@ -391,7 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             scan::scan(
                 &manifests,
                 &policy,
-                &registry,
+                registry_config,
                 &exceptions,
                 &store,
                 &prefixes,
@@ -512,11 +532,16 @@ impl RegistrySetup {
     /// The `--registry-config` file, or the defaults; cached under the
     /// default data directory unless the file names a cache.
     fn config(&self) -> anyhow::Result<RegistryConfig> {
+        self.config_under(Path::new(config::DEFAULT_DATA_DIR))
+    }
+
+    /// As [`Self::config`], cached under `data_dir`.
+    fn config_under(&self, data_dir: &Path) -> anyhow::Result<RegistryConfig> {
         let mut config = match &self.config {
             None => RegistryConfig::default(),
             Some(path) => RegistryConfig::load(path)?,
         };
-        config.cache_under(Path::new(config::DEFAULT_DATA_DIR));
+        config.cache_under(data_dir);
         Ok(config)
     }
 

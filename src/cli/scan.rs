@@ -7,15 +7,34 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use image_auditor::audit::Policy;
+use image_auditor::config::Config;
 use image_auditor::exceptions::{Date, baseline};
 use image_auditor::findings::{SqliteStore, Store, StoreLocation};
 use image_auditor::index::Index;
 use image_auditor::pipeline::DEFAULT_UNDECIDED_RETRY_FOR;
 use image_auditor::reference::{RegistryPrefix, Repository};
+use image_auditor::registry::RegistryConfig;
 use image_auditor::scan;
 use image_auditor::wiring::Wiring;
 
-use super::{ExceptionsSetup, RegistrySetup, current_thread, exit_for, load_index};
+use super::{ExceptionsSetup, current_thread, exit_for, load_index};
+
+/// The manifests `scan --config` audits against: `--manifests` when given,
+/// else the configuration's directory. A configuration that follows a git
+/// branch needs a checkout named: a one-shot sweep does not sync one, and
+/// falling back to the fixtures would call every image unpromoted.
+pub(super) fn manifests_of(config: &Config, flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match (flag, &config.manifests_git) {
+        (Some(dir), _) => Ok(dir),
+        (None, Some(git)) => anyhow::bail!(
+            "the configuration takes its manifests from git ({} branch {}): pass --manifests \
+             with a checkout of it",
+            git.shown_url(),
+            git.branch
+        ),
+        (None, None) => Ok(config.manifests.clone()),
+    }
+}
 
 /// `scan --baseline`: where to write the entries, and what they say.
 pub(super) struct Baseline {
@@ -30,7 +49,7 @@ pub(super) struct Baseline {
 pub(super) fn scan(
     dir: &Path,
     policy: &Policy,
-    registry: &RegistrySetup,
+    registry: RegistryConfig,
     exceptions: &ExceptionsSetup,
     store: &StoreLocation,
     prefixes: &[String],
@@ -60,7 +79,7 @@ pub(super) fn scan(
     }
     let exceptions_in_force = exceptions.load(dir)?;
     let index = load_index(dir)?;
-    let config = registry.config()?;
+    let config = registry;
     let runtime = current_thread()?;
     let wiring = {
         let _entered = runtime.enter();

@@ -181,15 +181,10 @@ pub fn to_yaml(drafts: &[Draft], reason: &str, owner: &str, expires: Date, heade
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reference::fixtures::{d, t};
     use std::path::Path;
     use std::sync::Arc;
 
-    fn d(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
-    }
-    fn t(s: &str) -> Tag {
-        s.parse().unwrap()
-    }
     fn found(repo: &str, digest: u8, tag: Option<&str>, verdict: VerdictKind) -> Found {
         Found {
             repository: repo.parse().unwrap(),

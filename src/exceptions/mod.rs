@@ -315,10 +315,7 @@ impl fmt::Display for Shown {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
-    }
+    use crate::reference::fixtures::d;
 
     fn entry() -> Exception {
         Exception {

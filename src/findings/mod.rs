@@ -18,6 +18,7 @@
 pub mod migrations;
 pub mod postgres;
 mod sqlite;
+mod stored;
 pub mod triage;
 
 use std::fmt;

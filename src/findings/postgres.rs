@@ -29,13 +29,15 @@
 //! when recorded, and a sink's first claim writes the rows of the findings
 //! before it, under a table lock that keeps the two from missing each other.
 //!
-//! Over 500 lines: the trait's methods share the pool, the row parsing and
-//! the error mapping here; connecting, group commit and triage have their
-//! own files under `postgres/`. The alert memory, the scan checkpoint and
+//! Over 500 lines: the trait's methods share the pool and the error
+//! mapping here; connecting, group commit, the outbox claims and triage
+//! have their own files under `postgres/`, and what a stored row means is
+//! `findings::stored`'s. The alert memory, the scan checkpoint and
 //! the locks that make one alert dispatcher per sink and one sweep at a
 //! time are in [`shared`].
 
 mod connect;
+mod outbox;
 mod shared;
 mod triage;
 mod writer;
@@ -45,19 +47,22 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool, PoolError};
+use deadpool_postgres::{Object, Pool, PoolError, Transaction};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
 pub use connect::PostgresConfig;
 
 use super::migrations::{self, Backend, SchemaStatus};
+use super::stored::{
+    self, Arg, Columns, DELIVERY_COLUMNS, Outbox, StoredDelivery, StoredFinding, decided_verdict,
+    evidence_to_record, findings_query, not_claimed, tally_decisions,
+};
 use super::{
-    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SentAlert,
-    SinkDelivery, Store, StoreError, StoreLock, Triage, TriageChange, Triaged, parse_action,
-    parse_source,
+    Counts, Decision, Finding, FindingId, FindingQuery, Recorded, SentAlert, SinkDelivery, Store,
+    StoreError, StoreLock, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -70,19 +75,8 @@ const MIGRATION_LOCK: i64 = 0x1A6E_A0D1_7000_0001;
 /// connection); more queue and share the next commit.
 const WRITERS: usize = 4;
 
-/// Longest `last_error` kept per delivery.
-const MAX_ERROR_LEN: usize = 2000;
-
 /// Rows deleted per statement by `prune_decisions`.
 const PRUNE_BATCH: i64 = 5000;
-
-const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
-     f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation, f.excepted_by, f.triage_state, f.triage_by, \
-     f.triage_at_ms, f.triage_note";
-
-const DELIVERY_COLUMNS: &str =
-    "finding, sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error";
 
 /// The findings store on PostgreSQL.
 pub struct PostgresStore {
@@ -258,10 +252,19 @@ impl PostgresStore {
     }
 
     fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.name.clone(),
-            what,
-        }
+        stored::corrupt(&self.name, what)
+    }
+
+    /// A read-only transaction on one snapshot: a page of findings and
+    /// their delivery states, or the counts, agree with each other.
+    async fn snapshot<'c>(&self, client: &'c mut Object) -> Result<Transaction<'c>, StoreError> {
+        client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.pg(e))
     }
 
     /// Makes `sink` known: from now on every finding recorded gets a
@@ -314,93 +317,23 @@ impl PostgresStore {
     }
 
     fn finding_of_row(&self, row: &Row) -> Result<Finding, StoreError> {
-        let id: i64 = row.get(0);
-        let text = |i: usize| -> String { row.get(i) };
-        let opt = |i: usize| -> Option<String> { row.get(i) };
-        let bad = |what: &str, text: &str| self.corrupt(format!("finding {id}: {what} {text:?}"));
-        let source = text(3);
-        let source = parse_source(&source).ok_or_else(|| bad("source", &source))?;
-        let verdict = text(10);
-        let verdict = verdict.parse().map_err(|_| bad("verdict", &verdict))?;
-        let action = match opt(6) {
-            Some(a) => Some(parse_action(&a).ok_or_else(|| bad("action", &a))?),
-            None => None,
-        };
-        let repository = opt(7)
-            .map(|s| s.parse())
-            .transpose()
-            .map_err(|e| self.corrupt(format!("finding {id}: {e}")))?;
-        let digest = opt(8)
-            .map(|s| s.parse())
-            .transpose()
-            .map_err(|e| self.corrupt(format!("finding {id}: {e}")))?;
-        let tag = opt(9)
-            .map(|s| s.parse())
-            .transpose()
-            .map_err(|e| self.corrupt(format!("finding {id}: {e}")))?;
-        let evidence = serde_json::from_str(&text(12))
-            .map_err(|e| self.corrupt(format!("finding {id}: evidence is not JSON: {e}")))?;
-        let state = text(16);
-        let state = state.parse().map_err(|_| bad("triage state", &state))?;
-        Ok(Finding {
-            id: FindingId(id),
-            created_at_ms: row.get(1),
-            received_at_ms: row.get(2),
-            source,
-            endpoint: EndpointName(text(5)),
-            event_id: EventId(text(4)),
-            action,
-            repository,
-            digest,
-            tag,
-            verdict,
-            reason: text(11),
-            evidence,
-            manifest_commit: opt(13),
-            index_generation: row.get::<_, i64>(14) as u64,
-            excepted_by: opt(15),
-            triage: Triage {
-                state,
-                by: opt(17),
-                at_ms: row.get(18),
-                note: opt(19),
-            },
-            deliveries: Vec::new(),
-        })
+        StoredFinding::read(row)
+            .map_err(|e| self.pg(e))?
+            .into_finding(&self.name)
     }
 
-    /// A deliveries row read with [`DELIVERY_COLUMNS`].
-    fn delivery(&self, row: &Row) -> Result<(i64, SinkDelivery), StoreError> {
-        let finding: i64 = row.get(0);
-        let sink: String = row.get(1);
-        let state: String = row.get(2);
-        let state = match state.as_str() {
-            "pending" => DeliveryState::Pending,
-            "delivered" => DeliveryState::Delivered,
-            other => {
-                return Err(self.corrupt(format!(
-                    "finding {finding}: delivery state {other:?} for sink {sink:?}"
-                )));
-            }
-        };
-        Ok((
-            finding,
-            SinkDelivery {
-                sink,
-                state,
-                attempts: u32::try_from(row.get::<_, i32>(3)).unwrap_or(0),
-                next_attempt_ms: row.get(4),
-                delivered_at_ms: row.get(5),
-                last_error: row.get(6),
-            },
-        ))
+    /// A row of `outbox` read with [`DELIVERY_COLUMNS`].
+    fn delivery(&self, row: &Row, outbox: Outbox) -> Result<(FindingId, SinkDelivery), StoreError> {
+        StoredDelivery::read(row)
+            .map_err(|e| self.pg(e))?
+            .into_delivery(&self.name, outbox)
     }
 
     /// `findings` with the deliveries of each (of `sink` only, when given),
     /// read in `client`'s current transaction.
     async fn with_deliveries(
         &self,
-        client: &tokio_postgres::Transaction<'_>,
+        client: &Transaction<'_>,
         mut findings: Vec<Finding>,
         sink: Option<&str>,
     ) -> Result<Vec<Finding>, StoreError> {
@@ -420,12 +353,32 @@ impl PostgresStore {
             .await
             .map_err(|e| self.pg(e))?;
         for row in &rows {
-            let (finding, delivery) = self.delivery(row)?;
-            if let Some(f) = findings.iter_mut().find(|f| f.id.0 == finding) {
+            let (finding, delivery) = self.delivery(row, Outbox::Alerts)?;
+            if let Some(f) = findings.iter_mut().find(|f| f.id == finding) {
                 f.deliveries.push(delivery);
             }
         }
         Ok(findings)
+    }
+}
+
+impl Columns for Row {
+    type Error = tokio_postgres::Error;
+    fn int(&self, i: usize) -> Result<i64, tokio_postgres::Error> {
+        // `attempts` is INTEGER; times and ids are BIGINT.
+        if *self.columns()[i].type_() == Type::INT4 {
+            return self.try_get::<_, i32>(i).map(i64::from);
+        }
+        self.try_get(i)
+    }
+    fn opt_int(&self, i: usize) -> Result<Option<i64>, tokio_postgres::Error> {
+        self.try_get(i)
+    }
+    fn text(&self, i: usize) -> Result<String, tokio_postgres::Error> {
+        self.try_get(i)
+    }
+    fn opt_text(&self, i: usize) -> Result<Option<String>, tokio_postgres::Error> {
+        self.try_get(i)
     }
 }
 
@@ -500,22 +453,7 @@ async fn migrate(pool: &Pool, name: &Arc<str>) -> Result<(), StoreError> {
 
 impl Store for PostgresStore {
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
-        if d.verdict == VerdictKind::Undecided {
-            return Err(StoreError::Undecided {
-                source_name: d.source.as_str(),
-                event_id: d.event_id.clone(),
-            });
-        }
-        let evidence = if d.verdict.alerts() {
-            Some(serde_json::to_string(&d.evidence).map_err(|e| {
-                self.corrupt(format!(
-                    "event {}: evidence not serialisable: {e}",
-                    d.event_id
-                ))
-            })?)
-        } else {
-            None
-        };
+        let evidence = evidence_to_record(&self.name, d)?;
         let (reply, answer) = oneshot::channel();
         let lost = || StoreError::GroupCommit {
             path: self.name.clone(),
@@ -551,53 +489,26 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| self.pg(e))?;
             row.map(|row| {
-                let v: String = row.get(0);
-                v.parse().map_err(|_| {
-                    self.corrupt(format!(
-                        "decision {}/{endpoint}/{id}: verdict {v:?}",
-                        source.as_str()
-                    ))
-                })
+                let key = (source.as_str(), endpoint.0.as_str(), id.0.as_str());
+                decided_verdict(&self.name, key, row.get(0))
             })
             .transpose()
         })
     }
 
     fn findings(&self, q: &FindingQuery) -> Result<Vec<Finding>, StoreError> {
-        let mut sql = format!("SELECT {FINDING_COLUMNS} FROM findings f WHERE true");
-        let verdict = q.verdict.map(|v| v.as_str().to_owned());
-        let digest = q.digest.as_ref().map(ToString::to_string);
-        let repository = q.repository.as_ref().map(|r| r.as_str().to_owned());
-        let state = q.state.map(|s| s.as_str().to_owned());
-        let before = q.before.map(|b| b.0);
-        let limit = q.effective_limit() as i64;
-        let mut args: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        let filters: [(&str, Option<&(dyn ToSql + Sync)>); 6] = [
-            ("f.verdict =", verdict.as_ref().map(|v| v as _)),
-            ("f.digest =", digest.as_ref().map(|v| v as _)),
-            ("f.repository =", repository.as_ref().map(|v| v as _)),
-            ("f.triage_state =", state.as_ref().map(|v| v as _)),
-            ("f.received_at_ms >=", q.since_ms.as_ref().map(|v| v as _)),
-            ("f.id <", before.as_ref().map(|v| v as _)),
-        ];
-        for (clause, value) in filters {
-            if let Some(value) = value {
-                args.push(value);
-                let _ = write!(sql, " AND {clause} ${}", args.len());
-            }
-        }
-        let _ = write!(sql, " ORDER BY f.id DESC LIMIT ${}", args.len() + 1);
-        args.push(&limit);
+        let (sql, args) = findings_query(q, '$');
+        let args: Vec<&(dyn ToSql + Sync)> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Text(s) => s as _,
+                Arg::Int(n) => n as _,
+            })
+            .collect();
         self.block_on(async {
             let mut client = self.client().await?;
             // One snapshot for the page and its delivery states.
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(|e| self.pg(e))?;
+            let tx = self.snapshot(&mut client).await?;
             let rows = tx.query(&sql, &args).await.map_err(|e| self.pg(e))?;
             let found = rows
                 .iter()
@@ -612,31 +523,16 @@ impl Store for PostgresStore {
     fn counts(&self) -> Result<Counts, StoreError> {
         self.block_on(async {
             let mut client = self.client().await?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(|e| self.pg(e))?;
-            let mut decisions: Vec<(VerdictKind, u64)> =
-                VerdictKind::ALL.into_iter().map(|k| (k, 0)).collect();
-            for row in tx
+            let tx = self.snapshot(&mut client).await?;
+            let rows = tx
                 .query(
                     "SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict",
                     &[],
                 )
                 .await
-                .map_err(|e| self.pg(e))?
-            {
-                let verdict: String = row.get(0);
-                let kind: VerdictKind = verdict
-                    .parse()
-                    .map_err(|_| self.corrupt(format!("decision verdict {verdict:?}")))?;
-                if let Some(slot) = decisions.iter_mut().find(|(k, _)| *k == kind) {
-                    slot.1 = row.get::<_, i64>(1) as u64;
-                }
-            }
+                .map_err(|e| self.pg(e))?;
+            let decisions =
+                tally_decisions(&self.name, rows.iter().map(|row| (row.get(0), row.get(1))))?;
             // With a sink known, every finding not excepted has a row per
             // sink; before, every finding not excepted is owed.
             let totals = tx
@@ -742,47 +638,8 @@ impl Store for PostgresStore {
             self.register_sink(sink).await?;
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            let lease_until = now_ms.saturating_add(self.claim_lease_ms);
-            let claim = tx
-                .prepare_cached(&format!(
-                    "UPDATE deliveries d SET attempts = d.attempts + 1, next_attempt_ms = $3 \
-                     FROM (SELECT finding FROM deliveries \
-                           WHERE sink = $1 AND state = 'pending' AND next_attempt_ms <= $2 \
-                           ORDER BY next_attempt_ms, finding LIMIT $4 \
-                           FOR UPDATE SKIP LOCKED) c \
-                     WHERE d.sink = $1 AND d.finding = c.finding \
-                     RETURNING d.{}",
-                    DELIVERY_COLUMNS.replace(", ", ", d.")
-                ))
-                .await
-                .map_err(|e| self.pg(e))?;
-            let rows = tx
-                .query(&claim, &[&sink, &now_ms, &lease_until, &(limit as i64)])
-                .await
-                .map_err(|e| self.pg(e))?;
-            let mut claimed = rows
-                .iter()
-                .map(|row| self.delivery(row))
-                .collect::<Result<Vec<_>, _>>()?;
-            claimed.sort_by_key(|(id, _)| *id);
-            let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT {FINDING_COLUMNS} FROM findings f WHERE f.id = ANY($1) \
-                         ORDER BY f.id"
-                    ),
-                    &[&ids],
-                )
-                .await
-                .map_err(|e| self.pg(e))?;
+            let out = self.claim(&tx, Outbox::Alerts, sink, limit, now_ms).await?;
             tx.commit().await.map_err(|e| self.pg(e))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for (row, (_, delivery)) in rows.iter().zip(claimed) {
-                let mut f = self.finding_of_row(row)?;
-                f.deliveries = vec![delivery];
-                out.push(f);
-            }
             Ok(out)
         })
     }
@@ -814,11 +671,7 @@ impl Store for PostgresStore {
                 .map_err(|e| self.pg(e))?
                 .get::<_, i64>(0);
             if n == 0 {
-                return Err(StoreError::NotClaimed {
-                    path: self.name.clone(),
-                    sink: sink.to_owned(),
-                    id,
-                });
+                return Err(not_claimed(&self.name, sink, id));
             }
             Ok(())
         })
@@ -831,30 +684,7 @@ impl Store for PostgresStore {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let error = super::truncate(error, MAX_ERROR_LEN);
-        self.block_on(async {
-            let client = self.client().await?;
-            // Updates a pending row; tells a delivered one (no effect) from
-            // none (never claimed).
-            let row = client
-                .query_opt(
-                    "WITH u AS (UPDATE deliveries SET last_error = $3, next_attempt_ms = $4 \
-                       WHERE sink = $1 AND finding = $2 AND state = 'pending' RETURNING 1) \
-                     SELECT 1 FROM u UNION ALL \
-                     SELECT 1 FROM deliveries WHERE sink = $1 AND finding = $2 LIMIT 1",
-                    &[&sink, &id.0, &error, &retry_at_ms],
-                )
-                .await
-                .map_err(|e| self.pg(e))?;
-            if row.is_none() {
-                return Err(StoreError::NotClaimed {
-                    path: self.name.clone(),
-                    sink: sink.to_owned(),
-                    id,
-                });
-            }
-            Ok(())
-        })
+        self.block_on(self.fail(Outbox::Alerts, sink, id, error, retry_at_ms))
     }
 
     fn first_undecided(
@@ -904,7 +734,15 @@ impl Store for PostgresStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<Finding>, StoreError> {
-        self.block_on(self.claim_resolutions_for(sink, limit, now_ms))
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
+            let out = self
+                .claim(&tx, Outbox::Resolutions, sink, limit, now_ms)
+                .await?;
+            tx.commit().await.map_err(|e| self.pg(e))?;
+            Ok(out)
+        })
     }
 
     fn mark_resolution_delivered(
@@ -923,8 +761,7 @@ impl Store for PostgresStore {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let error = super::truncate(error, MAX_ERROR_LEN);
-        self.block_on(self.resolution_failed(sink, id, error, retry_at_ms))
+        self.block_on(self.fail(Outbox::Resolutions, sink, id, error, retry_at_ms))
     }
 
     fn alert_sent(

@@ -1,13 +1,14 @@
 //! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
-//! Over 500 lines: the group commit, the outbox and row parsing share the
-//! one connection and its statements. What processes on one file must do
-//! once (alert memory, scan checkpoint, locks) is in [`shared`]; triage
-//! lives in `sqlite/triage.rs`.
+//! Over 500 lines: opening and migrating, the group commit and the trait's
+//! queries share the one connection and its statements. Claiming and
+//! marking outbox rows is in [`outbox`], triage in [`triage`]; what
+//! processes on one file must do once (alert memory, scan checkpoint,
+//! locks) in [`shared`]. What a stored row means is `findings::stored`'s.
 
+mod outbox;
 mod shared;
 mod triage;
 
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,18 +16,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::migrations::{self, Backend, SchemaStatus};
+use super::stored::{
+    self, Arg, Columns, FINDING_COLUMNS, Outbox, StoredFinding, decided_verdict,
+    evidence_to_record, findings_query, tally_decisions,
+};
 use super::{
-    Counts, Decision, DeliveryState, Finding, FindingId, FindingQuery, Recorded, SentAlert,
-    SinkDelivery, Store, StoreError, StoreLock, Triage, TriageChange, Triaged, action_str,
-    parse_action, parse_source, truncate,
+    Counts, Decision, Finding, FindingId, FindingQuery, Recorded, SentAlert, Store, StoreError,
+    StoreLock, TriageChange, Triaged, action_str,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
-
-const FINDING_COLUMNS: &str = "f.id, f.created_at_ms, f.received_at_ms, f.source, f.event_id, \
-     f.endpoint, f.action, f.repository, f.digest, f.tag, f.verdict, f.reason, f.evidence, \
-     f.manifest_commit, f.index_generation, f.excepted_by, f.triage_state, f.triage_by, \
-     f.triage_at_ms, f.triage_note";
 
 /// The verdict recorded under one dedupe key.
 const SELECT_DECISION: &str =
@@ -34,9 +33,6 @@ const SELECT_DECISION: &str =
 
 /// How long a claim hides a finding from other claims for the same sink.
 pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
-
-/// Longest `last_error` kept per delivery.
-const MAX_ERROR_LEN: usize = 2000;
 
 /// Rows deleted per transaction by `prune_decisions`, so that `record`
 /// never waits long behind retention.
@@ -300,12 +296,7 @@ impl SqliteStore {
                     s.query_row(params![source, endpoint, d.event_id.0], |r| r.get(0))
                 })
                 .map_err(|e| self.sql(e))?;
-            let verdict = first.parse::<VerdictKind>().map_err(|_| {
-                self.corrupt(format!(
-                    "decision {source}/{endpoint}/{}: verdict {first:?}",
-                    d.event_id
-                ))
-            })?;
+            let verdict = decided_verdict(&self.path, (source, endpoint, &d.event_id.0), &first)?;
             return Ok(Recorded::Duplicate { verdict });
         }
         // Decided: the retry budget it may have used is spent.
@@ -362,64 +353,12 @@ impl SqliteStore {
     }
 
     fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            what,
-        }
+        stored::corrupt(&self.path, what)
     }
 
     fn begin<'c>(&self, conn: &'c mut Connection) -> Result<Transaction<'c>, StoreError> {
         conn.transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.sql(e))
-    }
-
-    fn deliveries_of(
-        &self,
-        conn: &Connection,
-        id: FindingId,
-        sink: Option<&str>,
-    ) -> Result<Vec<SinkDelivery>, StoreError> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error \
-                 FROM deliveries WHERE finding = ?1 AND (?2 IS NULL OR sink = ?2) ORDER BY sink",
-            )
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map(params![id.0, sink], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
-                    r.get::<_, Option<String>>(5)?,
-                ))
-            })
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (sink, state, attempts, next_attempt_ms, delivered_at_ms, last_error) =
-                row.map_err(|e| self.sql(e))?;
-            let state = match state.as_str() {
-                "pending" => DeliveryState::Pending,
-                "delivered" => DeliveryState::Delivered,
-                other => {
-                    return Err(self.corrupt(format!(
-                        "finding {id}: delivery state {other:?} for sink {sink:?}"
-                    )));
-                }
-            };
-            out.push(SinkDelivery {
-                sink,
-                state,
-                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                next_attempt_ms,
-                delivered_at_ms,
-                last_error,
-            });
-        }
-        Ok(out)
     }
 
     fn finding_by_id(&self, conn: &Connection, id: FindingId) -> Result<Finding, StoreError> {
@@ -428,10 +367,9 @@ impl SqliteStore {
                 "SELECT {FINDING_COLUMNS} FROM findings f WHERE f.id = ?1"
             ))
             .map_err(|e| self.sql(e))?;
-        let raw = stmt
-            .query_row([id.0], RawFinding::from_row)
-            .map_err(|e| self.sql(e))?;
-        raw.into_finding(self)
+        stmt.query_row([id.0], |r| StoredFinding::read(r))
+            .map_err(|e| self.sql(e))?
+            .into_finding(&self.path)
     }
 }
 
@@ -483,146 +421,26 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A findings row as stored, before parsing.
-struct RawFinding {
-    id: i64,
-    created_at_ms: i64,
-    received_at_ms: i64,
-    source: String,
-    event_id: String,
-    endpoint: String,
-    action: Option<String>,
-    repository: Option<String>,
-    digest: Option<String>,
-    tag: Option<String>,
-    verdict: String,
-    reason: String,
-    evidence: String,
-    manifest_commit: Option<String>,
-    index_generation: i64,
-    excepted_by: Option<String>,
-    triage_state: String,
-    triage_by: Option<String>,
-    triage_at_ms: Option<i64>,
-    triage_note: Option<String>,
-}
-
-impl RawFinding {
-    fn from_row(r: &Row<'_>) -> rusqlite::Result<RawFinding> {
-        Ok(RawFinding {
-            id: r.get(0)?,
-            created_at_ms: r.get(1)?,
-            received_at_ms: r.get(2)?,
-            source: r.get(3)?,
-            event_id: r.get(4)?,
-            endpoint: r.get(5)?,
-            action: r.get(6)?,
-            repository: r.get(7)?,
-            digest: r.get(8)?,
-            tag: r.get(9)?,
-            verdict: r.get(10)?,
-            reason: r.get(11)?,
-            evidence: r.get(12)?,
-            manifest_commit: r.get(13)?,
-            index_generation: r.get(14)?,
-            excepted_by: r.get(15)?,
-            triage_state: r.get(16)?,
-            triage_by: r.get(17)?,
-            triage_at_ms: r.get(18)?,
-            triage_note: r.get(19)?,
-        })
+impl Columns for Row<'_> {
+    type Error = rusqlite::Error;
+    fn int(&self, i: usize) -> rusqlite::Result<i64> {
+        self.get(i)
     }
-
-    /// The finding this row stores; a row this build cannot read is
-    /// `store`'s [`StoreError::Corrupt`].
-    fn into_finding(self, store: &SqliteStore) -> Result<Finding, StoreError> {
-        let id = self.id;
-        let corrupt = |what: String| store.corrupt(what);
-        let bad = |what: &str, text: &str| corrupt(format!("finding {id}: {what} {text:?}"));
-        let source = parse_source(&self.source).ok_or_else(|| bad("source", &self.source))?;
-        let verdict = self
-            .verdict
-            .parse()
-            .map_err(|_| bad("verdict", &self.verdict))?;
-        let action = match &self.action {
-            Some(a) => Some(parse_action(a).ok_or_else(|| bad("action", a))?),
-            None => None,
-        };
-        let repository = match &self.repository {
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|e| corrupt(format!("finding {id}: {e}")))?,
-            ),
-            None => None,
-        };
-        let digest = match &self.digest {
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|e| corrupt(format!("finding {id}: {e}")))?,
-            ),
-            None => None,
-        };
-        let tag = match &self.tag {
-            Some(s) => Some(
-                s.parse()
-                    .map_err(|e| corrupt(format!("finding {id}: {e}")))?,
-            ),
-            None => None,
-        };
-        let evidence = serde_json::from_str(&self.evidence)
-            .map_err(|e| corrupt(format!("finding {id}: evidence is not JSON: {e}")))?;
-        let state = self
-            .triage_state
-            .parse()
-            .map_err(|_| bad("triage state", &self.triage_state))?;
-        Ok(Finding {
-            id: FindingId(id),
-            created_at_ms: self.created_at_ms,
-            received_at_ms: self.received_at_ms,
-            source,
-            endpoint: EndpointName(self.endpoint),
-            event_id: EventId(self.event_id),
-            action,
-            repository,
-            digest,
-            tag,
-            verdict,
-            reason: self.reason,
-            evidence,
-            manifest_commit: self.manifest_commit,
-            // Stored bit for bit as i64 (SQLite integers are signed).
-            index_generation: self.index_generation as u64,
-            excepted_by: self.excepted_by,
-            triage: Triage {
-                state,
-                by: self.triage_by,
-                at_ms: self.triage_at_ms,
-                note: self.triage_note,
-            },
-            deliveries: Vec::new(),
-        })
+    fn opt_int(&self, i: usize) -> rusqlite::Result<Option<i64>> {
+        self.get(i)
+    }
+    fn text(&self, i: usize) -> rusqlite::Result<String> {
+        self.get(i)
+    }
+    fn opt_text(&self, i: usize) -> rusqlite::Result<Option<String>> {
+        self.get(i)
     }
 }
 
 impl Store for SqliteStore {
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
-        if d.verdict == VerdictKind::Undecided {
-            return Err(StoreError::Undecided {
-                source_name: d.source.as_str(),
-                event_id: d.event_id.clone(),
-            });
-        }
         // Everything that can be prepared outside the lock is.
-        let evidence = if d.verdict.alerts() {
-            Some(serde_json::to_string(&d.evidence).map_err(|e| {
-                self.corrupt(format!(
-                    "event {}: evidence not serialisable: {e}",
-                    d.event_id
-                ))
-            })?)
-        } else {
-            None
-        };
+        let evidence = evidence_to_record(&self.path, d)?;
         let slot: Slot = Arc::default();
         let mut queue = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         queue.waiting.push(Pending {
@@ -685,62 +503,29 @@ impl Store for SqliteStore {
             })
             .map_err(|e| self.sql(e))?;
         found
-            .map(|v| {
-                v.parse().map_err(|_| {
-                    self.corrupt(format!(
-                        "decision {}/{endpoint}/{id}: verdict {v:?}",
-                        source.as_str()
-                    ))
-                })
-            })
+            .map(|v| decided_verdict(&self.path, (source.as_str(), &endpoint.0, &id.0), &v))
             .transpose()
     }
 
     fn findings(&self, q: &FindingQuery) -> Result<Vec<Finding>, StoreError> {
-        let mut sql = format!("SELECT {FINDING_COLUMNS} FROM findings f WHERE 1");
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        let mut arg = |sql: &mut String, clause: &str, v: rusqlite::types::Value| {
-            args.push(v);
-            let _ = write!(sql, " AND {clause} ?{}", args.len());
-        };
-        if let Some(v) = q.verdict {
-            arg(&mut sql, "f.verdict =", v.as_str().to_owned().into());
-        }
-        if let Some(d) = &q.digest {
-            arg(&mut sql, "f.digest =", d.to_string().into());
-        }
-        if let Some(r) = &q.repository {
-            arg(&mut sql, "f.repository =", r.as_str().to_owned().into());
-        }
-        if let Some(state) = q.state {
-            arg(
-                &mut sql,
-                "f.triage_state =",
-                state.as_str().to_owned().into(),
-            );
-        }
-        if let Some(s) = q.since_ms {
-            arg(&mut sql, "f.received_at_ms >=", s.into());
-        }
-        if let Some(b) = q.before {
-            arg(&mut sql, "f.id <", b.0.into());
-        }
-        args.push((q.effective_limit() as i64).into());
-        let _ = write!(sql, " ORDER BY f.id DESC LIMIT ?{}", args.len());
-
+        let (sql, args) = findings_query(q, '?');
+        let args = args.into_iter().map(|a| match a {
+            Arg::Text(s) => rusqlite::types::Value::Text(s),
+            Arg::Int(n) => rusqlite::types::Value::Integer(n),
+        });
         let mut conn = self.lock();
         // One snapshot for the page and its delivery states.
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         let raws = {
             let mut stmt = tx.prepare_cached(&sql).map_err(|e| self.sql(e))?;
-            stmt.query_map(rusqlite::params_from_iter(args), RawFinding::from_row)
+            stmt.query_map(rusqlite::params_from_iter(args), |r| StoredFinding::read(r))
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(|e| self.sql(e))?
         };
         let mut out = Vec::with_capacity(raws.len());
         for raw in raws {
-            let mut f = raw.into_finding(self)?;
-            f.deliveries = self.deliveries_of(&tx, f.id, None)?;
+            let mut f = raw.into_finding(&self.path)?;
+            f.deliveries = self.outbox_rows(&tx, Outbox::Alerts, f.id, None)?;
             out.push(f);
         }
         Ok(out)
@@ -762,25 +547,14 @@ impl Store for SqliteStore {
     fn counts(&self) -> Result<Counts, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
-        let mut decisions: Vec<(VerdictKind, u64)> =
-            VerdictKind::ALL.into_iter().map(|k| (k, 0)).collect();
-        {
-            let mut stmt = tx
-                .prepare_cached("SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict")
-                .map_err(|e| self.sql(e))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-                .map_err(|e| self.sql(e))?;
-            for row in rows {
-                let (verdict, n) = row.map_err(|e| self.sql(e))?;
-                let kind: VerdictKind = verdict
-                    .parse()
-                    .map_err(|_| self.corrupt(format!("decision verdict {verdict:?}")))?;
-                if let Some(slot) = decisions.iter_mut().find(|(k, _)| *k == kind) {
-                    slot.1 = n as u64;
-                }
-            }
-        }
+        let decisions = tx
+            .prepare_cached("SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, i64)>>>()
+            })
+            .map_err(|e| self.sql(e))?;
+        let decisions = tally_decisions(&self.path, decisions)?;
         let count = |sql: &str| -> Result<u64, StoreError> {
             tx.prepare_cached(sql)
                 .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
@@ -969,56 +743,13 @@ impl Store for SqliteStore {
         )
         .and_then(|mut s| s.execute([sink]))
         .map_err(sql)?;
-        let lease_until = now_ms.saturating_add(self.claim_lease_ms);
-        let mut ids: Vec<i64> = tx
-            .prepare_cached(
-                "UPDATE deliveries SET attempts = attempts + 1, next_attempt_ms = ?3 \
-                 WHERE sink = ?1 AND finding IN ( \
-                   SELECT finding FROM deliveries \
-                   WHERE sink = ?1 AND state = 'pending' AND next_attempt_ms <= ?2 \
-                   ORDER BY next_attempt_ms, finding LIMIT ?4) \
-                 RETURNING finding",
-            )
-            .and_then(|mut s| {
-                s.query_map(params![sink, now_ms, lease_until, limit as i64], |r| {
-                    r.get(0)
-                })?
-                .collect::<rusqlite::Result<Vec<i64>>>()
-            })
-            .map_err(sql)?;
-        ids.sort_unstable();
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            let mut f = self.finding_by_id(&tx, FindingId(id))?;
-            f.deliveries = self.deliveries_of(&tx, f.id, Some(sink))?;
-            out.push(f);
-        }
+        let out = self.claim(&tx, Outbox::Alerts, sink, limit, now_ms)?;
         tx.commit().map_err(sql)?;
         Ok(out)
     }
 
     fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.begin(&mut conn)?;
-        let n = tx
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'delivered', \
-                   delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
-                 WHERE sink = ?1 AND finding = ?2",
-            )
-            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(StoreError::NotClaimed {
-                path: self.path.clone(),
-                sink: sink.to_owned(),
-                id,
-            });
-        }
-        // Resolved before its alert reached this sink: the sink is owed
-        // the resolution too.
-        triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
-        tx.commit().map_err(|e| self.sql(e))
+        self.deliver(Outbox::Alerts, sink, id, now_ms)
     }
 
     fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError> {
@@ -1042,7 +773,11 @@ impl Store for SqliteStore {
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<Finding>, StoreError> {
-        self.claim_resolutions_for(sink, limit, now_ms)
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        let out = self.claim(&tx, Outbox::Resolutions, sink, limit, now_ms)?;
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(out)
     }
 
     fn mark_resolution_delivered(
@@ -1051,7 +786,7 @@ impl Store for SqliteStore {
         id: FindingId,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.resolution_delivered(sink, id, now_ms)
+        self.deliver(Outbox::Resolutions, sink, id, now_ms)
     }
 
     fn mark_resolution_failed(
@@ -1061,7 +796,7 @@ impl Store for SqliteStore {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
-        self.resolution_failed(sink, truncate(error, MAX_ERROR_LEN), id, retry_at_ms)
+        self.fail(Outbox::Resolutions, sink, id, error, retry_at_ms)
     }
 
     fn mark_failed(
@@ -1071,29 +806,6 @@ impl Store for SqliteStore {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let error = truncate(error, MAX_ERROR_LEN);
-        let conn = self.lock();
-        let n = conn
-            .prepare_cached(
-                "UPDATE deliveries SET last_error = ?3, next_attempt_ms = ?4 \
-                 WHERE sink = ?1 AND finding = ?2 AND state = 'pending'",
-            )
-            .and_then(|mut s| s.execute(params![sink, id.0, error, retry_at_ms]))
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            let exists = conn
-                .prepare_cached("SELECT 1 FROM deliveries WHERE sink = ?1 AND finding = ?2")
-                .and_then(|mut s| s.exists(params![sink, id.0]))
-                .map_err(|e| self.sql(e))?;
-            if !exists {
-                return Err(StoreError::NotClaimed {
-                    path: self.path.clone(),
-                    sink: sink.to_owned(),
-                    id,
-                });
-            }
-            // Already delivered: a late failure report changes nothing.
-        }
-        Ok(())
+        self.fail(Outbox::Alerts, sink, id, error, retry_at_ms)
     }
 }

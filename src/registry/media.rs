@@ -130,10 +130,7 @@ fn convert_digest(d: &oci_spec::image::Digest) -> Result<Digest, ErrorKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn d(n: u8) -> Digest {
-        Digest::sha256_of(&[n])
-    }
+    use crate::reference::fixtures::d;
 
     #[test]
     fn docker_manifest_list_is_an_index_with_platforms() {

@@ -1,8 +1,8 @@
 //! HTTP routes (docs/design.md §8.4). Handlers translate between HTTP and the library;
 //! decisions stay in the pipeline and the auditor. The routes that take
 //! deliveries from outside (Pub/Sub push, registry webhooks) are in
-//! `ingest`; here are the router, health, lookups, check, findings, admin
-//! and the status page.
+//! `ingest`; the status pages' handlers in `pages`; here are the router,
+//! health, lookups, check, findings and admin.
 
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 mod ingest;
+mod pages;
 
 use crate::audit::{Policy, VerdictKind};
 use crate::event::Event;
@@ -97,7 +98,10 @@ impl AdminAccess {
 
 pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) -> Router {
     let mut router = Router::new()
-        .route("/", get(status_page))
+        .route("/", get(pages::queue))
+        .route("/findings/{id}", get(pages::finding))
+        .route(crate::status::TRIAGE_JS_PATH, get(pages::triage_js))
+        .route(crate::status::STYLE_CSS_PATH, get(pages::style_css))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -222,30 +226,7 @@ async fn digest(State(state): State<AppState>, Path(digest): Path<String>) -> Re
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let index = state.index.load();
-    let placements: Vec<_> = index
-        .placements(&digest)
-        .into_iter()
-        .map(|p| {
-            let image = index.promotion_image(p.promotion);
-            let manifest = index.manifest(index.image_manifest(image));
-            let name = index.image_name(image);
-            json!({
-                "project": manifest.project,
-                "file": manifest.images_file.display().to_string(),
-                "line": index.promotion_line(p.promotion),
-                "image": name,
-                "digest": index.promotion_digest(p.promotion),
-                "tags": index.promotion_tags(p.promotion).collect::<Vec<_>>(),
-                "parent": match p.how {
-                    crate::index::How::Direct => None,
-                    crate::index::How::Child { parent } => Some(parent),
-                },
-                "repositories": manifest.destinations.iter()
-                    .map(|d| format!("{d}/{name}")).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let placements = state.index.load().placement_reports(&digest);
     let status = if placements.is_empty() {
         StatusCode::NOT_FOUND
     } else {
@@ -386,23 +367,4 @@ async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
         Ok(outcome) => axum::Json(outcome).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
-}
-
-/// The human-readable status page (docs/design.md §8.4).
-async fn status_page(State(state): State<AppState>) -> Response {
-    let query = FindingQuery {
-        limit: Some(20),
-        ..FindingQuery::default()
-    };
-    let findings = match off_thread(&state.store, move |s| s.findings(&query)).await {
-        Ok(findings) => findings,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let page = crate::status::render(
-        &state.index.load().stats(),
-        &state.pipeline.last_events(),
-        &findings,
-        crate::findings::now_ms(),
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }

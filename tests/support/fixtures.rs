@@ -3,7 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use image_auditor::reference::Digest;
+use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::reference::{Digest, Repository};
+
+/// Digests that read as names in test manifests and payloads.
+pub const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+pub const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+pub const C: &str = "sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
 pub fn rules(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -43,15 +49,48 @@ pub fn write_project(root: &Path, project: &str, manifest: &str, images: &str) {
     std::fs::write(images_dir.join("images.yaml"), images).unwrap();
 }
 
+/// A thin root `dir/manifests-root` holding one project (see
+/// [`write_project`]); returns the root.
+pub fn one_project(dir: &Path, project: &str, manifest: &str, images: &str) -> PathBuf {
+    let root = dir.join("manifests-root");
+    write_project(&root, project, manifest, images);
+    root
+}
+
 /// A thin root below `dir` whose one project `apps` promotes `digest` as
 /// `app:v1` from `staging.example/apps` to `prod.example/apps`.
 pub fn app_promoted_to_prod(dir: &Path, digest: &str) -> PathBuf {
-    let root = dir.join("manifests-root");
-    write_project(
-        &root,
+    one_project(
+        dir,
         "apps",
         "registries:\n- name: staging.example/apps\n  src: true\n- name: prod.example/apps\n",
         &format!("- name: app\n  dmap:\n    \"{digest}\": [\"v1\"]\n"),
-    );
-    root
+    )
+}
+
+/// A manifest root whose one project promotes `app` (`digest` as 1.0) from
+/// `staging.example/demo` to `regions` destinations `r<i>.example/prod`.
+pub fn regions_root(dir: &Path, digest: &str, regions: usize) -> PathBuf {
+    let mut registries = String::from("registries:\n- name: staging.example/demo\n  src: true\n");
+    for i in 0..regions {
+        registries.push_str(&format!("- name: r{i}.example/prod\n"));
+    }
+    one_project(
+        dir,
+        "demo",
+        &registries,
+        &format!("- name: app\n  dmap:\n    \"{digest}\": [\"1.0\"]\n"),
+    )
+}
+
+/// A push (`insert`) of `digest` to `repository`, as the CLI reports one.
+pub fn push_event(repository: Repository, digest: &Digest) -> Event {
+    Event {
+        id: EventId(format!("{repository}@{digest}")),
+        source: Source::Cli,
+        action: Action::Insert,
+        repository,
+        digest: Some(digest.clone()),
+        tag: None,
+    }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod alertmanager;
+pub mod browser;
 pub mod decisions;
 pub mod fault_proxy;
 pub mod fixtures;

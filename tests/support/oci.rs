@@ -113,6 +113,18 @@ impl Layout {
         )
     }
 
+    /// A linux/amd64 and a linux/arm64 image and the index over them:
+    /// `[index, amd64, arm64]`.
+    pub fn two_platform_index(&self) -> [Desc; 3] {
+        let amd64 = self.image("amd64");
+        let arm64 = self.image("arm64");
+        let index = self.index(&[
+            (&amd64, Some(("linux", "amd64"))),
+            (&arm64, Some(("linux", "arm64"))),
+        ]);
+        [index, amd64, arm64]
+    }
+
     /// An OCI 1.1 artifact (e.g. an SBOM) attached to `subject`.
     pub fn attachment(&self, subject: &Desc) -> Desc {
         let empty = self.blob(b"{}");

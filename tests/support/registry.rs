@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use image_auditor::reference::Digest;
 
+use super::oci::{Desc, Layout, OCI_MANIFEST};
+
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
@@ -302,4 +304,19 @@ pub async fn delete_manifest(host: &str, repo: &str, digest: &Digest) {
     let url = format!("http://{host}/v2/{repo}/manifests/{digest}");
     let response = reqwest::Client::new().delete(&url).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 202, "DELETE {url}");
+}
+
+/// Pushes an OCI manifest written in `layout` to `repo` under its own
+/// digest, with no tag: its blobs first, then the manifest by digest.
+pub async fn push_untagged(host: &str, layout: &Layout, repo: &str, desc: &Desc) {
+    let bytes = layout.read(desc);
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let blobs = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|b| b["digest"].as_str().unwrap().parse::<Digest>().unwrap());
+    for blob in blobs {
+        let blob = std::fs::read(layout.dir.join("blobs/sha256").join(blob.hex())).unwrap();
+        put_blob(host, repo, blob).await;
+    }
+    put_manifest(host, repo, &desc.digest.to_string(), OCI_MANIFEST, bytes).await;
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{chain, pool_error};
-use crate::audit::VerdictKind;
+use super::{pg_error, pool_error};
+use crate::findings::stored::decided_verdict;
 use crate::findings::{Decision, FindingId, Recorded, StoreError, action_str, now_ms};
 
 /// Most decisions in one transaction.
@@ -45,14 +45,9 @@ pub(super) async fn run(
         tokio::spawn(async move {
             let results = match write(&pool, &name, &batch).await {
                 Ok(results) => results,
-                Err(message) => batch
+                Err(e) => batch
                     .iter()
-                    .map(|_| {
-                        Err(StoreError::GroupCommit {
-                            path: name.clone(),
-                            message: message.clone(),
-                        })
-                    })
+                    .map(|_| Err(shared_failure(&name, &e)))
                     .collect(),
             };
             for (pending, result) in batch.into_iter().zip(results) {
@@ -61,6 +56,26 @@ pub(super) async fn run(
             }
             drop(permit);
         });
+    }
+}
+
+/// What each caller of a failed batch is answered: an unavailable database
+/// stays `Unavailable` (readiness and 503s key on it); anything else failed
+/// the transaction they shared.
+fn shared_failure(name: &Arc<str>, e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable { store, message } => StoreError::Unavailable {
+            store: store.clone(),
+            message: message.clone(),
+        },
+        StoreError::Postgres { message, .. } => StoreError::GroupCommit {
+            path: name.clone(),
+            message: message.clone(),
+        },
+        other => StoreError::GroupCommit {
+            path: name.clone(),
+            message: other.to_string(),
+        },
     }
 }
 
@@ -132,7 +147,7 @@ async fn write(
     pool: &Pool,
     name: &Arc<str>,
     batch: &[Pending],
-) -> Result<Vec<Result<Recorded, StoreError>>, String> {
+) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
     // The first of each key is written; later ones in the batch are
     // duplicates of whatever it turns out to be.
     let mut leaders: Vec<usize> = Vec::with_capacity(batch.len());
@@ -146,11 +161,8 @@ async fn write(
     // sharing keys.
     leaders.sort_by_cached_key(|&i| key(&batch[i].decision));
 
-    let mut client = pool
-        .get()
-        .await
-        .map_err(|e| pool_error(name, e).to_string())?;
-    let tx = client.transaction().await.map_err(|e| chain(&e))?;
+    let mut client = pool.get().await.map_err(|e| pool_error(name, e))?;
+    let tx = client.transaction().await.map_err(|e| pg_error(name, e))?;
     let col = |f: &dyn Fn(&Pending) -> Option<String>| -> Vec<Option<String>> {
         leaders.iter().map(|&i| f(&batch[i])).collect()
     };
@@ -180,7 +192,10 @@ async fn write(
         .iter()
         .map(|&i| batch[i].decision.index_generation as i64)
         .collect();
-    let statement = tx.prepare_cached(INSERT).await.map_err(|e| chain(&e))?;
+    let statement = tx
+        .prepare_cached(INSERT)
+        .await
+        .map_err(|e| pg_error(name, e))?;
     let rows = tx
         .query(
             &statement,
@@ -203,7 +218,7 @@ async fn write(
             ],
         )
         .await
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| pg_error(name, e))?;
     let mut inserted: HashMap<Key, Option<i64>> = HashMap::with_capacity(rows.len());
     // Findings owed to sinks: an excepted one is kept but never delivered.
     let mut findings: Vec<i64> = Vec::with_capacity(rows.len());
@@ -215,10 +230,13 @@ async fn write(
         inserted.insert((row.get(0), row.get(1), row.get(2)), id);
     }
     if !findings.is_empty() {
-        let statement = tx.prepare_cached(DELIVERIES).await.map_err(|e| chain(&e))?;
+        let statement = tx
+            .prepare_cached(DELIVERIES)
+            .await
+            .map_err(|e| pg_error(name, e))?;
         tx.execute(&statement, &[&findings])
             .await
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| pg_error(name, e))?;
     }
     // Verdicts recorded before (by this or another process) of the keys
     // not inserted now. The insert waited for any conflicting transaction
@@ -230,7 +248,10 @@ async fn write(
         .collect();
     let mut existing: HashMap<Key, String> = HashMap::with_capacity(others.len());
     if !others.is_empty() {
-        let statement = tx.prepare_cached(EXISTING).await.map_err(|e| chain(&e))?;
+        let statement = tx
+            .prepare_cached(EXISTING)
+            .await
+            .map_err(|e| pg_error(name, e))?;
         let (s, e, i): (Vec<&str>, Vec<&str>, Vec<&str>) = others
             .iter()
             .map(|(s, e, i)| (s.as_str(), e.as_str(), i.as_str()))
@@ -243,12 +264,12 @@ async fn write(
         for row in tx
             .query(&statement, &[&s, &e, &i])
             .await
-            .map_err(|e| chain(&e))?
+            .map_err(|e| pg_error(name, e))?
         {
             existing.insert((row.get(0), row.get(1), row.get(2)), row.get(3));
         }
     }
-    tx.commit().await.map_err(|e| chain(&e))?;
+    tx.commit().await.map_err(|e| pg_error(name, e))?;
 
     // Each caller's answer. A key new in this batch answers its first
     // caller `New` and the others `Duplicate` of its verdict.
@@ -271,13 +292,8 @@ async fn write(
                 return Ok(Recorded::Duplicate { verdict: first });
             }
             match existing.get(&k) {
-                Some(v) => v
-                    .parse::<VerdictKind>()
-                    .map(|verdict| Recorded::Duplicate { verdict })
-                    .map_err(|_| StoreError::Corrupt {
-                        path: name.clone(),
-                        what: format!("decision {}/{}/{}: verdict {v:?}", k.0, k.1, k.2),
-                    }),
+                Some(v) => decided_verdict(name, (&k.0, &k.1, &k.2), v)
+                    .map(|verdict| Recorded::Duplicate { verdict }),
                 // Pruned between the insert and the lookup: not recorded
                 // now; the delivery comes back and is decided anew.
                 None => Err(StoreError::GroupCommit {

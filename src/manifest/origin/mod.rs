@@ -158,6 +158,13 @@ impl ManifestOrigin {
     }
 }
 
+impl GitConfig {
+    /// The URL as errors and messages may show it (credentials masked).
+    pub fn shown_url(&self) -> String {
+        shown_url(&self.url)
+    }
+}
+
 /// The URL without credentials written into it (`https://user:secret@…`):
 /// errors end up in findings and logs.
 fn shown_url(url: &str) -> String {

@@ -1,0 +1,127 @@
+//! The two outboxes on the PostgreSQL store, alerts (`deliveries`) and
+//! resolutions, claimed and failed by one set of operations. A claim locks
+//! the rows it takes (`FOR UPDATE SKIP LOCKED`) and pushes their next
+//! attempt past the lease: concurrent claimers on any replica never take
+//! the same row. Marking an alert delivered is `mark_delivered`'s own
+//! statement (it may owe a resolution).
+
+use deadpool_postgres::Transaction;
+
+use super::PostgresStore;
+use crate::findings::stored::{
+    DELIVERY_COLUMNS, FINDING_COLUMNS, MAX_ERROR_LEN, Outbox, not_claimed,
+};
+use crate::findings::{Finding, FindingId, StoreError, truncate};
+
+impl PostgresStore {
+    /// Claims up to `limit` rows of `outbox` due for `sink` at `now_ms`:
+    /// each counts as an attempt and hides the row for the claim lease.
+    /// The findings are returned oldest first, each with this sink's row.
+    pub(super) async fn claim(
+        &self,
+        tx: &Transaction<'_>,
+        outbox: Outbox,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let (table, order) = (outbox.table(), outbox.claim_order());
+        let lease_until = now_ms.saturating_add(self.claim_lease_ms);
+        let claim = tx
+            .prepare_cached(&format!(
+                "UPDATE {table} d SET attempts = d.attempts + 1, next_attempt_ms = $3 \
+                 FROM (SELECT finding FROM {table} \
+                       WHERE sink = $1 AND state = 'pending' AND next_attempt_ms <= $2 \
+                       ORDER BY {order} LIMIT $4 \
+                       FOR UPDATE SKIP LOCKED) c \
+                 WHERE d.sink = $1 AND d.finding = c.finding \
+                 RETURNING d.{}",
+                DELIVERY_COLUMNS.replace(", ", ", d.")
+            ))
+            .await
+            .map_err(|e| self.pg(e))?;
+        let rows = tx
+            .query(&claim, &[&sink, &now_ms, &lease_until, &(limit as i64)])
+            .await
+            .map_err(|e| self.pg(e))?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| self.delivery(row, outbox))
+            .collect::<Result<Vec<_>, _>>()?;
+        claimed.sort_by_key(|(id, _)| *id);
+        let ids: Vec<i64> = claimed.iter().map(|(id, _)| id.0).collect();
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {FINDING_COLUMNS} FROM findings f WHERE f.id = ANY($1) ORDER BY f.id"
+                ),
+                &[&ids],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, (_, delivery)) in rows.iter().zip(claimed) {
+            let mut f = self.finding_of_row(row)?;
+            f.deliveries = vec![delivery];
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// The claimed resolution reached `sink`.
+    pub(super) async fn resolution_delivered(
+        &self,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                "UPDATE resolutions SET state = 'delivered', \
+                   delivered_at_ms = COALESCE(delivered_at_ms, $3) \
+                 WHERE sink = $1 AND finding = $2",
+                &[&sink, &id.0, &now_ms],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        if n == 0 {
+            return Err(not_claimed(&self.name, sink, id));
+        }
+        Ok(())
+    }
+
+    /// The claimed row of (`id`, `sink`) in `outbox` could not be
+    /// delivered: due again at `retry_at_ms`. A row delivered already stays
+    /// so; one that does not exist was never claimed.
+    pub(super) async fn fail(
+        &self,
+        outbox: Outbox,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let table = outbox.table();
+        let error = truncate(error, MAX_ERROR_LEN);
+        let client = self.client().await?;
+        // Updates a pending row; tells a delivered one (no effect) from
+        // none (never claimed).
+        let row = client
+            .query_opt(
+                &format!(
+                    "WITH u AS (UPDATE {table} SET last_error = $3, next_attempt_ms = $4 \
+                       WHERE sink = $1 AND finding = $2 AND state = 'pending' RETURNING 1) \
+                     SELECT 1 FROM u UNION ALL \
+                     SELECT 1 FROM {table} WHERE sink = $1 AND finding = $2 LIMIT 1"
+                ),
+                &[&sink, &id.0, &error, &retry_at_ms],
+            )
+            .await
+            .map_err(|e| self.pg(e))?;
+        if row.is_none() {
+            return Err(not_claimed(&self.name, sink, id));
+        }
+        Ok(())
+    }
+}
