@@ -236,6 +236,7 @@ pub fn push_tag(layout: &Layout, tag: &str, host: &str, repo: &str) -> Digest {
 
 /// A real anonymous registry and a scratch directory with an empty OCI
 /// layout in `<work>/layout`: what a test builds images in and pushes from.
+/// Keep `work` bound while the layout is used: dropping it deletes the layout.
 pub struct Workbench {
     pub reg: Registry,
     pub work: tempfile::TempDir,
