@@ -33,7 +33,7 @@ use image_auditor::scan::{self, CheckpointAt, Options, SWEEP_LOCK, Summary};
 use support::oci::{Desc, Layout};
 use support::postgres::Postgres;
 use support::registry::{Auth, Registry, Workbench, push_tag, push_untagged};
-use support::{client, stdout_json, test_config};
+use support::{client, run_ok, stdout_json, test_config};
 
 struct Fixture {
     reg: Registry,
@@ -184,24 +184,19 @@ fn retag_push(layout: &mut Layout, desc: &Desc, tag: &str, host: &str, repo: &st
         let pushed = push_tag(layout, &name, host, &staged);
         assert_eq!(pushed, desc.digest);
     }
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("docker://{host}/{staged}:{name}"))
-        .arg(format!("docker://{host}/{repo}:{tag}"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy to {repo}:{tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("docker://{host}/{staged}:{name}"))
+            .arg(format!("docker://{host}/{repo}:{tag}"))
+            .stdin(std::process::Stdio::null()),
     );
 }
 

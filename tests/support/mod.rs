@@ -17,9 +17,10 @@ pub mod receiver;
 pub mod registry;
 pub mod service;
 pub mod token;
+pub mod watchdog;
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use image_auditor::registry::{RateLimit, RegistryClient, RegistryConfig};
@@ -45,6 +46,20 @@ pub fn test_config(cache_dir: Option<&Path>) -> RegistryConfig {
 
 pub fn client(config: RegistryConfig) -> RegistryClient {
     RegistryClient::new(config).expect("valid test configuration")
+}
+
+/// Runs `cmd`, which must succeed; a failure shows the command, its exit
+/// status and everything it printed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// The JSON a command printed on stdout; a failure shows its stderr.
