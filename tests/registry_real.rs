@@ -55,13 +55,10 @@ fn push_two_platform_index(reg: &Registry, work: &std::path::Path, repo: &str) -
 
 #[tokio::test]
 async fn single_platform_image_has_no_children() {
-    let Workbench {
-        reg,
-        work: _work,
-        mut layout,
-    } = Workbench::start();
+    let mut bench = Workbench::start();
+    let (reg, layout) = (&bench.reg, &mut bench.layout);
     let image = layout.image("amd64");
-    push_v1(&reg, &mut layout, &image, "test/single");
+    push_v1(reg, layout, &image, "test/single");
 
     let c = client(test_config(None));
     let repo = reg.repo("test/single");
@@ -169,11 +166,8 @@ async fn docker_manifest_list_children_are_found() {
 
 #[tokio::test]
 async fn nested_index_yields_every_child_parent_pair() {
-    let Workbench {
-        reg,
-        work: _work,
-        mut layout,
-    } = Workbench::start();
+    let mut bench = Workbench::start();
+    let (reg, layout) = (&bench.reg, &mut bench.layout);
     let amd64 = layout.image("amd64");
     let arm64 = layout.image("arm64");
     let s390x = layout.image("s390x");
@@ -213,14 +207,11 @@ async fn nested_index_yields_every_child_parent_pair() {
 
 #[tokio::test]
 async fn attachment_subject_is_read_from_the_event_repository() {
-    let Workbench {
-        reg,
-        work: _work,
-        mut layout,
-    } = Workbench::start();
+    let mut bench = Workbench::start();
+    let (reg, layout) = (&bench.reg, &mut bench.layout);
     let image = layout.image("amd64");
     let sbom = layout.attachment(&image);
-    push_v1(&reg, &mut layout, &image, "test/app");
+    push_v1(reg, layout, &image, "test/app");
     layout.tag(&sbom, "sbom");
     let pushed = push_tag(&layout, "sbom", &reg.host, "test/app");
     assert_eq!(pushed, sbom.digest);
