@@ -32,12 +32,6 @@ async fn reload(service: &Service) -> bool {
     response.status().is_success()
 }
 
-/// The service in `dir`, reading its manifests from git as `config` says,
-/// with no program on its PATH.
-async fn serve_from(dir: &Path, config: &str) -> Service {
-    Service::start_without_programs(dir, &dir.join("unused"), config).await
-}
-
 /// A reload succeeds and the index served is then at `commit`.
 async fn assert_reloads_to(service: &Service, commit: &str) {
     assert!(reload(service).await, "{}", service.log_tail());
@@ -61,7 +55,8 @@ async fn git_daemon_branch_is_followed_through_commits_a_force_push_and_a_deleti
     let repo = Repo::new(dir.path());
     let first = repo.head();
     let daemon = GitDaemon::start(dir.path(), true).await;
-    let service = serve_from(dir.path(), &Repo::config_at(&daemon.url("k8s.io"), "200ms")).await;
+    let service =
+        Service::start_from_git(dir.path(), &Repo::config_at(&daemon.url("k8s.io"), "200ms")).await;
     assert_eq!(commit_served(&service).await, first.as_str());
 
     // A commit is followed by the poll.
@@ -99,7 +94,7 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     let daemon = GitDaemon::start(dir.path(), true).await;
     let proxy = Proxy::start(daemon.port).await;
     let url = proxy.url(&daemon.url("k8s.io"), daemon.port);
-    let service = serve_from(
+    let service = Service::start_from_git(
         dir.path(),
         &Repo::config_at(&url, "1h").replace(
             "  poll_interval: 1h\n",
@@ -140,7 +135,7 @@ async fn smart_http_with_a_token_from_a_file() {
     let backend = HttpBackend::start(dir.path(), Some("s3cret")).await;
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let service = serve_from(
+    let service = Service::start_from_git(
         dir.path(),
         &Repo::config_at(&backend.url("k8s.io"), "1h").replace(
             "  poll_interval",
@@ -194,7 +189,7 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
     let repo = Repo::new(dir.path());
     let first = repo.head();
     let daemon = GitDaemon::start(dir.path(), true).await;
-    let service = serve_from(
+    let service = Service::start_from_git(
         dir.path(),
         &Repo::config_at(&daemon.url("k8s.io"), "1h").replace(
             "  poll_interval: 1h\n",
