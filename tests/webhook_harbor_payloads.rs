@@ -132,11 +132,8 @@ fn harbor_configured_registry_replaces_the_url_host() {
         &harbor_push(),
         Some("registry.example.com/mirror"),
     );
-    let Ok(e) = &parsed.deliveries[0].decoded else {
-        panic!("{:?}", parsed.deliveries[0]);
-    };
     assert_eq!(
-        e.repository.as_str(),
+        first_repository(&parsed),
         "registry.example.com/mirror/payments/worker"
     );
 }
