@@ -1132,17 +1132,14 @@ fn install_script_installs_promtool_and_amtool() {
 /// registry and cache counters carry samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
-    use support::oci::Layout;
-    use support::registry::{Auth, Push, Registry, skopeo_push};
+    use support::registry::{Workbench, push_tag};
 
-    let registry = Registry::start(Auth::Anonymous);
-    let host = registry.host.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&dir.path().join("layout"));
+    let mut bench = Workbench::start();
+    let (host, dir, layout) = (&bench.reg.host, &bench.work, &mut bench.layout);
     let amd64 = layout.image("amd64");
     let index = layout.index(&[(&amd64, Some(("linux", "amd64")))]);
     layout.tag(&index, "1.0");
-    skopeo_push(&layout.dir, "1.0", &host, "staging/app", Push::default());
+    push_tag(layout, "1.0", host, "staging/app");
     let root = dir.path().join("manifests-root");
     for project in ["demo", "broken"] {
         std::fs::create_dir_all(root.join("manifests").join(project)).unwrap();
