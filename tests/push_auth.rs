@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use image_auditor::sources::push_auth::{
-    AuthError, JwksError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
+    AuthError, Claims, JwksError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -170,6 +170,30 @@ async fn fetches(server: &MockServer) -> usize {
 
 fn bearer(token: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+}
+
+/// Verifies every token with `v` in its own task, all released at once
+/// (so that they race on a cold cache); the results in token order.
+async fn verify_all_at_once(
+    v: PushVerifier,
+    tokens: impl ExactSizeIterator<Item = String>,
+) -> Vec<Result<Claims, AuthError>> {
+    let v = Arc::new(v);
+    let barrier = Arc::new(tokio::sync::Barrier::new(tokens.len()));
+    let tasks: Vec<_> = tokens
+        .map(|token| {
+            let (v, barrier) = (v.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                v.verify(Some(&bearer(&token))).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
 }
 
 /// Verifies `token` and checks that a refusal never quotes it.
@@ -399,20 +423,9 @@ async fn jwks_is_fetched_once_for_many_verifications() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_verifications_on_a_cold_cache_all_succeed() {
     let server = standard_server().await;
-    let v = Arc::new(verifier(&server));
-    let barrier = Arc::new(tokio::sync::Barrier::new(32));
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (v, barrier) = (v.clone(), barrier.clone());
-            let token = keys()[0].sign("k1", &claims());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                v.verify(Some(&bearer(&token))).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
+    let tokens = (0..32).map(|_| keys()[0].sign("k1", &claims()));
+    for result in verify_all_at_once(verifier(&server), tokens).await {
+        result.unwrap();
     }
     let n = fetches(&server).await;
     assert!((1..=2).contains(&n), "{n} JWKS fetches");
@@ -607,20 +620,9 @@ mod hostile {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_before_the_first_success_share_one_fetch() {
         let server = failing_server().await;
-        let v = Arc::new(verifier(&server));
-        let barrier = Arc::new(tokio::sync::Barrier::new(64));
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (v, barrier) = (v.clone(), barrier.clone());
-                let token = keys()[1].sign(&format!("invented-{i}"), &claims());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    v.verify(Some(&bearer(&token))).await
-                })
-            })
-            .collect();
-        for task in tasks {
-            let e = task.await.unwrap().unwrap_err();
+        let tokens = (0..64).map(|i| keys()[1].sign(&format!("invented-{i}"), &claims()));
+        for result in verify_all_at_once(verifier(&server), tokens).await {
+            let e = result.unwrap_err();
             assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
         }
         assert_eq!(fetches(&server).await, 1);
