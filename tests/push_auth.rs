@@ -112,15 +112,28 @@ fn jwks_response(body: &Value, cache_control: &str) -> ResponseTemplate {
         .set_body_json(body)
 }
 
-/// A JWKS server with kid `k1` (key 0), cached for a good while.
-async fn server_with(body: Value, cache_control: &str) -> MockServer {
+/// A JWKS endpoint that gives each of `answers` once, in turn, and the
+/// last one to every later fetch.
+async fn answering_in_turn(answers: Vec<ResponseTemplate>) -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(&body, cache_control))
-        .mount(&server)
-        .await;
+    let last = answers.len() - 1;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let mock = Mock::given(method("GET"))
+            .and(path(JWKS_PATH))
+            .respond_with(answer);
+        let mock = if i < last {
+            mock.up_to_n_times(1)
+        } else {
+            mock
+        };
+        mock.mount(&server).await;
+    }
     server
+}
+
+/// A JWKS endpoint serving `body`, cached as `cache_control` says.
+async fn server_with(body: Value, cache_control: &str) -> MockServer {
+    answering_in_turn(vec![jwks_response(&body, cache_control)]).await
 }
 
 async fn standard_server() -> MockServer {
@@ -463,15 +476,11 @@ async fn rotated_key_is_accepted_after_a_refetch() {
 async fn max_age_is_honoured_above_the_refetch_floor() {
     // `max-age` less `Age` (here 0) and `no-cache`: kept for the least
     // refetch interval, then fetched again on the next use.
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(
-            jwks_response(&jwks(&[keys()[0].jwk("k1")]), "public, max-age=100")
-                .insert_header("age", "100"),
-        )
-        .mount(&server)
-        .await;
+    let server = answering_in_turn(vec![
+        jwks_response(&jwks(&[keys()[0].jwk("k1")]), "public, max-age=100")
+            .insert_header("age", "100"),
+    ])
+    .await;
     let no_cache = server_with(jwks(&[keys()[0].jwk("k1")]), "no-cache").await;
     for server in [&server, &no_cache] {
         let v = eager_verifier(server);
@@ -489,33 +498,13 @@ async fn max_age_is_honoured_above_the_refetch_floor() {
 
 #[tokio::test]
 async fn unavailable_jwks_is_a_retryable_error_until_it_answers() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<html>not a jwks</html>"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(
-            &jwks(&[json!({"kty": "EC", "kid": "e1"})]),
-            "max-age=60",
-        ))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=600"))
-        .mount(&server)
-        .await;
+    let server = answering_in_turn(vec![
+        ResponseTemplate::new(500),
+        ResponseTemplate::new(200).set_body_string("<html>not a jwks</html>"),
+        jwks_response(&jwks(&[json!({"kty": "EC", "kid": "e1"})]), "max-age=60"),
+        jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=600"),
+    ])
+    .await;
     let v = eager_verifier(&server);
     let token = keys()[0].sign("k1", &claims());
     for phrase in ["status 500", "not a JWKS", "no usable RS256"] {
@@ -535,18 +524,11 @@ async fn unavailable_jwks_is_a_retryable_error_until_it_answers() {
 
 #[tokio::test]
 async fn stale_keys_are_served_while_a_refresh_fails() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=0"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
+    let server = answering_in_turn(vec![
+        jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=0"),
+        ResponseTemplate::new(503),
+    ])
+    .await;
     let v = eager_verifier(&server);
     let token = keys()[0].sign("k1", &claims());
     verify(&v, &token).await.unwrap();
@@ -594,13 +576,7 @@ mod hostile {
 
     /// A JWKS endpoint answering 500 to everything.
     async fn failing_server() -> MockServer {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path(JWKS_PATH))
-            .respond_with(ResponseTemplate::new(500))
-            .mount(&server)
-            .await;
-        server
+        answering_in_turn(vec![ResponseTemplate::new(500)]).await
     }
 
     #[tokio::test]
