@@ -15,6 +15,9 @@
 
 #[path = "../tests/support/pubsub.rs"]
 mod pubsub_support;
+// What `pubsub_support` runs the emulator under (its `super::watchdog`).
+#[path = "../tests/support/watchdog.rs"]
+mod watchdog;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

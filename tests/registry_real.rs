@@ -179,9 +179,9 @@ async fn nested_index_yields_every_child_parent_pair() {
     layout.tag(&inner, "inner");
     layout.tag(&s390x, "s390x");
     for tag in ["inner", "s390x"] {
-        push_tag(&layout, tag, &reg.host, "test/nested");
+        push_tag(layout, tag, &reg.host, "test/nested");
     }
-    put_tagged(&reg.host, &layout, "test/nested", "v1", &outer).await;
+    put_tagged(&reg.host, layout, "test/nested", "v1", &outer).await;
     let raw = skopeo_raw(&format!("{}/test/nested:v1", reg.host), None);
     assert!(outer.digest.verifies(&raw), "the registry kept the bytes");
 
@@ -213,7 +213,7 @@ async fn attachment_subject_is_read_from_the_event_repository() {
     let sbom = layout.attachment(&image);
     push_v1(reg, layout, &image, "test/app");
     layout.tag(&sbom, "sbom");
-    let pushed = push_tag(&layout, "sbom", &reg.host, "test/app");
+    let pushed = push_tag(layout, "sbom", &reg.host, "test/app");
     assert_eq!(pushed, sbom.digest);
 
     let c = client(test_config(None));
