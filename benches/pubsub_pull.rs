@@ -27,12 +27,19 @@
 // tests/support/. The bench uses a few of their helpers, not all.
 #[allow(dead_code)]
 mod support {
+    #[path = "../../tests/support/command.rs"]
+    pub mod command;
+    #[path = "../../tests/support/oci.rs"]
+    pub mod oci;
     #[path = "../../tests/support/postgres.rs"]
     pub mod postgres;
     #[path = "../../tests/support/pubsub.rs"]
     pub mod pubsub;
     #[path = "../../tests/support/registry.rs"]
     pub mod registry;
+    #[path = "../../tests/support/watchdog.rs"]
+    pub mod watchdog;
+    pub use command::run_ok;
 }
 
 use std::collections::HashSet;

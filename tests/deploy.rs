@@ -9,6 +9,7 @@
 //! `scripts/install-test-deps.sh`); without it the promtool tests fail.
 
 use crate::support;
+use support::run_ok;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -120,20 +121,16 @@ fn promtool() -> &'static str {
     }
 }
 
+/// The text of the repository's shell script at `path`, once `bash -n`
+/// has found its syntax valid.
+fn shell_script(path: &str) -> String {
+    let path = repo().join(path);
+    run_ok(Command::new("bash").arg("-n").arg(&path));
+    read(&path)
+}
+
 fn run_promtool(dir: &Path, args: &[&str]) {
-    let out = Command::new(promtool())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool {} failed ({}):\n{}\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new(promtool()).args(args).current_dir(dir));
 }
 
 /// The alerting rules of the PrometheusRule, by alert name.
@@ -844,18 +841,7 @@ fn cloud_run_service_scales_out_on_cloud_sql_with_probes() {
 
     // cloudsql.sh writes that secret: a unix-socket connection string for
     // the instance of the annotation.
-    let script_path = repo().join("deploy/cloudrun/cloudsql.sh");
-    let script = read(&script_path);
-    let out = Command::new("bash")
-        .arg("-n")
-        .arg(&script_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = shell_script("deploy/cloudrun/cloudsql.sh");
     let assigned = |name: &str| {
         script
             .lines()
@@ -919,18 +905,7 @@ fn cloud_run_config_loads_and_matches_the_push_script() {
     follows_k8s_io(&config);
     load_config_redirected(&text);
 
-    let script_path = repo().join("deploy/cloudrun/pubsub-push.sh");
-    let script = read(&script_path);
-    let out = Command::new("bash")
-        .arg("-n")
-        .arg(&script_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let script = shell_script("deploy/cloudrun/pubsub-push.sh");
     for needle in [
         "gcloud pubsub subscriptions create",
         r#"--push-endpoint="${SERVICE_URL}/pubsub/push""#,
@@ -1157,17 +1132,14 @@ fn install_script_installs_promtool_and_amtool() {
 /// registry and cache counters carry samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_exports_the_whole_contract_and_prometheus_scrapes_it() {
-    use support::oci::Layout;
-    use support::registry::{Auth, Push, Registry, skopeo_push};
+    use support::registry::{Workbench, push_tag};
 
-    let registry = Registry::start(Auth::Anonymous);
-    let host = registry.host.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&dir.path().join("layout"));
+    let mut bench = Workbench::start();
+    let (host, dir, layout) = (&bench.reg.host, &bench.work, &mut bench.layout);
     let amd64 = layout.image("amd64");
     let index = layout.index(&[(&amd64, Some(("linux", "amd64")))]);
     layout.tag(&index, "1.0");
-    skopeo_push(&layout.dir, "1.0", &host, "staging/app", Push::default());
+    push_tag(layout, "1.0", host, "staging/app");
     let root = dir.path().join("manifests-root");
     for project in ["demo", "broken"] {
         std::fs::create_dir_all(root.join("manifests").join(project)).unwrap();

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use image_auditor::exceptions::Date;
 use image_auditor::findings::{Finding, FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
-use support::fixtures::{A, B, C, line_of, regions_root};
+use support::fixtures::{A, B, C, line_of, regions_root, write_plain_manifest};
 use support::receiver::Receiver;
 use support::service::Service;
 
@@ -289,6 +289,14 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// `out` exited with `code`, and what it printed says `phrase`.
+#[track_caller]
+fn assert_exit(out: &Output, code: i32, phrase: &str) {
+    let text = text(out);
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    assert!(text.contains(phrase), "{phrase}: {text}");
+}
+
 #[test]
 fn check_shows_the_exception_and_validate_names_every_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -307,10 +315,13 @@ fn check_shows_the_exception_and_validate_names_every_problem() {
 
     let b = format!("r0.example/prod/app@{B}");
     let c = format!("r0.example/prod/app@{C}");
-    let out = cli(
-        &root,
-        &["--exceptions", local.to_str().unwrap(), "check", &b],
-    );
+    let with_local = |args: &[&str]| {
+        cli(
+            &root,
+            &[&["--exceptions", local.to_str().unwrap()], args].concat(),
+        )
+    };
+    let out = with_local(&["check", &b]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let line = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(line.starts_with("unpromoted\t"), "{line}");
@@ -319,16 +330,7 @@ fn check_shows_the_exception_and_validate_names_every_problem() {
         "{line}"
     );
 
-    let out = cli(
-        &root,
-        &[
-            "--exceptions",
-            local.to_str().unwrap(),
-            "check",
-            "--json",
-            &c,
-        ],
-    );
+    let out = with_local(&["check", "--json", &c]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -343,80 +345,35 @@ fn check_shows_the_exception_and_validate_names_every_problem() {
     );
 
     // `manifests validate` checks both files; a broken one names file and line.
-    let out = cli(
-        &root,
-        &[
-            "--exceptions",
-            local.to_str().unwrap(),
-            "manifests",
-            "validate",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(
-        text(&out).contains("exceptions: 2 entries in 2 file(s)"),
-        "{}",
-        text(&out)
-    );
+    let out = with_local(&["manifests", "validate"]);
+    assert_exit(&out, 0, "exceptions: 2 entries in 2 file(s)");
     std::fs::write(
         &local,
         format!("exceptions:\n{}", entry(C, &day(400), "carol")),
     )
     .unwrap();
-    let out = cli(
-        &root,
-        &[
-            "--exceptions",
-            local.to_str().unwrap(),
-            "manifests",
-            "validate",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!(
+    let out = with_local(&["manifests", "validate"]);
+    assert_exit(
+        &out,
+        1,
+        &format!(
             "{}:8: error: `expires` {} is 400 days ahead; at most 180 days",
             local.display(),
             day(400)
-        )),
-        "{}",
-        text(&out)
+        ),
     );
     // A longer allowance is an option.
-    let out = cli(
-        &root,
-        &[
-            "--exceptions",
-            local.to_str().unwrap(),
-            "--exceptions-max-ahead",
-            "500days",
-            "manifests",
-            "validate",
-        ],
-    );
+    let out = with_local(&["--exceptions-max-ahead", "500days", "manifests", "validate"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // `check` refuses to run on invalid exceptions rather than guess.
-    let out = cli(
-        &root,
-        &["--exceptions", local.to_str().unwrap(), "check", &b],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("the exceptions are invalid"),
-        "{}",
-        text(&out)
-    );
+    let out = with_local(&["check", &b]);
+    assert_exit(&out, 2, "the exceptions are invalid");
     // A local file that does not exist is an error, not silence.
     let out = cli(
         &root,
         &["--exceptions", "/nonexistent/ex.yaml", "check", &b],
     );
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("/nonexistent/ex.yaml: error: does not exist"),
-        "{}",
-        text(&out)
-    );
+    assert_exit(&out, 2, "/nonexistent/ex.yaml: error: does not exist");
 }
 
 /// A plain-layout root may hold `exceptions.yaml` too: it is not read as a
@@ -425,15 +382,12 @@ fn check_shows_the_exception_and_validate_names_every_problem() {
 fn a_plain_root_does_not_load_its_exceptions_file_as_a_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("plain");
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        root.join("demo.yaml"),
-        format!(
-            "registries:\n- name: staging.example/demo\n  src: true\n- name: r0.example/prod\n\
-             images:\n- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"
-        ),
-    )
-    .unwrap();
+    write_plain_manifest(
+        &root.join("demo.yaml"),
+        "staging.example/demo",
+        "r0.example/prod",
+        A,
+    );
     std::fs::write(
         root.join("exceptions.yaml"),
         format!("exceptions:\n{}", entry(B, &day(5), "bo")),

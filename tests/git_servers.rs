@@ -32,18 +32,31 @@ async fn reload(service: &Service) -> bool {
     response.status().is_success()
 }
 
+/// A reload succeeds and the index served is then at `commit`.
+async fn assert_reloads_to(service: &Service, commit: &str) {
+    assert!(reload(service).await, "{}", service.log_tail());
+    assert_eq!(commit_served(service).await, commit);
+}
+
+/// Two reloads fail, the index served stays at `commit`, and the failure is
+/// reported once: the manifest findings, `reported` of them by now.
+async fn two_failed_reloads(service: &Service, commit: &str, reported: usize) -> Vec<String> {
+    assert!(!reload(service).await);
+    assert!(!reload(service).await);
+    assert_eq!(commit_served(service).await, commit);
+    let findings = service.manifest_findings();
+    assert_eq!(findings.len(), reported, "{findings:?}");
+    findings
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn git_daemon_branch_is_followed_through_commits_a_force_push_and_a_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path());
     let first = repo.head();
     let daemon = GitDaemon::start(dir.path(), true).await;
-    let service = Service::start_without_programs(
-        dir.path(),
-        &dir.path().join("unused"),
-        &Repo::config_at(&daemon.url("k8s.io"), "200ms"),
-    )
-    .await;
+    let service =
+        Service::start_from_git(dir.path(), &Repo::config_at(&daemon.url("k8s.io"), "200ms")).await;
     assert_eq!(commit_served(&service).await, first.as_str());
 
     // A commit is followed by the poll.
@@ -59,24 +72,18 @@ async fn git_daemon_branch_is_followed_through_commits_a_force_push_and_a_deleti
     repo.git(&["reset", "--quiet", "--hard", &first]);
     repo.images("a", &[(digest(1), "1.0"), (digest(4), "3.0")]);
     let rewritten = repo.commit("rewrite a");
-    assert!(reload(&service).await, "{}", service.log_tail());
-    assert_eq!(commit_served(&service).await, rewritten.as_str());
+    assert_reloads_to(&service, &rewritten).await;
 
     // The branch is deleted: the index stays, reported once however many
     // syncs fail.
     repo.git(&["checkout", "--quiet", "-b", "elsewhere"]);
     repo.git(&["branch", "--quiet", "-D", "main"]);
-    assert!(!reload(&service).await);
-    assert!(!reload(&service).await);
-    assert_eq!(commit_served(&service).await, rewritten.as_str());
-    let findings = service.manifest_findings();
-    assert_eq!(findings.len(), 1, "{findings:?}");
+    let findings = two_failed_reloads(&service, &rewritten, 1).await;
     assert!(findings[0].contains("no branch main"), "{}", findings[0]);
 
     // It comes back.
     repo.git(&["branch", "main"]);
-    assert!(reload(&service).await, "{}", service.log_tail());
-    assert_eq!(commit_served(&service).await, rewritten.as_str());
+    assert_reloads_to(&service, &rewritten).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,9 +94,8 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     let daemon = GitDaemon::start(dir.path(), true).await;
     let proxy = Proxy::start(daemon.port).await;
     let url = proxy.url(&daemon.url("k8s.io"), daemon.port);
-    let service = Service::start_without_programs(
+    let service = Service::start_from_git(
         dir.path(),
-        &dir.path().join("unused"),
         &Repo::config_at(&url, "1h").replace(
             "  poll_interval: 1h\n",
             // Long enough for a real sync on a loaded machine.
@@ -102,11 +108,7 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     let second = repo.commit("promote a 2.0");
 
     proxy.set(Mode::Hang);
-    assert!(!reload(&service).await);
-    assert!(!reload(&service).await);
-    assert_eq!(commit_served(&service).await, first.as_str());
-    let findings = service.manifest_findings();
-    assert_eq!(findings.len(), 1, "{findings:?}");
+    let findings = two_failed_reloads(&service, &first, 1).await;
     assert!(
         findings[0].contains("no answer within 5s"),
         "{}",
@@ -114,11 +116,7 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     );
 
     proxy.set(Mode::CorruptPack);
-    assert!(!reload(&service).await);
-    assert!(!reload(&service).await);
-    assert_eq!(commit_served(&service).await, first.as_str());
-    let findings = service.manifest_findings();
-    assert_eq!(findings.len(), 2, "{findings:?}");
+    let findings = two_failed_reloads(&service, &first, 2).await;
     assert!(
         findings
             .iter()
@@ -127,8 +125,7 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     );
 
     proxy.set(Mode::Relay);
-    assert!(reload(&service).await, "{}", service.log_tail());
-    assert_eq!(commit_served(&service).await, second.as_str());
+    assert_reloads_to(&service, &second).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,9 +135,8 @@ async fn smart_http_with_a_token_from_a_file() {
     let backend = HttpBackend::start(dir.path(), Some("s3cret")).await;
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let service = Service::start_without_programs(
+    let service = Service::start_from_git(
         dir.path(),
-        &dir.path().join("unused"),
         &Repo::config_at(&backend.url("k8s.io"), "1h").replace(
             "  poll_interval",
             &format!("  token_file: {}\n  poll_interval", token.display()),
@@ -150,8 +146,7 @@ async fn smart_http_with_a_token_from_a_file() {
     assert_eq!(commit_served(&service).await, repo.head().as_str());
     repo.images("b", &[(digest(2), "1.0"), (digest(5), "2.0")]);
     let second = repo.commit("promote b 2.0");
-    assert!(reload(&service).await, "{}", service.log_tail());
-    assert_eq!(commit_served(&service).await, second.as_str());
+    assert_reloads_to(&service, &second).await;
 
     // A revoked token: the index stays.
     std::fs::write(&token, "revoked\n").unwrap();
@@ -194,9 +189,8 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
     let repo = Repo::new(dir.path());
     let first = repo.head();
     let daemon = GitDaemon::start(dir.path(), true).await;
-    let service = Service::start_without_programs(
+    let service = Service::start_from_git(
         dir.path(),
-        &dir.path().join("unused"),
         &Repo::config_at(&daemon.url("k8s.io"), "1h").replace(
             "  poll_interval: 1h\n",
             "  poll_interval: 1h\n  max_bytes: 32768\n",
@@ -207,11 +201,7 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
     let noise: String = (0..65536).map(|_| fastrand::alphanumeric()).collect();
     repo.write("registry/images/a/noise.txt", &noise);
     repo.commit("a large file among the manifests");
-    assert!(!reload(&service).await);
-    assert!(!reload(&service).await);
-    assert_eq!(commit_served(&service).await, first.as_str());
-    let findings = service.manifest_findings();
-    assert_eq!(findings.len(), 1, "{findings:?}");
+    let findings = two_failed_reloads(&service, &first, 1).await;
     assert!(
         findings[0].contains("manifests_git.max_bytes"),
         "{}",

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use image_auditor::manifest::walk::{Budget, Limit, walk};
 use image_auditor::manifest::{self, Layout, LoadError};
-use support::fixtures::{A, write_project};
+use support::fixtures::{A, write_plain_manifest, write_project};
 
 const SECRET: &str = "sha256:5555555555555555555555555555555555555555555555555555555555555555";
 
@@ -146,15 +146,7 @@ fn a_symlink_to_a_file_outside_the_root_is_not_read() {
 
     // A plain directory with such a link: the same.
     let plain = dir.path().join("plain");
-    std::fs::create_dir_all(&plain).unwrap();
-    std::fs::write(
-        plain.join("ok.yaml"),
-        format!(
-            "registries:\n- name: gcr.io/s\n  src: true\n- name: registry.example/p\n\
-             images:\n- name: app\n  dmap:\n    \"{A}\": [\"1.0\"]\n"
-        ),
-    )
-    .unwrap();
+    write_plain_manifest(&plain.join("ok.yaml"), "gcr.io/s", "registry.example/p", A);
     symlink(&outside, plain.join("leak.yaml")).unwrap();
     let set = manifest::load(&plain).unwrap();
     assert_eq!(set.layout, Layout::Plain);

@@ -13,10 +13,10 @@ use crate::support;
 use std::path::{Path, PathBuf};
 
 use image_auditor::audit::{Policy, VerdictKind, audit};
-use image_auditor::event::{Action, Event, EventId, Source};
+use image_auditor::event::Event;
 use image_auditor::index::Index;
 use image_auditor::manifest::{self, Layout, LoadError, ManifestSet, Problem, Severity};
-use image_auditor::reference::{Digest, Reference};
+use image_auditor::reference::Digest;
 use support::fixtures::{d, line_of, rules};
 
 // ---------------------------------------------------------------- helpers
@@ -79,15 +79,7 @@ fn assert_isolated(set: &ManifestSet, good: &str) {
         "{}/{}:{}@{}",
         m.destinations[0], image.name, image.promotions[0].tags[0], image.promotions[0].digest
     );
-    let r: Reference = reference.parse().unwrap();
-    let event = Event {
-        id: EventId("1".into()),
-        source: Source::Cli,
-        action: Action::Insert,
-        repository: r.repository,
-        digest: r.digest,
-        tag: r.tag,
-    };
+    let event = Event::hypothetical_push(&reference).unwrap();
     let index = Index::build(set, 1);
     let a = audit(&index, &event, &Policy::default());
     assert_eq!(a.verdict.kind, VerdictKind::Promoted, "{reference}: {a:#?}");
@@ -493,17 +485,8 @@ fn comment_only_images_yaml_is_an_empty_project() {
     assert!(set.manifests[0].images.is_empty());
     // Its destinations are in scope: a push there is unpromoted, not ignored.
     let index = Index::build(&set, 1);
-    let r: Reference = format!("us.gcr.io/some-prod/foo-controller@{}", d("a"))
-        .parse()
-        .unwrap();
-    let event = Event {
-        id: EventId("1".into()),
-        source: Source::Cli,
-        action: Action::Insert,
-        repository: r.repository,
-        digest: r.digest,
-        tag: None,
-    };
+    let reference = format!("us.gcr.io/some-prod/foo-controller@{}", d("a"));
+    let event = Event::hypothetical_push(&reference).unwrap();
     let a = audit(&index, &event, &Policy::default());
     assert_eq!(a.verdict.kind, VerdictKind::Unpromoted);
 }

@@ -168,6 +168,16 @@ async fn wait_until(what: &str, condition: impl FnMut() -> bool) {
     wait_until_or(what, DEADLINE, condition, String::new).await
 }
 
+/// Publishes a sentinel (`insert_payload(n)`) and waits until it is acked:
+/// by then the stream has had every chance to redeliver what came before.
+async fn acked_sentinel(fixture: &Fixture, recorder: &Recorder, n: usize) {
+    let sentinel = fixture.publish([insert_payload(n)]).await.remove(0);
+    wait_until("the sentinel was acked", || {
+        recorder.acked_ids().contains(&sentinel)
+    })
+    .await;
+}
+
 /// [`wait_until`] with its own deadline, adding `detail()` to the panic
 /// message.
 async fn wait_until_or(
@@ -486,11 +496,7 @@ async fn duplicate_payloads_are_delivered_once_per_message_id() {
         recorder.acked_ids().len() == ids.len()
     })
     .await;
-    let sentinel = fixture.publish([insert_payload(9)]).await.remove(0);
-    wait_until("the sentinel was acked", || {
-        recorder.acked_ids().contains(&sentinel)
-    })
-    .await;
+    acked_sentinel(&fixture, &recorder, 9).await;
     running.stop().await;
 
     let events: Vec<Event> = ids
@@ -531,13 +537,22 @@ async fn a_slow_handler_keeps_its_lease() {
         recorder.acked_ids().contains(&id)
     })
     .await;
-    let sentinel = fixture.publish([insert_payload(2)]).await.remove(0);
-    wait_until("the sentinel was acked", || {
-        recorder.acked_ids().contains(&sentinel)
-    })
-    .await;
+    acked_sentinel(&fixture, &recorder, 2).await;
     running.stop().await;
     assert_eq!(recorder.deliveries(&id), 1, "not redelivered while held");
+}
+
+/// The error that ends a pull with `config` within `DEADLINE` (`why` it
+/// must fail names the case).
+async fn fails_fast(config: PullConfig, why: &str) -> PullError {
+    let recorder = Recorder::default();
+    tokio::time::timeout(
+        DEADLINE,
+        pubsub_pull::run(config, ack_all(&recorder), CancellationToken::new()),
+    )
+    .await
+    .expect("fails fast")
+    .expect_err(why)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,14 +560,7 @@ async fn a_missing_subscription_fails_fast_naming_it() {
     let fixture = Fixture::new("missing").await;
     let mut config = fixture.pull_config();
     config.subscription = "no-such-subscription".into();
-    let recorder = Recorder::default();
-    let error = tokio::time::timeout(
-        DEADLINE,
-        pubsub_pull::run(config, ack_all(&recorder), CancellationToken::new()),
-    )
-    .await
-    .expect("fails fast")
-    .expect_err("no such subscription");
+    let error = fails_fast(config, "no such subscription").await;
     assert!(matches!(error, PullError::NotFound { .. }), "{error:?}");
     assert!(
         error
@@ -569,14 +577,7 @@ async fn an_unreachable_endpoint_fails_within_the_connect_timeout() {
     let mut config = PullConfig::new("p", "sub");
     config.endpoint = Some(format!("http://{}", silent.local_addr().unwrap()));
     config.connect_timeout = Duration::from_millis(500);
-    let recorder = Recorder::default();
-    let error = tokio::time::timeout(
-        DEADLINE,
-        pubsub_pull::run(config, ack_all(&recorder), CancellationToken::new()),
-    )
-    .await
-    .expect("fails fast")
-    .expect_err("unreachable");
+    let error = fails_fast(config, "unreachable").await;
     assert!(matches!(error, PullError::Unreachable { .. }), "{error:?}");
     assert!(
         error.to_string().contains("projects/p/subscriptions/sub"),

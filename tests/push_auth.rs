@@ -11,7 +11,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use image_auditor::sources::push_auth::{
-    AuthError, JwksError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
+    AuthError, Claims, JwksError, MIN_REFETCH_FLOOR, PushAuthConfig, PushVerifier,
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -112,15 +112,28 @@ fn jwks_response(body: &Value, cache_control: &str) -> ResponseTemplate {
         .set_body_json(body)
 }
 
-/// A JWKS server with kid `k1` (key 0), cached for a good while.
-async fn server_with(body: Value, cache_control: &str) -> MockServer {
+/// A JWKS endpoint that gives each of `answers` once, in turn, and the
+/// last one to every later fetch.
+async fn answering_in_turn(answers: Vec<ResponseTemplate>) -> MockServer {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(&body, cache_control))
-        .mount(&server)
-        .await;
+    let last = answers.len() - 1;
+    for (i, answer) in answers.into_iter().enumerate() {
+        let mock = Mock::given(method("GET"))
+            .and(path(JWKS_PATH))
+            .respond_with(answer);
+        let mock = if i < last {
+            mock.up_to_n_times(1)
+        } else {
+            mock
+        };
+        mock.mount(&server).await;
+    }
     server
+}
+
+/// A JWKS endpoint serving `body`, cached as `cache_control` says.
+async fn server_with(body: Value, cache_control: &str) -> MockServer {
+    answering_in_turn(vec![jwks_response(&body, cache_control)]).await
 }
 
 async fn standard_server() -> MockServer {
@@ -170,6 +183,30 @@ async fn fetches(server: &MockServer) -> usize {
 
 fn bearer(token: &str) -> HeaderValue {
     HeaderValue::from_str(&format!("Bearer {token}")).unwrap()
+}
+
+/// Verifies every token with `v` in its own task, all released at once
+/// (so that they race on a cold cache); the results in token order.
+async fn verify_all_at_once(
+    v: PushVerifier,
+    tokens: impl ExactSizeIterator<Item = String>,
+) -> Vec<Result<Claims, AuthError>> {
+    let v = Arc::new(v);
+    let barrier = Arc::new(tokio::sync::Barrier::new(tokens.len()));
+    let tasks: Vec<_> = tokens
+        .map(|token| {
+            let (v, barrier) = (v.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                v.verify(Some(&bearer(&token))).await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap());
+    }
+    results
 }
 
 /// Verifies `token` and checks that a refusal never quotes it.
@@ -399,20 +436,9 @@ async fn jwks_is_fetched_once_for_many_verifications() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_verifications_on_a_cold_cache_all_succeed() {
     let server = standard_server().await;
-    let v = Arc::new(verifier(&server));
-    let barrier = Arc::new(tokio::sync::Barrier::new(32));
-    let tasks: Vec<_> = (0..32)
-        .map(|_| {
-            let (v, barrier) = (v.clone(), barrier.clone());
-            let token = keys()[0].sign("k1", &claims());
-            tokio::spawn(async move {
-                barrier.wait().await;
-                v.verify(Some(&bearer(&token))).await
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap().unwrap();
+    let tokens = (0..32).map(|_| keys()[0].sign("k1", &claims()));
+    for result in verify_all_at_once(verifier(&server), tokens).await {
+        result.unwrap();
     }
     let n = fetches(&server).await;
     assert!((1..=2).contains(&n), "{n} JWKS fetches");
@@ -450,15 +476,11 @@ async fn rotated_key_is_accepted_after_a_refetch() {
 async fn max_age_is_honoured_above_the_refetch_floor() {
     // `max-age` less `Age` (here 0) and `no-cache`: kept for the least
     // refetch interval, then fetched again on the next use.
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(
-            jwks_response(&jwks(&[keys()[0].jwk("k1")]), "public, max-age=100")
-                .insert_header("age", "100"),
-        )
-        .mount(&server)
-        .await;
+    let server = answering_in_turn(vec![
+        jwks_response(&jwks(&[keys()[0].jwk("k1")]), "public, max-age=100")
+            .insert_header("age", "100"),
+    ])
+    .await;
     let no_cache = server_with(jwks(&[keys()[0].jwk("k1")]), "no-cache").await;
     for server in [&server, &no_cache] {
         let v = eager_verifier(server);
@@ -476,33 +498,13 @@ async fn max_age_is_honoured_above_the_refetch_floor() {
 
 #[tokio::test]
 async fn unavailable_jwks_is_a_retryable_error_until_it_answers() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(ResponseTemplate::new(200).set_body_string("<html>not a jwks</html>"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(
-            &jwks(&[json!({"kty": "EC", "kid": "e1"})]),
-            "max-age=60",
-        ))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=600"))
-        .mount(&server)
-        .await;
+    let server = answering_in_turn(vec![
+        ResponseTemplate::new(500),
+        ResponseTemplate::new(200).set_body_string("<html>not a jwks</html>"),
+        jwks_response(&jwks(&[json!({"kty": "EC", "kid": "e1"})]), "max-age=60"),
+        jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=600"),
+    ])
+    .await;
     let v = eager_verifier(&server);
     let token = keys()[0].sign("k1", &claims());
     for phrase in ["status 500", "not a JWKS", "no usable RS256"] {
@@ -522,18 +524,11 @@ async fn unavailable_jwks_is_a_retryable_error_until_it_answers() {
 
 #[tokio::test]
 async fn stale_keys_are_served_while_a_refresh_fails() {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=0"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(JWKS_PATH))
-        .respond_with(ResponseTemplate::new(503))
-        .mount(&server)
-        .await;
+    let server = answering_in_turn(vec![
+        jwks_response(&jwks(&[keys()[0].jwk("k1")]), "max-age=0"),
+        ResponseTemplate::new(503),
+    ])
+    .await;
     let v = eager_verifier(&server);
     let token = keys()[0].sign("k1", &claims());
     verify(&v, &token).await.unwrap();
@@ -581,13 +576,7 @@ mod hostile {
 
     /// A JWKS endpoint answering 500 to everything.
     async fn failing_server() -> MockServer {
-        let server = MockServer::start().await;
-        Mock::given(method("GET"))
-            .and(path(JWKS_PATH))
-            .respond_with(ResponseTemplate::new(500))
-            .mount(&server)
-            .await;
-        server
+        answering_in_turn(vec![ResponseTemplate::new(500)]).await
     }
 
     #[tokio::test]
@@ -607,20 +596,9 @@ mod hostile {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_misses_before_the_first_success_share_one_fetch() {
         let server = failing_server().await;
-        let v = Arc::new(verifier(&server));
-        let barrier = Arc::new(tokio::sync::Barrier::new(64));
-        let tasks: Vec<_> = (0..64)
-            .map(|i| {
-                let (v, barrier) = (v.clone(), barrier.clone());
-                let token = keys()[1].sign(&format!("invented-{i}"), &claims());
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    v.verify(Some(&bearer(&token))).await
-                })
-            })
-            .collect();
-        for task in tasks {
-            let e = task.await.unwrap().unwrap_err();
+        let tokens = (0..64).map(|i| keys()[1].sign(&format!("invented-{i}"), &claims()));
+        for result in verify_all_at_once(verifier(&server), tokens).await {
+            let e = result.unwrap_err();
             assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
         }
         assert_eq!(fetches(&server).await, 1);

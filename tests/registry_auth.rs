@@ -4,7 +4,10 @@
 use crate::support;
 
 use base64::Engine as _;
-use image_auditor::registry::{ErrorKind, HostConfig, Outcome, RequestKind, resolve_children};
+use image_auditor::reference::Repository;
+use image_auditor::registry::{
+    ErrorKind, HostConfig, Outcome, RegistryClient, RequestKind, resolve_children,
+};
 use support::oci::{Desc, Layout};
 use support::registry::{Auth, Push, Registry, skopeo_push};
 use support::token::{ISSUER, SERVICE, TokenService};
@@ -13,13 +16,46 @@ use support::{client, test_config};
 const USER: &str = "pusher";
 const PASSWORD: &str = "s3cret-pw";
 
-/// Pushes a two-platform index to `repo`; returns (index, children).
-fn push_index(reg: &Registry, dir: &std::path::Path, repo: &str, creds: &str) -> (Desc, [Desc; 2]) {
+/// A registry that lets only `USER` in, with htpasswd basic auth.
+fn htpasswd_registry() -> Registry {
+    Registry::start(Auth::Htpasswd {
+        user: USER.into(),
+        password: PASSWORD.into(),
+    })
+}
+
+/// A registry that trusts the tokens of `tokens`.
+fn token_registry(tokens: &TokenService) -> Registry {
+    Registry::start(Auth::Token {
+        realm: tokens.realm(),
+        service: SERVICE.into(),
+        issuer: ISSUER.into(),
+        cert: tokens.cert.clone(),
+    })
+}
+
+/// A client that sends `USER` with `password` to `reg`.
+fn client_as(reg: &Registry, password: &str) -> RegistryClient {
+    let mut config = test_config(None);
+    config.hosts.insert(
+        reg.host.clone(),
+        HostConfig {
+            username: Some(USER.into()),
+            password: Some(password.into()),
+            ..HostConfig::default()
+        },
+    );
+    client(config)
+}
+
+/// Pushes a two-platform index to `repo` as `USER`; returns (index, children).
+fn push_index(reg: &Registry, dir: &std::path::Path, repo: &str) -> (Desc, [Desc; 2]) {
     let mut layout = Layout::create(&dir.join(repo.replace('/', "_")));
     let [index, amd64, arm64] = layout.two_platform_index();
     layout.tag(&index, "v1");
+    let creds = format!("{USER}:{PASSWORD}");
     let push = Push {
-        creds: Some(creds),
+        creds: Some(&creds),
         ..Push::default()
     };
     assert_eq!(
@@ -29,7 +65,11 @@ fn push_index(reg: &Registry, dir: &std::path::Path, repo: &str, creds: &str) ->
     (index, [amd64, arm64])
 }
 
-fn child_digests(links: &[image_auditor::registry::ChildLink]) -> Vec<String> {
+/// The children of the list `index` in `repo`, as `c` resolves them, sorted.
+async fn children_of(c: &RegistryClient, repo: &Repository, index: &Desc) -> Vec<String> {
+    let links = resolve_children(c, std::slice::from_ref(repo), &index.digest)
+        .await
+        .unwrap();
     let mut v: Vec<String> = links.iter().map(|l| l.child.to_string()).collect();
     v.sort();
     v
@@ -43,33 +83,13 @@ fn sorted(descs: &[Desc]) -> Vec<String> {
 
 #[tokio::test]
 async fn htpasswd_registry_accepts_configured_basic_credentials_without_a_challenge() {
-    let reg = Registry::start(Auth::Htpasswd {
-        user: USER.into(),
-        password: PASSWORD.into(),
-    });
+    let reg = htpasswd_registry();
     let work = tempfile::tempdir().unwrap();
-    let (index, children) = push_index(
-        &reg,
-        work.path(),
-        "secure/multi",
-        &format!("{USER}:{PASSWORD}"),
-    );
+    let (index, children) = push_index(&reg, work.path(), "secure/multi");
     let repo = reg.repo("secure/multi");
 
-    let mut config = test_config(None);
-    config.hosts.insert(
-        reg.host.clone(),
-        HostConfig {
-            username: Some(USER.into()),
-            password: Some(PASSWORD.into()),
-            ..HostConfig::default()
-        },
-    );
-    let c = client(config);
-    let links = resolve_children(&c, std::slice::from_ref(&repo), &index.digest)
-        .await
-        .unwrap();
-    assert_eq!(child_digests(&links), sorted(&children));
+    let c = client_as(&reg, PASSWORD);
+    assert_eq!(children_of(&c, &repo, &index).await, sorted(&children));
     // Credentials go with the first request: no 401 round trip.
     let stats = c.stats();
     assert_eq!(stats.requests_to(&reg.host, RequestKind::Manifest), 1);
@@ -97,16 +117,7 @@ async fn htpasswd_registry_accepts_configured_basic_credentials_without_a_challe
     assert_eq!(stats.requests_to(&reg.host, RequestKind::Manifest), 1);
 
     // A wrong password is refused once, not retried.
-    let mut config = test_config(None);
-    config.hosts.insert(
-        reg.host.clone(),
-        HostConfig {
-            username: Some(USER.into()),
-            password: Some("wrong".into()),
-            ..HostConfig::default()
-        },
-    );
-    let wrong = client(config);
+    let wrong = client_as(&reg, "wrong");
     let err = wrong
         .fetch_manifest(&repo, &index.digest)
         .await
@@ -123,17 +134,9 @@ async fn htpasswd_registry_accepts_configured_basic_credentials_without_a_challe
 
 #[tokio::test]
 async fn htpasswd_credentials_come_from_docker_config_json() {
-    let reg = Registry::start(Auth::Htpasswd {
-        user: USER.into(),
-        password: PASSWORD.into(),
-    });
+    let reg = htpasswd_registry();
     let work = tempfile::tempdir().unwrap();
-    let (index, children) = push_index(
-        &reg,
-        work.path(),
-        "secure/multi",
-        &format!("{USER}:{PASSWORD}"),
-    );
+    let (index, children) = push_index(&reg, work.path(), "secure/multi");
     let docker_config = work.path().join("config.json");
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     std::fs::write(
@@ -145,69 +148,46 @@ async fn htpasswd_credentials_come_from_docker_config_json() {
     let mut config = test_config(None);
     config.docker_config = Some(docker_config);
     let c = client(config);
-    let links = resolve_children(&c, &[reg.repo("secure/multi")], &index.digest)
-        .await
-        .unwrap();
-    assert_eq!(child_digests(&links), sorted(&children));
+    let repo = reg.repo("secure/multi");
+    assert_eq!(children_of(&c, &repo, &index).await, sorted(&children));
 }
 
 #[tokio::test]
 async fn token_registry_anonymous_pull_exchanges_one_challenge_for_one_token_per_repository() {
     let work = tempfile::tempdir().unwrap();
     let tokens = TokenService::start(work.path(), &[(USER, PASSWORD)], true).await;
-    let reg = Registry::start(Auth::Token {
-        realm: tokens.realm(),
-        service: SERVICE.into(),
-        issuer: ISSUER.into(),
-        cert: tokens.cert.clone(),
-    });
-    let creds = format!("{USER}:{PASSWORD}");
-    let (index_a, children_a) = push_index(&reg, work.path(), "team/a", &creds);
-    let (index_b, _) = push_index(&reg, work.path(), "team/b", &creds);
+    let reg = token_registry(&tokens);
+    let (index_a, children_a) = push_index(&reg, work.path(), "team/a");
+    let (index_b, _) = push_index(&reg, work.path(), "team/b");
     let pushes = tokens.requests().await;
 
     let c = client(test_config(None));
+    // (challenges, authorised manifest GETs, tokens issued) so far.
+    let counts = || {
+        let stats = c.stats();
+        (
+            stats.count(&reg.host, RequestKind::Manifest, Outcome::Unauthorized),
+            stats.count(&reg.host, RequestKind::Manifest, Outcome::Ok),
+            stats.count(&tokens.host(), RequestKind::Token, Outcome::Ok),
+        )
+    };
     let repo_a = reg.repo("team/a");
-    let links = resolve_children(&c, std::slice::from_ref(&repo_a), &index_a.digest)
-        .await
-        .unwrap();
-    assert_eq!(child_digests(&links), sorted(&children_a));
+    assert_eq!(
+        children_of(&c, &repo_a, &index_a).await,
+        sorted(&children_a)
+    );
     for child in &children_a {
         c.fetch_manifest(&repo_a, &child.digest).await.unwrap();
     }
-    let stats = c.stats();
     // One challenge, one token, then three authorised GETs.
-    assert_eq!(
-        stats.count(&reg.host, RequestKind::Manifest, Outcome::Unauthorized),
-        1
-    );
-    assert_eq!(
-        stats.count(&reg.host, RequestKind::Manifest, Outcome::Ok),
-        3
-    );
-    assert_eq!(
-        stats.count(&tokens.host(), RequestKind::Token, Outcome::Ok),
-        1
-    );
+    assert_eq!(counts(), (1, 3, 1));
     assert_eq!(tokens.requests().await - pushes, 1);
 
     // Another repository needs its own scope, but the challenge is known.
     c.fetch_manifest(&reg.repo("team/b"), &index_b.digest)
         .await
         .unwrap();
-    let stats = c.stats();
-    assert_eq!(
-        stats.count(&reg.host, RequestKind::Manifest, Outcome::Unauthorized),
-        1
-    );
-    assert_eq!(
-        stats.count(&reg.host, RequestKind::Manifest, Outcome::Ok),
-        4
-    );
-    assert_eq!(
-        stats.count(&tokens.host(), RequestKind::Token, Outcome::Ok),
-        2
-    );
+    assert_eq!(counts(), (1, 4, 2));
 }
 
 #[tokio::test]
@@ -215,39 +195,14 @@ async fn token_registry_with_credentials_and_with_refused_credentials() {
     let work = tempfile::tempdir().unwrap();
     // This token service serves nobody anonymously.
     let tokens = TokenService::start(work.path(), &[(USER, PASSWORD)], false).await;
-    let reg = Registry::start(Auth::Token {
-        realm: tokens.realm(),
-        service: SERVICE.into(),
-        issuer: ISSUER.into(),
-        cert: tokens.cert.clone(),
-    });
-    let (index, children) = push_index(
-        &reg,
-        work.path(),
-        "private/app",
-        &format!("{USER}:{PASSWORD}"),
-    );
+    let reg = token_registry(&tokens);
+    let (index, children) = push_index(&reg, work.path(), "private/app");
     let repo = reg.repo("private/app");
 
-    let with = |password: &str| {
-        let mut config = test_config(None);
-        config.hosts.insert(
-            reg.host.clone(),
-            HostConfig {
-                username: Some(USER.into()),
-                password: Some(password.into()),
-                ..HostConfig::default()
-            },
-        );
-        client(config)
-    };
-    let good = with(PASSWORD);
-    let links = resolve_children(&good, std::slice::from_ref(&repo), &index.digest)
-        .await
-        .unwrap();
-    assert_eq!(child_digests(&links), sorted(&children));
+    let good = client_as(&reg, PASSWORD);
+    assert_eq!(children_of(&good, &repo, &index).await, sorted(&children));
 
-    let refused = with("wrong");
+    let refused = client_as(&reg, "wrong");
     let err = refused
         .fetch_manifest(&repo, &index.digest)
         .await

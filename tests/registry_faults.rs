@@ -7,7 +7,7 @@
 use crate::support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,13 +17,12 @@ use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::reference::{Digest, Repository};
 use image_auditor::registry::{
-    BreakerConfig, ErrorKind, ManifestKind, OCI_MANIFEST, Outcome, RegistryConfig, RequestKind,
-    StatsSnapshot, resolve_children,
+    BreakerConfig, ErrorKind, ManifestKind, OCI_MANIFEST, Outcome, RegistryConfig, RegistryError,
+    RequestKind, StatsSnapshot, resolve_children,
 };
 use image_auditor::resolve::Resolver;
 use support::fixtures::push_event;
-use support::oci::Layout;
-use support::registry::{Auth, Push, Registry, skopeo_push};
+use support::registry::{Workbench, push_tag};
 use support::service::Service;
 use support::{client, test_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,6 +59,35 @@ fn with_retries(max_retries: u32) -> RegistryConfig {
         max_retries,
         ..test_config(None)
     }
+}
+
+/// A mock registry answering every GET with `response`, and the
+/// repository `test/app` on it.
+async fn answering(response: impl Respond + 'static) -> (MockServer, Repository) {
+    let server = MockServer::start().await;
+    let repo = repo_on(&server, "test/app");
+    Mock::given(method("GET"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    (server, repo)
+}
+
+/// One fetch of `digest` from `repo` by a fresh client of `config`, which
+/// must fail: the error, and the client's counters after it.
+async fn failed_fetch(
+    config: RegistryConfig,
+    repo: &Repository,
+    digest: &Digest,
+) -> (RegistryError, StatsSnapshot) {
+    let c = client(config);
+    let err = c.fetch_manifest(repo, digest).await.unwrap_err();
+    (err, c.stats())
+}
+
+/// Where the client's cache in `cache` keeps the manifest `digest`.
+fn cache_blob(cache: &Path, digest: &Digest) -> PathBuf {
+    cache.join("blobs/sha256").join(digest.hex())
 }
 
 async fn received(server: &MockServer) -> usize {
@@ -100,16 +128,11 @@ async fn rate_limit_with_retry_after_is_honoured_then_succeeds() {
 
 #[tokio::test]
 async fn retry_after_beyond_the_limit_fails_at_once_as_transient() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (_, digest) = manifest(2);
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "3600"))
-        .mount(&server)
-        .await;
+    let (server, repo) =
+        answering(ResponseTemplate::new(429).insert_header("Retry-After", "3600")).await;
 
-    let c = client(with_retries(3));
-    let err = c.fetch_manifest(&repo, &digest).await.unwrap_err();
+    let (err, stats) = failed_fetch(with_retries(3), &repo, &digest).await;
     assert_eq!(
         *err.kind(),
         ErrorKind::RateLimited {
@@ -117,22 +140,16 @@ async fn retry_after_beyond_the_limit_fails_at_once_as_transient() {
         }
     );
     assert!(err.is_transient());
-    assert_eq!(c.stats().retries, 0);
+    assert_eq!(stats.retries, 0);
     assert_eq!(received(&server).await, 1);
 }
 
 #[tokio::test]
 async fn persistent_server_error_is_transient_after_bounded_retries() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (_, digest) = manifest(3);
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(500))
-        .mount(&server)
-        .await;
+    let (server, repo) = answering(ResponseTemplate::new(500)).await;
 
-    let c = client(with_retries(2));
-    let err = c.fetch_manifest(&repo, &digest).await.unwrap_err();
+    let (err, stats) = failed_fetch(with_retries(2), &repo, &digest).await;
     assert_eq!(*err.kind(), ErrorKind::Server { status: 500 });
     assert!(err.is_transient());
     let text = err.to_string();
@@ -142,7 +159,6 @@ async fn persistent_server_error_is_transient_after_bounded_retries() {
             && text.contains(&digest.to_string()),
         "{text}"
     );
-    let stats = c.stats();
     assert_eq!(
         stats.count(repo.host(), RequestKind::Manifest, Outcome::ServerError),
         3
@@ -153,38 +169,27 @@ async fn persistent_server_error_is_transient_after_bounded_retries() {
 
 #[tokio::test]
 async fn response_slower_than_the_timeout_is_transient() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (body, digest) = manifest(4);
-    Mock::given(method("GET"))
-        .respond_with(ok(&body).set_delay(Duration::from_secs(10)))
-        .mount(&server)
-        .await;
+    let (_server, repo) = answering(ok(&body).set_delay(Duration::from_secs(10))).await;
 
-    let c = client(RegistryConfig {
+    let config = RegistryConfig {
         request_timeout: Duration::from_millis(200),
         ..with_retries(1)
-    });
-    let err = c.fetch_manifest(&repo, &digest).await.unwrap_err();
+    };
+    let (err, stats) = failed_fetch(config, &repo, &digest).await;
     assert_eq!(*err.kind(), ErrorKind::Timeout);
     assert!(err.is_transient());
     assert_eq!(
-        c.stats()
-            .count(repo.host(), RequestKind::Manifest, Outcome::Timeout),
+        stats.count(repo.host(), RequestKind::Manifest, Outcome::Timeout),
         2
     );
 }
 
 #[tokio::test]
 async fn body_that_does_not_match_its_digest_is_refused_and_not_cached() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (_, digest) = manifest(5);
     let (other_body, other_digest) = manifest(6);
-    Mock::given(method("GET"))
-        .respond_with(ok(&other_body))
-        .mount(&server)
-        .await;
+    let (server, repo) = answering(ok(&other_body)).await;
     let cache = tempfile::tempdir().unwrap();
 
     let c = client(RegistryConfig {
@@ -209,20 +214,8 @@ async fn body_that_does_not_match_its_digest_is_refused_and_not_cached() {
         2
     );
     assert_eq!(stats.cache_writes, 0);
-    assert!(
-        !cache
-            .path()
-            .join("blobs/sha256")
-            .join(digest.hex())
-            .exists()
-    );
-    assert!(
-        !cache
-            .path()
-            .join("blobs/sha256")
-            .join(other_digest.hex())
-            .exists()
-    );
+    assert!(!cache_blob(cache.path(), &digest).exists());
+    assert!(!cache_blob(cache.path(), &other_digest).exists());
 }
 
 #[tokio::test]
@@ -254,13 +247,7 @@ async fn docker_content_digest_header_must_name_the_body() {
         }
     );
     assert!(!err.is_transient());
-    assert!(
-        !cache
-            .path()
-            .join("blobs/sha256")
-            .join(digest.hex())
-            .exists()
-    );
+    assert!(!cache_blob(cache.path(), &digest).exists());
     // A truthful header is accepted.
     c.fetch_manifest(&repo, &good_digest).await.unwrap();
     let stats = c.stats();
@@ -277,17 +264,11 @@ async fn docker_content_digest_header_must_name_the_body() {
 
 #[tokio::test]
 async fn oversized_body_with_content_length_is_refused_unread() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (_, digest) = manifest(9);
     let huge = vec![b' '; 5 * 1024 * 1024];
-    Mock::given(method("GET"))
-        .respond_with(ok(&huge))
-        .mount(&server)
-        .await;
+    let (server, repo) = answering(ok(&huge)).await;
 
-    let c = client(with_retries(3));
-    let err = c.fetch_manifest(&repo, &digest).await.unwrap_err();
+    let (err, stats) = failed_fetch(with_retries(3), &repo, &digest).await;
     assert_eq!(
         *err.kind(),
         ErrorKind::TooLarge {
@@ -296,8 +277,7 @@ async fn oversized_body_with_content_length_is_refused_unread() {
     );
     assert!(!err.is_transient());
     assert_eq!(
-        c.stats()
-            .count(repo.host(), RequestKind::Manifest, Outcome::TooLarge),
+        stats.count(repo.host(), RequestKind::Manifest, Outcome::TooLarge),
         1
     );
     assert_eq!(received(&server).await, 1);
@@ -345,15 +325,13 @@ async fn oversized_streamed_body_is_not_read_to_the_end() {
     let repo: Repository = format!("{host}/test/app").parse().unwrap();
     let (_, digest) = manifest(10);
 
-    let c = client(with_retries(0));
-    let err = c.fetch_manifest(&repo, &digest).await.unwrap_err();
+    // The client is gone once the fetch returns.
+    let (err, stats) = failed_fetch(with_retries(0), &repo, &digest).await;
     assert!(matches!(err.kind(), ErrorKind::TooLarge { .. }), "{err}");
     assert_eq!(
-        c.stats()
-            .count(&host, RequestKind::Manifest, Outcome::TooLarge),
+        stats.count(&host, RequestKind::Manifest, Outcome::TooLarge),
         1
     );
-    drop(c);
     // The client hung up: the server's writes failed long before its cap.
     let sent = server.await.unwrap();
     assert!(sent < CAP, "the server sent all {sent} bytes");
@@ -361,15 +339,10 @@ async fn oversized_streamed_body_is_not_read_to_the_end() {
 
 #[tokio::test]
 async fn edited_cache_file_is_detected_counted_and_refetched() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (body, digest) = manifest(11);
-    Mock::given(method("GET"))
-        .respond_with(ok(&body))
-        .mount(&server)
-        .await;
+    let (server, repo) = answering(ok(&body)).await;
     let cache = tempfile::tempdir().unwrap();
-    let blob = cache.path().join("blobs/sha256").join(digest.hex());
+    let blob = cache_blob(cache.path(), &digest);
 
     client(test_config(Some(cache.path())))
         .fetch_manifest(&repo, &digest)
@@ -431,17 +404,13 @@ impl Respond for Gated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_fetches_of_one_digest_send_one_request() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let (body, digest) = manifest(12);
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    Mock::given(method("GET"))
-        .respond_with(Gated {
-            body: body.clone(),
-            gate: gate.clone(),
-        })
-        .mount(&server)
-        .await;
+    let (server, repo) = answering(Gated {
+        body: body.clone(),
+        gate: gate.clone(),
+    })
+    .await;
 
     let c = client(test_config(None));
     let mut tasks = tokio::task::JoinSet::new();
@@ -505,17 +474,11 @@ async fn a_transient_failure_anywhere_outweighs_not_found_elsewhere() {
 
 #[tokio::test]
 async fn verified_but_unparseable_manifest_is_a_permanent_error() {
-    let server = MockServer::start().await;
-    let repo = repo_on(&server, "test/app");
     let body = br#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
     let digest = Digest::sha256_of(body);
-    Mock::given(method("GET"))
-        .respond_with(ok(body))
-        .mount(&server)
-        .await;
+    let (_server, repo) = answering(ok(body)).await;
 
-    let c = client(test_config(None));
-    let err = c.fetch_manifest(&repo, &digest).await.unwrap_err();
+    let (err, _) = failed_fetch(test_config(None), &repo, &digest).await;
     assert!(
         matches!(err.kind(), ErrorKind::UnsupportedMediaType(_)),
         "{err}"
@@ -682,18 +645,14 @@ async fn unresolvable_names_mark_hosts_down_and_bound_requests() {
 /// restart closes it, so resolution gives exact verdicts again.
 #[tokio::test]
 async fn a_registry_that_comes_back_is_probed_and_used_again() {
-    let mut reg = Registry::start(Auth::Anonymous);
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&work.path().join("layout"));
+    let Workbench {
+        mut reg,
+        work,
+        mut layout,
+    } = Workbench::start();
     let [list, amd64, arm64] = layout.two_platform_index();
     layout.tag(&list, "1.0");
-    let pushed = skopeo_push(
-        &layout.dir,
-        "1.0",
-        &reg.host,
-        "staging/app",
-        Push::default(),
-    );
+    let pushed = push_tag(&layout, "1.0", &reg.host, "staging/app");
     assert_eq!(pushed, list.digest);
     let host = reg.host.clone();
     let index = one_image_project(

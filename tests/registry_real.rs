@@ -11,7 +11,9 @@ use image_auditor::registry::{
     OCI_MANIFEST, RequestKind, attachment_subject, resolve_children,
 };
 use support::oci::{Desc, Layout};
-use support::registry::{Auth, Push, Registry, put_manifest, skopeo_push, skopeo_raw};
+use support::registry::{
+    Auth, Push, Registry, Workbench, push_tag, put_tagged, skopeo_push, skopeo_raw,
+};
 use support::{client, test_config};
 
 /// (child, parent, platform) of each link, order-independent.
@@ -33,28 +35,30 @@ fn pair(child: &Desc, parent: &Desc, platform: Option<&str>) -> (Digest, Digest,
     )
 }
 
+/// Tags `desc`, written in `layout`, as `v1` and pushes it to `repo`.
+fn push_v1(reg: &Registry, layout: &mut Layout, desc: &Desc, repo: &str) {
+    layout.tag(desc, "v1");
+    let pushed = push_tag(layout, "v1", &reg.host, repo);
+    assert_eq!(
+        pushed, desc.digest,
+        "skopeo --preserve-digests kept the bytes"
+    );
+}
+
 /// Writes and pushes a two-platform OCI index; returns (index, amd64, arm64).
 fn push_two_platform_index(reg: &Registry, work: &std::path::Path, repo: &str) -> [Desc; 3] {
     let mut layout = Layout::create(&work.join(repo.replace('/', "_")));
     let [index, amd64, arm64] = layout.two_platform_index();
-    layout.tag(&index, "v1");
-    let pushed = skopeo_push(&layout.dir, "v1", &reg.host, repo, Push::default());
-    assert_eq!(
-        pushed, index.digest,
-        "skopeo --preserve-digests kept the bytes"
-    );
+    push_v1(reg, &mut layout, &index, repo);
     [index, amd64, arm64]
 }
 
 #[tokio::test]
 async fn single_platform_image_has_no_children() {
-    let reg = Registry::start(Auth::Anonymous);
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&work.path().join("single"));
+    let mut bench = Workbench::start();
+    let (reg, layout) = (&bench.reg, &mut bench.layout);
     let image = layout.image("amd64");
-    layout.tag(&image, "v1");
-    let pushed = skopeo_push(&layout.dir, "v1", &reg.host, "test/single", Push::default());
-    assert_eq!(pushed, image.digest);
+    push_v1(reg, layout, &image, "test/single");
 
     let c = client(test_config(None));
     let repo = reg.repo("test/single");
@@ -162,9 +166,8 @@ async fn docker_manifest_list_children_are_found() {
 
 #[tokio::test]
 async fn nested_index_yields_every_child_parent_pair() {
-    let reg = Registry::start(Auth::Anonymous);
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&work.path().join("nested"));
+    let mut bench = Workbench::start();
+    let (reg, layout) = (&bench.reg, &mut bench.layout);
     let amd64 = layout.image("amd64");
     let arm64 = layout.image("arm64");
     let s390x = layout.image("s390x");
@@ -176,16 +179,9 @@ async fn nested_index_yields_every_child_parent_pair() {
     layout.tag(&inner, "inner");
     layout.tag(&s390x, "s390x");
     for tag in ["inner", "s390x"] {
-        skopeo_push(&layout.dir, tag, &reg.host, "test/nested", Push::default());
+        push_tag(layout, tag, &reg.host, "test/nested");
     }
-    put_manifest(
-        &reg.host,
-        "test/nested",
-        "v1",
-        OCI_INDEX,
-        layout.read(&outer),
-    )
-    .await;
+    put_tagged(&reg.host, layout, "test/nested", "v1", &outer).await;
     let raw = skopeo_raw(&format!("{}/test/nested:v1", reg.host), None);
     assert!(outer.digest.verifies(&raw), "the registry kept the bytes");
 
@@ -211,15 +207,13 @@ async fn nested_index_yields_every_child_parent_pair() {
 
 #[tokio::test]
 async fn attachment_subject_is_read_from_the_event_repository() {
-    let reg = Registry::start(Auth::Anonymous);
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&work.path().join("attached"));
+    let mut bench = Workbench::start();
+    let (reg, layout) = (&bench.reg, &mut bench.layout);
     let image = layout.image("amd64");
     let sbom = layout.attachment(&image);
-    layout.tag(&image, "v1");
+    push_v1(reg, layout, &image, "test/app");
     layout.tag(&sbom, "sbom");
-    skopeo_push(&layout.dir, "v1", &reg.host, "test/app", Push::default());
-    let pushed = skopeo_push(&layout.dir, "sbom", &reg.host, "test/app", Push::default());
+    let pushed = push_tag(layout, "sbom", &reg.host, "test/app");
     assert_eq!(pushed, sbom.digest);
 
     let c = client(test_config(None));
@@ -241,8 +235,7 @@ async fn request_accounting_cold_warm_and_concurrent() {
     let [index, amd64, arm64] = push_two_platform_index(&reg, work.path(), "prod/multi");
     let mut layout = Layout::create(&work.path().join("single"));
     let single = layout.image("amd64");
-    layout.tag(&single, "v1");
-    skopeo_push(&layout.dir, "v1", &reg.host, "prod/single", Push::default());
+    push_v1(&reg, &mut layout, &single, "prod/single");
     let multi = reg.repo("prod/multi");
     let promoted = [(&multi, &index), (&reg.repo("prod/single"), &single)];
     let children = [&amd64, &arm64];

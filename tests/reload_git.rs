@@ -7,6 +7,8 @@
 
 use crate::support;
 
+use std::path::Path;
+
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use serde_json::{Value, json};
 use support::git::{GitDaemon, Mode, Proxy, Repo, digest};
@@ -22,13 +24,36 @@ async fn promoted(service: &Service, d: String) -> bool {
     get(service, &format!("/v1/digests/{d}")).await.0 == 200
 }
 
+/// The index `/readyz` describes (commit, generation).
+async fn readyz_index(service: &Service) -> Value {
+    get(service, "/readyz").await.1["index"].clone()
+}
+
+/// The service in `dir`, following the manifest tree of `repo` as a
+/// watched directory (not through git), with `reload` lines added to its
+/// `reload` section.
+async fn watching(dir: &Path, repo: &Repo, reload: &str) -> Service {
+    let root = repo.dir.join("registry");
+    let config = format!("resolve: false\nreload:\n  watch_interval: 100ms\n{reload}");
+    Service::start(dir, &root, &config).await
+}
+
+/// Message `id` of GCR: `digest` (with `tag`, if any) pushed to
+/// `a.example/prod/app`; the service's answer.
+async fn push_to_a(service: &Service, id: &str, digest: &str, tag: Option<&str>) -> Value {
+    let mut payload = json!({"action": "INSERT", "digest": format!("a.example/prod/app@{digest}")});
+    if let Some(tag) = tag {
+        payload["tag"] = json!(format!("a.example/prod/app:{tag}"));
+    }
+    service.push_gcr(id, &payload).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_version() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path());
     let first = repo.git(&["rev-parse", "HEAD"]);
-    let root = dir.path().join("unused");
-    let service = Service::start_without_programs(dir.path(), &root, &repo.config("200ms")).await;
+    let service = Service::start_from_git(dir.path(), &repo.config("200ms")).await;
     let (_, ready) = get(&service, "/readyz").await;
     assert_eq!(ready["index"]["commit"], first.as_str());
     assert_eq!(ready["index"]["generation"], 1);
@@ -39,10 +64,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
     service
         .wait_until("a 2.0 is promoted", || promoted(&service, digest(3)))
         .await;
-    assert_eq!(
-        get(&service, "/readyz").await.1["index"]["commit"],
-        second.as_str()
-    );
+    assert_eq!(readyz_index(&service).await["commit"], second.as_str());
 
     // A merge breaks b and changes a: a updates, b stays as it was.
     repo.write(
@@ -99,13 +121,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
         )]
     );
     // Findings carry the commit they were decided at.
-    let answer = service
-        .push_gcr(
-            "late",
-            &json!({"action": "INSERT",
-        "digest": format!("a.example/prod/app@{}", digest(9))}),
-        )
-        .await;
+    let answer = push_to_a(&service, "late", &digest(9), None).await;
     assert_eq!(answer["verdict"], "unpromoted");
     let finding = SqliteStore::open(service.findings_db())
         .unwrap()
@@ -123,27 +139,13 @@ async fn a_promotion_committed_after_the_last_poll_is_found_before_rejecting() {
     let repo = Repo::new(dir.path());
     // The poll would not come for an hour: only refresh-before-reject can
     // see the new commit.
-    let service =
-        Service::start_without_programs(dir.path(), &dir.path().join("unused"), &repo.config("1h"))
-            .await;
+    let service = Service::start_from_git(dir.path(), &repo.config("1h")).await;
     repo.images("a", &[(digest(1), "1.0"), (digest(6), "5.0")]);
     repo.commit("promote a 5.0");
-    let answer = service
-        .push_gcr(
-            "just-merged",
-            &json!({"action": "INSERT",
-        "digest": format!("a.example/prod/app@{}", digest(6)), "tag": "a.example/prod/app:5.0"}),
-        )
-        .await;
+    let answer = push_to_a(&service, "just-merged", &digest(6), Some("5.0")).await;
     assert_eq!(answer["verdict"], "promoted", "{}", service.log());
     // What no commit explains is still reported.
-    let answer = service
-        .push_gcr(
-            "stray",
-            &json!({"action": "INSERT",
-        "digest": format!("a.example/prod/app@{}", digest(7))}),
-        )
-        .await;
+    let answer = push_to_a(&service, "stray", &digest(7), None).await;
     assert_eq!(answer["verdict"], "unpromoted");
 }
 
@@ -151,9 +153,7 @@ async fn a_promotion_committed_after_the_last_poll_is_found_before_rejecting() {
 async fn audits_never_fail_nor_see_a_torn_index_while_reloads_happen() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path());
-    let service =
-        Service::start_without_programs(dir.path(), &dir.path().join("unused"), &repo.config("1h"))
-            .await;
+    let service = Service::start_from_git(dir.path(), &repo.config("1h")).await;
     let check =
         json!({"references": [format!("a.example/prod/app:1.0@{}", digest(1))]}).to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -201,35 +201,24 @@ async fn audits_never_fail_nor_see_a_torn_index_while_reloads_happen() {
             .all(|v| ["promoted", "unpromoted"].contains(v)),
         "{seen:?}"
     );
-    assert_eq!(get(&service, "/readyz").await.1["index"]["generation"], 21);
+    assert_eq!(readyz_index(&service).await["generation"], 21);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watched_directory_is_followed_and_sighup_reloads() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path());
-    let root = repo.dir.join("registry");
-    let service = Service::start(
-        dir.path(),
-        &root,
-        "resolve: false\nreload:\n  watch_interval: 100ms\n",
-    )
-    .await;
-    assert_eq!(
-        get(&service, "/readyz").await.1["index"]["commit"],
-        Value::Null
-    );
+    let service = watching(dir.path(), &repo, "").await;
+    assert_eq!(readyz_index(&service).await["commit"], Value::Null);
     repo.images("b", &[(digest(2), "1.0"), (digest(10), "2.0")]);
     service
         .wait_until("the edit is picked up", || promoted(&service, digest(10)))
         .await;
-    let generation = get(&service, "/readyz").await.1["index"]["generation"]
-        .as_u64()
-        .unwrap();
+    let generation = readyz_index(&service).await["generation"].as_u64().unwrap();
     service.signal("-HUP");
     service
         .wait_until("SIGHUP rebuilt the index", || async {
-            get(&service, "/readyz").await.1["index"]["generation"].as_u64() == Some(generation + 1)
+            readyz_index(&service).await["generation"].as_u64() == Some(generation + 1)
         })
         .await;
 }
@@ -239,13 +228,8 @@ async fn a_hostile_commit_keeps_the_last_good_index_and_is_reported_once() {
     const REJECTED: &str = "image_auditor_rejected_requests_total{reason=\"manifest_entries\"}";
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new(dir.path());
+    let service = watching(dir.path(), &repo, "  limits:\n    max_entries: 40\n").await;
     let root = repo.dir.join("registry");
-    let service = Service::start(
-        dir.path(),
-        &root,
-        "resolve: false\nreload:\n  watch_interval: 100ms\n  limits:\n    max_entries: 40\n",
-    )
-    .await;
 
     // Six symlinks to the root: each would be a whole copy of the tree,
     // nested at every level. Walked once, the set reloads.
@@ -258,7 +242,7 @@ async fn a_hostile_commit_keeps_the_last_good_index_and_is_reported_once() {
             promoted(&service, digest(10))
         })
         .await;
-    let generation = get(&service, "/readyz").await.1["index"]["generation"].clone();
+    let generation = readyz_index(&service).await["generation"].clone();
 
     // Over the entry budget: not loaded at all, however many polls see it.
     // The files land in one rename, so no poll sees a set under budget.

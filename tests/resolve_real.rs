@@ -37,9 +37,9 @@ use image_auditor::registry::{Outcome, RegistryConfig, RequestKind, StatsSnapsho
 use image_auditor::resolve::{Resolver, Summary};
 use support::fault_proxy::{Fault, FaultProxy};
 use support::fixtures::push_event;
-use support::oci::{Desc, Layout, OCI_INDEX};
+use support::oci::{Desc, Layout};
 use support::registry::{
-    Auth, Push, Registry, push_untagged, put_manifest, skopeo_push, skopeo_raw,
+    Push, Registry, Workbench, push_tag, push_untagged, put_tagged, skopeo_push, skopeo_raw,
 };
 use support::{client, stdout_json, test_config};
 
@@ -81,13 +81,13 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
-        let reg = Registry::start(Auth::Anonymous);
-        let work = tempfile::tempdir().unwrap();
-        let mut layout = Layout::create(&work.path().join("layout"));
+        let Workbench {
+            reg,
+            work,
+            mut layout,
+        } = Workbench::start();
         let host = reg.host.clone();
-        let push = |layout: &Layout, tag: &str, repo: &str| {
-            skopeo_push(&layout.dir, tag, &host, repo, Push::default())
-        };
+        let push = |layout: &Layout, tag: &str, repo: &str| push_tag(layout, tag, &host, repo);
 
         let single = layout.image("amd64");
         layout.tag(&single, "single");
@@ -136,14 +136,7 @@ impl Fixture {
         layout.tag(&s390x, "s390x");
         push(&layout, "inner", "staging/nested");
         push(&layout, "s390x", "staging/nested");
-        put_manifest(
-            &host,
-            "staging/nested",
-            "outer",
-            OCI_INDEX,
-            layout.read(&outer),
-        )
-        .await;
+        put_tagged(&host, &layout, "staging/nested", "outer", &outer).await;
 
         let legacy = layout.two_platform_index();
         layout.tag(&legacy[0], "legacy");
@@ -213,6 +206,21 @@ impl Fixture {
 
     fn repo(&self, path: &str) -> Repository {
         self.reg.repo(path)
+    }
+
+    /// Pushes `tag` of the fixture's layout to `repo`.
+    fn push(&self, tag: &str, repo: &str) {
+        push_tag(&self.layout, tag, &self.reg.host, repo);
+    }
+
+    /// A rogue push: a real image that nothing promotes, built in a layout
+    /// of its own and pushed to `repo` under `tag`.
+    fn push_rogue(&self, tag: &str, repo: &str) -> (Layout, Desc) {
+        let mut layout = Layout::create(&self.work.path().join("rogue"));
+        let rogue = layout.image("amd64");
+        layout.tag(&rogue, tag);
+        push_tag(&layout, tag, &self.reg.host, repo);
+        (layout, rogue)
     }
 
     /// Every (event repository, child, promoted parent) the index must
@@ -302,6 +310,27 @@ fn assert_summary(summary: &Summary) {
         (summary.digests, summary.lists, summary.children),
         (PROMOTED, LISTS, LINKS)
     );
+}
+
+/// `result` is of `kind`, final (nothing pending), and its reason says
+/// `phrase`.
+#[track_caller]
+fn assert_final(result: &Audit, kind: VerdictKind, phrase: &str) {
+    let v = &result.verdict;
+    assert_eq!(v.kind, kind, "{v:?}");
+    assert!(v.reason.contains(phrase), "{phrase}: {}", v.reason);
+    assert_eq!(result.pending, None);
+}
+
+/// `result` is `undecided` while `fault` is injected, and its reason says
+/// every one of `phrases`.
+#[track_caller]
+fn assert_undecided_under(fault: &Fault, result: &Audit, phrases: &[&str]) {
+    let v = &result.verdict;
+    assert_eq!(v.kind, VerdictKind::Undecided, "{fault:?}: {v:?}");
+    for phrase in phrases {
+        assert!(v.reason.contains(phrase), "{phrase}: {}", v.reason);
+    }
 }
 
 /// Every child at every destination is `promoted_child`, with the promoted
@@ -437,16 +466,7 @@ async fn warm_restart_resolves_from_the_cache_and_settles_children_without_reque
 async fn unknown_digest_reads_only_that_images_promoted_digests() {
     let f = Fixture::new().await;
     // A rogue push to a destination: a real image that nothing promotes.
-    let mut rogue_layout = Layout::create(&f.work.path().join("rogue"));
-    let rogue = rogue_layout.image("amd64");
-    rogue_layout.tag(&rogue, "rogue");
-    skopeo_push(
-        &rogue_layout.dir,
-        "rogue",
-        &f.reg.host,
-        "prod-us/multi",
-        Push::default(),
-    );
+    let (_, rogue) = f.push_rogue("rogue", "prod-us/multi");
 
     let resolver = f.resolver("cold");
     let event = push_event(f.repo("prod-us/multi"), &rogue.digest);
@@ -555,16 +575,7 @@ async fn attachments_pushed_by_digest_are_judged_by_their_subject() {
 
     // An SBOM of a rogue image next to `single`: the subject is not
     // promoted there. `single` is resolved already: one GET.
-    let mut rogue_layout = Layout::create(&f.work.path().join("rogue"));
-    let rogue = rogue_layout.image("amd64");
-    rogue_layout.tag(&rogue, "rogue");
-    skopeo_push(
-        &rogue_layout.dir,
-        "rogue",
-        &f.reg.host,
-        "prod-us/single",
-        Push::default(),
-    );
+    let (rogue_layout, rogue) = f.push_rogue("rogue", "prod-us/single");
     let sbom = rogue_layout.attachment(&rogue);
     push_untagged(&f.reg.host, &rogue_layout, "prod-us/single", &sbom).await;
     let event = push_event(f.repo("prod-us/single"), &sbom.digest);
@@ -608,21 +619,11 @@ async fn registry_down_makes_unknown_digests_undecided_never_unpromoted() {
     // Cold cache: the promoted digests of `multi` cannot be read.
     let cold = f.resolver("cold");
     let (_, result) = cold.settle(&f.index(), &event, &policy).await;
-    assert_eq!(
-        result.verdict.kind,
+    assert_final(
+        &result,
         VerdictKind::Undecided,
-        "{:?}",
-        result.verdict
+        "cannot read promoted manifest",
     );
-    assert!(
-        result
-            .verdict
-            .reason
-            .contains("cannot read promoted manifest"),
-        "{}",
-        result.verdict.reason
-    );
-    assert_eq!(result.pending, None);
     let stats = cold.client().stats();
     let host = &f.reg.host;
     // Two digests × three candidate repositories, all on one host: the
@@ -641,21 +642,11 @@ async fn registry_down_makes_unknown_digests_undecided_never_unpromoted() {
     // Warm cache: the lists are known, only the pushed manifest is missing.
     let warm = f.resolver("warm");
     let (_, result) = warm.settle(&f.index(), &event, &policy).await;
-    assert_eq!(
-        result.verdict.kind,
+    assert_final(
+        &result,
         VerdictKind::Undecided,
-        "{:?}",
-        result.verdict
+        "cannot read the pushed manifest",
     );
-    assert!(
-        result
-            .verdict
-            .reason
-            .contains("cannot read the pushed manifest"),
-        "{}",
-        result.verdict.reason
-    );
-    assert_eq!(result.pending, None);
     let stats = warm.client().stats();
     // The failures that mark the host down; no retry after that.
     assert_eq!(
@@ -695,16 +686,7 @@ async fn untrustworthy_answers_make_verdicts_undecided_never_unpromoted() {
 
     // A rogue image under multi's promised tag 1.0 at prod-us, pushed
     // straight to the registry.
-    let mut rogue_layout = Layout::create(&f.work.path().join("rogue"));
-    let rogue = rogue_layout.image("amd64");
-    rogue_layout.tag(&rogue, "1.0");
-    skopeo_push(
-        &rogue_layout.dir,
-        "1.0",
-        &f.reg.host,
-        "prod-us/multi",
-        Push::default(),
-    );
+    let (_, rogue) = f.push_rogue("1.0", "prod-us/multi");
     let rogue_event = Event {
         tag: Some("1.0".parse().unwrap()),
         ..push_event(at("prod-us/multi"), &rogue.digest)
@@ -739,16 +721,8 @@ async fn untrustworthy_answers_make_verdicts_undecided_never_unpromoted() {
         proxy.fault(&multi.to_string(), fault.clone());
         let child = push_event(at("prod-us/multi"), &f.multi[1].digest);
         let (index, result) = resolver.settle(&index, &child, &policy).await;
-        assert_eq!(
-            result.verdict.kind,
-            VerdictKind::Undecided,
-            "{fault:?}: {:?}",
-            result.verdict
-        );
+        assert_undecided_under(&fault, &result, &[&multi.to_string(), "cannot be trusted"]);
         assert_eq!(result.pending, None);
-        let reason = &result.verdict.reason;
-        assert!(reason.contains(&multi.to_string()), "{reason}");
-        assert!(reason.contains("cannot be trusted"), "{reason}");
         let stats = resolver.client().stats();
         assert_eq!(manifest_gets(&stats), 4, "{fault:?}");
         assert_eq!(stats.count(&proxy.host, RequestKind::Manifest, outcome), 1);
@@ -773,15 +747,7 @@ async fn untrustworthy_answers_make_verdicts_undecided_never_unpromoted() {
         proxy.fault(&inner.to_string(), fault.clone());
         let child = push_event(at("prod-eu/nested"), &f.inner_children[0].digest);
         let (index, result) = resolver.settle(&index, &child, &policy).await;
-        assert_eq!(
-            result.verdict.kind,
-            VerdictKind::Undecided,
-            "{fault:?}: {:?}",
-            result.verdict
-        );
-        let reason = &result.verdict.reason;
-        assert!(reason.contains(&outer.to_string()), "{reason}");
-        assert!(reason.contains(&inner.to_string()), "{reason}");
+        assert_undecided_under(&fault, &result, &[&outer.to_string(), &inner.to_string()]);
         assert_eq!((asked(outer), asked(inner)), (1, 3));
         assert_eq!(manifest_gets(&resolver.client().stats()), 8);
 
@@ -805,18 +771,7 @@ async fn untrustworthy_answers_make_verdicts_undecided_never_unpromoted() {
         // promoted image cannot be told, so the push is not called unpromoted.
         proxy.fault(&rogue.digest.to_string(), fault.clone());
         let (_, result) = resolver.settle(&index, &rogue_event, &policy).await;
-        assert_eq!(
-            result.verdict.kind,
-            VerdictKind::Undecided,
-            "{fault:?}: {:?}",
-            result.verdict
-        );
-        assert!(
-            result
-                .verdict
-                .reason
-                .contains("cannot read the pushed manifest")
-        );
+        assert_undecided_under(&fault, &result, &["cannot read the pushed manifest"]);
         assert_eq!(asked(&rogue.digest), 1);
 
         // Read faithfully, it is a plain image: unpromoted, and the verdict
@@ -964,18 +919,14 @@ async fn cli_index_resolve_cold_then_warm_and_check_resolve() {
 /// source must still be asked instead of reporting the digest unreadable.
 #[tokio::test]
 async fn digest_promoted_by_two_projects_is_read_from_either_projects_repositories() {
-    let reg = Registry::start(Auth::Anonymous);
-    let work = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&work.path().join("layout"));
+    let Workbench {
+        reg,
+        work,
+        mut layout,
+    } = Workbench::start();
     let [index, amd64, _] = layout.two_platform_index();
     layout.tag(&index, "v1");
-    skopeo_push(
-        &layout.dir,
-        "v1",
-        &reg.host,
-        "staging-b/real",
-        Push::default(),
-    );
+    push_tag(&layout, "v1", &reg.host, "staging-b/real");
 
     let host = &reg.host;
     let root = work.path().join("manifests");
@@ -1059,46 +1010,22 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
     let tag_reads = || proxy.requests("/manifests/1.0");
 
     // Everything 1.0 will point at is first pushed under tags of its own.
-    let mut rogue_layout = Layout::create(&f.work.path().join("rogue"));
-    let rogue = rogue_layout.image("amd64");
-    rogue_layout.tag(&rogue, "rogue");
-    skopeo_push(
-        &rogue_layout.dir,
-        "rogue",
-        &f.reg.host,
-        "prod-us/multi",
-        Push::default(),
-    );
+    let (rogue_layout, rogue) = f.push_rogue("rogue", "prod-us/multi");
     for tag in ["multi", "multi-v2", "single"] {
-        skopeo_push(
-            &f.layout.dir,
-            tag,
-            &f.reg.host,
-            "prod-us/multi",
-            Push::default(),
-        );
+        f.push(tag, "prod-us/multi");
     }
+    // Moves 1.0, straight at the registry.
+    let point_1_0 = async |layout: &Layout, desc: &Desc| {
+        put_tagged(&f.reg.host, layout, "prod-us/multi", "1.0", desc).await
+    };
     let multi = &f.multi[0].digest;
 
     // 1.0 at its promised digest (a list): promoted, on one HEAD alone.
-    put_manifest(
-        &f.reg.host,
-        "prod-us/multi",
-        "1.0",
-        f.multi[0].media_type,
-        f.layout.read(&f.multi[0]),
-    )
-    .await;
+    point_1_0(&f.layout, &f.multi[0]).await;
     let (index, result) = resolver.settle(&index, &event, &policy).await;
-    let v = &result.verdict;
-    assert_eq!(v.kind, VerdictKind::Promoted, "{v:?}");
-    assert_eq!(result.pending, None);
-    assert!(
-        v.reason.contains(&format!("tag 1.0 points to {multi}")),
-        "{}",
-        v.reason
-    );
-    assert_eq!(v.evidence[0].digest, *multi);
+    let phrase = format!("tag 1.0 points to {multi}");
+    assert_final(&result, VerdictKind::Promoted, &phrase);
+    assert_eq!(result.verdict.evidence[0].digest, *multi);
     assert_eq!(
         (tag_reads(), manifest_gets(&resolver.client().stats())),
         (1, 1)
@@ -1106,14 +1033,7 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
 
     // 1.0 moved to multi's other promoted digest: tag_moved, naming the
     // promise.
-    put_manifest(
-        &f.reg.host,
-        "prod-us/multi",
-        "1.0",
-        f.multi_v2.media_type,
-        f.layout.read(&f.multi_v2),
-    )
-    .await;
+    point_1_0(&f.layout, &f.multi_v2).await;
     let (index, result) = resolver.settle(&index, &event, &policy).await;
     let v = &result.verdict;
     assert_eq!(v.kind, VerdictKind::TagMoved, "{v:?}");
@@ -1131,14 +1051,7 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
 
     // 1.0 moved to content of another image of the same manifest: the
     // digest is explained by its other name, the tag is not.
-    put_manifest(
-        &f.reg.host,
-        "prod-us/multi",
-        "1.0",
-        f.single.media_type,
-        f.layout.read(&f.single),
-    )
-    .await;
+    point_1_0(&f.layout, &f.single).await;
     let (index, result) = resolver.settle(&index, &event, &policy).await;
     assert_eq!(
         result.verdict.kind,
@@ -1154,14 +1067,7 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
     // 1.0 moved to content nobody promoted: unpromoted, naming the broken
     // promise, after reading multi's two promoted digests (is the rogue a
     // child of one?) and the rogue itself (is it an attachment?).
-    put_manifest(
-        &f.reg.host,
-        "prod-us/multi",
-        "1.0",
-        rogue.media_type,
-        rogue_layout.read(&rogue),
-    )
-    .await;
+    point_1_0(&rogue_layout, &rogue).await;
     let (index, result) = resolver.settle(&index, &event, &policy).await;
     let v = &result.verdict;
     assert_eq!(v.kind, VerdictKind::Unpromoted, "{v:?}");
@@ -1226,21 +1132,8 @@ async fn tag_only_insert_is_judged_by_the_digest_the_tag_points_to() {
 #[tokio::test]
 async fn cli_check_resolve_of_a_promised_tag_reads_its_digest() {
     let f = Fixture::new().await;
-    skopeo_push(
-        &f.layout.dir,
-        "multi-v2",
-        &f.reg.host,
-        "prod-us/multi",
-        Push::default(),
-    );
-    put_manifest(
-        &f.reg.host,
-        "prod-us/multi",
-        "2.0",
-        f.multi_v2.media_type,
-        f.layout.read(&f.multi_v2),
-    )
-    .await;
+    f.push("multi-v2", "prod-us/multi");
+    put_tagged(&f.reg.host, &f.layout, "prod-us/multi", "2.0", &f.multi_v2).await;
     let config = f.work.path().join("registry.yaml");
     std::fs::write(&config, "insecure_http_hosts: [\"127.0.0.1\"]\n").unwrap();
     let reference = format!("{}/prod-us/multi:2.0", f.reg.host);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use image_auditor::audit::{Policy, VerdictKind};
-use image_auditor::findings::{FindingQuery, SqliteStore, Store};
+use image_auditor::findings::{Finding, FindingQuery, SqliteStore, Store};
 use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::metrics::Metrics;
@@ -32,8 +32,8 @@ use image_auditor::resolve::Resolver;
 use image_auditor::scan::{self, CheckpointAt, Options, SWEEP_LOCK, Summary};
 use support::oci::{Desc, Layout};
 use support::postgres::Postgres;
-use support::registry::{Auth, Push, Registry, push_untagged, skopeo_push};
-use support::{client, stdout_json, test_config};
+use support::registry::{Auth, Registry, Workbench, push_tag, push_untagged};
+use support::{client, run_ok, stdout_json, test_config};
 
 struct Fixture {
     reg: Registry,
@@ -45,17 +45,32 @@ struct Fixture {
     rogue: Digest,
 }
 
+/// Findings as (verdict, repository, digest, tag), whatever reported them.
 type Expected = BTreeSet<(String, String, Option<String>, Option<String>)>;
+
+/// One row of [`Expected`]: a finding of `digest` in `repository`.
+fn row(
+    verdict: &str,
+    repository: String,
+    digest: &Digest,
+    tag: Option<&str>,
+) -> (String, String, Option<String>, Option<String>) {
+    (
+        verdict.to_owned(),
+        repository,
+        Some(digest.to_string()),
+        tag.map(str::to_owned),
+    )
+}
 
 impl Fixture {
     async fn new() -> Self {
-        let reg = Registry::start(Auth::Anonymous);
-        let work = tempfile::tempdir().unwrap();
-        let mut layout = Layout::create(&work.path().join("layout"));
+        let Workbench {
+            reg,
+            work,
+            mut layout,
+        } = Workbench::start();
         let host = reg.host.clone();
-        let push = |layout: &Layout, tag: &str, repo: &str| {
-            skopeo_push(&layout.dir, tag, &host, repo, Push::default())
-        };
 
         let single = layout.image("amd64");
         let [multi, _, _] = layout.two_platform_index();
@@ -76,7 +91,10 @@ impl Fixture {
         }
         retag_push(&mut layout, &tagged, "v1", &host, "prod-us/partial");
         push_untagged(&host, &layout, "prod-us/partial", &untagged).await;
-        assert_eq!(push(&layout, "rogue", "prod-us/single"), rogue.digest);
+        assert_eq!(
+            push_tag(&layout, "rogue", &host, "prod-us/single"),
+            rogue.digest
+        );
         retag_push(&mut layout, &multi, "extra", &host, "prod-eu/multi");
 
         let manifests = work.path().join("manifest.yaml");
@@ -120,30 +138,29 @@ impl Fixture {
     /// Exactly what the sweep must report: the unexplained content and the
     /// promotions missing from prod-eu.
     fn expected(&self) -> Expected {
-        let s = |v: &str| Some(v.to_owned());
         BTreeSet::from([
-            (
-                "unpromoted".into(),
+            row(
+                "unpromoted",
                 self.repo("prod-us/single"),
-                s(&self.rogue.to_string()),
-                s("rogue"),
+                &self.rogue,
+                Some("rogue"),
             ),
-            (
-                "unlisted_tag".into(),
+            row(
+                "unlisted_tag",
                 self.repo("prod-eu/multi"),
-                s(&self.multi.to_string()),
-                s("extra"),
+                &self.multi,
+                Some("extra"),
             ),
-            (
-                "missing".into(),
+            row(
+                "missing",
                 self.repo("prod-eu/partial"),
-                s(&self.partial_tagged.to_string()),
-                s("v1"),
+                &self.partial_tagged,
+                Some("v1"),
             ),
-            (
-                "missing".into(),
+            row(
+                "missing",
                 self.repo("prod-eu/partial"),
-                s(&self.partial_untagged.to_string()),
+                &self.partial_untagged,
                 None,
             ),
         ])
@@ -164,27 +181,22 @@ fn retag_push(layout: &mut Layout, desc: &Desc, tag: &str, host: &str, repo: &st
     let staged = format!("staging/{name}");
     if !layout.dir.join(format!("pushed-{name}.digest")).exists() {
         layout.tag(desc, &name);
-        let pushed = skopeo_push(&layout.dir, &name, host, &staged, Push::default());
+        let pushed = push_tag(layout, &name, host, &staged);
         assert_eq!(pushed, desc.digest);
     }
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("docker://{host}/{staged}:{name}"))
-        .arg(format!("docker://{host}/{repo}:{tag}"))
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy to {repo}:{tag}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("docker://{host}/{staged}:{name}"))
+            .arg(format!("docker://{host}/{repo}:{tag}"))
+            .stdin(std::process::Stdio::null()),
     );
 }
 
@@ -210,18 +222,28 @@ struct Library {
     store: Arc<SqliteStore>,
 }
 
+/// The pipeline a sweep records through: default policy, resolving with
+/// `client`, recording in `store`.
+fn pipeline(
+    index: &Arc<ArcSwap<Index>>,
+    client: &RegistryClient,
+    store: Arc<SqliteStore>,
+) -> Pipeline {
+    Pipeline::new(
+        index.clone(),
+        Some(Arc::new(Resolver::new(client.clone()))),
+        store,
+        Policy::default(),
+        Arc::new(Metrics::default()),
+        DEFAULT_UNDECIDED_RETRY_FOR,
+    )
+}
+
 fn library(f: &Fixture, db: &Path) -> Library {
     let index = f.index();
     let client = client(test_config(None));
     let store = Arc::new(SqliteStore::open(db).unwrap());
-    let pipeline = Pipeline::new(
-        index.clone(),
-        Some(Arc::new(Resolver::new(client.clone()))),
-        store.clone(),
-        Policy::default(),
-        Arc::new(Metrics::default()),
-        DEFAULT_UNDECIDED_RETRY_FOR,
-    );
+    let pipeline = pipeline(&index, &client, store.clone());
     Library {
         pipeline,
         index,
@@ -254,6 +276,18 @@ fn run_cli(f: &Fixture, args: &[&str]) -> Output {
     run_cli_bare(f, &[&flags[..], args].concat())
 }
 
+/// The JSON `run_cli(f, args)` printed, once it exited with `code`.
+fn scan_json(f: &Fixture, args: &[&str], code: i32) -> serde_json::Value {
+    let out = run_cli(f, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(&out)
+}
+
 /// The command with only `args`: no manifests or registry settings added.
 fn run_cli_bare(f: &Fixture, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_image-auditor"))
@@ -264,6 +298,20 @@ fn run_cli_bare(f: &Fixture, args: &[&str]) -> Output {
         .env_remove("IMAGE_AUDITOR_DATA_DIR")
         .output()
         .unwrap()
+}
+
+/// The findings rows of a store, as [`Expected`] states them.
+fn stored_findings(rows: &[Finding]) -> Expected {
+    rows.iter()
+        .map(|r| {
+            (
+                r.verdict.as_str().to_owned(),
+                r.repository.as_ref().unwrap().to_string(),
+                r.digest.as_ref().map(ToString::to_string),
+                r.tag.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect()
 }
 
 fn json_findings(v: &serde_json::Value) -> Expected {
@@ -288,14 +336,7 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
     let f = Fixture::new().await;
     let us = f.repo("prod-us");
     let eu = f.repo("prod-eu");
-    let first = run_cli(&f, &["scan", &us, &eu, "--json"]);
-    assert_eq!(
-        first.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-    let s = stdout_json(&first);
+    let s = scan_json(&f, &["scan", &us, &eu, "--json"], 1);
     assert_eq!(json_findings(&s), f.expected(), "{s:#}");
     assert_eq!(s["complete"], true);
     assert_eq!(s["repositories"], 6, "{s:#}");
@@ -314,29 +355,12 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
     // The findings are the rows serve alerts from.
     let store = SqliteStore::open(f.work.path().join("data/findings.sqlite")).unwrap();
     let rows = store.findings(&FindingQuery::default()).unwrap();
-    let stored: Expected = rows
-        .iter()
-        .map(|r| {
-            (
-                r.verdict.as_str().to_owned(),
-                r.repository.as_ref().unwrap().to_string(),
-                r.digest.as_ref().map(ToString::to_string),
-                r.tag.as_ref().map(ToString::to_string),
-            )
-        })
-        .collect();
+    let stored = stored_findings(&rows);
     assert_eq!(stored, f.expected());
     assert!(rows.iter().all(|r| r.source.as_str() == "scan"));
 
     // A second sweep sees the same content: duplicates, no new finding.
-    let second = run_cli(&f, &["scan", &us, &eu, "--json"]);
-    assert_eq!(
-        second.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
-    let s2 = stdout_json(&second);
+    let s2 = scan_json(&f, &["scan", &us, &eu, "--json"], 0);
     assert!(json_findings(&s2).is_empty(), "{s2:#}");
     assert_eq!(s2["duplicates"], 9, "{s2:#}");
     assert_eq!(
@@ -368,21 +392,13 @@ async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
     let file = baseline.to_str().unwrap();
     let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
 
-    let first = run_cli(
+    let to_baseline = ["scan", &us, &eu, "--baseline", file, "--baseline-owner"];
+
+    let s = scan_json(
         &f,
-        &[
-            "scan",
-            &us,
-            &eu,
-            "--baseline",
-            file,
-            "--baseline-owner",
-            "platform-team",
-            "--json",
-        ],
+        &[&to_baseline[..], &["platform-team", "--json"]].concat(),
+        0,
     );
-    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
-    let s = stdout_json(&first);
     assert_eq!(json_findings(&s["summary"]), f.expected(), "{s:#}");
     // One entry per repository and verdict, split only where one entry
     // would accept more than was found (prod-eu/partial: a tagged and an
@@ -404,18 +420,7 @@ async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
         String::from_utf8_lossy(&valid.stdout)
     );
     assert!(String::from_utf8_lossy(&valid.stdout).contains("exceptions: 4 entries in 1 file(s)"));
-    let again = run_cli(
-        &f,
-        &[
-            "scan",
-            &us,
-            &eu,
-            "--baseline",
-            file,
-            "--baseline-owner",
-            "x",
-        ],
-    );
+    let again = run_cli(&f, &[&to_baseline[..], &["x"]].concat());
     assert_eq!(again.status.code(), Some(2));
     assert!(
         stderr(&again).contains("already exists"),
@@ -424,9 +429,7 @@ async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
     );
 
     // With the file: every finding recorded, each excepted by its entry.
-    let quiet = run_cli(&f, &["--exceptions", file, "scan", &us, &eu, "--json"]);
-    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
-    let s2 = stdout_json(&quiet);
+    let s2 = scan_json(&f, &["--exceptions", file, "scan", &us, &eu, "--json"], 0);
     assert!(json_findings(&s2).is_empty(), "{s2:#}");
     assert_eq!(s2["excepted"], 4, "{s2:#}");
     let store = SqliteStore::open(f.work.path().join("data/findings.sqlite")).unwrap();
@@ -456,26 +459,17 @@ async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
     );
 
     // A rogue push after the baseline: the same tag, new content. Alerts.
-    let layout = Layout::create(&f.work.path().join("layout-late"));
-    let mut layout = layout;
+    let mut layout = Layout::create(&f.work.path().join("layout-late"));
     let late = layout.image("amd64");
     layout.tag(&late, "rogue");
-    let pushed = skopeo_push(
-        &layout.dir,
-        "rogue",
-        &f.reg.host,
-        "prod-us/single",
-        Push::default(),
-    );
+    let pushed = push_tag(&layout, "rogue", &f.reg.host, "prod-us/single");
     assert_eq!(pushed, late.digest);
-    let third = run_cli(&f, &["--exceptions", file, "scan", &us, &eu, "--json"]);
-    assert_eq!(third.status.code(), Some(1), "{}", stderr(&third));
-    let s3 = stdout_json(&third);
-    let want: Expected = BTreeSet::from([(
-        "unpromoted".to_owned(),
+    let s3 = scan_json(&f, &["--exceptions", file, "scan", &us, &eu, "--json"], 1);
+    let want: Expected = BTreeSet::from([row(
+        "unpromoted",
         f.repo("prod-us/single"),
-        Some(late.digest.to_string()),
-        Some("rogue".to_owned()),
+        &late.digest,
+        Some("rogue"),
     )]);
     assert_eq!(json_findings(&s3), want, "{s3:#}");
     assert_eq!(s3["excepted"], 0, "the rest was recorded before: {s3:#}");
@@ -509,11 +503,11 @@ async fn default_targets_are_every_destination_and_catalog_adds_unnamed_reposito
         )
         .await;
     // Only the stray image is new; everything else was recorded before.
-    let stray_finding = (
-        "unpromoted".to_owned(),
+    let stray_finding = row(
+        "unpromoted",
         f.repo("prod-us/stray"),
-        Some(stray.digest.to_string()),
-        Some("latest".to_owned()),
+        &stray.digest,
+        Some("latest"),
     );
     assert_eq!(found(&with), BTreeSet::from([stray_finding]));
     assert_eq!(with.repositories, 7);
@@ -591,14 +585,7 @@ async fn listing_follows_pagination_with_a_small_page_size() {
     let set = manifest::load(&manifests).unwrap();
     let index = Arc::new(ArcSwap::from_pointee(Index::build(&set, 1)));
     let store = Arc::new(SqliteStore::open(work.path().join("f.sqlite")).unwrap());
-    let pipeline = Pipeline::new(
-        index.clone(),
-        Some(Arc::new(Resolver::new(client.clone()))),
-        store,
-        Policy::default(),
-        Arc::new(Metrics::default()),
-        DEFAULT_UNDECIDED_RETRY_FOR,
-    );
+    let pipeline = pipeline(&index, &client, store);
     let options = Options {
         catalog: true,
         page_size: 2,
@@ -994,16 +981,6 @@ async fn serve_sweeps_at_startup_with_the_same_findings() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     };
-    let stored: Expected = stored
-        .iter()
-        .map(|r| {
-            (
-                r.verdict.as_str().to_owned(),
-                r.repository.as_ref().unwrap().to_string(),
-                r.digest.as_ref().map(ToString::to_string),
-                r.tag.as_ref().map(ToString::to_string),
-            )
-        })
-        .collect();
+    let stored = stored_findings(&stored);
     assert_eq!(stored, f.expected(), "{}", service.log());
 }

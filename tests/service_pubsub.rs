@@ -14,9 +14,8 @@ use image_auditor::event::{EventId, Source};
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use support::fixtures::{A, B, C, one_project, write_project};
-use support::oci::Layout;
 use support::pubsub::{Fixture, PROJECT};
-use support::registry::{Auth, Push, Registry, skopeo_push};
+use support::registry::{Workbench, push_tag};
 use support::service::Service;
 
 const US: &str = "us-docker.pkg.dev/prod/demo";
@@ -257,15 +256,13 @@ async fn sigterm_mid_stream_drains_and_loses_nothing() {
 /// and the events pulled from the emulator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulled_children_are_promoted_after_resolution_against_a_real_registry() {
-    let registry = Registry::start(Auth::Anonymous);
-    let host = registry.host.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let mut layout = Layout::create(&dir.path().join("layout"));
+    let mut bench = Workbench::start();
+    let (host, dir, layout) = (&bench.reg.host, &bench.work, &mut bench.layout);
     let [index, amd64, arm64] = layout.two_platform_index();
     layout.tag(&index, "1.0");
     let stray = layout.image("amd64");
     layout.tag(&stray, "stray");
-    let push = |tag: &str, repo: &str| skopeo_push(&layout.dir, tag, &host, repo, Push::default());
+    let push = |tag: &str, repo: &str| push_tag(layout, tag, host, repo);
     assert_eq!(push("1.0", "staging/app"), index.digest);
     assert_eq!(push("1.0", "prod/app"), index.digest);
     assert_eq!(push("stray", "prod/app"), stray.digest);

@@ -5,13 +5,19 @@
 
 use crate::support::payloads;
 
-use image_auditor::event::{Action, Source};
+use image_auditor::event::{Action, Event, Source};
 use image_auditor::sources::webhook::{IgnoreReason, ecr};
 use payloads::*;
 use serde_json::{Value, json};
 
 const ECR_ID: &str = "0e6f9c2a-7b1d-4c3e-8f5a-2d4b6c8e0a1f";
 const ECR_REPO: &str = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/apps/api";
+
+/// The event of `ecr_push()`'s image (`D2` in `ECR_REPO`) as an `action`
+/// under `tag`.
+fn api_event(action: Action, tag: Option<&str>) -> Event {
+    event(Source::Ecr, ECR_ID, action, ECR_REPO, Some(D2), tag)
+}
 
 #[test]
 fn ecr_push_is_one_insert_under_the_account_registry() {
@@ -20,14 +26,7 @@ fn ecr_push_is_one_insert_under_the_account_registry() {
     assert!(parsed.ignored.is_empty() && parsed.reply.is_none());
     assert_delivery(
         &parsed.deliveries[0],
-        &event(
-            Source::Ecr,
-            ECR_ID,
-            Action::Insert,
-            ECR_REPO,
-            Some(D2),
-            Some("v1.4.2"),
-        ),
+        &api_event(Action::Insert, Some("v1.4.2")),
     );
 }
 
@@ -38,29 +37,12 @@ fn ecr_delete_and_untagged_push() {
     let parsed = run(ecr::parse, &body, None);
     assert_delivery(
         &parsed.deliveries[0],
-        &event(
-            Source::Ecr,
-            ECR_ID,
-            Action::Delete,
-            ECR_REPO,
-            Some(D2),
-            Some("v1.4.2"),
-        ),
+        &api_event(Action::Delete, Some("v1.4.2")),
     );
     let mut body = ecr_push();
     body["detail"].as_object_mut().unwrap().remove("image-tag");
     let parsed = run(ecr::parse, &body, None);
-    assert_delivery(
-        &parsed.deliveries[0],
-        &event(
-            Source::Ecr,
-            ECR_ID,
-            Action::Insert,
-            ECR_REPO,
-            Some(D2),
-            None,
-        ),
-    );
+    assert_delivery(&parsed.deliveries[0], &api_event(Action::Insert, None));
 }
 
 #[test]
@@ -77,19 +59,13 @@ fn ecr_failure_is_ignored_as_failed() {
 #[test]
 fn ecr_configured_registry_wins_and_china_has_its_own_domain() {
     let parsed = run(ecr::parse, &ecr_push(), Some("ecr.internal.example"));
-    let Ok(e) = &parsed.deliveries[0].decoded else {
-        panic!("{:?}", parsed.deliveries[0]);
-    };
-    assert_eq!(e.repository.as_str(), "ecr.internal.example/apps/api");
+    assert_eq!(first_repository(&parsed), "ecr.internal.example/apps/api");
 
     let mut body = ecr_push();
     body["region"] = json!("cn-north-1");
     let parsed = run(ecr::parse, &body, None);
-    let Ok(e) = &parsed.deliveries[0].decoded else {
-        panic!("{:?}", parsed.deliveries[0]);
-    };
     assert_eq!(
-        e.repository.as_str(),
+        first_repository(&parsed),
         "111122223333.dkr.ecr.cn-north-1.amazonaws.com.cn/apps/api"
     );
 }

@@ -6,7 +6,7 @@
 
 use crate::support::payloads;
 
-use image_auditor::event::{Action, Source};
+use image_auditor::event::{Action, Event, Source};
 use image_auditor::sources::webhook::{IgnoreReason, harbor};
 use payloads::*;
 use serde_json::{Value, json};
@@ -23,28 +23,33 @@ fn harbor_id(kind: &str, occur_at: &str, repo: &str, digest: &str, tag: &str) ->
     format!("harbor:{}", hex::encode(sha2::Sha256::digest(&text)))
 }
 
+/// The id derived for a `kind` event of `harbor_push()`'s repository and
+/// time, about `digest` and `tag`.
+fn worker_id(kind: &str, digest: &str, tag: &str) -> String {
+    harbor_id(kind, "1772446530", "payments/worker", digest, tag)
+}
+
+/// The event of `harbor_push()`'s one resource (worker, `D1`, `v2.0.0`)
+/// as a `kind` delivery.
+fn worker_event(kind: &str, action: Action) -> Event {
+    event(
+        Source::Harbor,
+        &worker_id(kind, D1, "v2.0.0"),
+        action,
+        "harbor.internal/payments/worker",
+        Some(D1),
+        Some("v2.0.0"),
+    )
+}
+
 #[test]
 fn harbor_default_push_is_one_insert_with_a_derived_id() {
     let parsed = run(harbor::parse, &harbor_push(), None);
     assert_eq!(parsed.deliveries.len(), 1);
     assert!(parsed.ignored.is_empty() && parsed.reply.is_none());
-    let id = harbor_id(
-        "PUSH_ARTIFACT",
-        "1772446530",
-        "payments/worker",
-        D1,
-        "v2.0.0",
-    );
     assert_delivery(
         &parsed.deliveries[0],
-        &event(
-            Source::Harbor,
-            &id,
-            Action::Insert,
-            "harbor.internal/payments/worker",
-            Some(D1),
-            Some("v2.0.0"),
-        ),
+        &worker_event("PUSH_ARTIFACT", Action::Insert),
     );
 }
 
@@ -53,23 +58,9 @@ fn harbor_default_delete_is_a_delete() {
     let mut body = harbor_push();
     body["type"] = json!("DELETE_ARTIFACT");
     let parsed = run(harbor::parse, &body, None);
-    let id = harbor_id(
-        "DELETE_ARTIFACT",
-        "1772446530",
-        "payments/worker",
-        D1,
-        "v2.0.0",
-    );
     assert_delivery(
         &parsed.deliveries[0],
-        &event(
-            Source::Harbor,
-            &id,
-            Action::Delete,
-            "harbor.internal/payments/worker",
-            Some(D1),
-            Some("v2.0.0"),
-        ),
+        &worker_event("DELETE_ARTIFACT", Action::Delete),
     );
 }
 
@@ -105,7 +96,7 @@ fn harbor_tag_equal_to_the_digest_means_untagged() {
         let mut body = harbor_push();
         body["event_data"]["resources"][0] = json!({"digest": D1, "tag": D1, "resource_url": url});
         let parsed = run(harbor::parse, &body, None);
-        let id = harbor_id("PUSH_ARTIFACT", "1772446530", "payments/worker", D1, D1);
+        let id = worker_id("PUSH_ARTIFACT", D1, D1);
         assert_delivery(
             &parsed.deliveries[0],
             &event(
@@ -125,7 +116,7 @@ fn harbor_tag_holding_another_digest_is_malformed() {
     let mut body = harbor_push();
     body["event_data"]["resources"][0]["tag"] = json!(D2);
     let parsed = run(harbor::parse, &body, None);
-    let id = harbor_id("PUSH_ARTIFACT", "1772446530", "payments/worker", D1, D2);
+    let id = worker_id("PUSH_ARTIFACT", D1, D2);
     assert_malformed(
         &parsed.deliveries[0],
         Source::Harbor,
@@ -141,11 +132,8 @@ fn harbor_configured_registry_replaces_the_url_host() {
         &harbor_push(),
         Some("registry.example.com/mirror"),
     );
-    let Ok(e) = &parsed.deliveries[0].decoded else {
-        panic!("{:?}", parsed.deliveries[0]);
-    };
     assert_eq!(
-        e.repository.as_str(),
+        first_repository(&parsed),
         "registry.example.com/mirror/payments/worker"
     );
 }
@@ -218,31 +206,12 @@ fn harbor_bad_digest_in_one_resource_leaves_the_other() {
     assert_eq!(parsed.deliveries.len(), 2);
     assert_delivery(
         &parsed.deliveries[0],
-        &event(
-            Source::Harbor,
-            &harbor_id(
-                "PUSH_ARTIFACT",
-                "1772446530",
-                "payments/worker",
-                D1,
-                "v2.0.0",
-            ),
-            Action::Insert,
-            "harbor.internal/payments/worker",
-            Some(D1),
-            Some("v2.0.0"),
-        ),
+        &worker_event("PUSH_ARTIFACT", Action::Insert),
     );
     assert_malformed(
         &parsed.deliveries[1],
         Source::Harbor,
-        &harbor_id(
-            "PUSH_ARTIFACT",
-            "1772446530",
-            "payments/worker",
-            "sha256:ABC",
-            "v2.0.1",
-        ),
+        &worker_id("PUSH_ARTIFACT", "sha256:ABC", "v2.0.1"),
         &["event_data.resources[1].digest", "sha256:ABC"],
     );
 }

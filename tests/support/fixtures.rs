@@ -83,6 +83,21 @@ pub fn regions_root(dir: &Path, digest: &str, regions: usize) -> PathBuf {
     )
 }
 
+/// Writes `file`, a plain-layout manifest (registries and images in one
+/// file) promoting `app` (`digest` as 1.0) from `source` to `destination`,
+/// creating its directory.
+pub fn write_plain_manifest(file: &Path, source: &str, destination: &str, digest: &str) {
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(
+        file,
+        format!(
+            "registries:\n- name: {source}\n  src: true\n- name: {destination}\n\
+             images:\n- name: app\n  dmap:\n    \"{digest}\": [\"1.0\"]\n"
+        ),
+    )
+    .unwrap();
+}
+
 /// A push (`insert`) of `digest` to `repository`, as the CLI reports one.
 pub fn push_event(repository: Repository, digest: &Digest) -> Event {
     Event {

@@ -4,6 +4,7 @@
 
 pub mod alertmanager;
 pub mod browser;
+pub mod command;
 pub mod decisions;
 pub mod fault_proxy;
 pub mod fixtures;
@@ -18,9 +19,12 @@ pub mod registry;
 pub mod service;
 pub mod tcp_cut;
 pub mod token;
+pub mod watchdog;
+
+pub use command::run_ok;
 
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use image_auditor::registry::{RateLimit, RegistryClient, RegistryConfig};

@@ -96,6 +96,15 @@ pub fn assert_malformed(delivery: &Decoded, source: Source, id: &str, phrases: &
     }
 }
 
+/// The repository of the first delivery's event, which must have decoded.
+#[track_caller]
+pub fn first_repository(parsed: &Parsed) -> &str {
+    match &parsed.deliveries[0].decoded {
+        Ok(e) => e.repository.as_str(),
+        Err(_) => panic!("{:?}", parsed.deliveries[0]),
+    }
+}
+
 pub fn ignored(id: &str, why: IgnoreReason) -> Ignored {
     Ignored { id: id.into(), why }
 }

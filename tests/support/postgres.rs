@@ -12,14 +12,15 @@
 //! Readiness is `pg_isready`, polled.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::registry::free_port;
+use super::run_ok;
+use super::watchdog::Watched;
 
 /// Who owns and runs the test clusters when the tests run as root.
 pub const UNPRIVILEGED_USER: &str = "image-auditor-test";
@@ -38,15 +39,8 @@ pub struct Postgres {
     user: Option<&'static str>,
     /// fsync and full-page writes on (see [`Postgres::start_durable`]).
     durable: bool,
-    running: Option<Running>,
+    running: Option<Watched>,
     dir: tempfile::TempDir,
-}
-
-struct Running {
-    watchdog: Child,
-    /// Closing it makes the watchdog stop the server.
-    stdin: Option<ChildStdin>,
-    pid: u32,
 }
 
 impl Postgres {
@@ -57,8 +51,7 @@ impl Postgres {
         SHARED.get_or_init(Postgres::start)
     }
 
-    /// A new cluster, started, with fsync off (tests need no durability).
-    /// Panics with the log when it does not start.
+    /// A new cluster, started. Panics with the log when it does not start.
     pub fn start() -> Postgres {
         Self::start_with(false)
     }
@@ -75,13 +68,15 @@ impl Postgres {
         let user = running_as_root().then(ensure_unprivileged_user);
         let dir = tempfile::tempdir().unwrap();
         if let Some(user) = user {
-            run(Command::new("chown").arg(user).arg(dir.path()));
+            run_ok(Command::new("chown").arg(user).arg(dir.path()));
         }
         let data = dir.path().join("data");
-        run(as_user(user, &bin.join("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"]));
+        run_ok(
+            as_user(user, &bin.join("initdb"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync"]),
+        );
         let mut pg = Postgres {
             port: 0,
             socket_dir: dir.path().to_path_buf(),
@@ -118,8 +113,8 @@ impl Postgres {
     /// until it has exited.
     pub fn stop(&mut self) {
         if let Some(mut running) = self.running.take() {
-            drop(running.stdin.take());
-            let _ = running.watchdog.wait();
+            running.close();
+            running.wait();
         }
     }
 
@@ -137,33 +132,17 @@ impl Postgres {
             kill -INT "$pid" 2>/dev/null
             wait "$pid"
         "#;
-        let mut watchdog = as_user(self.user, Path::new("sh"))
-            .arg("-c")
-            .arg(script)
-            .arg(self.bin.join("postgres"))
-            .arg(&self.data)
-            .arg(self.port.to_string())
-            .arg(&self.socket_dir)
-            .arg(&self.log)
-            .arg(if self.durable { "on" } else { "off" })
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run sh: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(watchdog.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let pid: u32 = line
-            .trim()
-            .parse()
-            .map_err(|_| format!("watchdog printed {line:?}"))?;
-        self.running = Some(Running {
-            stdin: watchdog.stdin.take(),
-            watchdog,
-            pid,
-        });
+        self.running = Some(Watched::spawn(
+            as_user(self.user, Path::new("sh"))
+                .arg("-c")
+                .arg(script)
+                .arg(self.bin.join("postgres"))
+                .arg(&self.data)
+                .arg(self.port.to_string())
+                .arg(&self.socket_dir)
+                .arg(&self.log)
+                .arg(if self.durable { "on" } else { "off" }),
+        )?);
         let started = Instant::now();
         loop {
             if self.ready() {
@@ -192,11 +171,7 @@ impl Postgres {
     }
 
     fn alive(&self) -> bool {
-        self.running.as_ref().is_some_and(|r| {
-            // A zombie (state Z) has exited: the watchdog only reaps it later.
-            std::fs::read_to_string(format!("/proc/{}/stat", r.pid))
-                .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
-        })
+        self.running.as_ref().is_some_and(Watched::server_alive)
     }
 
     /// A connection URL over loopback TCP.
@@ -225,26 +200,21 @@ impl Postgres {
     /// Runs `sql` with `psql` in `database`; its output (unaligned, tuples
     /// only). Panics when it fails.
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-            ])
-            .args(["-U", SUPERUSER, "-p"])
-            .arg(self.port.to_string())
-            .args(["-d", database, "-c", sql])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "psql {sql:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            Command::new(self.bin.join("psql"))
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .args(["-U", SUPERUSER, "-p"])
+                .arg(self.port.to_string())
+                .args(["-d", database, "-c", sql]),
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
@@ -327,14 +297,4 @@ fn as_user(user: Option<&str>, program: &Path) -> Command {
             c
         }
     }
-}
-
-fn run(command: &mut Command) {
-    let out = command.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{command:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

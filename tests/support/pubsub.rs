@@ -14,19 +14,22 @@
 //! across a stream restart on the same subscription.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
+
 use image_auditor::event::EndpointName;
 use image_auditor::pubsub::{Target, subscription_name, topic_name};
 use image_auditor::sources::pubsub_pull::PullConfig;
+
+use super::watchdog::Watched;
 
 pub const EMULATOR: &str =
     "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator";
@@ -38,10 +41,8 @@ pub struct Emulator {
     /// `127.0.0.1:PORT`, the `PUBSUB_EMULATOR_HOST` form.
     pub host: String,
     pub log: PathBuf,
-    watchdog: Child,
-    /// Closing it makes the watchdog kill the emulator.
-    stdin: Option<ChildStdin>,
-    java_pid: u32,
+    /// The JVM, under its watchdog.
+    java: Watched,
     _dir: tempfile::TempDir,
 }
 
@@ -84,31 +85,18 @@ impl Emulator {
             kill "$pid" 2>/dev/null
             wait "$pid"
         "#;
-        let mut watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .arg(EMULATOR)
-            .arg(port.to_string())
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run sh: {e}"))?;
-        let mut line = String::new();
-        BufReader::new(watchdog.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
-        let java_pid: u32 = line
-            .trim()
-            .parse()
-            .map_err(|_| format!("watchdog printed {line:?}"))?;
+        let java = Watched::spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .arg(EMULATOR)
+                .arg(port.to_string())
+                .arg(&log),
+        )?;
         let emulator = Emulator {
             host: format!("127.0.0.1:{port}"),
             log,
-            stdin: watchdog.stdin.take(),
-            watchdog,
-            java_pid,
+            java,
             _dir: dir,
         };
         let started = Instant::now();
@@ -116,7 +104,7 @@ impl Emulator {
             if emulator.answers() {
                 return Ok(emulator);
             }
-            if !emulator.java_alive() || started.elapsed() > START_DEADLINE {
+            if !emulator.java.server_alive() || started.elapsed() > START_DEADLINE {
                 return Err(format!(
                     "port {port}, after {:?}; log tail:\n{}",
                     started.elapsed(),
@@ -155,12 +143,6 @@ impl Emulator {
         s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
     }
 
-    fn java_alive(&self) -> bool {
-        // A zombie (state Z) has exited: the watchdog only reaps it later.
-        std::fs::read_to_string(format!("/proc/{}/stat", self.java_pid))
-            .is_ok_and(|stat| !stat.rsplit(") ").next().unwrap_or("").starts_with('Z'))
-    }
-
     /// The last `lines` lines of the emulator's log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -179,12 +161,12 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        drop(self.stdin.take());
+        self.java.close();
         let _ = Command::new("kill")
-            .arg(self.java_pid.to_string())
+            .arg(self.java.pid.to_string())
             .stderr(Stdio::null())
             .status();
-        let _ = self.watchdog.wait();
+        self.java.wait();
     }
 }
 

@@ -228,6 +228,30 @@ pub fn skopeo_push(layout: &Path, tag: &str, host: &str, repo: &str, opts: Push<
         .unwrap()
 }
 
+/// [`skopeo_push`] with the default options: `tag` of `layout`, digests
+/// preserved, to an anonymous registry.
+pub fn push_tag(layout: &Layout, tag: &str, host: &str, repo: &str) -> Digest {
+    skopeo_push(&layout.dir, tag, host, repo, Push::default())
+}
+
+/// A real anonymous registry and a scratch directory with an empty OCI
+/// layout in `<work>/layout`: what a test builds images in and pushes from.
+/// Keep `work` bound while the layout is used: dropping it deletes the layout.
+pub struct Workbench {
+    pub reg: Registry,
+    pub work: tempfile::TempDir,
+    pub layout: Layout,
+}
+
+impl Workbench {
+    pub fn start() -> Self {
+        let reg = Registry::start(Auth::Anonymous);
+        let work = tempfile::tempdir().unwrap();
+        let layout = Layout::create(&work.path().join("layout"));
+        Workbench { reg, work, layout }
+    }
+}
+
 /// The manifest bytes the registry stores for `reference`, read by skopeo
 /// (an independent client), so tests do not check the client with itself.
 pub fn skopeo_raw(reference: &str, creds: Option<&str>) -> Vec<u8> {
@@ -297,6 +321,12 @@ pub async fn put_manifest(host: &str, repo: &str, tag: &str, media_type: &str, b
         "PUT {url}: {status} {}",
         response.text().await.unwrap_or_default()
     );
+}
+
+/// PUTs the manifest of `desc`, written in `layout`, to `repo` under `tag`
+/// (moving the tag if it exists).
+pub async fn put_tagged(host: &str, layout: &Layout, repo: &str, tag: &str, desc: &Desc) {
+    put_manifest(host, repo, tag, desc.media_type, layout.read(desc)).await;
 }
 
 /// `DELETE /v2/<repo>/manifests/<digest>` (the registry enables deletes).

@@ -53,6 +53,13 @@ impl Service {
         Self::start_with(free_port(), dir, manifests, "", extra, Some(empty)).await
     }
 
+    /// [`Service::start_without_programs`] for a service whose `extra`
+    /// config reads the manifests from git (`manifests_git`): the local
+    /// manifests path names nothing and is never read.
+    pub async fn start_from_git(dir: &Path, extra: &str) -> Service {
+        Self::start_without_programs(dir, &dir.join("unused"), extra).await
+    }
+
     async fn start_with(
         port: u16,
         dir: &Path,

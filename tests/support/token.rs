@@ -13,6 +13,8 @@ use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use super::run_ok;
+
 pub const SERVICE: &str = "test-registry";
 pub const ISSUER: &str = "test-issuer";
 
@@ -180,17 +182,7 @@ fn sign(key: &Path, data: &[u8]) -> Vec<u8> {
 
 /// Runs the `openssl` CLI; its stdout.
 pub fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    run_ok(Command::new("openssl").args(args).stdin(Stdio::null())).stdout
 }
 
 fn path_str(p: &Path) -> &str {
