@@ -24,7 +24,7 @@ pub mod watchdog;
 pub use command::run_ok;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use image_auditor::registry::{RateLimit, RegistryClient, RegistryConfig};
