@@ -1,10 +1,20 @@
 //! Tokens in the configuration: written in the file (`token`) or named by
 //! an environment variable (`token_env`), never both. The admin endpoints
 //! and every webhook endpoint read theirs here, so both refuse the same
-//! mistakes with the same words.
+//! mistakes with the same words; and the token a request presents, read
+//! from its `Authorization` header one way for admin, webhooks and triage.
 
 /// Shortest token accepted: anyone who can reach the port may guess.
 pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in
+/// any case), as bytes: callers compare it in constant time.
+pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    authorization
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map(|_| &authorization[7..])
+}
 
 /// Why a configured token cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +52,14 @@ mod tests {
     use super::*;
 
     const LONG: &str = "0123456789abcdef";
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bEARER abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearer"), None);
+    }
 
     #[test]
     fn a_token_comes_from_exactly_one_place_and_is_long_enough() {

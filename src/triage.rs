@@ -214,7 +214,10 @@ impl TriageAccess {
                 "triage is disabled: configure triage.tokens or triage.oidc".into(),
             ));
         }
-        let Some(presented) = bearer(headers) else {
+        let Some(presented) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| crate::secret::bearer(v.as_bytes()))
+        else {
             return Err(refuse(
                 StatusCode::UNAUTHORIZED,
                 "triage needs `Authorization: Bearer <token>`".into(),
@@ -242,13 +245,6 @@ impl TriageAccess {
             "the bearer token is not one of triage.tokens".into(),
         ))
     }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
-    v.get(..7)
-        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-        .map(|_| &v[7..])
 }
 
 /// A token bucket that refuses rather than waits.

@@ -80,12 +80,7 @@ impl AdminAccess {
         };
         let presented = headers
             .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes())
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-                    .map(|_| &v[7..])
-            });
+            .and_then(|v| crate::secret::bearer(v.as_bytes()));
         match presented {
             Some(p) if bool::from(subtle::ConstantTimeEq::ct_eq(p, &expected[..])) => Ok(()),
             _ => Err((

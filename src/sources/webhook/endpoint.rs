@@ -216,10 +216,7 @@ impl Endpoints {
         authorization: Option<&[u8]>,
     ) -> Option<&Endpoint> {
         let presented = authorization?;
-        let bearer = presented
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
-            .map(|_| &presented[7..]);
+        let bearer = crate::secret::bearer(presented);
         let endpoints = self
             .by_kind
             .iter()
