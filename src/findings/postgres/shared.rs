@@ -42,6 +42,10 @@ impl HeldLock for SessionLock {
     }
 }
 
+/// An alert of `fact` is no longer in flight at `sink`: recorded as sent,
+/// or refused (both settle it the same way).
+const SETTLE_IN_FLIGHT: &str = "DELETE FROM alerts_in_flight WHERE sink = $1 AND fact = $2";
+
 impl PostgresStore {
     pub(super) fn try_lock_named(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
         self.block_on(async {
@@ -124,12 +128,9 @@ impl PostgresStore {
             )
             .await
             .map_err(|e| self.pg(e))?;
-            tx.execute(
-                "DELETE FROM alerts_in_flight WHERE sink = $1 AND fact = $2",
-                &[&sink, &alert.fact],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
+            tx.execute(SETTLE_IN_FLIGHT, &[&sink, &alert.fact])
+                .await
+                .map_err(|e| self.pg(e))?;
             tx.commit().await.map_err(|e| self.pg(e))
         })
     }
@@ -167,10 +168,7 @@ impl PostgresStore {
         self.block_on(async {
             let client = self.client().await?;
             client
-                .execute(
-                    "DELETE FROM alerts_in_flight WHERE sink = $1 AND fact = $2",
-                    &[&sink, &fact],
-                )
+                .execute(SETTLE_IN_FLIGHT, &[&sink, &fact])
                 .await
                 .map(drop)
                 .map_err(|e| self.pg(e))

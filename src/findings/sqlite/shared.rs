@@ -74,6 +74,10 @@ fn lock_file_suffix(name: &str) -> String {
     )
 }
 
+/// An alert of `fact` is no longer in flight at `sink`: recorded as sent,
+/// or refused (both settle it the same way).
+const SETTLE_IN_FLIGHT: &str = "DELETE FROM alerts_in_flight WHERE sink = ?1 AND fact = ?2";
+
 impl SqliteStore {
     pub(super) fn try_lock_named(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
         if !self.file {
@@ -157,7 +161,7 @@ impl SqliteStore {
             ])
         })
         .map_err(|e| self.sql(e))?;
-        tx.prepare_cached("DELETE FROM alerts_in_flight WHERE sink = ?1 AND fact = ?2")
+        tx.prepare_cached(SETTLE_IN_FLIGHT)
             .and_then(|mut s| s.execute(params![sink, alert.fact]))
             .map_err(|e| self.sql(e))?;
         tx.commit().map_err(|e| self.sql(e))
@@ -191,7 +195,7 @@ impl SqliteStore {
 
     pub(super) fn alert_not_sent_now(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
         self.lock()
-            .prepare_cached("DELETE FROM alerts_in_flight WHERE sink = ?1 AND fact = ?2")
+            .prepare_cached(SETTLE_IN_FLIGHT)
             .and_then(|mut s| s.execute(params![sink, fact]))
             .map(drop)
             .map_err(|e| self.sql(e))
