@@ -291,7 +291,12 @@ impl Pipeline {
             ),
         };
         decision.excepted_by = excepted_by.clone();
-        let recorded = off_thread(&self.store, move |store| store.record(&decision)).await;
+        // Queued, not run on a blocking thread: the store's writer answers
+        // once the commit carrying this decision is durable.
+        let recorded = match self.store.submit(&decision) {
+            Ok(answer) => answer.recorded().await,
+            Err(e) => Err(e),
+        };
         match recorded {
             Ok(recorded) => {
                 if self.undecided.remove(&key).is_some() {

@@ -62,6 +62,24 @@ struct Seeded {
 /// Records the seeded findings, then starts `serve` on that store with
 /// alice's triage token.
 async fn setup(dir: &Path) -> (Service, Seeded) {
+    // The store blocks: off the async threads, as the service calls it.
+    let seeded = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || seed(&dir))
+            .await
+            .unwrap()
+    };
+    let token = dir.join("alice.token");
+    std::fs::write(&token, ALICE).unwrap();
+    let config = format!(
+        "resolve: false\ntriage:\n  tokens:\n  - name: alice\n    token_file: {}\n",
+        token.display()
+    );
+    let service = Service::start(dir, &manifests(dir), &config).await;
+    (service, seeded)
+}
+
+fn seed(dir: &Path) -> Seeded {
     std::fs::create_dir_all(dir.join("data")).unwrap();
     let store = SqliteStore::open(dir.join("data/findings.sqlite")).unwrap();
     let now = now_ms();
@@ -110,22 +128,12 @@ async fn setup(dir: &Path) -> (Service, Seeded) {
     store
         .triage(resolved, &change(TriageAction::Resolve, "rolled back"), now)
         .unwrap();
-    drop(store);
-
-    let token = dir.join("alice.token");
-    std::fs::write(&token, ALICE).unwrap();
-    let config = format!(
-        "resolve: false\ntriage:\n  tokens:\n  - name: alice\n    token_file: {}\n",
-        token.display()
-    );
-    let service = Service::start(dir, &manifests(dir), &config).await;
-    let seeded = Seeded {
+    Seeded {
         old,
         acknowledged,
         resolved,
         hostile,
-    };
-    (service, seeded)
+    }
 }
 
 /// The queue's rows as (id, state), in page order.

@@ -172,6 +172,7 @@ contract!(
     findings_serialise_for_the_api,
     ten_thousand_records,
     group_commits_answer_every_caller_with_its_own_result,
+    submitted_decisions_are_each_answered_once_durable,
     one_sinks_backlog_agrees_with_the_full_counts,
     two_stores_dedupe_as_one,
     concurrent_claimers_never_take_one_finding_twice,
@@ -1012,6 +1013,82 @@ fn group_commits_answer_every_caller_with_its_own_result(h: &dyn Backend) {
     let counts = store.counts().unwrap();
     assert_eq!(counts.decisions_total(), 100);
     assert_eq!(counts.findings, 50);
+}
+
+fn submitted_decisions_are_each_answered_once_durable(h: &dyn Backend) {
+    // The pipeline's path: 300 decisions queued without waiting (so the
+    // writer takes them in batches), then every answer read; a second
+    // store (another process) sees each one.
+    let store = h.open();
+    let answers: Vec<_> = (0..300)
+        .map(|i| {
+            let verdict = if i % 3 == 0 {
+                VerdictKind::Unpromoted
+            } else {
+                VerdictKind::Promoted
+            };
+            let answer = store.submit(&decision(&format!("q{i}"), verdict)).unwrap();
+            (i, verdict, answer)
+        })
+        .collect();
+    for (i, verdict, answer) in answers {
+        match answer.wait().unwrap() {
+            Recorded::New { finding } => assert_eq!(finding.is_some(), verdict.alerts(), "q{i}"),
+            other => panic!("q{i}: {other:?}"),
+        }
+    }
+    let other = h.open();
+    assert_eq!(other.counts().unwrap().decisions_total(), 300);
+    assert_eq!(other.counts().unwrap().findings, 100);
+    let again = other.record(&decision("q7", VerdictKind::Unpromoted));
+    assert_eq!(
+        again.unwrap(),
+        Recorded::Duplicate {
+            verdict: VerdictKind::Promoted
+        }
+    );
+}
+
+/// SQLite only: a decision that fails to write (here a trigger refuses it)
+/// fails alone; the others queued with it are committed. (PostgreSQL
+/// writes a batch with one statement, all or nothing, and every caller of
+/// a failed batch retries.)
+#[test]
+fn sqlite_a_decision_that_fails_to_write_fails_alone() {
+    let h = Sqlite::new();
+    let store = h.open();
+    h.execute(
+        "CREATE TRIGGER poison BEFORE INSERT ON decisions WHEN NEW.event_id = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+    );
+    let answers: Vec<_> = (0..200)
+        .map(|i| {
+            let id = if i == 100 {
+                "poison".to_string()
+            } else {
+                format!("p{i}")
+            };
+            let answer = store
+                .submit(&decision(&id, VerdictKind::Unpromoted))
+                .unwrap();
+            (id, answer)
+        })
+        .collect();
+    for (id, answer) in answers {
+        let result = answer.wait();
+        if id == "poison" {
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("poisoned"), "{err}");
+        } else {
+            assert!(
+                matches!(result, Ok(Recorded::New { finding: Some(_) })),
+                "{id}: {result:?}"
+            );
+        }
+    }
+    let counts = h.open().counts().unwrap();
+    assert_eq!(counts.decisions_total(), 199);
+    assert_eq!(counts.findings, 199);
 }
 
 fn one_sinks_backlog_agrees_with_the_full_counts(h: &dyn Backend) {

@@ -459,15 +459,25 @@ impl StoreError {
 
 /// The findings store. Methods block (file or network I/O): call them from
 /// `spawn_blocking` in async code ([`off_thread`]), never from an async
-/// task (the PostgreSQL store would panic there).
+/// task (the PostgreSQL store would panic there) — except [`Store::submit`],
+/// which only queues.
 pub trait Store: Send + Sync {
+    /// Queues the decision for recording and returns at once; the
+    /// [`Answer`] is what [`Store::record`] returns, once the decision is
+    /// durable. Concurrent decisions share one transaction (group commit).
+    /// Async callers use this: no thread is held while the commit is made.
+    /// An `undecided` verdict is refused here.
+    fn submit(&self, d: &Decision) -> Result<Answer, StoreError>;
+
     /// Atomically: insert the decision unless (source, endpoint, event id) is already
     /// recorded, and, when the verdict alerts, a finding in the outbox
     /// (pending for every sink; an excepted one, `excepted_by` set, is kept
     /// but owed to no sink). One transaction, durable before this
     /// returns: callers acknowledge the delivery only after `Ok`.
     /// An `undecided` verdict is refused.
-    fn record(&self, d: &Decision) -> Result<Recorded, StoreError>;
+    fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
+        self.submit(d)?.wait()
+    }
 
     /// The verdict recorded for (source, endpoint, event id), if any.
     fn decision(
@@ -639,6 +649,56 @@ pub trait Store: Send + Sync {
     fn check(&self) -> Result<(), StoreError>;
 
     fn backend(&self) -> Backend;
+}
+
+/// The answer to a [`Store::submit`]: arrives once the commit that carries
+/// the decision is durable, or has failed.
+#[derive(Debug)]
+pub struct Answer {
+    reply: tokio::sync::oneshot::Receiver<Result<Recorded, StoreError>>,
+    store: Arc<str>,
+}
+
+impl Answer {
+    /// The two ends: the store's writer answers on the sender.
+    fn channel(
+        store: &Arc<str>,
+    ) -> (
+        tokio::sync::oneshot::Sender<Result<Recorded, StoreError>>,
+        Answer,
+    ) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        (
+            reply,
+            Answer {
+                reply: answer,
+                store: store.clone(),
+            },
+        )
+    }
+
+    /// Waits for the answer without holding a thread.
+    pub async fn recorded(self) -> Result<Recorded, StoreError> {
+        let lost = self.lost();
+        self.reply.await.unwrap_or(Err(lost))
+    }
+
+    /// Blocks the calling thread for the answer (never an async task's:
+    /// that panics).
+    pub fn wait(self) -> Result<Recorded, StoreError> {
+        let lost = self.lost();
+        self.reply.blocking_recv().unwrap_or(Err(lost))
+    }
+
+    /// The writer stopped (a panic, or the store is being dropped) without
+    /// answering: the decision may or may not be written, so the caller
+    /// retries, and a redelivery is answered by the dedupe.
+    fn lost(&self) -> StoreError {
+        StoreError::GroupCommit {
+            path: self.store.clone(),
+            message: "the store's writer stopped before answering".into(),
+        }
+    }
 }
 
 /// What [`Store::triage`] did.

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool, PoolError, Transaction};
 use tokio::runtime::{Handle, Runtime};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{GenericClient, IsolationLevel, Row};
 
@@ -61,7 +61,7 @@ use super::stored::{
     evidence_to_record, findings_query, not_claimed, tally_decisions,
 };
 use super::{
-    Counts, Decision, Finding, FindingId, FindingQuery, Recorded, SentAlert, SinkDelivery, Store,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, SentAlert, SinkDelivery, Store,
     StoreError, StoreLock, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
@@ -452,21 +452,17 @@ async fn migrate(pool: &Pool, name: &Arc<str>) -> Result<(), StoreError> {
 }
 
 impl Store for PostgresStore {
-    fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
+    fn submit(&self, d: &Decision) -> Result<Answer, StoreError> {
         let evidence = evidence_to_record(&self.name, d)?;
-        let (reply, answer) = oneshot::channel();
-        let lost = || StoreError::GroupCommit {
-            path: self.name.clone(),
-            message: "the store's writer stopped".into(),
-        };
-        self.writer
-            .send(writer::Pending {
-                decision: d.clone(),
-                evidence,
-                reply,
-            })
-            .map_err(|_| lost())?;
-        answer.blocking_recv().map_err(|_| lost())?
+        let (reply, answer) = Answer::channel(&self.name);
+        // A send fails only when the writer has stopped, which `answer`
+        // reports: its reply end is gone with the pending decision.
+        let _ = self.writer.send(writer::Pending {
+            decision: d.clone(),
+            evidence,
+            reply,
+        });
+        Ok(answer)
     }
 
     fn decision(

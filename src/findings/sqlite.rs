@@ -1,16 +1,18 @@
 //! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
-//! Over 500 lines: opening and migrating, the group commit and the trait's
-//! queries share the one connection and its statements. Claiming and
+//! Over 500 lines: opening and migrating and the trait's queries share the
+//! one connection and its statements. The group commit is in [`commit`]. Claiming and
 //! marking outbox rows is in [`outbox`], triage in [`triage`]; what
 //! processes on one file must do once (alert memory, scan checkpoint,
 //! locks) in [`shared`]. What a stored row means is `findings::stored`'s.
 
+mod commit;
 mod outbox;
 mod shared;
 mod triage;
 
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -21,8 +23,8 @@ use super::stored::{
     evidence_to_record, findings_query, tally_decisions,
 };
 use super::{
-    Counts, Decision, Finding, FindingId, FindingQuery, Recorded, SentAlert, Store, StoreError,
-    StoreLock, TriageChange, Triaged, action_str,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, SentAlert, Store, StoreError,
+    StoreLock, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -39,21 +41,20 @@ pub const DEFAULT_CLAIM_LEASE: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: i64 = 5000;
 
 /// The embedded findings store. One connection behind a mutex: every call
-/// blocks, so async callers use `spawn_blocking`.
+/// but `submit` blocks, so async callers use `spawn_blocking`.
 ///
 /// Durability: WAL with `synchronous=FULL`, so a transaction is fsynced to
-/// the WAL before `record` returns and survives power loss, not only a
-/// process crash (`NORMAL` would lose the last commits on power loss, after
-/// their deliveries were acknowledged). Concurrent `record` calls share
-/// one transaction and one fsync (group commit); each still returns only
-/// after the commit that carries its decision.
+/// the WAL before a decision is answered and survives power loss, not only
+/// a process crash (`NORMAL` would lose the last commits on power loss,
+/// after their deliveries were acknowledged). Decisions are written by the
+/// store's writer thread ([`commit`]), everything queued in one transaction
+/// and one fsync (group commit); each is answered only after the commit
+/// that carries it.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
-    /// Decisions waiting to be written, and whether a writer is at work
-    /// (group commit: one transaction and one fsync for all waiting).
-    pending: Mutex<Queue>,
-    /// Signalled when a group commit has filled its callers' slots.
-    written: Condvar,
+    conn: Arc<Mutex<Connection>>,
+    /// The queue of the writer thread that group-commits decisions
+    /// ([`commit`]).
+    writer: Sender<commit::Pending>,
     /// A second connection for `decision`, the dedupe lookup of every
     /// delivery: with WAL it reads while a group commit is being fsynced.
     /// `None` in memory, where there is one database per connection.
@@ -64,26 +65,6 @@ pub struct SqliteStore {
     file: bool,
     /// The locks held, for a store in memory.
     locks: shared::MemoryLocks,
-}
-
-/// Where a caller of `record` finds its result once a group commit wrote it.
-type Slot = Arc<Mutex<Option<Result<Recorded, StoreError>>>>;
-
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Pending>,
-    writing: bool,
-}
-
-struct Pending {
-    decision: Decision,
-    /// The evidence as JSON, for decisions that become findings.
-    evidence: Option<String>,
-    slot: Slot,
-}
-
-fn take(slot: &Slot) -> Option<Result<Recorded, StoreError>> {
-    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -198,144 +179,15 @@ impl SqliteStore {
                 Some(Mutex::new(reader))
             }
         };
+        let conn = Arc::new(Mutex::new(conn));
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            pending: Mutex::new(Queue::default()),
-            written: Condvar::new(),
+            writer: commit::start(conn.clone(), path.clone())?,
+            conn,
             reader,
             path,
             claim_lease_ms: DEFAULT_CLAIM_LEASE.as_millis() as i64,
             file,
             locks: shared::MemoryLocks::default(),
-        })
-    }
-
-    /// Writes `batch` in one transaction, each decision under its own
-    /// savepoint (so one failing decision does not undo the others), then
-    /// commits once. The results are in `batch` order.
-    fn write_batch(
-        &self,
-        conn: &mut Connection,
-        batch: &[Pending],
-    ) -> Vec<Result<Recorded, StoreError>> {
-        let fail_all = |message: String| {
-            batch
-                .iter()
-                .map(|_| {
-                    Err(StoreError::GroupCommit {
-                        path: self.path.clone(),
-                        message: message.clone(),
-                    })
-                })
-                .collect()
-        };
-        let mut tx = match self.begin(conn) {
-            Ok(tx) => tx,
-            Err(e) => return fail_all(e.to_string()),
-        };
-        if let [single] = batch {
-            // Alone, a failure rolls back the whole transaction: no
-            // savepoint needed.
-            let result = self.write_one(&tx, single);
-            if result.is_err() {
-                return vec![result];
-            }
-            return match tx.commit() {
-                Ok(()) => vec![result],
-                Err(e) => fail_all(e.to_string()),
-            };
-        }
-        let mut results = Vec::with_capacity(batch.len());
-        for pending in batch {
-            let result = match tx.savepoint() {
-                Err(e) => Err(self.sql(e)),
-                Ok(mut sp) => {
-                    let written = self.write_one(&sp, pending);
-                    match &written {
-                        Ok(_) => sp.commit().map_err(|e| self.sql(e)).and(written),
-                        Err(_) => {
-                            // Undo this decision only.
-                            let _ = sp.rollback();
-                            written
-                        }
-                    }
-                }
-            };
-            results.push(result);
-        }
-        match tx.commit() {
-            Ok(()) => results,
-            Err(e) => fail_all(e.to_string()),
-        }
-    }
-
-    fn write_one(&self, conn: &Connection, pending: &Pending) -> Result<Recorded, StoreError> {
-        let d = &pending.decision;
-        let source = d.source.as_str();
-        let verdict = d.verdict.as_str();
-        let endpoint = &d.endpoint.0;
-        let inserted = conn
-            .prepare_cached(
-                "INSERT INTO decisions (source, endpoint, event_id, received_at_ms, verdict) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    source,
-                    endpoint,
-                    d.event_id.0,
-                    d.received_at_ms,
-                    verdict
-                ])
-            })
-            .map_err(|e| self.sql(e))?;
-        if inserted == 0 {
-            let first: String = conn
-                .prepare_cached(SELECT_DECISION)
-                .and_then(|mut s| {
-                    s.query_row(params![source, endpoint, d.event_id.0], |r| r.get(0))
-                })
-                .map_err(|e| self.sql(e))?;
-            let verdict = decided_verdict(&self.path, (source, endpoint, &d.event_id.0), &first)?;
-            return Ok(Recorded::Duplicate { verdict });
-        }
-        // Decided: the retry budget it may have used is spent.
-        conn.prepare_cached(
-            "DELETE FROM undecided WHERE source = ?1 AND endpoint = ?2 AND event_id = ?3",
-        )
-        .and_then(|mut s| s.execute(params![source, endpoint, d.event_id.0]))
-        .map_err(|e| self.sql(e))?;
-        let Some(evidence) = &pending.evidence else {
-            return Ok(Recorded::New { finding: None });
-        };
-        conn.prepare_cached(
-            "INSERT INTO findings (created_at_ms, received_at_ms, source, endpoint, event_id, \
-             action, repository, digest, tag, verdict, reason, evidence, \
-             manifest_commit, index_generation, excepted_by) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                now_ms(),
-                d.received_at_ms,
-                source,
-                endpoint,
-                d.event_id.0,
-                d.action.map(action_str),
-                d.repository.as_ref().map(|r| r.as_str()),
-                d.digest.as_ref().map(|x| x.to_string()),
-                d.tag.as_ref().map(|t| t.as_str()),
-                verdict,
-                d.reason,
-                evidence,
-                d.manifest_commit,
-                d.index_generation as i64,
-                d.excepted_by,
-            ])
-        })
-        .map_err(|e| self.sql(e))?;
-        Ok(Recorded::New {
-            finding: Some(FindingId(conn.last_insert_rowid())),
         })
     }
 
@@ -438,51 +290,17 @@ impl Columns for Row<'_> {
 }
 
 impl Store for SqliteStore {
-    fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
-        // Everything that can be prepared outside the lock is.
+    fn submit(&self, d: &Decision) -> Result<Answer, StoreError> {
         let evidence = evidence_to_record(&self.path, d)?;
-        let slot: Slot = Arc::default();
-        let mut queue = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.waiting.push(Pending {
+        let (reply, answer) = Answer::channel(&self.path);
+        // A send fails only when the writer has stopped, which `answer`
+        // reports: its reply end is gone with the pending decision.
+        let _ = self.writer.send(commit::Pending {
             decision: d.clone(),
             evidence,
-            slot: slot.clone(),
+            reply,
         });
-        loop {
-            if let Some(result) = take(&slot) {
-                return result;
-            }
-            if !queue.writing {
-                break;
-            }
-            // A writer is at work: it or the next one writes ours.
-            queue = self
-                .written
-                .wait(queue)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-        // Lead one group commit of everything waiting, ours included.
-        queue.writing = true;
-        let batch = std::mem::take(&mut queue.waiting);
-        drop(queue);
-        let results = {
-            let mut conn = self.lock();
-            self.write_batch(&mut conn, &batch)
-        };
-        for (pending, result) in batch.iter().zip(results) {
-            *pending.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-        }
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .writing = false;
-        self.written.notify_all();
-        take(&slot).unwrap_or_else(|| {
-            Err(self.corrupt(format!(
-                "event {}: the group commit lost its result",
-                d.event_id
-            )))
-        })
+        Ok(answer)
     }
 
     fn decision(
