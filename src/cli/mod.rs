@@ -359,22 +359,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             baseline_reason,
             baseline_expires,
         } => {
-            let serve_config = config
-                .map(|path| config::Config::load(Some(path.as_path())))
-                .transpose()?;
-            let (store, data_dir) = match &serve_config {
-                Some(config) => (config.store_location(), config.data_dir.clone()),
-                None => (
-                    image_auditor::findings::StoreLocation::Sqlite(config::findings_db(&data_dir)),
-                    data_dir,
-                ),
-            };
+            let settings = store::Settings::load(config.as_deref(), data_dir)?;
+            let (store, data_dir) = (settings.store_location(), settings.data_dir().to_owned());
             // With --config the sweep audits as that `serve` would: its
             // manifests, registry settings, cache and exceptions, unless a
             // flag names them.
-            let (manifests, registry_config, exceptions) = match serve_config {
-                None => (manifests, registry.config_under(&data_dir)?, exceptions),
-                Some(config) => (
+            let (manifests, registry_config, exceptions) = match settings {
+                store::Settings::DataDir(_) => {
+                    (manifests, registry.config_under(&data_dir)?, exceptions)
+                }
+                store::Settings::Serve(config) => (
                     scan::manifests_of(&config, manifests_flag)?,
                     match registry.config {
                         Some(_) => registry.config_under(&data_dir)?,
