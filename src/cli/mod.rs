@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use image_auditor::audit::Policy;
 use image_auditor::config;
+use image_auditor::findings::TriageAction;
 use image_auditor::index::Index;
 use image_auditor::manifest::{self, ManifestSet};
 use image_auditor::registry::{RegistryClient, RegistryConfig};
@@ -420,22 +421,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 filters,
                 json,
             } => findings::list(&store, &filters, json),
-            FindingsCommand::Acknowledge { id, triage: t } => findings::triage(
-                &t.store,
-                id,
-                image_auditor::findings::TriageAction::Acknowledge,
-                &t.by,
-                &t.note,
-                t.json,
-            ),
-            FindingsCommand::Resolve { id, triage: t } => findings::triage(
-                &t.store,
-                id,
-                image_auditor::findings::TriageAction::Resolve,
-                &t.by,
-                &t.note,
-                t.json,
-            ),
+            FindingsCommand::Acknowledge { id, triage } => {
+                findings::triage(&triage, id, TriageAction::Acknowledge)
+            }
+            FindingsCommand::Resolve { id, triage } => {
+                findings::triage(&triage, id, TriageAction::Resolve)
+            }
         },
         Command::Store {
             command: StoreCommand::Status { store, json },
