@@ -24,8 +24,10 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub(super) fn location(&self) -> anyhow::Result<StoreLocation> {
-        let data_dir = self.data_dir.clone();
-        let data_dir = data_dir.unwrap_or_else(|| config::DEFAULT_DATA_DIR.into());
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_DATA_DIR.into());
         Ok(Settings::load(self.config.as_deref(), data_dir)?.store_location())
     }
 }
