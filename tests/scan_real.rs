@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use image_auditor::audit::{Policy, VerdictKind};
-use image_auditor::findings::{Finding, FindingQuery, SqliteStore, Store};
+use image_auditor::findings::{Checkpoints, Finding, FindingQuery, Locks, SqliteStore, Store};
 use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::metrics::Metrics;

@@ -8,11 +8,12 @@
 //! copies, of platform images with their index, and of a fact seen again
 //! with the alert already sent ([`super::group_after`]) needs them in one
 //! place. So each sink's dispatcher works only while it holds the store
-//! lock `alerts:<sink>` ([`Store::try_lock`]); the others wait and take
-//! over when it goes (its claims come back after their lease). The alert
-//! memory is in the store ([`super::memory`]) and read when the lock is
-//! taken, so the new holder, or the same replica after a restart, updates
-//! the alerts sent before. Alerts are few; one sender per sink is plenty.
+//! lock `alerts:<sink>` ([`Locks::try_lock`](crate::findings::Locks::try_lock));
+//! the others wait and take over when it goes (its claims come back after
+//! their lease). The alert memory is in the store ([`super::memory`]) and
+//! read when the lock is taken, so the new holder, or the same replica
+//! after a restart, updates the alerts sent before. Alerts are few; one
+//! sender per sink is plenty.
 //!
 //! **In flight before sent.** An alert is written to the store as in
 //! flight before it leaves, and settled after: sent (with its findings

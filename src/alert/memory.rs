@@ -1,5 +1,5 @@
 //! The repeat/update memory of "one fact, one alert", as kept in the
-//! findings store ([`Store::alert_sent`](crate::findings::Store::alert_sent)):
+//! findings store ([`AlertMemory::alert_sent`](crate::findings::AlertMemory::alert_sent)):
 //! for each sink, the last alert sent for each fact, with what an update
 //! needs — every place, event and finding so far, and the pushed lists a
 //! late platform image may still join. Stored, not held in the

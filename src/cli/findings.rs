@@ -10,6 +10,7 @@ use image_auditor::findings::{
 };
 use serde_json::json;
 
+use super::TriageArgs;
 use super::store::StoreArgs;
 
 /// Filters of `findings list`.
@@ -70,18 +71,12 @@ fn line(f: &Finding) -> String {
     )
 }
 
-/// Applies `action` as `by`; exit 1 when the finding does not exist or its
-/// state does not allow it.
-pub(super) fn triage(
-    store: &StoreArgs,
-    id: i64,
-    action: TriageAction,
-    by: &str,
-    note: &str,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let change = TriageChange::new(action, by, note)?;
-    let store = findings::open(&store.location()?)?;
+/// Applies `action` to finding `id` as `args` say (who, why, which store);
+/// exit 1 when the finding does not exist or its state does not allow it.
+pub(super) fn triage(args: &TriageArgs, id: i64, action: TriageAction) -> anyhow::Result<ExitCode> {
+    let change = TriageChange::new(action, &args.by, &args.note)?;
+    let json = args.json;
+    let store = findings::open(&args.store.location()?)?;
     match store.triage(FindingId(id), &change, findings::now_ms()) {
         Ok(triaged) => {
             if json {

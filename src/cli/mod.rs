@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use image_auditor::audit::Policy;
 use image_auditor::config;
+use image_auditor::findings::TriageAction;
 use image_auditor::index::Index;
 use image_auditor::manifest::{self, ManifestSet};
 use image_auditor::registry::{RegistryClient, RegistryConfig};
@@ -359,22 +360,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             baseline_reason,
             baseline_expires,
         } => {
-            let serve_config = config
-                .map(|path| config::Config::load(Some(path.as_path())))
-                .transpose()?;
-            let (store, data_dir) = match &serve_config {
-                Some(config) => (config.store_location(), config.data_dir.clone()),
-                None => (
-                    image_auditor::findings::StoreLocation::Sqlite(config::findings_db(&data_dir)),
-                    data_dir,
-                ),
-            };
+            let settings = store::Settings::load(config.as_deref(), data_dir)?;
+            let (store, data_dir) = (settings.store_location(), settings.data_dir().to_owned());
             // With --config the sweep audits as that `serve` would: its
             // manifests, registry settings, cache and exceptions, unless a
             // flag names them.
-            let (manifests, registry_config, exceptions) = match serve_config {
-                None => (manifests, registry.config_under(&data_dir)?, exceptions),
-                Some(config) => (
+            let (manifests, registry_config, exceptions) = match settings {
+                store::Settings::DataDir(_) => {
+                    (manifests, registry.config_under(&data_dir)?, exceptions)
+                }
+                store::Settings::Serve(config) => (
                     scan::manifests_of(&config, manifests_flag)?,
                     match registry.config {
                         Some(_) => registry.config_under(&data_dir)?,
@@ -426,22 +421,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 filters,
                 json,
             } => findings::list(&store, &filters, json),
-            FindingsCommand::Acknowledge { id, triage: t } => findings::triage(
-                &t.store,
-                id,
-                image_auditor::findings::TriageAction::Acknowledge,
-                &t.by,
-                &t.note,
-                t.json,
-            ),
-            FindingsCommand::Resolve { id, triage: t } => findings::triage(
-                &t.store,
-                id,
-                image_auditor::findings::TriageAction::Resolve,
-                &t.by,
-                &t.note,
-                t.json,
-            ),
+            FindingsCommand::Acknowledge { id, triage } => {
+                findings::triage(&triage, id, TriageAction::Acknowledge)
+            }
+            FindingsCommand::Resolve { id, triage } => {
+                findings::triage(&triage, id, TriageAction::Resolve)
+            }
         },
         Command::Store {
             command: StoreCommand::Status { store, json },

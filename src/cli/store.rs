@@ -2,7 +2,7 @@
 //! where it stands (`status`) and bringing it up to date (`migrate`, what
 //! `serve` also does when it starts).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use image_auditor::config::{self, Config};
@@ -24,13 +24,45 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     pub(super) fn location(&self) -> anyhow::Result<StoreLocation> {
-        Ok(match (&self.config, &self.data_dir) {
-            (Some(path), _) => Config::load(Some(path))?.store_location(),
-            (None, dir) => StoreLocation::Sqlite(config::findings_db(
-                dir.as_deref()
-                    .unwrap_or(std::path::Path::new(config::DEFAULT_DATA_DIR)),
-            )),
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_DATA_DIR.into());
+        Ok(Settings::load(self.config.as_deref(), data_dir)?.store_location())
+    }
+}
+
+/// Where a command that works beside `serve` (`store`, `findings`, `scan`)
+/// finds the store and the data directory: the `serve` configuration when
+/// one is named, else a data directory alone.
+pub(super) enum Settings {
+    /// The `serve` configuration: its `store` section, or its data_dir.
+    Serve(Box<Config>),
+    /// The SQLite store `<data-dir>/findings.sqlite`.
+    DataDir(PathBuf),
+}
+
+impl Settings {
+    /// The configuration at `config` when given, else `data_dir`.
+    pub(super) fn load(config: Option<&Path>, data_dir: PathBuf) -> anyhow::Result<Settings> {
+        Ok(match config {
+            Some(path) => Settings::Serve(Box::new(Config::load(Some(path))?)),
+            None => Settings::DataDir(data_dir),
         })
+    }
+
+    pub(super) fn store_location(&self) -> StoreLocation {
+        match self {
+            Settings::Serve(config) => config.store_location(),
+            Settings::DataDir(dir) => StoreLocation::Sqlite(config::findings_db(dir)),
+        }
+    }
+
+    pub(super) fn data_dir(&self) -> &Path {
+        match self {
+            Settings::Serve(config) => &config.data_dir,
+            Settings::DataDir(dir) => dir,
+        }
     }
 }
 

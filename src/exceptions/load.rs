@@ -6,7 +6,9 @@
 //!
 //! Over 500 lines for its table of every validation problem and its line.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,26 +226,16 @@ fn entry_of(
             None
         }
     });
-    let digests: Vec<Digest> = one_or_many("digest", doc.digest, doc.digests, &mut fail)
-        .into_iter()
-        .filter_map(|(at, text)| match text.parse::<Digest>() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                fail(Some(at), format!("`digests`: {e}"));
-                None
-            }
-        })
-        .collect();
-    let tags: Vec<Tag> = one_or_many("tag", doc.tag, doc.tags, &mut fail)
-        .into_iter()
-        .filter_map(|(at, text)| match text.parse::<Tag>() {
-            Ok(t) => Some(t),
-            Err(e) => {
-                fail(Some(at), format!("`tags`: {e}"));
-                None
-            }
-        })
-        .collect();
+    let digests: Vec<Digest> = parse_each(
+        "digests",
+        one_or_many("digest", doc.digest, doc.digests, &mut fail),
+        &mut fail,
+    );
+    let tags: Vec<Tag> = parse_each(
+        "tags",
+        one_or_many("tag", doc.tag, doc.tags, &mut fail),
+        &mut fail,
+    );
     let verdicts: Vec<VerdictKind> = one_or_many("verdict", doc.verdict, doc.verdicts, &mut fail)
         .into_iter()
         .filter_map(|(at, text)| match text.parse::<VerdictKind>() {
@@ -350,6 +342,28 @@ fn entry_of(
 }
 
 /// `field: x` or `fields: [x, y]`, not both; each value with its line.
+/// Each `(line, text)` of the list `field` parsed; a value that does not
+/// parse is reported at its line and left out.
+fn parse_each<T: FromStr>(
+    field: &str,
+    items: Vec<(u32, String)>,
+    fail: &mut impl FnMut(Option<u32>, String),
+) -> Vec<T>
+where
+    T::Err: fmt::Display,
+{
+    items
+        .into_iter()
+        .filter_map(|(at, text)| match text.parse::<T>() {
+            Ok(value) => Some(value),
+            Err(e) => {
+                fail(Some(at), format!("`{field}`: {e}"));
+                None
+            }
+        })
+        .collect()
+}
+
 fn one_or_many(
     field: &str,
     one: Option<Spanned<String>>,

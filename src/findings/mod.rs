@@ -12,11 +12,13 @@
 //! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 //!
 //! Over 500 lines: the [`Store`] contract and the types it speaks in are
-//! one reading; each backend's code, and triage's rules ([`triage`]), live
+//! one reading; its supertraits (what processes on one store do once:
+//! [`shared`]), each backend's code, and triage's rules ([`triage`]), live
 //! in their own files.
 
 pub mod migrations;
 pub mod postgres;
+mod shared;
 mod sqlite;
 mod stored;
 pub mod triage;
@@ -33,6 +35,7 @@ use crate::reference::{Digest, Repository, Tag};
 
 pub use migrations::{Backend, SchemaStatus};
 pub use postgres::{PostgresConfig, PostgresStore};
+pub use shared::{AlertMemory, AlertState, Checkpoints, HeldLock, Locks, SentAlert, StoreLock};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
 pub use triage::{Triage, TriageAction, TriageChange, TriageState};
 
@@ -247,60 +250,6 @@ impl DeliveryState {
     }
 }
 
-/// The alert a sink sent for one fact, as the dispatcher keeps it to update
-/// that alert when the fact is seen again ([`Store::alert_sent`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SentAlert {
-    /// The fact's stable id: the alert id.
-    pub fact: String,
-    /// When the fact was first seen; the repeat window runs from here.
-    pub first_seen_ms: i64,
-    /// What an update needs, as JSON the alert dispatcher writes and reads;
-    /// the store does not look inside.
-    pub body: String,
-}
-
-/// A named lock on the store, held across every process using it, until
-/// dropped ([`Store::try_lock`]).
-pub struct StoreLock {
-    name: String,
-    held: Box<dyn HeldLock>,
-}
-
-/// How a backend keeps a [`StoreLock`]: releasing is dropping.
-pub trait HeldLock: Send + Sync {
-    /// Whether the lock is still held. A PostgreSQL session lock goes with
-    /// its connection (a restart of the server, a network cut): the holder
-    /// checks before each step that must not run twice at once.
-    fn is_held(&self) -> bool;
-}
-
-impl StoreLock {
-    pub fn new(name: &str, held: Box<dyn HeldLock>) -> StoreLock {
-        StoreLock {
-            name: name.to_owned(),
-            held,
-        }
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Blocks (a round trip to PostgreSQL): call it off the async threads.
-    pub fn is_held(&self) -> bool {
-        self.held.is_held()
-    }
-}
-
-impl fmt::Debug for StoreLock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StoreLock")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Filters of [`Store::findings`]; all set filters must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FindingQuery {
@@ -459,9 +408,10 @@ impl StoreError {
 
 /// The findings store. Methods block (file or network I/O): call them from
 /// `spawn_blocking` in async code ([`off_thread`]), never from an async
-/// task (the PostgreSQL store would panic there) — except [`Store::submit`],
-/// which only queues.
-pub trait Store: Send + Sync {
+/// task (a store would panic there) — except [`Store::submit`], which only
+/// queues. What processes on one store must do once (alert memory, locks,
+/// the sweep's checkpoint) are its supertraits, in [`shared`].
+pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// Queues the decision for recording and returns at once; the
     /// [`Answer`] is what [`Store::record`] returns, once the decision is
     /// durable. Concurrent decisions share one transaction (group commit).
@@ -587,62 +537,6 @@ pub trait Store: Send + Sync {
         id: FindingId,
         error: &str,
         retry_at_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// The alert for `alert.fact` is about to be sent to `sink`: it is
-    /// remembered as in flight (replacing an earlier in-flight entry of
-    /// the fact) until [`Store::alert_sent`] or [`Store::alert_not_sent`]
-    /// settles it. Written before the send, so that whoever leads the sink
-    /// next knows this alert may have arrived ([`Store::alerts_in_flight`]).
-    fn alert_in_flight(&self, sink: &str, alert: &SentAlert, now_ms: i64)
-    -> Result<(), StoreError>;
-
-    /// `sink`'s receiver refused the alert of `fact` (it answered, and not
-    /// with success): it is no longer in flight. Idempotent.
-    fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError>;
-
-    /// The alerts sent, or being sent, to `sink` that were never settled,
-    /// for facts first seen at or after `since_ms`, in no particular order.
-    fn alerts_in_flight(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError>;
-
-    /// The alert for `alert.fact` reached `sink`: in one transaction, every
-    /// finding of `findings` is marked delivered to it, the alert is
-    /// remembered (replacing what was remembered for the fact) and is no
-    /// longer in flight, so that the next sight of the fact, by this
-    /// process or any other on the store, updates this alert.
-    /// [`StoreError::NotClaimed`] (and nothing written) when a finding was
-    /// never claimed for `sink`.
-    fn alert_sent(
-        &self,
-        sink: &str,
-        alert: &SentAlert,
-        findings: &[FindingId],
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// The alerts `sink` remembers for facts first seen at or after
-    /// `since_ms`, in no particular order.
-    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError>;
-
-    /// Forgets `sink`'s alerts, sent or in flight, of facts first seen
-    /// before `before_ms` (out of the repeat window); returns how many.
-    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError>;
-
-    /// Takes the lock `name` unless some process on this store holds it:
-    /// `None` then. PostgreSQL: a session advisory lock on a connection of
-    /// its own; SQLite: an exclusive file lock beside the database file
-    /// (one per name), or a lock within the process for a store in memory.
-    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError>;
-
-    /// The checkpoint saved under `name` (JSON the sweep owns), if any.
-    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
-
-    /// Saves `body` as the checkpoint `name`, or removes it (`None`).
-    fn set_scan_checkpoint(
-        &self,
-        name: &str,
-        body: Option<&str>,
-        now_ms: i64,
     ) -> Result<(), StoreError>;
 
     /// Whether the store answers now (`/readyz`).

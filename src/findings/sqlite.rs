@@ -23,8 +23,8 @@ use super::stored::{
     evidence_to_record, findings_query, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, SentAlert, Store, StoreError,
-    StoreLock, TriageChange, Triaged,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Store, StoreError, TriageChange,
+    Triaged,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -469,58 +469,6 @@ impl Store for SqliteStore {
                 })
             })
             .map_err(|e| self.sql(e))
-    }
-
-    fn alert_sent(
-        &self,
-        sink: &str,
-        alert: &SentAlert,
-        findings: &[FindingId],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.alert_sent_now(sink, alert, findings, now_ms)
-    }
-
-    fn sent_alerts(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
-        self.sent_alerts_since(sink, since_ms)
-    }
-
-    fn alert_in_flight(
-        &self,
-        sink: &str,
-        alert: &SentAlert,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.alert_in_flight_now(sink, alert, now_ms)
-    }
-
-    fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
-        self.alert_not_sent_now(sink, fact)
-    }
-
-    fn alerts_in_flight(&self, sink: &str, since_ms: i64) -> Result<Vec<SentAlert>, StoreError> {
-        self.alerts_in_flight_since(sink, since_ms)
-    }
-
-    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
-        self.forget_sent_alerts_before(sink, before_ms)
-    }
-
-    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
-        self.try_lock_named(name)
-    }
-
-    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
-        self.scan_checkpoint_named(name)
-    }
-
-    fn set_scan_checkpoint(
-        &self,
-        name: &str,
-        body: Option<&str>,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.set_scan_checkpoint_named(name, body, now_ms)
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -1,8 +1,9 @@
 //! What both backends store alike, decided once: the columns of a finding
 //! and of a delivery row and how they read back into [`Finding`] and
 //! [`SinkDelivery`], the checks before a decision is written, the filters
-//! of [`Store::findings`](super::Store::findings), and the two outboxes
-//! (alerts and resolutions) as one notion with a table each.
+//! of [`Store::findings`](super::Store::findings), the two outboxes
+//! (alerts and resolutions) as one notion with a table each, and the
+//! statements of the alert memory (one table per [`AlertState`]).
 //!
 //! A backend supplies column access ([`Columns`]) and binds values in its
 //! own placeholder syntax; what a column means, and what makes a stored
@@ -14,8 +15,8 @@ use std::sync::Arc;
 
 use super::triage::{Transition, transition};
 use super::{
-    Decision, DeliveryState, Finding, FindingId, FindingQuery, SinkDelivery, StoreError, Triage,
-    TriageChange, TriageState, parse_action, parse_source,
+    AlertState, Decision, DeliveryState, Finding, FindingId, FindingQuery, SinkDelivery,
+    StoreError, Triage, TriageChange, TriageState, parse_action, parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId};
@@ -75,6 +76,51 @@ impl Outbox {
             Outbox::Resolutions => "resolution",
         }
     }
+}
+
+/// The table that remembers alerts in `state`.
+pub(super) fn alert_table(state: AlertState) -> &'static str {
+    match state {
+        AlertState::InFlight => "alerts_in_flight",
+        AlertState::Sent => "sent_alerts",
+    }
+}
+
+/// The statement that remembers an alert in `state`, replacing what was
+/// remembered for its (sink, fact). Arguments: sink, fact, first seen,
+/// now, body, written `{mark}1` to `{mark}5`.
+pub(super) fn remember_alert_sql(state: AlertState, mark: char) -> String {
+    let table = alert_table(state);
+    // When the row was last written: the start of a send, or its success.
+    let at = match state {
+        AlertState::InFlight => "started_at_ms",
+        AlertState::Sent => "sent_at_ms",
+    };
+    format!(
+        "INSERT INTO {table} (sink, fact, first_seen_ms, {at}, body) \
+         VALUES ({mark}1, {mark}2, {mark}3, {mark}4, {mark}5) \
+         ON CONFLICT (sink, fact) DO UPDATE SET first_seen_ms = excluded.first_seen_ms, \
+           {at} = excluded.{at}, body = excluded.body"
+    )
+}
+
+/// The alerts remembered in `state` (fact, first seen, body) for the sink
+/// `{mark}1`, of facts first seen at or after `{mark}2`.
+pub(super) fn remembered_alerts_sql(state: AlertState, mark: char) -> String {
+    format!(
+        "SELECT fact, first_seen_ms, body FROM {} \
+         WHERE sink = {mark}1 AND first_seen_ms >= {mark}2",
+        alert_table(state)
+    )
+}
+
+/// The alert of (sink `{mark}1`, fact `{mark}2`) is no longer in flight:
+/// recorded as sent, or refused (both settle it the same way).
+pub(super) fn settle_in_flight_sql(mark: char) -> String {
+    format!(
+        "DELETE FROM {} WHERE sink = {mark}1 AND fact = {mark}2",
+        alert_table(AlertState::InFlight)
+    )
 }
 
 /// A findings row as stored ([`FINDING_COLUMNS`]), before parsing.

@@ -47,6 +47,16 @@ pub(crate) struct Ctx<'a> {
 
 type TokenSlot = Arc<tokio::sync::Mutex<Option<(String, Instant)>>>;
 
+/// What names one bearer token: the registry host and repository path it
+/// is scoped to, and the token service (from the host's challenge) that
+/// issues it.
+struct TokenRequest<'a> {
+    host: &'a str,
+    path: &'a str,
+    realm: &'a str,
+    service: Option<&'a str>,
+}
+
 pub(crate) struct Authenticator {
     credentials: Credentials,
     challenges: Mutex<HashMap<String, Challenge>>,
@@ -84,9 +94,13 @@ impl Authenticator {
     ) -> Result<(Option<String>, Sent), ErrorKind> {
         let challenge = lock(&self.challenges).get(host).cloned();
         if let Some(Challenge::Bearer { realm, service }) = challenge {
-            let token = self
-                .bearer_token(ctx, host, path, &realm, service.as_deref())
-                .await?;
+            let request = TokenRequest {
+                host,
+                path,
+                realm: &realm,
+                service: service.as_deref(),
+            };
+            let token = self.bearer_token(ctx, &request).await?;
             return Ok((Some(format!("Bearer {token}")), Sent::Bearer));
         }
         match self.credentials.for_host(host, ctx.http, ctx.stats).await? {
@@ -151,16 +165,9 @@ impl Authenticator {
         }
     }
 
-    async fn bearer_token(
-        &self,
-        ctx: &Ctx<'_>,
-        host: &str,
-        path: &str,
-        realm: &str,
-        service: Option<&str>,
-    ) -> Result<String, ErrorKind> {
+    async fn bearer_token(&self, ctx: &Ctx<'_>, t: &TokenRequest<'_>) -> Result<String, ErrorKind> {
         let slot = lock(&self.tokens)
-            .entry((host.to_owned(), path.to_owned()))
+            .entry((t.host.to_owned(), t.path.to_owned()))
             .or_default()
             .clone();
         let mut cached = slot.lock().await;
@@ -169,7 +176,7 @@ impl Authenticator {
         {
             return Ok(token.clone());
         }
-        let (token, lifetime) = self.request_token(ctx, host, path, realm, service).await?;
+        let (token, lifetime) = self.request_token(ctx, t).await?;
         // Renew before the end so that no request leaves with a dying token.
         *cached = Some((token.clone(), Instant::now() + lifetime.mul_f64(0.9)));
         Ok(token)
@@ -178,16 +185,13 @@ impl Authenticator {
     async fn request_token(
         &self,
         ctx: &Ctx<'_>,
-        host: &str,
-        path: &str,
-        realm: &str,
-        service: Option<&str>,
+        t: &TokenRequest<'_>,
     ) -> Result<(String, Duration), ErrorKind> {
         let fail = |detail: String| ErrorKind::TokenService {
-            realm: realm.to_owned(),
+            realm: t.realm.to_owned(),
             detail,
         };
-        let mut url = reqwest::Url::parse(realm).map_err(|e| fail(format!("bad realm: {e}")))?;
+        let mut url = reqwest::Url::parse(t.realm).map_err(|e| fail(format!("bad realm: {e}")))?;
         match url.scheme() {
             "https" => {}
             "http" if ctx.allow_http_realm => {}
@@ -199,14 +203,18 @@ impl Authenticator {
         }
         {
             let mut query = url.query_pairs_mut();
-            if let Some(service) = service {
+            if let Some(service) = t.service {
                 query.append_pair("service", service);
             }
-            query.append_pair("scope", &scope(path));
+            query.append_pair("scope", &scope(t.path));
         }
         let realm_host = url_host(&url);
         let mut request = ctx.http.get(url);
-        if let Some(basic) = self.credentials.for_host(host, ctx.http, ctx.stats).await? {
+        if let Some(basic) = self
+            .credentials
+            .for_host(t.host, ctx.http, ctx.stats)
+            .await?
+        {
             request = request.header(AUTHORIZATION, basic.header_value());
         }
         let record = |outcome| ctx.stats.request(&realm_host, RequestKind::Token, outcome);

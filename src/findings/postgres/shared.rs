@@ -1,7 +1,8 @@
 //! What replicas on one PostgreSQL database must do once: the alert memory
-//! of each sink (alerts sent, and alerts in flight), the scan checkpoint, and named locks (one alert dispatcher
-//! per sink, one sweep at a time). The trait methods of [`PostgresStore`]
-//! call these.
+//! of each sink (alerts sent, and alerts in flight), the scan checkpoint,
+//! and named locks (one alert dispatcher per sink, one sweep at a time):
+//! the supertraits of [`Store`](crate::findings::Store) on
+//! [`PostgresStore`].
 //!
 //! A lock is a session-level advisory lock (`pg_try_advisory_lock` on a
 //! 64-bit hash of its name) on a connection taken out of the pool for as
@@ -15,9 +16,16 @@ use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
 use tokio::runtime::Handle;
+use tokio_postgres::GenericClient;
 
 use super::PostgresStore;
-use crate::findings::{FindingId, HeldLock, SentAlert, StoreError, StoreLock};
+use crate::findings::stored::{
+    not_claimed, remember_alert_sql, remembered_alerts_sql, settle_in_flight_sql,
+};
+use crate::findings::{
+    AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, SentAlert, StoreError,
+    StoreLock,
+};
 
 /// Longest wait for the answer that says a lock's session is alive.
 const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,12 +50,8 @@ impl HeldLock for SessionLock {
     }
 }
 
-/// An alert of `fact` is no longer in flight at `sink`: recorded as sent,
-/// or refused (both settle it the same way).
-const SETTLE_IN_FLIGHT: &str = "DELETE FROM alerts_in_flight WHERE sink = $1 AND fact = $2";
-
-impl PostgresStore {
-    pub(super) fn try_lock_named(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+impl Locks for PostgresStore {
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
         self.block_on(async {
             let client = self.client().await?;
             let taken: bool = client
@@ -70,8 +74,66 @@ impl PostgresStore {
             )))
         })
     }
+}
 
-    pub(super) fn alert_sent_now(
+impl PostgresStore {
+    /// Remembers `alert` of `sink` in `state`, on `client` (the caller's
+    /// transaction, or a pooled connection).
+    async fn remember(
+        &self,
+        client: &impl GenericClient,
+        state: AlertState,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (fact, first_seen, body) = (&alert.fact, &alert.first_seen_ms, &alert.body);
+        client
+            .execute(
+                &remember_alert_sql(state, '$'),
+                &[&sink, fact, first_seen, &now_ms, body],
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.pg(e))
+    }
+
+    async fn settle_in_flight(
+        &self,
+        client: &impl GenericClient,
+        sink: &str,
+        fact: &str,
+    ) -> Result<(), StoreError> {
+        client
+            .execute(&settle_in_flight_sql('$'), &[&sink, &fact])
+            .await
+            .map(drop)
+            .map_err(|e| self.pg(e))
+    }
+}
+
+impl AlertMemory for PostgresStore {
+    fn alert_in_flight(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            self.remember(&**client, AlertState::InFlight, sink, alert, now_ms)
+                .await
+        })
+    }
+
+    fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        self.block_on(async {
+            let client = self.client().await?;
+            self.settle_in_flight(&**client, sink, fact).await
+        })
+    }
+
+    fn alert_sent(
         &self,
         sink: &str,
         alert: &SentAlert,
@@ -107,111 +169,25 @@ impl PostgresStore {
                 .collect();
             if let Some(&missing) = ids.iter().find(|id| !marked.contains(id)) {
                 // Dropping the transaction rolls it back.
-                return Err(StoreError::NotClaimed {
-                    path: self.name.clone(),
-                    sink: sink.to_owned(),
-                    id: FindingId(missing),
-                });
+                return Err(not_claimed(&self.name, sink, FindingId(missing)));
             }
-            tx.execute(
-                "INSERT INTO sent_alerts (sink, fact, first_seen_ms, sent_at_ms, body) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (sink, fact) DO UPDATE SET first_seen_ms = excluded.first_seen_ms, \
-                   sent_at_ms = excluded.sent_at_ms, body = excluded.body",
-                &[
-                    &sink,
-                    &alert.fact,
-                    &alert.first_seen_ms,
-                    &now_ms,
-                    &alert.body,
-                ],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
-            tx.execute(SETTLE_IN_FLIGHT, &[&sink, &alert.fact])
-                .await
-                .map_err(|e| self.pg(e))?;
+            self.remember(&*tx, AlertState::Sent, sink, alert, now_ms)
+                .await?;
+            self.settle_in_flight(&*tx, sink, &alert.fact).await?;
             tx.commit().await.map_err(|e| self.pg(e))
         })
     }
 
-    pub(super) fn alert_in_flight_now(
+    fn remembered_alerts(
         &self,
-        sink: &str,
-        alert: &SentAlert,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.block_on(async {
-            let client = self.client().await?;
-            client
-                .execute(
-                    "INSERT INTO alerts_in_flight (sink, fact, first_seen_ms, started_at_ms, body) \
-                     VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (sink, fact) DO UPDATE SET \
-                       first_seen_ms = excluded.first_seen_ms, \
-                       started_at_ms = excluded.started_at_ms, body = excluded.body",
-                    &[
-                        &sink,
-                        &alert.fact,
-                        &alert.first_seen_ms,
-                        &now_ms,
-                        &alert.body,
-                    ],
-                )
-                .await
-                .map(drop)
-                .map_err(|e| self.pg(e))
-        })
-    }
-
-    pub(super) fn alert_not_sent_now(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
-        self.block_on(async {
-            let client = self.client().await?;
-            client
-                .execute(SETTLE_IN_FLIGHT, &[&sink, &fact])
-                .await
-                .map(drop)
-                .map_err(|e| self.pg(e))
-        })
-    }
-
-    pub(super) fn alerts_in_flight_since(
-        &self,
-        sink: &str,
-        since_ms: i64,
-    ) -> Result<Vec<SentAlert>, StoreError> {
-        self.remembered(
-            "SELECT fact, first_seen_ms, body FROM alerts_in_flight \
-             WHERE sink = $1 AND first_seen_ms >= $2",
-            sink,
-            since_ms,
-        )
-    }
-
-    pub(super) fn sent_alerts_since(
-        &self,
-        sink: &str,
-        since_ms: i64,
-    ) -> Result<Vec<SentAlert>, StoreError> {
-        self.remembered(
-            "SELECT fact, first_seen_ms, body FROM sent_alerts \
-             WHERE sink = $1 AND first_seen_ms >= $2",
-            sink,
-            since_ms,
-        )
-    }
-
-    /// The rows of `sql` (fact, first seen, body) for `sink` and `since_ms`.
-    fn remembered(
-        &self,
-        sql: &str,
+        state: AlertState,
         sink: &str,
         since_ms: i64,
     ) -> Result<Vec<SentAlert>, StoreError> {
         self.block_on(async {
             let client = self.client().await?;
             Ok(client
-                .query(sql, &[&sink, &since_ms])
+                .query(&remembered_alerts_sql(state, '$'), &[&sink, &since_ms])
                 .await
                 .map_err(|e| self.pg(e))?
                 .iter()
@@ -224,11 +200,7 @@ impl PostgresStore {
         })
     }
 
-    pub(super) fn forget_sent_alerts_before(
-        &self,
-        sink: &str,
-        before_ms: i64,
-    ) -> Result<u64, StoreError> {
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
         self.block_on(async {
             let client = self.client().await?;
             // One statement: both tables or neither.
@@ -246,8 +218,10 @@ impl PostgresStore {
                 .map_err(|e| self.pg(e))
         })
     }
+}
 
-    pub(super) fn scan_checkpoint_named(&self, name: &str) -> Result<Option<String>, StoreError> {
+impl Checkpoints for PostgresStore {
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.block_on(async {
             let client = self.client().await?;
             Ok(client
@@ -261,7 +235,7 @@ impl PostgresStore {
         })
     }
 
-    pub(super) fn set_scan_checkpoint_named(
+    fn set_scan_checkpoint(
         &self,
         name: &str,
         body: Option<&str>,

@@ -1,8 +1,8 @@
 //! What the SQLite store keeps for work that must happen once however many
 //! processes use the file: the alert memory of each sink (alerts sent, and
 //! alerts in flight), the scan checkpoint, and named locks (one alert
-//! dispatcher per sink, one sweep at a time). The trait methods of
-//! [`SqliteStore`] call these.
+//! dispatcher per sink, one sweep at a time): the supertraits of
+//! [`Store`](crate::findings::Store) on [`SqliteStore`].
 //!
 //! Locks are exclusive `flock`s on a file beside the database, one per
 //! name: the kernel releases them when the holder exits, however it exits,
@@ -13,10 +13,16 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::findings::{FindingId, HeldLock, SentAlert, StoreError, StoreLock};
+use crate::findings::stored::{
+    alert_table, not_claimed, remember_alert_sql, remembered_alerts_sql, settle_in_flight_sql,
+};
+use crate::findings::{
+    AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, SentAlert, StoreError,
+    StoreLock,
+};
 
 /// Names held in a store in memory.
 pub(super) type MemoryLocks = Arc<Mutex<HashSet<String>>>;
@@ -74,12 +80,8 @@ fn lock_file_suffix(name: &str) -> String {
     )
 }
 
-/// An alert of `fact` is no longer in flight at `sink`: recorded as sent,
-/// or refused (both settle it the same way).
-const SETTLE_IN_FLIGHT: &str = "DELETE FROM alerts_in_flight WHERE sink = ?1 AND fact = ?2";
-
-impl SqliteStore {
-    pub(super) fn try_lock_named(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
+impl Locks for SqliteStore {
+    fn try_lock(&self, name: &str) -> Result<Option<StoreLock>, StoreError> {
         if !self.file {
             let mut held = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
             if !held.insert(name.to_owned()) {
@@ -114,8 +116,54 @@ impl SqliteStore {
             Err(TryLockError::Error(e)) => Err(fail(e)),
         }
     }
+}
 
-    pub(super) fn alert_sent_now(
+impl SqliteStore {
+    /// Remembers `alert` of `sink` in `state`, on `conn` (the caller's
+    /// transaction, or the connection).
+    fn remember(
+        &self,
+        conn: &Connection,
+        state: AlertState,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let (fact, first_seen, body) = (&alert.fact, alert.first_seen_ms, &alert.body);
+        conn.prepare_cached(&remember_alert_sql(state, '?'))
+            .and_then(|mut s| s.execute(params![sink, fact, first_seen, now_ms, body]))
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+
+    fn settle_in_flight(
+        &self,
+        conn: &Connection,
+        sink: &str,
+        fact: &str,
+    ) -> Result<(), StoreError> {
+        conn.prepare_cached(&settle_in_flight_sql('?'))
+            .and_then(|mut s| s.execute(params![sink, fact]))
+            .map(drop)
+            .map_err(|e| self.sql(e))
+    }
+}
+
+impl AlertMemory for SqliteStore {
+    fn alert_in_flight(
+        &self,
+        sink: &str,
+        alert: &SentAlert,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.remember(&self.lock(), AlertState::InFlight, sink, alert, now_ms)
+    }
+
+    fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        self.settle_in_flight(&self.lock(), sink, fact)
+    }
+
+    fn alert_sent(
         &self,
         sink: &str,
         alert: &SentAlert,
@@ -135,107 +183,27 @@ impl SqliteStore {
                 .map_err(|e| self.sql(e))?;
             if n == 0 {
                 // Dropping the transaction rolls it back.
-                return Err(StoreError::NotClaimed {
-                    path: self.path.clone(),
-                    sink: sink.to_owned(),
-                    id,
-                });
+                return Err(not_claimed(&self.path, sink, id));
             }
             // Resolved before its alert reached this sink: the sink is owed
             // the resolution too (as in `mark_delivered`).
             super::triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
         }
-        tx.prepare_cached(
-            "INSERT INTO sent_alerts (sink, fact, first_seen_ms, sent_at_ms, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5) \
-             ON CONFLICT (sink, fact) DO UPDATE SET first_seen_ms = excluded.first_seen_ms, \
-               sent_at_ms = excluded.sent_at_ms, body = excluded.body",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                sink,
-                alert.fact,
-                alert.first_seen_ms,
-                now_ms,
-                alert.body
-            ])
-        })
-        .map_err(|e| self.sql(e))?;
-        tx.prepare_cached(SETTLE_IN_FLIGHT)
-            .and_then(|mut s| s.execute(params![sink, alert.fact]))
-            .map_err(|e| self.sql(e))?;
+        self.remember(&tx, AlertState::Sent, sink, alert, now_ms)?;
+        self.settle_in_flight(&tx, sink, &alert.fact)?;
         tx.commit().map_err(|e| self.sql(e))
     }
 
-    pub(super) fn alert_in_flight_now(
+    fn remembered_alerts(
         &self,
-        sink: &str,
-        alert: &SentAlert,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.lock()
-            .prepare_cached(
-                "INSERT INTO alerts_in_flight (sink, fact, first_seen_ms, started_at_ms, body) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) \
-                 ON CONFLICT (sink, fact) DO UPDATE SET first_seen_ms = excluded.first_seen_ms, \
-                   started_at_ms = excluded.started_at_ms, body = excluded.body",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    sink,
-                    alert.fact,
-                    alert.first_seen_ms,
-                    now_ms,
-                    alert.body
-                ])
-            })
-            .map(drop)
-            .map_err(|e| self.sql(e))
-    }
-
-    pub(super) fn alert_not_sent_now(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
-        self.lock()
-            .prepare_cached(SETTLE_IN_FLIGHT)
-            .and_then(|mut s| s.execute(params![sink, fact]))
-            .map(drop)
-            .map_err(|e| self.sql(e))
-    }
-
-    pub(super) fn alerts_in_flight_since(
-        &self,
-        sink: &str,
-        since_ms: i64,
-    ) -> Result<Vec<SentAlert>, StoreError> {
-        self.remembered(
-            "SELECT fact, first_seen_ms, body FROM alerts_in_flight \
-             WHERE sink = ?1 AND first_seen_ms >= ?2",
-            sink,
-            since_ms,
-        )
-    }
-
-    pub(super) fn sent_alerts_since(
-        &self,
-        sink: &str,
-        since_ms: i64,
-    ) -> Result<Vec<SentAlert>, StoreError> {
-        self.remembered(
-            "SELECT fact, first_seen_ms, body FROM sent_alerts \
-             WHERE sink = ?1 AND first_seen_ms >= ?2",
-            sink,
-            since_ms,
-        )
-    }
-
-    /// The rows of `sql` (fact, first seen, body) for `sink` and `since_ms`.
-    fn remembered(
-        &self,
-        sql: &str,
+        state: AlertState,
         sink: &str,
         since_ms: i64,
     ) -> Result<Vec<SentAlert>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
+        let mut stmt = conn
+            .prepare_cached(&remembered_alerts_sql(state, '?'))
+            .map_err(|e| self.sql(e))?;
         stmt.query_map(params![sink, since_ms], |r| {
             Ok(SentAlert {
                 fact: r.get(0)?,
@@ -247,15 +215,12 @@ impl SqliteStore {
         .map_err(|e| self.sql(e))
     }
 
-    pub(super) fn forget_sent_alerts_before(
-        &self,
-        sink: &str,
-        before_ms: i64,
-    ) -> Result<u64, StoreError> {
+    fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError> {
         let mut conn = self.lock();
         let tx = self.begin(&mut conn)?;
         let mut forgotten = 0;
-        for table in ["sent_alerts", "alerts_in_flight"] {
+        for state in [AlertState::Sent, AlertState::InFlight] {
+            let table = alert_table(state);
             forgotten += tx
                 .prepare_cached(&format!(
                     "DELETE FROM {table} WHERE sink = ?1 AND first_seen_ms < ?2"
@@ -266,15 +231,17 @@ impl SqliteStore {
         tx.commit().map_err(|e| self.sql(e))?;
         Ok(forgotten)
     }
+}
 
-    pub(super) fn scan_checkpoint_named(&self, name: &str) -> Result<Option<String>, StoreError> {
+impl Checkpoints for SqliteStore {
+    fn scan_checkpoint(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.lock()
             .prepare_cached("SELECT body FROM scan_checkpoints WHERE name = ?1")
             .and_then(|mut s| s.query_row([name], |r| r.get(0)).optional())
             .map_err(|e| self.sql(e))
     }
 
-    pub(super) fn set_scan_checkpoint_named(
+    fn set_scan_checkpoint(
         &self,
         name: &str,
         body: Option<&str>,
