@@ -19,6 +19,21 @@ use google_cloud_auth::credentials::Credentials;
 use google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use google_cloud_pubsub::client::{Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 
+/// `builder` with the endpoint and credentials of `target` (a [`Target`]).
+/// A macro: each client has its own builder type, and they share no trait.
+macro_rules! on_target {
+    ($target:expr, $builder:expr) => {{
+        let (target, mut builder) = ($target, $builder);
+        if let Some(endpoint) = &target.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
+        }
+        if let Some(credentials) = target.credentials() {
+            builder = builder.with_credentials(credentials);
+        }
+        builder
+    }};
+}
+
 /// The environment variable naming a Pub/Sub emulator (`host:port`).
 pub const EMULATOR_HOST_VAR: &str = "PUBSUB_EMULATOR_HOST";
 
@@ -130,50 +145,24 @@ impl Target {
 
     /// A streaming-pull client.
     pub async fn subscriber(&self) -> Result<Subscriber, ClientError> {
-        let mut builder = Subscriber::builder();
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        if let Some(credentials) = self.credentials() {
-            builder = builder.with_credentials(credentials);
-        }
-        builder.build().await
+        on_target!(self, Subscriber::builder()).build().await
     }
 
     /// A publisher for `topic` (`projects/P/topics/T`).
     pub async fn publisher(&self, topic: &str) -> Result<Publisher, ClientError> {
-        let mut builder = Publisher::builder(topic.to_owned());
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        if let Some(credentials) = self.credentials() {
-            builder = builder.with_credentials(credentials);
-        }
-        builder.build().await
+        on_target!(self, Publisher::builder(topic.to_owned()))
+            .build()
+            .await
     }
 
     /// The subscription admin client (REST).
     pub async fn subscription_admin(&self) -> Result<SubscriptionAdmin, ClientError> {
-        let mut builder = SubscriptionAdmin::builder();
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        if let Some(credentials) = self.credentials() {
-            builder = builder.with_credentials(credentials);
-        }
-        builder.build().await
+        on_target!(self, SubscriptionAdmin::builder()).build().await
     }
 
     /// The topic admin client (REST).
     pub async fn topic_admin(&self) -> Result<TopicAdmin, ClientError> {
-        let mut builder = TopicAdmin::builder();
-        if let Some(endpoint) = &self.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
-        if let Some(credentials) = self.credentials() {
-            builder = builder.with_credentials(credentials);
-        }
-        builder.build().await
+        on_target!(self, TopicAdmin::builder()).build().await
     }
 }
 

@@ -12,8 +12,8 @@
 //! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 //!
 //! Over 500 lines: the [`Store`] contract and the types it speaks in are
-//! one reading; its supertraits (what processes on one store do once:
-//! [`shared`]), each backend's code, and triage's rules ([`triage`]), live
+//! one reading; its supertraits (what processes on one store do once, in
+//! `shared.rs`), each backend's code, and triage's rules ([`triage`]), live
 //! in their own files.
 
 pub mod migrations;
@@ -409,8 +409,8 @@ impl StoreError {
 /// The findings store. Methods block (file or network I/O): call them from
 /// `spawn_blocking` in async code ([`off_thread`]), never from an async
 /// task (a store would panic there) — except [`Store::submit`], which only
-/// queues. What processes on one store must do once (alert memory, locks,
-/// the sweep's checkpoint) are its supertraits, in [`shared`].
+/// queues. What processes on one store must do once are its supertraits:
+/// [`AlertMemory`], [`Locks`], [`Checkpoints`].
 pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// Queues the decision for recording and returns at once; the
     /// [`Answer`] is what [`Store::record`] returns, once the decision is
