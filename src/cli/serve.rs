@@ -19,16 +19,8 @@ pub(super) fn serve(config_path: Option<&Path>, manifests: Option<&Path>) -> Exi
         config.manifests = manifests.to_path_buf();
     }
     let filter = tracing_subscriber::EnvFilter::new(&config.log.filter);
-    // Lines are written by a thread of their own, so a delivery does not wait
-    // for the write to stdout; never dropped (`lossy(false)`: a full buffer
-    // makes the logging call wait instead). The guard flushes at the end.
-    let (stdout, _flushed_on_drop) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::stdout());
     match config.log.format {
         LogFormat::Json => tracing_subscriber::fmt()
-            .with_writer(stdout)
             .json()
             .event_format(log::CloudJson(
                 tracing_subscriber::fmt::format()
@@ -38,10 +30,7 @@ pub(super) fn serve(config_path: Option<&Path>, manifests: Option<&Path>) -> Exi
             ))
             .with_env_filter(filter)
             .init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(stdout)
-            .with_env_filter(filter)
-            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
