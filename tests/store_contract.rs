@@ -192,6 +192,7 @@ contract!(
     a_sent_alert_marks_its_findings_and_every_store_remembers_it,
     an_alert_for_findings_the_sink_never_claimed_changes_nothing,
     an_alert_in_flight_is_seen_by_every_store_until_settled,
+    a_resolved_alert_is_forgotten_by_every_store,
     a_lock_is_held_by_one_store_at_a_time,
     a_lock_goes_with_its_session,
     the_scan_checkpoint_is_one_for_every_store,
@@ -1972,6 +1973,36 @@ fn an_alert_in_flight_is_seen_by_every_store_until_settled(h: &dyn Backend) {
         [sent("fact4", 3_000, "young")]
     );
     assert!(a.sent_alerts("hook", 0).unwrap().is_empty());
+}
+
+/// A fact whose resolution reached the sink is forgotten there, sent and
+/// in flight, for every process on the store (the next sight of it is a
+/// new alert); other sinks and other facts keep theirs.
+fn a_resolved_alert_is_forgotten_by_every_store(h: &dyn Backend) {
+    let (a, b) = (h.open(), h.open());
+    let f1 = new_finding(a.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
+    for sink in ["hook", "chat"] {
+        assert_eq!(a.claim_undelivered(sink, 10, 0).unwrap().len(), 1);
+        a.alert_sent(sink, &sent("fact1", 1_000, "sent"), &[f1], 10)
+            .unwrap();
+    }
+    // An update of it in flight, and another fact's alert.
+    a.alert_in_flight("hook", &sent("fact1", 1_000, "update"), 11)
+        .unwrap();
+    a.alert_in_flight("hook", &sent("fact2", 2_000, "other"), 12)
+        .unwrap();
+
+    b.alert_resolved("hook", "fact1").unwrap();
+    b.alert_resolved("hook", "fact1").unwrap();
+    assert!(a.sent_alerts("hook", 0).unwrap().is_empty());
+    assert_eq!(
+        a.alerts_in_flight("hook", 0).unwrap(),
+        [sent("fact2", 2_000, "other")]
+    );
+    assert_eq!(
+        a.sent_alerts("chat", 0).unwrap(),
+        [sent("fact1", 1_000, "sent")]
+    );
 }
 
 /// One alert dispatcher per sink, one sweep at a time: a named lock is

@@ -87,7 +87,7 @@ async fn resolving_a_finding_resolves_its_alert_at_every_sink() {
         hook.url,
         slack.url,
     );
-    let service = Service::start(dir.path(), &manifests(dir.path()), &config).await;
+    let mut service = Service::start(dir.path(), &manifests(dir.path()), &config).await;
     service
         .push_gcr(
             "m1",
@@ -224,6 +224,24 @@ async fn resolving_a_finding_resolves_its_alert_at_every_sink() {
     assert_eq!(status, 400);
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(hook.accepted_json().len(), 2, "no second resolution");
+
+    // The fact seen again after its resolution is a new alert, also from a
+    // process that did not send the first (it reads the store's memory).
+    assert!(service.terminate().await.success());
+    service.restart().await;
+    service
+        .push_gcr(
+            "m2",
+            &json!({"action": "INSERT", "digest": format!("r0.example/prod/app@{B}")}),
+        )
+        .await;
+    service
+        .wait_until("the webhook hears the fact again", || async {
+            hook.accepted_json().len() == 3
+        })
+        .await;
+    let again = &hook.accepted_json()[2];
+    assert_eq!(again["status"], "new", "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

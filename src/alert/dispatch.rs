@@ -434,7 +434,18 @@ impl Dispatcher {
                 let alert = Alert::resolved(&key, &finding);
                 let outcome = self.sink.send(&alert).await;
                 if outcome.is_ok() {
+                    // Resolved: the fact seen again is a new alert, here and
+                    // in whichever process leads this sink next.
                     sent.remove(&key);
+                    let (sink, fact) = (self.name.clone(), alert.alert_id.clone());
+                    if let Err(e) =
+                        off_thread(&self.store, move |s| s.alert_resolved(&sink, &fact)).await
+                    {
+                        // Then a successor updates the resolved alert
+                        // instead of starting a new one: noisy, not lost.
+                        tracing::warn!(sink = self.name, alert_id = alert.alert_id,
+                            error = %e, "cannot forget the resolved alert");
+                    }
                 }
                 self.metrics.alert(
                     &self.name,

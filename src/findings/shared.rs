@@ -83,6 +83,12 @@ pub trait AlertMemory {
         self.remembered_alerts(AlertState::Sent, sink, since_ms)
     }
 
+    /// The fact `fact` was resolved and `sink` has the resolution: its
+    /// alert, sent or in flight, is forgotten, so that the next sight of
+    /// the fact is a new alert, whichever process leads the sink then.
+    /// Idempotent.
+    fn alert_resolved(&self, sink: &str, fact: &str) -> Result<(), StoreError>;
+
     /// Forgets `sink`'s alerts, sent or in flight, of facts first seen
     /// before `before_ms` (out of the repeat window); returns how many.
     fn forget_sent_alerts(&self, sink: &str, before_ms: i64) -> Result<u64, StoreError>;

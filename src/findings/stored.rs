@@ -114,12 +114,13 @@ pub(super) fn remembered_alerts_sql(state: AlertState, mark: char) -> String {
     )
 }
 
-/// The alert of (sink `{mark}1`, fact `{mark}2`) is no longer in flight:
-/// recorded as sent, or refused (both settle it the same way).
-pub(super) fn settle_in_flight_sql(mark: char) -> String {
+/// Forgets the alert of (sink `{mark}1`, fact `{mark}2`) in `state`: an
+/// alert no longer in flight (recorded as sent, or refused), or the memory
+/// of an alert whose fact was resolved.
+pub(super) fn forget_alert_sql(state: AlertState, mark: char) -> String {
     format!(
         "DELETE FROM {} WHERE sink = {mark}1 AND fact = {mark}2",
-        alert_table(AlertState::InFlight)
+        alert_table(state)
     )
 }
 

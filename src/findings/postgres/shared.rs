@@ -20,7 +20,7 @@ use tokio_postgres::GenericClient;
 
 use super::PostgresStore;
 use crate::findings::stored::{
-    not_claimed, remember_alert_sql, remembered_alerts_sql, settle_in_flight_sql,
+    forget_alert_sql, not_claimed, remember_alert_sql, remembered_alerts_sql,
 };
 use crate::findings::{
     AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, SentAlert, StoreError,
@@ -98,14 +98,16 @@ impl PostgresStore {
             .map_err(|e| self.pg(e))
     }
 
-    async fn settle_in_flight(
+    /// Forgets the alert of (`sink`, `fact`) in `state`.
+    async fn forget_alert(
         &self,
         client: &impl GenericClient,
+        state: AlertState,
         sink: &str,
         fact: &str,
     ) -> Result<(), StoreError> {
         client
-            .execute(&settle_in_flight_sql('$'), &[&sink, &fact])
+            .execute(&forget_alert_sql(state, '$'), &[&sink, &fact])
             .await
             .map(drop)
             .map_err(|e| self.pg(e))
@@ -129,7 +131,19 @@ impl AlertMemory for PostgresStore {
     fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
         self.block_on(async {
             let client = self.client().await?;
-            self.settle_in_flight(&**client, sink, fact).await
+            self.forget_alert(&**client, AlertState::InFlight, sink, fact)
+                .await
+        })
+    }
+
+    fn alert_resolved(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        self.block_on(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
+            for state in [AlertState::Sent, AlertState::InFlight] {
+                self.forget_alert(&*tx, state, sink, fact).await?;
+            }
+            tx.commit().await.map_err(|e| self.pg(e))
         })
     }
 
@@ -173,7 +187,8 @@ impl AlertMemory for PostgresStore {
             }
             self.remember(&*tx, AlertState::Sent, sink, alert, now_ms)
                 .await?;
-            self.settle_in_flight(&*tx, sink, &alert.fact).await?;
+            self.forget_alert(&*tx, AlertState::InFlight, sink, &alert.fact)
+                .await?;
             tx.commit().await.map_err(|e| self.pg(e))
         })
     }

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::findings::stored::{
-    alert_table, not_claimed, remember_alert_sql, remembered_alerts_sql, settle_in_flight_sql,
+    alert_table, forget_alert_sql, not_claimed, remember_alert_sql, remembered_alerts_sql,
 };
 use crate::findings::{
     AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, SentAlert, StoreError,
@@ -136,13 +136,15 @@ impl SqliteStore {
             .map_err(|e| self.sql(e))
     }
 
-    fn settle_in_flight(
+    /// Forgets the alert of (`sink`, `fact`) in `state`.
+    fn forget_alert(
         &self,
         conn: &Connection,
+        state: AlertState,
         sink: &str,
         fact: &str,
     ) -> Result<(), StoreError> {
-        conn.prepare_cached(&settle_in_flight_sql('?'))
+        conn.prepare_cached(&forget_alert_sql(state, '?'))
             .and_then(|mut s| s.execute(params![sink, fact]))
             .map(drop)
             .map_err(|e| self.sql(e))
@@ -160,7 +162,16 @@ impl AlertMemory for SqliteStore {
     }
 
     fn alert_not_sent(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
-        self.settle_in_flight(&self.lock(), sink, fact)
+        self.forget_alert(&self.lock(), AlertState::InFlight, sink, fact)
+    }
+
+    fn alert_resolved(&self, sink: &str, fact: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        for state in [AlertState::Sent, AlertState::InFlight] {
+            self.forget_alert(&tx, state, sink, fact)?;
+        }
+        tx.commit().map_err(|e| self.sql(e))
     }
 
     fn alert_sent(
@@ -190,7 +201,7 @@ impl AlertMemory for SqliteStore {
             super::triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
         }
         self.remember(&tx, AlertState::Sent, sink, alert, now_ms)?;
-        self.settle_in_flight(&tx, sink, &alert.fact)?;
+        self.forget_alert(&tx, AlertState::InFlight, sink, &alert.fact)?;
         tx.commit().map_err(|e| self.sql(e))
     }
 
