@@ -545,6 +545,34 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     fn backend(&self) -> Backend;
 }
 
+/// A decision on its way to a store's writer, with where its answer goes
+/// (both backends' group commit take these).
+struct Pending {
+    decision: Decision,
+    /// The evidence as JSON, for decisions that become findings.
+    evidence: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<Recorded, StoreError>>,
+}
+
+impl Pending {
+    /// `d`, checked and prepared outside the writer (see
+    /// [`stored::evidence_to_record`]), and the answer its writer fills.
+    fn queue(store: &Arc<str>, d: &Decision) -> Result<(Pending, Answer), StoreError> {
+        let evidence = stored::evidence_to_record(store, d)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            decision: d.clone(),
+            evidence,
+            reply,
+        };
+        let answer = Answer {
+            reply: answer,
+            store: store.clone(),
+        };
+        Ok((pending, answer))
+    }
+}
+
 /// The answer to a [`Store::submit`]: arrives once the commit that carries
 /// the decision is durable, or has failed.
 #[derive(Debug)]
@@ -554,23 +582,6 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The two ends: the store's writer answers on the sender.
-    fn channel(
-        store: &Arc<str>,
-    ) -> (
-        tokio::sync::oneshot::Sender<Result<Recorded, StoreError>>,
-        Answer,
-    ) {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        (
-            reply,
-            Answer {
-                reply: answer,
-                store: store.clone(),
-            },
-        )
-    }
-
     /// Waits for the answer without holding a thread.
     pub async fn recorded(self) -> Result<Recorded, StoreError> {
         let lost = self.lost();

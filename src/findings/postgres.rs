@@ -58,11 +58,11 @@ pub use connect::PostgresConfig;
 use super::migrations::{self, Backend, SchemaStatus};
 use super::stored::{
     self, Arg, Columns, DELIVERY_COLUMNS, Outbox, StoredDelivery, StoredFinding, decided_verdict,
-    evidence_to_record, findings_query, not_claimed, tally_decisions,
+    findings_query, not_claimed, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, SinkDelivery, Store, StoreError,
-    TriageChange, Triaged,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Pending, SinkDelivery, Store,
+    StoreError, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -87,7 +87,7 @@ pub struct PostgresStore {
     pool: Pool,
     /// The store as messages name it: no password.
     name: Arc<str>,
-    writer: mpsc::UnboundedSender<writer::Pending>,
+    writer: mpsc::UnboundedSender<Pending>,
     claim_lease_ms: i64,
     /// Sinks known to be registered (see [`PostgresStore::register_sink`]).
     sinks: Mutex<HashSet<String>>,
@@ -453,15 +453,10 @@ async fn migrate(pool: &Pool, name: &Arc<str>) -> Result<(), StoreError> {
 
 impl Store for PostgresStore {
     fn submit(&self, d: &Decision) -> Result<Answer, StoreError> {
-        let evidence = evidence_to_record(&self.name, d)?;
-        let (reply, answer) = Answer::channel(&self.name);
+        let (pending, answer) = Pending::queue(&self.name, d)?;
         // A send fails only when the writer has stopped, which `answer`
         // reports: its reply end is gone with the pending decision.
-        let _ = self.writer.send(writer::Pending {
-            decision: d.clone(),
-            evidence,
-            reply,
-        });
+        let _ = self.writer.send(pending);
         Ok(answer)
     }
 

@@ -19,12 +19,12 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::stored::{
-    self, Arg, Columns, FINDING_COLUMNS, Outbox, StoredFinding, decided_verdict,
-    evidence_to_record, findings_query, tally_decisions,
+    self, Arg, Columns, FINDING_COLUMNS, Outbox, StoredFinding, decided_verdict, findings_query,
+    tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Store, StoreError, TriageChange,
-    Triaged,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Pending, Store, StoreError,
+    TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -54,7 +54,7 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// The queue of the writer thread that group-commits decisions
     /// ([`commit`]).
-    writer: Sender<commit::Pending>,
+    writer: Sender<Pending>,
     /// A second connection for `decision`, the dedupe lookup of every
     /// delivery: with WAL it reads while a group commit is being fsynced.
     /// `None` in memory, where there is one database per connection.
@@ -291,15 +291,10 @@ impl Columns for Row<'_> {
 
 impl Store for SqliteStore {
     fn submit(&self, d: &Decision) -> Result<Answer, StoreError> {
-        let evidence = evidence_to_record(&self.path, d)?;
-        let (reply, answer) = Answer::channel(&self.path);
+        let (pending, answer) = Pending::queue(&self.path, d)?;
         // A send fails only when the writer has stopped, which `answer`
         // reports: its reply end is gone with the pending decision.
-        let _ = self.writer.send(commit::Pending {
-            decision: d.clone(),
-            evidence,
-            reply,
-        });
+        let _ = self.writer.send(pending);
         Ok(answer)
     }
 

@@ -8,21 +8,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 
 use super::{pg_error, pool_error};
 use crate::findings::stored::decided_verdict;
-use crate::findings::{Decision, FindingId, Recorded, StoreError, action_str, now_ms};
+use crate::findings::{Decision, FindingId, Pending, Recorded, StoreError, action_str, now_ms};
 
 /// Most decisions in one transaction.
 const MAX_BATCH: usize = 512;
-
-pub(super) struct Pending {
-    pub decision: Decision,
-    /// The evidence as JSON, for decisions that become findings.
-    pub evidence: Option<String>,
-    pub reply: oneshot::Sender<Result<Recorded, StoreError>>,
-}
 
 /// Takes batches off `queue` while fewer than `writers` are being written,
 /// until every sender is gone.

@@ -16,18 +16,11 @@ use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::SELECT_DECISION;
 use crate::findings::stored::decided_verdict;
-use crate::findings::{Decision, FindingId, Recorded, StoreError, action_str, now_ms};
+use crate::findings::{FindingId, Pending, Recorded, StoreError, action_str, now_ms};
 
 /// Most decisions in one transaction, so one batch never keeps the
 /// connection from the store's other calls for long.
 const MAX_BATCH: usize = 512;
-
-pub(super) struct Pending {
-    pub decision: Decision,
-    /// The evidence as JSON, for decisions that become findings.
-    pub evidence: Option<String>,
-    pub reply: tokio::sync::oneshot::Sender<Result<Recorded, StoreError>>,
-}
 
 /// Starts the writer of the store at `path`; it ends when every sender of
 /// the returned queue is gone (the store was dropped).
