@@ -91,9 +91,16 @@ fn write_batch(
         Ok(tx) => tx,
         Err(e) => return fail_all(&sql(e)),
     };
+    // Most deliveries were never undecided: when no retry budget is kept
+    // at all (read under the write lock, so no process adds one meanwhile)
+    // the batch skips forgetting one per decision.
+    let budgets = match any_undecided(&tx) {
+        Ok(budgets) => budgets,
+        Err(e) => return fail_all(&sql(e)),
+    };
     let written: Result<Vec<Recorded>, StoreError> = batch
         .iter()
-        .map(|pending| write_one(&tx, path, pending))
+        .map(|pending| write_one(&tx, path, pending, budgets))
         .collect();
     match written {
         Ok(results) => {
@@ -115,7 +122,7 @@ fn write_batch(
         let result = match tx.savepoint() {
             Err(e) => Err(sql(e)),
             Ok(mut sp) => {
-                let written = write_one(&sp, path, pending);
+                let written = write_one(&sp, path, pending, true);
                 match &written {
                     Ok(_) => sp.commit().map_err(sql).and(written),
                     Err(_) => {
@@ -134,10 +141,19 @@ fn write_batch(
     }
 }
 
+/// Whether any undecided retry budget is kept.
+fn any_undecided(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM undecided)")?
+        .query_row([], |r| r.get(0))
+}
+
+/// Writes one decision; `budgets`: whether an undecided retry budget may
+/// exist to forget.
 fn write_one(
     conn: &Connection,
     path: &Arc<str>,
     pending: &Pending,
+    budgets: bool,
 ) -> Result<Recorded, StoreError> {
     let sql = |source| StoreError::Sqlite {
         path: path.clone(),
@@ -171,11 +187,13 @@ fn write_one(
         return Ok(Recorded::Duplicate { verdict });
     }
     // Decided: the retry budget it may have used is spent.
-    conn.prepare_cached(
-        "DELETE FROM undecided WHERE source = ?1 AND endpoint = ?2 AND event_id = ?3",
-    )
-    .and_then(|mut s| s.execute(params![source, endpoint, d.event_id.0]))
-    .map_err(sql)?;
+    if budgets {
+        conn.prepare_cached(
+            "DELETE FROM undecided WHERE source = ?1 AND endpoint = ?2 AND event_id = ?3",
+        )
+        .and_then(|mut s| s.execute(params![source, endpoint, d.event_id.0]))
+        .map_err(sql)?;
+    }
     let Some(evidence) = &pending.evidence else {
         return Ok(Recorded::New { finding: None });
     };
