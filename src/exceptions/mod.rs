@@ -12,11 +12,9 @@
 //! on. `load` parses and validates files; `baseline` turns the findings of
 //! a sweep into entries for review.
 //!
-//! Over 500 lines for its table tests (what each field covers), which
-//! belong beside the matching they pin down.
-//!
 //! Over 500 lines, about half of it the table tests of matching and
-//! expiry; the loader is in `load.rs` and the baseline writer in `baseline.rs`.
+//! expiry, which belong beside the matching they pin down; the loader is
+//! in `load.rs` and the baseline writer in `baseline.rs`.
 
 pub mod baseline;
 mod date;
