@@ -24,6 +24,8 @@ pub mod list;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
 /// Response headers of every page and asset: a Content-Security-Policy
 /// allowing only this origin's own script, style and requests (no inline
 /// script or style), no framing, no MIME sniffing, no referrer.
@@ -86,6 +88,13 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// What a query value keeps as it is: RFC 3986's unreserved characters.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 /// A query string (`?a=b&c=d`, or empty) from the pairs given,
 /// percent-encoded; escape it again to put it in an attribute.
 fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> String {
@@ -94,13 +103,7 @@ fn query_string<'a>(pairs: impl IntoIterator<Item = (&'a str, String)>) -> Strin
         out.push(if out.is_empty() { '?' } else { '&' });
         out.push_str(key);
         out.push('=');
-        for b in value.bytes() {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                out.push(char::from(b));
-            } else {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
+        out.extend(utf8_percent_encode(&value, QUERY_VALUE));
     }
     out
 }
