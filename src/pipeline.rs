@@ -293,7 +293,7 @@ impl Pipeline {
         decision.excepted_by = excepted_by.clone();
         // Queued, not run on a blocking thread: the store's writer answers
         // once the commit carrying this decision is durable.
-        let recorded = match self.store.submit(&decision) {
+        let recorded = match self.store.submit(decision) {
             Ok(answer) => answer.recorded().await,
             Err(e) => Err(e),
         };

@@ -1028,7 +1028,7 @@ fn submitted_decisions_are_each_answered_once_durable(h: &dyn Backend) {
             } else {
                 VerdictKind::Promoted
             };
-            let answer = store.submit(&decision(&format!("q{i}"), verdict)).unwrap();
+            let answer = store.submit(decision(&format!("q{i}"), verdict)).unwrap();
             (i, verdict, answer)
         })
         .collect();
@@ -1070,7 +1070,7 @@ fn sqlite_a_decision_that_fails_to_write_fails_alone() {
                 format!("p{i}")
             };
             let answer = store
-                .submit(&decision(&id, VerdictKind::Unpromoted))
+                .submit(decision(&id, VerdictKind::Unpromoted))
                 .unwrap();
             (id, answer)
         })

@@ -417,7 +417,7 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// durable. Concurrent decisions share one transaction (group commit).
     /// Async callers use this: no thread is held while the commit is made.
     /// An `undecided` verdict is refused here.
-    fn submit(&self, d: &Decision) -> Result<Answer, StoreError>;
+    fn submit(&self, d: Decision) -> Result<Answer, StoreError>;
 
     /// Atomically: insert the decision unless (source, endpoint, event id) is already
     /// recorded, and, when the verdict alerts, a finding in the outbox
@@ -426,7 +426,7 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// returns: callers acknowledge the delivery only after `Ok`.
     /// An `undecided` verdict is refused.
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
-        self.submit(d)?.wait()
+        self.submit(d.clone())?.wait()
     }
 
     /// The verdict recorded for (source, endpoint, event id), if any.
@@ -557,11 +557,11 @@ struct Pending {
 impl Pending {
     /// `d`, checked and prepared outside the writer (see
     /// [`stored::evidence_to_record`]), and the answer its writer fills.
-    fn queue(store: &Arc<str>, d: &Decision) -> Result<(Pending, Answer), StoreError> {
-        let evidence = stored::evidence_to_record(store, d)?;
+    fn queue(store: &Arc<str>, d: Decision) -> Result<(Pending, Answer), StoreError> {
+        let evidence = stored::evidence_to_record(store, &d)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let pending = Pending {
-            decision: d.clone(),
+            decision: d,
             evidence,
             reply,
         };

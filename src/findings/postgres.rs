@@ -452,7 +452,7 @@ async fn migrate(pool: &Pool, name: &Arc<str>) -> Result<(), StoreError> {
 }
 
 impl Store for PostgresStore {
-    fn submit(&self, d: &Decision) -> Result<Answer, StoreError> {
+    fn submit(&self, d: Decision) -> Result<Answer, StoreError> {
         let (pending, answer) = Pending::queue(&self.name, d)?;
         // A send fails only when the writer has stopped, which `answer`
         // reports: its reply end is gone with the pending decision.

@@ -290,7 +290,7 @@ impl Columns for Row<'_> {
 }
 
 impl Store for SqliteStore {
-    fn submit(&self, d: &Decision) -> Result<Answer, StoreError> {
+    fn submit(&self, d: Decision) -> Result<Answer, StoreError> {
         let (pending, answer) = Pending::queue(&self.path, d)?;
         // A send fails only when the writer has stopped, which `answer`
         // reports: its reply end is gone with the pending decision.
