@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
 use crate::event::{EndpointName, Event, EventId, Source};
 use crate::exceptions::{Date, Exceptions, Subject};
-use crate::findings::{Decision, Recorded, Store, StoreError, now_ms, off_thread};
+use crate::findings::{Decision, Recorded, Store, StoreError, now_ms, off_thread, record_queued};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
@@ -293,10 +293,7 @@ impl Pipeline {
         decision.excepted_by = excepted_by.clone();
         // Queued, not run on a blocking thread: the store's writer answers
         // once the commit carrying this decision is durable.
-        let recorded = match self.store.submit(decision) {
-            Ok(answer) => answer.recorded().await,
-            Err(e) => Err(e),
-        };
+        let recorded = record_queued(&*self.store, decision).await;
         match recorded {
             Ok(recorded) => {
                 if self.undecided.remove(&key).is_some() {

@@ -23,7 +23,7 @@ use crate::audit::VerdictKind;
 use crate::config::ReloadConfig;
 use crate::event::{EndpointName, EventId, Malformed, Source};
 use crate::exceptions::{self, Date, Exception, Exceptions, ExceptionsConfig};
-use crate::findings::{Decision, Recorded, Store, now_ms, off_thread};
+use crate::findings::{Decision, Recorded, Store, now_ms, record_queued};
 use crate::index::Index;
 use crate::manifest::origin::{ManifestOrigin, OriginError, Version};
 use crate::manifest::walk::{Budget, Limit};
@@ -449,7 +449,7 @@ impl Reloader {
             index.generation(),
         );
         decision.verdict = verdict;
-        match off_thread(&self.store, move |s| s.record(&decision)).await {
+        match record_queued(&*self.store, decision).await {
             Ok(recorded) => {
                 if matches!(recorded, Recorded::New { .. }) && verdict != VerdictKind::Malformed {
                     self.metrics

@@ -616,6 +616,12 @@ pub struct Triaged {
     pub changed: bool,
 }
 
+/// Records `d` from async code: queued to the store's writer and awaited,
+/// so no thread is held while the commit is made (see [`Store::submit`]).
+pub async fn record_queued(store: &dyn Store, d: Decision) -> Result<Recorded, StoreError> {
+    store.submit(d)?.recorded().await
+}
+
 /// Runs a store call off the async threads: SQLite blocks on fsync, the
 /// PostgreSQL store on its own runtime. A
 /// panicking call is a bug, but it only becomes an error here (the caller

@@ -88,24 +88,15 @@ impl SqliteStore {
             })?;
         }
         let name: Arc<str> = path.display().to_string().into();
-        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
-            path: name.clone(),
-            source,
-        })?;
-        let reader = Connection::open(path).map_err(|source| StoreError::Sqlite {
-            path: name.clone(),
-            source,
-        })?;
+        let conn = Connection::open(path).map_err(|e| sql_error(&name, e))?;
+        let reader = Connection::open(path).map_err(|e| sql_error(&name, e))?;
         Self::init(conn, Some(reader), name, true)
     }
 
     /// A store that lives as long as the value (tests, `check`).
     pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
         let name: Arc<str> = ":memory:".into();
-        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
-            path: name.clone(),
-            source,
-        })?;
+        let conn = Connection::open_in_memory().map_err(|e| sql_error(&name, e))?;
         Self::init(conn, None, name, false)
     }
 
@@ -125,10 +116,7 @@ impl SqliteStore {
         if !path.exists() {
             return Ok(SchemaStatus::new(Backend::Sqlite, &*name, 0));
         }
-        let err = |source| StoreError::Sqlite {
-            path: name.clone(),
-            source,
-        };
+        let err = |e| sql_error(&name, e);
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(err)?;
         let version: i64 = conn
@@ -148,10 +136,7 @@ impl SqliteStore {
         path: Arc<str>,
         file: bool,
     ) -> Result<SqliteStore, StoreError> {
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let err = |e| sql_error(&path, e);
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         // The first statement that reads the file: a file that is not a
         // database fails here, named.
@@ -198,10 +183,7 @@ impl SqliteStore {
     }
 
     fn sql(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        sql_error(&self.path, source)
     }
 
     fn corrupt(&self, what: String) -> StoreError {
@@ -209,8 +191,7 @@ impl SqliteStore {
     }
 
     fn begin<'c>(&self, conn: &'c mut Connection) -> Result<Transaction<'c>, StoreError> {
-        conn.transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.sql(e))
+        begin(&self.path, conn)
     }
 
     fn finding_by_id(&self, conn: &Connection, id: FindingId) -> Result<Finding, StoreError> {
@@ -225,17 +206,27 @@ impl SqliteStore {
     }
 }
 
+/// A SQLite failure of the store at `path`.
+fn sql_error(path: &Arc<str>, source: rusqlite::Error) -> StoreError {
+    StoreError::Sqlite {
+        path: path.clone(),
+        source,
+    }
+}
+
+/// A write transaction that takes the file's write lock at once, so a
+/// concurrent writer waits at `BEGIN`, not halfway through.
+fn begin<'c>(path: &Arc<str>, conn: &'c mut Connection) -> Result<Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| sql_error(path, e))
+}
+
 /// Applies the migrations the file lacks, one transaction each (see
 /// [`migrations`]).
 fn migrate(conn: &mut Connection, path: &Arc<str>) -> Result<(), StoreError> {
-    let err = |source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    };
+    let err = |e| sql_error(path, e);
     loop {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = begin(path, conn)?;
         // Read inside the write transaction: another process may have
         // migrated since.
         let version: i64 = tx

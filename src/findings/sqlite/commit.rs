@@ -12,9 +12,9 @@
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 
-use super::SELECT_DECISION;
+use super::{SELECT_DECISION, begin, sql_error};
 use crate::findings::stored::decided_verdict;
 use crate::findings::{FindingId, Pending, Recorded, StoreError, action_str, now_ms};
 
@@ -83,13 +83,10 @@ fn write_batch(
             })
             .collect()
     };
-    let sql = |source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    };
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let sql = |source| sql_error(path, source);
+    let tx = match begin(path, conn) {
         Ok(tx) => tx,
-        Err(e) => return fail_all(&sql(e)),
+        Err(e) => return fail_all(&e),
     };
     // Most deliveries were never undecided: when no retry budget is kept
     // at all (read under the write lock, so no process adds one meanwhile)
@@ -113,9 +110,9 @@ fn write_batch(
         Err(e) if batch.len() == 1 => return vec![Err(e)],
         Err(_) => drop(tx),
     }
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+    let mut tx = match begin(path, conn) {
         Ok(tx) => tx,
-        Err(e) => return fail_all(&sql(e)),
+        Err(e) => return fail_all(&e),
     };
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
@@ -155,10 +152,7 @@ fn write_one(
     pending: &Pending,
     budgets: bool,
 ) -> Result<Recorded, StoreError> {
-    let sql = |source| StoreError::Sqlite {
-        path: path.clone(),
-        source,
-    };
+    let sql = |source| sql_error(path, source);
     let d = &pending.decision;
     let source = d.source.as_str();
     let verdict = d.verdict.as_str();
