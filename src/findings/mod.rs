@@ -547,20 +547,20 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
 
 /// A decision on its way to a store's writer, with where its answer goes
 /// (both backends' group commit take these).
-struct Pending {
+struct Queued {
     decision: Decision,
     /// The evidence as JSON, for decisions that become findings.
     evidence: Option<String>,
     reply: tokio::sync::oneshot::Sender<Result<Recorded, StoreError>>,
 }
 
-impl Pending {
+impl Queued {
     /// `d`, checked and prepared outside the writer (see
     /// [`stored::evidence_to_record`]), and the answer its writer fills.
-    fn queue(store: &Arc<str>, d: Decision) -> Result<(Pending, Answer), StoreError> {
+    fn queue(store: &Arc<str>, d: Decision) -> Result<(Queued, Answer), StoreError> {
         let evidence = stored::evidence_to_record(store, &d)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let pending = Pending {
+        let pending = Queued {
             decision: d,
             evidence,
             reply,

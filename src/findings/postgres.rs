@@ -61,7 +61,7 @@ use super::stored::{
     findings_query, not_claimed, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Pending, SinkDelivery, Store,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Queued, SinkDelivery, Store,
     StoreError, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
@@ -87,7 +87,7 @@ pub struct PostgresStore {
     pool: Pool,
     /// The store as messages name it: no password.
     name: Arc<str>,
-    writer: mpsc::UnboundedSender<Pending>,
+    writer: mpsc::UnboundedSender<Queued>,
     claim_lease_ms: i64,
     /// Sinks known to be registered (see [`PostgresStore::register_sink`]).
     sinks: Mutex<HashSet<String>>,
@@ -453,7 +453,7 @@ async fn migrate(pool: &Pool, name: &Arc<str>) -> Result<(), StoreError> {
 
 impl Store for PostgresStore {
     fn submit(&self, d: Decision) -> Result<Answer, StoreError> {
-        let (pending, answer) = Pending::queue(&self.name, d)?;
+        let (pending, answer) = Queued::queue(&self.name, d)?;
         // A send fails only when the writer has stopped, which `answer`
         // reports: its reply end is gone with the pending decision.
         let _ = self.writer.send(pending);

@@ -23,7 +23,7 @@ use super::stored::{
     tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Pending, Store, StoreError,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Queued, Store, StoreError,
     TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
@@ -54,7 +54,7 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     /// The queue of the writer thread that group-commits decisions
     /// ([`commit`]).
-    writer: Sender<Pending>,
+    writer: Sender<Queued>,
     /// A second connection for `decision`, the dedupe lookup of every
     /// delivery: with WAL it reads while a group commit is being fsynced.
     /// `None` in memory, where there is one database per connection.
@@ -282,7 +282,7 @@ impl Columns for Row<'_> {
 
 impl Store for SqliteStore {
     fn submit(&self, d: Decision) -> Result<Answer, StoreError> {
-        let (pending, answer) = Pending::queue(&self.path, d)?;
+        let (pending, answer) = Queued::queue(&self.path, d)?;
         // A send fails only when the writer has stopped, which `answer`
         // reports: its reply end is gone with the pending decision.
         let _ = self.writer.send(pending);

@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::{pg_error, pool_error};
 use crate::findings::stored::decided_verdict;
-use crate::findings::{Decision, FindingId, Pending, Recorded, StoreError, action_str, now_ms};
+use crate::findings::{Decision, FindingId, Queued, Recorded, StoreError, action_str, now_ms};
 
 /// Most decisions in one transaction.
 const MAX_BATCH: usize = 512;
@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 512;
 pub(super) async fn run(
     pool: Pool,
     name: Arc<str>,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
+    mut queue: mpsc::UnboundedReceiver<Queued>,
     writers: usize,
 ) {
     let permits = Arc::new(Semaphore::new(writers.max(1)));
@@ -139,7 +139,7 @@ JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(source, endpoint, event_id)
 async fn write(
     pool: &Pool,
     name: &Arc<str>,
-    batch: &[Pending],
+    batch: &[Queued],
 ) -> Result<Vec<Result<Recorded, StoreError>>, StoreError> {
     // The first of each key is written; later ones in the batch are
     // duplicates of whatever it turns out to be.
@@ -156,7 +156,7 @@ async fn write(
 
     let mut client = pool.get().await.map_err(|e| pool_error(name, e))?;
     let tx = client.transaction().await.map_err(|e| pg_error(name, e))?;
-    let col = |f: &dyn Fn(&Pending) -> Option<String>| -> Vec<Option<String>> {
+    let col = |f: &dyn Fn(&Queued) -> Option<String>| -> Vec<Option<String>> {
         leaders.iter().map(|&i| f(&batch[i])).collect()
     };
     let sources = col(&|p| Some(p.decision.source.as_str().to_owned()));

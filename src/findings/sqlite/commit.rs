@@ -16,7 +16,7 @@ use rusqlite::{Connection, params};
 
 use super::{SELECT_DECISION, begin, sql_error};
 use crate::findings::stored::decided_verdict;
-use crate::findings::{FindingId, Pending, Recorded, StoreError, action_str, now_ms};
+use crate::findings::{FindingId, Queued, Recorded, StoreError, action_str, now_ms};
 
 /// Most decisions in one transaction, so one batch never keeps the
 /// connection from the store's other calls for long.
@@ -27,7 +27,7 @@ const MAX_BATCH: usize = 512;
 pub(super) fn start(
     conn: Arc<Mutex<Connection>>,
     path: Arc<str>,
-) -> Result<Sender<Pending>, StoreError> {
+) -> Result<Sender<Queued>, StoreError> {
     let (queue, batches) = mpsc::channel();
     let name = path.clone();
     std::thread::Builder::new()
@@ -40,7 +40,7 @@ pub(super) fn start(
     Ok(queue)
 }
 
-fn run(conn: &Mutex<Connection>, path: &Arc<str>, queue: &Receiver<Pending>) {
+fn run(conn: &Mutex<Connection>, path: &Arc<str>, queue: &Receiver<Queued>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -70,7 +70,7 @@ fn run(conn: &Mutex<Connection>, path: &Arc<str>, queue: &Receiver<Pending>) {
 fn write_batch(
     conn: &mut Connection,
     path: &Arc<str>,
-    batch: &[Pending],
+    batch: &[Queued],
 ) -> Vec<Result<Recorded, StoreError>> {
     let fail_all = |e: &dyn std::fmt::Display| {
         batch
@@ -149,7 +149,7 @@ fn any_undecided(conn: &Connection) -> rusqlite::Result<bool> {
 fn write_one(
     conn: &Connection,
     path: &Arc<str>,
-    pending: &Pending,
+    pending: &Queued,
     budgets: bool,
 ) -> Result<Recorded, StoreError> {
     let sql = |source| sql_error(path, source);
