@@ -294,11 +294,15 @@ struct TriageBody {
     as_name: Option<String>,
 }
 
-pub async fn acknowledge(state: State<AppState>, id: Path<String>, request: Request) -> Response {
+pub async fn acknowledge(
+    state: State<Arc<AppState>>,
+    id: Path<String>,
+    request: Request,
+) -> Response {
     triage(state, id, TriageAction::Acknowledge, request).await
 }
 
-pub async fn resolve(state: State<AppState>, id: Path<String>, request: Request) -> Response {
+pub async fn resolve(state: State<Arc<AppState>>, id: Path<String>, request: Request) -> Response {
     triage(state, id, TriageAction::Resolve, request).await
 }
 
@@ -309,7 +313,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// 200 `{finding, changed}`; 404 for no such finding, 409 for a change the
 /// state does not allow, 400 for a bad body, 503 when the store fails.
 async fn triage(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     action: TriageAction,
     request: Request,

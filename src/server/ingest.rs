@@ -4,13 +4,16 @@
 //! source's parser, hands the deliveries to the pipeline and answers as the
 //! dispositions say.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{AppState, error, read_body};
+use crate::audit::VerdictKind;
 use crate::event::LimitHit;
 use crate::metrics::Metrics;
 use crate::sources::Disposition;
@@ -21,14 +24,19 @@ use crate::sources::webhook::{Endpoint, WebhookKind};
 /// message is malformed and recorded as such); 503 asks Pub/Sub to retry.
 /// The token is checked before the body is read, so a client without one
 /// cannot make the service hold bodies.
-pub(super) async fn pubsub_push(State(state): State<AppState>, request: Request) -> Response {
+pub(super) async fn pubsub_push(
+    State(state): State<Arc<AppState>>,
+    mut request: Request,
+) -> Response {
     if let Some(verifier) = &state.push_verifier
         && let Err(e) = verifier.verify_headers(request.headers()).await
     {
         state.metrics.rejected("unauthenticated");
         return error(e.status(), e.to_string());
     }
-    let headers = request.headers().clone();
+    // Taken, not cloned: reading the body needs only the extensions (the
+    // body limit), and this is every push's path.
+    let headers = std::mem::take(request.headers_mut());
     let body = match read_body(&state, request).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -45,7 +53,10 @@ pub(super) async fn pubsub_push(State(state): State<AppState>, request: Request)
         // 200: the emulator treats 202 (and, reportedly, 204) as a failure.
         Disposition::Ack => (
             StatusCode::OK,
-            axum::Json(json!({ "verdict": handled.verdict, "duplicate": handled.duplicate })),
+            axum::Json(PushAnswer {
+                verdict: handled.verdict,
+                duplicate: handled.duplicate,
+            }),
         )
             .into_response(),
         Disposition::Retry => error(
@@ -53,6 +64,13 @@ pub(super) async fn pubsub_push(State(state): State<AppState>, request: Request)
             "undecided for now; deliver again",
         ),
     }
+}
+
+/// The body of a push's 200: `{"verdict": …, "duplicate": …}`.
+#[derive(Serialize)]
+struct PushAnswer {
+    verdict: Option<VerdictKind>,
+    duplicate: bool,
 }
 
 /// A registry webhook: 401 without the endpoint's token, 415 for a content
@@ -64,7 +82,7 @@ pub(super) async fn pubsub_push(State(state): State<AppState>, request: Request)
 /// registry resends the request, and the events already recorded are
 /// recognised by their ids.
 pub(super) async fn webhook(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(kind): Path<String>,
     request: Request,
 ) -> Response {
@@ -219,7 +237,7 @@ fn query_token(uri: &Uri) -> Option<String> {
 /// send us a stream of requests we then refuse. 401 without it, and 405 for
 /// kinds whose senders never validate this way.
 pub(super) async fn webhook_validation(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(kind): Path<String>,
     uri: Uri,
     headers: HeaderMap,

@@ -34,7 +34,6 @@ use crate::sources::push_auth::PushVerifier;
 use crate::sources::webhook::Endpoints;
 
 /// Everything the routes share.
-#[derive(Clone)]
 pub struct AppState {
     pub index: Arc<ArcSwap<Index>>,
     pub pipeline: Arc<Pipeline>,
@@ -118,7 +117,7 @@ pub fn router(state: AppState, body_limit: usize, timeout: std::time::Duration) 
     }
     let metrics = state.metrics.clone();
     router
-        .with_state(state)
+        .with_state(Arc::new(state))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
@@ -159,7 +158,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// How long `/readyz` waits for the store to answer.
 const STORE_CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let index = state.index.load();
     let stats = index.stats();
     let reload_stuck = state.reloader.stuck();
@@ -204,7 +203,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.metrics.observe_index(&state.index.load());
     (
         [(
@@ -216,7 +215,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn digest(State(state): State<AppState>, Path(digest): Path<String>) -> Response {
+async fn digest(State(state): State<Arc<AppState>>, Path(digest): Path<String>) -> Response {
     let digest: Digest = match digest.parse() {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -241,7 +240,7 @@ struct CheckRequest {
 }
 
 /// Verdicts for hypothetical pushes; nothing is recorded.
-async fn check(State(state): State<AppState>, request: Request) -> Response {
+async fn check(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let body = match read_body(&state, request).await {
         Ok(body) => body,
         Err(response) => return response,
@@ -311,7 +310,10 @@ struct FindingsParams {
     limit: Option<usize>,
 }
 
-async fn findings(State(state): State<AppState>, Query(params): Query<FindingsParams>) -> Response {
+async fn findings(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<FindingsParams>,
+) -> Response {
     let verdict = match params.verdict.as_deref().map(str::parse::<VerdictKind>) {
         None => None,
         Some(Ok(k)) => Some(k),
@@ -353,7 +355,7 @@ async fn findings(State(state): State<AppState>, Query(params): Query<FindingsPa
 /// when its version did not change). 200 with the outcome; 503 when the
 /// set could not be loaded (the live index stays). Requests that arrive
 /// while a reload runs share the next one (see [`Reloader::request`]).
-async fn reload(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err((status, message)) = state.admin.check(&headers) {
         state.metrics.rejected("admin_unauthorized");
         return error(status, message);

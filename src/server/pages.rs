@@ -3,6 +3,8 @@
 //! the pure renderers of [`crate::status`]; every answer carries
 //! [`status::HEADERS`](crate::status::HEADERS).
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +31,7 @@ fn html(status: StatusCode, body: String) -> Response {
 
 /// `/`: the summary and the findings queue, open first.
 pub async fn queue(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Response {
     let now = now_ms();
@@ -73,7 +75,7 @@ pub async fn queue(
 }
 
 /// `/findings/{id}`: one finding; 404 page when there is none.
-pub async fn finding(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn finding(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     let Ok(number) = id.parse::<i64>() else {
         return html(StatusCode::NOT_FOUND, finding::not_found(&id));
     };
