@@ -38,15 +38,17 @@ async fn assert_reloads_to(service: &Service, commit: &str) {
     assert_eq!(commit_served(service).await, commit);
 }
 
-/// Two reloads fail, the index served stays at `commit`, and the failure is
-/// reported once: the manifest findings, `reported` of them by now.
-async fn two_failed_reloads(service: &Service, commit: &str, reported: usize) -> Vec<String> {
+/// Two reloads fail, the index served stays at `commit`, and the failure
+/// (the manifest finding whose reason contains `about`) is reported once.
+/// Other findings may stand beside it: a poll that catches the repository
+/// mid-change reports what it saw, which is a different problem.
+async fn two_failed_reloads(service: &Service, commit: &str, about: &str) {
     assert!(!reload(service).await);
     assert!(!reload(service).await);
     assert_eq!(commit_served(service).await, commit);
     let findings = service.manifest_findings();
-    assert_eq!(findings.len(), reported, "{findings:?}");
-    findings
+    let reported = findings.iter().filter(|f| f.contains(about)).count();
+    assert_eq!(reported, 1, "findings about {about:?}: {findings:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,8 +80,7 @@ async fn git_daemon_branch_is_followed_through_commits_a_force_push_and_a_deleti
     // syncs fail.
     repo.git(&["checkout", "--quiet", "-b", "elsewhere"]);
     repo.git(&["branch", "--quiet", "-D", "main"]);
-    let findings = two_failed_reloads(&service, &rewritten, 1).await;
-    assert!(findings[0].contains("no branch main"), "{}", findings[0]);
+    two_failed_reloads(&service, &rewritten, "no branch main").await;
 
     // It comes back.
     repo.git(&["branch", "main"]);
@@ -108,21 +109,10 @@ async fn a_silent_server_and_a_corrupt_pack_keep_the_index_and_are_reported_once
     let second = repo.commit("promote a 2.0");
 
     proxy.set(Mode::Hang);
-    let findings = two_failed_reloads(&service, &first, 1).await;
-    assert!(
-        findings[0].contains("no answer within 5s"),
-        "{}",
-        findings[0]
-    );
+    two_failed_reloads(&service, &first, "no answer within 5s").await;
 
     proxy.set(Mode::CorruptPack);
-    let findings = two_failed_reloads(&service, &first, 2).await;
-    assert!(
-        findings
-            .iter()
-            .any(|f| f.contains("pack sent by the remote")),
-        "{findings:?}"
-    );
+    two_failed_reloads(&service, &first, "pack sent by the remote").await;
 
     proxy.set(Mode::Relay);
     assert_reloads_to(&service, &second).await;
@@ -201,12 +191,7 @@ async fn a_commit_over_the_byte_budget_keeps_the_index_and_is_counted() {
     let noise: String = (0..65536).map(|_| fastrand::alphanumeric()).collect();
     repo.write("registry/images/a/noise.txt", &noise);
     repo.commit("a large file among the manifests");
-    let findings = two_failed_reloads(&service, &first, 1).await;
-    assert!(
-        findings[0].contains("manifests_git.max_bytes"),
-        "{}",
-        findings[0]
-    );
+    two_failed_reloads(&service, &first, "manifests_git.max_bytes").await;
     let metrics = service.metrics().await;
     assert!(
         metrics.contains(
