@@ -132,7 +132,7 @@ impl Pipeline {
         {
             self.metrics.rejected(limit.reason());
         }
-        let handled = self.decide_and_record(delivery, started).await;
+        let handled = self.decide_and_record(&delivery, started).await;
         if !redelivered || handled.disposition == Disposition::Ack {
             self.metrics
                 .last_event(source.as_str(), now_ms() as f64 / 1000.0);
@@ -143,15 +143,29 @@ impl Pipeline {
         handled
     }
 
-    async fn decide_and_record(&self, delivery: Delivery, started: Instant) -> Handled {
-        let mut index = self.index.load_full();
+    async fn decide_and_record(&self, delivery: &Delivery, started: Instant) -> Handled {
+        let index = self.index.load_full();
         // A verdict the index alone makes final is recorded at once: `record`
         // answers a redelivery with its first verdict anyway, and the audit
         // costs less than the dedupe lookup it saves (one store round trip
         // per delivery, the hot path of every source).
-        if let Some(verdict) = self.final_without_io(&index, &delivery) {
-            return self.record(&delivery, &index, verdict).await;
+        if let Some(verdict) = self.final_without_io(&index, delivery) {
+            return self.record(delivery, &index, verdict).await;
         }
+        // Boxed: the registry reads, the git refresh and the retry budget
+        // make this future several kilobytes, which every delivery would
+        // otherwise allocate and copy whether it takes this path or not.
+        Box::pin(self.decide_with_io(delivery, index, started)).await
+    }
+
+    /// The verdict when the index alone does not make it final: dedupe,
+    /// resolve, refresh the manifests, count the retry budget, record.
+    async fn decide_with_io(
+        &self,
+        delivery: &Delivery,
+        mut index: Arc<Index>,
+        started: Instant,
+    ) -> Handled {
         // Durable dedupe before anything that reads registries or git: a
         // redelivery of a recorded id is acknowledged as is.
         match off_thread(&self.store, {

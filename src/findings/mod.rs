@@ -584,25 +584,25 @@ pub struct Answer {
 impl Answer {
     /// Waits for the answer without holding a thread.
     pub async fn recorded(self) -> Result<Recorded, StoreError> {
-        let lost = self.lost();
-        self.reply.await.unwrap_or(Err(lost))
+        let Answer { reply, store } = self;
+        reply.await.unwrap_or_else(|_| Err(lost(store)))
     }
 
     /// Blocks the calling thread for the answer (never an async task's:
     /// that panics).
     pub fn wait(self) -> Result<Recorded, StoreError> {
-        let lost = self.lost();
-        self.reply.blocking_recv().unwrap_or(Err(lost))
+        let Answer { reply, store } = self;
+        reply.blocking_recv().unwrap_or_else(|_| Err(lost(store)))
     }
+}
 
-    /// The writer stopped (a panic, or the store is being dropped) without
-    /// answering: the decision may or may not be written, so the caller
-    /// retries, and a redelivery is answered by the dedupe.
-    fn lost(&self) -> StoreError {
-        StoreError::GroupCommit {
-            path: self.store.clone(),
-            message: "the store's writer stopped before answering".into(),
-        }
+/// The writer stopped (a panic, or the store is being dropped) without
+/// answering: the decision may or may not be written, so the caller
+/// retries, and a redelivery is answered by the dedupe.
+fn lost(store: Arc<str>) -> StoreError {
+    StoreError::GroupCommit {
+        path: store,
+        message: "the store's writer stopped before answering".into(),
     }
 }
 
@@ -618,8 +618,14 @@ pub struct Triaged {
 
 /// Records `d` from async code: queued to the store's writer and awaited,
 /// so no thread is held while the commit is made (see [`Store::submit`]).
-pub async fn record_queued(store: &dyn Store, d: Decision) -> Result<Recorded, StoreError> {
-    store.submit(d)?.recorded().await
+/// Queued when called, not when first polled, so the decision is not kept
+/// in the future while it waits (every delivery's future carries this one).
+pub fn record_queued(
+    store: &dyn Store,
+    d: Decision,
+) -> impl Future<Output = Result<Recorded, StoreError>> + use<> {
+    let answer = store.submit(d);
+    async move { answer?.recorded().await }
 }
 
 /// Runs a store call off the async threads: SQLite blocks on fsync, the
