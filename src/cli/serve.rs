@@ -19,15 +19,6 @@ pub(super) fn serve(config_path: Option<&Path>, manifests: Option<&Path>) -> Exi
         config.manifests = manifests.to_path_buf();
     }
     let filter = tracing_subscriber::EnvFilter::new(&config.log.filter);
-    // Declared before everything that logs, so it is dropped after the last
-    // line (the service's final error included) and writes what is queued.
-    let (lines, _written_on_exit) = match log::lines(std::io::stdout()) {
-        Ok(lines) => lines,
-        Err(e) => {
-            eprintln!("error: cannot start the log writer: {e}");
-            return ExitCode::from(2);
-        }
-    };
     match config.log.format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
@@ -38,12 +29,8 @@ pub(super) fn serve(config_path: Option<&Path>, manifests: Option<&Path>) -> Exi
                     .with_current_span(false),
             ))
             .with_env_filter(filter)
-            .with_writer(lines)
             .init(),
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(lines)
-            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
