@@ -216,9 +216,19 @@ pub struct Finding {
     /// Open, acknowledged or resolved, and by whom ([`Store::triage`]).
     pub triage: Triage,
     /// Delivery state per sink that has claimed the finding (see
-    /// [`Store::claim_undelivered`]); from a claim, only the claiming sink's.
+    /// [`Store::claim`]); from a claim, only the claiming sink's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<SinkDelivery>,
+}
+
+/// What a row of the outbox is owed for: a finding's alert, or the news
+/// that a person resolved it. Both outboxes keep the same per-sink rows
+/// and claim rules ([`Store::claim`], [`Store::mark_delivered`],
+/// [`Store::mark_failed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outbox {
+    Alerts,
+    Resolutions,
 }
 
 /// The delivery of one finding to one sink.
@@ -453,29 +463,42 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// of a pruned event is recorded again as new.
     fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
-    /// Claims up to `limit` findings not yet delivered to `sink` (excepted
-    /// findings never are) whose next
-    /// attempt is due at `now_ms`, oldest first. Each claim counts as an
-    /// attempt and hides the finding from other claims for this sink for the
-    /// store's claim lease, after which an unfinished claim (a crash) is
-    /// claimable again. A sink is known from its first claim on, and then
-    /// owes every finding, older ones included.
-    fn claim_undelivered(
+    /// Claims up to `limit` rows of `outbox` owed to `sink` and due at
+    /// `now_ms`, oldest finding first, each with this sink's row as its
+    /// `deliveries`. Each claim counts as an attempt and hides the row from
+    /// other claims for this sink for the store's claim lease, after which
+    /// an unfinished claim (a crash) is claimable again.
+    ///
+    /// [`Outbox::Alerts`]: findings not yet delivered to `sink` (excepted
+    /// findings never are), by when they are due. A sink is known from its
+    /// first claim on (`limit` 0 included), and then owes every finding,
+    /// older ones included. [`Outbox::Resolutions`]: resolved findings whose
+    /// alert reached `sink` ([`Store::triage`]).
+    fn claim(
         &self,
+        outbox: Outbox,
         sink: &str,
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<Finding>, StoreError>;
 
-    /// The claimed finding reached `sink`: never claimed for it again.
-    /// When the finding is resolved by then, a resolution is now owed to
-    /// `sink` ([`Store::claim_resolutions`]). Idempotent.
-    fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError>;
+    /// The claimed row of `outbox` reached `sink`: never claimed for it
+    /// again. Idempotent. An alert delivered when its finding is resolved
+    /// by then owes `sink` the resolution too.
+    fn mark_delivered(
+        &self,
+        outbox: Outbox,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
 
-    /// The claimed finding could not be delivered to `sink`: claimable again
-    /// from `retry_at_ms`. No effect on a finding already delivered.
+    /// The claimed row of `outbox` could not be delivered to `sink`:
+    /// claimable again from `retry_at_ms`. No effect on a row already
+    /// delivered.
     fn mark_failed(
         &self,
+        outbox: Outbox,
         sink: &str,
         id: FindingId,
         error: &str,
@@ -501,7 +524,7 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// [`triage::transition`], in one transaction with the read of its
     /// state. Resolving owes a resolution to every sink the finding's alert
     /// was delivered to (and, through [`Store::mark_delivered`], to every
-    /// sink it is delivered to later). [`StoreError::NoSuchFinding`] or
+    /// sink it is delivered to later): rows of [`Outbox::Resolutions`]. [`StoreError::NoSuchFinding`] or
     /// [`StoreError::Triage`] when it cannot be applied.
     fn triage(
         &self,
@@ -509,35 +532,6 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
         change: &TriageChange,
         now_ms: i64,
     ) -> Result<Triaged, StoreError>;
-
-    /// Claims up to `limit` resolutions owed to `sink` and due at `now_ms`,
-    /// oldest finding first: each a resolved finding whose `deliveries` is
-    /// this resolution's state. A claim is an attempt and hides the
-    /// resolution for the claim lease, as [`Store::claim_undelivered`].
-    fn claim_resolutions(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError>;
-
-    /// The claimed resolution reached `sink`. Idempotent.
-    fn mark_resolution_delivered(
-        &self,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// The claimed resolution could not be delivered: claimable again from
-    /// `retry_at_ms`. No effect once delivered.
-    fn mark_resolution_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError>;
 
     /// Whether the store answers now (`/readyz`).
     fn check(&self) -> Result<(), StoreError>;

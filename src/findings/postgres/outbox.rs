@@ -1,23 +1,22 @@
 //! The two outboxes on the PostgreSQL store, alerts (`deliveries`) and
-//! resolutions, claimed and failed by one set of operations. A claim locks
+//! resolutions, claimed, marked and failed by one set of operations. A claim locks
 //! the rows it takes (`FOR UPDATE SKIP LOCKED`) and pushes their next
 //! attempt past the lease: concurrent claimers on any replica never take
-//! the same row. Marking an alert delivered is `mark_delivered`'s own
-//! statement (it may owe a resolution).
+//! the same row. Marking an alert delivered has its own statement (it may
+//! owe a resolution).
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
-use crate::findings::stored::{
-    DELIVERY_COLUMNS, FINDING_COLUMNS, MAX_ERROR_LEN, Outbox, not_claimed,
-};
-use crate::findings::{Finding, FindingId, StoreError, truncate};
+use crate::findings::stored::{DELIVERY_COLUMNS, FINDING_COLUMNS, MAX_ERROR_LEN, not_claimed};
+use crate::findings::{Finding, FindingId, Outbox, StoreError, truncate};
 
 impl PostgresStore {
     /// Claims up to `limit` rows of `outbox` due for `sink` at `now_ms`:
     /// each counts as an attempt and hides the row for the claim lease.
     /// The findings are returned oldest first, each with this sink's row.
-    pub(super) async fn claim(
+    pub(super) async fn claim_rows(
         &self,
         tx: &Transaction<'_>,
         outbox: Outbox,
@@ -68,24 +67,52 @@ impl PostgresStore {
         Ok(out)
     }
 
-    /// The claimed resolution reached `sink`.
-    pub(super) async fn resolution_delivered(
+    /// Marks the claimed row of (`id`, `sink`) in `outbox` delivered.
+    pub(super) async fn deliver(
         &self,
+        outbox: Outbox,
         sink: &str,
         id: FindingId,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let n = client
-            .execute(
-                "UPDATE resolutions SET state = 'delivered', \
-                   delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                 WHERE sink = $1 AND finding = $2",
-                &[&sink, &id.0, &now_ms],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
-        if n == 0 {
+        let args: [&(dyn ToSql + Sync); 3] = [&sink, &id.0, &now_ms];
+        let marked = match outbox {
+            // A finding resolved by now owes `sink` its resolution (an
+            // excepted one never: it was never alerted). The
+            // share lock waits for a resolve in progress (which locks the
+            // row) and returns the state it committed; a resolve that comes
+            // after waits for this statement and then sees the delivery.
+            Outbox::Alerts => client
+                .query_one(
+                    "WITH t AS (SELECT triage_state, excepted_by FROM findings WHERE id = $2 \
+                       FOR SHARE), \
+                     u AS (UPDATE deliveries SET state = 'delivered', \
+                       delivered_at_ms = COALESCE(delivered_at_ms, $3) \
+                       WHERE sink = $1 AND finding = $2 RETURNING finding), \
+                     r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
+                         next_attempt_ms) \
+                       SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
+                       WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
+                       ON CONFLICT DO NOTHING) \
+                     SELECT COUNT(*) FROM u",
+                    &args,
+                )
+                .await
+                .map(|row| row.get::<_, i64>(0) as u64),
+            Outbox::Resolutions => {
+                client
+                    .execute(
+                        "UPDATE resolutions SET state = 'delivered', \
+                           delivered_at_ms = COALESCE(delivered_at_ms, $3) \
+                         WHERE sink = $1 AND finding = $2",
+                        &args,
+                    )
+                    .await
+            }
+        }
+        .map_err(|e| self.pg(e))?;
+        if marked == 0 {
             return Err(not_claimed(&self.name, sink, id));
         }
         Ok(())

@@ -6,16 +6,40 @@
 use rusqlite::{Connection, params};
 
 use super::SqliteStore;
-use crate::findings::stored::{
-    DELIVERY_COLUMNS, MAX_ERROR_LEN, Outbox, StoredDelivery, not_claimed,
-};
-use crate::findings::{Finding, FindingId, SinkDelivery, StoreError, truncate};
+use crate::findings::stored::{DELIVERY_COLUMNS, MAX_ERROR_LEN, StoredDelivery, not_claimed};
+use crate::findings::{Finding, FindingId, Outbox, SinkDelivery, StoreError, truncate};
 
 impl SqliteStore {
+    /// Makes `sink` known (watermark 0: owed every finding) and gives it a
+    /// pending deliveries row for each finding recorded since it last
+    /// looked (excepted findings are owed to no sink), in the caller's
+    /// transaction.
+    pub(super) fn owe_new_findings(&self, conn: &Connection, sink: &str) -> Result<(), StoreError> {
+        let sql = |e| self.sql(e);
+        conn.prepare_cached("INSERT OR IGNORE INTO sinks (sink, watermark) VALUES (?1, 0)")
+            .and_then(|mut s| s.execute([sink]))
+            .map_err(sql)?;
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
+             SELECT f.id, ?1, 'pending', 0, 0 FROM findings f \
+             WHERE f.id > (SELECT watermark FROM sinks WHERE sink = ?1) \
+               AND f.excepted_by IS NULL",
+        )
+        .and_then(|mut s| s.execute([sink]))
+        .map_err(sql)?;
+        conn.prepare_cached(
+            "UPDATE sinks SET watermark = (SELECT COALESCE(MAX(id), 0) FROM findings) \
+             WHERE sink = ?1",
+        )
+        .and_then(|mut s| s.execute([sink]))
+        .map_err(sql)?;
+        Ok(())
+    }
+
     /// Claims up to `limit` rows of `outbox` due for `sink` at `now_ms`:
     /// each counts as an attempt and hides the row for the claim lease.
     /// The findings are returned oldest first, each with this sink's row.
-    pub(super) fn claim(
+    pub(super) fn claim_rows(
         &self,
         conn: &Connection,
         outbox: Outbox,
