@@ -7,8 +7,8 @@ use crate::support::decisions::{decision, new_finding};
 use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EndpointName, Source};
 use image_auditor::findings::{
-    DeliveryState, Finding, FindingId, FindingQuery, Outbox, Recorded, SqliteStore, Store,
-    StoreError,
+    DeliveryState, Finding, FindingId, FindingQuery, Outbox, Outboxes, Recorded, SqliteStore,
+    Store, StoreError,
 };
 
 fn tmp() -> (tempfile::TempDir, PathBuf) {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use image_auditor::audit::{Policy, VerdictKind};
 use image_auditor::findings::{
-    Checkpoints, Finding, FindingQuery, Locks, Outbox, SqliteStore, Store,
+    Checkpoints, Finding, FindingQuery, Locks, Outbox, Outboxes, SqliteStore, Store,
 };
 use image_auditor::index::Index;
 use image_auditor::manifest;

@@ -272,6 +272,21 @@ impl Dispatcher {
         off_thread(&self.store, move |s| f(s, &sink)).await
     }
 
+    /// Forgets the alert of `fact` in the store's memory with `forget`
+    /// (refused, or resolved). A failure is logged and otherwise ignored:
+    /// it costs an update where a new alert was due, never a finding.
+    async fn forget_alert(
+        &self,
+        fact: &str,
+        forget: fn(&dyn Store, &str, &str) -> Result<(), StoreError>,
+    ) {
+        let owned = fact.to_owned();
+        if let Err(e) = self.on_store(move |s, sink| forget(s, sink, &owned)).await {
+            tracing::warn!(sink = self.name, alert_id = fact, error = %e,
+                "cannot forget the alert in the store's memory");
+        }
+    }
+
     fn window_ms(&self) -> i64 {
         i64::try_from(self.timing.repeat_window.as_millis()).unwrap_or(i64::MAX)
     }
@@ -386,16 +401,13 @@ impl Dispatcher {
                         // the fact's next alert is an update either way,
                         // and the entry may stand for an earlier send
                         // whose outcome is unknown.
-                        let fact = alert.alert_id.clone();
-                        if let Err(e) = self
-                            .on_store(move |s, sink| s.alert_not_sent(sink, &fact))
-                            .await
-                        {
-                            // The retry is an update the receiver never
-                            // saw a `new` for, which it reads the same way.
-                            tracing::warn!(sink = self.name, alert_id = alert.alert_id,
-                                error = %e, "cannot settle the alert in flight");
-                        }
+                        // If that fails, the retry is an update the
+                        // receiver never saw a `new` for, which it reads
+                        // the same way.
+                        self.forget_alert(&alert.alert_id, |s, sink, fact| {
+                            s.alert_not_sent(sink, fact)
+                        })
+                        .await;
                     } else if !e.refused {
                         // It may have arrived: the retry updates it.
                         sent.insert(key.clone(), alert.clone());
@@ -445,16 +457,12 @@ impl Dispatcher {
                     // Resolved: the fact seen again is a new alert, here and
                     // in whichever process leads this sink next.
                     sent.remove(&key);
-                    let fact = alert.alert_id.clone();
-                    if let Err(e) = self
-                        .on_store(move |s, sink| s.alert_resolved(sink, &fact))
-                        .await
-                    {
-                        // Then a successor updates the resolved alert
-                        // instead of starting a new one: noisy, not lost.
-                        tracing::warn!(sink = self.name, alert_id = alert.alert_id,
-                            error = %e, "cannot forget the resolved alert");
-                    }
+                    // If that fails, a successor updates the resolved
+                    // alert instead of starting a new one: noisy, not lost.
+                    self.forget_alert(&alert.alert_id, |s, sink, fact| {
+                        s.alert_resolved(sink, fact)
+                    })
+                    .await;
                 }
                 self.metrics.alert(
                     &self.name,

@@ -17,6 +17,7 @@
 //! in their own files.
 
 pub mod migrations;
+mod outbox;
 pub mod postgres;
 mod shared;
 mod sqlite;
@@ -34,6 +35,7 @@ use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
 pub use migrations::{Backend, SchemaStatus};
+pub use outbox::{Outbox, Outboxes};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use shared::{AlertMemory, AlertState, Checkpoints, HeldLock, Locks, SentAlert, StoreLock};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
@@ -216,19 +218,9 @@ pub struct Finding {
     /// Open, acknowledged or resolved, and by whom ([`Store::triage`]).
     pub triage: Triage,
     /// Delivery state per sink that has claimed the finding (see
-    /// [`Store::claim`]); from a claim, only the claiming sink's.
+    /// [`Outboxes::claim`]); from a claim, only the claiming sink's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<SinkDelivery>,
-}
-
-/// What a row of the outbox is owed for: a finding's alert, or the news
-/// that a person resolved it. Both outboxes keep the same per-sink rows
-/// and claim rules ([`Store::claim`], [`Store::mark_delivered`],
-/// [`Store::mark_failed`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outbox {
-    Alerts,
-    Resolutions,
 }
 
 /// The delivery of one finding to one sink.
@@ -419,9 +411,10 @@ impl StoreError {
 /// The findings store. Methods block (file or network I/O): call them from
 /// `spawn_blocking` in async code ([`off_thread`]), never from an async
 /// task (a store would panic there) — except [`Store::submit`], which only
-/// queues. What processes on one store must do once are its supertraits:
+/// queues. The outboxes the alert sinks deliver from are the supertrait
+/// [`Outboxes`]; what processes on one store must do once are the others:
 /// [`AlertMemory`], [`Locks`], [`Checkpoints`].
-pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
+pub trait Store: AlertMemory + Locks + Checkpoints + Outboxes + Send + Sync {
     /// Queues the decision for recording and returns at once; the
     /// [`Answer`] is what [`Store::record`] returns, once the decision is
     /// durable. Concurrent decisions share one transaction (group commit).
@@ -463,48 +456,6 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// of a pruned event is recorded again as new.
     fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
-    /// Claims up to `limit` rows of `outbox` owed to `sink` and due at
-    /// `now_ms`, oldest finding first, each with this sink's row as its
-    /// `deliveries`. Each claim counts as an attempt and hides the row from
-    /// other claims for this sink for the store's claim lease, after which
-    /// an unfinished claim (a crash) is claimable again.
-    ///
-    /// [`Outbox::Alerts`]: findings not yet delivered to `sink` (excepted
-    /// findings never are), by when they are due. A sink is known from its
-    /// first claim on (`limit` 0 included), and then owes every finding,
-    /// older ones included. [`Outbox::Resolutions`]: resolved findings whose
-    /// alert reached `sink` ([`Store::triage`]).
-    fn claim(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError>;
-
-    /// The claimed row of `outbox` reached `sink`: never claimed for it
-    /// again. Idempotent. An alert delivered when its finding is resolved
-    /// by then owes `sink` the resolution too.
-    fn mark_delivered(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// The claimed row of `outbox` could not be delivered to `sink`:
-    /// claimable again from `retry_at_ms`. No effect on a row already
-    /// delivered.
-    fn mark_failed(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError>;
-
     /// The undecided retry budget: when (source, endpoint, event id) was
     /// first seen undecided, by any process on this store. The first call
     /// records `now_ms` and returns it; later ones return that first time,
@@ -523,7 +474,7 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// Applies `change` to finding `id` under the rules of
     /// [`triage::transition`], in one transaction with the read of its
     /// state. Resolving owes a resolution to every sink the finding's alert
-    /// was delivered to (and, through [`Store::mark_delivered`], to every
+    /// was delivered to (and, through [`Outboxes::mark_delivered`], to every
     /// sink it is delivered to later): rows of [`Outbox::Resolutions`]. [`StoreError::NoSuchFinding`] or
     /// [`StoreError::Triage`] when it cannot be applied.
     fn triage(

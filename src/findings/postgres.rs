@@ -141,6 +141,15 @@ pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The runtime a store call runs on could not start (no threads, no I/O
+/// driver): the store is as unavailable as an unreachable server.
+fn runtime_error(name: &Arc<str>, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable {
+        store: name.clone(),
+        message: format!("cannot start the store's runtime: {e}"),
+    }
+}
+
 fn pool_error(name: &Arc<str>, e: PoolError) -> StoreError {
     let message = match &e {
         PoolError::Backend(e) => chain(e),
@@ -173,10 +182,7 @@ impl PostgresStore {
             .thread_name("findings-postgres")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Unavailable {
-                store: name.clone(),
-                message: format!("cannot start the store's runtime: {e}"),
-            })?;
+            .map_err(|e| runtime_error(&name, e))?;
         let handle = runtime.handle().clone();
         let pool = {
             // The pool's timeouts need a runtime to exist in.
@@ -227,10 +233,7 @@ impl PostgresStore {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Unavailable {
-                store: name.clone(),
-                message: format!("cannot start a runtime: {e}"),
-            })?;
+            .map_err(|e| runtime_error(&name, e))?;
         runtime.block_on(async {
             let pool = connect::pool(config, pg)?;
             let client = pool.get().await.map_err(|e| pool_error(&name, e))?;
@@ -616,46 +619,6 @@ impl Store for PostgresStore {
                 .map_err(|e| self.pg(e))?;
             Ok(total)
         })
-    }
-
-    fn claim(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError> {
-        self.block_on(async {
-            if outbox == Outbox::Alerts {
-                self.register_sink(sink).await?;
-            }
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            let out = self.claim_rows(&tx, outbox, sink, limit, now_ms).await?;
-            tx.commit().await.map_err(|e| self.pg(e))?;
-            Ok(out)
-        })
-    }
-
-    fn mark_delivered(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.block_on(self.deliver(outbox, sink, id, now_ms))
-    }
-
-    fn mark_failed(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.block_on(self.fail(outbox, sink, id, error, retry_at_ms))
     }
 
     fn first_undecided(

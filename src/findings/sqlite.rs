@@ -467,44 +467,6 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
-    fn claim(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError> {
-        let mut conn = self.lock();
-        let tx = self.begin(&mut conn)?;
-        if outbox == Outbox::Alerts {
-            self.owe_new_findings(&tx, sink)?;
-        }
-        let out = self.claim_rows(&tx, outbox, sink, limit, now_ms)?;
-        tx.commit().map_err(|e| self.sql(e))?;
-        Ok(out)
-    }
-
-    fn mark_delivered(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.deliver(outbox, sink, id, now_ms)
-    }
-
-    fn mark_failed(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.fail(outbox, sink, id, error, retry_at_ms)
-    }
-
     fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;

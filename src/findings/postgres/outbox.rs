@@ -10,13 +10,13 @@ use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
 use crate::findings::stored::{DELIVERY_COLUMNS, FINDING_COLUMNS, MAX_ERROR_LEN, not_claimed};
-use crate::findings::{Finding, FindingId, Outbox, StoreError, truncate};
+use crate::findings::{Finding, FindingId, Outbox, Outboxes, StoreError, truncate};
 
 impl PostgresStore {
     /// Claims up to `limit` rows of `outbox` due for `sink` at `now_ms`:
     /// each counts as an attempt and hides the row for the claim lease.
     /// The findings are returned oldest first, each with this sink's row.
-    pub(super) async fn claim_rows(
+    async fn claim_rows(
         &self,
         tx: &Transaction<'_>,
         outbox: Outbox,
@@ -66,62 +66,82 @@ impl PostgresStore {
         }
         Ok(out)
     }
+}
 
-    /// Marks the claimed row of (`id`, `sink`) in `outbox` delivered.
-    pub(super) async fn deliver(
+impl Outboxes for PostgresStore {
+    fn claim(
+        &self,
+        outbox: Outbox,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError> {
+        self.block_on(async {
+            if outbox == Outbox::Alerts {
+                self.register_sink(sink).await?;
+            }
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
+            let out = self.claim_rows(&tx, outbox, sink, limit, now_ms).await?;
+            tx.commit().await.map_err(|e| self.pg(e))?;
+            Ok(out)
+        })
+    }
+
+    fn mark_delivered(
         &self,
         outbox: Outbox,
         sink: &str,
         id: FindingId,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let args: [&(dyn ToSql + Sync); 3] = [&sink, &id.0, &now_ms];
-        let marked = match outbox {
-            // A finding resolved by now owes `sink` its resolution (an
-            // excepted one never: it was never alerted). The
-            // share lock waits for a resolve in progress (which locks the
-            // row) and returns the state it committed; a resolve that comes
-            // after waits for this statement and then sees the delivery.
-            Outbox::Alerts => client
-                .query_one(
-                    "WITH t AS (SELECT triage_state, excepted_by FROM findings WHERE id = $2 \
-                       FOR SHARE), \
-                     u AS (UPDATE deliveries SET state = 'delivered', \
-                       delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                       WHERE sink = $1 AND finding = $2 RETURNING finding), \
-                     r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
-                         next_attempt_ms) \
-                       SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
-                       WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
-                       ON CONFLICT DO NOTHING) \
-                     SELECT COUNT(*) FROM u",
-                    &args,
-                )
-                .await
-                .map(|row| row.get::<_, i64>(0) as u64),
-            Outbox::Resolutions => {
-                client
-                    .execute(
-                        "UPDATE resolutions SET state = 'delivered', \
+        self.block_on(async {
+            let client = self.client().await?;
+            let args: [&(dyn ToSql + Sync); 3] = [&sink, &id.0, &now_ms];
+            let marked = match outbox {
+                // A finding resolved by now owes `sink` its resolution (an
+                // excepted one never: it was never alerted). The
+                // share lock waits for a resolve in progress (which locks the
+                // row) and returns the state it committed; a resolve that comes
+                // after waits for this statement and then sees the delivery.
+                Outbox::Alerts => client
+                    .query_one(
+                        "WITH t AS (SELECT triage_state, excepted_by FROM findings WHERE id = $2 \
+                           FOR SHARE), \
+                         u AS (UPDATE deliveries SET state = 'delivered', \
                            delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                         WHERE sink = $1 AND finding = $2",
+                           WHERE sink = $1 AND finding = $2 RETURNING finding), \
+                         r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
+                             next_attempt_ms) \
+                           SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
+                           WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
+                           ON CONFLICT DO NOTHING) \
+                         SELECT COUNT(*) FROM u",
                         &args,
                     )
                     .await
+                    .map(|row| row.get::<_, i64>(0) as u64),
+                Outbox::Resolutions => {
+                    client
+                        .execute(
+                            "UPDATE resolutions SET state = 'delivered', \
+                               delivered_at_ms = COALESCE(delivered_at_ms, $3) \
+                             WHERE sink = $1 AND finding = $2",
+                            &args,
+                        )
+                        .await
+                }
             }
-        }
-        .map_err(|e| self.pg(e))?;
-        if marked == 0 {
-            return Err(not_claimed(&self.name, sink, id));
-        }
-        Ok(())
+            .map_err(|e| self.pg(e))?;
+            if marked == 0 {
+                return Err(not_claimed(&self.name, sink, id));
+            }
+            Ok(())
+        })
     }
 
-    /// The claimed row of (`id`, `sink`) in `outbox` could not be
-    /// delivered: due again at `retry_at_ms`. A row delivered already stays
-    /// so; one that does not exist was never claimed.
-    pub(super) async fn fail(
+    /// A row that does not exist was never claimed.
+    fn mark_failed(
         &self,
         outbox: Outbox,
         sink: &str,
@@ -129,26 +149,28 @@ impl PostgresStore {
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let table = outbox.table();
-        let error = truncate(error, MAX_ERROR_LEN);
-        let client = self.client().await?;
-        // Updates a pending row; tells a delivered one (no effect) from
-        // none (never claimed).
-        let row = client
-            .query_opt(
-                &format!(
-                    "WITH u AS (UPDATE {table} SET last_error = $3, next_attempt_ms = $4 \
-                       WHERE sink = $1 AND finding = $2 AND state = 'pending' RETURNING 1) \
-                     SELECT 1 FROM u UNION ALL \
-                     SELECT 1 FROM {table} WHERE sink = $1 AND finding = $2 LIMIT 1"
-                ),
-                &[&sink, &id.0, &error, &retry_at_ms],
-            )
-            .await
-            .map_err(|e| self.pg(e))?;
-        if row.is_none() {
-            return Err(not_claimed(&self.name, sink, id));
-        }
-        Ok(())
+        self.block_on(async {
+            let table = outbox.table();
+            let error = truncate(error, MAX_ERROR_LEN);
+            let client = self.client().await?;
+            // Updates a pending row; tells a delivered one (no effect) from
+            // none (never claimed).
+            let row = client
+                .query_opt(
+                    &format!(
+                        "WITH u AS (UPDATE {table} SET last_error = $3, next_attempt_ms = $4 \
+                           WHERE sink = $1 AND finding = $2 AND state = 'pending' RETURNING 1) \
+                         SELECT 1 FROM u UNION ALL \
+                         SELECT 1 FROM {table} WHERE sink = $1 AND finding = $2 LIMIT 1"
+                    ),
+                    &[&sink, &id.0, &error, &retry_at_ms],
+                )
+                .await
+                .map_err(|e| self.pg(e))?;
+            if row.is_none() {
+                return Err(not_claimed(&self.name, sink, id));
+            }
+            Ok(())
+        })
     }
 }
