@@ -1,7 +1,5 @@
 //! Prometheus metrics (prefix `image_auditor_`), registered once per process
 //! in a [`Metrics`] value that is passed around; no global registry.
-//! Over 500 lines: one registration per metric, each with its help text,
-//! reads best as one list.
 
 use std::time::Duration;
 

@@ -12,9 +12,9 @@
 //! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 //!
 //! Over 500 lines: the [`Store`] contract and the types it speaks in are
-//! one reading; its supertraits (what processes on one store do once, in
-//! `shared.rs`), each backend's code, and triage's rules ([`triage`]), live
-//! in their own files.
+//! one reading; its supertraits (the outboxes in `outbox.rs`, what
+//! processes on one store do once in `shared.rs`), each backend's code, and
+//! triage's rules ([`triage`]), live in their own files.
 
 pub mod migrations;
 mod outbox;

@@ -1,9 +1,9 @@
-//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
-//! Over 500 lines: opening and migrating and the trait's queries share the
-//! one connection and its statements. The group commit is in [`commit`]. Claiming and
-//! marking outbox rows is in [`outbox`], triage in [`triage`]; what
-//! processes on one file must do once (alert memory, scan checkpoint,
-//! locks) in [`shared`]. What a stored row means is `findings::stored`'s.
+//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`):
+//! opening and migrating, and the trait's queries on the one connection.
+//! The group commit is in [`commit`]. Claiming and marking outbox rows is
+//! in [`outbox`], triage in [`triage`]; what processes on one file must do
+//! once (alert memory, scan checkpoint, locks) in [`shared`]. What a
+//! stored row means is `findings::stored`'s.
 
 mod commit;
 mod outbox;

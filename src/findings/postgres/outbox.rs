@@ -2,11 +2,13 @@
 //! resolutions, claimed, marked and failed by one set of operations. A claim locks
 //! the rows it takes (`FOR UPDATE SKIP LOCKED`) and pushes their next
 //! attempt past the lease: concurrent claimers on any replica never take
-//! the same row. Marking an alert delivered has its own statement (it may
-//! owe a resolution).
+//! the same row. Marking alerts delivered has its own statement (it may
+//! owe a resolution), shared with `alert_sent`.
+
+use std::collections::HashSet;
 
 use deadpool_postgres::Transaction;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::GenericClient;
 
 use super::PostgresStore;
 use crate::findings::stored::{DELIVERY_COLUMNS, FINDING_COLUMNS, MAX_ERROR_LEN, not_claimed};
@@ -68,6 +70,49 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Marks the claimed alert rows of findings `ids` for `sink` delivered,
+    /// in one statement on `client` (the caller's transaction, or a pooled
+    /// connection). A finding resolved by now owes `sink` its resolution
+    /// (an excepted one never: it was never alerted). The share lock waits
+    /// for a resolve in progress (which locks the row) and returns the
+    /// state it committed; a resolve that comes after waits for this
+    /// statement and then sees the delivery. A finding without a row for
+    /// `sink` is [`StoreError::NotClaimed`].
+    pub(super) async fn deliver_alerts(
+        &self,
+        client: &impl GenericClient,
+        sink: &str,
+        ids: &[i64],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let marked: HashSet<i64> = client
+            .query(
+                "WITH t AS (SELECT id, triage_state, excepted_by FROM findings \
+                   WHERE id = ANY($2) FOR SHARE), \
+                 u AS (UPDATE deliveries SET state = 'delivered', \
+                   delivered_at_ms = COALESCE(delivered_at_ms, $3) \
+                   WHERE sink = $1 AND finding = ANY($2) RETURNING finding), \
+                 r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
+                     next_attempt_ms) \
+                   SELECT u.finding, $1, 'pending', 0, 0 FROM u JOIN t ON t.id = u.finding \
+                   WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
+                   ON CONFLICT DO NOTHING) \
+                 SELECT finding FROM u",
+                &[&sink, &ids, &now_ms],
+            )
+            .await
+            .map_err(|e| self.pg(e))?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        match ids.iter().find(|id| !marked.contains(id)) {
+            Some(&missing) => Err(not_claimed(&self.name, sink, FindingId(missing))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Outboxes for PostgresStore {
     fn claim(
         &self,
@@ -97,43 +142,19 @@ impl Outboxes for PostgresStore {
     ) -> Result<(), StoreError> {
         self.block_on(async {
             let client = self.client().await?;
-            let args: [&(dyn ToSql + Sync); 3] = [&sink, &id.0, &now_ms];
-            let marked = match outbox {
-                // A finding resolved by now owes `sink` its resolution (an
-                // excepted one never: it was never alerted). The
-                // share lock waits for a resolve in progress (which locks the
-                // row) and returns the state it committed; a resolve that comes
-                // after waits for this statement and then sees the delivery.
-                Outbox::Alerts => client
-                    .query_one(
-                        "WITH t AS (SELECT triage_state, excepted_by FROM findings WHERE id = $2 \
-                           FOR SHARE), \
-                         u AS (UPDATE deliveries SET state = 'delivered', \
-                           delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                           WHERE sink = $1 AND finding = $2 RETURNING finding), \
-                         r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
-                             next_attempt_ms) \
-                           SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
-                           WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
-                           ON CONFLICT DO NOTHING) \
-                         SELECT COUNT(*) FROM u",
-                        &args,
-                    )
-                    .await
-                    .map(|row| row.get::<_, i64>(0) as u64),
-                Outbox::Resolutions => {
-                    client
-                        .execute(
-                            "UPDATE resolutions SET state = 'delivered', \
-                               delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                             WHERE sink = $1 AND finding = $2",
-                            &args,
-                        )
-                        .await
-                }
+            if outbox == Outbox::Alerts {
+                return self.deliver_alerts(&**client, sink, &[id.0], now_ms).await;
             }
-            .map_err(|e| self.pg(e))?;
-            if marked == 0 {
+            let n = client
+                .execute(
+                    "UPDATE resolutions SET state = 'delivered', \
+                       delivered_at_ms = COALESCE(delivered_at_ms, $3) \
+                     WHERE sink = $1 AND finding = $2",
+                    &[&sink, &id.0, &now_ms],
+                )
+                .await
+                .map_err(|e| self.pg(e))?;
+            if n == 0 {
                 return Err(not_claimed(&self.name, sink, id));
             }
             Ok(())

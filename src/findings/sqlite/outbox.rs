@@ -29,8 +29,6 @@ impl Outboxes for SqliteStore {
         Ok(out)
     }
 
-    /// In its own transaction: an alert delivered after its finding was
-    /// resolved owes the sink the resolution too.
     fn mark_delivered(
         &self,
         outbox: Outbox,
@@ -40,21 +38,7 @@ impl Outboxes for SqliteStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = self.begin(&mut conn)?;
-        let n = tx
-            .prepare_cached(&format!(
-                "UPDATE {} SET state = 'delivered', \
-                   delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
-                 WHERE sink = ?1 AND finding = ?2",
-                outbox.table()
-            ))
-            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(not_claimed(&self.path, sink, id));
-        }
-        if outbox == Outbox::Alerts {
-            super::triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
-        }
+        self.deliver(&tx, outbox, sink, id, now_ms)?;
         tx.commit().map_err(|e| self.sql(e))
     }
 
@@ -94,6 +78,35 @@ impl Outboxes for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Marks the claimed row of (`id`, `sink`) in `outbox` delivered, in
+    /// the caller's transaction: an alert delivered after its finding was
+    /// resolved owes the sink the resolution too.
+    pub(super) fn deliver(
+        &self,
+        tx: &Connection,
+        outbox: Outbox,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let n = tx
+            .prepare_cached(&format!(
+                "UPDATE {} SET state = 'delivered', \
+                   delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
+                 WHERE sink = ?1 AND finding = ?2",
+                outbox.table()
+            ))
+            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(not_claimed(&self.path, sink, id));
+        }
+        if outbox == Outbox::Alerts {
+            super::triage::owe_if_resolved(tx, id, sink).map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
     /// Makes `sink` known (watermark 0: owed every finding) and gives it a
     /// pending deliveries row for each finding recorded since it last
     /// looked (excepted findings are owed to no sink), in the caller's
