@@ -489,9 +489,10 @@ impl Dispatcher {
         }
     }
 
-    /// Delivered (`failure` None) or failed until `retry_at`. A store error
-    /// here is logged: the claim lease makes the finding claimable again, so
-    /// the worst case is one repeated alert, never a lost one.
+    /// The row of `outbox` delivered (`failure` None) or failed until
+    /// `retry_at`. A store error here is logged: the claim lease makes the
+    /// row claimable again, so the worst case is one repeated alert, never
+    /// a lost one.
     async fn mark(&self, outbox: Outbox, id: FindingId, failure: Option<(String, i64)>) {
         let result = self
             .on_store(move |s, sink| match &failure {
