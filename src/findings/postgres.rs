@@ -57,8 +57,8 @@ pub use connect::PostgresConfig;
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::stored::{
-    self, Arg, Columns, DELIVERY_COLUMNS, StoredDelivery, StoredFinding, decided_verdict,
-    findings_query, tally_decisions,
+    self, Arg, Columns, DECISIONS_BY_VERDICT, DELIVERY_COLUMNS, StoredDelivery, StoredFinding,
+    decided_verdict, findings_query, tally_decisions,
 };
 use super::{
     Answer, Counts, Decision, Finding, FindingId, FindingQuery, Outbox, Queued, SinkDelivery,
@@ -519,10 +519,7 @@ impl Store for PostgresStore {
             let mut client = self.client().await?;
             let tx = self.snapshot(&mut client).await?;
             let rows = tx
-                .query(
-                    "SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict",
-                    &[],
-                )
+                .query(DECISIONS_BY_VERDICT, &[])
                 .await
                 .map_err(|e| self.pg(e))?;
             let decisions =

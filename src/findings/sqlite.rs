@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::stored::{
-    self, Arg, Columns, FINDING_COLUMNS, StoredFinding, decided_verdict, findings_query,
-    tally_decisions,
+    self, Arg, Columns, DECISIONS_BY_VERDICT, FINDING_COLUMNS, StoredFinding, decided_verdict,
+    findings_query, tally_decisions,
 };
 use super::{
     Answer, Counts, Decision, Finding, FindingId, FindingQuery, Outbox, Queued, Store, StoreError,
@@ -352,7 +352,7 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         let decisions = tx
-            .prepare_cached("SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict")
+            .prepare_cached(DECISIONS_BY_VERDICT)
             .and_then(|mut s| {
                 s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<Vec<(String, i64)>>>()

@@ -340,7 +340,12 @@ pub(super) fn decided_verdict(
     })
 }
 
-/// Decisions per verdict from `(verdict, count)` rows, in
+/// The `(verdict, count)` rows [`tally_decisions`] reads: the same text in
+/// both dialects.
+pub(super) const DECISIONS_BY_VERDICT: &str =
+    "SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict";
+
+/// Decisions per verdict from `(verdict, count)` rows ([`DECISIONS_BY_VERDICT`]), in
 /// [`VerdictKind::ALL`] order with zeros for verdicts never recorded.
 pub(super) fn tally_decisions(
     store: &Arc<str>,
