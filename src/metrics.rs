@@ -1,7 +1,5 @@
 //! Prometheus metrics (prefix `image_auditor_`), registered once per process
 //! in a [`Metrics`] value that is passed around; no global registry.
-//! Over 500 lines: one registration per metric, each with its help text,
-//! reads best as one list.
 
 use std::time::Duration;
 
@@ -14,7 +12,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
@@ -120,208 +118,108 @@ impl Metrics {
     /// The process's metrics; `registry_client`'s request and cache
     /// counters are read at each scrape.
     pub fn new(registry_client: Option<crate::registry::RegistryClient>) -> Self {
-        let mut registry = Registry::with_prefix("image_auditor");
+        let mut r = Registrar(Registry::with_prefix("image_auditor"));
         if let Some(client) = registry_client {
-            registry.register_collector(Box::new(RegistryStats(client)));
+            r.0.register_collector(Box::new(RegistryStats(client)));
         }
-        let events = Family::<EventLabels, Counter>::default();
-        registry.register(
-            "events",
-            "Events decided, by source, action and verdict",
-            events.clone(),
-        );
-        let duplicates = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "duplicate_deliveries",
-            "Deliveries whose id was already recorded (acknowledged without a new decision)",
-            duplicates.clone(),
-        );
-        let retries = Family::<SourceLabels, Counter>::default();
-        registry.register(
-            "retried_deliveries",
-            "Deliveries handed back to the source for redelivery (undecided, or the store failed)",
-            retries.clone(),
-        );
-        let processing_seconds = Family::<SourceLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
-        });
-        registry.register(
-            "processing_seconds",
-            "Time from receiving a delivery to its answer, resolution and recording included",
-            processing_seconds.clone(),
-        );
-        let last_event_seconds = Family::default();
-        registry.register(
-            "last_event_timestamp_seconds",
-            "Unix time of the last delivery from each source (dead-man's switch)",
-            last_event_seconds.clone(),
-        );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let g = Gauge::default();
-            registry.register(name, help, g.clone());
-            g
-        };
-        let index_digests = gauge(
-            &mut registry,
-            "index_digests",
-            "Distinct promoted digests in the index",
-        );
-        let index_manifests = gauge(
-            &mut registry,
-            "index_manifests",
-            "Manifests (projects) in the index",
-        );
-        let index_excluded_manifests = gauge(
-            &mut registry,
-            "index_excluded_manifests",
-            "Manifests left out of the index because they failed validation",
-        );
-        let index_children = gauge(
-            &mut registry,
-            "index_children",
-            "Children of promoted manifest lists learnt from registries",
-        );
-        let index_generation = gauge(
-            &mut registry,
-            "index_generation",
-            "Generation of the live index",
-        );
-        let index_commit = Family::<CommitLabels, Gauge>::default();
-        registry.register(
-            "index_commit_info",
-            "Always 1, labelled with the git commit of the live manifest set",
-            index_commit.clone(),
-        );
-        let undecided_backlog = gauge(
-            &mut registry,
-            "undecided_backlog",
-            "Deliveries currently undecided and waiting for redelivery",
-        );
-        let store_errors = Counter::default();
-        registry.register(
-            "store_errors",
-            "Failures to record a decision in the findings store",
-            store_errors.clone(),
-        );
-        let webhook_requests = Family::<WebhookLabels, Counter>::default();
-        registry.register(
-            "webhook_requests",
-            "Webhook requests by source and outcome",
-            webhook_requests.clone(),
-        );
-        let webhook_ignored = Family::<IgnoredLabels, Counter>::default();
-        registry.register(
-            "webhook_ignored_events",
-            "Webhook events not audited (blobs, pulls, failed actions, unknown types), by reason",
-            webhook_ignored.clone(),
-        );
-        let alerts = Family::<AlertLabels, Counter>::default();
-        registry.register(
-            "alerts",
-            "Alert deliveries by sink and outcome (an alert may carry many findings)",
-            alerts.clone(),
-        );
-        let outbox_backlog = Family::<SinkLabels, Gauge>::default();
-        registry.register(
-            "outbox_backlog",
-            "Findings not yet delivered, per sink",
-            outbox_backlog.clone(),
-        );
-        let manifest_load_failures = Counter::default();
-        registry.register(
-            "manifest_load_failures",
-            "Manifests (projects) left out of a load because they failed validation",
-            manifest_load_failures.clone(),
-        );
-        let index_last_load_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "index_last_load_timestamp_seconds",
-            "Unix time the live index was built from the manifests",
-            index_last_load_seconds.clone(),
-        );
-        let scan_last_completed_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-        registry.register(
-            "scan_last_completed_timestamp_seconds",
-            "Unix time the last inventory sweep completed",
-            scan_last_completed_seconds.clone(),
-        );
-        let scan_findings = Counter::default();
-        registry.register(
-            "scan_findings",
-            "New findings made by inventory sweeps",
-            scan_findings.clone(),
-        );
-        let scan_repositories = Counter::default();
-        registry.register(
-            "scan_repositories",
-            "Repositories visited by inventory sweeps",
-            scan_repositories.clone(),
-        );
-        let rejected_requests = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "rejected_requests",
-            "Requests or inputs refused because a limit bit, by the limit's reason",
-            rejected_requests.clone(),
-        );
-        let jwks_fetches = Counter::default();
-        registry.register(
-            "jwks_fetches",
-            "JWKS fetches started by the push token verifier, successful or not",
-            jwks_fetches.clone(),
-        );
-        let excepted_findings = Family::<VerdictLabels, Counter>::default();
-        registry.register(
-            "excepted_findings",
-            "Findings an exceptions entry covered: recorded, never alerted (counted in \
-             events_total as verdict=\"excepted\"), by their verdict",
-            excepted_findings.clone(),
-        );
-        let exceptions_entries = gauge(
-            &mut registry,
-            "exceptions_entries",
-            "Exceptions entries loaded, expired ones included",
-        );
-        let exceptions_expired = gauge(
-            &mut registry,
-            "exceptions_expired",
-            "Loaded exceptions entries past their expiry date (they no longer match)",
-        );
-        let exceptions_load_failures = Counter::default();
-        registry.register(
-            "exceptions_load_failures",
-            "Exceptions files refused because of an error (their last good version stays)",
-            exceptions_load_failures.clone(),
-        );
+        // Registered in this order, which is the exposition's.
         Self {
-            registry,
-            events,
-            duplicates,
-            retries,
-            processing_seconds,
-            last_event_seconds,
-            index_digests,
-            index_manifests,
-            index_excluded_manifests,
-            index_children,
-            index_generation,
-            index_commit,
-            undecided_backlog,
-            store_errors,
-            webhook_requests,
-            webhook_ignored,
-            alerts,
-            outbox_backlog,
-            manifest_load_failures,
-            index_last_load_seconds,
-            scan_last_completed_seconds,
-            scan_findings,
-            scan_repositories,
-            rejected_requests,
-            jwks_fetches,
-            excepted_findings,
-            exceptions_entries,
-            exceptions_expired,
-            exceptions_load_failures,
+            events: r.add("events", "Events decided, by source, action and verdict"),
+            duplicates: r.add(
+                "duplicate_deliveries",
+                "Deliveries whose id was already recorded (acknowledged without a new decision)",
+            ),
+            retries: r.add(
+                "retried_deliveries",
+                "Deliveries handed back to the source for redelivery (undecided, or the store failed)",
+            ),
+            processing_seconds: r.register(
+                "processing_seconds",
+                "Time from receiving a delivery to its answer, resolution and recording included",
+                Family::new_with_constructor(|| {
+                    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+                }),
+            ),
+            last_event_seconds: r.add(
+                "last_event_timestamp_seconds",
+                "Unix time of the last delivery from each source (dead-man's switch)",
+            ),
+            index_digests: r.add("index_digests", "Distinct promoted digests in the index"),
+            index_manifests: r.add("index_manifests", "Manifests (projects) in the index"),
+            index_excluded_manifests: r.add(
+                "index_excluded_manifests",
+                "Manifests left out of the index because they failed validation",
+            ),
+            index_children: r.add(
+                "index_children",
+                "Children of promoted manifest lists learnt from registries",
+            ),
+            index_generation: r.add("index_generation", "Generation of the live index"),
+            index_commit: r.add(
+                "index_commit_info",
+                "Always 1, labelled with the git commit of the live manifest set",
+            ),
+            undecided_backlog: r.add(
+                "undecided_backlog",
+                "Deliveries currently undecided and waiting for redelivery",
+            ),
+            store_errors: r.add(
+                "store_errors",
+                "Failures to record a decision in the findings store",
+            ),
+            webhook_requests: r.add("webhook_requests", "Webhook requests by source and outcome"),
+            webhook_ignored: r.add(
+                "webhook_ignored_events",
+                "Webhook events not audited (blobs, pulls, failed actions, unknown types), by reason",
+            ),
+            alerts: r.add(
+                "alerts",
+                "Alert deliveries by sink and outcome (an alert may carry many findings)",
+            ),
+            outbox_backlog: r.add("outbox_backlog", "Findings not yet delivered, per sink"),
+            manifest_load_failures: r.add(
+                "manifest_load_failures",
+                "Manifests (projects) left out of a load because they failed validation",
+            ),
+            index_last_load_seconds: r.add(
+                "index_last_load_timestamp_seconds",
+                "Unix time the live index was built from the manifests",
+            ),
+            scan_last_completed_seconds: r.add(
+                "scan_last_completed_timestamp_seconds",
+                "Unix time the last inventory sweep completed",
+            ),
+            scan_findings: r.add("scan_findings", "New findings made by inventory sweeps"),
+            scan_repositories: r.add(
+                "scan_repositories",
+                "Repositories visited by inventory sweeps",
+            ),
+            rejected_requests: r.add(
+                "rejected_requests",
+                "Requests or inputs refused because a limit bit, by the limit's reason",
+            ),
+            jwks_fetches: r.add(
+                "jwks_fetches",
+                "JWKS fetches started by the push token verifier, successful or not",
+            ),
+            excepted_findings: r.add(
+                "excepted_findings",
+                "Findings an exceptions entry covered: recorded, never alerted (counted in \
+                 events_total as verdict=\"excepted\"), by their verdict",
+            ),
+            exceptions_entries: r.add(
+                "exceptions_entries",
+                "Exceptions entries loaded, expired ones included",
+            ),
+            exceptions_expired: r.add(
+                "exceptions_expired",
+                "Loaded exceptions entries past their expiry date (they no longer match)",
+            ),
+            exceptions_load_failures: r.add(
+                "exceptions_load_failures",
+                "Exceptions files refused because of an error (their last good version stays)",
+            ),
+            registry: r.0,
         }
     }
 
@@ -451,6 +349,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// Builds the registry: each metric is made and registered in one step,
+/// and the registry keeps a handle to the one [`Metrics`] keeps.
+struct Registrar(Registry);
+
+impl Registrar {
+    /// A new metric of type `M`, registered as `name`.
+    fn add<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.register(name, help, M::default())
+    }
+
+    /// `metric`, registered as `name`.
+    fn register<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
     }
 }
 

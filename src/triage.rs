@@ -14,8 +14,7 @@
 //! Just over 500 lines, a fifth of them the tests of the access rules.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -25,7 +24,7 @@ use serde_json::json;
 
 use crate::findings::triage::BadChange;
 use crate::findings::{FindingId, StoreError, TriageAction, TriageChange, now_ms, off_thread};
-use crate::registry::RateLimit;
+use crate::registry::{RateLimit, TokenBucket};
 use crate::server::AppState;
 use crate::sources::push_auth::{PushAuthConfig, PushVerifier};
 
@@ -102,7 +101,7 @@ pub struct TriageAccess {
     /// (name, token).
     tokens: Vec<(String, Box<[u8]>)>,
     oidc: Option<Arc<PushVerifier>>,
-    bucket: Bucket,
+    bucket: TokenBucket,
 }
 
 impl std::fmt::Debug for TriageAccess {
@@ -175,13 +174,13 @@ impl TriageAccess {
             .map(|c| PushVerifier::new(c).map(Arc::new))
             .transpose()
             .map_err(TriageConfigError::Oidc)?;
-        if config.rate_limit.requests_per_second <= 0.0 {
+        let Some(bucket) = TokenBucket::new(config.rate_limit) else {
             return Err(TriageConfigError::RateLimit);
-        }
+        };
         Ok(TriageAccess {
             tokens,
             oidc,
-            bucket: Bucket::new(config.rate_limit),
+            bucket,
         })
     }
 
@@ -192,7 +191,7 @@ impl TriageAccess {
 
     /// Takes one request from the rate limit.
     pub fn admit(&self) -> Result<(), Refusal> {
-        if self.bucket.take() {
+        if self.bucket.try_take() {
             Ok(())
         } else {
             Err(Refusal {
@@ -246,38 +245,6 @@ impl TriageAccess {
             StatusCode::UNAUTHORIZED,
             "the bearer token is not one of triage.tokens".into(),
         ))
-    }
-}
-
-/// A token bucket that refuses rather than waits.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Bucket {
-    fn new(limit: RateLimit) -> Bucket {
-        let burst = f64::from(limit.burst.max(1));
-        Bucket {
-            rate: limit.requests_per_second,
-            burst,
-            state: Mutex::new((burst, Instant::now())),
-        }
-    }
-
-    fn take(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (tokens, last) = &mut *state;
-        let now = Instant::now();
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -501,15 +468,5 @@ mod tests {
         };
         let neither = load(vec![neither], "a-long-enough-token").unwrap_err();
         assert!(neither.to_string().contains("exactly one"), "{neither}");
-    }
-
-    #[test]
-    fn the_bucket_refuses_beyond_its_burst() {
-        let bucket = Bucket::new(RateLimit {
-            requests_per_second: 0.001,
-            burst: 3,
-        });
-        let taken: Vec<bool> = (0..5).map(|_| bucket.take()).collect();
-        assert_eq!(taken, [true, true, true, false, false]);
     }
 }

@@ -7,7 +7,8 @@ use crate::support::decisions::{decision, new_finding};
 use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EndpointName, Source};
 use image_auditor::findings::{
-    DeliveryState, Finding, FindingId, FindingQuery, Recorded, SqliteStore, Store, StoreError,
+    DeliveryState, Finding, FindingId, FindingQuery, Outbox, Outboxes, Recorded, SqliteStore,
+    Store, StoreError,
 };
 
 fn tmp() -> (tempfile::TempDir, PathBuf) {
@@ -75,7 +76,7 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     let new = new_finding(store.record(&harbor).unwrap());
     assert!(new > FindingId(42), "{new}");
     assert_eq!(store.undelivered("log").unwrap(), 2);
-    let claimed = store.claim_undelivered("log", 10, 1_000).unwrap();
+    let claimed = store.claim(Outbox::Alerts, "log", 10, 1_000).unwrap();
     assert_eq!(ids(&claimed), ["s1", "h2"]);
     assert_eq!(claimed[1].id, new);
     drop(store);

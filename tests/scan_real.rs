@@ -21,7 +21,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use image_auditor::audit::{Policy, VerdictKind};
-use image_auditor::findings::{Checkpoints, Finding, FindingQuery, Locks, SqliteStore, Store};
+use image_auditor::findings::{
+    Checkpoints, Finding, FindingQuery, Locks, Outbox, Outboxes, SqliteStore, Store,
+};
 use image_auditor::index::Index;
 use image_auditor::manifest;
 use image_auditor::metrics::Metrics;
@@ -453,7 +455,7 @@ async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
     assert_eq!(store.undelivered("log").unwrap(), 0, "owed to no sink");
     assert!(
         store
-            .claim_undelivered("log", 10, i64::MAX)
+            .claim(Outbox::Alerts, "log", 10, i64::MAX)
             .unwrap()
             .is_empty()
     );
@@ -473,7 +475,7 @@ async fn a_baseline_sweep_alerts_nothing_and_only_a_new_push_alerts_after_it() {
     )]);
     assert_eq!(json_findings(&s3), want, "{s3:#}");
     assert_eq!(s3["excepted"], 0, "the rest was recorded before: {s3:#}");
-    let claimed = store.claim_undelivered("log", 10, i64::MAX).unwrap();
+    let claimed = store.claim(Outbox::Alerts, "log", 10, i64::MAX).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].digest.as_ref(), Some(&late.digest));
 }

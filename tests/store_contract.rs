@@ -16,8 +16,9 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
 use image_auditor::findings::{
-    Decision, DeliveryState, Finding, FindingId, FindingQuery, PostgresConfig, PostgresStore,
-    Recorded, SentAlert, SqliteStore, Store, StoreError, TriageAction, TriageChange, TriageState,
+    Decision, DeliveryState, Finding, FindingId, FindingQuery, Outbox, PostgresConfig,
+    PostgresStore, Recorded, SentAlert, SqliteStore, Store, StoreError, TriageAction, TriageChange,
+    TriageState,
 };
 use support::postgres::Postgres;
 
@@ -197,6 +198,11 @@ contract!(
     a_lock_goes_with_its_session,
     the_scan_checkpoint_is_one_for_every_store,
 );
+
+/// What a claim of up to 10 rows of `outbox` gives `sink` at `now_ms`.
+fn claim_due(store: &dyn Store, outbox: Outbox, sink: &str, now_ms: i64) -> Vec<Finding> {
+    store.claim(outbox, sink, 10, now_ms).unwrap()
+}
 
 fn ids(fs: &[Finding]) -> Vec<&str> {
     fs.iter().map(|f| f.event_id.0.as_str()).collect()
@@ -591,14 +597,16 @@ fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
     assert_eq!(c.undelivered, 3, "no sink has delivered anything");
     assert!(c.undelivered_by_sink.is_empty());
 
-    let claimed = store.claim_undelivered("log", 10, 0).unwrap();
-    store.mark_delivered("log", claimed[0].id, 1).unwrap();
+    let claimed = claim_due(&*store, Outbox::Alerts, "log", 0);
+    store
+        .mark_delivered(Outbox::Alerts, "log", claimed[0].id, 1)
+        .unwrap();
     let c = store.counts().unwrap();
     assert_eq!(c.undelivered, 2);
     assert_eq!(c.undelivered_by_sink, vec![("log".to_owned(), 2)]);
 
     // A second sink owes everything; a finding recorded later is owed by both.
-    store.claim_undelivered("slack", 0, 0).unwrap();
+    store.claim(Outbox::Alerts, "slack", 0, 0).unwrap();
     store
         .record(&decision("u9", VerdictKind::Unpromoted))
         .unwrap();
@@ -633,22 +641,19 @@ fn excepted_findings_are_recorded_but_never_claimed(h: &dyn Backend) {
     assert_eq!((c.findings, c.excepted, c.undelivered), (2, 1, 1), "{c:?}");
     assert_eq!(store.undelivered("log").unwrap(), 1);
 
-    let claimed = store.claim_undelivered("log", 10, 1_000).unwrap();
+    let claimed = claim_due(&*store, Outbox::Alerts, "log", 1_000);
     assert_eq!(claimed.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
-    store.mark_delivered("log", alerted, 1_100).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts, "log", alerted, 1_100)
+        .unwrap();
     // Recorded after the sink became known: still owed to nobody.
     let later = new_finding(
         store
             .record(&decision("e2", VerdictKind::TagMoved).excepted_by("x.yaml:3".into()))
             .unwrap(),
     );
-    assert!(
-        store
-            .claim_undelivered("log", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
-    let fresh = store.claim_undelivered("new-sink", 10, i64::MAX).unwrap();
+    assert!(claim_due(&*store, Outbox::Alerts, "log", i64::MAX).is_empty());
+    let fresh = claim_due(&*store, Outbox::Alerts, "new-sink", i64::MAX);
     assert_eq!(fresh.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
     assert_eq!(store.undelivered("log").unwrap(), 0);
     let c = store.counts().unwrap();
@@ -660,12 +665,7 @@ fn excepted_findings_are_recorded_but_never_claimed(h: &dyn Backend) {
     // Another process on the same database sees the same.
     let other = h.open();
     assert_eq!(other.counts().unwrap().excepted, 2);
-    assert!(
-        other
-            .claim_undelivered("log", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim_due(&*other, Outbox::Alerts, "log", i64::MAX).is_empty());
 
     let all = store.findings(&FindingQuery::default()).unwrap();
     let by_id = |id| all.iter().find(|f| f.id == id).unwrap();
@@ -707,7 +707,7 @@ fn outbox_is_per_sink(h: &dyn Backend) {
         .record(&decision("m3", VerdictKind::Promoted))
         .unwrap();
 
-    let a = store.claim_undelivered("a", 10, 1_000).unwrap();
+    let a = claim_due(&*store, Outbox::Alerts, "a", 1_000);
     assert_eq!(
         a.iter().map(|f| f.id).collect::<Vec<_>>(),
         [f1, f2],
@@ -720,22 +720,23 @@ fn outbox_is_per_sink(h: &dyn Backend) {
         ("a", DeliveryState::Pending, 1)
     );
     // Claimed: hidden from further claims for the same sink.
-    assert!(store.claim_undelivered("a", 10, 1_000).unwrap().is_empty());
+    assert!(claim_due(&*store, Outbox::Alerts, "a", 1_000).is_empty());
 
-    store.mark_delivered("a", f1, 1_100).unwrap();
-    store.mark_delivered("a", f2, 1_100).unwrap();
-    store.mark_delivered("a", f2, 1_200).unwrap(); // idempotent
+    store
+        .mark_delivered(Outbox::Alerts, "a", f1, 1_100)
+        .unwrap();
+    store
+        .mark_delivered(Outbox::Alerts, "a", f2, 1_100)
+        .unwrap();
+    store
+        .mark_delivered(Outbox::Alerts, "a", f2, 1_200)
+        .unwrap(); // idempotent
     // Never again for A, however late.
-    assert!(
-        store
-            .claim_undelivered("a", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim_due(&*store, Outbox::Alerts, "a", i64::MAX).is_empty());
     // Still pending for B.
-    let b = store.claim_undelivered("b", 1, 1_000).unwrap();
+    let b = store.claim(Outbox::Alerts, "b", 1, 1_000).unwrap();
     assert_eq!(b.iter().map(|f| f.id).collect::<Vec<_>>(), [f1], "limit");
-    let b = store.claim_undelivered("b", 10, 1_000).unwrap();
+    let b = claim_due(&*store, Outbox::Alerts, "b", 1_000);
     assert_eq!(b.iter().map(|f| f.id).collect::<Vec<_>>(), [f2]);
 
     // The HTTP view shows both sinks' states.
@@ -757,7 +758,7 @@ fn outbox_is_per_sink(h: &dyn Backend) {
     // A finding recorded after both sinks looked is owed to both.
     let f4 = new_finding(store.record(&decision("m4", VerdictKind::Deleted)).unwrap());
     for sink in ["a", "b"] {
-        let got = store.claim_undelivered(sink, 10, 1_000).unwrap();
+        let got = claim_due(&*store, Outbox::Alerts, sink, 1_000);
         assert_eq!(got.iter().map(|f| f.id).collect::<Vec<_>>(), [f4], "{sink}");
     }
 }
@@ -769,33 +770,27 @@ fn failed_delivery_is_retried_at_its_time(h: &dyn Backend) {
             .record(&decision("m1", VerdictKind::Unpromoted))
             .unwrap(),
     );
-    assert_eq!(store.claim_undelivered("hook", 10, 1_000).unwrap().len(), 1);
+    assert_eq!(claim_due(&*store, Outbox::Alerts, "hook", 1_000).len(), 1);
     store
-        .mark_failed("hook", id, "503 Service Unavailable", 5_000)
+        .mark_failed(Outbox::Alerts, "hook", id, "503 Service Unavailable", 5_000)
         .unwrap();
 
-    assert!(
-        store
-            .claim_undelivered("hook", 10, 4_999)
-            .unwrap()
-            .is_empty()
-    );
-    let again = store.claim_undelivered("hook", 10, 5_000).unwrap();
+    assert!(claim_due(&*store, Outbox::Alerts, "hook", 4_999).is_empty());
+    let again = claim_due(&*store, Outbox::Alerts, "hook", 5_000);
     assert_eq!(again.len(), 1);
     let d = &again[0].deliveries[0];
     assert_eq!(d.attempts, 2);
     assert_eq!(d.last_error.as_deref(), Some("503 Service Unavailable"));
     assert_eq!(d.state, DeliveryState::Pending);
 
-    store.mark_delivered("hook", id, 5_100).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts, "hook", id, 5_100)
+        .unwrap();
     // A late failure report does not undo the delivery.
-    store.mark_failed("hook", id, "timeout", 6_000).unwrap();
-    assert!(
-        store
-            .claim_undelivered("hook", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    store
+        .mark_failed(Outbox::Alerts, "hook", id, "timeout", 6_000)
+        .unwrap();
+    assert!(claim_due(&*store, Outbox::Alerts, "hook", i64::MAX).is_empty());
     assert_eq!(store.counts().unwrap().undelivered, 0);
 }
 
@@ -806,16 +801,11 @@ fn unfinished_claim_comes_back_after_the_lease(h: &dyn Backend) {
             .record(&decision("m1", VerdictKind::Unpromoted))
             .unwrap(),
     );
-    assert_eq!(store.claim_undelivered("hook", 10, 1_000).unwrap().len(), 1);
+    assert_eq!(claim_due(&*store, Outbox::Alerts, "hook", 1_000).len(), 1);
     drop(store); // crashed mid-delivery
     let store = h.open_with_lease(Duration::from_secs(10));
-    assert!(
-        store
-            .claim_undelivered("hook", 10, 10_999)
-            .unwrap()
-            .is_empty()
-    );
-    let again = store.claim_undelivered("hook", 10, 11_000).unwrap();
+    assert!(claim_due(&*store, Outbox::Alerts, "hook", 10_999).is_empty());
+    let again = claim_due(&*store, Outbox::Alerts, "hook", 11_000);
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].deliveries[0].attempts, 2);
 }
@@ -827,11 +817,13 @@ fn marking_an_unclaimed_finding_is_an_error(h: &dyn Backend) {
             .record(&decision("m1", VerdictKind::Unpromoted))
             .unwrap(),
     );
-    let err = store.mark_delivered("hook", id, 1).unwrap_err();
+    let err = store
+        .mark_delivered(Outbox::Alerts, "hook", id, 1)
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
     assert!(err.to_string().contains("hook"), "{err}");
     let err = store
-        .mark_failed("hook", FindingId(999), "x", 1)
+        .mark_failed(Outbox::Alerts, "hook", FindingId(999), "x", 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
 }
@@ -928,7 +920,7 @@ fn findings_serialise_for_the_api(h: &dyn Backend) {
             .record(&decision("m1", VerdictKind::WrongRepository))
             .unwrap(),
     );
-    store.claim_undelivered("log", 1, 0).unwrap();
+    store.claim(Outbox::Alerts, "log", 1, 0).unwrap();
     let f = store.findings(&FindingQuery::default()).unwrap();
     let v = serde_json::to_value(&f[0]).unwrap();
     assert_eq!(v["id"], id.0);
@@ -1101,8 +1093,10 @@ fn one_sinks_backlog_agrees_with_the_full_counts(h: &dyn Backend) {
     }
     // Never claimed: every finding is owed.
     assert_eq!(store.undelivered("a").unwrap(), 4);
-    let claimed = store.claim_undelivered("a", 2, 0).unwrap();
-    store.mark_delivered("a", claimed[0].id, 0).unwrap();
+    let claimed = store.claim(Outbox::Alerts, "a", 2, 0).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts, "a", claimed[0].id, 0)
+        .unwrap();
     store
         .record(&decision("f4", VerdictKind::TagMoved))
         .unwrap();
@@ -1175,13 +1169,15 @@ fn concurrent_claimers_never_take_one_finding_twice(h: &dyn Backend) {
                 barrier.wait();
                 let mut mine = Vec::new();
                 loop {
-                    let claimed = store.claim_undelivered("hook", 3, 1_000).unwrap();
+                    let claimed = store.claim(Outbox::Alerts, "hook", 3, 1_000).unwrap();
                     if claimed.is_empty() {
                         return mine;
                     }
                     for f in claimed {
                         assert_eq!(f.deliveries[0].attempts, 1, "claimed before: {}", f.id);
-                        store.mark_delivered("hook", f.id, 1_000).unwrap();
+                        store
+                            .mark_delivered(Outbox::Alerts, "hook", f.id, 1_000)
+                            .unwrap();
                         mine.push(f.id);
                     }
                 }
@@ -1217,13 +1213,13 @@ fn a_sink_known_meanwhile_is_owed_every_finding(h: &dyn Backend) {
         .collect();
     barrier.wait();
     // Known from its first claim, while the writers write.
-    stores[2].claim_undelivered("late", 0, 0).unwrap();
+    stores[2].claim(Outbox::Alerts, "late", 0, 0).unwrap();
     for w in writers {
         w.join().unwrap();
     }
     let mut owed = HashSet::new();
     loop {
-        let claimed = stores[2].claim_undelivered("late", 50, 0).unwrap();
+        let claimed = stores[2].claim(Outbox::Alerts, "late", 50, 0).unwrap();
         if claimed.is_empty() {
             break;
         }
@@ -1336,7 +1332,7 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     ));
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(ids(&f), ["s1"]);
-    assert_eq!(store.claim_undelivered("log", 10, 0).unwrap().len(), 1);
+    assert_eq!(claim_due(&*store, Outbox::Alerts, "log", 0).len(), 1);
     // Every finding from before was alerted: none is excepted.
     assert_eq!(f[0].excepted_by, None);
     // What the newest migration brought works: the finding from before
@@ -1544,37 +1540,29 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
     // Sink A delivered both alerts; sink B has claimed f1 but not
     // delivered it; sink C is not known yet.
     assert_eq!(
-        claimed_ids(&store.claim_undelivered("a", 10, 0).unwrap()),
+        claimed_ids(&claim_due(&*store, Outbox::Alerts, "a", 0)),
         [f1, f2]
     );
-    store.mark_delivered("a", f1, 1).unwrap();
-    store.mark_delivered("a", f2, 1).unwrap();
+    store.mark_delivered(Outbox::Alerts, "a", f1, 1).unwrap();
+    store.mark_delivered(Outbox::Alerts, "a", f2, 1).unwrap();
     assert_eq!(
-        claimed_ids(&store.claim_undelivered("b", 1, 0).unwrap()),
+        claimed_ids(&store.claim(Outbox::Alerts, "b", 1, 0).unwrap()),
         [f1]
     );
     // Nothing resolved, nothing owed.
-    assert!(
-        store
-            .claim_resolutions("a", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim_due(&*store, Outbox::Resolutions, "a", i64::MAX).is_empty());
 
     store
         .triage(f1, &change(TriageAction::Acknowledge, "bob", ""), 5)
         .unwrap();
     assert!(
-        store
-            .claim_resolutions("a", 10, i64::MAX)
-            .unwrap()
-            .is_empty(),
+        claim_due(&*store, Outbox::Resolutions, "a", i64::MAX).is_empty(),
         "acknowledging tells no sink"
     );
     store
         .triage(f1, &change(TriageAction::Resolve, "alice", "fixed"), 10)
         .unwrap();
-    let a = store.claim_resolutions("a", 10, 100).unwrap();
+    let a = claim_due(&*store, Outbox::Resolutions, "a", 100);
     assert_eq!(claimed_ids(&a), [f1], "A had the alert");
     assert_eq!(a[0].triage.state, TriageState::Resolved);
     assert_eq!(a[0].triage.by.as_deref(), Some("alice"));
@@ -1586,40 +1574,33 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         ("a", 1)
     );
     assert!(
-        store
-            .claim_resolutions("b", 10, i64::MAX)
-            .unwrap()
-            .is_empty(),
+        claim_due(&*store, Outbox::Resolutions, "b", i64::MAX).is_empty(),
         "B has no alert yet"
     );
     // B's alert goes out after the resolve: B is owed the resolution now.
-    store.mark_delivered("b", f1, 20).unwrap();
+    store.mark_delivered(Outbox::Alerts, "b", f1, 20).unwrap();
     assert_eq!(
-        claimed_ids(&store.claim_resolutions("b", 10, 100).unwrap()),
+        claimed_ids(&claim_due(&*store, Outbox::Resolutions, "b", 100)),
         [f1]
     );
     // C, known later, is owed the alert and, once told, the resolution.
-    assert!(claimed_ids(&store.claim_undelivered("c", 10, 0).unwrap()).contains(&f1));
-    assert!(
-        store
-            .claim_resolutions("c", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
-    store.mark_delivered("c", f1, 30).unwrap();
+    assert!(claimed_ids(&claim_due(&*store, Outbox::Alerts, "c", 0)).contains(&f1));
+    assert!(claim_due(&*store, Outbox::Resolutions, "c", i64::MAX).is_empty());
+    store.mark_delivered(Outbox::Alerts, "c", f1, 30).unwrap();
     assert_eq!(
-        claimed_ids(&store.claim_resolutions("c", 10, 100).unwrap()),
+        claimed_ids(&claim_due(&*store, Outbox::Resolutions, "c", 100)),
         [f1]
     );
 
     for sink in ["a", "b", "c"] {
-        store.mark_resolution_delivered(sink, f1, 200).unwrap();
-        store.mark_resolution_delivered(sink, f1, 300).unwrap(); // idempotent
+        store
+            .mark_delivered(Outbox::Resolutions, sink, f1, 200)
+            .unwrap();
+        store
+            .mark_delivered(Outbox::Resolutions, sink, f1, 300)
+            .unwrap(); // idempotent
         assert!(
-            store
-                .claim_resolutions(sink, 10, i64::MAX)
-                .unwrap()
-                .is_empty(),
+            claim_due(&*store, Outbox::Resolutions, sink, i64::MAX).is_empty(),
             "{sink}"
         );
     }
@@ -1628,15 +1609,14 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         .triage(f1, &change(TriageAction::Resolve, "carol", ""), 400)
         .unwrap();
     assert!(!again.changed);
-    assert!(
-        store
-            .claim_resolutions("a", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
-    let err = store.mark_resolution_delivered("a", f2, 1).unwrap_err();
+    assert!(claim_due(&*store, Outbox::Resolutions, "a", i64::MAX).is_empty());
+    let err = store
+        .mark_delivered(Outbox::Resolutions, "a", f2, 1)
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
-    let err = store.mark_resolution_failed("a", f2, "x", 1).unwrap_err();
+    let err = store
+        .mark_failed(Outbox::Resolutions, "a", f2, "x", 1)
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
 }
 
@@ -1647,48 +1627,44 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
             .record(&decision("r1", VerdictKind::Unpromoted))
             .unwrap(),
     );
-    store.claim_undelivered("am", 10, 0).unwrap();
-    store.mark_delivered("am", id, 1).unwrap();
+    claim_due(&*store, Outbox::Alerts, "am", 0);
+    store.mark_delivered(Outbox::Alerts, "am", id, 1).unwrap();
     store
         .triage(id, &change(TriageAction::Resolve, "alice", ""), 2)
         .unwrap();
 
-    assert_eq!(store.claim_resolutions("am", 10, 1_000).unwrap().len(), 1);
-    // Claimed: hidden for the lease, then back (a crash mid-send).
-    assert!(
-        store
-            .claim_resolutions("am", 10, 10_999)
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        claim_due(&*store, Outbox::Resolutions, "am", 1_000).len(),
+        1
     );
-    let again = store.claim_resolutions("am", 10, 11_000).unwrap();
+    // Claimed: hidden for the lease, then back (a crash mid-send).
+    assert!(claim_due(&*store, Outbox::Resolutions, "am", 10_999).is_empty());
+    let again = claim_due(&*store, Outbox::Resolutions, "am", 11_000);
     assert_eq!(again[0].deliveries[0].attempts, 2);
     store
-        .mark_resolution_failed("am", id, "503 from Alertmanager", 50_000)
+        .mark_failed(
+            Outbox::Resolutions,
+            "am",
+            id,
+            "503 from Alertmanager",
+            50_000,
+        )
         .unwrap();
-    assert!(
-        store
-            .claim_resolutions("am", 10, 49_999)
-            .unwrap()
-            .is_empty()
-    );
-    let third = store.claim_resolutions("am", 10, 50_000).unwrap();
+    assert!(claim_due(&*store, Outbox::Resolutions, "am", 49_999).is_empty());
+    let third = claim_due(&*store, Outbox::Resolutions, "am", 50_000);
     let d = &third[0].deliveries[0];
     assert_eq!(
         (d.attempts, d.last_error.as_deref()),
         (3, Some("503 from Alertmanager"))
     );
-    store.mark_resolution_delivered("am", id, 50_001).unwrap();
+    store
+        .mark_delivered(Outbox::Resolutions, "am", id, 50_001)
+        .unwrap();
     // A late failure report changes nothing.
     store
-        .mark_resolution_failed("am", id, "timeout", 60_000)
+        .mark_failed(Outbox::Resolutions, "am", id, "timeout", 60_000)
         .unwrap();
-    assert!(
-        store
-            .claim_resolutions("am", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim_due(&*store, Outbox::Resolutions, "am", i64::MAX).is_empty());
 }
 
 fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
@@ -1706,7 +1682,10 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
         })
         .collect();
     assert_eq!(
-        deliverer.claim_undelivered("hook", 100, 0).unwrap().len(),
+        deliverer
+            .claim(Outbox::Alerts, "hook", 100, 0)
+            .unwrap()
+            .len(),
         n
     );
     let barrier = Arc::new(Barrier::new(2));
@@ -1715,7 +1694,7 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
         std::thread::spawn(move || {
             barrier.wait();
             for id in ids {
-                store.mark_delivered("hook", id, 5).unwrap();
+                store.mark_delivered(Outbox::Alerts, "hook", id, 5).unwrap();
             }
         })
     };
@@ -1727,7 +1706,10 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
     }
     delivering.join().unwrap();
     let mut owed = HashSet::new();
-    for f in deliverer.claim_resolutions("hook", 1000, 100).unwrap() {
+    for f in deliverer
+        .claim(Outbox::Resolutions, "hook", 1000, 100)
+        .unwrap()
+    {
         assert!(owed.insert(f.id));
     }
     assert_eq!(
@@ -1785,10 +1767,12 @@ fn an_excepted_finding_owes_no_resolution(h: &dyn Backend) {
             .unwrap(),
     );
     assert_eq!(
-        claimed_ids(&store.claim_undelivered("a", 10, 0).unwrap()),
+        claimed_ids(&claim_due(&*store, Outbox::Alerts, "a", 0)),
         [alerted]
     );
-    store.mark_delivered("a", alerted, 1).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts, "a", alerted, 1)
+        .unwrap();
     for id in [alerted, excepted] {
         let t = store
             .triage(id, &change(TriageAction::Resolve, "alice", "done"), 10)
@@ -1796,23 +1780,16 @@ fn an_excepted_finding_owes_no_resolution(h: &dyn Backend) {
         assert_eq!(t.finding.triage.state, TriageState::Resolved);
     }
     assert_eq!(
-        claimed_ids(&store.claim_resolutions("a", 10, 100).unwrap()),
+        claimed_ids(&claim_due(&*store, Outbox::Resolutions, "a", 100)),
         [alerted],
         "only the alerted finding's resolution is owed"
     );
     assert!(
-        store
-            .claim_undelivered("b", 10, 0)
-            .unwrap()
+        claim_due(&*store, Outbox::Alerts, "b", 0)
             .iter()
             .all(|f| f.id != excepted)
     );
-    assert!(
-        store
-            .claim_resolutions("b", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim_due(&*store, Outbox::Resolutions, "b", i64::MAX).is_empty());
 }
 
 fn sent(fact: &str, first_seen_ms: i64, body: &str) -> SentAlert {
@@ -1831,16 +1808,12 @@ fn a_sent_alert_marks_its_findings_and_every_store_remembers_it(h: &dyn Backend)
     let (a, b) = (h.open(), h.open());
     let f1 = new_finding(a.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
     let f2 = new_finding(b.record(&decision("e2", VerdictKind::Unpromoted)).unwrap());
-    assert_eq!(a.claim_undelivered("hook", 10, 0).unwrap().len(), 2);
+    assert_eq!(claim_due(&*a, Outbox::Alerts, "hook", 0).len(), 2);
     a.alert_sent("hook", &sent("fact1", 1_000, "first"), &[f1, f2], 50)
         .unwrap();
 
     assert_eq!(b.undelivered("hook").unwrap(), 0);
-    assert!(
-        b.claim_undelivered("hook", 10, i64::MAX)
-            .unwrap()
-            .is_empty()
-    );
+    assert!(claim_due(&*b, Outbox::Alerts, "hook", i64::MAX).is_empty());
     let f = b.findings(&FindingQuery::default()).unwrap();
     assert!(
         f.iter()
@@ -1854,11 +1827,11 @@ fn a_sent_alert_marks_its_findings_and_every_store_remembers_it(h: &dyn Backend)
     );
     // Per sink: another sink owes both findings and remembers nothing.
     assert!(b.sent_alerts("chat", 0).unwrap().is_empty());
-    assert_eq!(b.claim_undelivered("chat", 10, 0).unwrap().len(), 2);
+    assert_eq!(claim_due(&*b, Outbox::Alerts, "chat", 0).len(), 2);
 
     // An update replaces what is remembered for the fact.
     let f3 = new_finding(b.record(&decision("e3", VerdictKind::Unpromoted)).unwrap());
-    assert_eq!(b.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
+    assert_eq!(claim_due(&*b, Outbox::Alerts, "hook", 0).len(), 1);
     b.alert_sent("hook", &sent("fact1", 900, "second"), &[f3], 60)
         .unwrap();
     a.alert_sent("hook", &sent("fact2", 2_000, "other"), &[f3], 61)
@@ -1891,7 +1864,7 @@ fn an_alert_for_findings_the_sink_never_claimed_changes_nothing(h: &dyn Backend)
             .record(&decision("e1", VerdictKind::Unpromoted))
             .unwrap(),
     );
-    assert_eq!(store.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
+    assert_eq!(claim_due(&*store, Outbox::Alerts, "hook", 0).len(), 1);
     let err = store
         .alert_sent(
             "hook",
@@ -1917,7 +1890,7 @@ fn an_alert_for_findings_the_sink_never_claimed_changes_nothing(h: &dyn Backend)
 fn an_alert_in_flight_is_seen_by_every_store_until_settled(h: &dyn Backend) {
     let (a, b) = (h.open(), h.open());
     let f1 = new_finding(a.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
-    assert_eq!(a.claim_undelivered("hook", 10, 0).unwrap().len(), 1);
+    assert_eq!(claim_due(&*a, Outbox::Alerts, "hook", 0).len(), 1);
     a.alert_in_flight("hook", &sent("fact1", 1_000, "first"), 10)
         .unwrap();
     assert_eq!(
@@ -1982,7 +1955,7 @@ fn a_resolved_alert_is_forgotten_by_every_store(h: &dyn Backend) {
     let (a, b) = (h.open(), h.open());
     let f1 = new_finding(a.record(&decision("e1", VerdictKind::Unpromoted)).unwrap());
     for sink in ["hook", "chat"] {
-        assert_eq!(a.claim_undelivered(sink, 10, 0).unwrap().len(), 1);
+        assert_eq!(claim_due(&*a, Outbox::Alerts, sink, 0).len(), 1);
         a.alert_sent(sink, &sent("fact1", 1_000, "sent"), &[f1], 10)
             .unwrap();
     }

@@ -45,7 +45,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::sink::{SendError, Sink, SinkConfig};
 use super::{Alert, AlertStatus, FactKey, Plan, Route, memory, plan};
-use crate::findings::{Finding, FindingId, Store, StoreLock, now_ms, off_thread};
+use crate::findings::{
+    Finding, FindingId, Outbox, Store, StoreError, StoreLock, now_ms, off_thread,
+};
 use crate::index::Index;
 use crate::metrics::Metrics;
 
@@ -206,8 +208,10 @@ impl Dispatcher {
             held.clear();
             sent.clear();
         }
-        let name = Self::lock_name(&self.name);
-        let taken = match off_thread(&self.store, move |s| s.try_lock(&name)).await {
+        let taken = match self
+            .on_store(|s, sink| s.try_lock(&Self::lock_name(sink)))
+            .await
+        {
             Ok(Some(taken)) => taken,
             Ok(None) => return false,
             Err(e) => {
@@ -215,15 +219,15 @@ impl Dispatcher {
                 return false;
             }
         };
-        let sink = self.name.clone();
         let since = now_ms() - self.window_ms();
-        let remembered = match off_thread(&self.store, move |s| {
-            Ok((
-                s.sent_alerts(&sink, since)?,
-                s.alerts_in_flight(&sink, since)?,
-            ))
-        })
-        .await
+        let remembered = match self
+            .on_store(move |s, sink| {
+                Ok((
+                    s.sent_alerts(sink, since)?,
+                    s.alerts_in_flight(sink, since)?,
+                ))
+            })
+            .await
         {
             Ok(remembered) => remembered,
             Err(e) => {
@@ -258,6 +262,31 @@ impl Dispatcher {
         true
     }
 
+    /// Runs `f` on the store off the async threads ([`off_thread`]), with
+    /// this dispatcher's sink name.
+    async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store, &str) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let sink = self.name.clone();
+        off_thread(&self.store, move |s| f(s, &sink)).await
+    }
+
+    /// Forgets the alert of `fact` in the store's memory with `forget`
+    /// (refused, or resolved). A failure is logged and otherwise ignored:
+    /// it costs an update where a new alert was due, never a finding.
+    async fn forget_alert(
+        &self,
+        fact: &str,
+        forget: fn(&dyn Store, &str, &str) -> Result<(), StoreError>,
+    ) {
+        let owned = fact.to_owned();
+        if let Err(e) = self.on_store(move |s, sink| forget(s, sink, &owned)).await {
+            tracing::warn!(sink = self.name, alert_id = fact, error = %e,
+                "cannot forget the alert in the store's memory");
+        }
+    }
+
     fn window_ms(&self) -> i64 {
         i64::try_from(self.timing.repeat_window.as_millis()).unwrap_or(i64::MAX)
     }
@@ -271,19 +300,18 @@ impl Dispatcher {
         if sent.len() == count {
             return;
         }
-        let sink = self.name.clone();
-        if let Err(e) = off_thread(&self.store, move |s| s.forget_sent_alerts(&sink, before)).await
+        if let Err(e) = self
+            .on_store(move |s, sink| s.forget_sent_alerts(sink, before))
+            .await
         {
             tracing::warn!(sink = self.name, error = %e, "cannot forget old alerts");
         }
     }
 
     async fn claim_into(&self, held: &mut Vec<Finding>) {
-        let name = self.name.clone();
-        let claimed = off_thread(&self.store, move |s| {
-            s.claim_undelivered(&name, BATCH, now_ms())
-        })
-        .await;
+        let claimed = self
+            .on_store(|s, sink| s.claim(Outbox::Alerts, sink, BATCH, now_ms()))
+            .await;
         match claimed {
             Ok(claimed) => {
                 for finding in claimed {
@@ -291,7 +319,7 @@ impl Dispatcher {
                         held.push(finding);
                     } else {
                         // Not this sink's: nothing is owed.
-                        self.mark(finding.id, None).await;
+                        self.mark(Outbox::Alerts, finding.id, None).await;
                     }
                 }
             }
@@ -326,11 +354,9 @@ impl Dispatcher {
             // updates this alert instead of raising the fact anew.
             let remembered = memory::remember(&key, &alert);
             let in_flight = remembered.clone();
-            let sink = self.name.clone();
-            let written = off_thread(&self.store, move |s| {
-                s.alert_in_flight(&sink, &in_flight, now_ms())
-            })
-            .await;
+            let written = self
+                .on_store(move |s, sink| s.alert_in_flight(sink, &in_flight, now_ms()))
+                .await;
             let in_store = written.is_ok();
             let outcome = match written {
                 Ok(()) => self.sink.send(&alert).await,
@@ -354,11 +380,9 @@ impl Dispatcher {
                     // again. Marked and remembered at once, so a later
                     // sight updates this alert whoever leads then.
                     let ids: Vec<FindingId> = members.iter().map(|f| f.id).collect();
-                    let sink = self.name.clone();
-                    let marked = off_thread(&self.store, move |s| {
-                        s.alert_sent(&sink, &remembered, &ids, now_ms())
-                    })
-                    .await;
+                    let marked = self
+                        .on_store(move |s, sink| s.alert_sent(sink, &remembered, &ids, now_ms()))
+                        .await;
                     if let Err(e) = marked {
                         // The claim lease brings the findings back: the
                         // worst case is this alert once more.
@@ -377,16 +401,13 @@ impl Dispatcher {
                         // the fact's next alert is an update either way,
                         // and the entry may stand for an earlier send
                         // whose outcome is unknown.
-                        let sink = self.name.clone();
-                        let fact = alert.alert_id.clone();
-                        if let Err(e) =
-                            off_thread(&self.store, move |s| s.alert_not_sent(&sink, &fact)).await
-                        {
-                            // The retry is an update the receiver never
-                            // saw a `new` for, which it reads the same way.
-                            tracing::warn!(sink = self.name, alert_id = alert.alert_id,
-                                error = %e, "cannot settle the alert in flight");
-                        }
+                        // If that fails, the retry is an update the
+                        // receiver never saw a `new` for, which it reads
+                        // the same way.
+                        self.forget_alert(&alert.alert_id, |s, sink, fact| {
+                            s.alert_not_sent(sink, fact)
+                        })
+                        .await;
                     } else if !e.refused {
                         // It may have arrived: the retry updates it.
                         sent.insert(key.clone(), alert.clone());
@@ -396,7 +417,8 @@ impl Dispatcher {
                     let tries = members.iter().map(|f| attempts(f)).max().unwrap_or(1);
                     let retry_at = now + self.backoff(tries).as_millis() as i64;
                     for f in &members {
-                        self.mark(f.id, Some((e.to_string(), retry_at))).await;
+                        self.mark(Outbox::Alerts, f.id, Some((e.to_string(), retry_at)))
+                            .await;
                     }
                 }
             }
@@ -413,11 +435,9 @@ impl Dispatcher {
     /// resolved fact is forgotten here, so that seeing it again raises a
     /// new alert rather than updating the one that ended.
     async fn send_resolutions(&self, sent: &mut HashMap<FactKey, Alert>) {
-        let name = self.name.clone();
-        let claimed = off_thread(&self.store, move |s| {
-            s.claim_resolutions(&name, BATCH, now_ms())
-        })
-        .await;
+        let claimed = self
+            .on_store(|s, sink| s.claim(Outbox::Resolutions, sink, BATCH, now_ms()))
+            .await;
         let claimed = match claimed {
             Ok(claimed) => claimed,
             Err(e) => {
@@ -437,15 +457,12 @@ impl Dispatcher {
                     // Resolved: the fact seen again is a new alert, here and
                     // in whichever process leads this sink next.
                     sent.remove(&key);
-                    let (sink, fact) = (self.name.clone(), alert.alert_id.clone());
-                    if let Err(e) =
-                        off_thread(&self.store, move |s| s.alert_resolved(&sink, &fact)).await
-                    {
-                        // Then a successor updates the resolved alert
-                        // instead of starting a new one: noisy, not lost.
-                        tracing::warn!(sink = self.name, alert_id = alert.alert_id,
-                            error = %e, "cannot forget the resolved alert");
-                    }
+                    // If that fails, a successor updates the resolved
+                    // alert instead of starting a new one: noisy, not lost.
+                    self.forget_alert(&alert.alert_id, |s, sink, fact| {
+                        s.alert_resolved(sink, fact)
+                    })
+                    .await;
                 }
                 self.metrics.alert(
                     &self.name,
@@ -468,37 +485,29 @@ impl Dispatcher {
                 tracing::warn!(sink = self.name, finding = id.0, error = %error,
                     "resolution not delivered; will retry");
             }
-            let name = self.name.clone();
-            let marked = off_thread(&self.store, move |s| match outcome {
-                Ok(()) => s.mark_resolution_delivered(&name, id, now_ms()),
-                Err((error, retry_at)) => s.mark_resolution_failed(&name, id, &error, retry_at),
-            })
-            .await;
-            if let Err(e) = marked {
-                tracing::error!(sink = self.name, finding = id.0, error = %e,
-                    "cannot mark the resolutions outbox");
-            }
+            self.mark(Outbox::Resolutions, id, outcome.err()).await;
         }
     }
 
-    /// Delivered (`failure` None) or failed until `retry_at`. A store error
-    /// here is logged: the claim lease makes the finding claimable again, so
-    /// the worst case is one repeated alert, never a lost one.
-    async fn mark(&self, id: FindingId, failure: Option<(String, i64)>) {
-        let name = self.name.clone();
-        let result = off_thread(&self.store, move |s| match &failure {
-            None => s.mark_delivered(&name, id, now_ms()),
-            Some((error, retry_at)) => s.mark_failed(&name, id, error, *retry_at),
-        })
-        .await;
+    /// The row of `outbox` delivered (`failure` None) or failed until
+    /// `retry_at`. A store error here is logged: the claim lease makes the
+    /// row claimable again, so the worst case is one repeated alert, never
+    /// a lost one.
+    async fn mark(&self, outbox: Outbox, id: FindingId, failure: Option<(String, i64)>) {
+        let result = self
+            .on_store(move |s, sink| match &failure {
+                None => s.mark_delivered(outbox, sink, id, now_ms()),
+                Some((error, retry_at)) => s.mark_failed(outbox, sink, id, error, *retry_at),
+            })
+            .await;
         if let Err(e) = result {
-            tracing::error!(sink = self.name, finding = id.0, error = %e, "cannot mark the outbox");
+            tracing::error!(sink = self.name, ?outbox, finding = id.0, error = %e,
+                "cannot mark the outbox");
         }
     }
 
     async fn observe_backlog(&self) {
-        let name = self.name.clone();
-        if let Ok(backlog) = off_thread(&self.store, move |s| s.undelivered(&name)).await {
+        if let Ok(backlog) = self.on_store(|s, sink| s.undelivered(sink)).await {
             self.metrics.outbox_backlog(&self.name, backlog as i64);
         }
     }

@@ -215,6 +215,7 @@ mod tests {
     fn one_entry_per_repository_and_verdict_where_that_is_exact() {
         use VerdictKind::*;
         let app = "r.example/prod/app";
+        let prod = Some("r.example/prod");
         struct Case {
             name: &'static str,
             found: Vec<Found>,
@@ -229,13 +230,7 @@ mod tests {
                     found(app, 2, Some("v2"), Unpromoted),
                     found(app, 2, Some("v2b"), Unpromoted),
                 ],
-                want: vec![(
-                    Some("r.example/prod"),
-                    "app",
-                    Unpromoted,
-                    vec![1, 2],
-                    vec![],
-                )],
+                want: vec![(prod, "app", Unpromoted, vec![1, 2], vec![])],
             },
             Case {
                 name: "verdicts are separate entries",
@@ -244,14 +239,8 @@ mod tests {
                     found(app, 3, Some("v3"), UnlistedTag),
                 ],
                 want: vec![
-                    (Some("r.example/prod"), "app", Unpromoted, vec![1], vec![]),
-                    (
-                        Some("r.example/prod"),
-                        "app",
-                        UnlistedTag,
-                        vec![3],
-                        vec!["v3"],
-                    ),
+                    (prod, "app", Unpromoted, vec![1], vec![]),
+                    (prod, "app", UnlistedTag, vec![3], vec!["v3"]),
                 ],
             },
             Case {
@@ -262,13 +251,7 @@ mod tests {
                     found(app, 2, Some("a"), UnlistedTag),
                     found(app, 2, Some("b"), UnlistedTag),
                 ],
-                want: vec![(
-                    Some("r.example/prod"),
-                    "app",
-                    UnlistedTag,
-                    vec![1, 2],
-                    vec!["a", "b"],
-                )],
+                want: vec![(prod, "app", UnlistedTag, vec![1, 2], vec!["a", "b"])],
             },
             Case {
                 name: "tag verdicts: split where the product would accept more",
@@ -277,8 +260,8 @@ mod tests {
                     found(app, 2, Some("v2"), TagMoved),
                 ],
                 want: vec![
-                    (Some("r.example/prod"), "app", TagMoved, vec![1], vec!["v1"]),
-                    (Some("r.example/prod"), "app", TagMoved, vec![2], vec!["v2"]),
+                    (prod, "app", TagMoved, vec![1], vec!["v1"]),
+                    (prod, "app", TagMoved, vec![2], vec!["v2"]),
                 ],
             },
             Case {
@@ -291,14 +274,8 @@ mod tests {
                     found(app, 3, Some("c"), Missing),
                 ],
                 want: vec![
-                    (
-                        Some("r.example/prod"),
-                        "app",
-                        Missing,
-                        vec![1, 2],
-                        vec!["a", "b"],
-                    ),
-                    (Some("r.example/prod"), "app", Missing, vec![3], vec!["c"]),
+                    (prod, "app", Missing, vec![1, 2], vec!["a", "b"]),
+                    (prod, "app", Missing, vec![3], vec!["c"]),
                 ],
             },
             Case {
@@ -308,8 +285,8 @@ mod tests {
                     found(app, 5, Some("v5"), Missing),
                 ],
                 want: vec![
-                    (Some("r.example/prod"), "app", Missing, vec![4], vec![]),
-                    (Some("r.example/prod"), "app", Missing, vec![5], vec!["v5"]),
+                    (prod, "app", Missing, vec![4], vec![]),
+                    (prod, "app", Missing, vec![5], vec!["v5"]),
                 ],
             },
             Case {
@@ -414,24 +391,13 @@ mod tests {
             assert!(covered(f), "{f:?} not covered by\n{text}");
         }
         // A new push, or a found digest under another moved tag, is not.
-        assert!(!covered(&super::tests::found(
-            "r.example/prod/app",
-            9,
-            Some("v9"),
-            Unpromoted
-        )));
-        assert!(!covered(&super::tests::found(
-            "r.example/prod/app",
-            2,
-            Some("v3"),
-            TagMoved
-        )));
-        assert!(!covered(&super::tests::found(
-            "r.example/prod/other",
-            1,
-            Some("v1"),
-            Unpromoted
-        )));
+        for new in [
+            super::tests::found("r.example/prod/app", 9, Some("v9"), Unpromoted),
+            super::tests::found("r.example/prod/app", 2, Some("v3"), TagMoved),
+            super::tests::found("r.example/prod/other", 1, Some("v1"), Unpromoted),
+        ] {
+            assert!(!covered(&new), "{new:?} covered by\n{text}");
+        }
 
         let empty = to_yaml(&[], "r", "o", expires, "nothing found");
         assert_eq!(super::super::parse(&file, &empty, limits).unwrap(), vec![]);

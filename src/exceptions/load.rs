@@ -17,7 +17,7 @@ use serde_saphyr::Spanned;
 
 use super::{Date, Exception};
 use crate::audit::VerdictKind;
-use crate::manifest::{Problem, Severity, YamlError, parse_yaml};
+use crate::manifest::{Problem, Severity, YamlError, check_file_size, parse_yaml};
 use crate::reference::{Digest, RegistryPrefix, Tag, check_image_name};
 
 /// Larger files are refused: a baseline of a registry with years of content
@@ -129,17 +129,8 @@ pub fn read_text(path: &Path, regular_only: bool) -> Result<Option<String>, Vec<
             "must be a regular file (not a symlink or directory)".into(),
         ));
     }
-    std::fs::metadata(path)
-        .and_then(|m| {
-            if m.len() > MAX_FILE_BYTES {
-                Err(std::io::Error::other(format!(
-                    "file is {} bytes, the limit is {MAX_FILE_BYTES}",
-                    m.len()
-                )))
-            } else {
-                std::fs::read_to_string(path)
-            }
-        })
+    check_file_size(path, MAX_FILE_BYTES)
+        .and_then(|()| std::fs::read_to_string(path))
         .map(Some)
         .map_err(|e| problem(format!("cannot read: {e}")))
 }

@@ -330,14 +330,12 @@ mod tests {
         }
     }
 
-    /// One row: an entry, the finding, and whether it is covered.
+    /// One row: an entry, the finding (repository, digest, tag, verdict),
+    /// and whether the entry covers it.
     struct Row {
         name: &'static str,
         entry: Exception,
-        repository: &'static str,
-        digest: Option<u8>,
-        tag: Option<&'static str>,
-        verdict: VerdictKind,
+        finding: (&'static str, Option<u8>, Option<&'static str>, VerdictKind),
         covered: bool,
     }
 
@@ -353,46 +351,31 @@ mod tests {
             Row {
                 name: "registry prefix takes repositories below it",
                 entry: with(|e| e.registry = Some("r.example/prod".parse().unwrap())),
-                repository: "r.example/prod/team/app",
-                digest: Some(1),
-                tag: Some("v1"),
-                verdict: Unpromoted,
+                finding: ("r.example/prod/team/app", Some(1), Some("v1"), Unpromoted),
                 covered: true,
             },
             Row {
                 name: "registry prefix is split at / only",
                 entry: with(|e| e.registry = Some("r.example/prod".parse().unwrap())),
-                repository: "r.example/production/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("r.example/production/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "registry prefix of another host",
                 entry: with(|e| e.registry = Some("r.example/prod".parse().unwrap())),
-                repository: "s.example/prod/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("s.example/prod/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "image alone takes it below any prefix",
                 entry: with(|e| e.image = Some("team/app".into())),
-                repository: "eu.r.example/prod/team/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("eu.r.example/prod/team/app", Some(1), None, Unpromoted),
                 covered: true,
             },
             Row {
                 name: "image is whole path components",
                 entry: with(|e| e.image = Some("app".into())),
-                repository: "r.example/prod/my-app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("r.example/prod/my-app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
@@ -401,10 +384,7 @@ mod tests {
                     e.registry = Some("r.example/prod".parse().unwrap());
                     e.image = Some("app".into());
                 }),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("r.example/prod/app", Some(1), None, Unpromoted),
                 covered: true,
             },
             Row {
@@ -413,55 +393,37 @@ mod tests {
                     e.registry = Some("r.example/prod".parse().unwrap());
                     e.image = Some("app".into());
                 }),
-                repository: "r.example/prod/team/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("r.example/prod/team/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "digest listed",
                 entry: with(|e| e.digests = vec![d(2), d(1)]),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: Some("v1"),
-                verdict: Unpromoted,
+                finding: ("r.example/prod/app", Some(1), Some("v1"), Unpromoted),
                 covered: true,
             },
             Row {
                 name: "digest not listed: a new push still alerts",
                 entry: with(|e| e.digests = vec![d(2)]),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: Some("v1"),
-                verdict: Unpromoted,
+                finding: ("r.example/prod/app", Some(1), Some("v1"), Unpromoted),
                 covered: false,
             },
             Row {
                 name: "digests set, finding without a digest",
                 entry: with(|e| e.digests = vec![d(1)]),
-                repository: "r.example/prod/app",
-                digest: None,
-                tag: Some("v1"),
-                verdict: TagMoved,
+                finding: ("r.example/prod/app", None, Some("v1"), TagMoved),
                 covered: false,
             },
             Row {
                 name: "tag listed",
                 entry: with(|e| e.tags = vec!["v1".parse().unwrap()]),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: Some("v1"),
-                verdict: UnlistedTag,
+                finding: ("r.example/prod/app", Some(1), Some("v1"), UnlistedTag),
                 covered: true,
             },
             Row {
                 name: "tags set, finding without a tag",
                 entry: with(|e| e.tags = vec!["v1".parse().unwrap()]),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Unpromoted,
+                finding: ("r.example/prod/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
@@ -470,10 +432,7 @@ mod tests {
                     e.image = Some("app".into());
                     e.verdicts = vec![Unpromoted, Missing];
                 }),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: None,
-                verdict: Missing,
+                finding: ("r.example/prod/app", Some(1), None, Missing),
                 covered: true,
             },
             Row {
@@ -482,10 +441,7 @@ mod tests {
                     e.image = Some("app".into());
                     e.verdicts = vec![Unpromoted];
                 }),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: Some("v1"),
-                verdict: TagMoved,
+                finding: ("r.example/prod/app", Some(1), Some("v1"), TagMoved),
                 covered: false,
             },
             Row {
@@ -497,22 +453,20 @@ mod tests {
                     e.tags = vec!["v1".parse().unwrap()];
                     e.verdicts = vec![Unpromoted];
                 }),
-                repository: "r.example/prod/app",
-                digest: Some(1),
-                tag: Some("v2"),
-                verdict: Unpromoted,
+                finding: ("r.example/prod/app", Some(1), Some("v2"), Unpromoted),
                 covered: false,
             },
         ];
         for row in &rows {
-            let repository: Repository = row.repository.parse().unwrap();
-            let digest = row.digest.map(d);
-            let tag: Option<Tag> = row.tag.map(|t| t.parse().unwrap());
+            let (repository, digest, tag, verdict) = row.finding;
+            let repository: Repository = repository.parse().unwrap();
+            let digest = digest.map(d);
+            let tag: Option<Tag> = tag.map(|t| t.parse().unwrap());
             let subject = Subject {
                 repository: &repository,
                 digest: digest.as_ref(),
                 tag: tag.as_ref(),
-                verdict: row.verdict,
+                verdict,
             };
             assert_eq!(row.entry.covers(&subject), row.covered, "{}", row.name);
         }

@@ -12,11 +12,12 @@
 //! ([`migrations`]). [`open`] picks one from a [`StoreLocation`].
 //!
 //! Over 500 lines: the [`Store`] contract and the types it speaks in are
-//! one reading; its supertraits (what processes on one store do once, in
-//! `shared.rs`), each backend's code, and triage's rules ([`triage`]), live
-//! in their own files.
+//! one reading; its supertraits (the outboxes in `outbox.rs`, what
+//! processes on one store do once in `shared.rs`), each backend's code, and
+//! triage's rules ([`triage`]), live in their own files.
 
 pub mod migrations;
+mod outbox;
 pub mod postgres;
 mod shared;
 mod sqlite;
@@ -34,6 +35,7 @@ use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
 pub use migrations::{Backend, SchemaStatus};
+pub use outbox::{Outbox, Outboxes};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use shared::{AlertMemory, AlertState, Checkpoints, HeldLock, Locks, SentAlert, StoreLock};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
@@ -216,7 +218,7 @@ pub struct Finding {
     /// Open, acknowledged or resolved, and by whom ([`Store::triage`]).
     pub triage: Triage,
     /// Delivery state per sink that has claimed the finding (see
-    /// [`Store::claim_undelivered`]); from a claim, only the claiming sink's.
+    /// [`Outboxes::claim`]); from a claim, only the claiming sink's.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<SinkDelivery>,
 }
@@ -409,9 +411,10 @@ impl StoreError {
 /// The findings store. Methods block (file or network I/O): call them from
 /// `spawn_blocking` in async code ([`off_thread`]), never from an async
 /// task (a store would panic there) — except [`Store::submit`], which only
-/// queues. What processes on one store must do once are its supertraits:
+/// queues. The outboxes the alert sinks deliver from are the supertrait
+/// [`Outboxes`]; what processes on one store must do once are the others:
 /// [`AlertMemory`], [`Locks`], [`Checkpoints`].
-pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
+pub trait Store: AlertMemory + Locks + Checkpoints + Outboxes + Send + Sync {
     /// Queues the decision for recording and returns at once; the
     /// [`Answer`] is what [`Store::record`] returns, once the decision is
     /// durable. Concurrent decisions share one transaction (group commit).
@@ -453,35 +456,6 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// of a pruned event is recorded again as new.
     fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
-    /// Claims up to `limit` findings not yet delivered to `sink` (excepted
-    /// findings never are) whose next
-    /// attempt is due at `now_ms`, oldest first. Each claim counts as an
-    /// attempt and hides the finding from other claims for this sink for the
-    /// store's claim lease, after which an unfinished claim (a crash) is
-    /// claimable again. A sink is known from its first claim on, and then
-    /// owes every finding, older ones included.
-    fn claim_undelivered(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError>;
-
-    /// The claimed finding reached `sink`: never claimed for it again.
-    /// When the finding is resolved by then, a resolution is now owed to
-    /// `sink` ([`Store::claim_resolutions`]). Idempotent.
-    fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError>;
-
-    /// The claimed finding could not be delivered to `sink`: claimable again
-    /// from `retry_at_ms`. No effect on a finding already delivered.
-    fn mark_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError>;
-
     /// The undecided retry budget: when (source, endpoint, event id) was
     /// first seen undecided, by any process on this store. The first call
     /// records `now_ms` and returns it; later ones return that first time,
@@ -500,8 +474,8 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
     /// Applies `change` to finding `id` under the rules of
     /// [`triage::transition`], in one transaction with the read of its
     /// state. Resolving owes a resolution to every sink the finding's alert
-    /// was delivered to (and, through [`Store::mark_delivered`], to every
-    /// sink it is delivered to later). [`StoreError::NoSuchFinding`] or
+    /// was delivered to (and, through [`Outboxes::mark_delivered`], to every
+    /// sink it is delivered to later): rows of [`Outbox::Resolutions`]. [`StoreError::NoSuchFinding`] or
     /// [`StoreError::Triage`] when it cannot be applied.
     fn triage(
         &self,
@@ -509,35 +483,6 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Send + Sync {
         change: &TriageChange,
         now_ms: i64,
     ) -> Result<Triaged, StoreError>;
-
-    /// Claims up to `limit` resolutions owed to `sink` and due at `now_ms`,
-    /// oldest finding first: each a resolved finding whose `deliveries` is
-    /// this resolution's state. A claim is an attempt and hides the
-    /// resolution for the claim lease, as [`Store::claim_undelivered`].
-    fn claim_resolutions(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError>;
-
-    /// The claimed resolution reached `sink`. Idempotent.
-    fn mark_resolution_delivered(
-        &self,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
-
-    /// The claimed resolution could not be delivered: claimable again from
-    /// `retry_at_ms`. No effect once delivered.
-    fn mark_resolution_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError>;
 
     /// Whether the store answers now (`/readyz`).
     fn check(&self) -> Result<(), StoreError>;

@@ -57,12 +57,12 @@ pub use connect::PostgresConfig;
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::stored::{
-    self, Arg, Columns, DELIVERY_COLUMNS, Outbox, StoredDelivery, StoredFinding, decided_verdict,
-    findings_query, not_claimed, tally_decisions,
+    self, Arg, Columns, DECISIONS_BY_VERDICT, DELIVERY_COLUMNS, StoredDelivery, StoredFinding,
+    decided_verdict, findings_query, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Queued, SinkDelivery, Store,
-    StoreError, TriageChange, Triaged,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Outbox, Queued, SinkDelivery,
+    Store, StoreError, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId, Source};
@@ -141,6 +141,15 @@ pub(super) fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
+/// The runtime a store call runs on could not start (no threads, no I/O
+/// driver): the store is as unavailable as an unreachable server.
+fn runtime_error(name: &Arc<str>, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable {
+        store: name.clone(),
+        message: format!("cannot start the store's runtime: {e}"),
+    }
+}
+
 fn pool_error(name: &Arc<str>, e: PoolError) -> StoreError {
     let message = match &e {
         PoolError::Backend(e) => chain(e),
@@ -173,10 +182,7 @@ impl PostgresStore {
             .thread_name("findings-postgres")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Unavailable {
-                store: name.clone(),
-                message: format!("cannot start the store's runtime: {e}"),
-            })?;
+            .map_err(|e| runtime_error(&name, e))?;
         let handle = runtime.handle().clone();
         let pool = {
             // The pool's timeouts need a runtime to exist in.
@@ -227,10 +233,7 @@ impl PostgresStore {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Unavailable {
-                store: name.clone(),
-                message: format!("cannot start a runtime: {e}"),
-            })?;
+            .map_err(|e| runtime_error(&name, e))?;
         runtime.block_on(async {
             let pool = connect::pool(config, pg)?;
             let client = pool.get().await.map_err(|e| pool_error(&name, e))?;
@@ -516,10 +519,7 @@ impl Store for PostgresStore {
             let mut client = self.client().await?;
             let tx = self.snapshot(&mut client).await?;
             let rows = tx
-                .query(
-                    "SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict",
-                    &[],
-                )
+                .query(DECISIONS_BY_VERDICT, &[])
                 .await
                 .map_err(|e| self.pg(e))?;
             let decisions =
@@ -618,66 +618,6 @@ impl Store for PostgresStore {
         })
     }
 
-    fn claim_undelivered(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError> {
-        self.block_on(async {
-            // `limit` 0 still makes the sink known (and owed every finding).
-            self.register_sink(sink).await?;
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            let out = self.claim(&tx, Outbox::Alerts, sink, limit, now_ms).await?;
-            tx.commit().await.map_err(|e| self.pg(e))?;
-            Ok(out)
-        })
-    }
-
-    fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
-        self.block_on(async {
-            let client = self.client().await?;
-            // A finding resolved by now owes `sink` its resolution (an
-            // excepted one never: it was never alerted). The
-            // share lock waits for a resolve in progress (which locks the
-            // row) and returns the state it committed; a resolve that comes
-            // after waits for this statement and then sees the delivery.
-            let n = client
-                .query_one(
-                    "WITH t AS (SELECT triage_state, excepted_by FROM findings WHERE id = $2 \
-                       FOR SHARE), \
-                     u AS (UPDATE deliveries SET state = 'delivered', \
-                       delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                       WHERE sink = $1 AND finding = $2 RETURNING finding), \
-                     r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
-                         next_attempt_ms) \
-                       SELECT u.finding, $1, 'pending', 0, 0 FROM u, t \
-                       WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
-                       ON CONFLICT DO NOTHING) \
-                     SELECT COUNT(*) FROM u",
-                    &[&sink, &id.0, &now_ms],
-                )
-                .await
-                .map_err(|e| self.pg(e))?
-                .get::<_, i64>(0);
-            if n == 0 {
-                return Err(not_claimed(&self.name, sink, id));
-            }
-            Ok(())
-        })
-    }
-
-    fn mark_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.block_on(self.fail(Outbox::Alerts, sink, id, error, retry_at_ms))
-    }
-
     fn first_undecided(
         &self,
         source: Source,
@@ -717,42 +657,6 @@ impl Store for PostgresStore {
         now_ms: i64,
     ) -> Result<Triaged, StoreError> {
         self.block_on(self.apply_triage(id, change, now_ms))
-    }
-
-    fn claim_resolutions(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError> {
-        self.block_on(async {
-            let mut client = self.client().await?;
-            let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            let out = self
-                .claim(&tx, Outbox::Resolutions, sink, limit, now_ms)
-                .await?;
-            tx.commit().await.map_err(|e| self.pg(e))?;
-            Ok(out)
-        })
-    }
-
-    fn mark_resolution_delivered(
-        &self,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.block_on(self.resolution_delivered(sink, id, now_ms))
-    }
-
-    fn mark_resolution_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.block_on(self.fail(Outbox::Resolutions, sink, id, error, retry_at_ms))
     }
 
     fn check(&self) -> Result<(), StoreError> {

@@ -1,9 +1,9 @@
-//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`).
-//! Over 500 lines: opening and migrating and the trait's queries share the
-//! one connection and its statements. The group commit is in [`commit`]. Claiming and
-//! marking outbox rows is in [`outbox`], triage in [`triage`]; what
-//! processes on one file must do once (alert memory, scan checkpoint,
-//! locks) in [`shared`]. What a stored row means is `findings::stored`'s.
+//! [`Store`] on an embedded SQLite file (WAL, `synchronous=FULL`):
+//! opening and migrating, and the trait's queries on the one connection.
+//! The group commit is in [`commit`]. Claiming and marking outbox rows is
+//! in [`outbox`], triage in [`triage`]; what processes on one file must do
+//! once (alert memory, scan checkpoint, locks) in [`shared`]. What a
+//! stored row means is `findings::stored`'s.
 
 mod commit;
 mod outbox;
@@ -19,11 +19,11 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::migrations::{self, Backend, SchemaStatus};
 use super::stored::{
-    self, Arg, Columns, FINDING_COLUMNS, Outbox, StoredFinding, decided_verdict, findings_query,
-    tally_decisions,
+    self, Arg, Columns, DECISIONS_BY_VERDICT, FINDING_COLUMNS, StoredFinding, decided_verdict,
+    findings_query, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Queued, Store, StoreError,
+    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Outbox, Queued, Store, StoreError,
     TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
@@ -352,7 +352,7 @@ impl Store for SqliteStore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
         let decisions = tx
-            .prepare_cached("SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict")
+            .prepare_cached(DECISIONS_BY_VERDICT)
             .and_then(|mut s| {
                 s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<Vec<(String, i64)>>>()
@@ -467,43 +467,6 @@ impl Store for SqliteStore {
         Backend::Sqlite
     }
 
-    fn claim_undelivered(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError> {
-        // `limit` 0 still makes the sink known (and owed every finding).
-        let mut conn = self.lock();
-        let tx = self.begin(&mut conn)?;
-        let sql = |e| self.sql(e);
-        tx.prepare_cached("INSERT OR IGNORE INTO sinks (sink, watermark) VALUES (?1, 0)")
-            .and_then(|mut s| s.execute([sink]))
-            .map_err(sql)?;
-        // Materialise the findings recorded since this sink last looked.
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
-             SELECT f.id, ?1, 'pending', 0, 0 FROM findings f \
-             WHERE f.id > (SELECT watermark FROM sinks WHERE sink = ?1) \
-               AND f.excepted_by IS NULL",
-        )
-        .and_then(|mut s| s.execute([sink]))
-        .map_err(sql)?;
-        tx.prepare_cached(
-            "UPDATE sinks SET watermark = (SELECT COALESCE(MAX(id), 0) FROM findings) \
-             WHERE sink = ?1",
-        )
-        .and_then(|mut s| s.execute([sink]))
-        .map_err(sql)?;
-        let out = self.claim(&tx, Outbox::Alerts, sink, limit, now_ms)?;
-        tx.commit().map_err(sql)?;
-        Ok(out)
-    }
-
-    fn mark_delivered(&self, sink: &str, id: FindingId, now_ms: i64) -> Result<(), StoreError> {
-        self.deliver(Outbox::Alerts, sink, id, now_ms)
-    }
-
     fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(|e| self.sql(e))?;
@@ -517,47 +480,5 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Triaged, StoreError> {
         self.apply_triage(id, change, now_ms)
-    }
-
-    fn claim_resolutions(
-        &self,
-        sink: &str,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<Finding>, StoreError> {
-        let mut conn = self.lock();
-        let tx = self.begin(&mut conn)?;
-        let out = self.claim(&tx, Outbox::Resolutions, sink, limit, now_ms)?;
-        tx.commit().map_err(|e| self.sql(e))?;
-        Ok(out)
-    }
-
-    fn mark_resolution_delivered(
-        &self,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.deliver(Outbox::Resolutions, sink, id, now_ms)
-    }
-
-    fn mark_resolution_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.fail(Outbox::Resolutions, sink, id, error, retry_at_ms)
-    }
-
-    fn mark_failed(
-        &self,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.fail(Outbox::Alerts, sink, id, error, retry_at_ms)
     }
 }

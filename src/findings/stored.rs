@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use super::triage::{Transition, transition};
 use super::{
-    AlertState, Decision, DeliveryState, Finding, FindingId, FindingQuery, SinkDelivery,
+    AlertState, Decision, DeliveryState, Finding, FindingId, FindingQuery, Outbox, SinkDelivery,
     StoreError, Triage, TriageChange, TriageState, parse_action, parse_source,
 };
 use crate::audit::VerdictKind;
@@ -45,14 +45,7 @@ pub(super) trait Columns {
     fn opt_text(&self, i: usize) -> Result<Option<String>, Self::Error>;
 }
 
-/// What one outbox row is owed for: the finding's alert, or the news that
-/// it was resolved. Both keep the same columns and the same claim rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outbox {
-    Alerts,
-    Resolutions,
-}
-
+/// The two outboxes keep the same columns, in a table each.
 impl Outbox {
     pub(super) fn table(self) -> &'static str {
         match self {
@@ -347,7 +340,12 @@ pub(super) fn decided_verdict(
     })
 }
 
-/// Decisions per verdict from `(verdict, count)` rows, in
+/// The `(verdict, count)` rows [`tally_decisions`] reads: the same text in
+/// both dialects.
+pub(super) const DECISIONS_BY_VERDICT: &str =
+    "SELECT verdict, COUNT(*) FROM decisions GROUP BY verdict";
+
+/// Decisions per verdict from `(verdict, count)` rows ([`DECISIONS_BY_VERDICT`]), in
 /// [`VerdictKind::ALL`] order with zeros for verdicts never recorded.
 pub(super) fn tally_decisions(
     store: &Arc<str>,

@@ -8,7 +8,7 @@
 //!
 //! Resolving is the one change sinks hear about: the alert of the finding
 //! is resolved at every sink it was delivered to (see
-//! [`Store::claim_resolutions`](super::Store::claim_resolutions)).
+//! [`Outbox::Resolutions`](super::Outbox::Resolutions)).
 
 use std::fmt;
 use std::str::FromStr;

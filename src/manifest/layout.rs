@@ -367,18 +367,21 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// Refuses the file at `path` when it is larger than `max` bytes, before
+/// it is read: reading without a bound would let one commit exhaust memory.
+pub(crate) fn check_file_size(path: &Path, max: u64) -> std::io::Result<()> {
+    let len = std::fs::metadata(path)?.len();
+    if len > max {
+        return Err(std::io::Error::other(format!(
+            "file is {len} bytes, the limit is {max}"
+        )));
+    }
+    Ok(())
+}
+
 /// Reads one YAML file as text, reporting failures against it.
 fn read_text(path: &Arc<Path>, report: &mut Report) -> Option<String> {
-    let bytes = match std::fs::metadata(path).and_then(|m| {
-        if m.len() > MAX_FILE_BYTES {
-            Err(std::io::Error::other(format!(
-                "file is {} bytes, the limit is {MAX_FILE_BYTES}",
-                m.len()
-            )))
-        } else {
-            std::fs::read(path)
-        }
-    }) {
+    let bytes = match check_file_size(path, MAX_FILE_BYTES).and_then(|()| std::fs::read(path)) {
         Ok(bytes) => bytes,
         Err(e) => {
             report.error(path, None, format!("cannot read: {e}"));

@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use crate::reference::{Digest, RegistryPrefix, Tag};
 
+/// The size check before a file is read, shared with `exceptions`.
+pub(crate) use layout::check_file_size;
 pub use layout::{Layout, LoadError, load, load_within};
 /// The manifests' YAML reading (strings stay strings, duplicate keys are
 /// errors, messages without library jargon), shared with `exceptions`.

@@ -19,7 +19,7 @@ use super::config::RegistryConfig;
 use super::credentials::{Credentials, CredentialsError};
 use super::error::{ErrorKind, RegistryError};
 use super::fetch::Flights;
-use super::http::{DOCKER_CONTENT_DIGEST, ReadError, error_chain, read_capped};
+use super::http::{ReadError, error_chain, read_capped, stated_digest};
 use super::limit::{Limiter, backoff, parse_retry_after};
 use super::media;
 use super::stats::{Outcome, RequestKind, Stats, StatsSnapshot};
@@ -352,10 +352,7 @@ impl Inner {
         digest: &Digest,
     ) -> Result<Bytes, (Outcome, ErrorKind)> {
         let limit = self.config.max_manifest_bytes;
-        let header_digest = response
-            .headers()
-            .get(DOCKER_CONTENT_DIGEST)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let header_digest = stated_digest(&response);
         let body = match read_capped(response, limit).await {
             Ok(body) => body,
             Err(ReadError::TooLarge) => {

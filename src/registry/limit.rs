@@ -85,14 +85,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct TokenBucket {
+/// `rate` tokens a second, at most `burst` kept: the registry client
+/// waits for a token ([`TokenBucket::acquire`]), the triage API refuses
+/// without one ([`TokenBucket::try_take`]).
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
+    /// Tokens (negative: owed) and when they were last counted.
     state: Mutex<(f64, Instant)>,
 }
 
 impl TokenBucket {
-    fn new(limit: RateLimit) -> Option<Self> {
+    /// `None` when `limit` sets no rate: nothing to limit.
+    pub(crate) fn new(limit: RateLimit) -> Option<Self> {
         (limit.requests_per_second > 0.0).then(|| {
             let burst = f64::from(limit.burst.max(1));
             Self {
@@ -107,17 +112,36 @@ impl TokenBucket {
     /// long the caller must wait for that token to exist. Debt makes waiting
     /// callers queue in arrival order instead of racing for each new token.
     fn reserve(&self) -> Duration {
+        self.with_tokens(|tokens| {
+            *tokens -= 1.0;
+            if *tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-*tokens / self.rate)
+            }
+        })
+    }
+
+    /// Takes a token if there is one now; refuses rather than waits.
+    pub(crate) fn try_take(&self) -> bool {
+        self.with_tokens(|tokens| {
+            let taken = *tokens >= 1.0;
+            if taken {
+                *tokens -= 1.0;
+            }
+            taken
+        })
+    }
+
+    /// `f` on the tokens there are now, refilled for the time since they
+    /// were last counted.
+    fn with_tokens<T>(&self, f: impl FnOnce(&mut f64) -> T) -> T {
         let mut state = lock(&self.state);
         let (tokens, last) = &mut *state;
         let now = Instant::now();
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate).min(self.burst);
         *last = now;
-        *tokens -= 1.0;
-        if *tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-*tokens / self.rate)
-        }
+        f(tokens)
     }
 
     async fn acquire(&self) {
@@ -148,6 +172,17 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_without_waiting_refuses_beyond_its_burst() {
+        let bucket = TokenBucket::new(RateLimit {
+            requests_per_second: 0.001,
+            burst: 3,
+        })
+        .unwrap();
+        let taken: Vec<bool> = (0..5).map(|_| bucket.try_take()).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
+    }
 
     #[test]
     fn retry_after_accepts_seconds_and_dates() {

@@ -14,7 +14,7 @@ use reqwest::header::LINK;
 use super::auth::CATALOG_PATH;
 use super::client::{Inner, RegistryClient, Request, same_algorithm_digest};
 use super::error::{ErrorKind, RegistryError, Target};
-use super::http::{DOCKER_CONTENT_DIGEST, ReadError, read_capped, url_host};
+use super::http::{ReadError, read_capped, stated_digest, url_host};
 use super::stats::{Outcome, RequestKind};
 use crate::reference::{Digest, Repository, Tag};
 
@@ -169,10 +169,7 @@ impl RegistryClient {
         let limit = inner.config.max_manifest_bytes;
         inner
             .send(&request, |response| async move {
-                let header = response
-                    .headers()
-                    .get(DOCKER_CONTENT_DIGEST)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let header = stated_digest(&response);
                 let body = read_body(response, limit).await?;
                 body_digest(header, &body)
             })
@@ -192,10 +189,7 @@ impl RegistryClient {
         let request = Request::manifest(repository, reqwest::Method::HEAD, &url);
         let answer = inner
             .send(&request, |response| async move {
-                let stated = response
-                    .headers()
-                    .get(DOCKER_CONTENT_DIGEST)
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned());
+                let stated = stated_digest(&response).map(|text| text.trim().to_owned());
                 match stated {
                     // Another algorithm's digest cannot be compared without the body.
                     Some(text) => match text.parse::<Digest>() {
@@ -277,11 +271,7 @@ async fn read_body(response: reqwest::Response, limit: u64) -> Result<Bytes, (Ou
 /// The digest a response states in `Docker-Content-Digest`, if it states a
 /// valid one.
 fn header_digest(response: &reqwest::Response) -> Option<Digest> {
-    response
-        .headers()
-        .get(DOCKER_CONTENT_DIGEST)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+    stated_digest(response)?.trim().parse().ok()
 }
 
 /// The digest of a manifest body fetched by tag: the stated digest when the

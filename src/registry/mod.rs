@@ -39,6 +39,7 @@ pub use config::{
 pub use credentials::{CredentialsError, DockerConfigProblem};
 pub use error::{ErrorKind, RegistryError, Target};
 pub use fetch::FetchedManifest;
+pub(crate) use limit::TokenBucket;
 pub use list::{DEFAULT_PAGE_SIZE, Listing, MAX_LIST_BYTES, MAX_PAGES};
 pub use media::{
     ACCEPT, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, IndexChild, ManifestKind, OCI_INDEX,

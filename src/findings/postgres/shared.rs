@@ -11,7 +11,6 @@
 //! holder asks [`HeldLock::is_held`] before each step, and a broken
 //! connection answers no.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, Object};
@@ -19,9 +18,7 @@ use tokio::runtime::Handle;
 use tokio_postgres::GenericClient;
 
 use super::PostgresStore;
-use crate::findings::stored::{
-    forget_alert_sql, not_claimed, remember_alert_sql, remembered_alerts_sql,
-};
+use crate::findings::stored::{forget_alert_sql, remember_alert_sql, remembered_alerts_sql};
 use crate::findings::{
     AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, SentAlert, StoreError,
     StoreLock,
@@ -158,33 +155,8 @@ impl AlertMemory for PostgresStore {
         self.block_on(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(|e| self.pg(e))?;
-            // As in `mark_delivered`: the share lock waits for a resolve in
-            // progress, and a finding resolved by now owes `sink` its
-            // resolution (an excepted one never: it was never alerted).
-            let marked: HashSet<i64> = tx
-                .query(
-                    "WITH t AS (SELECT id, triage_state, excepted_by FROM findings \
-                       WHERE id = ANY($2) FOR SHARE), \
-                     u AS (UPDATE deliveries SET state = 'delivered', \
-                       delivered_at_ms = COALESCE(delivered_at_ms, $3) \
-                       WHERE sink = $1 AND finding = ANY($2) RETURNING finding), \
-                     r AS (INSERT INTO resolutions (finding, sink, state, attempts, \
-                         next_attempt_ms) \
-                       SELECT u.finding, $1, 'pending', 0, 0 FROM u JOIN t ON t.id = u.finding \
-                       WHERE t.triage_state = 'resolved' AND t.excepted_by IS NULL \
-                       ON CONFLICT DO NOTHING) \
-                     SELECT finding FROM u",
-                    &[&sink, &ids, &now_ms],
-                )
-                .await
-                .map_err(|e| self.pg(e))?
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
-            if let Some(&missing) = ids.iter().find(|id| !marked.contains(id)) {
-                // Dropping the transaction rolls it back.
-                return Err(not_claimed(&self.name, sink, FindingId(missing)));
-            }
+            // On an error, dropping the transaction rolls it back.
+            self.deliver_alerts(&*tx, sink, &ids, now_ms).await?;
             self.remember(&*tx, AlertState::Sent, sink, alert, now_ms)
                 .await?;
             self.forget_alert(&*tx, AlertState::InFlight, sink, &alert.fact)

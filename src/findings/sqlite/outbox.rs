@@ -1,21 +1,142 @@
-//! The two outboxes on the SQLite store, alerts (`deliveries`) and
+//! [`Outboxes`] on the SQLite store: alerts (`deliveries`) and
 //! resolutions, kept by one set of operations: claim what is due for a
-//! sink, mark it delivered, mark it failed. A claim runs in the caller's
-//! immediate transaction, so no other claimer on the file interleaves.
+//! sink, mark it delivered, mark it failed. A claim runs in an immediate
+//! transaction, so no other claimer on the file interleaves.
 
 use rusqlite::{Connection, params};
 
 use super::SqliteStore;
-use crate::findings::stored::{
-    DELIVERY_COLUMNS, MAX_ERROR_LEN, Outbox, StoredDelivery, not_claimed,
-};
-use crate::findings::{Finding, FindingId, SinkDelivery, StoreError, truncate};
+use crate::findings::stored::{DELIVERY_COLUMNS, MAX_ERROR_LEN, StoredDelivery, not_claimed};
+use crate::findings::{Finding, FindingId, Outbox, Outboxes, SinkDelivery, StoreError, truncate};
+
+impl Outboxes for SqliteStore {
+    /// In the file's write transaction, with the rows of `Outbox::Alerts`
+    /// owed since the sink last looked.
+    fn claim(
+        &self,
+        outbox: Outbox,
+        sink: &str,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        if outbox == Outbox::Alerts {
+            self.owe_new_findings(&tx, sink)?;
+        }
+        let out = self.claim_rows(&tx, outbox, sink, limit, now_ms)?;
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(out)
+    }
+
+    fn mark_delivered(
+        &self,
+        outbox: Outbox,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = self.begin(&mut conn)?;
+        self.deliver(&tx, outbox, sink, id, now_ms)?;
+        tx.commit().map_err(|e| self.sql(e))
+    }
+
+    /// A row delivered already stays so (a late failure report changes
+    /// nothing).
+    fn mark_failed(
+        &self,
+        outbox: Outbox,
+        sink: &str,
+        id: FindingId,
+        error: &str,
+        retry_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let table = outbox.table();
+        let error = truncate(error, MAX_ERROR_LEN);
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached(&format!(
+                "UPDATE {table} SET last_error = ?3, next_attempt_ms = ?4 \
+                 WHERE sink = ?1 AND finding = ?2 AND state = 'pending'"
+            ))
+            .and_then(|mut s| s.execute(params![sink, id.0, error, retry_at_ms]))
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            let exists = conn
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {table} WHERE sink = ?1 AND finding = ?2"
+                ))
+                .and_then(|mut s| s.exists(params![sink, id.0]))
+                .map_err(|e| self.sql(e))?;
+            if !exists {
+                return Err(not_claimed(&self.path, sink, id));
+            }
+        }
+        Ok(())
+    }
+}
 
 impl SqliteStore {
+    /// Marks the claimed row of (`id`, `sink`) in `outbox` delivered, in
+    /// the caller's transaction: an alert delivered after its finding was
+    /// resolved owes the sink the resolution too.
+    pub(super) fn deliver(
+        &self,
+        tx: &Connection,
+        outbox: Outbox,
+        sink: &str,
+        id: FindingId,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let n = tx
+            .prepare_cached(&format!(
+                "UPDATE {} SET state = 'delivered', \
+                   delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
+                 WHERE sink = ?1 AND finding = ?2",
+                outbox.table()
+            ))
+            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
+            .map_err(|e| self.sql(e))?;
+        if n == 0 {
+            return Err(not_claimed(&self.path, sink, id));
+        }
+        if outbox == Outbox::Alerts {
+            super::triage::owe_if_resolved(tx, id, sink).map_err(|e| self.sql(e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `sink` known (watermark 0: owed every finding) and gives it a
+    /// pending deliveries row for each finding recorded since it last
+    /// looked (excepted findings are owed to no sink), in the caller's
+    /// transaction.
+    fn owe_new_findings(&self, conn: &Connection, sink: &str) -> Result<(), StoreError> {
+        let sql = |e| self.sql(e);
+        conn.prepare_cached("INSERT OR IGNORE INTO sinks (sink, watermark) VALUES (?1, 0)")
+            .and_then(|mut s| s.execute([sink]))
+            .map_err(sql)?;
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO deliveries (finding, sink, state, attempts, next_attempt_ms) \
+             SELECT f.id, ?1, 'pending', 0, 0 FROM findings f \
+             WHERE f.id > (SELECT watermark FROM sinks WHERE sink = ?1) \
+               AND f.excepted_by IS NULL",
+        )
+        .and_then(|mut s| s.execute([sink]))
+        .map_err(sql)?;
+        conn.prepare_cached(
+            "UPDATE sinks SET watermark = (SELECT COALESCE(MAX(id), 0) FROM findings) \
+             WHERE sink = ?1",
+        )
+        .and_then(|mut s| s.execute([sink]))
+        .map_err(sql)?;
+        Ok(())
+    }
+
     /// Claims up to `limit` rows of `outbox` due for `sink` at `now_ms`:
     /// each counts as an attempt and hides the row for the claim lease.
     /// The findings are returned oldest first, each with this sink's row.
-    pub(super) fn claim(
+    fn claim_rows(
         &self,
         conn: &Connection,
         outbox: Outbox,
@@ -49,71 +170,6 @@ impl SqliteStore {
             out.push(f);
         }
         Ok(out)
-    }
-
-    /// Marks the claimed row of (`id`, `sink`) in `outbox` delivered, in
-    /// its own transaction; an alert delivered after its finding was
-    /// resolved owes the sink the resolution too.
-    pub(super) fn deliver(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = self.begin(&mut conn)?;
-        let n = tx
-            .prepare_cached(&format!(
-                "UPDATE {} SET state = 'delivered', \
-                   delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
-                 WHERE sink = ?1 AND finding = ?2",
-                outbox.table()
-            ))
-            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            return Err(not_claimed(&self.path, sink, id));
-        }
-        if outbox == Outbox::Alerts {
-            super::triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
-        }
-        tx.commit().map_err(|e| self.sql(e))
-    }
-
-    /// The claimed row of (`id`, `sink`) in `outbox` could not be
-    /// delivered: due again at `retry_at_ms`. A row delivered already stays
-    /// so (a late failure report changes nothing).
-    pub(super) fn fail(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        error: &str,
-        retry_at_ms: i64,
-    ) -> Result<(), StoreError> {
-        let table = outbox.table();
-        let error = truncate(error, MAX_ERROR_LEN);
-        let conn = self.lock();
-        let n = conn
-            .prepare_cached(&format!(
-                "UPDATE {table} SET last_error = ?3, next_attempt_ms = ?4 \
-                 WHERE sink = ?1 AND finding = ?2 AND state = 'pending'"
-            ))
-            .and_then(|mut s| s.execute(params![sink, id.0, error, retry_at_ms]))
-            .map_err(|e| self.sql(e))?;
-        if n == 0 {
-            let exists = conn
-                .prepare_cached(&format!(
-                    "SELECT 1 FROM {table} WHERE sink = ?1 AND finding = ?2"
-                ))
-                .and_then(|mut s| s.exists(params![sink, id.0]))
-                .map_err(|e| self.sql(e))?;
-            if !exists {
-                return Err(not_claimed(&self.path, sink, id));
-            }
-        }
-        Ok(())
     }
 
     /// The rows of finding `id` in `outbox` (of `sink` only, when given),

@@ -17,11 +17,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::findings::stored::{
-    alert_table, forget_alert_sql, not_claimed, remember_alert_sql, remembered_alerts_sql,
+    alert_table, forget_alert_sql, remember_alert_sql, remembered_alerts_sql,
 };
 use crate::findings::{
-    AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, SentAlert, StoreError,
-    StoreLock,
+    AlertMemory, AlertState, Checkpoints, FindingId, HeldLock, Locks, Outbox, SentAlert,
+    StoreError, StoreLock,
 };
 
 /// Names held in a store in memory.
@@ -184,21 +184,8 @@ impl AlertMemory for SqliteStore {
         let mut conn = self.lock();
         let tx = self.begin(&mut conn)?;
         for &id in findings {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE deliveries SET state = 'delivered', \
-                       delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
-                     WHERE sink = ?1 AND finding = ?2",
-                )
-                .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
-                .map_err(|e| self.sql(e))?;
-            if n == 0 {
-                // Dropping the transaction rolls it back.
-                return Err(not_claimed(&self.path, sink, id));
-            }
-            // Resolved before its alert reached this sink: the sink is owed
-            // the resolution too (as in `mark_delivered`).
-            super::triage::owe_if_resolved(&tx, id, sink).map_err(|e| self.sql(e))?;
+            // On an error, dropping the transaction rolls it back.
+            self.deliver(&tx, Outbox::Alerts, sink, id, now_ms)?;
         }
         self.remember(&tx, AlertState::Sent, sink, alert, now_ms)?;
         self.forget_alert(&tx, AlertState::InFlight, sink, &alert.fact)?;

@@ -7,8 +7,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStore;
-use crate::findings::stored::{Outbox, triage_target};
-use crate::findings::{Finding, FindingId, StoreError, TriageChange, TriageState, Triaged};
+use crate::findings::stored::triage_target;
+use crate::findings::{Finding, FindingId, Outbox, StoreError, TriageChange, TriageState, Triaged};
 
 /// Owes `sink` the resolution of finding `id` if it is resolved (its alert
 /// was just delivered there). An excepted finding owes none: it was never
