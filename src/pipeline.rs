@@ -184,7 +184,7 @@ impl Pipeline {
                 };
             }
             Ok(None) => {}
-            Err(e) => return self.store_failed(&delivery, &e),
+            Err(e) => return self.store_failed(delivery, &e),
         }
 
         let (verdict, event) = match &delivery.decoded {
@@ -214,7 +214,7 @@ impl Pipeline {
             .await
             {
                 Ok(first) => first,
-                Err(e) => return self.store_failed(&delivery, &e),
+                Err(e) => return self.store_failed(delivery, &e),
             };
             let undecided_for =
                 std::time::Duration::from_millis(now.saturating_sub(first).max(0) as u64);
@@ -224,7 +224,7 @@ impl Pipeline {
                     .undecided_backlog
                     .set(self.undecided.len() as i64);
                 self.metrics.retried(delivery.source.as_str());
-                log_verdict(&delivery, event, &verdict, None);
+                log_verdict(delivery, event, &verdict, None);
                 return Handled {
                     disposition: Disposition::Retry,
                     verdict: Some(VerdictKind::Undecided),
@@ -245,7 +245,7 @@ impl Pipeline {
         } else {
             verdict
         };
-        self.record(&delivery, &index, verdict).await
+        self.record(delivery, &index, verdict).await
     }
 
     /// The verdict when the index alone decides it for good: a malformed
