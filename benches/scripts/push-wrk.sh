@@ -9,6 +9,7 @@
 #   LOG_FILTERS=warn bash benches/scripts/push-wrk.sh     # only without the per-event log line
 #   STORE=postgres bash benches/scripts/push-wrk.sh       # the store on PostgreSQL instead of SQLite
 #   STORE="sqlite postgres" bash benches/scripts/push-wrk.sh   # both, beside each other in one run
+#   CPU=1 bash benches/scripts/push-wrk.sh            # also the server's CPU per request, by thread
 #
 # CONNECTIONS is a list: for each count the baseline and every serve run
 # under the same load, one after the other (Pub/Sub push opens many
@@ -24,6 +25,11 @@
 # unprivileged user when we are root, fsync on as in production), with a
 # fresh database for each serve run; `serve` reaches it through
 # `store: {postgres: {url_env: …}}` with the default pool.
+#
+# With CPU=1 each summary line also gives the server's CPU time per
+# request over the wrk run, by thread name (tokio-rt-worker, sqlite-writer,
+# …), read from /proc/<pid>/task/*/stat before and after: the baseline's
+# figure is what the HTTP stack alone costs on this machine.
 #
 # Needs wrk (Debian package `wrk`: apt-get install wrk), curl, python3,
 # sqlite3 and, for STORE=postgres, postgresql; a release build is made first.
@@ -101,8 +107,28 @@ databases=0
 # run_wrk PORT: the load at the current connection count ($c).
 run_wrk() { wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency -s benches/scripts/push.lua "http://127.0.0.1:$1"; }
 
+# cpu_ticks PID: "thread-name ticks" per thread name (user + system clock
+# ticks so far, threads of one name summed).
+cpu_ticks() {
+  for t in /proc/"$1"/task/*; do
+    printf '%s %s\n' "$(tr ' ' _ <"$t/comm")" "$(awk '{print $14 + $15}' "$t/stat")"
+  done | awk '{n[$1] += $2} END {for (k in n) print k, n[k]}' | sort
+}
+# cpu_per_request BEFORE AFTER REQUESTS: " cpu_us_per_req: name=µs …" for
+# the threads that ran (empty unless CPU=1).
+cpu_per_request() {
+  [ "${CPU:-}" = 1 ] || return 0
+  local hz; hz=$(getconf CLK_TCK)
+  printf ' cpu_us_per_req:'
+  join <(printf '%s\n' "$1") <(printf '%s\n' "$2") |
+    awk -v n="$3" -v hz="$hz" '$3 > $2 {t += $3 - $2; printf " %s=%.1f", $1, ($3 - $2) * 1e6 / hz / n}
+      END {printf " total=%.1f", t * 1e6 / hz / n}'
+}
+# requests OUT: how many requests wrk completed.
+requests() { awk '/requests in/ {print $1}' <<<"$1"; }
+
 base_port=$(free_port)
-"$release/examples/minimal_axum" "127.0.0.1:$base_port" & pids+=($!)
+"$release/examples/minimal_axum" "127.0.0.1:$base_port" & base_pid=$!; pids+=($base_pid)
 # The minimal handler has no GET route: any HTTP answer means it is up.
 for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$base_port/" && break; sleep 0.1; done
 
@@ -136,7 +162,8 @@ YAML
   pids+=($pid)
   wait_up "$port" /readyz
   echo "== c=$c $bin serve, store $store, log $filter, every request a $VERDICT decision"
-  local out; out=$(run_wrk "$port"); echo "$out"
+  local before after out
+  before=$(cpu_ticks "$pid"); out=$(run_wrk "$port"); after=$(cpu_ticks "$pid"); echo "$out"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local decided
   if [ "$store" = postgres ]; then
@@ -144,14 +171,15 @@ YAML
   else
     decided=$(sqlite3 "$dir/data/findings.sqlite" 'select count(*) from decisions' 2>/dev/null || echo '?')
   fi
-  summary+="c=$c $bin store=$store log=$filter: serve_rps=$(rps "$out") ratio=$(python3 -c "print(round($(rps "$out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$out") non_2xx=$(non2xx "$out") decisions_recorded=$decided"$'\n'
+  summary+="c=$c $bin store=$store log=$filter: serve_rps=$(rps "$out") ratio=$(python3 -c "print(round($(rps "$out")/$(rps "$base_out"),3))") serve_p99_ms=$(p99 "$out") non_2xx=$(non2xx "$out") decisions_recorded=$decided$(cpu_per_request "$before" "$after" "$(requests "$out")")"$'\n'
 }
 
 summary=""
 for c in $CONNECTIONS; do
   echo "== c=$c minimal axum (204)"
-  base_out=$(run_wrk "$base_port"); echo "$base_out"
-  summary+="c=$c baseline_rps=$(rps "$base_out") baseline_p99_ms=$(p99 "$base_out")"$'\n'
+  before=$(cpu_ticks "$base_pid"); base_out=$(run_wrk "$base_port"); after=$(cpu_ticks "$base_pid")
+  echo "$base_out"
+  summary+="c=$c baseline_rps=$(rps "$base_out") baseline_p99_ms=$(p99 "$base_out")$(cpu_per_request "$before" "$after" "$(requests "$base_out")")"$'\n'
   for bin in "$release/image-auditor" ${EXTRA_BINS:-}; do
     for store in $STORE; do
       for filter in ${LOG_FILTERS:-warn info}; do serve "$bin" "$filter" "$store"; done
