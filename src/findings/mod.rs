@@ -475,8 +475,9 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Outboxes + Send + Sync {
     /// [`triage::transition`], in one transaction with the read of its
     /// state. Resolving owes a resolution to every sink the finding's alert
     /// was delivered to (and, through [`Outboxes::mark_delivered`], to every
-    /// sink it is delivered to later): rows of [`Outbox::Resolutions`]. [`StoreError::NoSuchFinding`] or
-    /// [`StoreError::Triage`] when it cannot be applied.
+    /// sink it is delivered to later): rows of [`Outbox::Resolutions`].
+    /// [`StoreError::NoSuchFinding`] or [`StoreError::Triage`] when it
+    /// cannot be applied.
     fn triage(
         &self,
         id: FindingId,
