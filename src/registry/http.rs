@@ -1,7 +1,7 @@
 //! HTTP helpers shared by every registry request: the auth handshake, the
 //! request loop, listings and the Google token fetch. A leaf: it imports
-//! nothing from the rest of `registry`, so `auth`, `client`, `credentials`
-//! and `google` can all use it without importing each other.
+//! nothing from the rest of `registry`, so `auth`, `client`, `list` and
+//! `google` can all use it without importing each other.
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::CONTENT_LENGTH;

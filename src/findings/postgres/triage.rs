@@ -4,7 +4,7 @@
 //! state, so of two people triaging at once the second sees the first's
 //! result; `mark_delivered` takes a share lock on the same row, so a
 //! resolution is owed to a sink whether its alert was delivered just before
-//! or just after the resolve (see `PostgresStore::mark_delivered`).
+//! or just after the resolve (see `PostgresStore::deliver_alerts`).
 
 use deadpool_postgres::Transaction;
 

@@ -1,4 +1,4 @@
-//! Group commit for [`PostgresStore::record`](super::PostgresStore): callers
+//! Group commit for [`PostgresStore`](super::PostgresStore)'s `submit`: callers
 //! queue their decisions; a writer takes everything queued, writes it with
 //! a few multi-row statements in one transaction and answers every caller
 //! after the commit. While the writers are busy the queue fills, so the
