@@ -1,4 +1,4 @@
-//! Prometheus metrics (prefix `image_auditor_`), registered once per process
+//! Prometheus metrics (prefix `image_auditor_`), registered once per service
 //! in a [`Metrics`] value that is passed around; no global registry.
 
 use std::time::Duration;

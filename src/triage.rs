@@ -10,8 +10,6 @@
 //! 429) before anything else, so that guessing tokens costs time;
 //! credentials from the headers (`triage_unauthorized`, 401/403) before the
 //! body is read; then the body.
-//!
-//! Just over 500 lines, a fifth of them the tests of the access rules.
 
 use std::path::PathBuf;
 use std::sync::Arc;
