@@ -68,9 +68,7 @@ impl PostgresStore {
         }
         Ok(out)
     }
-}
 
-impl PostgresStore {
     /// Marks the claimed alert rows of findings `ids` for `sink` delivered,
     /// in one statement on `client` (the caller's transaction, or a pooled
     /// connection). A finding resolved by now owes `sink` its resolution
