@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use super::stats::Stats;
+use super::stats::{Counter, Stats};
 use crate::reference::Digest;
 
 const OCI_LAYOUT: &str = r#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -84,7 +84,7 @@ impl ManifestCache {
         let bytes = match read_bounded(&path, self.max_entry_bytes) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => {
-                stats.cache_miss();
+                stats.bump(Counter::CacheMiss);
                 return None;
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -93,7 +93,7 @@ impl ManifestCache {
             }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "manifest cache read failed");
-                stats.cache_miss();
+                stats.bump(Counter::CacheMiss);
                 return None;
             }
         };
@@ -101,7 +101,7 @@ impl ManifestCache {
             self.discard_corrupt(digest, &path, stats, "content does not match its digest");
             return None;
         }
-        stats.cache_hit();
+        stats.bump(Counter::CacheHit);
         if let Some(lru) = &self.bound {
             lock(lru).touch(digest);
         }
@@ -110,8 +110,8 @@ impl ManifestCache {
 
     fn discard_corrupt(&self, digest: &Digest, path: &Path, stats: &Stats, why: &str) {
         tracing::warn!(%digest, path = %path.display(), why, "corrupt manifest cache entry deleted");
-        stats.cache_corruption();
-        stats.cache_miss();
+        stats.bump(Counter::CacheCorruption);
+        stats.bump(Counter::CacheMiss);
         if let Err(e) = fs::remove_file(path)
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -149,10 +149,10 @@ impl ManifestCache {
             let _ = fs::remove_file(&tmp);
         }
         written?;
-        stats.cache_write();
+        stats.bump(Counter::CacheWrite);
         if let Some(lru) = &self.bound {
             let evicted = lock(lru).insert(digest.clone(), size, &self.root);
-            stats.cache_evictions(evicted);
+            stats.add(Counter::CacheEviction, evicted);
         }
         Ok(())
     }

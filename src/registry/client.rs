@@ -22,7 +22,7 @@ use super::fetch::Flights;
 use super::http::{ReadError, error_chain, read_capped, stated_digest};
 use super::limit::{Limiter, backoff, parse_retry_after};
 use super::media;
-use super::stats::{Outcome, RequestKind, Stats, StatsSnapshot};
+use super::stats::{Counter, Outcome, RequestKind, Stats, StatsSnapshot};
 use crate::reference::{Digest, Repository};
 
 /// The only way the auditor talks to registries. Cheap to clone; clones
@@ -339,7 +339,7 @@ impl Inner {
             }
             tracing::debug!(host, repository = path, url, error = %failure, retries, "retrying registry request");
             retries += 1;
-            self.stats.retry();
+            self.stats.bump(Counter::Retry);
             previous = Some(failure);
         }
     }

@@ -10,6 +10,7 @@ use tokio::sync::OnceCell;
 use super::client::{Inner, RegistryClient};
 use super::error::RegistryError;
 use super::media::{self, ManifestKind};
+use super::stats::Counter;
 use crate::reference::{Digest, Repository};
 
 /// A manifest whose bytes hash to `digest`, with its parsed content.
@@ -74,7 +75,7 @@ impl RegistryClient {
             }
         };
         if joined {
-            inner.stats.coalesced();
+            inner.stats.bump(Counter::Coalesced);
         }
         // If the caller that started the flight is cancelled, the next waiter
         // runs the fetch itself: OnceCell hands initialisation over.

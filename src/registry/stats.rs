@@ -77,16 +77,28 @@ const KINDS: [RequestKind; 3] = [RequestKind::Manifest, RequestKind::List, Reque
 #[derive(Default)]
 struct HostCounters([[AtomicU64; Outcome::ALL.len()]; KINDS.len()]);
 
+/// What the client counts besides requests; [`StatsSnapshot`] has a field
+/// for each, which says what it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    Retry,
+    Coalesced,
+    CacheHit,
+    CacheMiss,
+    CacheCorruption,
+    CacheWrite,
+    CacheEviction,
+}
+
+impl Counter {
+    /// How many there are: the last variant's index, plus one.
+    const COUNT: usize = Counter::CacheEviction as usize + 1;
+}
+
 #[derive(Default)]
 pub(crate) struct Stats {
     hosts: RwLock<HashMap<String, Arc<HostCounters>>>,
-    retries: AtomicU64,
-    coalesced: AtomicU64,
-    cache_hits: AtomicU64,
-    cache_misses: AtomicU64,
-    cache_corruptions: AtomicU64,
-    cache_writes: AtomicU64,
-    cache_evictions: AtomicU64,
+    counters: [AtomicU64; Counter::COUNT],
 }
 
 impl Stats {
@@ -114,26 +126,13 @@ impl Stats {
             .clone()
     }
 
-    pub(crate) fn retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
+    /// Adds one to `counter`.
+    pub(crate) fn bump(&self, counter: Counter) {
+        self.add(counter, 1);
     }
-    pub(crate) fn coalesced(&self) {
-        self.coalesced.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn cache_hit(&self) {
-        self.cache_hits.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn cache_miss(&self) {
-        self.cache_misses.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn cache_corruption(&self) {
-        self.cache_corruptions.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn cache_write(&self) {
-        self.cache_writes.fetch_add(1, Ordering::Relaxed);
-    }
-    pub(crate) fn cache_evictions(&self, n: u64) {
-        self.cache_evictions.fetch_add(n, Ordering::Relaxed);
+
+    pub(crate) fn add(&self, counter: Counter, n: u64) {
+        self.counters[counter as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
@@ -148,16 +147,16 @@ impl Stats {
                 }
             }
         }
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: Counter| self.counters[c as usize].load(Ordering::Relaxed);
         StatsSnapshot {
             requests,
-            retries: get(&self.retries),
-            coalesced: get(&self.coalesced),
-            cache_hits: get(&self.cache_hits),
-            cache_misses: get(&self.cache_misses),
-            cache_corruptions: get(&self.cache_corruptions),
-            cache_writes: get(&self.cache_writes),
-            cache_evictions: get(&self.cache_evictions),
+            retries: get(Counter::Retry),
+            coalesced: get(Counter::Coalesced),
+            cache_hits: get(Counter::CacheHit),
+            cache_misses: get(Counter::CacheMiss),
+            cache_corruptions: get(Counter::CacheCorruption),
+            cache_writes: get(Counter::CacheWrite),
+            cache_evictions: get(Counter::CacheEviction),
         }
     }
 }
