@@ -189,7 +189,7 @@ pub struct PushedList {
 pub struct ListedChild {
     pub digest: Digest,
     /// `os/architecture[/variant]`, when the list says.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
 }
 

@@ -144,7 +144,7 @@ pub struct Alert {
     #[serde(skip)]
     pub lists: BTreeMap<(String, String), Option<String>>,
     /// Who resolved the finding, when and why: set on `resolved` alerts only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<Resolution>,
 }
 

@@ -52,13 +52,11 @@ impl<T> Default for Listing<T> {
 
 #[derive(serde::Deserialize)]
 struct CatalogPage {
-    #[serde(default)]
     repositories: Option<Vec<String>>,
 }
 
 #[derive(serde::Deserialize)]
 struct TagsPage {
-    #[serde(default)]
     tags: Option<Vec<String>>,
 }
 
