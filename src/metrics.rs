@@ -15,56 +15,56 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub source: &'static str,
-    pub action: &'static str,
-    pub verdict: &'static str,
+struct EventLabels {
+    source: &'static str,
+    action: &'static str,
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VerdictLabels {
-    pub verdict: &'static str,
+struct VerdictLabels {
+    verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookLabels {
-    pub source: &'static str,
+struct WebhookLabels {
+    source: &'static str,
     /// `accepted`, `retry`, `unauthorized`, `unsupported_media_type`, `rejected`.
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IgnoredLabels {
-    pub source: &'static str,
-    pub reason: &'static str,
+struct IgnoredLabels {
+    source: &'static str,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AlertLabels {
-    pub sink: String,
+struct AlertLabels {
+    sink: String,
     /// `delivered` or `failed`.
-    pub outcome: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CommitLabels {
+struct CommitLabels {
     /// The git commit of the live manifest set; empty for a directory.
-    pub commit: String,
+    commit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SinkLabels {
-    pub sink: String,
+struct SinkLabels {
+    sink: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SourceLabels {
-    pub source: &'static str,
+struct SourceLabels {
+    source: &'static str,
 }
 
 pub struct Metrics {
@@ -79,7 +79,7 @@ pub struct Metrics {
     pub index_excluded_manifests: Gauge,
     pub index_children: Gauge,
     pub index_generation: Gauge,
-    pub index_commit: Family<CommitLabels, Gauge>,
+    index_commit: Family<CommitLabels, Gauge>,
     pub undecided_backlog: Gauge,
     pub store_errors: Counter,
     webhook_requests: Family<WebhookLabels, Counter>,
