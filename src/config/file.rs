@@ -59,6 +59,7 @@ mod tests {
     #[test]
     fn empty_means_default_and_errors_name_the_file_but_quote_nothing() {
         let dir = tempfile::tempdir().unwrap();
+        let error = |path: &Path| read_yaml::<Doc>("test file", path).unwrap_err().to_string();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, "# only a comment\n").unwrap();
         assert_eq!(
@@ -67,23 +68,15 @@ mod tests {
         );
 
         std::fs::write(&path, "secret: hunter2hunter2\ncount: many\n").unwrap();
-        let message = read_yaml::<Doc>("test file", &path)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.starts_with(&format!("test file {}: ", path.display())),
-            "{message}"
-        );
+        let message = error(&path);
+        let named = format!("test file {}: ", path.display());
+        assert!(message.starts_with(&named), "{message}");
         assert!(message.contains("line 2"), "{message}");
         assert!(!message.contains("hunter2"), "{message}");
 
         let missing = dir.path().join("missing.yaml");
-        let message = read_yaml::<Doc>("test file", &missing)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.starts_with(&format!("cannot read test file {}: ", missing.display())),
-            "{message}"
-        );
+        let message = error(&missing);
+        let named = format!("cannot read test file {}: ", missing.display());
+        assert!(message.starts_with(&named), "{message}");
     }
 }
