@@ -22,6 +22,8 @@ use crate::sources::push_auth::PushAuthConfig;
 use crate::sources::webhook::{EndpointConfig, WebhookKind};
 
 mod file;
+#[cfg(test)]
+mod tests;
 
 pub use file::{FileError, read_yaml};
 
