@@ -491,8 +491,7 @@ mod tests {
             tag: None,
             verdict: VerdictKind::Unpromoted,
         };
-        let mut old = entry();
-        old.image = Some("app".into());
+        let mut old = entry().with_image("app");
         old.line = 3;
         old.expires = "2025-01-31".parse().unwrap();
         let mut new = old.clone();
@@ -540,9 +539,7 @@ mod tests {
         let mut renewed = a.clone();
         renewed.expires = "2025-12-31".parse().unwrap();
         assert_ne!(a.key(), renewed.key());
-        let mut other = a.clone();
-        other.digests = vec![d(1)];
-        assert_ne!(a.key(), other.key());
+        assert_ne!(a.key(), a.clone().with_digests(&[1]).key());
         assert_eq!(a.key().len(), 16);
     }
 }
