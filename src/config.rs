@@ -21,6 +21,12 @@ use crate::sources::pubsub_pull::PullConfig;
 use crate::sources::push_auth::PushAuthConfig;
 use crate::sources::webhook::{EndpointConfig, WebhookKind};
 
+mod file;
+#[cfg(test)]
+mod tests;
+
+pub use file::{FileError, read_yaml};
+
 /// The real k8s.io corpus shipped with the repository.
 pub const DEFAULT_MANIFESTS: &str = "manifests-fixtures/k8s.io/registry.k8s.io";
 
@@ -298,13 +304,8 @@ impl Default for LogConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("environment variable {var}={value:?}: {message}")]
     Env {
         var: &'static str,
@@ -332,24 +333,11 @@ impl Config {
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match path {
             None => Config::default(),
-            Some(path) => Self::parse_file(path)?,
+            Some(path) => read_yaml("config file", path)?,
         };
         config.apply_env(|var| std::env::var(var).ok())?;
         config.validate()?;
         Ok(config)
-    }
-
-    fn parse_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        serde_saphyr::from_str::<Option<Config>>(&text)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.without_snippet().to_string(),
-            })
     }
 
     /// Applies [`ENV_OVERRIDES`] read through `get`.

@@ -59,9 +59,7 @@ impl Default for TriageConfig {
 pub struct TokenConfig {
     /// The person or system holding the token: recorded as who triaged.
     pub name: String,
-    #[serde(default)]
     pub token_env: Option<String>,
-    #[serde(default)]
     pub token_file: Option<PathBuf>,
 }
 
@@ -255,7 +253,7 @@ struct TriageBody {
     /// Optional: who the caller believes it is. Refused (403) unless it is
     /// the name its credentials carry, so a script cannot record a change
     /// under someone else's name by mistake.
-    #[serde(default, rename = "as")]
+    #[serde(rename = "as")]
     as_name: Option<String>,
 }
 

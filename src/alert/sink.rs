@@ -24,17 +24,12 @@ pub struct SinkConfig {
     /// Names the sink in metrics, the findings store and logs. Renaming a
     /// sink makes it a new one, owed every finding again.
     pub name: String,
-    #[serde(default)]
     pub webhook: Option<WebhookConfig>,
-    #[serde(default)]
     pub slack: Option<SlackConfig>,
-    #[serde(default)]
     pub alertmanager: Option<AlertmanagerConfig>,
-    #[serde(default)]
     pub pubsub: Option<PubsubSinkConfig>,
     #[serde(default)]
     pub verdicts: Vec<crate::audit::VerdictKind>,
-    #[serde(default)]
     pub min_severity: Option<super::Severity>,
 }
 
@@ -74,9 +69,7 @@ pub struct WebhookConfig {
     pub url: String,
     /// HMAC-SHA256 key; when set, requests carry `X-Image-Auditor-Timestamp`
     /// and `X-Image-Auditor-Signature: v1=<hex of HMAC(timestamp "." body)>`.
-    #[serde(default)]
     pub hmac_secret: Option<String>,
-    #[serde(default)]
     pub hmac_secret_env: Option<String>,
 }
 
@@ -84,10 +77,8 @@ pub struct WebhookConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
-    #[serde(default)]
     pub url: Option<String>,
     /// An environment variable holding the URL (it is the secret).
-    #[serde(default)]
     pub url_env: Option<String>,
 }
 
@@ -102,7 +93,6 @@ pub struct AlertmanagerConfig {
     #[serde(default = "default_resolve_after", with = "humantime_serde")]
     pub resolve_after: Duration,
     /// Link back to the auditor in `generatorURL`, e.g. its external URL.
-    #[serde(default)]
     pub generator_url: Option<String>,
 }
 
@@ -119,7 +109,6 @@ pub struct PubsubSinkConfig {
     pub topic: String,
     /// `http://host:port` for the emulator; default `PUBSUB_EMULATOR_HOST`,
     /// else Google.
-    #[serde(default)]
     pub endpoint: Option<String>,
 }
 

@@ -193,6 +193,16 @@ mod tests {
             verdict,
         }
     }
+    /// The findings of `verdict` in `repo`, one per `digest[:tag]` of
+    /// `pushes` (digests by fixture number): `"1:v1 4"` is digest 1 tagged
+    /// `v1` and digest 4 untagged.
+    fn pushed(repo: &str, verdict: VerdictKind, pushes: &str) -> Vec<Found> {
+        let one = |push: &str| match push.split_once(':') {
+            Some((digest, tag)) => found(repo, digest.parse().unwrap(), Some(tag), verdict),
+            None => found(repo, push.parse().unwrap(), None, verdict),
+        };
+        pushes.split_whitespace().map(one).collect()
+    }
     fn split(r: &Repository) -> Option<(RegistryPrefix, String)> {
         r.path().strip_prefix("prod/").map(|image| {
             (
@@ -225,19 +235,16 @@ mod tests {
         let cases = [
             Case {
                 name: "content verdicts list digests, whatever the tags",
-                found: vec![
-                    found(app, 1, Some("v1"), Unpromoted),
-                    found(app, 2, Some("v2"), Unpromoted),
-                    found(app, 2, Some("v2b"), Unpromoted),
-                ],
+                found: pushed(app, Unpromoted, "1:v1 2:v2 2:v2b"),
                 want: vec![(prod, "app", Unpromoted, vec![1, 2], vec![])],
             },
             Case {
                 name: "verdicts are separate entries",
-                found: vec![
-                    found(app, 1, Some("v1"), Unpromoted),
-                    found(app, 3, Some("v3"), UnlistedTag),
-                ],
+                found: [
+                    pushed(app, Unpromoted, "1:v1"),
+                    pushed(app, UnlistedTag, "3:v3"),
+                ]
+                .concat(),
                 want: vec![
                     (prod, "app", Unpromoted, vec![1], vec![]),
                     (prod, "app", UnlistedTag, vec![3], vec!["v3"]),
@@ -245,20 +252,12 @@ mod tests {
             },
             Case {
                 name: "tag verdicts: one product when it is exact",
-                found: vec![
-                    found(app, 1, Some("a"), UnlistedTag),
-                    found(app, 1, Some("b"), UnlistedTag),
-                    found(app, 2, Some("a"), UnlistedTag),
-                    found(app, 2, Some("b"), UnlistedTag),
-                ],
+                found: pushed(app, UnlistedTag, "1:a 1:b 2:a 2:b"),
                 want: vec![(prod, "app", UnlistedTag, vec![1, 2], vec!["a", "b"])],
             },
             Case {
                 name: "tag verdicts: split where the product would accept more",
-                found: vec![
-                    found(app, 1, Some("v1"), TagMoved),
-                    found(app, 2, Some("v2"), TagMoved),
-                ],
+                found: pushed(app, TagMoved, "1:v1 2:v2"),
                 want: vec![
                     (prod, "app", TagMoved, vec![1], vec!["v1"]),
                     (prod, "app", TagMoved, vec![2], vec!["v2"]),
@@ -266,13 +265,7 @@ mod tests {
             },
             Case {
                 name: "tag verdicts: tags sharing digests, fewer entries",
-                found: vec![
-                    found(app, 1, Some("a"), Missing),
-                    found(app, 2, Some("a"), Missing),
-                    found(app, 1, Some("b"), Missing),
-                    found(app, 2, Some("b"), Missing),
-                    found(app, 3, Some("c"), Missing),
-                ],
+                found: pushed(app, Missing, "1:a 2:a 1:b 2:b 3:c"),
                 want: vec![
                     (prod, "app", Missing, vec![1, 2], vec!["a", "b"]),
                     (prod, "app", Missing, vec![3], vec!["c"]),
@@ -280,10 +273,7 @@ mod tests {
             },
             Case {
                 name: "untagged missing digests: digests alone",
-                found: vec![
-                    found(app, 4, None, Missing),
-                    found(app, 5, Some("v5"), Missing),
-                ],
+                found: pushed(app, Missing, "4 5:v5"),
                 want: vec![
                     (prod, "app", Missing, vec![4], vec![]),
                     (prod, "app", Missing, vec![5], vec!["v5"]),
@@ -291,7 +281,7 @@ mod tests {
             },
             Case {
                 name: "repositories no prefix claims: the whole path under the host",
-                found: vec![found("r.example/legacy/tool", 6, Some("x"), Unpromoted)],
+                found: pushed("r.example/legacy/tool", Unpromoted, "6:x"),
                 want: vec![(
                     Some("r.example"),
                     "legacy/tool",

@@ -330,6 +330,30 @@ mod tests {
         }
     }
 
+    /// Test-only setters, so that a table row states its entry in one line.
+    impl Exception {
+        fn with_registry(mut self, prefix: &str) -> Exception {
+            self.registry = Some(prefix.parse().unwrap());
+            self
+        }
+        fn with_image(mut self, image: &str) -> Exception {
+            self.image = Some(image.into());
+            self
+        }
+        fn with_digests(mut self, digests: &[u8]) -> Exception {
+            self.digests = digests.iter().copied().map(d).collect();
+            self
+        }
+        fn with_tags(mut self, tags: &[&str]) -> Exception {
+            self.tags = tags.iter().map(|t| t.parse().unwrap()).collect();
+            self
+        }
+        fn with_verdicts(mut self, verdicts: &[VerdictKind]) -> Exception {
+            self.verdicts = verdicts.to_vec();
+            self
+        }
+    }
+
     /// One row: an entry, the finding (repository, digest, tag, verdict),
     /// and whether the entry covers it.
     struct Row {
@@ -342,117 +366,102 @@ mod tests {
     #[test]
     fn entries_cover_exactly_what_their_fields_say() {
         use VerdictKind::*;
-        let with = |f: fn(&mut Exception)| {
-            let mut e = entry();
-            f(&mut e);
-            e
-        };
+        let prod = "r.example/prod";
         let rows = [
             Row {
                 name: "registry prefix takes repositories below it",
-                entry: with(|e| e.registry = Some("r.example/prod".parse().unwrap())),
+                entry: entry().with_registry(prod),
                 finding: ("r.example/prod/team/app", Some(1), Some("v1"), Unpromoted),
                 covered: true,
             },
             Row {
                 name: "registry prefix is split at / only",
-                entry: with(|e| e.registry = Some("r.example/prod".parse().unwrap())),
+                entry: entry().with_registry(prod),
                 finding: ("r.example/production/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "registry prefix of another host",
-                entry: with(|e| e.registry = Some("r.example/prod".parse().unwrap())),
+                entry: entry().with_registry(prod),
                 finding: ("s.example/prod/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "image alone takes it below any prefix",
-                entry: with(|e| e.image = Some("team/app".into())),
+                entry: entry().with_image("team/app"),
                 finding: ("eu.r.example/prod/team/app", Some(1), None, Unpromoted),
                 covered: true,
             },
             Row {
                 name: "image is whole path components",
-                entry: with(|e| e.image = Some("app".into())),
+                entry: entry().with_image("app"),
                 finding: ("r.example/prod/my-app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "registry and image name one repository",
-                entry: with(|e| {
-                    e.registry = Some("r.example/prod".parse().unwrap());
-                    e.image = Some("app".into());
-                }),
+                entry: entry().with_registry(prod).with_image("app"),
                 finding: ("r.example/prod/app", Some(1), None, Unpromoted),
                 covered: true,
             },
             Row {
                 name: "registry and image: not a deeper repository",
-                entry: with(|e| {
-                    e.registry = Some("r.example/prod".parse().unwrap());
-                    e.image = Some("app".into());
-                }),
+                entry: entry().with_registry(prod).with_image("app"),
                 finding: ("r.example/prod/team/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "digest listed",
-                entry: with(|e| e.digests = vec![d(2), d(1)]),
+                entry: entry().with_digests(&[2, 1]),
                 finding: ("r.example/prod/app", Some(1), Some("v1"), Unpromoted),
                 covered: true,
             },
             Row {
                 name: "digest not listed: a new push still alerts",
-                entry: with(|e| e.digests = vec![d(2)]),
+                entry: entry().with_digests(&[2]),
                 finding: ("r.example/prod/app", Some(1), Some("v1"), Unpromoted),
                 covered: false,
             },
             Row {
                 name: "digests set, finding without a digest",
-                entry: with(|e| e.digests = vec![d(1)]),
+                entry: entry().with_digests(&[1]),
                 finding: ("r.example/prod/app", None, Some("v1"), TagMoved),
                 covered: false,
             },
             Row {
                 name: "tag listed",
-                entry: with(|e| e.tags = vec!["v1".parse().unwrap()]),
+                entry: entry().with_tags(&["v1"]),
                 finding: ("r.example/prod/app", Some(1), Some("v1"), UnlistedTag),
                 covered: true,
             },
             Row {
                 name: "tags set, finding without a tag",
-                entry: with(|e| e.tags = vec!["v1".parse().unwrap()]),
+                entry: entry().with_tags(&["v1"]),
                 finding: ("r.example/prod/app", Some(1), None, Unpromoted),
                 covered: false,
             },
             Row {
                 name: "verdict listed",
-                entry: with(|e| {
-                    e.image = Some("app".into());
-                    e.verdicts = vec![Unpromoted, Missing];
-                }),
+                entry: entry()
+                    .with_image("app")
+                    .with_verdicts(&[Unpromoted, Missing]),
                 finding: ("r.example/prod/app", Some(1), None, Missing),
                 covered: true,
             },
             Row {
                 name: "verdict not listed",
-                entry: with(|e| {
-                    e.image = Some("app".into());
-                    e.verdicts = vec![Unpromoted];
-                }),
+                entry: entry().with_image("app").with_verdicts(&[Unpromoted]),
                 finding: ("r.example/prod/app", Some(1), Some("v1"), TagMoved),
                 covered: false,
             },
             Row {
                 name: "every field must match",
-                entry: with(|e| {
-                    e.registry = Some("r.example/prod".parse().unwrap());
-                    e.image = Some("app".into());
-                    e.digests = vec![d(1)];
-                    e.tags = vec!["v1".parse().unwrap()];
-                    e.verdicts = vec![Unpromoted];
-                }),
+                entry: entry()
+                    .with_registry(prod)
+                    .with_image("app")
+                    .with_digests(&[1])
+                    .with_tags(&["v1"])
+                    .with_verdicts(&[Unpromoted]),
                 finding: ("r.example/prod/app", Some(1), Some("v2"), Unpromoted),
                 covered: false,
             },
@@ -482,8 +491,7 @@ mod tests {
             tag: None,
             verdict: VerdictKind::Unpromoted,
         };
-        let mut old = entry();
-        old.image = Some("app".into());
+        let mut old = entry().with_image("app");
         old.line = 3;
         old.expires = "2025-01-31".parse().unwrap();
         let mut new = old.clone();
@@ -531,9 +539,7 @@ mod tests {
         let mut renewed = a.clone();
         renewed.expires = "2025-12-31".parse().unwrap();
         assert_ne!(a.key(), renewed.key());
-        let mut other = a.clone();
-        other.digests = vec![d(1)];
-        assert_ne!(a.key(), other.key());
+        assert_ne!(a.key(), a.clone().with_digests(&[1]).key());
         assert_eq!(a.key().len(), 16);
     }
 }

@@ -121,31 +121,13 @@ impl Default for RegistryConfig {
 }
 
 /// Why a registry access file cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryConfigError {
-    #[error("cannot read {}: {error}", path.display())]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{}: {message}", path.display())]
-    Parse { path: PathBuf, message: String },
-}
+pub type RegistryConfigError = crate::config::FileError;
 
 impl RegistryConfig {
     /// Reads a file holding only registry access settings (the CLI's
     /// `--registry-config`); an empty file means the defaults.
     pub fn load(path: &Path) -> Result<RegistryConfig, RegistryConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| RegistryConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        serde_saphyr::from_str::<Option<RegistryConfig>>(&text)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| RegistryConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })
+        crate::config::read_yaml("registry config file", path)
     }
 
     /// Caches under `data_dir` unless a cache directory is configured, so

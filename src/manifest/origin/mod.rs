@@ -40,11 +40,9 @@ pub struct GitConfig {
     pub command_timeout: Duration,
     /// Name of an environment variable holding a token for a private
     /// repository over https (sent as `x-access-token:<token>`).
-    #[serde(default)]
     pub token_env: Option<String>,
     /// A file holding that token, read at every sync so that a rotated
     /// token (GitHub app tokens live an hour) is picked up.
-    #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// The most one sync may receive from the server, and the most the
     /// manifest tree it writes out may hold. Default 256 MiB.

@@ -43,14 +43,11 @@ pub struct EndpointConfig {
     /// The registry prefix the endpoint reports for (`host[:port][/path]`).
     /// Required for distribution, whose events carry no host; for the
     /// others it replaces the host the payload names.
-    #[serde(default)]
     pub registry: Option<RegistryPrefix>,
     /// The shared secret: requests must carry `Authorization: Bearer
     /// <token>` (or exactly `<token>`, as Harbor's `auth_header` sends it).
-    #[serde(default)]
     pub token: Option<String>,
     /// An environment variable holding the token, read at startup.
-    #[serde(default)]
     pub token_env: Option<String>,
     /// Most events one request may list ([`DEFAULT_MAX_EVENTS`] by default).
     #[serde(default = "default_max_events")]
