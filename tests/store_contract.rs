@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use crate::support::decisions::{decision, digest, evidence, new_finding, repo, sub};
+use crate::support::decisions::{decision, digest, evidence, key, new_finding, repo, sub};
 use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
@@ -205,7 +205,7 @@ fn claim_due(store: &dyn Store, outbox: Outbox, sink: &str, now_ms: i64) -> Vec<
 }
 
 fn ids(fs: &[Finding]) -> Vec<&str> {
-    fs.iter().map(|f| f.event_id.0.as_str()).collect()
+    fs.iter().map(|f| f.key.event_id.0.as_str()).collect()
 }
 
 fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
@@ -238,13 +238,13 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
 
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &sub(), "m1"))
             .unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     assert_eq!(
         store
-            .decision(Source::PubsubPush, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPush, &sub(), "m1"))
             .unwrap(),
         None,
         "the source is part of the key"
@@ -253,8 +253,7 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
     assert_eq!(all.len(), 1);
     let f = &all[0];
     assert_eq!(f.id, id);
-    assert_eq!(f.source, Source::PubsubPull);
-    assert_eq!(f.event_id, EventId("m1".into()));
+    assert_eq!(f.key, key(Source::PubsubPull, &sub(), "m1"));
     assert_eq!(f.action, Some(Action::Insert));
     assert_eq!(f.repository, Some(repo("foo")));
     assert_eq!(f.digest, Some(digest("12")));
@@ -270,7 +269,7 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
 
     // The same id from another source is another delivery.
     let mut other = decision("m1", VerdictKind::Unpromoted);
-    other.source = Source::PubsubPush;
+    other.key.source = Source::PubsubPush;
     new_finding(store.record(&other).unwrap());
     assert_eq!(store.counts().unwrap().findings, 2);
 }
@@ -279,7 +278,7 @@ fn the_endpoint_is_part_of_the_key(h: &dyn Backend) {
     let store = h.open();
     let dev = EndpointName("projects/p/subscriptions/dev".into());
     let mut from_dev = decision("m1", VerdictKind::OutOfScope);
-    from_dev.endpoint = dev.clone();
+    from_dev.key.endpoint = dev.clone();
     assert_eq!(
         store.record(&from_dev).unwrap(),
         Recorded::New { finding: None }
@@ -290,19 +289,19 @@ fn the_endpoint_is_part_of_the_key(h: &dyn Backend) {
     let id = new_finding(store.record(&from_prod).unwrap());
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &dev, &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &dev, "m1"))
             .unwrap(),
         Some(VerdictKind::OutOfScope)
     );
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &sub(), "m1"))
             .unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!((f.len(), f[0].id), (1, id));
-    assert_eq!(f[0].endpoint, sub());
+    assert_eq!(f[0].key.endpoint, sub());
     // And each stays deduplicated within its own endpoint.
     assert!(matches!(
         store.record(&from_prod).unwrap(),
@@ -364,7 +363,7 @@ fn only_alerting_verdicts_become_findings(h: &dyn Backend) {
         }
         assert_eq!(
             store
-                .decision(Source::PubsubPull, &sub(), &EventId(format!("m{i}")))
+                .decision(&key(Source::PubsubPull, &sub(), &format!("m{i}")))
                 .unwrap(),
             Some(kind)
         );
@@ -390,7 +389,7 @@ fn undecided_is_never_recorded(h: &dyn Backend) {
     assert!(err.to_string().contains("m1"), "{err}");
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &sub(), "m1"))
             .unwrap(),
         None
     );
@@ -550,7 +549,7 @@ fn limit_defaults_to_100_and_caps_at_1000(h: &dyn Backend) {
     }
     let default = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(default.len(), FindingQuery::DEFAULT_LIMIT);
-    assert_eq!(default[0].event_id.0, "m1099");
+    assert_eq!(default[0].key.event_id.0, "m1099");
     let capped = store
         .findings(&FindingQuery {
             limit: Some(50_000),
@@ -558,7 +557,7 @@ fn limit_defaults_to_100_and_caps_at_1000(h: &dyn Backend) {
         })
         .unwrap();
     assert_eq!(capped.len(), FindingQuery::MAX_LIMIT);
-    assert_eq!(capped.last().unwrap().event_id.0, "m0100");
+    assert_eq!(capped.last().unwrap().key.event_id.0, "m0100");
 }
 
 fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
@@ -879,7 +878,7 @@ fn prune_drops_old_decisions_but_keeps_findings(h: &dyn Backend) {
     assert_eq!(store.prune_decisions(500).unwrap(), 1);
     let has = |id: &str| {
         store
-            .decision(Source::PubsubPull, &sub(), &EventId(id.into()))
+            .decision(&key(Source::PubsubPull, &sub(), id))
             .unwrap()
     };
     assert_eq!(has("old-ok"), None);
@@ -951,7 +950,7 @@ fn ten_thousand_records(h: &dyn Backend) {
     ];
     let mut d = decision("", VerdictKind::Promoted);
     for i in 0..10_000 {
-        d.event_id = EventId(format!("m{i}"));
+        d.key.event_id = EventId(format!("m{i}"));
         d.verdict = kinds[i % kinds.len()];
         assert!(matches!(store.record(&d).unwrap(), Recorded::New { .. }));
     }
@@ -1145,7 +1144,7 @@ fn two_stores_dedupe_as_one(h: &dyn Backend) {
         assert_eq!((c.decisions_total(), c.findings), (50, 17));
         assert_eq!(
             store
-                .decision(Source::PubsubPull, &sub(), &EventId("id3".into()))
+                .decision(&key(Source::PubsubPull, &sub(), "id3"))
                 .unwrap(),
             Some(VerdictKind::Unpromoted)
         );
@@ -1233,54 +1232,57 @@ fn a_sink_known_meanwhile_is_owed_every_finding(h: &dyn Backend) {
 fn the_undecided_budget_is_one_for_every_store(h: &dyn Backend) {
     let (a, b) = (h.open(), h.open());
     let prod = EndpointName("prod".into());
-    let e1 = EventId("e1".into());
     assert_eq!(
-        a.first_undecided(Source::Harbor, &prod, &e1, 1_000)
+        a.first_undecided(&key(Source::Harbor, &prod, "e1"), 1_000)
             .unwrap(),
         1_000
     );
     // Another process asking later is told the first time.
     assert_eq!(
-        b.first_undecided(Source::Harbor, &prod, &e1, 5_000)
+        b.first_undecided(&key(Source::Harbor, &prod, "e1"), 5_000)
             .unwrap(),
         1_000
     );
     assert_eq!(
-        a.first_undecided(Source::Harbor, &prod, &e1, 6_000)
+        a.first_undecided(&key(Source::Harbor, &prod, "e1"), 6_000)
             .unwrap(),
         1_000
     );
     // The key is (source, endpoint, id).
     let dev = EndpointName("dev".into());
     assert_eq!(
-        b.first_undecided(Source::Harbor, &dev, &e1, 6_000).unwrap(),
+        b.first_undecided(&key(Source::Harbor, &dev, "e1"), 6_000)
+            .unwrap(),
         6_000
     );
     assert_eq!(
-        b.first_undecided(Source::Acr, &prod, &e1, 7_000).unwrap(),
+        b.first_undecided(&key(Source::Acr, &prod, "e1"), 7_000)
+            .unwrap(),
         7_000
     );
     // Decided: the budget is spent; undecided again later starts anew.
     let mut decided = decision("e1", VerdictKind::Promoted);
-    (decided.source, decided.endpoint) = (Source::Harbor, prod.clone());
+    decided.key = key(Source::Harbor, &prod, "e1");
     a.record(&decided).unwrap();
     assert_eq!(
-        b.first_undecided(Source::Harbor, &prod, &e1, 9_000)
+        b.first_undecided(&key(Source::Harbor, &prod, "e1"), 9_000)
             .unwrap(),
         9_000
     );
     assert_eq!(
-        b.first_undecided(Source::Harbor, &dev, &e1, 9_000).unwrap(),
+        b.first_undecided(&key(Source::Harbor, &dev, "e1"), 9_000)
+            .unwrap(),
         6_000
     );
     // Retention forgets budgets older than it keeps decisions.
     a.prune_decisions(8_000).unwrap();
     assert_eq!(
-        b.first_undecided(Source::Harbor, &dev, &e1, 9_500).unwrap(),
+        b.first_undecided(&key(Source::Harbor, &dev, "e1"), 9_500)
+            .unwrap(),
         9_500
     );
     assert_eq!(
-        b.first_undecided(Source::Harbor, &prod, &e1, 9_600)
+        b.first_undecided(&key(Source::Harbor, &prod, "e1"), 9_600)
             .unwrap(),
         9_000
     );
@@ -1319,13 +1321,12 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     let store = h.open();
     assert_eq!(h.version(), h.kind().known_version());
     let only = EndpointName::only();
-    let s1 = EventId("s1".into());
     assert_eq!(
-        store.decision(Source::Scan, &only, &s1).unwrap(),
+        store.decision(&key(Source::Scan, &only, "s1")).unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     let mut again = decision("s1", VerdictKind::Unpromoted);
-    (again.source, again.endpoint) = (Source::Scan, only.clone());
+    again.key = key(Source::Scan, &only, "s1");
     assert!(matches!(
         store.record(&again).unwrap(),
         Recorded::Duplicate { .. }
@@ -1344,7 +1345,9 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     assert_eq!(resolved.finding.triage.state, TriageState::Resolved);
     // What the earlier migrations brought works.
     assert_eq!(
-        store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
+        store
+            .first_undecided(&key(Source::Scan, &only, "s1"), 5)
+            .unwrap(),
         5
     );
     store.set_scan_checkpoint("scan", Some("{}"), 5).unwrap();
