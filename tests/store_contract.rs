@@ -266,6 +266,24 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
     assert!(f.created_at_ms > 1_600_000_000_000, "{}", f.created_at_ms);
     assert_eq!(f.evidence, serde_json::to_value(vec![evidence()]).unwrap());
     assert!(f.deliveries.is_empty());
+    // The key is serialised flat: `GET /v1/findings` shows the fields in
+    // the order it always has.
+    let json = serde_json::to_string(f).unwrap();
+    let at = |field: &str| json.find(&format!("\"{field}\":")).unwrap();
+    let order = [
+        "id",
+        "created_at_ms",
+        "received_at_ms",
+        "source",
+        "endpoint",
+        "event_id",
+        "action",
+        "repository",
+        "verdict",
+        "evidence",
+        "triage",
+    ];
+    assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{json}");
 
     // The same id from another source is another delivery.
     let mut other = decision("m1", VerdictKind::Unpromoted);
@@ -598,7 +616,7 @@ fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
 
     let claimed = claim_due(&*store, Outbox::Alerts, "log", 0);
     store
-        .mark_delivered(Outbox::Alerts, "log", claimed[0].id, 1)
+        .mark_delivered(Outbox::Alerts.row("log", claimed[0].id), 1)
         .unwrap();
     let c = store.counts().unwrap();
     assert_eq!(c.undelivered, 2);
@@ -643,7 +661,7 @@ fn excepted_findings_are_recorded_but_never_claimed(h: &dyn Backend) {
     let claimed = claim_due(&*store, Outbox::Alerts, "log", 1_000);
     assert_eq!(claimed.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
     store
-        .mark_delivered(Outbox::Alerts, "log", alerted, 1_100)
+        .mark_delivered(Outbox::Alerts.row("log", alerted), 1_100)
         .unwrap();
     // Recorded after the sink became known: still owed to nobody.
     let later = new_finding(
@@ -722,13 +740,13 @@ fn outbox_is_per_sink(h: &dyn Backend) {
     assert!(claim_due(&*store, Outbox::Alerts, "a", 1_000).is_empty());
 
     store
-        .mark_delivered(Outbox::Alerts, "a", f1, 1_100)
+        .mark_delivered(Outbox::Alerts.row("a", f1), 1_100)
         .unwrap();
     store
-        .mark_delivered(Outbox::Alerts, "a", f2, 1_100)
+        .mark_delivered(Outbox::Alerts.row("a", f2), 1_100)
         .unwrap();
     store
-        .mark_delivered(Outbox::Alerts, "a", f2, 1_200)
+        .mark_delivered(Outbox::Alerts.row("a", f2), 1_200)
         .unwrap(); // idempotent
     // Never again for A, however late.
     assert!(claim_due(&*store, Outbox::Alerts, "a", i64::MAX).is_empty());
@@ -771,7 +789,11 @@ fn failed_delivery_is_retried_at_its_time(h: &dyn Backend) {
     );
     assert_eq!(claim_due(&*store, Outbox::Alerts, "hook", 1_000).len(), 1);
     store
-        .mark_failed(Outbox::Alerts, "hook", id, "503 Service Unavailable", 5_000)
+        .mark_failed(
+            Outbox::Alerts.row("hook", id),
+            "503 Service Unavailable",
+            5_000,
+        )
         .unwrap();
 
     assert!(claim_due(&*store, Outbox::Alerts, "hook", 4_999).is_empty());
@@ -783,11 +805,11 @@ fn failed_delivery_is_retried_at_its_time(h: &dyn Backend) {
     assert_eq!(d.state, DeliveryState::Pending);
 
     store
-        .mark_delivered(Outbox::Alerts, "hook", id, 5_100)
+        .mark_delivered(Outbox::Alerts.row("hook", id), 5_100)
         .unwrap();
     // A late failure report does not undo the delivery.
     store
-        .mark_failed(Outbox::Alerts, "hook", id, "timeout", 6_000)
+        .mark_failed(Outbox::Alerts.row("hook", id), "timeout", 6_000)
         .unwrap();
     assert!(claim_due(&*store, Outbox::Alerts, "hook", i64::MAX).is_empty());
     assert_eq!(store.counts().unwrap().undelivered, 0);
@@ -817,12 +839,12 @@ fn marking_an_unclaimed_finding_is_an_error(h: &dyn Backend) {
             .unwrap(),
     );
     let err = store
-        .mark_delivered(Outbox::Alerts, "hook", id, 1)
+        .mark_delivered(Outbox::Alerts.row("hook", id), 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
     assert!(err.to_string().contains("hook"), "{err}");
     let err = store
-        .mark_failed(Outbox::Alerts, "hook", FindingId(999), "x", 1)
+        .mark_failed(Outbox::Alerts.row("hook", FindingId(999)), "x", 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
 }
@@ -1094,7 +1116,7 @@ fn one_sinks_backlog_agrees_with_the_full_counts(h: &dyn Backend) {
     assert_eq!(store.undelivered("a").unwrap(), 4);
     let claimed = store.claim(Outbox::Alerts, "a", 2, 0).unwrap();
     store
-        .mark_delivered(Outbox::Alerts, "a", claimed[0].id, 0)
+        .mark_delivered(Outbox::Alerts.row("a", claimed[0].id), 0)
         .unwrap();
     store
         .record(&decision("f4", VerdictKind::TagMoved))
@@ -1175,7 +1197,7 @@ fn concurrent_claimers_never_take_one_finding_twice(h: &dyn Backend) {
                     for f in claimed {
                         assert_eq!(f.deliveries[0].attempts, 1, "claimed before: {}", f.id);
                         store
-                            .mark_delivered(Outbox::Alerts, "hook", f.id, 1_000)
+                            .mark_delivered(Outbox::Alerts.row("hook", f.id), 1_000)
                             .unwrap();
                         mine.push(f.id);
                     }
@@ -1546,8 +1568,12 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         claimed_ids(&claim_due(&*store, Outbox::Alerts, "a", 0)),
         [f1, f2]
     );
-    store.mark_delivered(Outbox::Alerts, "a", f1, 1).unwrap();
-    store.mark_delivered(Outbox::Alerts, "a", f2, 1).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("a", f1), 1)
+        .unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("a", f2), 1)
+        .unwrap();
     assert_eq!(
         claimed_ids(&store.claim(Outbox::Alerts, "b", 1, 0).unwrap()),
         [f1]
@@ -1581,7 +1607,9 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         "B has no alert yet"
     );
     // B's alert goes out after the resolve: B is owed the resolution now.
-    store.mark_delivered(Outbox::Alerts, "b", f1, 20).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("b", f1), 20)
+        .unwrap();
     assert_eq!(
         claimed_ids(&claim_due(&*store, Outbox::Resolutions, "b", 100)),
         [f1]
@@ -1589,7 +1617,9 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
     // C, known later, is owed the alert and, once told, the resolution.
     assert!(claimed_ids(&claim_due(&*store, Outbox::Alerts, "c", 0)).contains(&f1));
     assert!(claim_due(&*store, Outbox::Resolutions, "c", i64::MAX).is_empty());
-    store.mark_delivered(Outbox::Alerts, "c", f1, 30).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("c", f1), 30)
+        .unwrap();
     assert_eq!(
         claimed_ids(&claim_due(&*store, Outbox::Resolutions, "c", 100)),
         [f1]
@@ -1597,10 +1627,10 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
 
     for sink in ["a", "b", "c"] {
         store
-            .mark_delivered(Outbox::Resolutions, sink, f1, 200)
+            .mark_delivered(Outbox::Resolutions.row(sink, f1), 200)
             .unwrap();
         store
-            .mark_delivered(Outbox::Resolutions, sink, f1, 300)
+            .mark_delivered(Outbox::Resolutions.row(sink, f1), 300)
             .unwrap(); // idempotent
         assert!(
             claim_due(&*store, Outbox::Resolutions, sink, i64::MAX).is_empty(),
@@ -1614,11 +1644,11 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
     assert!(!again.changed);
     assert!(claim_due(&*store, Outbox::Resolutions, "a", i64::MAX).is_empty());
     let err = store
-        .mark_delivered(Outbox::Resolutions, "a", f2, 1)
+        .mark_delivered(Outbox::Resolutions.row("a", f2), 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
     let err = store
-        .mark_failed(Outbox::Resolutions, "a", f2, "x", 1)
+        .mark_failed(Outbox::Resolutions.row("a", f2), "x", 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
 }
@@ -1631,7 +1661,9 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
             .unwrap(),
     );
     claim_due(&*store, Outbox::Alerts, "am", 0);
-    store.mark_delivered(Outbox::Alerts, "am", id, 1).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("am", id), 1)
+        .unwrap();
     store
         .triage(id, &change(TriageAction::Resolve, "alice", ""), 2)
         .unwrap();
@@ -1646,9 +1678,7 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
     assert_eq!(again[0].deliveries[0].attempts, 2);
     store
         .mark_failed(
-            Outbox::Resolutions,
-            "am",
-            id,
+            Outbox::Resolutions.row("am", id),
             "503 from Alertmanager",
             50_000,
         )
@@ -1661,11 +1691,11 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
         (3, Some("503 from Alertmanager"))
     );
     store
-        .mark_delivered(Outbox::Resolutions, "am", id, 50_001)
+        .mark_delivered(Outbox::Resolutions.row("am", id), 50_001)
         .unwrap();
     // A late failure report changes nothing.
     store
-        .mark_failed(Outbox::Resolutions, "am", id, "timeout", 60_000)
+        .mark_failed(Outbox::Resolutions.row("am", id), "timeout", 60_000)
         .unwrap();
     assert!(claim_due(&*store, Outbox::Resolutions, "am", i64::MAX).is_empty());
 }
@@ -1697,7 +1727,9 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
         std::thread::spawn(move || {
             barrier.wait();
             for id in ids {
-                store.mark_delivered(Outbox::Alerts, "hook", id, 5).unwrap();
+                store
+                    .mark_delivered(Outbox::Alerts.row("hook", id), 5)
+                    .unwrap();
             }
         })
     };
@@ -1774,7 +1806,7 @@ fn an_excepted_finding_owes_no_resolution(h: &dyn Backend) {
         [alerted]
     );
     store
-        .mark_delivered(Outbox::Alerts, "a", alerted, 1)
+        .mark_delivered(Outbox::Alerts.row("a", alerted), 1)
         .unwrap();
     for id in [alerted, excepted] {
         let t = store

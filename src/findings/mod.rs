@@ -35,7 +35,7 @@ use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
 pub use migrations::{Backend, SchemaStatus};
-pub use outbox::{Outbox, Outboxes};
+pub use outbox::{Outbox, OutboxRow, Outboxes};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use shared::{AlertMemory, AlertState, Checkpoints, HeldLock, Locks, SentAlert, StoreLock};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};

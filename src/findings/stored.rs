@@ -16,7 +16,8 @@ use std::sync::Arc;
 use super::triage::{Transition, transition};
 use super::{
     AlertState, Decision, DedupeKey, DeliveryState, Finding, FindingId, FindingQuery, Outbox,
-    SinkDelivery, StoreError, Triage, TriageChange, TriageState, parse_action, parse_source,
+    OutboxRow, SinkDelivery, StoreError, Triage, TriageChange, TriageState, parse_action,
+    parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId};
@@ -296,11 +297,11 @@ pub(super) fn corrupt(store: &Arc<str>, what: String) -> StoreError {
     }
 }
 
-pub(super) fn not_claimed(store: &Arc<str>, sink: &str, id: FindingId) -> StoreError {
+pub(super) fn not_claimed(store: &Arc<str>, row: OutboxRow<'_>) -> StoreError {
     StoreError::NotClaimed {
         path: store.clone(),
-        sink: sink.to_owned(),
-        id,
+        sink: row.sink.to_owned(),
+        id: row.finding,
     }
 }
 
