@@ -89,12 +89,8 @@ pub struct DedupeKey {
 
 impl fmt::Display for DedupeKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let DedupeKey {
-            source,
-            endpoint,
-            event_id,
-        } = self;
-        write!(f, "{}/{endpoint}/{event_id}", source.as_str())
+        let source = self.source.as_str();
+        write!(f, "{source}/{}/{}", self.endpoint, self.event_id)
     }
 }
 
@@ -174,7 +170,8 @@ impl Decision {
         )
     }
 
-    /// `verdict` about the delivery `key`, about no event yet.
+    /// `verdict` about the delivery `key`, without the event's fields (a
+    /// delivery that could not be decoded has none).
     fn of_verdict(
         key: DedupeKey,
         received_at_ms: i64,

@@ -164,8 +164,9 @@ async fn write(
     let col = |f: &dyn Fn(&Queued) -> Option<String>| -> Vec<Option<String>> {
         leaders.iter().map(|&i| f(&batch[i])).collect()
     };
-    let column = |i: usize| col(&|p| Some(p.decision.key.columns()[i].to_owned()));
-    let (sources, endpoints, ids) = (column(0), column(1), column(2));
+    let sources = col(&|p| Some(p.decision.key.source.as_str().to_owned()));
+    let endpoints = col(&|p| Some(p.decision.key.endpoint.0.clone()));
+    let ids = col(&|p| Some(p.decision.key.event_id.0.clone()));
     let received: Vec<i64> = leaders
         .iter()
         .map(|&i| batch[i].decision.received_at_ms)
