@@ -219,8 +219,8 @@ impl fmt::Display for FindingId {
 /// What [`Store::record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// First time this [`DedupeKey`] was recorded; `finding` is set
-    /// when the verdict alerts.
+    /// First time this [`DedupeKey`] was recorded; `finding` is set when
+    /// the verdict alerts.
     New { finding: Option<FindingId> },
     /// Already recorded (a redelivery): nothing was written. `verdict` is
     /// the verdict recorded the first time.
@@ -461,10 +461,11 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Outboxes + Send + Sync {
     /// An `undecided` verdict is refused here.
     fn submit(&self, d: Decision) -> Result<Answer, StoreError>;
 
-    /// Atomically: insert the decision unless its key is already recorded, and, when the verdict alerts, a finding in the outbox
-    /// (pending for every sink; an excepted one, `excepted_by` set, is kept
-    /// but owed to no sink). One transaction, durable before this
-    /// returns: callers acknowledge the delivery only after `Ok`.
+    /// Atomically: insert the decision unless its key is already recorded,
+    /// and, when the verdict alerts, a finding in the outbox (pending for
+    /// every sink; an excepted one, `excepted_by` set, is kept but owed to
+    /// no sink). One transaction, durable before this returns: callers
+    /// acknowledge the delivery only after `Ok`.
     /// An `undecided` verdict is refused.
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
         self.submit(d.clone())?.wait()
