@@ -10,21 +10,24 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
 use crate::audit::{Policy, Verdict, VerdictKind, audit};
-use crate::event::{EndpointName, Event, EventId, Source};
+use crate::event::{Event, Source};
 use crate::exceptions::{Date, Exceptions, Subject};
-use crate::findings::{Decision, Recorded, Store, StoreError, now_ms, off_thread, record_queued};
+use crate::findings::{
+    Decision, DedupeKey, Recorded, Store, StoreError, now_ms, off_thread, record_queued,
+};
 use crate::index::Index;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use crate::resolve::{Resolver, audit_or_settle};
 use crate::sources::{Delivery, Disposition, Handled, Handler};
 
-/// What makes two deliveries the same one.
-type DedupeKey = (Source, EndpointName, EventId);
-
 impl Delivery {
     fn key(&self) -> DedupeKey {
-        (self.source, self.endpoint.clone(), self.id.clone())
+        DedupeKey {
+            source: self.source,
+            endpoint: self.endpoint.clone(),
+            event_id: self.id.clone(),
+        }
     }
 }
 
@@ -169,8 +172,8 @@ impl Pipeline {
         // Durable dedupe before anything that reads registries or git: a
         // redelivery of a recorded id is acknowledged as is.
         match off_thread(&self.store, {
-            let (source, endpoint, id) = delivery.key();
-            move |store| store.decision(source, &endpoint, &id)
+            let key = delivery.key();
+            move |store| store.decision(&key)
         })
         .await
         {
@@ -208,8 +211,8 @@ impl Pipeline {
         let verdict = if verdict.kind == VerdictKind::Undecided {
             let now = now_ms();
             let first = match off_thread(&self.store, {
-                let (source, endpoint, id) = key.clone();
-                move |store| store.first_undecided(source, &endpoint, &id, now)
+                let key = key.clone();
+                move |store| store.first_undecided(&key, now)
             })
             .await
             {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use image_auditor::alert::{Alert, AlertStatus, FactKey, Route, Severity, group, plan};
 use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
-use image_auditor::findings::{Finding, FindingId};
+use image_auditor::findings::{DedupeKey, Finding, FindingId};
 use image_auditor::index::Index;
 use image_auditor::manifest;
 
@@ -30,9 +30,11 @@ fn finding(id: i64, verdict: VerdictKind, repository: Option<&str>, digest: &str
         id: FindingId(id),
         created_at_ms: 1_000 + id,
         received_at_ms: 1_000 + id,
-        source: Source::PubsubPull,
-        endpoint: EndpointName::only(),
-        event_id: EventId(format!("m{id}")),
+        key: DedupeKey {
+            source: Source::PubsubPull,
+            endpoint: EndpointName::only(),
+            event_id: EventId(format!("m{id}")),
+        },
         action: Some(Action::Insert),
         repository: repository.map(|r| r.parse().unwrap()),
         digest: Some(digest.parse().unwrap()),

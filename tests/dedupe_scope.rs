@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::PushConfig;
 use image_auditor::audit::VerdictKind;
-use image_auditor::event::{EventId, Source};
+use image_auditor::event::Source;
 use image_auditor::findings::{FindingQuery, SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use serde_json::{Value, json};
@@ -167,8 +167,8 @@ async fn a_push_at_prod_is_never_a_duplicate_of_what_dev_sent_for_any_webhook_ki
         .iter()
         .map(|f| {
             (
-                f.source,
-                f.endpoint.0.clone(),
+                f.key.source,
+                f.key.endpoint.0.clone(),
                 f.repository.as_ref().unwrap().to_string(),
             )
         })
@@ -214,11 +214,10 @@ async fn one_message_through_two_push_subscriptions_is_two_decisions() {
     let ids = fixture.publish([rogue_gcr_payload()]).await;
     // Both subscriptions deliver the one message id.
     let store = service.wait_for_decisions(2, Duration::from_secs(60)).await;
-    let id = EventId(ids[0].clone());
     for sub in &subscriptions {
         assert_eq!(
             store
-                .decision(Source::PubsubPush, &Fixture::endpoint_of(sub), &id)
+                .decision(&Fixture::key_of(Source::PubsubPush, sub, &ids[0]))
                 .unwrap(),
             Some(VerdictKind::Unpromoted),
             "{sub}\n{}",
@@ -241,21 +240,14 @@ async fn pull_records_under_the_subscription_name() {
     let service = Service::start(dir.path(), &manifests(dir.path()), &pull).await;
     let ids = fixture.publish([rogue_gcr_payload()]).await;
     let store = service.wait_for_decisions(1, Duration::from_secs(60)).await;
-    let id = EventId(ids[0].clone());
     assert_eq!(
-        store
-            .decision(
-                Source::PubsubPull,
-                &Fixture::endpoint_of(&fixture.subscription),
-                &id
-            )
-            .unwrap(),
+        store.decision(&fixture.pull_key(&ids[0])).unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     // The same id is not known under another subscription.
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &Fixture::endpoint_of("other"), &id)
+            .decision(&Fixture::key_of(Source::PubsubPull, "other", &ids[0]))
             .unwrap(),
         None
     );

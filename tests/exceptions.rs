@@ -43,7 +43,7 @@ fn findings(service: &Service) -> Vec<Finding> {
 
 fn finding<'a>(all: &'a [Finding], event: &str) -> &'a Finding {
     all.iter()
-        .find(|f| f.event_id.0 == event)
+        .find(|f| f.key.event_id.0 == event)
         .unwrap_or_else(|| panic!("no finding for {event}: {all:#?}"))
 }
 
@@ -111,7 +111,7 @@ async fn excepted_findings_are_recorded_never_alerted_and_follow_the_file() {
         .filter(|f| f.verdict.as_str() == "exception_expired")
         .collect();
     assert_eq!(expired.len(), 1, "{all:#?}");
-    assert_eq!(expired[0].source.as_str(), "manifests");
+    assert_eq!(expired[0].key.source.as_str(), "manifests");
     let e_line = line_of(&file, E) - 2;
     assert!(
         expired[0]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 
-use crate::support::decisions::{decision, new_finding};
+use crate::support::decisions::{decision, key, new_finding};
 use image_auditor::audit::VerdictKind;
 use image_auditor::event::{EndpointName, Source};
 use image_auditor::findings::{
@@ -18,7 +18,7 @@ fn tmp() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn ids(fs: &[Finding]) -> Vec<&str> {
-    fs.iter().map(|f| f.event_id.0.as_str()).collect()
+    fs.iter().map(|f| f.key.event_id.0.as_str()).collect()
 }
 
 /// The schema the previous release created (version 1), verbatim, with a
@@ -57,14 +57,14 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(ids(&f), ["s1", "h2"]);
     assert_eq!(f[1].id, FindingId(41));
-    assert_eq!(f[1].endpoint, EndpointName::only());
+    assert_eq!(f[1].key.endpoint, EndpointName::only());
     assert_eq!(f[1].deliveries[0].state, DeliveryState::Delivered);
     // Every finding from before was alerted: none is excepted.
     assert!(f.iter().all(|f| f.excepted_by.is_none()));
     // Rows from before carry the one-endpoint scope: a scan keeps its
     // dedupe across the upgrade.
     let mut scan = decision("s1", VerdictKind::Unpromoted);
-    (scan.source, scan.endpoint) = (Source::Scan, EndpointName::only());
+    scan.key = key(Source::Scan, &EndpointName::only(), "s1");
     assert!(matches!(
         store.record(&scan).unwrap(),
         Recorded::Duplicate { .. }
@@ -72,7 +72,7 @@ fn a_store_from_the_previous_version_opens_and_keeps_its_rows() {
     // New findings number after the kept ones, and the sink owes exactly
     // the ones it had not delivered.
     let mut harbor = decision("h2", VerdictKind::Unpromoted);
-    (harbor.source, harbor.endpoint) = (Source::Harbor, EndpointName("prod".into()));
+    harbor.key = key(Source::Harbor, &EndpointName("prod".into()), "h2");
     let new = new_finding(store.record(&harbor).unwrap());
     assert!(new > FindingId(42), "{new}");
     assert_eq!(store.undelivered("log").unwrap(), 2);

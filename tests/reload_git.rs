@@ -128,7 +128,7 @@ async fn the_index_follows_commits_and_a_broken_project_keeps_its_last_good_vers
         .findings(&FindingQuery::default())
         .unwrap()
         .into_iter()
-        .find(|f| f.event_id.0 == "late")
+        .find(|f| f.key.event_id.0 == "late")
         .unwrap();
     assert_eq!(finding.manifest_commit.as_deref(), Some(last.as_str()));
 }

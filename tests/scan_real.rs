@@ -359,7 +359,7 @@ async fn cli_scan_reports_exactly_the_unexplained_and_the_missing_then_nothing_n
     let rows = store.findings(&FindingQuery::default()).unwrap();
     let stored = stored_findings(&rows);
     assert_eq!(stored, f.expected());
-    assert!(rows.iter().all(|r| r.source.as_str() == "scan"));
+    assert!(rows.iter().all(|r| r.key.source.as_str() == "scan"));
 
     // A second sweep sees the same content: duplicates, no new finding.
     let s2 = scan_json(&f, &["scan", &us, &eu, "--json"], 0);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use google_cloud_pubsub::model::PushConfig;
 use image_auditor::audit::VerdictKind;
-use image_auditor::event::{EventId, Source};
+use image_auditor::event::Source;
 use image_auditor::findings::{SqliteStore, Store};
 use image_auditor::pubsub::subscription_name;
 use support::fixtures::{A, B, C, one_project, write_project};
@@ -92,10 +92,9 @@ async fn publish_and_expect(
     let store = service
         .wait_for_decisions(ids.len() as u64, Duration::from_secs(60))
         .await;
-    let endpoint = Fixture::endpoint_of(subscription);
     for (id, (payload, expected)) in ids.iter().zip(mix) {
         let got = store
-            .decision(source, &endpoint, &EventId(id.clone()))
+            .decision(&Fixture::key_of(source, subscription, id))
             .unwrap();
         assert_eq!(
             got,
@@ -122,11 +121,10 @@ fn assert_each_decided_once(
     fixture: &Fixture,
     ids: &[String],
 ) -> HashMap<VerdictKind, usize> {
-    let endpoint = Fixture::endpoint_of(&fixture.subscription);
     let mut by_verdict = HashMap::new();
     for id in ids {
         let verdict = store
-            .decision(Source::PubsubPull, &endpoint, &EventId(id.clone()))
+            .decision(&fixture.pull_key(id))
             .unwrap()
             .unwrap_or_else(|| panic!("message {id} has no recorded verdict"));
         *by_verdict.entry(verdict).or_insert(0) += 1;
@@ -394,13 +392,7 @@ async fn redeliveries_of_an_undecided_message_do_not_feed_the_dead_mans_switch()
         .await;
     let store = service.wait_for_decisions(1, Duration::from_secs(60)).await;
     assert_eq!(
-        store
-            .decision(
-                Source::PubsubPull,
-                &Fixture::endpoint_of(&fixture.subscription),
-                &EventId(ids[0].clone()),
-            )
-            .unwrap(),
+        store.decision(&fixture.pull_key(&ids[0])).unwrap(),
         Some(VerdictKind::Promoted)
     );
     service

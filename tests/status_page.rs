@@ -105,7 +105,7 @@ fn seed(dir: &Path) -> Seeded {
         "app",
     ));
     let mut hostile = at(decision("h", VerdictKind::Unpromoted), 300_000, "app");
-    hostile.event_id = EventId(format!("ev{IMG}"));
+    hostile.key.event_id = EventId(format!("ev{IMG}"));
     hostile.reason = format!("reason {SCRIPT}{IMG}");
     hostile.manifest_commit = Some(IMG.into());
     hostile.evidence = vec![

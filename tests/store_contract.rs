@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use crate::support::decisions::{decision, digest, evidence, new_finding, repo, sub};
+use crate::support::decisions::{decision, digest, evidence, key, new_finding, repo, sub};
 use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::migrations::Backend as Kind;
@@ -205,7 +205,7 @@ fn claim_due(store: &dyn Store, outbox: Outbox, sink: &str, now_ms: i64) -> Vec<
 }
 
 fn ids(fs: &[Finding]) -> Vec<&str> {
-    fs.iter().map(|f| f.event_id.0.as_str()).collect()
+    fs.iter().map(|f| f.key.event_id.0.as_str()).collect()
 }
 
 fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
@@ -238,13 +238,13 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
 
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &sub(), "m1"))
             .unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     assert_eq!(
         store
-            .decision(Source::PubsubPush, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPush, &sub(), "m1"))
             .unwrap(),
         None,
         "the source is part of the key"
@@ -253,8 +253,7 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
     assert_eq!(all.len(), 1);
     let f = &all[0];
     assert_eq!(f.id, id);
-    assert_eq!(f.source, Source::PubsubPull);
-    assert_eq!(f.event_id, EventId("m1".into()));
+    assert_eq!(f.key, key(Source::PubsubPull, &sub(), "m1"));
     assert_eq!(f.action, Some(Action::Insert));
     assert_eq!(f.repository, Some(repo("foo")));
     assert_eq!(f.digest, Some(digest("12")));
@@ -267,10 +266,28 @@ fn record_then_duplicate_keeps_the_first_verdict(h: &dyn Backend) {
     assert!(f.created_at_ms > 1_600_000_000_000, "{}", f.created_at_ms);
     assert_eq!(f.evidence, serde_json::to_value(vec![evidence()]).unwrap());
     assert!(f.deliveries.is_empty());
+    // The key is serialised flat: `GET /v1/findings` shows the fields in
+    // the order it always has.
+    let json = serde_json::to_string(f).unwrap();
+    let at = |field: &str| json.find(&format!("\"{field}\":")).unwrap();
+    let order = [
+        "id",
+        "created_at_ms",
+        "received_at_ms",
+        "source",
+        "endpoint",
+        "event_id",
+        "action",
+        "repository",
+        "verdict",
+        "evidence",
+        "triage",
+    ];
+    assert!(order.windows(2).all(|w| at(w[0]) < at(w[1])), "{json}");
 
     // The same id from another source is another delivery.
     let mut other = decision("m1", VerdictKind::Unpromoted);
-    other.source = Source::PubsubPush;
+    other.key.source = Source::PubsubPush;
     new_finding(store.record(&other).unwrap());
     assert_eq!(store.counts().unwrap().findings, 2);
 }
@@ -279,7 +296,7 @@ fn the_endpoint_is_part_of_the_key(h: &dyn Backend) {
     let store = h.open();
     let dev = EndpointName("projects/p/subscriptions/dev".into());
     let mut from_dev = decision("m1", VerdictKind::OutOfScope);
-    from_dev.endpoint = dev.clone();
+    from_dev.key.endpoint = dev.clone();
     assert_eq!(
         store.record(&from_dev).unwrap(),
         Recorded::New { finding: None }
@@ -290,19 +307,19 @@ fn the_endpoint_is_part_of_the_key(h: &dyn Backend) {
     let id = new_finding(store.record(&from_prod).unwrap());
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &dev, &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &dev, "m1"))
             .unwrap(),
         Some(VerdictKind::OutOfScope)
     );
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &sub(), "m1"))
             .unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     let f = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!((f.len(), f[0].id), (1, id));
-    assert_eq!(f[0].endpoint, sub());
+    assert_eq!(f[0].key.endpoint, sub());
     // And each stays deduplicated within its own endpoint.
     assert!(matches!(
         store.record(&from_prod).unwrap(),
@@ -364,7 +381,7 @@ fn only_alerting_verdicts_become_findings(h: &dyn Backend) {
         }
         assert_eq!(
             store
-                .decision(Source::PubsubPull, &sub(), &EventId(format!("m{i}")))
+                .decision(&key(Source::PubsubPull, &sub(), &format!("m{i}")))
                 .unwrap(),
             Some(kind)
         );
@@ -390,7 +407,7 @@ fn undecided_is_never_recorded(h: &dyn Backend) {
     assert!(err.to_string().contains("m1"), "{err}");
     assert_eq!(
         store
-            .decision(Source::PubsubPull, &sub(), &EventId("m1".into()))
+            .decision(&key(Source::PubsubPull, &sub(), "m1"))
             .unwrap(),
         None
     );
@@ -550,7 +567,7 @@ fn limit_defaults_to_100_and_caps_at_1000(h: &dyn Backend) {
     }
     let default = store.findings(&FindingQuery::default()).unwrap();
     assert_eq!(default.len(), FindingQuery::DEFAULT_LIMIT);
-    assert_eq!(default[0].event_id.0, "m1099");
+    assert_eq!(default[0].key.event_id.0, "m1099");
     let capped = store
         .findings(&FindingQuery {
             limit: Some(50_000),
@@ -558,7 +575,7 @@ fn limit_defaults_to_100_and_caps_at_1000(h: &dyn Backend) {
         })
         .unwrap();
     assert_eq!(capped.len(), FindingQuery::MAX_LIMIT);
-    assert_eq!(capped.last().unwrap().event_id.0, "m0100");
+    assert_eq!(capped.last().unwrap().key.event_id.0, "m0100");
 }
 
 fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
@@ -599,7 +616,7 @@ fn counts_decisions_findings_and_undelivered(h: &dyn Backend) {
 
     let claimed = claim_due(&*store, Outbox::Alerts, "log", 0);
     store
-        .mark_delivered(Outbox::Alerts, "log", claimed[0].id, 1)
+        .mark_delivered(Outbox::Alerts.row("log", claimed[0].id), 1)
         .unwrap();
     let c = store.counts().unwrap();
     assert_eq!(c.undelivered, 2);
@@ -644,7 +661,7 @@ fn excepted_findings_are_recorded_but_never_claimed(h: &dyn Backend) {
     let claimed = claim_due(&*store, Outbox::Alerts, "log", 1_000);
     assert_eq!(claimed.iter().map(|f| f.id).collect::<Vec<_>>(), [alerted]);
     store
-        .mark_delivered(Outbox::Alerts, "log", alerted, 1_100)
+        .mark_delivered(Outbox::Alerts.row("log", alerted), 1_100)
         .unwrap();
     // Recorded after the sink became known: still owed to nobody.
     let later = new_finding(
@@ -723,13 +740,13 @@ fn outbox_is_per_sink(h: &dyn Backend) {
     assert!(claim_due(&*store, Outbox::Alerts, "a", 1_000).is_empty());
 
     store
-        .mark_delivered(Outbox::Alerts, "a", f1, 1_100)
+        .mark_delivered(Outbox::Alerts.row("a", f1), 1_100)
         .unwrap();
     store
-        .mark_delivered(Outbox::Alerts, "a", f2, 1_100)
+        .mark_delivered(Outbox::Alerts.row("a", f2), 1_100)
         .unwrap();
     store
-        .mark_delivered(Outbox::Alerts, "a", f2, 1_200)
+        .mark_delivered(Outbox::Alerts.row("a", f2), 1_200)
         .unwrap(); // idempotent
     // Never again for A, however late.
     assert!(claim_due(&*store, Outbox::Alerts, "a", i64::MAX).is_empty());
@@ -772,7 +789,11 @@ fn failed_delivery_is_retried_at_its_time(h: &dyn Backend) {
     );
     assert_eq!(claim_due(&*store, Outbox::Alerts, "hook", 1_000).len(), 1);
     store
-        .mark_failed(Outbox::Alerts, "hook", id, "503 Service Unavailable", 5_000)
+        .mark_failed(
+            Outbox::Alerts.row("hook", id),
+            "503 Service Unavailable",
+            5_000,
+        )
         .unwrap();
 
     assert!(claim_due(&*store, Outbox::Alerts, "hook", 4_999).is_empty());
@@ -784,11 +805,11 @@ fn failed_delivery_is_retried_at_its_time(h: &dyn Backend) {
     assert_eq!(d.state, DeliveryState::Pending);
 
     store
-        .mark_delivered(Outbox::Alerts, "hook", id, 5_100)
+        .mark_delivered(Outbox::Alerts.row("hook", id), 5_100)
         .unwrap();
     // A late failure report does not undo the delivery.
     store
-        .mark_failed(Outbox::Alerts, "hook", id, "timeout", 6_000)
+        .mark_failed(Outbox::Alerts.row("hook", id), "timeout", 6_000)
         .unwrap();
     assert!(claim_due(&*store, Outbox::Alerts, "hook", i64::MAX).is_empty());
     assert_eq!(store.counts().unwrap().undelivered, 0);
@@ -818,12 +839,12 @@ fn marking_an_unclaimed_finding_is_an_error(h: &dyn Backend) {
             .unwrap(),
     );
     let err = store
-        .mark_delivered(Outbox::Alerts, "hook", id, 1)
+        .mark_delivered(Outbox::Alerts.row("hook", id), 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
     assert!(err.to_string().contains("hook"), "{err}");
     let err = store
-        .mark_failed(Outbox::Alerts, "hook", FindingId(999), "x", 1)
+        .mark_failed(Outbox::Alerts.row("hook", FindingId(999)), "x", 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
 }
@@ -879,7 +900,7 @@ fn prune_drops_old_decisions_but_keeps_findings(h: &dyn Backend) {
     assert_eq!(store.prune_decisions(500).unwrap(), 1);
     let has = |id: &str| {
         store
-            .decision(Source::PubsubPull, &sub(), &EventId(id.into()))
+            .decision(&key(Source::PubsubPull, &sub(), id))
             .unwrap()
     };
     assert_eq!(has("old-ok"), None);
@@ -951,7 +972,7 @@ fn ten_thousand_records(h: &dyn Backend) {
     ];
     let mut d = decision("", VerdictKind::Promoted);
     for i in 0..10_000 {
-        d.event_id = EventId(format!("m{i}"));
+        d.key.event_id = EventId(format!("m{i}"));
         d.verdict = kinds[i % kinds.len()];
         assert!(matches!(store.record(&d).unwrap(), Recorded::New { .. }));
     }
@@ -1095,7 +1116,7 @@ fn one_sinks_backlog_agrees_with_the_full_counts(h: &dyn Backend) {
     assert_eq!(store.undelivered("a").unwrap(), 4);
     let claimed = store.claim(Outbox::Alerts, "a", 2, 0).unwrap();
     store
-        .mark_delivered(Outbox::Alerts, "a", claimed[0].id, 0)
+        .mark_delivered(Outbox::Alerts.row("a", claimed[0].id), 0)
         .unwrap();
     store
         .record(&decision("f4", VerdictKind::TagMoved))
@@ -1145,7 +1166,7 @@ fn two_stores_dedupe_as_one(h: &dyn Backend) {
         assert_eq!((c.decisions_total(), c.findings), (50, 17));
         assert_eq!(
             store
-                .decision(Source::PubsubPull, &sub(), &EventId("id3".into()))
+                .decision(&key(Source::PubsubPull, &sub(), "id3"))
                 .unwrap(),
             Some(VerdictKind::Unpromoted)
         );
@@ -1176,7 +1197,7 @@ fn concurrent_claimers_never_take_one_finding_twice(h: &dyn Backend) {
                     for f in claimed {
                         assert_eq!(f.deliveries[0].attempts, 1, "claimed before: {}", f.id);
                         store
-                            .mark_delivered(Outbox::Alerts, "hook", f.id, 1_000)
+                            .mark_delivered(Outbox::Alerts.row("hook", f.id), 1_000)
                             .unwrap();
                         mine.push(f.id);
                     }
@@ -1233,54 +1254,57 @@ fn a_sink_known_meanwhile_is_owed_every_finding(h: &dyn Backend) {
 fn the_undecided_budget_is_one_for_every_store(h: &dyn Backend) {
     let (a, b) = (h.open(), h.open());
     let prod = EndpointName("prod".into());
-    let e1 = EventId("e1".into());
     assert_eq!(
-        a.first_undecided(Source::Harbor, &prod, &e1, 1_000)
+        a.first_undecided(&key(Source::Harbor, &prod, "e1"), 1_000)
             .unwrap(),
         1_000
     );
     // Another process asking later is told the first time.
     assert_eq!(
-        b.first_undecided(Source::Harbor, &prod, &e1, 5_000)
+        b.first_undecided(&key(Source::Harbor, &prod, "e1"), 5_000)
             .unwrap(),
         1_000
     );
     assert_eq!(
-        a.first_undecided(Source::Harbor, &prod, &e1, 6_000)
+        a.first_undecided(&key(Source::Harbor, &prod, "e1"), 6_000)
             .unwrap(),
         1_000
     );
     // The key is (source, endpoint, id).
     let dev = EndpointName("dev".into());
     assert_eq!(
-        b.first_undecided(Source::Harbor, &dev, &e1, 6_000).unwrap(),
+        b.first_undecided(&key(Source::Harbor, &dev, "e1"), 6_000)
+            .unwrap(),
         6_000
     );
     assert_eq!(
-        b.first_undecided(Source::Acr, &prod, &e1, 7_000).unwrap(),
+        b.first_undecided(&key(Source::Acr, &prod, "e1"), 7_000)
+            .unwrap(),
         7_000
     );
     // Decided: the budget is spent; undecided again later starts anew.
     let mut decided = decision("e1", VerdictKind::Promoted);
-    (decided.source, decided.endpoint) = (Source::Harbor, prod.clone());
+    decided.key = key(Source::Harbor, &prod, "e1");
     a.record(&decided).unwrap();
     assert_eq!(
-        b.first_undecided(Source::Harbor, &prod, &e1, 9_000)
+        b.first_undecided(&key(Source::Harbor, &prod, "e1"), 9_000)
             .unwrap(),
         9_000
     );
     assert_eq!(
-        b.first_undecided(Source::Harbor, &dev, &e1, 9_000).unwrap(),
+        b.first_undecided(&key(Source::Harbor, &dev, "e1"), 9_000)
+            .unwrap(),
         6_000
     );
     // Retention forgets budgets older than it keeps decisions.
     a.prune_decisions(8_000).unwrap();
     assert_eq!(
-        b.first_undecided(Source::Harbor, &dev, &e1, 9_500).unwrap(),
+        b.first_undecided(&key(Source::Harbor, &dev, "e1"), 9_500)
+            .unwrap(),
         9_500
     );
     assert_eq!(
-        b.first_undecided(Source::Harbor, &prod, &e1, 9_600)
+        b.first_undecided(&key(Source::Harbor, &prod, "e1"), 9_600)
             .unwrap(),
         9_000
     );
@@ -1319,13 +1343,12 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     let store = h.open();
     assert_eq!(h.version(), h.kind().known_version());
     let only = EndpointName::only();
-    let s1 = EventId("s1".into());
     assert_eq!(
-        store.decision(Source::Scan, &only, &s1).unwrap(),
+        store.decision(&key(Source::Scan, &only, "s1")).unwrap(),
         Some(VerdictKind::Unpromoted)
     );
     let mut again = decision("s1", VerdictKind::Unpromoted);
-    (again.source, again.endpoint) = (Source::Scan, only.clone());
+    again.key = key(Source::Scan, &only, "s1");
     assert!(matches!(
         store.record(&again).unwrap(),
         Recorded::Duplicate { .. }
@@ -1344,7 +1367,9 @@ fn migrations_from_the_previous_version_keep_the_rows(h: &dyn Backend) {
     assert_eq!(resolved.finding.triage.state, TriageState::Resolved);
     // What the earlier migrations brought works.
     assert_eq!(
-        store.first_undecided(Source::Scan, &only, &s1, 5).unwrap(),
+        store
+            .first_undecided(&key(Source::Scan, &only, "s1"), 5)
+            .unwrap(),
         5
     );
     store.set_scan_checkpoint("scan", Some("{}"), 5).unwrap();
@@ -1543,8 +1568,12 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         claimed_ids(&claim_due(&*store, Outbox::Alerts, "a", 0)),
         [f1, f2]
     );
-    store.mark_delivered(Outbox::Alerts, "a", f1, 1).unwrap();
-    store.mark_delivered(Outbox::Alerts, "a", f2, 1).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("a", f1), 1)
+        .unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("a", f2), 1)
+        .unwrap();
     assert_eq!(
         claimed_ids(&store.claim(Outbox::Alerts, "b", 1, 0).unwrap()),
         [f1]
@@ -1578,7 +1607,9 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         "B has no alert yet"
     );
     // B's alert goes out after the resolve: B is owed the resolution now.
-    store.mark_delivered(Outbox::Alerts, "b", f1, 20).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("b", f1), 20)
+        .unwrap();
     assert_eq!(
         claimed_ids(&claim_due(&*store, Outbox::Resolutions, "b", 100)),
         [f1]
@@ -1586,7 +1617,9 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
     // C, known later, is owed the alert and, once told, the resolution.
     assert!(claimed_ids(&claim_due(&*store, Outbox::Alerts, "c", 0)).contains(&f1));
     assert!(claim_due(&*store, Outbox::Resolutions, "c", i64::MAX).is_empty());
-    store.mark_delivered(Outbox::Alerts, "c", f1, 30).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("c", f1), 30)
+        .unwrap();
     assert_eq!(
         claimed_ids(&claim_due(&*store, Outbox::Resolutions, "c", 100)),
         [f1]
@@ -1594,10 +1627,10 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
 
     for sink in ["a", "b", "c"] {
         store
-            .mark_delivered(Outbox::Resolutions, sink, f1, 200)
+            .mark_delivered(Outbox::Resolutions.row(sink, f1), 200)
             .unwrap();
         store
-            .mark_delivered(Outbox::Resolutions, sink, f1, 300)
+            .mark_delivered(Outbox::Resolutions.row(sink, f1), 300)
             .unwrap(); // idempotent
         assert!(
             claim_due(&*store, Outbox::Resolutions, sink, i64::MAX).is_empty(),
@@ -1611,11 +1644,11 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
     assert!(!again.changed);
     assert!(claim_due(&*store, Outbox::Resolutions, "a", i64::MAX).is_empty());
     let err = store
-        .mark_delivered(Outbox::Resolutions, "a", f2, 1)
+        .mark_delivered(Outbox::Resolutions.row("a", f2), 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
     let err = store
-        .mark_failed(Outbox::Resolutions, "a", f2, "x", 1)
+        .mark_failed(Outbox::Resolutions.row("a", f2), "x", 1)
         .unwrap_err();
     assert!(matches!(err, StoreError::NotClaimed { .. }), "{err}");
 }
@@ -1628,7 +1661,9 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
             .unwrap(),
     );
     claim_due(&*store, Outbox::Alerts, "am", 0);
-    store.mark_delivered(Outbox::Alerts, "am", id, 1).unwrap();
+    store
+        .mark_delivered(Outbox::Alerts.row("am", id), 1)
+        .unwrap();
     store
         .triage(id, &change(TriageAction::Resolve, "alice", ""), 2)
         .unwrap();
@@ -1643,9 +1678,7 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
     assert_eq!(again[0].deliveries[0].attempts, 2);
     store
         .mark_failed(
-            Outbox::Resolutions,
-            "am",
-            id,
+            Outbox::Resolutions.row("am", id),
             "503 from Alertmanager",
             50_000,
         )
@@ -1658,11 +1691,11 @@ fn a_failed_resolution_is_retried_and_a_claim_leases_it(h: &dyn Backend) {
         (3, Some("503 from Alertmanager"))
     );
     store
-        .mark_delivered(Outbox::Resolutions, "am", id, 50_001)
+        .mark_delivered(Outbox::Resolutions.row("am", id), 50_001)
         .unwrap();
     // A late failure report changes nothing.
     store
-        .mark_failed(Outbox::Resolutions, "am", id, "timeout", 60_000)
+        .mark_failed(Outbox::Resolutions.row("am", id), "timeout", 60_000)
         .unwrap();
     assert!(claim_due(&*store, Outbox::Resolutions, "am", i64::MAX).is_empty());
 }
@@ -1694,7 +1727,9 @@ fn a_resolve_racing_a_delivery_never_loses_the_resolution(h: &dyn Backend) {
         std::thread::spawn(move || {
             barrier.wait();
             for id in ids {
-                store.mark_delivered(Outbox::Alerts, "hook", id, 5).unwrap();
+                store
+                    .mark_delivered(Outbox::Alerts.row("hook", id), 5)
+                    .unwrap();
             }
         })
     };
@@ -1771,7 +1806,7 @@ fn an_excepted_finding_owes_no_resolution(h: &dyn Backend) {
         [alerted]
     );
     store
-        .mark_delivered(Outbox::Alerts, "a", alerted, 1)
+        .mark_delivered(Outbox::Alerts.row("a", alerted), 1)
         .unwrap();
     for id in [alerted, excepted] {
         let t = store

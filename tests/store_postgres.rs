@@ -12,6 +12,7 @@ use image_auditor::audit::VerdictKind;
 use image_auditor::event::{Action, EndpointName, EventId, Source};
 use image_auditor::findings::{Backend, Decision, PostgresConfig, PostgresStore, Recorded, Store};
 use serde_json::{Value, json};
+use support::decisions::key;
 use support::fixtures::one_project;
 use support::postgres::Postgres;
 use support::service::Service;
@@ -156,9 +157,11 @@ fn the_unix_socket_is_a_host_as_for_cloud_sql() {
         store.name()
     );
     let decision = Decision {
-        source: Source::Harbor,
-        endpoint: EndpointName("prod".into()),
-        event_id: EventId("over-the-socket".into()),
+        key: key(
+            Source::Harbor,
+            &EndpointName("prod".into()),
+            "over-the-socket",
+        ),
         received_at_ms: 1,
         action: Some(Action::Insert),
         repository: None,
@@ -373,24 +376,14 @@ fn replicas_share_the_undecided_retry_budget() {
     let handled = runtime.block_on(b.handle(delivery("fresh")));
     assert_eq!(handled.disposition, Disposition::Retry, "{handled:?}");
     let first = store_a
-        .first_undecided(
-            Source::Distribution,
-            &endpoint,
-            &EventId("fresh".into()),
-            i64::MAX,
-        )
+        .first_undecided(&key(Source::Distribution, &endpoint, "fresh"), i64::MAX)
         .unwrap();
     assert!((started..=now_ms()).contains(&first), "{first}");
 
     // First seen two hours ago, by a replica since gone.
     let two_hours_ago = now_ms() - 7_200_000;
     store_a
-        .first_undecided(
-            Source::Distribution,
-            &endpoint,
-            &EventId("old".into()),
-            two_hours_ago,
-        )
+        .first_undecided(&key(Source::Distribution, &endpoint, "old"), two_hours_ago)
         .unwrap();
     let handled = runtime.block_on(b.handle(delivery("old")));
     assert_eq!(handled.disposition, Disposition::Ack, "{handled:?}");

@@ -496,8 +496,8 @@ impl Dispatcher {
     async fn mark(&self, outbox: Outbox, id: FindingId, failure: Option<(String, i64)>) {
         let result = self
             .on_store(move |s, sink| match &failure {
-                None => s.mark_delivered(outbox, sink, id, now_ms()),
-                Some((error, retry_at)) => s.mark_failed(outbox, sink, id, error, *retry_at),
+                None => s.mark_delivered(outbox.row(sink, id), now_ms()),
+                Some((error, retry_at)) => s.mark_failed(outbox.row(sink, id), error, *retry_at),
             })
             .await;
         if let Err(e) = result {

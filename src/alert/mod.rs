@@ -74,7 +74,7 @@ impl FactKey {
     pub fn of(finding: &Finding, index: &Index) -> FactKey {
         let image = match &finding.repository {
             Some(repo) => image_name(repo, index),
-            None => format!("event {}", finding.event_id),
+            None => format!("event {}", finding.key.event_id),
         };
         FactKey {
             verdict: finding.verdict,
@@ -253,8 +253,8 @@ impl Alert {
             events: findings
                 .iter()
                 .map(|f| AlertEvent {
-                    source: Cow::Borrowed(f.source.as_str()),
-                    id: f.event_id.0.clone(),
+                    source: Cow::Borrowed(f.key.source.as_str()),
+                    id: f.key.event_id.0.clone(),
                     repository: f.repository.as_ref().map(ToString::to_string),
                     received_at_ms: f.received_at_ms,
                 })

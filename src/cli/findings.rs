@@ -53,7 +53,7 @@ fn line(f: &Finding) -> String {
     let mut what = f
         .repository
         .as_ref()
-        .map_or_else(|| format!("event {}", f.event_id), ToString::to_string);
+        .map_or_else(|| format!("event {}", f.key.event_id), ToString::to_string);
     if let Some(tag) = &f.tag {
         what.push_str(&format!(":{}", tag.as_str()));
     }

@@ -35,7 +35,7 @@ use crate::event::{Action, EndpointName, Event, EventId, Malformed, Source};
 use crate::reference::{Digest, Repository, Tag};
 
 pub use migrations::{Backend, SchemaStatus};
-pub use outbox::{Outbox, Outboxes};
+pub use outbox::{Outbox, OutboxRow, Outboxes};
 pub use postgres::{PostgresConfig, PostgresStore};
 pub use shared::{AlertMemory, AlertState, Checkpoints, HeldLock, Locks, SentAlert, StoreLock};
 pub use sqlite::{DEFAULT_CLAIM_LEASE, SqliteStore, now_ms};
@@ -75,13 +75,29 @@ pub fn schema_status(location: &StoreLocation) -> Result<SchemaStatus, StoreErro
     }
 }
 
+/// What makes two deliveries the same one: the source, the endpoint that
+/// received it (ids are unique only within one) and the source's id for
+/// it. A decision is recorded once per key; a redelivery is answered with
+/// the first verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct DedupeKey {
+    pub source: Source,
+    /// Empty for sources with one endpoint ([`EndpointName::only`]).
+    pub endpoint: EndpointName,
+    pub event_id: EventId,
+}
+
+impl fmt::Display for DedupeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = self.source.as_str();
+        write!(f, "{source}/{}/{}", self.endpoint, self.event_id)
+    }
+}
+
 /// One delivery that reached a final verdict (never `undecided`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    pub source: Source,
-    /// With `source` and `event_id`, the dedupe key.
-    pub endpoint: EndpointName,
-    pub event_id: EventId,
+    pub key: DedupeKey,
     /// When the source handed the delivery over, in Unix milliseconds.
     /// Retention ([`Store::prune_decisions`]) and the `since` filter use it.
     pub received_at_ms: i64,
@@ -111,21 +127,23 @@ impl Decision {
         manifest_commit: Option<String>,
         index_generation: u64,
     ) -> Decision {
-        Decision {
+        let key = DedupeKey {
             source: event.source,
             endpoint: endpoint.clone(),
             event_id: event.id.clone(),
-            received_at_ms,
+        };
+        Decision {
             action: Some(event.action),
             repository: Some(event.repository.clone()),
             digest: event.digest.clone(),
             tag: event.tag.clone(),
-            verdict: verdict.kind,
-            reason: verdict.reason.clone(),
-            evidence: EvidenceEntry::of(verdict),
-            manifest_commit,
-            index_generation,
-            excepted_by: None,
+            ..Decision::of_verdict(
+                key,
+                received_at_ms,
+                verdict,
+                manifest_commit,
+                index_generation,
+            )
         }
     }
 
@@ -137,18 +155,40 @@ impl Decision {
         manifest_commit: Option<String>,
         index_generation: u64,
     ) -> Decision {
-        Decision {
+        let key = DedupeKey {
             source: m.source,
             endpoint: endpoint.clone(),
             event_id: m.id.clone(),
+        };
+        let verdict = Verdict::malformed(m);
+        Decision::of_verdict(
+            key,
+            received_at_ms,
+            &verdict,
+            manifest_commit,
+            index_generation,
+        )
+    }
+
+    /// `verdict` about the delivery `key`, without the event's fields (a
+    /// delivery that could not be decoded has none).
+    fn of_verdict(
+        key: DedupeKey,
+        received_at_ms: i64,
+        verdict: &Verdict,
+        manifest_commit: Option<String>,
+        index_generation: u64,
+    ) -> Decision {
+        Decision {
+            key,
             received_at_ms,
             action: None,
             repository: None,
             digest: None,
             tag: None,
-            verdict: VerdictKind::Malformed,
-            reason: m.reason.clone(),
-            evidence: Vec::new(),
+            verdict: verdict.kind,
+            reason: verdict.reason.clone(),
+            evidence: EvidenceEntry::of(verdict),
             manifest_commit,
             index_generation,
             excepted_by: None,
@@ -179,8 +219,8 @@ impl fmt::Display for FindingId {
 /// What [`Store::record`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
-    /// First time this (source, endpoint, event id) was recorded; `finding` is set
-    /// when the verdict alerts.
+    /// First time this [`DedupeKey`] was recorded; `finding` is set when
+    /// the verdict alerts.
     New { finding: Option<FindingId> },
     /// Already recorded (a redelivery): nothing was written. `verdict` is
     /// the verdict recorded the first time.
@@ -196,10 +236,9 @@ pub struct Finding {
     pub created_at_ms: i64,
     /// When the source delivered the event, Unix milliseconds.
     pub received_at_ms: i64,
-    pub source: Source,
-    /// The endpoint that received the event (empty for sources with one).
-    pub endpoint: EndpointName,
-    pub event_id: EventId,
+    /// Serialised as its three fields: `source`, `endpoint`, `event_id`.
+    #[serde(flatten)]
+    pub key: DedupeKey,
     pub action: Option<Action>,
     pub repository: Option<Repository>,
     pub digest: Option<Digest>,
@@ -422,23 +461,18 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Outboxes + Send + Sync {
     /// An `undecided` verdict is refused here.
     fn submit(&self, d: Decision) -> Result<Answer, StoreError>;
 
-    /// Atomically: insert the decision unless (source, endpoint, event id) is already
-    /// recorded, and, when the verdict alerts, a finding in the outbox
-    /// (pending for every sink; an excepted one, `excepted_by` set, is kept
-    /// but owed to no sink). One transaction, durable before this
-    /// returns: callers acknowledge the delivery only after `Ok`.
+    /// Atomically: insert the decision unless its key is already recorded,
+    /// and, when the verdict alerts, a finding in the outbox (pending for
+    /// every sink; an excepted one, `excepted_by` set, is kept but owed to
+    /// no sink). One transaction, durable before this returns: callers
+    /// acknowledge the delivery only after `Ok`.
     /// An `undecided` verdict is refused.
     fn record(&self, d: &Decision) -> Result<Recorded, StoreError> {
         self.submit(d.clone())?.wait()
     }
 
-    /// The verdict recorded for (source, endpoint, event id), if any.
-    fn decision(
-        &self,
-        source: Source,
-        endpoint: &EndpointName,
-        id: &EventId,
-    ) -> Result<Option<VerdictKind>, StoreError>;
+    /// The verdict recorded under `key`, if any.
+    fn decision(&self, key: &DedupeKey) -> Result<Option<VerdictKind>, StoreError>;
 
     /// Findings matching `q`, newest first.
     fn findings(&self, q: &FindingQuery) -> Result<Vec<Finding>, StoreError>;
@@ -456,17 +490,11 @@ pub trait Store: AlertMemory + Locks + Checkpoints + Outboxes + Send + Sync {
     /// of a pruned event is recorded again as new.
     fn prune_decisions(&self, older_than_ms: i64) -> Result<u64, StoreError>;
 
-    /// The undecided retry budget: when (source, endpoint, event id) was
-    /// first seen undecided, by any process on this store. The first call
+    /// The undecided retry budget: when the delivery `key` was first seen
+    /// undecided, by any process on this store. The first call
     /// records `now_ms` and returns it; later ones return that first time,
     /// until [`Store::record`] decides the delivery and forgets it.
-    fn first_undecided(
-        &self,
-        source: Source,
-        endpoint: &EndpointName,
-        id: &EventId,
-        now_ms: i64,
-    ) -> Result<i64, StoreError>;
+    fn first_undecided(&self, key: &DedupeKey, now_ms: i64) -> Result<i64, StoreError>;
 
     /// The finding `id`, with every sink's delivery state.
     fn finding(&self, id: FindingId) -> Result<Option<Finding>, StoreError>;
@@ -501,22 +529,33 @@ struct Queued {
 }
 
 impl Queued {
-    /// `d`, checked and prepared outside the writer (see
-    /// [`stored::evidence_to_record`]), and the answer its writer fills.
-    fn queue(store: &Arc<str>, d: Decision) -> Result<(Queued, Answer), StoreError> {
+    /// [`Store::submit`] of both backends: `d`, checked and prepared
+    /// outside the writer (see [`stored::evidence_to_record`]), handed to
+    /// the store's `writer`, and the answer the writer fills.
+    fn submit(
+        store: &Arc<str>,
+        writer: &impl WriterQueue,
+        d: Decision,
+    ) -> Result<Answer, StoreError> {
         let evidence = stored::evidence_to_record(store, &d)?;
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let pending = Queued {
+        writer.hand_over(Queued {
             decision: d,
             evidence,
             reply,
-        };
-        let answer = Answer {
+        });
+        Ok(Answer {
             reply: answer,
             store: store.clone(),
-        };
-        Ok((pending, answer))
+        })
     }
+}
+
+/// The queue of a store's group-commit writer (each backend's channel).
+trait WriterQueue {
+    /// Hands `pending` to the writer. One that has stopped drops it, and
+    /// with it the reply end its [`Answer`] waits on: the answer reports it.
+    fn hand_over(&self, pending: Queued);
 }
 
 /// The answer to a [`Store::submit`]: arrives once the commit that carries

@@ -17,6 +17,25 @@ pub enum Outbox {
     Resolutions,
 }
 
+impl Outbox {
+    /// The row of this outbox that owes `sink` finding `finding`.
+    pub fn row(self, sink: &str, finding: FindingId) -> OutboxRow<'_> {
+        OutboxRow {
+            outbox: self,
+            sink,
+            finding,
+        }
+    }
+}
+
+/// One row of an outbox: what `outbox` owes `sink` for `finding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxRow<'a> {
+    pub outbox: Outbox,
+    pub sink: &'a str,
+    pub finding: FindingId,
+}
+
 /// The outboxes of a [`Store`](super::Store). Methods block, as every
 /// store method does.
 pub trait Outboxes {
@@ -39,25 +58,16 @@ pub trait Outboxes {
         now_ms: i64,
     ) -> Result<Vec<Finding>, StoreError>;
 
-    /// The claimed row of `outbox` reached `sink`: never claimed for it
-    /// again. Idempotent. An alert delivered when its finding is resolved
-    /// by then owes `sink` the resolution too.
-    fn mark_delivered(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
+    /// The claimed `row` reached its sink: never claimed for it again.
+    /// Idempotent. An alert delivered when its finding is resolved by then
+    /// owes the sink the resolution too.
+    fn mark_delivered(&self, row: OutboxRow<'_>, now_ms: i64) -> Result<(), StoreError>;
 
-    /// The claimed row of `outbox` could not be delivered to `sink`:
-    /// claimable again from `retry_at_ms`. No effect on a row already
-    /// delivered.
+    /// The claimed `row` could not be delivered to its sink: claimable
+    /// again from `retry_at_ms`. No effect on a row already delivered.
     fn mark_failed(
         &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
+        row: OutboxRow<'_>,
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError>;

@@ -61,11 +61,10 @@ use super::stored::{
     decided_verdict, findings_query, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Outbox, Queued, SinkDelivery,
-    Store, StoreError, TriageChange, Triaged,
+    Answer, Counts, Decision, DedupeKey, Finding, FindingId, FindingQuery, Outbox, Queued,
+    SinkDelivery, Store, StoreError, TriageChange, Triaged,
 };
 use crate::audit::VerdictKind;
-use crate::event::{EndpointName, EventId, Source};
 
 /// The advisory lock migrations are applied under: one replica migrates,
 /// the others wait, then find the schema current.
@@ -456,19 +455,11 @@ async fn migrate(pool: &Pool, name: &Arc<str>) -> Result<(), StoreError> {
 
 impl Store for PostgresStore {
     fn submit(&self, d: Decision) -> Result<Answer, StoreError> {
-        let (pending, answer) = Queued::queue(&self.name, d)?;
-        // A send fails only when the writer has stopped, which `answer`
-        // reports: its reply end is gone with the pending decision.
-        let _ = self.writer.send(pending);
-        Ok(answer)
+        Queued::submit(&self.name, &self.writer, d)
     }
 
-    fn decision(
-        &self,
-        source: Source,
-        endpoint: &EndpointName,
-        id: &EventId,
-    ) -> Result<Option<VerdictKind>, StoreError> {
+    fn decision(&self, key: &DedupeKey) -> Result<Option<VerdictKind>, StoreError> {
+        let [source, endpoint, event_id] = key.columns();
         self.block_on(async {
             let client = self.client().await?;
             let statement = client
@@ -479,14 +470,11 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| self.pg(e))?;
             let row = client
-                .query_opt(&statement, &[&source.as_str(), &endpoint.0, &id.0])
+                .query_opt(&statement, &[&source, &endpoint, &event_id])
                 .await
                 .map_err(|e| self.pg(e))?;
-            row.map(|row| {
-                let key = (source.as_str(), endpoint.0.as_str(), id.0.as_str());
-                decided_verdict(&self.name, key, row.get(0))
-            })
-            .transpose()
+            row.map(|row| decided_verdict(&self.name, key, row.get(0)))
+                .transpose()
         })
     }
 
@@ -618,13 +606,8 @@ impl Store for PostgresStore {
         })
     }
 
-    fn first_undecided(
-        &self,
-        source: Source,
-        endpoint: &EndpointName,
-        id: &EventId,
-        now_ms: i64,
-    ) -> Result<i64, StoreError> {
+    fn first_undecided(&self, key: &DedupeKey, now_ms: i64) -> Result<i64, StoreError> {
+        let [source, endpoint, event_id] = key.columns();
         self.block_on(async {
             let client = self.client().await?;
             // The no-op update makes RETURNING give the row that was there.
@@ -639,7 +622,7 @@ impl Store for PostgresStore {
                 .await
                 .map_err(|e| self.pg(e))?;
             Ok(client
-                .query_one(&statement, &[&source.as_str(), &endpoint.0, &id.0, &now_ms])
+                .query_one(&statement, &[&source, &endpoint, &event_id, &now_ms])
                 .await
                 .map_err(|e| self.pg(e))?
                 .get(0))

@@ -23,11 +23,10 @@ use super::stored::{
     findings_query, tally_decisions,
 };
 use super::{
-    Answer, Counts, Decision, Finding, FindingId, FindingQuery, Outbox, Queued, Store, StoreError,
-    TriageChange, Triaged,
+    Answer, Counts, Decision, DedupeKey, Finding, FindingId, FindingQuery, Outbox, Queued, Store,
+    StoreError, TriageChange, Triaged, WriterQueue,
 };
 use crate::audit::VerdictKind;
-use crate::event::{EndpointName, EventId, Source};
 
 /// The verdict recorded under one dedupe key.
 const SELECT_DECISION: &str =
@@ -264,6 +263,12 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+impl WriterQueue for Sender<Queued> {
+    fn hand_over(&self, pending: Queued) {
+        let _ = self.send(pending);
+    }
+}
+
 impl Columns for Row<'_> {
     type Error = rusqlite::Error;
     fn int(&self, i: usize) -> rusqlite::Result<i64> {
@@ -282,32 +287,20 @@ impl Columns for Row<'_> {
 
 impl Store for SqliteStore {
     fn submit(&self, d: Decision) -> Result<Answer, StoreError> {
-        let (pending, answer) = Queued::queue(&self.path, d)?;
-        // A send fails only when the writer has stopped, which `answer`
-        // reports: its reply end is gone with the pending decision.
-        let _ = self.writer.send(pending);
-        Ok(answer)
+        Queued::submit(&self.path, &self.writer, d)
     }
 
-    fn decision(
-        &self,
-        source: Source,
-        endpoint: &EndpointName,
-        id: &EventId,
-    ) -> Result<Option<VerdictKind>, StoreError> {
+    fn decision(&self, key: &DedupeKey) -> Result<Option<VerdictKind>, StoreError> {
         let conn = match &self.reader {
             Some(reader) => reader.lock().unwrap_or_else(PoisonError::into_inner),
             None => self.lock(),
         };
         let found: Option<String> = conn
             .prepare_cached(SELECT_DECISION)
-            .and_then(|mut s| {
-                s.query_row(params![source.as_str(), endpoint.0, id.0], |r| r.get(0))
-                    .optional()
-            })
+            .and_then(|mut s| s.query_row(key.columns(), |r| r.get(0)).optional())
             .map_err(|e| self.sql(e))?;
         found
-            .map(|v| decided_verdict(&self.path, (source.as_str(), &endpoint.0, &id.0), &v))
+            .map(|v| decided_verdict(&self.path, key, &v))
             .transpose()
     }
 
@@ -435,13 +428,8 @@ impl Store for SqliteStore {
         Ok(total)
     }
 
-    fn first_undecided(
-        &self,
-        source: Source,
-        endpoint: &EndpointName,
-        id: &EventId,
-        now_ms: i64,
-    ) -> Result<i64, StoreError> {
+    fn first_undecided(&self, key: &DedupeKey, now_ms: i64) -> Result<i64, StoreError> {
+        let [source, endpoint, event_id] = key.columns();
         self.lock()
             .prepare_cached(
                 "INSERT INTO undecided (source, endpoint, event_id, first_seen_ms) \
@@ -450,9 +438,7 @@ impl Store for SqliteStore {
                  RETURNING first_seen_ms",
             )
             .and_then(|mut s| {
-                s.query_row(params![source.as_str(), endpoint.0, id.0, now_ms], |r| {
-                    r.get(0)
-                })
+                s.query_row(params![source, endpoint, event_id, now_ms], |r| r.get(0))
             })
             .map_err(|e| self.sql(e))
     }

@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use super::triage::{Transition, transition};
 use super::{
-    AlertState, Decision, DeliveryState, Finding, FindingId, FindingQuery, Outbox, SinkDelivery,
-    StoreError, Triage, TriageChange, TriageState, parse_action, parse_source,
+    AlertState, Decision, DedupeKey, DeliveryState, Finding, FindingId, FindingQuery, Outbox,
+    OutboxRow, SinkDelivery, StoreError, Triage, TriageChange, TriageState, parse_action,
+    parse_source,
 };
 use crate::audit::VerdictKind;
 use crate::event::{EndpointName, EventId};
@@ -199,9 +200,11 @@ impl StoredFinding {
             id: FindingId(id),
             created_at_ms: self.created_at_ms,
             received_at_ms: self.received_at_ms,
-            source,
-            endpoint: EndpointName(self.endpoint),
-            event_id: EventId(self.event_id),
+            key: DedupeKey {
+                source,
+                endpoint: EndpointName(self.endpoint),
+                event_id: EventId(self.event_id),
+            },
             action,
             repository,
             digest,
@@ -294,11 +297,11 @@ pub(super) fn corrupt(store: &Arc<str>, what: String) -> StoreError {
     }
 }
 
-pub(super) fn not_claimed(store: &Arc<str>, sink: &str, id: FindingId) -> StoreError {
+pub(super) fn not_claimed(store: &Arc<str>, row: OutboxRow<'_>) -> StoreError {
     StoreError::NotClaimed {
         path: store.clone(),
-        sink: sink.to_owned(),
-        id,
+        sink: row.sink.to_owned(),
+        id: row.finding,
     }
 }
 
@@ -311,8 +314,8 @@ pub(super) fn evidence_to_record(
 ) -> Result<Option<String>, StoreError> {
     if d.verdict == VerdictKind::Undecided {
         return Err(StoreError::Undecided {
-            source_name: d.source.as_str(),
-            event_id: d.event_id.clone(),
+            source_name: d.key.source.as_str(),
+            event_id: d.key.event_id.clone(),
         });
     }
     if !d.verdict.alerts() {
@@ -321,23 +324,26 @@ pub(super) fn evidence_to_record(
     serde_json::to_string(&d.evidence).map(Some).map_err(|e| {
         corrupt(
             store,
-            format!("event {}: evidence not serialisable: {e}", d.event_id),
+            format!("event {}: evidence not serialisable: {e}", d.key.event_id),
         )
     })
 }
 
-/// The verdict stored for the dedupe key (source, endpoint, event id).
+impl DedupeKey {
+    /// The key as its columns store it: `source`, `endpoint`, `event_id`.
+    pub(super) fn columns(&self) -> [&str; 3] {
+        [self.source.as_str(), &self.endpoint.0, &self.event_id.0]
+    }
+}
+
+/// The verdict stored under `key`.
 pub(super) fn decided_verdict(
     store: &Arc<str>,
-    (source, endpoint, event_id): (&str, &str, &str),
+    key: &DedupeKey,
     text: &str,
 ) -> Result<VerdictKind, StoreError> {
-    text.parse().map_err(|_| {
-        corrupt(
-            store,
-            format!("decision {source}/{endpoint}/{event_id}: verdict {text:?}"),
-        )
-    })
+    text.parse()
+        .map_err(|_| corrupt(store, format!("decision {key}: verdict {text:?}")))
 }
 
 /// The `(verdict, count)` rows [`tally_decisions`] reads: the same text in

@@ -111,9 +111,9 @@ fn triage(body: &mut String, f: &Finding, enabled: bool, now_ms: i64) {
 fn fields(body: &mut String, f: &Finding, now_ms: i64) {
     let rows: [(&str, String); 13] = [
         ("verdict", f.verdict.as_str().to_owned()),
-        ("source", f.source.as_str().to_owned()),
-        ("endpoint", code(Some(&f.endpoint.0))),
-        ("event id", code(Some(&f.event_id.0))),
+        ("source", f.key.source.as_str().to_owned()),
+        ("endpoint", code(Some(&f.key.endpoint.0))),
+        ("event id", code(Some(&f.key.event_id.0))),
         (
             "action",
             f.action
@@ -249,16 +249,18 @@ mod tests {
     use super::*;
     use crate::audit::VerdictKind;
     use crate::event::{EndpointName, EventId, Source};
-    use crate::findings::{DeliveryState, FindingId, SinkDelivery, Triage};
+    use crate::findings::{DedupeKey, DeliveryState, FindingId, SinkDelivery, Triage};
 
     fn finding() -> Finding {
         Finding {
             id: FindingId(42),
             created_at_ms: 2_000,
             received_at_ms: 1_000,
-            source: Source::Distribution,
-            endpoint: EndpointName("hook".into()),
-            event_id: EventId("ev-1".into()),
+            key: DedupeKey {
+                source: Source::Distribution,
+                endpoint: EndpointName("hook".into()),
+                event_id: EventId("ev-1".into()),
+            },
             action: Some(crate::event::Action::Insert),
             repository: Some("r.example/prod/app".parse().unwrap()),
             digest: Some(format!("sha256:{}", "a".repeat(64)).parse().unwrap()),
@@ -357,8 +359,8 @@ mod tests {
         let mut f = finding();
         let hostile = "\"><img src=x onerror=alert(1)><script>alert(2)</script>";
         f.reason = hostile.into();
-        f.event_id = EventId(hostile.into());
-        f.endpoint = EndpointName(hostile.into());
+        f.key.event_id = EventId(hostile.into());
+        f.key.endpoint = EndpointName(hostile.into());
         f.manifest_commit = Some(hostile.into());
         f.excepted_by = Some(hostile.into());
         f.evidence = serde_json::json!([

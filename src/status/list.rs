@@ -247,7 +247,7 @@ mod tests {
 
     use super::*;
     use crate::event::{EndpointName, EventId};
-    use crate::findings::{FindingId, Triage};
+    use crate::findings::{DedupeKey, FindingId, Triage};
     use crate::status::filter::Since;
 
     pub(super) fn finding(id: i64, state: TriageState) -> Finding {
@@ -255,9 +255,11 @@ mod tests {
             id: FindingId(id),
             created_at_ms: 1_000,
             received_at_ms: 1_000,
-            source: Source::PubsubPush,
-            endpoint: EndpointName::only(),
-            event_id: EventId(format!("m-{id}")),
+            key: DedupeKey {
+                source: Source::PubsubPush,
+                endpoint: EndpointName::only(),
+                event_id: EventId(format!("m-{id}")),
+            },
             action: None,
             repository: Some("r.example/prod/app".parse().unwrap()),
             digest: None,

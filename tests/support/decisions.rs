@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use image_auditor::audit::{Evidence, VerdictKind};
 use image_auditor::event::{Action, EndpointName, EventId, Source};
-use image_auditor::findings::{Decision, FindingId, Recorded};
+use image_auditor::findings::{Decision, DedupeKey, FindingId, Recorded};
 use image_auditor::reference::{Digest, Repository, Tag};
 
 /// `sha256:` + `unit` repeated to 64 hex digits.
@@ -37,11 +37,18 @@ pub fn sub() -> EndpointName {
     EndpointName("projects/p/subscriptions/prod".into())
 }
 
+/// The dedupe key of the delivery `id` from `source` through `endpoint`.
+pub fn key(source: Source, endpoint: &EndpointName, id: &str) -> DedupeKey {
+    DedupeKey {
+        source,
+        endpoint: endpoint.clone(),
+        event_id: EventId(id.into()),
+    }
+}
+
 pub fn decision(id: &str, verdict: VerdictKind) -> Decision {
     Decision {
-        source: Source::PubsubPull,
-        endpoint: sub(),
-        event_id: EventId(id.into()),
+        key: key(Source::PubsubPull, &sub(), id),
         received_at_ms: 1_000,
         action: Some(Action::Insert),
         repository: Some(repo("foo")),

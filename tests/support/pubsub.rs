@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::Message;
 
-use image_auditor::event::EndpointName;
+use image_auditor::event::{EndpointName, EventId, Source};
+use image_auditor::findings::DedupeKey;
 use image_auditor::pubsub::{Target, subscription_name, topic_name};
 use image_auditor::sources::pubsub_pull::PullConfig;
 
@@ -241,6 +242,20 @@ impl Fixture {
     /// full name (message ids are unique only within one).
     pub fn endpoint_of(id: &str) -> EndpointName {
         EndpointName(subscription_name(PROJECT, id))
+    }
+
+    /// The dedupe key of message `id` pulled from this fixture's subscription.
+    pub fn pull_key(&self, id: &str) -> DedupeKey {
+        Fixture::key_of(Source::PubsubPull, &self.subscription, id)
+    }
+
+    /// The dedupe key of message `id` from `source` through `subscription`.
+    pub fn key_of(source: Source, subscription: &str, id: &str) -> DedupeKey {
+        DedupeKey {
+            source,
+            endpoint: Fixture::endpoint_of(subscription),
+            event_id: EventId(id.into()),
+        }
     }
 
     /// A pull configuration for the subscription, pointed at the emulator

@@ -273,7 +273,7 @@ impl Service {
             .findings(&image_auditor::findings::FindingQuery::default())
             .unwrap()
             .into_iter()
-            .filter(|f| f.source.as_str() == "manifests")
+            .filter(|f| f.key.source.as_str() == "manifests")
             .map(|f| f.reason)
             .collect()
     }

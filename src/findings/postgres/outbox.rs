@@ -12,7 +12,7 @@ use tokio_postgres::GenericClient;
 
 use super::PostgresStore;
 use crate::findings::stored::{DELIVERY_COLUMNS, FINDING_COLUMNS, MAX_ERROR_LEN, not_claimed};
-use crate::findings::{Finding, FindingId, Outbox, Outboxes, StoreError, truncate};
+use crate::findings::{Finding, FindingId, Outbox, OutboxRow, Outboxes, StoreError, truncate};
 
 impl PostgresStore {
     /// Claims up to `limit` rows of `outbox` due for `sink` at `now_ms`:
@@ -105,7 +105,10 @@ impl PostgresStore {
             .map(|row| row.get(0))
             .collect();
         match ids.iter().find(|id| !marked.contains(id)) {
-            Some(&missing) => Err(not_claimed(&self.name, sink, FindingId(missing))),
+            Some(&missing) => {
+                let row = Outbox::Alerts.row(sink, FindingId(missing));
+                Err(not_claimed(&self.name, row))
+            }
             None => Ok(()),
         }
     }
@@ -131,29 +134,25 @@ impl Outboxes for PostgresStore {
         })
     }
 
-    fn mark_delivered(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    fn mark_delivered(&self, row: OutboxRow<'_>, now_ms: i64) -> Result<(), StoreError> {
         self.block_on(async {
             let client = self.client().await?;
-            if outbox == Outbox::Alerts {
-                return self.deliver_alerts(&**client, sink, &[id.0], now_ms).await;
+            if row.outbox == Outbox::Alerts {
+                return self
+                    .deliver_alerts(&**client, row.sink, &[row.finding.0], now_ms)
+                    .await;
             }
             let n = client
                 .execute(
                     "UPDATE resolutions SET state = 'delivered', \
                        delivered_at_ms = COALESCE(delivered_at_ms, $3) \
                      WHERE sink = $1 AND finding = $2",
-                    &[&sink, &id.0, &now_ms],
+                    &[&row.sink, &row.finding.0, &now_ms],
                 )
                 .await
                 .map_err(|e| self.pg(e))?;
             if n == 0 {
-                return Err(not_claimed(&self.name, sink, id));
+                return Err(not_claimed(&self.name, row));
             }
             Ok(())
         })
@@ -162,19 +161,17 @@ impl Outboxes for PostgresStore {
     /// A row that does not exist was never claimed.
     fn mark_failed(
         &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
+        row: OutboxRow<'_>,
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
         self.block_on(async {
-            let table = outbox.table();
+            let table = row.outbox.table();
             let error = truncate(error, MAX_ERROR_LEN);
             let client = self.client().await?;
             // Updates a pending row; tells a delivered one (no effect) from
             // none (never claimed).
-            let row = client
+            let found = client
                 .query_opt(
                     &format!(
                         "WITH u AS (UPDATE {table} SET last_error = $3, next_attempt_ms = $4 \
@@ -182,12 +179,12 @@ impl Outboxes for PostgresStore {
                          SELECT 1 FROM u UNION ALL \
                          SELECT 1 FROM {table} WHERE sink = $1 AND finding = $2 LIMIT 1"
                     ),
-                    &[&sink, &id.0, &error, &retry_at_ms],
+                    &[&row.sink, &row.finding.0, &error, &retry_at_ms],
                 )
                 .await
                 .map_err(|e| self.pg(e))?;
-            if row.is_none() {
-                return Err(not_claimed(&self.name, sink, id));
+            if found.is_none() {
+                return Err(not_claimed(&self.name, row));
             }
             Ok(())
         })

@@ -12,7 +12,9 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::{pg_error, pool_error};
 use crate::findings::stored::decided_verdict;
-use crate::findings::{Decision, FindingId, Queued, Recorded, StoreError, action_str, now_ms};
+use crate::findings::{
+    DedupeKey, FindingId, Queued, Recorded, StoreError, WriterQueue, action_str, now_ms,
+};
 
 /// Most decisions in one transaction.
 const MAX_BATCH: usize = 512;
@@ -72,14 +74,17 @@ fn shared_failure(name: &Arc<str>, e: &StoreError) -> StoreError {
     }
 }
 
-type Key = (String, String, String);
+impl WriterQueue for mpsc::UnboundedSender<Queued> {
+    fn hand_over(&self, pending: Queued) {
+        let _ = self.send(pending);
+    }
+}
 
-fn key(d: &Decision) -> Key {
-    (
-        d.source.as_str().to_owned(),
-        d.endpoint.0.clone(),
-        d.event_id.0.clone(),
-    )
+/// A [`DedupeKey`] as its columns read back.
+type Key = [String; 3];
+
+fn key(k: &DedupeKey) -> Key {
+    k.columns().map(str::to_owned)
 }
 
 /// Inserts the batch's new decisions (the first of each key; dedupe by the
@@ -146,22 +151,22 @@ async fn write(
     let mut leaders: Vec<usize> = Vec::with_capacity(batch.len());
     let mut seen = HashSet::with_capacity(batch.len());
     for (i, p) in batch.iter().enumerate() {
-        if seen.insert(key(&p.decision)) {
+        if seen.insert(key(&p.decision.key)) {
             leaders.push(i);
         }
     }
     // One lock order for every writer: no deadlock between two batches
     // sharing keys.
-    leaders.sort_by_cached_key(|&i| key(&batch[i].decision));
+    leaders.sort_by_cached_key(|&i| key(&batch[i].decision.key));
 
     let mut client = pool.get().await.map_err(|e| pool_error(name, e))?;
     let tx = client.transaction().await.map_err(|e| pg_error(name, e))?;
     let col = |f: &dyn Fn(&Queued) -> Option<String>| -> Vec<Option<String>> {
         leaders.iter().map(|&i| f(&batch[i])).collect()
     };
-    let sources = col(&|p| Some(p.decision.source.as_str().to_owned()));
-    let endpoints = col(&|p| Some(p.decision.endpoint.0.clone()));
-    let ids = col(&|p| Some(p.decision.event_id.0.clone()));
+    let sources = col(&|p| Some(p.decision.key.source.as_str().to_owned()));
+    let endpoints = col(&|p| Some(p.decision.key.endpoint.0.clone()));
+    let ids = col(&|p| Some(p.decision.key.event_id.0.clone()));
     let received: Vec<i64> = leaders
         .iter()
         .map(|&i| batch[i].decision.received_at_ms)
@@ -220,7 +225,7 @@ async fn write(
         if let (Some(id), Some(true)) = (id, row.get::<_, Option<bool>>(4)) {
             findings.push(id);
         }
-        inserted.insert((row.get(0), row.get(1), row.get(2)), id);
+        inserted.insert([row.get(0), row.get(1), row.get(2)], id);
     }
     if !findings.is_empty() {
         let statement = tx
@@ -236,7 +241,7 @@ async fn write(
     // to end, so this later statement sees its row.
     let others: Vec<Key> = leaders
         .iter()
-        .map(|&i| key(&batch[i].decision))
+        .map(|&i| key(&batch[i].decision.key))
         .filter(|k| !inserted.contains_key(k))
         .collect();
     let mut existing: HashMap<Key, String> = HashMap::with_capacity(others.len());
@@ -247,7 +252,7 @@ async fn write(
             .map_err(|e| pg_error(name, e))?;
         let (s, e, i): (Vec<&str>, Vec<&str>, Vec<&str>) = others
             .iter()
-            .map(|(s, e, i)| (s.as_str(), e.as_str(), i.as_str()))
+            .map(|[s, e, i]| (s.as_str(), e.as_str(), i.as_str()))
             .fold((vec![], vec![], vec![]), |mut acc, (s, e, i)| {
                 acc.0.push(s);
                 acc.1.push(e);
@@ -259,7 +264,7 @@ async fn write(
             .await
             .map_err(|e| pg_error(name, e))?
         {
-            existing.insert((row.get(0), row.get(1), row.get(2)), row.get(3));
+            existing.insert([row.get(0), row.get(1), row.get(2)], row.get(3));
         }
     }
     tx.commit().await.map_err(|e| pg_error(name, e))?;
@@ -271,7 +276,7 @@ async fn write(
         .iter()
         .map(|p| {
             let d = &p.decision;
-            let k = key(d);
+            let k = key(&d.key);
             if let Some(finding) = inserted.get(&k) {
                 if answered.insert(k.clone()) {
                     return Ok(Recorded::New {
@@ -280,20 +285,21 @@ async fn write(
                 }
                 let first = batch
                     .iter()
-                    .find(|q| key(&q.decision) == k)
+                    .find(|q| key(&q.decision.key) == k)
                     .map_or(d.verdict, |q| q.decision.verdict);
                 return Ok(Recorded::Duplicate { verdict: first });
             }
             match existing.get(&k) {
-                Some(v) => decided_verdict(name, (&k.0, &k.1, &k.2), v)
-                    .map(|verdict| Recorded::Duplicate { verdict }),
+                Some(v) => {
+                    decided_verdict(name, &d.key, v).map(|verdict| Recorded::Duplicate { verdict })
+                }
                 // Pruned between the insert and the lookup: not recorded
                 // now; the delivery comes back and is decided anew.
                 None => Err(StoreError::GroupCommit {
                     path: name.clone(),
                     message: format!(
                         "event {}: its decision vanished while being recorded; try again",
-                        d.event_id
+                        d.key.event_id
                     ),
                 }),
             }

@@ -154,9 +154,8 @@ fn write_one(
 ) -> Result<Recorded, StoreError> {
     let sql = |source| sql_error(path, source);
     let d = &pending.decision;
-    let source = d.source.as_str();
+    let [source, endpoint, event_id] = d.key.columns();
     let verdict = d.verdict.as_str();
-    let endpoint = &d.endpoint.0;
     let inserted = conn
         .prepare_cached(
             "INSERT INTO decisions (source, endpoint, event_id, received_at_ms, verdict) \
@@ -166,7 +165,7 @@ fn write_one(
             s.execute(params![
                 source,
                 endpoint,
-                d.event_id.0,
+                event_id,
                 d.received_at_ms,
                 verdict
             ])
@@ -175,9 +174,9 @@ fn write_one(
     if inserted == 0 {
         let first: String = conn
             .prepare_cached(SELECT_DECISION)
-            .and_then(|mut s| s.query_row(params![source, endpoint, d.event_id.0], |r| r.get(0)))
+            .and_then(|mut s| s.query_row(params![source, endpoint, event_id], |r| r.get(0)))
             .map_err(sql)?;
-        let verdict = decided_verdict(path, (source, endpoint, &d.event_id.0), &first)?;
+        let verdict = decided_verdict(path, &d.key, &first)?;
         return Ok(Recorded::Duplicate { verdict });
     }
     // Decided: the retry budget it may have used is spent.
@@ -185,7 +184,7 @@ fn write_one(
         conn.prepare_cached(
             "DELETE FROM undecided WHERE source = ?1 AND endpoint = ?2 AND event_id = ?3",
         )
-        .and_then(|mut s| s.execute(params![source, endpoint, d.event_id.0]))
+        .and_then(|mut s| s.execute(params![source, endpoint, event_id]))
         .map_err(sql)?;
     }
     let Some(evidence) = &pending.evidence else {
@@ -203,7 +202,7 @@ fn write_one(
             d.received_at_ms,
             source,
             endpoint,
-            d.event_id.0,
+            event_id,
             d.action.map(action_str),
             d.repository.as_ref().map(|r| r.as_str()),
             d.digest.as_ref().map(|x| x.to_string()),

@@ -7,7 +7,9 @@ use rusqlite::{Connection, params};
 
 use super::SqliteStore;
 use crate::findings::stored::{DELIVERY_COLUMNS, MAX_ERROR_LEN, StoredDelivery, not_claimed};
-use crate::findings::{Finding, FindingId, Outbox, Outboxes, SinkDelivery, StoreError, truncate};
+use crate::findings::{
+    Finding, FindingId, Outbox, OutboxRow, Outboxes, SinkDelivery, StoreError, truncate,
+};
 
 impl Outboxes for SqliteStore {
     /// In the file's write transaction, with the rows of `Outbox::Alerts`
@@ -29,16 +31,10 @@ impl Outboxes for SqliteStore {
         Ok(out)
     }
 
-    fn mark_delivered(
-        &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    fn mark_delivered(&self, row: OutboxRow<'_>, now_ms: i64) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = self.begin(&mut conn)?;
-        self.deliver(&tx, outbox, sink, id, now_ms)?;
+        self.deliver(&tx, row, now_ms)?;
         tx.commit().map_err(|e| self.sql(e))
     }
 
@@ -46,13 +42,11 @@ impl Outboxes for SqliteStore {
     /// nothing).
     fn mark_failed(
         &self,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
+        row: OutboxRow<'_>,
         error: &str,
         retry_at_ms: i64,
     ) -> Result<(), StoreError> {
-        let table = outbox.table();
+        let (table, sink, id) = (row.outbox.table(), row.sink, row.finding.0);
         let error = truncate(error, MAX_ERROR_LEN);
         let conn = self.lock();
         let n = conn
@@ -60,17 +54,17 @@ impl Outboxes for SqliteStore {
                 "UPDATE {table} SET last_error = ?3, next_attempt_ms = ?4 \
                  WHERE sink = ?1 AND finding = ?2 AND state = 'pending'"
             ))
-            .and_then(|mut s| s.execute(params![sink, id.0, error, retry_at_ms]))
+            .and_then(|mut s| s.execute(params![sink, id, error, retry_at_ms]))
             .map_err(|e| self.sql(e))?;
         if n == 0 {
             let exists = conn
                 .prepare_cached(&format!(
                     "SELECT 1 FROM {table} WHERE sink = ?1 AND finding = ?2"
                 ))
-                .and_then(|mut s| s.exists(params![sink, id.0]))
+                .and_then(|mut s| s.exists(params![sink, id]))
                 .map_err(|e| self.sql(e))?;
             if !exists {
-                return Err(not_claimed(&self.path, sink, id));
+                return Err(not_claimed(&self.path, row));
             }
         }
         Ok(())
@@ -78,15 +72,13 @@ impl Outboxes for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Marks the claimed row of (`id`, `sink`) in `outbox` delivered, in
-    /// the caller's transaction: an alert delivered after its finding was
-    /// resolved owes the sink the resolution too.
+    /// Marks the claimed `row` delivered, in the caller's transaction: an
+    /// alert delivered after its finding was resolved owes the sink the
+    /// resolution too.
     pub(super) fn deliver(
         &self,
         tx: &Connection,
-        outbox: Outbox,
-        sink: &str,
-        id: FindingId,
+        row: OutboxRow<'_>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let n = tx
@@ -94,15 +86,15 @@ impl SqliteStore {
                 "UPDATE {} SET state = 'delivered', \
                    delivered_at_ms = COALESCE(delivered_at_ms, ?3) \
                  WHERE sink = ?1 AND finding = ?2",
-                outbox.table()
+                row.outbox.table()
             ))
-            .and_then(|mut s| s.execute(params![sink, id.0, now_ms]))
+            .and_then(|mut s| s.execute(params![row.sink, row.finding.0, now_ms]))
             .map_err(|e| self.sql(e))?;
         if n == 0 {
-            return Err(not_claimed(&self.path, sink, id));
+            return Err(not_claimed(&self.path, row));
         }
-        if outbox == Outbox::Alerts {
-            super::triage::owe_if_resolved(tx, id, sink).map_err(|e| self.sql(e))?;
+        if row.outbox == Outbox::Alerts {
+            super::triage::owe_if_resolved(tx, row.finding, row.sink).map_err(|e| self.sql(e))?;
         }
         Ok(())
     }

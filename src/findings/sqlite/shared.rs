@@ -185,7 +185,7 @@ impl AlertMemory for SqliteStore {
         let tx = self.begin(&mut conn)?;
         for &id in findings {
             // On an error, dropping the transaction rolls it back.
-            self.deliver(&tx, Outbox::Alerts, sink, id, now_ms)?;
+            self.deliver(&tx, Outbox::Alerts.row(sink, id), now_ms)?;
         }
         self.remember(&tx, AlertState::Sent, sink, alert, now_ms)?;
         self.forget_alert(&tx, AlertState::InFlight, sink, &alert.fact)?;
