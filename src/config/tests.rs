@@ -16,6 +16,8 @@ alerts:
     - {name: p, pubsub: {project: p, topic: t}}
 triage:
   tokens: [{name: n}]
+pubsub:
+  pull: {project: p, subscription: s}
 ";
     let config: Config = serde_saphyr::from_str(yaml).unwrap();
     let git = config.manifests_git.unwrap();
@@ -39,4 +41,5 @@ triage:
     assert_eq!(p.pubsub.as_ref().unwrap().endpoint, None);
     let token = &config.triage.tokens[0];
     assert_eq!((&token.token_env, &token.token_file), (&None, &None));
+    assert_eq!(config.pubsub.pull.unwrap().endpoint, None);
 }

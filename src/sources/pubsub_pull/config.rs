@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::PullStats;
 use crate::pubsub::{self, ClientError, EndpointError, Target};
 
-/// The `pubsub_pull:` section of the service configuration.
+/// The `pubsub.pull` section of the service configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PullConfig {
@@ -66,7 +66,6 @@ pub struct PullConfig {
     /// credentials) or `https://host` for a Google endpoint (application
     /// default credentials). Unset: `PUBSUB_EMULATOR_HOST` when set, else
     /// Google.
-    #[serde(default)]
     pub endpoint: Option<String>,
 }
 
