@@ -739,12 +739,11 @@ fn outbox_is_per_sink(h: &dyn Backend) {
     // Claimed: hidden from further claims for the same sink.
     assert!(claim_due(&*store, Outbox::Alerts, "a", 1_000).is_empty());
 
-    store
-        .mark_delivered(Outbox::Alerts.row("a", f1), 1_100)
-        .unwrap();
-    store
-        .mark_delivered(Outbox::Alerts.row("a", f2), 1_100)
-        .unwrap();
+    for f in [f1, f2] {
+        store
+            .mark_delivered(Outbox::Alerts.row("a", f), 1_100)
+            .unwrap();
+    }
     store
         .mark_delivered(Outbox::Alerts.row("a", f2), 1_200)
         .unwrap(); // idempotent
@@ -1568,12 +1567,9 @@ fn a_resolution_is_owed_to_every_sink_the_alert_reached(h: &dyn Backend) {
         claimed_ids(&claim_due(&*store, Outbox::Alerts, "a", 0)),
         [f1, f2]
     );
-    store
-        .mark_delivered(Outbox::Alerts.row("a", f1), 1)
-        .unwrap();
-    store
-        .mark_delivered(Outbox::Alerts.row("a", f2), 1)
-        .unwrap();
+    for f in [f1, f2] {
+        store.mark_delivered(Outbox::Alerts.row("a", f), 1).unwrap();
+    }
     assert_eq!(
         claimed_ids(&store.claim(Outbox::Alerts, "b", 1, 0).unwrap()),
         [f1]
