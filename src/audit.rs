@@ -127,7 +127,8 @@ impl fmt::Display for VerdictKind {
     }
 }
 
-/// A verdict name that is not one of [`VerdictKind::as_str`]'s.
+/// A verdict name that is not one of [`VerdictKind::as_str`]'s (an
+/// excerpt of it: the name may come from a query string).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown verdict {0:?}")]
 pub struct UnknownVerdict(pub String);
@@ -141,7 +142,7 @@ impl std::str::FromStr for VerdictKind {
         VerdictKind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| UnknownVerdict(s.to_owned()))
+            .ok_or_else(|| UnknownVerdict(crate::event::excerpt(s)))
     }
 }
 
@@ -851,5 +852,12 @@ mod tests {
         }
         let err = "Promoted".parse::<VerdictKind>().unwrap_err();
         assert_eq!(err.to_string(), r#"unknown verdict "Promoted""#);
+        // A query string can carry any length; the error quotes a bounded part.
+        let long = "x".repeat(10_000);
+        let err = long.parse::<VerdictKind>().unwrap_err();
+        assert!(
+            err.0.len() < 300 && err.0.ends_with("[9800 more bytes]"),
+            "{err}"
+        );
     }
 }

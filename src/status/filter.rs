@@ -95,42 +95,40 @@ impl Filter {
                 continue;
             }
             let excerpt = || crate::event::excerpt(value);
-            let result =
-                match KEYS[k] {
-                    "verdict" => value.parse().map(|v| filter.verdict = Some(v)).map_err(
-                        |e: UnknownVerdict| {
-                            FilterError::Verdict(UnknownVerdict(crate::event::excerpt(&e.0)))
-                        },
-                    ),
-                    "repository" => value
-                        .parse()
-                        .map(|r| filter.repository = Some(r))
-                        .map_err(FilterError::Repository),
-                    "state" => value
-                        .parse()
-                        .map(|s| filter.state = Some(s))
-                        .map_err(FilterError::State),
-                    "since" => humantime::parse_duration(value)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .map(|duration| {
-                            filter.since = Some(Since {
-                                text: value.to_owned(),
-                                duration,
-                            })
+            let result = match KEYS[k] {
+                "verdict" => value
+                    .parse()
+                    .map(|v| filter.verdict = Some(v))
+                    .map_err(FilterError::Verdict),
+                "repository" => value
+                    .parse()
+                    .map(|r| filter.repository = Some(r))
+                    .map_err(FilterError::Repository),
+                "state" => value
+                    .parse()
+                    .map(|s| filter.state = Some(s))
+                    .map_err(FilterError::State),
+                "since" => humantime::parse_duration(value)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .map(|duration| {
+                        filter.since = Some(Since {
+                            text: value.to_owned(),
+                            duration,
                         })
-                        .ok_or_else(|| FilterError::Since(excerpt())),
-                    "before" => value
-                        .parse()
-                        .map(|id| filter.before = Some(FindingId(id)))
-                        .map_err(|_| FilterError::Before(excerpt())),
-                    _ => value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_LIMIT).contains(n))
-                        .map(|n| filter.limit = n)
-                        .ok_or_else(|| FilterError::Limit(excerpt())),
-                };
+                    })
+                    .ok_or_else(|| FilterError::Since(excerpt())),
+                "before" => value
+                    .parse()
+                    .map(|id| filter.before = Some(FindingId(id)))
+                    .map_err(|_| FilterError::Before(excerpt())),
+                _ => value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .map(|n| filter.limit = n)
+                    .ok_or_else(|| FilterError::Limit(excerpt())),
+            };
             if let Err(e) = result {
                 errors.push(e);
             }
