@@ -373,10 +373,7 @@ impl Inner {
         if let Some(header) = header_digest {
             // The header may use another algorithm than the request; what
             // matters is that it names these bytes.
-            let consistent = header
-                .trim()
-                .parse::<Digest>()
-                .is_ok_and(|d| d.verifies(&body));
+            let consistent = header.parse::<Digest>().is_ok_and(|d| d.verifies(&body));
             if !consistent {
                 return Err((
                     Outcome::DigestMismatch,

@@ -9,13 +9,14 @@ use reqwest::header::CONTENT_LENGTH;
 /// The header a registry uses to state the digest of what it served.
 pub(crate) const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
-/// The digest a response states ([`DOCKER_CONTENT_DIGEST`]) as sent, for
-/// checking against what was served; the caller parses it.
+/// The digest a response states ([`DOCKER_CONTENT_DIGEST`]), surrounding
+/// white space removed, for checking against what was served; the caller
+/// parses it (and quotes it when it is no digest).
 pub(crate) fn stated_digest(response: &reqwest::Response) -> Option<String> {
     response
         .headers()
         .get(DOCKER_CONTENT_DIGEST)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
 }
 
 /// How reading a response body ended badly.

@@ -187,8 +187,7 @@ impl RegistryClient {
         let request = Request::manifest(repository, reqwest::Method::HEAD, &url);
         let answer = inner
             .send(&request, |response| async move {
-                let stated = stated_digest(&response).map(|text| text.trim().to_owned());
-                match stated {
+                match stated_digest(&response) {
                     // Another algorithm's digest cannot be compared without the body.
                     Some(text) => match text.parse::<Digest>() {
                         Ok(d) if d.algorithm() == digest.algorithm() && &d != digest => Err((
@@ -269,7 +268,7 @@ async fn read_body(response: reqwest::Response, limit: u64) -> Result<Bytes, (Ou
 /// The digest a response states in `Docker-Content-Digest`, if it states a
 /// valid one.
 fn header_digest(response: &reqwest::Response) -> Option<Digest> {
-    stated_digest(response)?.trim().parse().ok()
+    stated_digest(response)?.parse().ok()
 }
 
 /// The digest of a manifest body fetched by tag: the stated digest when the
@@ -277,7 +276,7 @@ fn header_digest(response: &reqwest::Response) -> Option<Digest> {
 fn body_digest(header: Option<String>, body: &[u8]) -> Result<Digest, (Outcome, ErrorKind)> {
     match header {
         None => Ok(Digest::sha256_of(body)),
-        Some(text) => match text.trim().parse::<Digest>() {
+        Some(text) => match text.parse::<Digest>() {
             Ok(d) if d.verifies(body) => Ok(d),
             Ok(d) => Err((
                 Outcome::DigestMismatch,
