@@ -86,14 +86,14 @@ pub(super) async fn webhook(
     Path(kind): Path<String>,
     request: Request,
 ) -> Response {
-    let headers = request.headers().clone();
-    let uri = request.uri().clone();
+    // Borrowed: everything read from them is decided before the body is.
+    let (headers, uri) = (request.headers(), request.uri());
     let kind = match configured_kind(&state, &kind) {
         Ok(kind) => kind,
         Err(response) => return response,
     };
     let count = |outcome| state.metrics.webhook_request(kind.as_str(), outcome);
-    let Some(endpoint) = authenticate(&state, kind, &headers, &uri) else {
+    let Some(endpoint) = authenticate(&state, kind, headers, uri) else {
         count("unauthorized");
         state.metrics.rejected("unauthenticated");
         let message = if headers.contains_key(header::AUTHORIZATION) {
